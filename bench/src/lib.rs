@@ -1,0 +1,3 @@
+//! `dura-bench`: the YCSB-like load generator, local cluster launcher, histograms and
+//! the paper's experiments.
+#![forbid(unsafe_code)]

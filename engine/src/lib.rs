@@ -1,0 +1,15 @@
+//! `dura-engine`: the ordering protocol (sans-IO), the durability coordinator and the
+//! replica runtime.
+//!
+//! Layout:
+//! - [`protocol`]: the agreement (BFT Mod-SMaRt/VP-Consensus and crash mode) as a state
+//!   machine: events in, actions out. No sockets, threads, clocks or randomness.
+//! - [`sim`]: the deterministic simulator that drives whole clusters under one seed.
+//! - [`service`]: the [`service::Service`] trait applications implement, and the
+//!   executor with the per-client reply cache.
+//! - [`runtime`]: real replicas: stage threads, TCP transport, durability coordinator.
+
+pub mod protocol;
+pub mod runtime;
+pub mod service;
+pub mod sim;

@@ -1,0 +1,1 @@
+//! The ordering protocol: sans-IO state machines for BFT and crash mode.

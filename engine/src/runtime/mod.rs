@@ -1,0 +1,1 @@
+//! The replica runtime: stage threads, transport, durability coordinator.
