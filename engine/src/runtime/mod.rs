@@ -1,1 +1,64 @@
-//! The replica runtime: stage threads, transport, durability coordinator.
+//! The replica runtime: stage threads, TCP transport, durability coordinator, client.
+//!
+//! A replica is a fixed set of stage threads (DESIGN.md, "Stages"): `net` (one reader and
+//! one writer thread per connection, see [`net`]), `order` (the protocol state machine),
+//! `exec` (the [`crate::service::Executor`]) and `log` (the write-ahead log). They share no
+//! mutable state and talk over bounded channels.
+
+use std::path::PathBuf;
+
+pub mod config;
+pub mod durability;
+pub mod net;
+
+pub use config::{ClusterConfig, LogMode, Mode, ReplicaConfig};
+
+/// Everything that can go wrong running a replica or a client.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A config field is wrong.
+    #[error("cluster config: field `{field}`: {reason}")]
+    Config {
+        /// The field, e.g. `replica[2].data_dir`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("{operation} {}: {error}", path.display())]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        error: std::io::Error,
+    },
+    /// A socket operation failed.
+    #[error("{operation} {peer}: {error}")]
+    Net {
+        /// What was being done.
+        operation: &'static str,
+        /// With whom.
+        peer: String,
+        /// The OS error.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The write-ahead log failed; the replica stops.
+    #[error("log: {0}")]
+    Log(String),
+    /// The replica's log holds something this runtime cannot replay.
+    #[error("log replay: {0}")]
+    Replay(String),
+    /// A client request did not complete in time.
+    #[error("request timed out after {waited_ms} ms")]
+    Timeout {
+        /// How long the client waited.
+        waited_ms: u64,
+    },
+    /// The replica or client is shutting down.
+    #[error("shut down")]
+    Shutdown,
+}

@@ -1,0 +1,524 @@
+//! The cluster configuration: one TOML file shared by every replica and client.
+//!
+//! ```toml
+//! f = 1
+//! mode = "bft"            # or "crash"
+//! log_mode = "parallel"   # none | async | sync | batched | parallel
+//! replica_key = "00112233..."  # hex, >= 16 bytes: HMAC key material for replica links
+//! client_key = "8899aabb..."   # hex, >= 16 bytes: HMAC key material for client links
+//!
+//! [[replica]]
+//! id = 0
+//! host = "127.0.0.1"
+//! replica_port = 7000
+//! client_port = 7100
+//! data_dir = "/var/lib/dura/r0"
+//! ```
+//!
+//! [`ClusterConfig::validate`] checks it at start and names the field that is wrong.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::RuntimeError;
+
+/// Which ordering protocol the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Byzantine faults: n = 3f+1, Mod-SMaRt.
+    Bft,
+    /// Crash faults: n = 2f+1.
+    Crash,
+}
+
+impl Mode {
+    /// The number of replicas this mode needs to tolerate `f` faults.
+    pub fn replicas_for(self, f: u32) -> u32 {
+        match self {
+            Mode::Bft => 3 * f + 1,
+            Mode::Crash => 2 * f + 1,
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = RuntimeError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "bft" => Ok(Mode::Bft),
+            "crash" => Ok(Mode::Crash),
+            other => Err(RuntimeError::Config {
+                field: "mode".into(),
+                reason: format!("{other:?} is not one of bft, crash"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Bft => "bft",
+            Mode::Crash => "crash",
+        })
+    }
+}
+
+/// How decided batches reach the disk, and when replies may leave (see DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogMode {
+    /// No log: replies leave when executed; nothing survives a full-cluster crash.
+    None,
+    /// Written, never synced: replies leave when executed.
+    Async,
+    /// One synced write per request, before execution.
+    Sync,
+    /// One synced write per group of batches; execution waits for it.
+    Batched,
+    /// One synced write per group, running while the batch executes; a reply leaves
+    /// when its request is executed and durable.
+    Parallel,
+}
+
+impl LogMode {
+    /// All modes, in the order the experiments list them.
+    pub const ALL: [LogMode; 5] =
+        [LogMode::None, LogMode::Async, LogMode::Sync, LogMode::Batched, LogMode::Parallel];
+
+    /// Whether replies wait for the log to be durable.
+    pub fn is_durable(self) -> bool {
+        matches!(self, LogMode::Sync | LogMode::Batched | LogMode::Parallel)
+    }
+}
+
+impl FromStr for LogMode {
+    type Err = RuntimeError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "none" => Ok(LogMode::None),
+            "async" => Ok(LogMode::Async),
+            "sync" => Ok(LogMode::Sync),
+            "batched" => Ok(LogMode::Batched),
+            "parallel" => Ok(LogMode::Parallel),
+            other => Err(RuntimeError::Config {
+                field: "log_mode".into(),
+                reason: format!("{other:?} is not one of none, async, sync, batched, parallel"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for LogMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogMode::None => "none",
+            LogMode::Async => "async",
+            LogMode::Sync => "sync",
+            LogMode::Batched => "batched",
+            LogMode::Parallel => "parallel",
+        })
+    }
+}
+
+/// One replica's place in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaConfig {
+    /// Replica id, 0..n.
+    pub id: u32,
+    /// Host name or IP the replica listens on.
+    pub host: String,
+    /// Port for links from other replicas.
+    pub replica_port: u16,
+    /// Port for client connections.
+    pub client_port: u16,
+    /// Directory holding the replica's log.
+    pub data_dir: PathBuf,
+}
+
+impl ReplicaConfig {
+    /// The address other replicas connect to.
+    pub fn replica_addr(&self) -> Result<SocketAddr, RuntimeError> {
+        resolve(&self.host, self.replica_port, self.id, "replica_port")
+    }
+
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> Result<SocketAddr, RuntimeError> {
+        resolve(&self.host, self.client_port, self.id, "client_port")
+    }
+}
+
+fn resolve(host: &str, port: u16, id: u32, field: &str) -> Result<SocketAddr, RuntimeError> {
+    let mut addrs = (host, port).to_socket_addrs().map_err(|error| RuntimeError::Config {
+        field: format!("replica[{id}].host"),
+        reason: format!("cannot resolve {host:?} for {field}: {error}"),
+    })?;
+    addrs.next().ok_or_else(|| RuntimeError::Config {
+        field: format!("replica[{id}].host"),
+        reason: format!("{host:?} resolves to no address"),
+    })
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_request_timeout_ms() -> u64 {
+    2_000
+}
+fn default_batch_requests_max() -> u32 {
+    1_024
+}
+fn default_frame_bytes_max() -> u32 {
+    32 * 1024 * 1024
+}
+
+/// The whole cluster: shared by every replica and client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Faults tolerated.
+    pub f: u32,
+    /// Ordering protocol.
+    pub mode: Mode,
+    /// Durability mode.
+    pub log_mode: LogMode,
+    /// Pin stage threads to cores when there is a core per stage.
+    #[serde(default = "default_true")]
+    pub pin_cores: bool,
+    /// Hex key material for replica-to-replica links (HMAC-SHA256), >= 16 bytes.
+    pub replica_key: String,
+    /// Hex key material for client links (HMAC-SHA256), >= 16 bytes.
+    pub client_key: String,
+    /// A request not ordered within this time triggers the protocol's leader change;
+    /// clients retransmit after it too.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Requests per agreement batch at most.
+    #[serde(default = "default_batch_requests_max")]
+    pub batch_requests_max: u32,
+    /// Largest frame accepted on any connection; a bigger one drops the connection.
+    #[serde(default = "default_frame_bytes_max")]
+    pub frame_bytes_max: u32,
+    /// One entry per replica, ids 0..n.
+    #[serde(rename = "replica")]
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+/// Smallest key material accepted, in bytes.
+pub const KEY_BYTES_MIN: usize = 16;
+
+impl ClusterConfig {
+    /// Reads and validates a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, RuntimeError> {
+        let text = std::fs::read_to_string(path).map_err(|error| RuntimeError::Io {
+            operation: "read cluster config",
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let config = Self::from_toml(&text)?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text (data directories are not touched; see
+    /// [`ClusterConfig::validate_replica`]).
+    pub fn from_toml(text: &str) -> Result<Self, RuntimeError> {
+        let config: ClusterConfig = toml::from_str(text).map_err(|error| RuntimeError::Config {
+            field: error
+                .span()
+                .map(|s| format!("bytes {}..{}", s.start, s.end))
+                .unwrap_or_default(),
+            reason: error.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a cluster config always serialises")
+    }
+
+    /// Writes the config as TOML to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), RuntimeError> {
+        std::fs::write(path, self.to_toml()).map_err(|error| RuntimeError::Io {
+            operation: "write cluster config",
+            path: path.to_path_buf(),
+            error,
+        })
+    }
+
+    /// Number of replicas.
+    pub fn n(&self) -> u32 {
+        self.replicas.len() as u32
+    }
+
+    /// The entry of replica `id`.
+    pub fn replica(&self, id: u32) -> Result<&ReplicaConfig, RuntimeError> {
+        self.replicas.iter().find(|r| r.id == id).ok_or_else(|| RuntimeError::Config {
+            field: "replica".into(),
+            reason: format!("no [[replica]] with id {id} (ids are 0..{})", self.n()),
+        })
+    }
+
+    /// Replica link key material, decoded.
+    pub fn replica_key_bytes(&self) -> Result<Vec<u8>, RuntimeError> {
+        decode_key(&self.replica_key, "replica_key")
+    }
+
+    /// Client key material, decoded.
+    pub fn client_key_bytes(&self) -> Result<Vec<u8>, RuntimeError> {
+        decode_key(&self.client_key, "client_key")
+    }
+
+    /// Checks everything that does not need the file system.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let wrong =
+            |field: &str, reason: String| RuntimeError::Config { field: field.into(), reason };
+        if self.f == 0 {
+            return Err(wrong("f", "must be at least 1".into()));
+        }
+        let needed = self.mode.replicas_for(self.f);
+        if self.n() != needed {
+            return Err(wrong(
+                "replica",
+                format!(
+                    "mode {} with f = {} needs exactly {needed} [[replica]] entries, found {}",
+                    self.mode,
+                    self.f,
+                    self.n()
+                ),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        let mut endpoints = BTreeSet::new();
+        for replica in &self.replicas {
+            if !ids.insert(replica.id) {
+                return Err(wrong("replica.id", format!("duplicate id {}", replica.id)));
+            }
+            if replica.id >= self.n() {
+                return Err(wrong(
+                    "replica.id",
+                    format!("id {} out of range 0..{}", replica.id, self.n()),
+                ));
+            }
+            for (port, name) in
+                [(replica.replica_port, "replica_port"), (replica.client_port, "client_port")]
+            {
+                if port == 0 {
+                    return Err(wrong(
+                        &format!("replica[{}].{name}", replica.id),
+                        "must not be 0".into(),
+                    ));
+                }
+                if !endpoints.insert((replica.host.clone(), port)) {
+                    return Err(wrong(
+                        &format!("replica[{}].{name}", replica.id),
+                        format!("{}:{port} is used twice", replica.host),
+                    ));
+                }
+            }
+            if replica.data_dir.as_os_str().is_empty() {
+                return Err(wrong(&format!("replica[{}].data_dir", replica.id), "is empty".into()));
+            }
+        }
+        self.replica_key_bytes()?;
+        self.client_key_bytes()?;
+        if self.request_timeout_ms == 0 {
+            return Err(wrong("request_timeout_ms", "must be at least 1".into()));
+        }
+        if self.batch_requests_max == 0 {
+            return Err(wrong("batch_requests_max", "must be at least 1".into()));
+        }
+        if self.frame_bytes_max < 64 * 1024 {
+            return Err(wrong("frame_bytes_max", "must be at least 65536".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks what replica `id` needs from the file system: its data directory exists
+    /// (created if missing) and is writable.
+    pub fn validate_replica(&self, id: u32) -> Result<(), RuntimeError> {
+        let replica = self.replica(id)?;
+        let dir = &replica.data_dir;
+        let wrong = |reason: String| RuntimeError::Config {
+            field: format!("replica[{id}].data_dir"),
+            reason: format!("{}: {reason}", dir.display()),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| wrong(format!("cannot create: {e}")))?;
+        let probe = dir.join(".dura-write-probe");
+        std::fs::write(&probe, b"probe").map_err(|e| wrong(format!("not writable: {e}")))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+
+    /// A config for `n` replicas on 127.0.0.1 with free ports (each bound to port 0 and
+    /// released; a race with another process is possible but rare), data dirs
+    /// `data_dir/r<id>`, and fixed test keys. `n` must match `mode` for some f.
+    pub fn local(
+        n: u32,
+        mode: Mode,
+        log_mode: LogMode,
+        data_dir: &Path,
+    ) -> Result<Self, RuntimeError> {
+        let f = match mode {
+            Mode::Bft if n >= 4 && (n - 1).is_multiple_of(3) => (n - 1) / 3,
+            Mode::Crash if n >= 3 && (n - 1).is_multiple_of(2) => (n - 1) / 2,
+            _ => {
+                return Err(RuntimeError::Config {
+                    field: "n".into(),
+                    reason: format!(
+                        "{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)"
+                    ),
+                });
+            }
+        };
+        let ports = free_ports(2 * n as usize)?;
+        Ok(Self::local_with_ports(f, mode, log_mode, data_dir, &ports))
+    }
+
+    /// Like [`ClusterConfig::local`] with the ports given: replica i uses `ports[2i]`
+    /// for replica links and `ports[2i+1]` for clients.
+    pub fn local_with_ports(
+        f: u32,
+        mode: Mode,
+        log_mode: LogMode,
+        data_dir: &Path,
+        ports: &[u16],
+    ) -> Self {
+        let n = mode.replicas_for(f);
+        assert!(ports.len() >= 2 * n as usize, "two ports per replica");
+        let replicas = (0..n)
+            .map(|id| ReplicaConfig {
+                id,
+                host: "127.0.0.1".into(),
+                replica_port: ports[2 * id as usize],
+                client_port: ports[2 * id as usize + 1],
+                data_dir: data_dir.join(format!("r{id}")),
+            })
+            .collect();
+        Self {
+            f,
+            mode,
+            log_mode,
+            pin_cores: true,
+            replica_key: "64757261207265706c696361206c696e6b206b6579".into(),
+            client_key: "64757261206c6f63616c20636c69656e74206b6579".into(),
+            request_timeout_ms: default_request_timeout_ms(),
+            batch_requests_max: default_batch_requests_max(),
+            frame_bytes_max: default_frame_bytes_max(),
+            replicas,
+        }
+    }
+}
+
+/// `count` distinct free TCP ports on 127.0.0.1 (bound together, then released).
+pub fn free_ports(count: usize) -> Result<Vec<u16>, RuntimeError> {
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| RuntimeError::Net {
+            operation: "bind a free port",
+            peer: "127.0.0.1:0".into(),
+            error,
+        })?;
+        listeners.push(listener);
+    }
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr().map(|a| a.port()).map_err(|error| RuntimeError::Net {
+                operation: "read a bound port",
+                peer: "127.0.0.1:0".into(),
+                error,
+            })
+        })
+        .collect()
+}
+
+fn decode_key(hex: &str, field: &str) -> Result<Vec<u8>, RuntimeError> {
+    let wrong = |reason: String| RuntimeError::Config { field: field.into(), reason };
+    if hex.is_empty() {
+        return Err(wrong("missing key (hex string)".into()));
+    }
+    if !hex.len().is_multiple_of(2) {
+        return Err(wrong("hex string has an odd number of digits".into()));
+    }
+    let mut bytes = Vec::with_capacity(hex.len() / 2);
+    for pair in hex.as_bytes().chunks(2) {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(wrong(format!("{:?} is not a hex digit", c as char))),
+        };
+        bytes.push(digit(pair[0])? << 4 | digit(pair[1])?);
+    }
+    if bytes.len() < KEY_BYTES_MIN {
+        return Err(wrong(format!("{} bytes, at least {KEY_BYTES_MIN} needed", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ClusterConfig {
+        ClusterConfig::local_with_ports(
+            1,
+            Mode::Bft,
+            LogMode::Parallel,
+            Path::new("/tmp/x"),
+            &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+        )
+    }
+
+    #[test]
+    fn local_config_round_trips_through_toml() {
+        let config = sample();
+        let text = config.to_toml();
+        assert_eq!(ClusterConfig::from_toml(&text).expect("valid"), config);
+    }
+
+    #[test]
+    fn wrong_replica_count_for_mode_names_the_field() {
+        let mut config = sample();
+        config.mode = Mode::Crash;
+        let error = config.validate().expect_err("4 replicas is not 2f+1 for f=1");
+        assert!(error.to_string().contains("replica"), "{error}");
+        assert!(error.to_string().contains("needs exactly 3"), "{error}");
+    }
+
+    #[test]
+    fn duplicate_id_and_missing_key_are_rejected() {
+        let mut config = sample();
+        config.replicas[1].id = 0;
+        assert!(config.validate().expect_err("dup").to_string().contains("duplicate id 0"));
+        let mut config = sample();
+        config.client_key.clear();
+        assert!(config.validate().expect_err("no key").to_string().contains("client_key"));
+        let mut config = sample();
+        config.replica_key = "zz".repeat(20);
+        assert!(config.validate().expect_err("bad hex").to_string().contains("replica_key"));
+    }
+
+    #[test]
+    fn unknown_log_mode_in_toml_is_an_error() {
+        let text = sample().to_toml().replace("\"parallel\"", "\"sometimes\"");
+        let error = ClusterConfig::from_toml(&text).expect_err("bad mode");
+        assert!(error.to_string().contains("sometimes"), "{error}");
+    }
+
+    #[test]
+    fn unwritable_data_dir_is_reported_for_that_replica() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let mut config = sample();
+        config.replicas[2].data_dir = file.path().join("sub");
+        let error = config.validate_replica(2).expect_err("a file is not a directory");
+        assert!(error.to_string().contains("replica[2].data_dir"), "{error}");
+    }
+}

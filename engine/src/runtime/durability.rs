@@ -1,0 +1,458 @@
+//! The durability coordinator: the `log` and `exec` stages and the rule that decides
+//! when a reply may leave.
+//!
+//! | log mode | order sends a decided batch to | a reply leaves when |
+//! |---|---|---|
+//! | `none` | exec | executed |
+//! | `async` | exec and log (never synced) | executed |
+//! | `sync` | log; one synced write per request, then exec | executed (already durable) |
+//! | `batched` | log; one synced write per group, then exec | executed (already durable) |
+//! | `parallel` | exec **and** log at the same moment | executed **and** durable |
+//!
+//! In `parallel` mode the exec stage keeps the replies of each executed batch until the
+//! log stage reports "durable up to agreement X" with X >= the batch's agreement id
+//! ([`ExecInput::Durable`]). The log stage takes every batch waiting in its queue as one
+//! group: it appends them all, then waits for one sync.
+//!
+//! Log records: one per decided batch (first = last = its agreement id), or in `sync`
+//! mode one per request. The payload is [`encode_batch`]'s format.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{LogMode, RuntimeError};
+use crate::service::{Executor, OrderedRequest, Outcome, Service};
+
+/// Batches the log stage takes into one group write at most.
+pub const LOG_GROUP_BATCHES_MAX: usize = 256;
+/// Decided batches whose replies the exec stage may hold waiting for the log.
+pub const EXEC_PENDING_BATCHES_MAX: usize = 4_096;
+
+/// One ordered client request, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The client.
+    pub client_id: u64,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// The operation, opaque here.
+    pub operation: Vec<u8>,
+}
+
+/// A batch the ordering protocol decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidedBatch {
+    /// The consensus instance that decided it.
+    pub agreement_id: u64,
+    /// Its requests, in order.
+    pub requests: Vec<Request>,
+}
+
+/// A reply ready to leave: the exec stage hands it to the reply sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyOut {
+    /// The client it goes to.
+    pub client_id: u64,
+    /// The sequence number of the request it answers.
+    pub sequence: u64,
+    /// The agreement that ordered the request.
+    pub agreement_id: u64,
+    /// The service's reply.
+    pub reply: Vec<u8>,
+}
+
+/// What the exec stage receives.
+#[derive(Debug)]
+pub enum ExecInput {
+    /// A decided batch to execute.
+    Batch(Arc<DecidedBatch>),
+    /// Every agreement up to this id is durable (parallel mode).
+    Durable(u64),
+}
+
+/// The write-ahead log as the log stage sees it.
+///
+/// Contract: [`LogBackend::append`] queues a record and returns without waiting for the
+/// disk; [`LogBackend::sync`] returns only when every record appended before it is
+/// durable (it survives a crash of the machine). An error from either means the log
+/// can no longer be trusted: the replica stops.
+pub trait LogBackend: Send + 'static {
+    /// Queues a record holding agreements `first..=last`.
+    fn append(&mut self, first: u64, last: u64, payload: &[u8]) -> Result<(), RuntimeError>;
+    /// Waits until every record appended so far is durable.
+    fn sync(&mut self) -> Result<(), RuntimeError>;
+}
+
+/// Appends the log payload of `requests` (ordered by `agreement_id`) to `out`:
+/// `u64` agreement id, `u32` count, then per request `u64` client id, `u64` sequence,
+/// `u32` operation length and the operation; all little-endian.
+pub fn encode_batch<'a>(
+    agreement_id: u64,
+    requests: impl ExactSizeIterator<Item = &'a Request>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(&agreement_id.to_le_bytes());
+    out.extend_from_slice(&(requests.len() as u32).to_le_bytes());
+    for request in requests {
+        out.extend_from_slice(&request.client_id.to_le_bytes());
+        out.extend_from_slice(&request.sequence.to_le_bytes());
+        out.extend_from_slice(&(request.operation.len() as u32).to_le_bytes());
+        out.extend_from_slice(&request.operation);
+    }
+}
+
+/// Decodes a log payload written by [`encode_batch`]; errors on any malformation.
+pub fn decode_batch(mut input: &[u8]) -> Result<DecidedBatch, RuntimeError> {
+    fn take<'a>(input: &mut &'a [u8], count: usize) -> Result<&'a [u8], RuntimeError> {
+        if input.len() < count {
+            return Err(RuntimeError::Replay(format!(
+                "batch record truncated: {} bytes left, {count} needed",
+                input.len()
+            )));
+        }
+        let (head, rest) = input.split_at(count);
+        *input = rest;
+        Ok(head)
+    }
+    let u64_at = |input: &mut &[u8]| -> Result<u64, RuntimeError> {
+        Ok(u64::from_le_bytes(take(input, 8)?.try_into().expect("8 bytes")))
+    };
+    let u32_at = |input: &mut &[u8]| -> Result<u32, RuntimeError> {
+        Ok(u32::from_le_bytes(take(input, 4)?.try_into().expect("4 bytes")))
+    };
+    let agreement_id = u64_at(&mut input)?;
+    let count = u32_at(&mut input)? as usize;
+    // Each request takes at least 20 bytes: a count beyond that is a lie.
+    if count > input.len() / 20 {
+        return Err(RuntimeError::Replay(format!(
+            "batch record claims {count} requests in {} bytes",
+            input.len()
+        )));
+    }
+    let mut requests = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client_id = u64_at(&mut input)?;
+        let sequence = u64_at(&mut input)?;
+        let length = u32_at(&mut input)? as usize;
+        let operation = take(&mut input, length)?.to_vec();
+        requests.push(Request { client_id, sequence, operation });
+    }
+    if !input.is_empty() {
+        return Err(RuntimeError::Replay(format!(
+            "{} trailing bytes after a batch record",
+            input.len()
+        )));
+    }
+    Ok(DecidedBatch { agreement_id, requests })
+}
+
+/// Runs `batch` through `executor`; returns the replies to send (fresh and cached).
+pub fn execute_batch<S: Service>(
+    executor: &mut Executor<S>,
+    batch: &DecidedBatch,
+) -> Vec<ReplyOut> {
+    let ordered: Vec<OrderedRequest<'_>> = batch
+        .requests
+        .iter()
+        .map(|r| OrderedRequest {
+            client_id: r.client_id,
+            sequence: r.sequence,
+            operation: &r.operation,
+        })
+        .collect();
+    let outcomes = executor.execute(&ordered);
+    assert_eq!(outcomes.len(), batch.requests.len(), "one outcome per request");
+    let mut replies = Vec::with_capacity(outcomes.len());
+    for (request, outcome) in batch.requests.iter().zip(outcomes) {
+        let reply = match outcome {
+            Outcome::Executed(reply) | Outcome::Cached(reply) => reply,
+            Outcome::Stale => continue,
+        };
+        replies.push(ReplyOut {
+            client_id: request.client_id,
+            sequence: request.sequence,
+            agreement_id: batch.agreement_id,
+            reply,
+        });
+    }
+    replies
+}
+
+/// The log stage: appends every batch it receives, syncing as `mode` says, and reports
+/// durability (parallel) or forwards the batch to exec (sync, batched). Ends when its
+/// input closes, after syncing what it took (the in-flight group write completes).
+pub fn run_log_stage(
+    mode: LogMode,
+    mut backend: impl LogBackend,
+    input: Receiver<Arc<DecidedBatch>>,
+    exec: Sender<ExecInput>,
+) -> Result<(), RuntimeError> {
+    assert!(mode != LogMode::None, "no log stage runs in mode none");
+    let mut group: Vec<Arc<DecidedBatch>> = Vec::with_capacity(LOG_GROUP_BATCHES_MAX);
+    let mut payload = Vec::new();
+    let mut last_logged: Option<u64> = None;
+    while let Ok(first) = input.recv() {
+        group.clear();
+        group.push(first);
+        while group.len() < LOG_GROUP_BATCHES_MAX {
+            match input.try_recv() {
+                Ok(batch) => group.push(batch),
+                Err(_) => break,
+            }
+        }
+        for batch in &group {
+            assert!(
+                last_logged.is_none_or(|last| batch.agreement_id > last),
+                "agreement ids reach the log strictly increasing ({} after {last_logged:?})",
+                batch.agreement_id
+            );
+            last_logged = Some(batch.agreement_id);
+            if mode == LogMode::Sync {
+                for request in &batch.requests {
+                    payload.clear();
+                    encode_batch(batch.agreement_id, std::iter::once(request), &mut payload);
+                    backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+                    backend.sync()?;
+                }
+            } else {
+                payload.clear();
+                encode_batch(batch.agreement_id, batch.requests.iter(), &mut payload);
+                backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+            }
+        }
+        match mode {
+            LogMode::Async => {}
+            LogMode::Sync => {}
+            LogMode::Batched | LogMode::Parallel => backend.sync()?,
+            LogMode::None => unreachable!("checked above"),
+        }
+        let durable_up_to = group.last().expect("group is never empty").agreement_id;
+        let delivered = match mode {
+            LogMode::Parallel => exec.send(ExecInput::Durable(durable_up_to)).is_ok(),
+            LogMode::Sync | LogMode::Batched => {
+                group.drain(..).all(|b| exec.send(ExecInput::Batch(b)).is_ok())
+            }
+            LogMode::Async | LogMode::None => true,
+        };
+        if !delivered {
+            break;
+        }
+    }
+    if mode == LogMode::Async {
+        // Not needed for safety in this mode; leaves a clean log on graceful shutdown.
+        backend.sync()?;
+    }
+    Ok(())
+}
+
+/// The exec stage: executes batches in order and releases replies through `sink`, in
+/// `parallel` mode only once the log reports them durable. Ends when its input closes;
+/// replies still waiting for the log then are dropped (their clients retransmit).
+pub fn run_exec_stage<S: Service>(
+    mode: LogMode,
+    executor: &mut Executor<S>,
+    input: Receiver<ExecInput>,
+    mut sink: impl FnMut(ReplyOut),
+) {
+    let hold_for_log = mode == LogMode::Parallel;
+    let mut durable_up_to: Option<u64> = None;
+    let mut last_executed: Option<u64> = None;
+    let mut pending: VecDeque<(u64, Vec<ReplyOut>)> = VecDeque::new();
+    while let Ok(message) = input.recv() {
+        match message {
+            ExecInput::Batch(batch) => {
+                assert!(
+                    last_executed.is_none_or(|last| batch.agreement_id > last),
+                    "batches reach exec strictly increasing ({} after {last_executed:?})",
+                    batch.agreement_id
+                );
+                last_executed = Some(batch.agreement_id);
+                let replies = execute_batch(executor, &batch);
+                if !hold_for_log || durable_up_to.is_some_and(|d| d >= batch.agreement_id) {
+                    replies.into_iter().for_each(&mut sink);
+                } else {
+                    assert!(
+                        pending.len() < EXEC_PENDING_BATCHES_MAX,
+                        "order outran the log by too much"
+                    );
+                    pending.push_back((batch.agreement_id, replies));
+                }
+            }
+            ExecInput::Durable(up_to) => {
+                assert!(hold_for_log, "durability reports come only in parallel mode");
+                assert!(durable_up_to.is_none_or(|d| up_to > d), "durability only moves forward");
+                durable_up_to = Some(up_to);
+                while pending.front().is_some_and(|(id, _)| *id <= up_to) {
+                    let (_, replies) = pending.pop_front().expect("checked non-empty");
+                    replies.into_iter().for_each(&mut sink);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::thread;
+    use std::time::Duration;
+
+    use crossbeam_channel::bounded;
+
+    use super::*;
+
+    /// Records each operation; replies with it.
+    #[derive(Default)]
+    struct Echo(Vec<Vec<u8>>);
+    impl Service for Echo {
+        fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+            for r in requests {
+                self.0.push(r.operation.to_vec());
+                replies.push(r.operation.to_vec());
+            }
+        }
+        fn state_digest(&self) -> [u8; 32] {
+            [self.0.len() as u8; 32]
+        }
+    }
+
+    type Records = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+    /// A log whose `sync` blocks until the test opens the gate; counts syncs.
+    struct GatedLog {
+        gate: Receiver<()>,
+        records: Records,
+        syncs: Arc<Mutex<u32>>,
+    }
+    impl LogBackend for GatedLog {
+        fn append(&mut self, first: u64, last: u64, payload: &[u8]) -> Result<(), RuntimeError> {
+            assert_eq!(first, last);
+            self.records.lock().expect("lock").push((first, payload.to_vec()));
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), RuntimeError> {
+            self.gate.recv().map_err(|_| RuntimeError::Log("gate closed".into()))?;
+            *self.syncs.lock().expect("lock") += 1;
+            Ok(())
+        }
+    }
+
+    fn batch(agreement_id: u64, client_id: u64, operations: &[&[u8]]) -> Arc<DecidedBatch> {
+        let requests = operations
+            .iter()
+            .enumerate()
+            .map(|(i, op)| Request {
+                client_id: client_id + i as u64,
+                sequence: agreement_id,
+                operation: op.to_vec(),
+            })
+            .collect();
+        Arc::new(DecidedBatch { agreement_id, requests })
+    }
+
+    struct Pipeline {
+        to_log: Sender<Arc<DecidedBatch>>,
+        to_exec: Sender<ExecInput>,
+        gate: Sender<()>,
+        replies: Receiver<ReplyOut>,
+        syncs: Arc<Mutex<u32>>,
+        records: Records,
+    }
+
+    fn pipeline(mode: LogMode) -> Pipeline {
+        let (gate_tx, gate_rx) = bounded(0);
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let syncs = Arc::new(Mutex::new(0));
+        let backend = GatedLog { gate: gate_rx, records: records.clone(), syncs: syncs.clone() };
+        let (to_log, log_rx) = bounded(16);
+        let (to_exec, exec_rx) = bounded(16);
+        let (reply_tx, replies) = bounded(64);
+        let exec_for_log = to_exec.clone();
+        thread::spawn(move || run_log_stage(mode, backend, log_rx, exec_for_log));
+        thread::spawn(move || {
+            let mut executor = Executor::new(Echo::default());
+            run_exec_stage(mode, &mut executor, exec_rx, |reply| {
+                let _ = reply_tx.send(reply);
+            });
+        });
+        Pipeline { to_log, to_exec, gate: gate_tx, replies, syncs, records }
+    }
+
+    #[test]
+    fn parallel_mode_sends_no_reply_while_the_log_write_is_held_back() {
+        let p = pipeline(LogMode::Parallel);
+        let b = batch(1, 10, &[b"x", b"y"]);
+        p.to_log.send(b.clone()).expect("log stage runs");
+        p.to_exec.send(ExecInput::Batch(b)).expect("exec stage runs");
+        // The batch executes, but its log sync is held: no reply may leave.
+        assert!(
+            p.replies.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a reply left before the log was durable"
+        );
+        p.gate.send(()).expect("the log waits on the gate");
+        let first = p.replies.recv_timeout(Duration::from_secs(10)).expect("released after sync");
+        let second = p.replies.recv_timeout(Duration::from_secs(10)).expect("released after sync");
+        assert_eq!((first.client_id, first.reply.as_slice()), (10, &b"x"[..]));
+        assert_eq!((second.client_id, second.agreement_id), (11, 1));
+        assert_eq!(*p.syncs.lock().expect("lock"), 1);
+        drop(p.to_log);
+        drop(p.to_exec);
+    }
+
+    #[test]
+    fn batched_mode_executes_only_after_the_group_is_durable() {
+        let p = pipeline(LogMode::Batched);
+        p.to_log.send(batch(1, 1, &[b"a"])).expect("log stage runs");
+        p.to_log.send(batch(2, 1, &[b"b"])).expect("log stage runs");
+        assert!(
+            p.replies.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a reply left before the log was durable"
+        );
+        p.gate.send(()).expect("sync");
+        let got = p.replies.recv_timeout(Duration::from_secs(10)).expect("reply");
+        assert_eq!(got.reply, b"a");
+        // The second batch may have been in the same group or needs a second sync.
+        if p.replies.recv_timeout(Duration::from_millis(200)).is_err() {
+            p.gate.send(()).expect("second sync");
+            assert_eq!(p.replies.recv_timeout(Duration::from_secs(10)).expect("reply").reply, b"b");
+        }
+        assert_eq!(p.records.lock().expect("lock").len(), 2);
+    }
+
+    #[test]
+    fn sync_mode_writes_and_syncs_once_per_request() {
+        let p = pipeline(LogMode::Sync);
+        p.to_log.send(batch(5, 1, &[b"a", b"b", b"c"])).expect("log stage runs");
+        for _ in 0..3 {
+            assert!(p.replies.try_recv().is_err(), "no reply before all of its batch is durable");
+            p.gate.send(()).expect("one sync per request");
+        }
+        for expected in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(
+                p.replies.recv_timeout(Duration::from_secs(10)).expect("reply").reply,
+                expected
+            );
+        }
+        let records = p.records.lock().expect("lock").clone();
+        assert_eq!(records.len(), 3);
+        let decoded = decode_batch(&records[1].1).expect("valid record");
+        assert_eq!(decoded.agreement_id, 5);
+        assert_eq!(decoded.requests[0].operation, b"b");
+    }
+
+    #[test]
+    fn batch_record_round_trips_and_rejects_garbage() {
+        let b = batch(42, 7, &[b"one", b"", b"three"]);
+        let mut bytes = Vec::new();
+        encode_batch(b.agreement_id, b.requests.iter(), &mut bytes);
+        assert_eq!(&decode_batch(&bytes).expect("valid"), b.as_ref());
+        for cut in 0..bytes.len() {
+            assert!(decode_batch(&bytes[..cut]).is_err(), "prefix of {cut} bytes");
+        }
+        let mut lying = bytes.clone();
+        lying[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_batch(&lying).is_err());
+    }
+}

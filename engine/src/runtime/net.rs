@@ -1,0 +1,403 @@
+//! TCP transport: length-prefixed frames, a hello frame naming the peer, one reader and
+//! one writer thread per connection.
+//!
+//! Wire format of every frame: `u32` little-endian body length, then the body. A length
+//! above the configured `frame_bytes_max` drops the connection (with a log line) before
+//! anything is allocated for it.
+//!
+//! The first frame on every connection is a hello: `b"DURA"`, a kind byte (replica or
+//! client) and the sender's id as `u64` little-endian. Bodies after it are opaque here:
+//! the protocol's codec authenticates them (HMAC) with the key of the named sender, so a
+//! lying hello only gets its frames rejected.
+//!
+//! Writes are batched: each connection has one writer thread draining a bounded queue
+//! into a buffered stream and flushing when the queue runs empty, so many small frames
+//! leave in few system calls.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+/// Frames queued for one connection's writer at most.
+pub const WRITE_QUEUE_FRAMES_MAX: usize = 4_096;
+/// Bytes buffered by a writer before it writes to the socket anyway.
+pub const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// How long a sender waits on a full writer queue before dropping the frame.
+pub const SEND_BLOCK_MS_MAX: u64 = 2_000;
+
+const HELLO_MAGIC: &[u8; 4] = b"DURA";
+const HELLO_BYTES: usize = 4 + 1 + 8;
+
+/// Who is on the other end of a connection, from its hello frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A replica, by id.
+    Replica(u32),
+    /// A client, by id.
+    Client(u64),
+}
+
+impl Peer {
+    fn encode(self) -> [u8; HELLO_BYTES] {
+        let mut hello = [0u8; HELLO_BYTES];
+        hello[..4].copy_from_slice(HELLO_MAGIC);
+        let (kind, id) = match self {
+            Peer::Replica(id) => (0u8, u64::from(id)),
+            Peer::Client(id) => (1u8, id),
+        };
+        hello[4] = kind;
+        hello[5..].copy_from_slice(&id.to_le_bytes());
+        hello
+    }
+
+    fn decode(body: &[u8]) -> Option<Peer> {
+        if body.len() != HELLO_BYTES || &body[..4] != HELLO_MAGIC {
+            return None;
+        }
+        let id = u64::from_le_bytes(body[5..13].try_into().ok()?);
+        match body[4] {
+            0 => u32::try_from(id).ok().map(Peer::Replica),
+            1 => Some(Peer::Client(id)),
+            _ => None,
+        }
+    }
+}
+
+/// Reads one frame body into `body` (reusing its allocation). `Ok(false)` on a clean
+/// end of stream before the frame started.
+pub fn read_frame(
+    reader: &mut impl Read,
+    body: &mut Vec<u8>,
+    frame_bytes_max: u32,
+) -> io::Result<bool> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(error) => return Err(error),
+    }
+    let length = u32::from_le_bytes(length);
+    if length > frame_bytes_max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes is over the bound of {frame_bytes_max}"),
+        ));
+    }
+    body.clear();
+    body.resize(length as usize, 0);
+    reader.read_exact(body)?;
+    Ok(true)
+}
+
+/// Writes one frame (length prefix and body) to `writer`, without flushing.
+pub fn write_frame(writer: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    let length = u32::try_from(body.len()).map_err(|_| io::Error::other("frame over 4 GiB"))?;
+    writer.write_all(&length.to_le_bytes())?;
+    writer.write_all(body)
+}
+
+/// A frame received from a peer.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Who sent it (from the connection's hello).
+    pub from: Peer,
+    /// The frame body.
+    pub body: Vec<u8>,
+}
+
+/// The sending side of one connection.
+#[derive(Debug, Clone)]
+struct Link {
+    generation: u64,
+    queue: Sender<Arc<[u8]>>,
+    stream: Arc<TcpStream>,
+}
+
+/// Every open connection of a process, by peer; shared by the stages that send.
+#[derive(Debug)]
+pub struct Network {
+    links: Mutex<HashMap<Peer, Link>>,
+    generation: AtomicU64,
+    stopping: AtomicBool,
+    frame_bytes_max: u32,
+    me: Peer,
+}
+
+impl Network {
+    /// A network with no connection yet, for the process named `me`.
+    pub fn new(me: Peer, frame_bytes_max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            links: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            frame_bytes_max,
+            me,
+        })
+    }
+
+    /// Whether [`Network::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Queues `frame` for `peer`. Returns false (and drops the frame) when there is no
+    /// connection to it, or its queue stayed full for [`SEND_BLOCK_MS_MAX`].
+    pub fn send(&self, peer: Peer, frame: Arc<[u8]>) -> bool {
+        let queue = {
+            let links = self.links.lock().expect("network lock poisoned");
+            match links.get(&peer) {
+                Some(link) => link.queue.clone(),
+                None => return false,
+            }
+        };
+        match queue.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(frame)) => {
+                if queue.send_timeout(frame, Duration::from_millis(SEND_BLOCK_MS_MAX)).is_ok() {
+                    true
+                } else {
+                    log::warn!("{:?}: send queue to {peer:?} stayed full; frame dropped", self.me);
+                    false
+                }
+            }
+        }
+    }
+
+    /// Whether a connection to `peer` is registered.
+    pub fn is_connected(&self, peer: Peer) -> bool {
+        self.links.lock().expect("network lock poisoned").contains_key(&peer)
+    }
+
+    /// Closes every connection; reader and writer threads end soon after.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let links: Vec<Link> =
+            self.links.lock().expect("network lock poisoned").drain().map(|(_, l)| l).collect();
+        for link in links {
+            let _ = link.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Registers `stream` (hello already exchanged) as the link to `peer`, replacing an
+    /// older one, and starts its reader and writer threads. Frames read go to `inbound`.
+    /// Returns a receiver that is disconnected when the connection ends.
+    pub fn attach(
+        self: &Arc<Self>,
+        peer: Peer,
+        stream: TcpStream,
+        inbound: Sender<Inbound>,
+    ) -> io::Result<Receiver<()>> {
+        stream.set_nodelay(true)?;
+        let read_half = stream.try_clone()?;
+        let stream = Arc::new(stream);
+        let (queue_tx, queue_rx) = bounded::<Arc<[u8]>>(WRITE_QUEUE_FRAMES_MAX);
+        let (closed_tx, closed_rx) = bounded::<()>(0);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut links = self.links.lock().expect("network lock poisoned");
+            if self.is_stopping() {
+                let _ = stream.shutdown(Shutdown::Both);
+                return Err(io::Error::other("network is stopping"));
+            }
+            if let Some(old) =
+                links.insert(peer, Link { generation, queue: queue_tx, stream: stream.clone() })
+            {
+                let _ = old.stream.shutdown(Shutdown::Both);
+            }
+        }
+        let writer_stream = stream.clone();
+        let me = self.me;
+        thread::Builder::new().name(format!("net-w-{peer:?}")).spawn(move || {
+            let _closed = closed_tx;
+            if let Err(error) = run_writer(&writer_stream, &queue_rx) {
+                log::debug!("{me:?}: writer to {peer:?} ended: {error}");
+            }
+            let _ = writer_stream.shutdown(Shutdown::Both);
+        })?;
+        let network = self.clone();
+        let frame_bytes_max = self.frame_bytes_max;
+        thread::Builder::new().name(format!("net-r-{peer:?}")).spawn(move || {
+            let mut reader = BufReader::with_capacity(WRITE_BUFFER_BYTES, read_half);
+            loop {
+                let mut body = Vec::new();
+                match read_frame(&mut reader, &mut body, frame_bytes_max) {
+                    Ok(true) => {
+                        if inbound.send(Inbound { from: peer, body }).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(error) => {
+                        if error.kind() == io::ErrorKind::InvalidData {
+                            log::warn!("{me:?}: dropping connection from {peer:?}: {error}");
+                        } else {
+                            log::debug!("{me:?}: connection from {peer:?} ended: {error}");
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = stream.shutdown(Shutdown::Both);
+            network.detach(peer, generation);
+        })?;
+        Ok(closed_rx)
+    }
+
+    fn detach(&self, peer: Peer, generation: u64) {
+        let mut links = self.links.lock().expect("network lock poisoned");
+        if links.get(&peer).is_some_and(|l| l.generation == generation) {
+            links.remove(&peer);
+        }
+    }
+
+    /// Accepts connections on `listener` until [`Network::stop`], reads each one's
+    /// hello, keeps those whose peer `accept` allows, and attaches them.
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        accept: impl Fn(Peer) -> bool + Send + 'static,
+        inbound: Sender<Inbound>,
+    ) -> io::Result<thread::JoinHandle<()>> {
+        let network = self.clone();
+        let local = listener.local_addr()?;
+        thread::Builder::new().name(format!("net-accept-{}", local.port())).spawn(move || {
+            for stream in listener.incoming() {
+                if network.is_stopping() {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut body = Vec::new();
+                let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
+                    Ok(true) => Peer::decode(&body),
+                    _ => None,
+                };
+                let Some(peer) = peer.filter(|p| accept(*p)) else {
+                    log::warn!(
+                        "{:?}: refused a connection on {local} with a bad hello",
+                        network.me
+                    );
+                    continue;
+                };
+                let _ = stream.set_read_timeout(None);
+                if let Err(error) = network.attach(peer, stream, inbound.clone()) {
+                    log::debug!("{:?}: could not attach {peer:?}: {error}", network.me);
+                }
+            }
+        })
+    }
+
+    /// Wakes a thread blocked in [`Network::serve`] on `addr` so it sees the stop flag.
+    pub fn wake_listener(addr: SocketAddr) {
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+    }
+
+    /// Dials `addr` as `me`, sends the hello. One attempt.
+    pub fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_nodelay(true)?;
+        write_frame(&mut stream, &self.me.encode())?;
+        Ok(stream)
+    }
+
+    /// Keeps a connection to `peer` at `addr` open until [`Network::stop`]: dials,
+    /// attaches, waits for it to close, redials with exponential backoff.
+    pub fn keep_dialing(
+        self: &Arc<Self>,
+        peer: Peer,
+        addr: SocketAddr,
+        inbound: Sender<Inbound>,
+    ) -> io::Result<thread::JoinHandle<()>> {
+        let network = self.clone();
+        thread::Builder::new().name(format!("net-dial-{peer:?}")).spawn(move || {
+            let mut backoff_ms = 10;
+            while !network.is_stopping() {
+                match network.dial(addr).and_then(|s| network.attach(peer, s, inbound.clone())) {
+                    Ok(closed) => {
+                        backoff_ms = 10;
+                        let _ = closed.recv();
+                    }
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(backoff_ms));
+                        backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn run_writer(stream: &TcpStream, queue: &Receiver<Arc<[u8]>>) -> io::Result<()> {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
+    while let Ok(frame) = queue.recv() {
+        write_frame(&mut writer, &frame)?;
+        while let Ok(frame) = queue.try_recv() {
+            write_frame(&mut writer, &frame)?;
+        }
+        writer.flush()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocation() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &[7u8; 100]).expect("in memory");
+        let mut body = Vec::new();
+        let error = read_frame(&mut &wire[..], &mut body, 99).expect_err("over the bound");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(body.is_empty());
+        assert!(read_frame(&mut &wire[..], &mut body, 100).expect("fits"));
+        assert_eq!(body, vec![7u8; 100]);
+    }
+
+    #[test]
+    fn hello_decodes_only_well_formed_input() {
+        for peer in [Peer::Replica(3), Peer::Client(u64::MAX)] {
+            assert_eq!(Peer::decode(&peer.encode()), Some(peer));
+        }
+        let mut bad = Peer::Replica(1).encode();
+        bad[4] = 9;
+        assert_eq!(Peer::decode(&bad), None);
+        assert_eq!(Peer::decode(b"DURA"), None);
+    }
+
+    #[test]
+    fn frames_flow_both_ways_and_a_huge_frame_drops_the_connection() {
+        let server = Network::new(Peer::Replica(0), 1024);
+        let client = Network::new(Peer::Client(9), 1024);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (server_tx, server_rx) = bounded(16);
+        let (client_tx, client_rx) = bounded(16);
+        server.serve(listener, |p| matches!(p, Peer::Client(_)), server_tx).expect("serve");
+        let stream = client.dial(addr).expect("dial");
+        let closed = client.attach(Peer::Replica(0), stream, client_tx).expect("attach");
+        assert!(client.send(Peer::Replica(0), Arc::from(&b"ping"[..])));
+        let got = server_rx.recv_timeout(Duration::from_secs(10)).expect("ping arrives");
+        assert_eq!(got.from, Peer::Client(9));
+        assert_eq!(got.body, b"ping");
+        assert!(server.send(Peer::Client(9), Arc::from(&b"pong"[..])));
+        let got = client_rx.recv_timeout(Duration::from_secs(10)).expect("pong arrives");
+        assert_eq!(got.body, b"pong");
+        // Over the server's bound: it drops the connection.
+        assert!(client.send(Peer::Replica(0), Arc::from(vec![0u8; 2048])));
+        assert!(closed.recv_timeout(Duration::from_secs(10)).is_err());
+        client.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
+}
