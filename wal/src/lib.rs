@@ -1,6 +1,31 @@
 //! `dura-wal`: the segmented, checksummed write-ahead log every durability guarantee of
-//! dura rests on. See `ARCHITECTURE.md`.
+//! dura rests on.
+//!
+//! * [`Wal::open`] verifies every record, cuts a torn tail, reports corruption before the
+//!   tail as an error naming segment and offset, and starts a [`LogWriter`].
+//! * [`LogWriter::append`] takes a record without waiting for the disk; every append
+//!   waiting when the previous write completes goes out in one aligned write (group
+//!   commit); a [`Ticket`] or the [`LogWriter::durable_notifications`] channel says when
+//!   it is durable.
+//! * The on-disk format is described in [`format`]; the file layer in [`storage`] (real:
+//!   io_uring or `pwrite`) and [`sim`] (simulated faulty disk).
 
 mod aligned;
+mod error;
+pub mod format;
 pub mod io;
+mod recovery;
+pub mod sim;
+pub mod storage;
 mod sys;
+mod uring;
+mod wal;
+
+pub use error::{IoOp, Result, WalError};
+pub use recovery::LogRecord;
+pub use storage::{Backend, FsStorage, ResolvedBackend, Storage, StorageFile, probe_io_uring};
+pub use wal::{
+    CutTail, DurablePoint, GROUP_BYTES_MAX_DEFAULT, LogWriter, QUEUE_DEPTH_MAX_DEFAULT,
+    RECORD_BYTES_MAX_DEFAULT, Recovered, SEGMENT_BYTES_DEFAULT, SPARE_SEGMENTS_MAX_DEFAULT,
+    SegmentInfo, Ticket, Wal, WalOptions,
+};

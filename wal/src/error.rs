@@ -1,0 +1,148 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The file operation that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Listing the log directory.
+    List,
+    /// Opening a file.
+    Open,
+    /// Creating (and preparing) a file.
+    Create,
+    /// Reading.
+    Read,
+    /// Writing (including the mode's sync).
+    Write,
+    /// fsync / fdatasync of a file.
+    Sync,
+    /// Renaming.
+    Rename,
+    /// Removing.
+    Remove,
+    /// fsync of the directory.
+    SyncDir,
+    /// Setting up io_uring.
+    Uring,
+}
+
+impl fmt::Display for IoOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            IoOp::List => "list",
+            IoOp::Open => "open",
+            IoOp::Create => "create",
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Sync => "sync",
+            IoOp::Rename => "rename",
+            IoOp::Remove => "remove",
+            IoOp::SyncDir => "sync directory",
+            IoOp::Uring => "io_uring setup",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Everything that can go wrong in the log. Cloneable so that one write failure can be
+/// handed to every pending append.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalError {
+    /// A file operation failed.
+    #[error("{op} of {path} failed{}: {source}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
+    Io {
+        /// What was attempted.
+        op: IoOp,
+        /// The file or directory.
+        path: PathBuf,
+        /// Byte offset, for reads and writes.
+        offset: Option<u64>,
+        /// The OS error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A record or group before the tail of the log failed verification; the replica
+    /// must repair its log from its peers (state transfer). Nothing was cut.
+    #[error("log corrupt in segment {segment_seq} ({path}) at offset {offset}: {reason}")]
+    Corrupt {
+        /// Sequence number of the segment.
+        segment_seq: u64,
+        /// Its file.
+        path: PathBuf,
+        /// Offset of the first damaged group.
+        offset: u64,
+        /// What failed.
+        reason: String,
+    },
+    /// Segment files are not consecutive.
+    #[error("segment {missing_seq} is missing from {dir}")]
+    MissingSegment {
+        /// The log directory.
+        dir: PathBuf,
+        /// The absent sequence number.
+        missing_seq: u64,
+    },
+    /// An append's agreement ids do not follow the previous record's.
+    #[error(
+        "agreement ids [{first_agreement_id}, {last_agreement_id}] do not follow {previous_agreement_id:?}"
+    )]
+    AgreementIdOrder {
+        /// First id of the rejected record.
+        first_agreement_id: u64,
+        /// Last id of the rejected record.
+        last_agreement_id: u64,
+        /// Last id of the previous record, if any.
+        previous_agreement_id: Option<u64>,
+    },
+    /// A cut was asked at an agreement id already passed by an appended record.
+    #[error(
+        "cannot cut after agreement id {agreement_id}: record up to {appended_agreement_id} already appended"
+    )]
+    CutBehind {
+        /// The requested cut point.
+        agreement_id: u64,
+        /// Last appended id.
+        appended_agreement_id: u64,
+    },
+    /// A record larger than `record_bytes_max`.
+    #[error(
+        "record of {payload_bytes} payload bytes for agreement id {agreement_id} exceeds record_bytes_max {record_bytes_max}"
+    )]
+    RecordTooLarge {
+        /// Its first agreement id.
+        agreement_id: u64,
+        /// Its payload size.
+        payload_bytes: usize,
+        /// The limit.
+        record_bytes_max: usize,
+    },
+    /// The writer failed earlier (a write or sync error); it never writes again.
+    #[error("log writer failed permanently: {0}")]
+    WriterFailed(Arc<WalError>),
+    /// The writer was closed.
+    #[error("log writer is closed")]
+    Closed,
+    /// No such segment (deleted, or never existed).
+    #[error("no closed segment {segment_seq}")]
+    NoSuchSegment {
+        /// The asked sequence number.
+        segment_seq: u64,
+    },
+    /// Options that cannot work together.
+    #[error("invalid log options: {0}")]
+    InvalidOptions(String),
+}
+
+impl WalError {
+    /// Builds an [`WalError::Io`].
+    pub fn io(op: IoOp, path: impl Into<PathBuf>, offset: Option<u64>, source: io::Error) -> Self {
+        WalError::Io { op, path: path.into(), offset, source: Arc::new(source) }
+    }
+}
+
+/// Result alias of the crate.
+pub type Result<T, E = WalError> = std::result::Result<T, E>;

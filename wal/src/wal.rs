@@ -1,0 +1,1153 @@
+//! Opening a log, and the log writer with group commit.
+//!
+//! ## Threads
+//!
+//! * Callers of [`LogWriter::append`] encode their record (header, payload copy,
+//!   checksum) straight into the **open group**, an aligned buffer allocated up front. The
+//!   open group is the bounded queue: an append blocks only when it holds
+//!   `queue_depth_max` records or `group_bytes_max` bytes, or a cut closed it.
+//! * The **writer** thread owns the segment file. When its previous write completed it
+//!   takes the whole open group (every append that arrived meanwhile), swaps in its own
+//!   empty buffer, stamps the group header, pads to 4 KiB and writes the group in ONE
+//!   aligned write (io_uring, or `pwrite`). Then it marks those records durable.
+//! * The **preparer** thread makes the next segment ready off the hot path: it renames a
+//!   recycled spare (stale contents, harmless: see [`crate::format`]) or creates a
+//!   pre-zeroed file under a temporary name, syncs it, renames it to its segment name and
+//!   syncs the directory, then opens it and hands it to the writer.
+//!
+//! ## Failure
+//!
+//! Any write or sync error (or a directory sync error while preparing or deleting
+//! segments) makes the writer fail permanently: no retry, every pending and later append
+//! and every waiting ticket gets [`WalError::WriterFailed`] with the cause, and the
+//! durability notification channel disconnects.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::aligned::{AlignedBuf, align_up};
+use crate::error::{IoOp, Result, WalError};
+use crate::format::{
+    BLOCK_BYTES, GROUP_FLAG_SEAL, GROUP_HEADER_BYTES, GroupHeader, RECORD_HEADER_BYTES,
+    SEGMENT_BYTES_MIN, encode_record, parse_segment_file_name, parse_spare_file_name, record_bytes,
+    segment_file_name, spare_file_name,
+};
+use crate::io::{DurabilityMode, Preallocate};
+use crate::recovery::{
+    Chain, LogRecord, ScanWants, SegmentEnd, holds_any_valid_group, scan_segment,
+};
+use crate::storage::{Backend, FsStorage, Storage, StorageFile};
+
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Default largest group (one write).
+pub const GROUP_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default largest record payload (a batch of 1024 requests of 4 KiB, plus headers).
+pub const RECORD_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024 + 64 * 1024;
+/// Default bound on records waiting for the next write.
+pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 4096;
+/// Default number of deleted segments kept for recycling.
+pub const SPARE_SEGMENTS_MAX_DEFAULT: usize = 2;
+
+/// Options of a log. Sizes are in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// How writes are made durable.
+    pub mode: DurabilityMode,
+    /// Size of a new segment file (a multiple of 4 KiB; must hold the largest group plus
+    /// the seal block).
+    pub segment_bytes: u64,
+    /// A group (one write) closes when adding a record would exceed this, unless the group
+    /// is empty: a single record larger than this still goes out alone.
+    pub group_bytes_max: usize,
+    /// Largest payload of one record.
+    pub record_bytes_max: usize,
+    /// Most records waiting for the next write; `append` blocks beyond it.
+    pub queue_depth_max: usize,
+    /// Write path (real storage only).
+    pub backend: Backend,
+    /// How new segment files are prepared.
+    pub preallocate: Preallocate,
+    /// Deleted segments kept (renamed) for recycling instead of being removed.
+    pub spare_segments_max: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            mode: DurabilityMode::default(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            group_bytes_max: GROUP_BYTES_MAX_DEFAULT,
+            record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
+            queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
+            backend: Backend::default(),
+            preallocate: Preallocate::default(),
+            spare_segments_max: SPARE_SEGMENTS_MAX_DEFAULT,
+        }
+    }
+}
+
+impl WalOptions {
+    /// Capacity of each of the two group buffers.
+    pub fn group_buffer_bytes(&self) -> usize {
+        align_up(
+            self.group_bytes_max.max(GROUP_HEADER_BYTES + record_bytes(self.record_bytes_max)),
+            BLOCK_BYTES,
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fail = |why: String| Err(WalError::InvalidOptions(why));
+        if !self.segment_bytes.is_multiple_of(BLOCK_BYTES as u64)
+            || self.segment_bytes < SEGMENT_BYTES_MIN as u64
+        {
+            return fail(format!(
+                "segment_bytes {} must be a multiple of {BLOCK_BYTES} and at least {SEGMENT_BYTES_MIN}",
+                self.segment_bytes
+            ));
+        }
+        if self.group_bytes_max < GROUP_HEADER_BYTES + RECORD_HEADER_BYTES {
+            return fail(format!(
+                "group_bytes_max {} is smaller than one header",
+                self.group_bytes_max
+            ));
+        }
+        if self.record_bytes_max > crate::format::PAYLOAD_BYTES_LIMIT {
+            return fail(format!(
+                "record_bytes_max {} exceeds the format's limit",
+                self.record_bytes_max
+            ));
+        }
+        if self.queue_depth_max == 0 || self.queue_depth_max > u32::MAX as usize {
+            return fail(format!("queue_depth_max {} out of range", self.queue_depth_max));
+        }
+        let needed = self.group_buffer_bytes() as u64 + BLOCK_BYTES as u64;
+        if self.segment_bytes < needed {
+            return fail(format!(
+                "segment_bytes {} cannot hold the largest group plus the seal ({needed})",
+                self.segment_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where durability stands: every record up to `record_seq` (this writer's numbering,
+/// from 1) and every agreement id up to `agreement_id` is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DurablePoint {
+    /// Records appended through this writer that are durable (0: none yet).
+    pub record_seq: u64,
+    /// Last agreement id of the last durable record (0: none yet, nor recovered).
+    pub agreement_id: u64,
+}
+
+/// The tail that opening cut: a torn last write (or a damaged last group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutTail {
+    /// Segment holding the cut.
+    pub segment_seq: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// Offset of the group that failed verification; everything from here is dropped.
+    pub offset: u64,
+    /// What failed.
+    pub reason: String,
+}
+
+/// What opening found.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Every verified record, in log order, for replay.
+    pub records: Vec<LogRecord>,
+    /// The torn tail that was cut, if any.
+    pub cut: Option<CutTail>,
+    /// The closed (sealed) segments found.
+    pub closed_segments: Vec<SegmentInfo>,
+}
+
+/// A closed segment: sealed, never written again.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    /// Its sequence number.
+    pub segment_seq: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its file name in the log directory.
+    pub file_name: String,
+    /// First agreement id in it (`None` for a segment without records).
+    pub first_agreement_id: Option<u64>,
+    /// Last agreement id in it.
+    pub last_agreement_id: Option<u64>,
+    /// Records in it.
+    pub record_count: u64,
+    sha256: Arc<OnceLock<[u8; 32]>>,
+}
+
+impl SegmentInfo {
+    /// The segment's SHA-256 if already computed (see [`LogWriter::segment_sha256`]).
+    pub fn sha256_if_computed(&self) -> Option<[u8; 32]> {
+        self.sha256.get().copied()
+    }
+}
+
+/// A handle on one appended record's durability.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    record_seq: u64,
+    last_agreement_id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Ticket {
+    /// This record's number in the writer's numbering (from 1).
+    pub fn record_seq(&self) -> u64 {
+        self.record_seq
+    }
+
+    /// The record's last agreement id.
+    pub fn last_agreement_id(&self) -> u64 {
+        self.last_agreement_id
+    }
+
+    /// Blocks until the record is durable (`Ok`) or the writer failed or closed before
+    /// writing it (`Err`).
+    pub fn wait(&self) -> Result<()> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.durable.record_seq >= self.record_seq {
+                return Ok(());
+            }
+            if let Some(error) = &state.failed {
+                return Err(WalError::WriterFailed(Arc::clone(error)));
+            }
+            if state.writer_exited {
+                return Err(WalError::Closed);
+            }
+            state = self.shared.durable_cv.wait(state).expect("wal lock poisoned");
+        }
+    }
+
+    /// Without blocking: `Ok(true)` once durable, `Ok(false)` while pending, `Err` when it
+    /// never will be.
+    pub fn is_durable(&self) -> Result<bool> {
+        let state = self.shared.lock();
+        if state.durable.record_seq >= self.record_seq {
+            return Ok(true);
+        }
+        if let Some(error) = &state.failed {
+            return Err(WalError::WriterFailed(Arc::clone(error)));
+        }
+        if state.writer_exited {
+            return Err(WalError::Closed);
+        }
+        Ok(false)
+    }
+}
+
+/// One group buffer and what is in it.
+#[derive(Debug)]
+struct Group {
+    buf: AlignedBuf,
+    record_count: u32,
+    first_agreement_id: u64,
+    last_agreement_id: u64,
+    last_record_seq: u64,
+    /// Seal the segment after writing this group.
+    cut_after: bool,
+}
+
+impl Group {
+    fn new(capacity: usize) -> Group {
+        let mut group = Group {
+            buf: AlignedBuf::with_capacity(capacity),
+            record_count: 0,
+            first_agreement_id: 0,
+            last_agreement_id: 0,
+            last_record_seq: 0,
+            cut_after: false,
+        };
+        group.reset();
+        group
+    }
+
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.buf.set_len(GROUP_HEADER_BYTES);
+        self.record_count = 0;
+        self.first_agreement_id = 0;
+        self.last_agreement_id = 0;
+        self.last_record_seq = 0;
+        self.cut_after = false;
+    }
+
+    fn has_work(&self) -> bool {
+        self.record_count > 0 || self.cut_after
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    open: Group,
+    next_record_seq: u64,
+    chain: Chain,
+    /// Cut before the first record whose first agreement id exceeds this.
+    pending_cut: Option<u64>,
+    durable: DurablePoint,
+    failed: Option<Arc<WalError>>,
+    closing: bool,
+    writer_exited: bool,
+    closed_segments: Vec<SegmentInfo>,
+    spares: Vec<String>,
+    next_spare: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// The writer waits here for work.
+    work_cv: Condvar,
+    /// Appenders wait here for room in the open group.
+    space_cv: Condvar,
+    /// Ticket waiters wait here.
+    durable_cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("wal lock poisoned")
+    }
+
+    fn fail(&self, error: WalError) -> Arc<WalError> {
+        let mut state = self.lock();
+        let error = state.failed.get_or_insert_with(|| {
+            log::error!("wal writer failed permanently: {error}");
+            Arc::new(error)
+        });
+        let error = Arc::clone(error);
+        drop(state);
+        self.work_cv.notify_all();
+        self.space_cv.notify_all();
+        self.durable_cv.notify_all();
+        error
+    }
+}
+
+/// Entry point: opening a log directory.
+#[derive(Debug)]
+pub struct Wal;
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` on the real file system, verifies every
+    /// record, cuts a torn tail, and starts the writer.
+    ///
+    /// Contract: `Recovered::records` are exactly the records that survive, in order;
+    /// every record once reported durable is among them unless the log was corrupted. A
+    /// damaged group before the tail is an [`WalError::Corrupt`] naming segment and offset,
+    /// and nothing is cut or written then.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(LogWriter<FsStorage>, Recovered)> {
+        std::fs::create_dir_all(dir).map_err(|e| WalError::io(IoOp::Create, dir, None, e))?;
+        let storage = FsStorage::new(dir, options.mode, options.backend)
+            .map_err(|e| WalError::io(IoOp::Uring, dir, None, e))?;
+        Wal::open_with_storage(storage, options)
+    }
+
+    /// [`Wal::open`] on any [`Storage`] (the simulated disk in tests).
+    pub fn open_with_storage<S: Storage>(
+        storage: S,
+        options: WalOptions,
+    ) -> Result<(LogWriter<S>, Recovered)> {
+        options.validate()?;
+        let storage = Arc::new(storage);
+        let dir = storage.dir().to_path_buf();
+        let names = storage.list().map_err(|e| WalError::io(IoOp::List, &dir, None, e))?;
+        let mut segments: Vec<(u64, String)> = Vec::new();
+        let mut spares: Vec<(u64, String)> = Vec::new();
+        for name in names {
+            if let Some(seq) = parse_segment_file_name(&name) {
+                segments.push((seq, name));
+            } else if let Some(n) = parse_spare_file_name(&name) {
+                spares.push((n, name));
+            } else if name.starts_with("prepare-") && name.ends_with(".tmp") {
+                // A segment whose preparation a crash interrupted.
+                storage
+                    .remove(&name)
+                    .map_err(|e| WalError::io(IoOp::Remove, storage.path(&name), None, e))?;
+            }
+        }
+        segments.sort();
+        spares.sort();
+        for pair in segments.windows(2) {
+            if pair[1].0 != pair[0].0 + 1 {
+                return Err(WalError::MissingSegment { dir, missing_seq: pair[0].0 + 1 });
+            }
+        }
+
+        // Verify every segment in order.
+        let mut chain = Chain::default();
+        let mut records = Vec::new();
+        let mut closed_segments = Vec::new();
+        let mut tail: Option<(u64, String, u64)> = None;
+        let mut cut = None;
+        let mut index = 0;
+        while index < segments.len() {
+            let (seq, name) = &segments[index];
+            let path = storage.path(name);
+            let bytes =
+                storage.read_all(name).map_err(|e| WalError::io(IoOp::Read, &path, None, e))?;
+            if bytes.len() < SEGMENT_BYTES_MIN {
+                return Err(WalError::Corrupt {
+                    segment_seq: *seq,
+                    path,
+                    offset: bytes.len() as u64,
+                    reason: "segment file shorter than the minimum".into(),
+                });
+            }
+            let scan =
+                scan_segment(&bytes, *seq, &mut chain, ScanWants { payloads: true, sha256: true });
+            records.extend(scan.records);
+            match scan.end {
+                SegmentEnd::Sealed { .. } => {
+                    closed_segments.push(SegmentInfo {
+                        segment_seq: *seq,
+                        path,
+                        file_name: name.clone(),
+                        first_agreement_id: scan.first_agreement_id,
+                        last_agreement_id: scan.last_agreement_id,
+                        record_count: scan.record_count,
+                        sha256: Arc::new(scan.sha256.map(OnceLock::from).unwrap_or_default()),
+                    });
+                    index += 1;
+                }
+                SegmentEnd::Open { offset, damaged, reason } => {
+                    if let Some(later) = scan.later_valid_group {
+                        return Err(WalError::Corrupt {
+                            segment_seq: *seq,
+                            path,
+                            offset,
+                            reason: format!(
+                                "{reason}, yet a valid group follows at offset {later}"
+                            ),
+                        });
+                    }
+                    // The tail: every later segment must be empty (prepared, never written).
+                    for (later_seq, later_name) in &segments[index + 1..] {
+                        let later_path = storage.path(later_name);
+                        let later_bytes = storage
+                            .read_all(later_name)
+                            .map_err(|e| WalError::io(IoOp::Read, &later_path, None, e))?;
+                        if let Some(at) = holds_any_valid_group(&later_bytes, *later_seq) {
+                            return Err(WalError::Corrupt {
+                                segment_seq: *seq,
+                                path,
+                                offset,
+                                reason: format!(
+                                    "{reason} in an unsealed segment, yet segment {later_seq} holds a valid group at offset {at}"
+                                ),
+                            });
+                        }
+                    }
+                    if damaged {
+                        log::warn!(
+                            "wal: cutting torn tail of segment {seq} at offset {offset}: {reason}"
+                        );
+                        cut = Some(CutTail {
+                            segment_seq: *seq,
+                            path,
+                            offset,
+                            reason: reason.to_owned(),
+                        });
+                    }
+                    tail = Some((*seq, name.clone(), offset));
+                    break;
+                }
+            }
+        }
+        // Segments after the tail held nothing: recycle them as spares.
+        let trailing: Vec<(u64, String)> = match &tail {
+            Some((seq, _, _)) => segments.iter().filter(|(s, _)| s > seq).cloned().collect(),
+            None => Vec::new(),
+        };
+        let mut next_spare = spares.last().map_or(1, |(n, _)| n + 1);
+        let mut spare_names: Vec<String> = spares.into_iter().map(|(_, name)| name).collect();
+        for (_, name) in &trailing {
+            let spare = spare_file_name(next_spare);
+            next_spare += 1;
+            storage
+                .rename(name, &spare)
+                .map_err(|e| WalError::io(IoOp::Rename, storage.path(name), None, e))?;
+            spare_names.push(spare);
+        }
+        if !trailing.is_empty() {
+            storage.sync_dir().map_err(|e| WalError::io(IoOp::SyncDir, &dir, None, e))?;
+        }
+
+        // The active segment: the tail, or a fresh one after the last sealed segment.
+        let (active_seq, active_name, active_offset) = match tail {
+            Some(t) => t,
+            None => {
+                let seq = segments.last().map_or(1, |(s, _)| s + 1);
+                let name = prepare_segment(&*storage, &options, seq, &mut spare_names)?;
+                (seq, name, 0)
+            }
+        };
+        let active_file = storage
+            .open_for_write(&active_name)
+            .map_err(|e| WalError::io(IoOp::Open, storage.path(&active_name), None, e))?;
+        let active_len = active_file
+            .len_bytes()
+            .map_err(|e| WalError::io(IoOp::Read, storage.path(&active_name), None, e))?;
+        let active_has_records = active_offset > 0;
+
+        let capacity = options.group_buffer_bytes();
+        let durable =
+            DurablePoint { record_seq: 0, agreement_id: chain.last_agreement_id.unwrap_or(0) };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                open: Group::new(capacity),
+                next_record_seq: 1,
+                chain,
+                pending_cut: None,
+                durable,
+                failed: None,
+                closing: false,
+                writer_exited: false,
+                closed_segments: closed_segments.clone(),
+                spares: spare_names,
+                next_spare,
+            }),
+            work_cv: Condvar::new(),
+            space_cv: Condvar::new(),
+            durable_cv: Condvar::new(),
+        });
+
+        let (prepared_tx, prepared_rx) = crossbeam_channel::bounded::<Result<Prepared<S::File>>>(0);
+        let preparer = {
+            let storage = Arc::clone(&storage);
+            let shared = Arc::clone(&shared);
+            let options = options.clone();
+            thread::Builder::new()
+                .name("wal-prepare".into())
+                .spawn(move || {
+                    run_preparer(&*storage, &shared, &options, active_seq + 1, &prepared_tx)
+                })
+                .map_err(|e| WalError::io(IoOp::Create, &dir, None, e))?
+        };
+        let (durable_tx, durable_rx) = crossbeam_channel::bounded(1);
+        let writer = {
+            let storage = Arc::clone(&storage);
+            let shared = Arc::clone(&shared);
+            let mut state = WriterState {
+                storage,
+                shared,
+                file: active_file,
+                segment_seq: active_seq,
+                segment_name: active_name,
+                segment_len: active_len,
+                offset: active_offset,
+                segment_first_agreement_id: None,
+                segment_last_agreement_id: None,
+                segment_record_count: 0,
+                segment_has_records: active_has_records,
+                prepared_rx,
+                seal_buf: AlignedBuf::with_capacity(BLOCK_BYTES),
+                durable_tx,
+                durable_rx_drain: durable_rx.clone(),
+            };
+            // The tail segment's ids so far (for its SegmentInfo when sealed).
+            if active_has_records {
+                let bytes = state.storage.read_all(&state.segment_name).map_err(|e| {
+                    WalError::io(IoOp::Read, state.storage.path(&state.segment_name), None, e)
+                })?;
+                let mut any = Chain::default();
+                let scan = scan_segment(
+                    &bytes,
+                    active_seq,
+                    &mut any,
+                    ScanWants { payloads: false, sha256: false },
+                );
+                state.segment_first_agreement_id = scan.first_agreement_id;
+                state.segment_last_agreement_id = scan.last_agreement_id;
+                state.segment_record_count = scan.record_count;
+            }
+            thread::Builder::new()
+                .name("wal-writer".into())
+                .spawn(move || state.run(capacity))
+                .map_err(|e| WalError::io(IoOp::Create, &dir, None, e))?
+        };
+        let writer = LogWriter {
+            storage,
+            shared,
+            options,
+            durable_rx,
+            writer: Some(writer),
+            preparer: Some(preparer),
+        };
+        Ok((writer, Recovered { records, cut, closed_segments }))
+    }
+}
+
+/// Makes segment `seq` ready under its name: a recycled spare, or a new pre-zeroed file
+/// prepared under a temporary name and renamed. The directory is synced.
+fn prepare_segment<S: Storage>(
+    storage: &S,
+    options: &WalOptions,
+    seq: u64,
+    spares: &mut Vec<String>,
+) -> Result<String> {
+    let name = segment_file_name(seq);
+    if let Some(spare) = spares.pop() {
+        storage
+            .rename(&spare, &name)
+            .map_err(|e| WalError::io(IoOp::Rename, storage.path(&spare), None, e))?;
+    } else {
+        let temp = format!("prepare-{seq:020}.tmp");
+        storage
+            .create_prepared(&temp, options.segment_bytes, options.preallocate)
+            .map_err(|e| WalError::io(IoOp::Create, storage.path(&temp), None, e))?;
+        storage
+            .rename(&temp, &name)
+            .map_err(|e| WalError::io(IoOp::Rename, storage.path(&temp), None, e))?;
+    }
+    storage.sync_dir().map_err(|e| WalError::io(IoOp::SyncDir, storage.dir(), None, e))?;
+    Ok(name)
+}
+
+struct Prepared<F> {
+    seq: u64,
+    name: String,
+    file: F,
+    len: u64,
+}
+
+fn run_preparer<S: Storage>(
+    storage: &S,
+    shared: &Shared,
+    options: &WalOptions,
+    mut seq: u64,
+    prepared_tx: &Sender<Result<Prepared<S::File>>>,
+) {
+    loop {
+        let prepared = (|| {
+            let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
+            let name = prepare_segment(storage, options, seq, &mut spare)?;
+            let file = storage
+                .open_for_write(&name)
+                .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
+            let len = file
+                .len_bytes()
+                .map_err(|e| WalError::io(IoOp::Read, storage.path(&name), None, e))?;
+            Ok(Prepared { seq, name, file, len })
+        })();
+        let failed = prepared.is_err();
+        if prepared_tx.send(prepared).is_err() || failed {
+            // The writer is gone (closed or failed), or preparing failed: the writer gets
+            // the error when it needs the segment.
+            return;
+        }
+        seq += 1;
+    }
+}
+
+struct WriterState<S: Storage> {
+    storage: Arc<S>,
+    shared: Arc<Shared>,
+    file: S::File,
+    segment_seq: u64,
+    segment_name: String,
+    segment_len: u64,
+    offset: u64,
+    segment_first_agreement_id: Option<u64>,
+    segment_last_agreement_id: Option<u64>,
+    segment_record_count: u64,
+    segment_has_records: bool,
+    prepared_rx: Receiver<Result<Prepared<S::File>>>,
+    seal_buf: AlignedBuf,
+    durable_tx: Sender<DurablePoint>,
+    durable_rx_drain: Receiver<DurablePoint>,
+}
+
+impl<S: Storage> WriterState<S> {
+    fn run(mut self, capacity: usize) {
+        let mut spare = Group::new(capacity);
+        loop {
+            let mut group = {
+                let mut state = self.shared.lock();
+                while !state.open.has_work() && !state.closing && state.failed.is_none() {
+                    state = self.shared.work_cv.wait(state).expect("wal lock poisoned");
+                }
+                if state.failed.is_some() || !state.open.has_work() {
+                    // Failed, or closing with nothing left to write.
+                    state.writer_exited = true;
+                    drop(state);
+                    self.shared.durable_cv.notify_all();
+                    self.shared.space_cv.notify_all();
+                    return;
+                }
+                let group = std::mem::replace(&mut state.open, spare);
+                drop(state);
+                self.shared.space_cv.notify_all();
+                group
+            };
+            match self.write_group(&mut group) {
+                Ok(()) => {
+                    if group.record_count > 0 {
+                        let point = {
+                            let mut state = self.shared.lock();
+                            assert!(group.last_record_seq > state.durable.record_seq);
+                            state.durable = DurablePoint {
+                                record_seq: group.last_record_seq,
+                                agreement_id: group.last_agreement_id,
+                            };
+                            state.durable
+                        };
+                        self.shared.durable_cv.notify_all();
+                        self.notify(point);
+                    }
+                }
+                Err(error) => {
+                    self.shared.fail(error);
+                    self.shared.lock().writer_exited = true;
+                    self.shared.durable_cv.notify_all();
+                    return;
+                }
+            }
+            group.reset();
+            spare = group;
+        }
+    }
+
+    /// Publishes the newest durable point on the bounded(1) channel, replacing an
+    /// unreceived older one, so the receiver always ends up seeing the latest.
+    fn notify(&self, point: DurablePoint) {
+        if let Err(crossbeam_channel::TrySendError::Full(point)) = self.durable_tx.try_send(point) {
+            let _older = self.durable_rx_drain.try_recv();
+            // Only this thread sends, so after draining there is room (or the receiver
+            // took the older point meanwhile, which also leaves room).
+            let _ = self.durable_tx.try_send(point);
+        }
+    }
+
+    fn write_group(&mut self, group: &mut Group) -> Result<()> {
+        if group.record_count > 0 {
+            let records_bytes = group.buf.len() - GROUP_HEADER_BYTES;
+            let padded = align_up(group.buf.len(), BLOCK_BYTES) as u64;
+            if self.offset + padded > self.segment_len - BLOCK_BYTES as u64 {
+                self.seal_and_roll()?;
+                if self.offset + padded > self.segment_len - BLOCK_BYTES as u64 {
+                    return Err(WalError::InvalidOptions(format!(
+                        "segment {} of {} bytes cannot hold a group of {padded} bytes plus the seal",
+                        self.segment_seq, self.segment_len
+                    )));
+                }
+            }
+            GroupHeader {
+                flags: 0,
+                record_count: group.record_count,
+                segment_seq: self.segment_seq,
+                group_offset: self.offset,
+                records_bytes: records_bytes as u64,
+                first_agreement_id: group.first_agreement_id,
+                last_agreement_id: group.last_agreement_id,
+            }
+            .encode(group.buf.full_mut());
+            group.buf.pad_to_alignment();
+            assert_eq!(group.buf.len() as u64, padded);
+            self.file.write_durable(group.buf.as_slice(), self.offset).map_err(|e| {
+                WalError::io(
+                    IoOp::Write,
+                    self.storage.path(&self.segment_name),
+                    Some(self.offset),
+                    e,
+                )
+            })?;
+            self.offset += padded;
+            self.segment_first_agreement_id.get_or_insert(group.first_agreement_id);
+            self.segment_last_agreement_id = Some(group.last_agreement_id);
+            self.segment_record_count += u64::from(group.record_count);
+            self.segment_has_records = true;
+        }
+        if group.cut_after && self.segment_has_records {
+            self.seal_and_roll()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the seal of the current segment, records it as closed, and switches to the
+    /// next segment from the preparer.
+    fn seal_and_roll(&mut self) -> Result<()> {
+        assert!(self.offset + BLOCK_BYTES as u64 <= self.segment_len);
+        self.seal_buf.clear();
+        self.seal_buf.extend_zeros(BLOCK_BYTES);
+        GroupHeader {
+            flags: GROUP_FLAG_SEAL,
+            record_count: 0,
+            segment_seq: self.segment_seq,
+            group_offset: self.offset,
+            records_bytes: 0,
+            first_agreement_id: self.segment_first_agreement_id.unwrap_or(0),
+            last_agreement_id: self.segment_last_agreement_id.unwrap_or(0),
+        }
+        .encode(self.seal_buf.full_mut());
+        self.file.write_durable(self.seal_buf.as_slice(), self.offset).map_err(|e| {
+            WalError::io(IoOp::Write, self.storage.path(&self.segment_name), Some(self.offset), e)
+        })?;
+        let info = SegmentInfo {
+            segment_seq: self.segment_seq,
+            path: self.storage.path(&self.segment_name),
+            file_name: self.segment_name.clone(),
+            first_agreement_id: self.segment_first_agreement_id,
+            last_agreement_id: self.segment_last_agreement_id,
+            record_count: self.segment_record_count,
+            sha256: Arc::new(OnceLock::new()),
+        };
+        self.shared.lock().closed_segments.push(info);
+        let prepared = match self.prepared_rx.recv() {
+            Ok(prepared) => prepared?,
+            Err(_) => return Err(WalError::Closed),
+        };
+        assert_eq!(prepared.seq, self.segment_seq + 1);
+        log::debug!("wal: sealed segment {}, writing segment {}", self.segment_seq, prepared.seq);
+        self.file = prepared.file;
+        self.segment_seq = prepared.seq;
+        self.segment_name = prepared.name;
+        self.segment_len = prepared.len;
+        self.offset = 0;
+        self.segment_first_agreement_id = None;
+        self.segment_last_agreement_id = None;
+        self.segment_record_count = 0;
+        self.segment_has_records = false;
+        Ok(())
+    }
+}
+
+/// The log writer handle: append records, learn when they are durable, manage segments.
+///
+/// Dropping it closes the log as [`close`](Self::close) does, ignoring errors.
+#[derive(Debug)]
+pub struct LogWriter<S: Storage = FsStorage> {
+    storage: Arc<S>,
+    shared: Arc<Shared>,
+    options: WalOptions,
+    durable_rx: Receiver<DurablePoint>,
+    writer: Option<JoinHandle<()>>,
+    preparer: Option<JoinHandle<()>>,
+}
+
+impl<S: Storage> LogWriter<S> {
+    /// Appends a record covering agreement ids `[first_agreement_id, last_agreement_id]`.
+    /// Does not wait for the disk: it copies `payload` into the open group and returns a
+    /// ticket. It blocks only while the open group is full (bounded queue).
+    ///
+    /// Ids must strictly increase from record to record (`first > previous last`) and
+    /// `last >= first`; otherwise [`WalError::AgreementIdOrder`] and nothing is appended.
+    /// Fails with [`WalError::WriterFailed`] once the writer failed, and
+    /// [`WalError::Closed`] after close.
+    pub fn append(
+        &self,
+        first_agreement_id: u64,
+        last_agreement_id: u64,
+        payload: &[u8],
+    ) -> Result<Ticket> {
+        if payload.len() > self.options.record_bytes_max {
+            return Err(WalError::RecordTooLarge {
+                agreement_id: first_agreement_id,
+                payload_bytes: payload.len(),
+                record_bytes_max: self.options.record_bytes_max,
+            });
+        }
+        let needed = record_bytes(payload.len());
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(error) = &state.failed {
+                return Err(WalError::WriterFailed(Arc::clone(error)));
+            }
+            if state.closing {
+                return Err(WalError::Closed);
+            }
+            let previous = state.chain.last_agreement_id;
+            if last_agreement_id < first_agreement_id
+                || previous.is_some_and(|p| first_agreement_id <= p)
+            {
+                return Err(WalError::AgreementIdOrder {
+                    first_agreement_id,
+                    last_agreement_id,
+                    previous_agreement_id: previous,
+                });
+            }
+            if let Some(cut) = state.pending_cut
+                && first_agreement_id > cut
+            {
+                // Records after the cut point go to the next segment.
+                state.pending_cut = None;
+                state.open.cut_after = true;
+                self.shared.work_cv.notify_one();
+            }
+            let open = &state.open;
+            let fits = !open.cut_after
+                && (open.record_count as usize) < self.options.queue_depth_max
+                && (open.record_count == 0
+                    || open.buf.len() + needed <= self.options.group_bytes_max);
+            if fits {
+                break;
+            }
+            state = self.shared.space_cv.wait(state).expect("wal lock poisoned");
+        }
+        let prev_checksum = state.chain.prev_checksum.unwrap_or(0);
+        let record_seq = state.next_record_seq;
+        let open = &mut state.open;
+        let at = open.buf.len();
+        assert!(at + needed <= open.buf.capacity());
+        let checksum = encode_record(
+            &mut open.buf.full_mut()[at..],
+            first_agreement_id,
+            last_agreement_id,
+            prev_checksum,
+            payload,
+        );
+        open.buf.set_len(at + needed);
+        if open.record_count == 0 {
+            open.first_agreement_id = first_agreement_id;
+        }
+        open.record_count += 1;
+        open.last_agreement_id = last_agreement_id;
+        open.last_record_seq = record_seq;
+        let wake_writer = open.record_count == 1;
+        state.next_record_seq += 1;
+        state.chain =
+            Chain { prev_checksum: Some(checksum), last_agreement_id: Some(last_agreement_id) };
+        if let Some(cut) = state.pending_cut
+            && last_agreement_id >= cut
+        {
+            state.pending_cut = None;
+            state.open.cut_after = true;
+        }
+        drop(state);
+        if wake_writer {
+            self.shared.work_cv.notify_one();
+        }
+        Ok(Ticket { record_seq, last_agreement_id, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Ends the current segment after the record that covers `after_agreement_id`: the
+    /// first record whose first agreement id exceeds it starts a new segment. If that
+    /// record is already appended the current segment is sealed right after it; if a
+    /// later record is already appended, [`WalError::CutBehind`].
+    pub fn cut_segment(&self, after_agreement_id: u64) -> Result<()> {
+        let mut state = self.shared.lock();
+        if let Some(error) = &state.failed {
+            return Err(WalError::WriterFailed(Arc::clone(error)));
+        }
+        match state.chain.last_agreement_id {
+            Some(last) if last > after_agreement_id => {
+                return Err(WalError::CutBehind {
+                    agreement_id: after_agreement_id,
+                    appended_agreement_id: last,
+                });
+            }
+            Some(last) if last == after_agreement_id => {
+                state.open.cut_after = true;
+                state.pending_cut = None;
+                drop(state);
+                self.shared.work_cv.notify_one();
+            }
+            _ => state.pending_cut = Some(after_agreement_id),
+        }
+        Ok(())
+    }
+
+    /// The newest durable point.
+    pub fn durable_point(&self) -> DurablePoint {
+        self.shared.lock().durable
+    }
+
+    /// A channel that receives the newest [`DurablePoint`] after each write completes,
+    /// for an event loop to `select!` on. It holds at most one point; an unreceived
+    /// point is replaced by the newer one, so the last received point is current. It
+    /// disconnects when the writer stops (closed or failed: see [`error`](Self::error)).
+    /// Meant for one consumer.
+    pub fn durable_notifications(&self) -> Receiver<DurablePoint> {
+        self.durable_rx.clone()
+    }
+
+    /// The error the writer failed with, if it did.
+    pub fn error(&self) -> Option<Arc<WalError>> {
+        self.shared.lock().failed.clone()
+    }
+
+    /// Blocks until every record appended so far is durable.
+    pub fn sync(&self) -> Result<()> {
+        let ticket = {
+            let state = self.shared.lock();
+            Ticket {
+                record_seq: state.next_record_seq - 1,
+                last_agreement_id: state.chain.last_agreement_id.unwrap_or(0),
+                shared: Arc::clone(&self.shared),
+            }
+        };
+        ticket.wait()
+    }
+
+    /// Snapshot of the closed (sealed) segments, oldest first.
+    pub fn closed_segments(&self) -> Vec<SegmentInfo> {
+        self.shared.lock().closed_segments.clone()
+    }
+
+    /// SHA-256 of closed segment `segment_seq`: over the bytes of its records (headers and
+    /// payloads, in order; not group headers or padding), so replicas that logged the same
+    /// records agree. Computed once (verifying the segment), then cached.
+    pub fn segment_sha256(&self, segment_seq: u64) -> Result<[u8; 32]> {
+        let info = self.closed_segment(segment_seq)?;
+        if let Some(digest) = info.sha256.get() {
+            return Ok(*digest);
+        }
+        let (_, digest) = self.read_verified(&info, false)?;
+        Ok(*info.sha256.get_or_init(|| digest))
+    }
+
+    /// Reads and verifies the records of closed segment `segment_seq` (for state
+    /// transfer). Fails with [`WalError::Corrupt`] if the file no longer verifies.
+    pub fn read_segment(&self, segment_seq: u64) -> Result<Vec<LogRecord>> {
+        let info = self.closed_segment(segment_seq)?;
+        let (records, digest) = self.read_verified(&info, true)?;
+        let _ = info.sha256.get_or_init(|| digest);
+        Ok(records)
+    }
+
+    fn closed_segment(&self, segment_seq: u64) -> Result<SegmentInfo> {
+        self.shared
+            .lock()
+            .closed_segments
+            .iter()
+            .find(|s| s.segment_seq == segment_seq)
+            .cloned()
+            .ok_or(WalError::NoSuchSegment { segment_seq })
+    }
+
+    fn read_verified(
+        &self,
+        info: &SegmentInfo,
+        payloads: bool,
+    ) -> Result<(Vec<LogRecord>, [u8; 32])> {
+        let bytes = self
+            .storage
+            .read_all(&info.file_name)
+            .map_err(|e| WalError::io(IoOp::Read, &info.path, None, e))?;
+        let corrupt = |offset: u64, reason: String| WalError::Corrupt {
+            segment_seq: info.segment_seq,
+            path: info.path.clone(),
+            offset,
+            reason,
+        };
+        if bytes.len() < SEGMENT_BYTES_MIN {
+            return Err(corrupt(0, "segment file shorter than the minimum".into()));
+        }
+        let mut chain = Chain::default();
+        let scan = scan_segment(
+            &bytes,
+            info.segment_seq,
+            &mut chain,
+            ScanWants { payloads, sha256: true },
+        );
+        match scan.end {
+            SegmentEnd::Sealed { .. } if scan.record_count == info.record_count => {
+                Ok((scan.records, scan.sha256.expect("asked for")))
+            }
+            SegmentEnd::Sealed { offset } => Err(corrupt(offset, "record count changed".into())),
+            SegmentEnd::Open { offset, reason, .. } => {
+                Err(corrupt(offset, format!("closed segment: {reason}")))
+            }
+        }
+    }
+
+    /// Deletes every closed segment whose last agreement id is below `agreement_id`
+    /// (whole segments only; the active segment is never deleted). Up to
+    /// `spare_segments_max` of them are renamed to spares for recycling, the others
+    /// removed; the directory is synced. Returns the deleted sequence numbers.
+    ///
+    /// A failure (rename, remove, directory sync) fails the writer permanently.
+    pub fn delete_below(&self, agreement_id: u64) -> Result<Vec<u64>> {
+        let (doomed, mut next_spare, spare_room) = {
+            let mut state = self.shared.lock();
+            if let Some(error) = &state.failed {
+                return Err(WalError::WriterFailed(Arc::clone(error)));
+            }
+            let (doomed, kept): (Vec<SegmentInfo>, Vec<SegmentInfo>) =
+                std::mem::take(&mut state.closed_segments)
+                    .into_iter()
+                    .partition(|s| s.last_agreement_id.is_none_or(|last| last < agreement_id));
+            state.closed_segments = kept;
+            let room = self.options.spare_segments_max.saturating_sub(state.spares.len());
+            let next = state.next_spare;
+            state.next_spare += doomed.len() as u64;
+            (doomed, next, room)
+        };
+        let mut recycled = Vec::new();
+        let result = (|| {
+            for (i, segment) in doomed.iter().enumerate() {
+                if i < spare_room {
+                    let spare = spare_file_name(next_spare);
+                    next_spare += 1;
+                    self.storage
+                        .rename(&segment.file_name, &spare)
+                        .map_err(|e| WalError::io(IoOp::Rename, &segment.path, None, e))?;
+                    recycled.push(spare);
+                } else {
+                    self.storage
+                        .remove(&segment.file_name)
+                        .map_err(|e| WalError::io(IoOp::Remove, &segment.path, None, e))?;
+                }
+            }
+            if !doomed.is_empty() {
+                self.storage
+                    .sync_dir()
+                    .map_err(|e| WalError::io(IoOp::SyncDir, self.storage.dir(), None, e))?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.shared.lock().spares.extend(recycled);
+                Ok(doomed.iter().map(|s| s.segment_seq).collect())
+            }
+            Err(error) => Err(WalError::WriterFailed(self.shared.fail(error))),
+        }
+    }
+
+    /// Writes everything appended so far, stops the writer and the preparer, and returns
+    /// the writer's error if it failed. Later appends fail with [`WalError::Closed`].
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        {
+            let mut state = self.shared.lock();
+            state.closing = true;
+        }
+        self.shared.work_cv.notify_all();
+        self.shared.space_cv.notify_all();
+        if let Some(writer) = self.writer.take() {
+            writer.join().expect("wal writer thread panicked");
+        }
+        // The writer dropped its end of the prepared-segment channel: the preparer stops.
+        if let Some(preparer) = self.preparer.take() {
+            preparer.join().expect("wal preparer thread panicked");
+        }
+        match self.error() {
+            Some(error) => Err(WalError::WriterFailed(error)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: Storage> Drop for LogWriter<S> {
+    fn drop(&mut self) {
+        if self.writer.is_some() || self.preparer.is_some() {
+            let _ = self.shutdown();
+        }
+    }
+}
