@@ -1,1 +1,316 @@
-//! The ordering protocol: sans-IO state machines for BFT and crash mode.
+//! The ordering protocol: sans-IO state machines for BFT mode (Mod-SMaRt /
+//! VP-Consensus, n = 3f+1) and crash mode (n = 2f+1), and the sans-IO client.
+//!
+//! # Shape
+//! [`Replica`] and [`Client`] hold no sockets, threads, clocks or randomness. The
+//! runtime (and the simulator) feeds them [`Event`]s and executes the [`Action`]s they
+//! push onto a caller-owned `Vec`. Time exists only as [`TimerKind::Tick`]: the runtime
+//! fires it every [`Config::tick_ms`] after the replica asked for it with
+//! [`Action::SetTimer`]; every timeout inside the core is a number of ticks.
+//!
+//! # Contract with the runtime (what must happen before what)
+//! - **Links are authenticated outside the core.** An [`Event::Message`] must come from
+//!   a frame that [`open_frame`] accepted with the link key of `from`. The core trusts
+//!   `from`. Client requests carry their own authenticator; the core verifies its own
+//!   entry unless the event says `verified: true` (the net stage may verify in parallel
+//!   with [`ClientRequest::verify`]).
+//! - **Nothing must be persisted before a send.** Votes (WRITE/ACCEPT) are not durable;
+//!   a restarted replica instead asks its peers how far they voted and abstains up to
+//!   there (see [`Replica::restart`]). This is what makes crash-and-restart safe without
+//!   a synchronous write per vote.
+//! - **Deliveries are in agreement order**, each [`Decision`] exactly once, possibly
+//!   several per [`Action::Deliver`]. The runtime logs and executes them (in parallel)
+//!   and releases a client's reply only when its batch is both executed and durably
+//!   logged. On restart it passes the last durably logged agreement id (and, if it has
+//!   them, the most recent decided batches so it can serve peers' catch-up).
+//! - **Replies are the runtime's job**: after executing a batch it sends one [`Reply`]
+//!   per request (signed with [`ReplicaKeys::client_key`]). [`Action::ReplyFromCache`]
+//!   asks it to resend the cached reply of an already ordered request
+//!   (`service::Executor::cached_reply`); if the request is ordered but not yet
+//!   executed, the runtime does nothing: its reply goes out at execution.
+//! - Timers: [`Action::SetTimer`] replaces an earlier timer of the same kind.
+//!
+//! # Authentication scheme (HMAC-SHA256 only, no signatures)
+//! See [`auth`]. Because MACs are not transferable, a replica cannot prove to a third
+//! what another replica told it. The leader-change protocol is built around that:
+//! every replica broadcasts its STOPDATA to **all** replicas, and SYNC carries only the
+//! ids and SHA-256 digests of the STOPDATAs the new leader used; each replica checks
+//! them against the copies it received directly, then re-runs the same deterministic
+//! choice rule ([`replica`] module docs). Decided batches fetched for catch-up are
+//! trusted on f+1 matching answers (BFT) or one (crash mode).
+
+pub mod auth;
+pub mod client;
+pub mod message;
+pub mod replica;
+
+use std::sync::Arc;
+
+pub use auth::{ClientKeys, Key, KeyRing, ReplicaKeys, open_frame, seal_frame};
+pub use client::{Client, ClientAction, ClientConfig, ClientError, ClientEvent};
+pub use message::{Batch, ClientRequest, CollectData, Message, Reply};
+pub use replica::{Recovered, Replica};
+
+/// Index of a replica, `0..n`.
+pub type ReplicaId = u32;
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// Most replicas a configuration may have (bounds decoders and vectors).
+pub const REPLICAS_MAX: usize = 64;
+
+/// Fault model of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Byzantine faults, n >= 3f+1, quorums ceil((n+f+1)/2).
+    Bft,
+    /// Crash faults, n >= 2f+1, majority quorums.
+    Crash,
+}
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// A message or frame did not decode.
+    #[error("malformed {what} at byte {offset}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// Byte offset of the failure.
+        offset: usize,
+    },
+    /// A frame or request failed authentication.
+    #[error("authentication failed for {what}")]
+    Unauthenticated {
+        /// What failed.
+        what: &'static str,
+    },
+}
+
+/// Cluster configuration shared by every replica (and, for n/f/mode, by clients).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Fault model.
+    pub mode: Mode,
+    /// Number of replicas.
+    pub n: usize,
+    /// Faults tolerated.
+    pub f: usize,
+    /// Period of [`TimerKind::Tick`].
+    pub tick_ms: u64,
+    /// Ticks a request may stay pending before it is forwarded to the leader; after
+    /// twice this, the replica asks for a leader change (STOP). Doubles on each
+    /// consecutive failed leader change, back to this on progress.
+    pub request_timeout_ticks: u64,
+    /// Most requests in one proposed batch.
+    pub batch_requests_max: usize,
+    /// Most operation bytes in one proposed batch (a single larger request still goes
+    /// alone).
+    pub batch_bytes_max: usize,
+    /// Most client requests held pending (not yet ordered); more are dropped and the
+    /// client retransmits.
+    pub pending_requests_max: usize,
+    /// Decided batches kept in memory to answer peers' catch-up requests. A replica
+    /// further behind than this needs state transfer.
+    pub decided_window_max: usize,
+    /// Most decided batches sent in answer to one fetch.
+    pub fetch_instances_max: u64,
+}
+
+impl Config {
+    /// A BFT configuration with n = 3f+1 and default bounds.
+    pub fn bft(f: usize) -> Self {
+        Self::with_mode(Mode::Bft, 3 * f + 1, f)
+    }
+
+    /// A crash-mode configuration with n = 2f+1 and default bounds.
+    pub fn crash(f: usize) -> Self {
+        Self::with_mode(Mode::Crash, 2 * f + 1, f)
+    }
+
+    /// A configuration with the given sizes and default bounds.
+    pub fn with_mode(mode: Mode, n: usize, f: usize) -> Self {
+        Self {
+            mode,
+            n,
+            f,
+            tick_ms: 100,
+            request_timeout_ticks: 10,
+            batch_requests_max: 1024,
+            batch_bytes_max: 4 << 20,
+            pending_requests_max: 100_000,
+            decided_window_max: 4096,
+            fetch_instances_max: 64,
+        }
+    }
+
+    /// Checks sizes and bounds.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let needed = match self.mode {
+            Mode::Bft => 3 * self.f + 1,
+            Mode::Crash => 2 * self.f + 1,
+        };
+        if self.f == 0 && self.mode == Mode::Bft {
+            return Err(ProtocolError::Config("BFT mode needs f >= 1"));
+        }
+        if self.n < needed {
+            return Err(ProtocolError::Config("n too small for f in this mode"));
+        }
+        if self.n > REPLICAS_MAX {
+            return Err(ProtocolError::Config("n above REPLICAS_MAX"));
+        }
+        if self.batch_requests_max == 0 || self.batch_bytes_max == 0 {
+            return Err(ProtocolError::Config("batch bounds must be positive"));
+        }
+        if self.request_timeout_ticks == 0 || self.tick_ms == 0 {
+            return Err(ProtocolError::Config("timeouts must be positive"));
+        }
+        if self.decided_window_max == 0 || self.fetch_instances_max == 0 {
+            return Err(ProtocolError::Config("catch-up bounds must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Votes needed to accept (after WRITEs) and to decide (after ACCEPTs):
+    /// ceil((n+f+1)/2) in BFT mode, a majority in crash mode.
+    pub fn quorum(&self) -> usize {
+        match self.mode {
+            Mode::Bft => (self.n + self.f + 1).div_ceil(2),
+            Mode::Crash => self.n / 2 + 1,
+        }
+    }
+
+    /// Matching answers that prove a statement came from at least one correct
+    /// replica: f+1 (BFT) or 1 (crash).
+    pub fn weak_quorum(&self) -> usize {
+        match self.mode {
+            Mode::Bft => self.f + 1,
+            Mode::Crash => 1,
+        }
+    }
+
+    /// Leader of `regency`.
+    pub fn leader_of(&self, regency: u64) -> ReplicaId {
+        (regency % self.n as u64) as ReplicaId
+    }
+}
+
+/// Timers a replica asks for. Only one exists: a periodic tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    /// Fired every [`Config::tick_ms`]; the replica re-arms it on each firing.
+    Tick,
+}
+
+/// An input to a [`Replica`].
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A protocol message from replica `from`, whose link MAC the runtime verified.
+    Message {
+        /// Authenticated sender.
+        from: ReplicaId,
+        /// The decoded message.
+        message: Message,
+    },
+    /// A client request received directly from a client.
+    ClientRequest {
+        /// The request.
+        request: ClientRequest,
+        /// True if the runtime already verified this replica's authenticator entry.
+        verified: bool,
+    },
+    /// A timer fired.
+    TimerFired(TimerKind),
+}
+
+/// One decided agreement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The agreement id (consensus instance), from 1, consecutive.
+    pub agreement_id: u64,
+    /// Regency in which this replica saw it decided (0 when fetched from peers).
+    pub regency: u64,
+    /// SHA-256 of the encoded batch.
+    pub hash: Hash,
+    /// The batch.
+    pub batch: Arc<Batch>,
+    /// The replicas whose matching ACCEPTs decided it (BFT: at least the quorum), or,
+    /// for a batch fetched from peers, the replicas that vouched for it. HMACs are not
+    /// transferable: this records who, it is not a certificate a third party can check.
+    pub proof: Vec<ReplicaId>,
+}
+
+/// An output of a [`Replica`]: a side effect for the runtime to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to replica `to` (never to itself).
+    Send {
+        /// Destination.
+        to: ReplicaId,
+        /// The message.
+        message: Message,
+    },
+    /// Send `message` to every other replica.
+    Broadcast {
+        /// The message.
+        message: Message,
+    },
+    /// Decided batches, in agreement order, consecutive with earlier deliveries.
+    Deliver {
+        /// One or more decisions.
+        decisions: Vec<Decision>,
+    },
+    /// A client retransmitted a request that is already ordered: resend its cached
+    /// reply if it was executed.
+    ReplyFromCache {
+        /// Client.
+        client_id: u64,
+        /// Its sequence number.
+        sequence: u64,
+    },
+    /// Fire `timer` after `after_ms` (replaces an earlier one of the same kind).
+    SetTimer {
+        /// Which timer.
+        timer: TimerKind,
+        /// Delay.
+        after_ms: u64,
+    },
+    /// A new regency is installed (informational: logs, client leader hints).
+    RegencyInstalled {
+        /// The regency.
+        regency: u64,
+        /// Its leader.
+        leader: ReplicaId,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorums_intersect_in_a_correct_replica() {
+        for f in 1..6 {
+            for extra in 0..3 {
+                let config = Config::with_mode(Mode::Bft, 3 * f + 1 + extra, f);
+                config.validate().expect("valid");
+                let q = config.quorum();
+                assert!(2 * q >= config.n + f + 1, "two quorums share f+1 replicas");
+                assert!(q <= config.n - f, "a quorum exists without the faulty");
+            }
+            let crash = Config::crash(f);
+            assert!(2 * crash.quorum() > crash.n);
+            assert!(crash.quorum() <= crash.n - f);
+        }
+    }
+
+    #[test]
+    fn too_few_replicas_is_rejected() {
+        assert!(Config::with_mode(Mode::Bft, 3, 1).validate().is_err());
+        assert!(Config::with_mode(Mode::Crash, 2, 1).validate().is_err());
+        assert!(Config::with_mode(Mode::Bft, 0, 0).validate().is_err());
+    }
+}

@@ -1,0 +1,1251 @@
+//! The replica state machine: Mod-SMaRt / VP-Consensus (BFT) and its crash-mode
+//! simplification.
+//!
+//! # Normal case
+//! One agreement is open at a time: `last_decided + 1`. The leader of the regency
+//! (`regency mod n`) proposes whatever requests are pending (bounded by
+//! [`Config::batch_requests_max`] and [`Config::batch_bytes_max`]) as soon as the
+//! previous agreement decides. BFT: on a valid PROPOSE every replica broadcasts
+//! WRITE(h); on a quorum of matching WRITEs it broadcasts ACCEPT(h); a quorum of
+//! matching ACCEPTs (of any one regency) decides. Crash mode skips WRITE. A replica
+//! writes at most one value per (regency, agreement). Messages for the next few
+//! agreements are kept (`FUTURE_INSTANCES_MAX`) so a slightly late replica loses
+//! nothing.
+//!
+//! # Leader change
+//! A request pending `request_timeout_ticks` is forwarded to the leader; pending twice
+//! that long, the replica broadcasts STOP(regency+1). This also replaces a leader that
+//! is alive but slow: age is per request, not "no decision at all". A replica joins a
+//! regency change on f+1 STOPs and installs it on a quorum (BFT) or majority (crash).
+//! It then broadcasts STOPDATA ([`CollectData`]) to **every** replica. The new leader
+//! waits until the STOPDATAs it holds determine a value for the open agreement
+//! (rule below), and broadcasts SYNC(agreement, value, members) where members are the
+//! (sender, digest) of the STOPDATAs it used. A replica accepts SYNC only when it holds,
+//! received directly from each member, a STOPDATA with that digest (MACs are not
+//! transferable, so this replaces the signatures of the original), and the same rule
+//! over the same data gives the same value (or leaves it free). SYNC then acts as the
+//! regency's PROPOSE. If the change does not complete in time, the replica asks for
+//! the next regency; the timeout doubles with each consecutive failure and resets when
+//! an agreement decides.
+//!
+//! # The choice rule (BFT), over reports about agreement i
+//! Each member's report: its latest ACCEPT (r, h) and its WRITEs (h, latest r). A member
+//! that already decided i reports (DECIDED, h) for both, where DECIDED is above every
+//! regency; a member behind reports nothing; members ahead of i are not used.
+//! - (r, h) is *forced* if (A1) at least a quorum of reports have no ACCEPT, or an
+//!   ACCEPT at a regency below r, or an ACCEPT of h; and (A2) at least f+1 reports
+//!   wrote h at a regency >= r.
+//! - The value is *free* if a quorum of reports have no ACCEPT.
+//!
+//! Safety sketch: if h was decided in regency r, a quorum accepted it, so at least
+//! quorum-f correct replicas report an ACCEPT of h at r or later (no correct replica
+//! writes another value afterwards, by induction). Those reports break "free" and A1 for
+//! any h' at a regency <= r, since any quorum-sized count must include one of them;
+//! and for h' at a regency > r, A2 needs f+1 writes of h' after r, but only faulty
+//! replicas can have made them. Liveness: once all correct replicas' reports are in,
+//! the highest correct ACCEPT (or "free") satisfies the rule.
+//! Crash mode: the highest ACCEPT among a majority of reports, or free.
+//!
+//! Known limit: a Byzantine replica that sends its STOPDATA to the leader but not to
+//! others (or different ones to different replicas) can make one regency's SYNC fail
+//! at some replicas; safety holds and the next regency is tried.
+//!
+//! # Catch-up
+//! A replica that sees evidence of being behind (messages for later agreements, a
+//! STOPDATA or FORWARD with a higher last decided) sends FETCH to all; peers answer
+//! with the decided batches they still hold in memory (the last
+//! [`Config::decided_window_max`]; a replica further behind needs state transfer).
+//! A fetched batch is decided on f+1 matching answers (BFT) or one (crash mode). A
+//! replica that receives a PROPOSE or ACCEPT for an agreement it already decided sends
+//! the sender that decided batch once, so a replica that missed the last ACCEPTs
+//! catches up without waiting for a leader change.
+//!
+//! # Restart
+//! Votes are not persisted. [`Replica::restart`] starts in recovery: it asks every
+//! replica how far it voted and waits for n-f answers (crash mode: n-f others; BFT:
+//! n-f-1 others, where a restarted replica counts against f). It then never votes for
+//! an agreement at or below the highest reported (a majority answer includes a
+//! replica that voted in anything it could have voted in), adopts the regency
+//! reported by f+1 (BFT) or the highest (crash), and catches up by FETCH.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use super::auth::ReplicaKeys;
+use super::message::{
+    Batch, COLLECT_VALUES_MAX, COLLECT_WRITES_MAX, ClientRequest, CollectData,
+    FORWARD_REQUESTS_MAX, Message,
+};
+use super::{Action, Config, Decision, Event, Hash, Mode, ProtocolError, ReplicaId, TimerKind};
+
+/// Agreements after the open one for which messages are kept.
+const FUTURE_INSTANCES_MAX: u64 = 4;
+/// Known candidate batches kept per agreement.
+const VALUES_PER_INSTANCE_MAX: usize = 8;
+/// Regencies ahead of the current one for which STOPDATA and SYNC are kept.
+const REGENCY_AHEAD_MAX: u64 = 1024;
+/// Ticks between retransmissions of STOP, STOPDATA and SYNC.
+const RESEND_TICKS: u64 = 3;
+/// Regency reported by a replica for an agreement it decided: above any real one.
+const DECIDED_REGENCY: u64 = u64::MAX;
+
+/// What the runtime recovered from its durable store, for [`Replica::restart`].
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Last agreement id durably logged (0: none).
+    pub last_decided: u64,
+    /// The most recent decided batches, consecutive, ending at `last_decided` (may be
+    /// empty); kept to answer peers' FETCH.
+    pub recent: Vec<Arc<Batch>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Regency installed and synchronised.
+    Normal,
+    /// Installing `regency` (STOPDATA sent, waiting for SYNC) since `since_tick`.
+    Changing { since_tick: u64 },
+    /// Restarted: waiting for STATUS answers to query `nonce`.
+    Recovering { nonce: u64 },
+}
+
+#[derive(Debug)]
+struct Pending {
+    request: ClientRequest,
+    arrival_tick: u64,
+    forwarded: bool,
+}
+
+#[derive(Debug, Default)]
+struct Instance {
+    /// A PROPOSE not yet acted on: (regency, batch).
+    proposal: Option<(u64, Arc<Batch>)>,
+    values: BTreeMap<Hash, Arc<Batch>>,
+    /// Latest WRITE per sender: (regency, hash).
+    writes: BTreeMap<ReplicaId, (u64, Hash)>,
+    /// Latest ACCEPT per sender.
+    accepts: BTreeMap<ReplicaId, (u64, Hash)>,
+    /// Hashes this replica wrote, with the latest regency.
+    my_writes: BTreeMap<Hash, u64>,
+    my_write: Option<(u64, Hash)>,
+    my_accept: Option<(u64, Hash)>,
+}
+
+#[derive(Debug, Default)]
+struct FetchSlot {
+    votes: BTreeMap<ReplicaId, Hash>,
+    batches: BTreeMap<Hash, Arc<Batch>>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingSync {
+    from: ReplicaId,
+    regency: u64,
+    agreement_id: u64,
+    members: Vec<(ReplicaId, Hash)>,
+    batch: Arc<Batch>,
+}
+
+/// Outcome of the choice rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Forced(Hash),
+    Free,
+}
+
+/// One replica's ordering state machine. See the module docs for the protocol.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    keys: ReplicaKeys,
+    id: ReplicaId,
+    now_tick: u64,
+    /// Installed regency (Normal) or the one being installed (Changing).
+    regency: u64,
+    phase: Phase,
+    last_decided: u64,
+    /// Never vote for an agreement at or below this (set by recovery).
+    vote_floor: u64,
+    instances: BTreeMap<u64, Instance>,
+    pending: BTreeMap<u64, Pending>,
+    pending_by_client: BTreeMap<u64, u64>,
+    pending_next: u64,
+    /// client -> highest sequence number ordered.
+    ordered: BTreeMap<u64, u64>,
+    /// Recent decisions (agreement id, hash, batch), consecutive, ending at last_decided.
+    window: VecDeque<(u64, Hash, Arc<Batch>)>,
+    /// Highest STOP regency per replica.
+    stop_high: BTreeMap<ReplicaId, u64>,
+    stop_sent: u64,
+    stop_resent_tick: u64,
+    /// regency -> sender -> (collect, digest); the first one received.
+    stopdata: BTreeMap<u64, BTreeMap<ReplicaId, (Arc<CollectData>, Hash)>>,
+    my_stopdata: Option<Message>,
+    pending_sync: Option<PendingSync>,
+    /// The SYNC this leader sent, resent until the regency decides something.
+    sync_resend: Option<Message>,
+    failed_changes: u32,
+    fetch: BTreeMap<u64, FetchSlot>,
+    fetch_sent_tick: Option<u64>,
+    /// Set when evidence of lagging arrives: last_decided at that moment.
+    behind_mark: Option<u64>,
+    helped: BTreeMap<ReplicaId, u64>,
+    statuses: BTreeMap<ReplicaId, (u64, u64, u64)>,
+    deliveries: Vec<Decision>,
+    /// A FETCH is to be broadcast at the end of this step.
+    fetch_wanted: bool,
+}
+
+impl Replica {
+    /// A replica starting a fresh cluster (nothing decided, regency 0).
+    pub fn new(config: Config, keys: ReplicaKeys) -> Result<Self, ProtocolError> {
+        config.validate()?;
+        if keys.id as usize >= config.n || keys.links.len() != config.n {
+            return Err(ProtocolError::Config("keys do not match n"));
+        }
+        Ok(Self {
+            id: keys.id,
+            config,
+            keys,
+            now_tick: 0,
+            regency: 0,
+            phase: Phase::Normal,
+            last_decided: 0,
+            vote_floor: 0,
+            instances: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_by_client: BTreeMap::new(),
+            pending_next: 0,
+            ordered: BTreeMap::new(),
+            window: VecDeque::new(),
+            stop_high: BTreeMap::new(),
+            stop_sent: 0,
+            stop_resent_tick: 0,
+            stopdata: BTreeMap::new(),
+            my_stopdata: None,
+            pending_sync: None,
+            sync_resend: None,
+            failed_changes: 0,
+            fetch: BTreeMap::new(),
+            fetch_sent_tick: None,
+            behind_mark: None,
+            helped: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            deliveries: Vec::new(),
+            fetch_wanted: false,
+        })
+    }
+
+    /// A replica restarted from its durable store: it recovers (see the module docs)
+    /// before it votes again. `recovered.recent` must end at `last_decided`.
+    /// `ordered` gives, per client, the highest sequence number in the recovered
+    /// history (so retransmissions are answered from the reply cache).
+    pub fn restart(
+        config: Config,
+        keys: ReplicaKeys,
+        recovered: Recovered,
+        ordered: BTreeMap<u64, u64>,
+    ) -> Result<Self, ProtocolError> {
+        let mut replica = Self::new(config, keys)?;
+        if recovered.recent.len() as u64 > recovered.last_decided {
+            return Err(ProtocolError::Config("more recent batches than decided agreements"));
+        }
+        replica.last_decided = recovered.last_decided;
+        replica.vote_floor = recovered.last_decided;
+        let first = recovered.last_decided + 1 - recovered.recent.len() as u64;
+        let skip = recovered.recent.len().saturating_sub(replica.config.decided_window_max);
+        for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
+            replica.window.push_back((first + offset as u64, batch.hash(), batch));
+        }
+        replica.ordered = ordered;
+        replica.phase = Phase::Recovering { nonce: recovered.last_decided ^ 0x5eed };
+        Ok(replica)
+    }
+
+    /// Emits the first actions (the tick timer; a restarted replica's status query).
+    pub fn start(&mut self, actions: &mut Vec<Action>) {
+        actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
+        if let Phase::Recovering { nonce } = self.phase {
+            actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+        }
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Last decided agreement id.
+    pub fn last_decided(&self) -> u64 {
+        self.last_decided
+    }
+
+    /// Current (or being installed) regency.
+    pub fn regency(&self) -> u64 {
+        self.regency
+    }
+
+    /// True when this replica leads an installed regency.
+    pub fn is_leader(&self) -> bool {
+        self.phase == Phase::Normal && self.config.leader_of(self.regency) == self.id
+    }
+
+    /// True while recovering after a restart.
+    pub fn is_recovering(&self) -> bool {
+        matches!(self.phase, Phase::Recovering { .. })
+    }
+
+    /// Number of requests waiting to be ordered.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds one event; pushes the resulting side effects onto `actions`.
+    pub fn handle(&mut self, event: Event, actions: &mut Vec<Action>) {
+        match event {
+            Event::TimerFired(TimerKind::Tick) => self.on_tick(actions),
+            Event::ClientRequest { request, verified } => {
+                self.on_client_request(request, verified, actions)
+            }
+            Event::Message { from, message } => {
+                if (from as usize) < self.config.n && from != self.id {
+                    self.on_message(from, message, actions);
+                }
+            }
+        }
+        for _ in 0..4 {
+            self.settle(actions);
+            let before = (self.phase, self.regency, self.last_decided);
+            self.retry_pending_sync(actions);
+            if matches!(self.phase, Phase::Changing { .. }) && self.leads(self.regency) {
+                self.try_sync(actions);
+            }
+            if before == (self.phase, self.regency, self.last_decided) {
+                break;
+            }
+        }
+        self.maybe_propose(actions);
+        self.settle(actions);
+        if std::mem::take(&mut self.fetch_wanted) {
+            let from = self.last_decided + 1;
+            let to = self.last_decided + self.config.fetch_instances_max;
+            actions.push(Action::Broadcast { message: Message::Fetch { from, to } });
+        }
+        if !self.deliveries.is_empty() {
+            actions.push(Action::Deliver { decisions: std::mem::take(&mut self.deliveries) });
+        }
+    }
+
+    fn leads(&self, regency: u64) -> bool {
+        self.config.leader_of(regency) == self.id
+    }
+
+    fn quorum(&self) -> usize {
+        self.config.quorum()
+    }
+
+    fn timeout_ticks(&self) -> u64 {
+        self.config.request_timeout_ticks << self.failed_changes.min(6)
+    }
+
+    // ----- client requests -----
+
+    fn on_client_request(
+        &mut self,
+        request: ClientRequest,
+        verified: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        if request.authenticator.len() != self.config.n {
+            return;
+        }
+        if !verified && !request.verify(self.id, &self.keys.client_key(request.client_id)) {
+            return;
+        }
+        if self.ordered.get(&request.client_id).is_some_and(|&seq| seq >= request.sequence) {
+            actions.push(Action::ReplyFromCache {
+                client_id: request.client_id,
+                sequence: request.sequence,
+            });
+            return;
+        }
+        self.add_pending(request);
+    }
+
+    fn add_pending(&mut self, request: ClientRequest) {
+        if let Some(&at) = self.pending_by_client.get(&request.client_id) {
+            let existing = &self.pending[&at];
+            if existing.request.sequence >= request.sequence {
+                return;
+            }
+            self.pending.remove(&at);
+            self.pending_by_client.remove(&request.client_id);
+        }
+        if self.pending.len() >= self.config.pending_requests_max {
+            return;
+        }
+        let at = self.pending_next;
+        self.pending_next += 1;
+        self.pending_by_client.insert(request.client_id, at);
+        self.pending.insert(at, Pending { request, arrival_tick: self.now_tick, forwarded: false });
+    }
+
+    fn remove_ordered_pending(&mut self, client_id: u64, sequence: u64) {
+        if let Some(&at) = self.pending_by_client.get(&client_id)
+            && self.pending[&at].request.sequence <= sequence
+        {
+            self.pending.remove(&at);
+            self.pending_by_client.remove(&client_id);
+        }
+    }
+
+    /// True if `request` is valid in a batch for this replica.
+    fn request_is_valid(&self, request: &ClientRequest) -> bool {
+        if request.authenticator.len() != self.config.n {
+            return false;
+        }
+        if let Some(&at) = self.pending_by_client.get(&request.client_id)
+            && self.pending[&at].request == *request
+        {
+            return true; // verified on arrival
+        }
+        request.verify(self.id, &self.keys.client_key(request.client_id))
+    }
+
+    fn batch_is_valid(&self, batch: &Batch) -> bool {
+        let count = batch.requests.len();
+        if count > self.config.batch_requests_max {
+            return false;
+        }
+        if count > 1 && batch.encoded_len() > self.config.batch_bytes_max + 4 {
+            return false;
+        }
+        batch.requests.iter().all(|request| self.request_is_valid(request))
+    }
+
+    fn build_batch(&self) -> Batch {
+        let mut requests = Vec::new();
+        let mut bytes = 4usize;
+        for pending in self.pending.values() {
+            let len = pending.request.encoded_len();
+            if !requests.is_empty()
+                && (requests.len() >= self.config.batch_requests_max
+                    || bytes + len > self.config.batch_bytes_max + 4)
+            {
+                break;
+            }
+            bytes += len;
+            requests.push(pending.request.clone());
+        }
+        Batch { requests }
+    }
+
+    // ----- messages -----
+
+    fn on_message(&mut self, from: ReplicaId, message: Message, actions: &mut Vec<Action>) {
+        match message {
+            Message::Propose { regency, agreement_id, batch } => {
+                self.on_propose(from, regency, agreement_id, batch, actions)
+            }
+            Message::Write { regency, agreement_id, hash } => {
+                if self.config.mode == Mode::Bft {
+                    self.on_vote(from, regency, agreement_id, hash, false, actions);
+                }
+            }
+            Message::Accept { regency, agreement_id, hash } => {
+                self.on_vote(from, regency, agreement_id, hash, true, actions)
+            }
+            Message::Forward { last_decided, requests } => {
+                if last_decided > self.last_decided {
+                    self.mark_behind();
+                }
+                for request in requests {
+                    if request.authenticator.len() == self.config.n
+                        && request.verify(self.id, &self.keys.client_key(request.client_id))
+                        && self
+                            .ordered
+                            .get(&request.client_id)
+                            .is_none_or(|&s| s < request.sequence)
+                    {
+                        self.add_pending(request);
+                    }
+                }
+            }
+            Message::Stop { regency } => self.on_stop(from, regency, actions),
+            Message::StopData { regency, collect } => self.on_stopdata(from, regency, collect),
+            Message::Sync { regency, agreement_id, members, batch } => {
+                let sync = PendingSync { from, regency, agreement_id, members, batch };
+                self.apply_sync(sync, actions);
+            }
+            Message::Fetch { from: first, to } => self.on_fetch(from, first, to, actions),
+            Message::Decided { agreement_id, batch } => self.on_decided(from, agreement_id, batch),
+            Message::StatusQuery { nonce } => {
+                let message = Message::Status {
+                    nonce,
+                    last_decided: self.last_decided,
+                    highest_voted: self.highest_voted(),
+                    regency: self.regency,
+                };
+                actions.push(Action::Send { to: from, message });
+            }
+            Message::Status { nonce, last_decided, highest_voted, regency } => {
+                self.on_status(from, nonce, last_decided, highest_voted, regency, actions)
+            }
+        }
+    }
+
+    fn highest_voted(&self) -> u64 {
+        let voted = self
+            .instances
+            .iter()
+            .filter(|(_, inst)| inst.my_write.is_some() || inst.my_accept.is_some())
+            .map(|(&aid, _)| aid)
+            .max()
+            .unwrap_or(0);
+        voted.max(self.last_decided).max(self.vote_floor)
+    }
+
+    /// Keeps messages for agreements in (last_decided, last_decided + FUTURE]; beyond,
+    /// the replica is behind.
+    fn instance_slot(&mut self, agreement_id: u64) -> Option<&mut Instance> {
+        if agreement_id <= self.last_decided {
+            return None;
+        }
+        if agreement_id > self.last_decided + FUTURE_INSTANCES_MAX {
+            self.mark_behind();
+            self.send_fetch_now();
+            return None;
+        }
+        if agreement_id > self.last_decided + 1 {
+            self.mark_behind();
+        }
+        Some(self.instances.entry(agreement_id).or_default())
+    }
+
+    fn on_propose(
+        &mut self,
+        from: ReplicaId,
+        regency: u64,
+        agreement_id: u64,
+        batch: Arc<Batch>,
+        actions: &mut Vec<Action>,
+    ) {
+        if agreement_id <= self.last_decided {
+            self.help(from, agreement_id, actions);
+            return;
+        }
+        if from != self.config.leader_of(regency) || regency < self.regency {
+            return;
+        }
+        if let Some(inst) = self.instance_slot(agreement_id)
+            && inst.proposal.as_ref().is_none_or(|(r, _)| *r < regency)
+        {
+            inst.proposal = Some((regency, batch));
+        }
+    }
+
+    fn on_vote(
+        &mut self,
+        from: ReplicaId,
+        regency: u64,
+        agreement_id: u64,
+        hash: Hash,
+        accept: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        if agreement_id <= self.last_decided {
+            if accept {
+                self.help(from, agreement_id, actions);
+            }
+            return;
+        }
+        if let Some(inst) = self.instance_slot(agreement_id) {
+            let votes = if accept { &mut inst.accepts } else { &mut inst.writes };
+            let newer = votes.get(&from).is_none_or(|(r, _)| *r <= regency);
+            if newer {
+                votes.insert(from, (regency, hash));
+            }
+        }
+    }
+
+    /// Sends a replica seen working on an agreement we decided the decided batch, once.
+    fn help(&mut self, to: ReplicaId, agreement_id: u64, actions: &mut Vec<Action>) {
+        if self.helped.get(&to).is_some_and(|&done| done >= agreement_id) {
+            return;
+        }
+        if let Some((_, _, batch)) = self.window_get(agreement_id) {
+            let batch = batch.clone();
+            self.helped.insert(to, agreement_id);
+            actions.push(Action::Send { to, message: Message::Decided { agreement_id, batch } });
+        }
+    }
+
+    fn window_get(&self, agreement_id: u64) -> Option<&(u64, Hash, Arc<Batch>)> {
+        let first = self.window.front()?.0;
+        if agreement_id < first {
+            return None;
+        }
+        let entry = self.window.get((agreement_id - first) as usize)?;
+        assert_eq!(entry.0, agreement_id, "decision window is consecutive");
+        Some(entry)
+    }
+
+    // ----- normal case -----
+
+    fn can_vote(&self, regency: u64, agreement_id: u64) -> bool {
+        self.phase == Phase::Normal
+            && regency == self.regency
+            && agreement_id == self.last_decided + 1
+            && agreement_id > self.vote_floor
+    }
+
+    /// Writes `batch` for (regency, agreement): broadcasts WRITE (BFT) or ACCEPT (crash).
+    fn write_value(
+        &mut self,
+        regency: u64,
+        agreement_id: u64,
+        batch: Arc<Batch>,
+        actions: &mut Vec<Action>,
+    ) {
+        let hash = batch.hash();
+        let mode = self.config.mode;
+        let id = self.id;
+        let inst = self.instances.entry(agreement_id).or_default();
+        if inst.my_write.is_some_and(|(r, _)| r >= regency) {
+            return; // one value per (regency, agreement)
+        }
+        if inst.values.len() < VALUES_PER_INSTANCE_MAX || inst.values.contains_key(&hash) {
+            inst.values.insert(hash, batch);
+        } else {
+            return;
+        }
+        inst.my_write = Some((regency, hash));
+        inst.my_writes.insert(hash, regency);
+        inst.writes.insert(id, (regency, hash));
+        match mode {
+            Mode::Bft => actions.push(Action::Broadcast {
+                message: Message::Write { regency, agreement_id, hash },
+            }),
+            Mode::Crash => {
+                inst.my_accept = Some((regency, hash));
+                inst.accepts.insert(id, (regency, hash));
+                actions.push(Action::Broadcast {
+                    message: Message::Accept { regency, agreement_id, hash },
+                });
+            }
+        }
+    }
+
+    fn check_accept(&mut self, agreement_id: u64, actions: &mut Vec<Action>) {
+        if self.config.mode != Mode::Bft || !self.can_vote(self.regency, agreement_id) {
+            return;
+        }
+        let regency = self.regency;
+        let quorum = self.quorum();
+        let id = self.id;
+        let Some(inst) = self.instances.get_mut(&agreement_id) else { return };
+        let Some((written_regency, hash)) = inst.my_write else { return };
+        if written_regency != regency || inst.my_accept.is_some_and(|(r, _)| r >= regency) {
+            return;
+        }
+        let matching = inst.writes.values().filter(|vote| **vote == (regency, hash)).count();
+        if matching >= quorum {
+            inst.my_accept = Some((regency, hash));
+            inst.accepts.insert(id, (regency, hash));
+            actions.push(Action::Broadcast {
+                message: Message::Accept { regency, agreement_id, hash },
+            });
+        }
+    }
+
+    /// Decides the open agreement if a quorum of matching ACCEPTs and the batch are in.
+    fn check_decide(&mut self, agreement_id: u64) -> bool {
+        let quorum = self.quorum();
+        let Some(inst) = self.instances.get(&agreement_id) else { return false };
+        let mut tally: BTreeMap<(u64, Hash), Vec<ReplicaId>> = BTreeMap::new();
+        for (&sender, &vote) in &inst.accepts {
+            tally.entry(vote).or_default().push(sender);
+        }
+        let decided = tally
+            .into_iter()
+            .find(|((_, hash), senders)| senders.len() >= quorum && inst.values.contains_key(hash));
+        match decided {
+            Some(((regency, hash), proof)) => {
+                let batch = inst.values[&hash].clone();
+                self.decide(agreement_id, regency, hash, batch, proof);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn decide(
+        &mut self,
+        agreement_id: u64,
+        regency: u64,
+        hash: Hash,
+        batch: Arc<Batch>,
+        proof: Vec<ReplicaId>,
+    ) {
+        assert_eq!(agreement_id, self.last_decided + 1, "agreements decide in order");
+        debug_assert_eq!(batch.hash(), hash);
+        self.last_decided = agreement_id;
+        self.instances.remove(&agreement_id);
+        self.fetch.retain(|&aid, _| aid > agreement_id);
+        self.window.push_back((agreement_id, hash, batch.clone()));
+        while self.window.len() > self.config.decided_window_max {
+            self.window.pop_front();
+        }
+        for request in &batch.requests {
+            let entry = self.ordered.entry(request.client_id).or_insert(0);
+            *entry = (*entry).max(request.sequence);
+            let sequence = *entry;
+            self.remove_ordered_pending(request.client_id, sequence);
+        }
+        self.failed_changes = 0;
+        if self.phase == Phase::Normal {
+            self.sync_resend = None;
+        }
+        self.deliveries.push(Decision { agreement_id, regency, hash, batch, proof });
+    }
+
+    /// Drives the open agreement as far as the messages in hand allow.
+    fn settle(&mut self, actions: &mut Vec<Action>) {
+        loop {
+            let aid = self.last_decided + 1;
+            if self.decide_from_fetch(aid) {
+                continue;
+            }
+            let proposal = self.instances.get(&aid).and_then(|inst| inst.proposal.clone());
+            if let Some((regency, batch)) = proposal
+                && self.can_vote(regency, aid)
+            {
+                if let Some(inst) = self.instances.get_mut(&aid) {
+                    inst.proposal = None;
+                }
+                if self.batch_is_valid(&batch) {
+                    self.write_value(regency, aid, batch, actions);
+                }
+            }
+            self.check_accept(aid, actions);
+            if self.check_decide(aid) {
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn maybe_propose(&mut self, actions: &mut Vec<Action>) {
+        let aid = self.last_decided + 1;
+        if !self.is_leader() || !self.can_vote(self.regency, aid) || self.pending.is_empty() {
+            return;
+        }
+        if self
+            .instances
+            .get(&aid)
+            .is_some_and(|inst| inst.my_write.is_some_and(|(r, _)| r >= self.regency))
+        {
+            return;
+        }
+        let batch = Arc::new(self.build_batch());
+        actions.push(Action::Broadcast {
+            message: Message::Propose {
+                regency: self.regency,
+                agreement_id: aid,
+                batch: batch.clone(),
+            },
+        });
+        self.write_value(self.regency, aid, batch, actions);
+    }
+
+    // ----- catch-up -----
+
+    fn mark_behind(&mut self) {
+        if self.behind_mark.is_none() {
+            self.behind_mark = Some(self.last_decided);
+        }
+    }
+
+    fn send_fetch_now(&mut self) {
+        if self.fetch_sent_tick.is_some_and(|tick| self.now_tick < tick + 2) {
+            return;
+        }
+        self.fetch_sent_tick = Some(self.now_tick);
+        self.behind_mark = None;
+        self.fetch_wanted = true;
+    }
+
+    fn on_fetch(&mut self, to: ReplicaId, first: u64, last: u64, actions: &mut Vec<Action>) {
+        let last = last.min(first.saturating_add(self.config.fetch_instances_max - 1));
+        let mut aid = first;
+        while aid <= last {
+            match self.window_get(aid) {
+                Some((_, _, batch)) => actions.push(Action::Send {
+                    to,
+                    message: Message::Decided { agreement_id: aid, batch: batch.clone() },
+                }),
+                None if aid > self.last_decided => break,
+                None => {}
+            }
+            aid += 1;
+        }
+    }
+
+    fn on_decided(&mut self, from: ReplicaId, agreement_id: u64, batch: Arc<Batch>) {
+        let horizon = self.last_decided + self.config.fetch_instances_max.max(FUTURE_INSTANCES_MAX);
+        if agreement_id <= self.last_decided || agreement_id > horizon {
+            if agreement_id > horizon {
+                self.mark_behind();
+            }
+            return;
+        }
+        let slot = self.fetch.entry(agreement_id).or_default();
+        if slot.votes.contains_key(&from) {
+            return;
+        }
+        let hash = batch.hash();
+        slot.votes.insert(from, hash);
+        slot.batches.entry(hash).or_insert(batch);
+    }
+
+    fn decide_from_fetch(&mut self, agreement_id: u64) -> bool {
+        let weak = self.config.weak_quorum();
+        let Some(slot) = self.fetch.get(&agreement_id) else { return false };
+        let mut tally: BTreeMap<Hash, Vec<ReplicaId>> = BTreeMap::new();
+        for (&sender, &hash) in &slot.votes {
+            tally.entry(hash).or_default().push(sender);
+        }
+        let Some((hash, proof)) = tally.into_iter().find(|(_, senders)| senders.len() >= weak)
+        else {
+            return false;
+        };
+        let batch = slot.batches[&hash].clone();
+        self.decide(agreement_id, 0, hash, batch, proof);
+        true
+    }
+
+    // ----- timers -----
+
+    fn on_tick(&mut self, actions: &mut Vec<Action>) {
+        self.now_tick += 1;
+        actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
+        if let Phase::Recovering { nonce } = self.phase {
+            actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+            return;
+        }
+        if let Some(mark) = self.behind_mark
+            && mark == self.last_decided
+        {
+            self.send_fetch_now();
+        } else {
+            self.behind_mark = None;
+        }
+        let timeout = self.timeout_ticks();
+        let resend = self.now_tick % RESEND_TICKS == 0;
+        match self.phase {
+            Phase::Normal => {
+                let leader = self.config.leader_of(self.regency);
+                let mut forward = Vec::new();
+                let mut stop = false;
+                for pending in self.pending.values_mut() {
+                    let age = self.now_tick.saturating_sub(pending.arrival_tick);
+                    if age >= timeout && !pending.forwarded && forward.len() < FORWARD_REQUESTS_MAX
+                    {
+                        pending.forwarded = true;
+                        forward.push(pending.request.clone());
+                    }
+                    if age >= 2 * timeout {
+                        stop = true;
+                    }
+                }
+                if !forward.is_empty() && leader != self.id {
+                    actions.push(Action::Send {
+                        to: leader,
+                        message: Message::Forward {
+                            last_decided: self.last_decided,
+                            requests: forward,
+                        },
+                    });
+                }
+                if stop {
+                    self.start_stop(self.regency + 1, actions);
+                }
+                if resend && let Some(sync) = &self.sync_resend {
+                    actions.push(Action::Broadcast { message: sync.clone() });
+                }
+            }
+            Phase::Changing { since_tick } => {
+                if self.now_tick.saturating_sub(since_tick) >= timeout {
+                    self.failed_changes = self.failed_changes.saturating_add(1);
+                    self.start_stop(self.regency + 1, actions);
+                } else if resend && let Some(stopdata) = &self.my_stopdata {
+                    actions.push(Action::Broadcast { message: stopdata.clone() });
+                }
+            }
+            Phase::Recovering { .. } => {}
+        }
+        if self.stop_sent > self.regency && self.now_tick >= self.stop_resent_tick + RESEND_TICKS {
+            self.stop_resent_tick = self.now_tick;
+            actions.push(Action::Broadcast { message: Message::Stop { regency: self.stop_sent } });
+        }
+    }
+
+    // ----- leader change -----
+
+    fn start_stop(&mut self, target: u64, actions: &mut Vec<Action>) {
+        if self.stop_sent >= target {
+            return;
+        }
+        self.stop_sent = target;
+        self.stop_resent_tick = self.now_tick;
+        self.stop_high.insert(self.id, target);
+        actions.push(Action::Broadcast { message: Message::Stop { regency: target } });
+        self.check_stops(actions);
+    }
+
+    fn on_stop(&mut self, from: ReplicaId, target: u64, actions: &mut Vec<Action>) {
+        if self.stop_high.get(&from).is_none_or(|&high| high < target) {
+            self.stop_high.insert(from, target);
+        }
+        self.check_stops(actions);
+    }
+
+    /// The `k`-th largest STOP regency: the highest regency that `k` replicas asked for.
+    fn stop_level(&self, k: usize) -> u64 {
+        let mut highs: Vec<u64> = self.stop_high.values().copied().collect();
+        highs.sort_unstable_by(|a, b| b.cmp(a));
+        highs.get(k.wrapping_sub(1)).copied().unwrap_or(0)
+    }
+
+    fn check_stops(&mut self, actions: &mut Vec<Action>) {
+        if self.is_recovering() {
+            return;
+        }
+        let join = self.stop_level(self.config.f + 1);
+        if join > self.regency && join > self.stop_sent {
+            self.start_stop(join, actions);
+            return; // start_stop re-enters check_stops
+        }
+        let install = self.stop_level(self.quorum());
+        if install > self.regency {
+            self.install_changing(install, actions);
+        }
+    }
+
+    fn install_changing(&mut self, target: u64, actions: &mut Vec<Action>) {
+        assert!(target > self.regency, "regencies only grow");
+        self.regency = target;
+        self.phase = Phase::Changing { since_tick: self.now_tick };
+        self.sync_resend = None;
+        self.stopdata.retain(|&r, _| r >= target);
+        if self.pending_sync.as_ref().is_some_and(|sync| sync.regency < target) {
+            self.pending_sync = None;
+        }
+        let collect = Arc::new(self.build_collect());
+        let digest = collect.digest();
+        self.stopdata.entry(target).or_default().insert(self.id, (collect.clone(), digest));
+        let message = Message::StopData { regency: target, collect };
+        self.my_stopdata = Some(message.clone());
+        actions.push(Action::Broadcast { message });
+    }
+
+    fn build_collect(&self) -> CollectData {
+        let mut collect = CollectData {
+            last_decided: self.last_decided,
+            decided_hash: self.window.back().map(|(_, hash, _)| *hash),
+            ..CollectData::default()
+        };
+        let mut wanted: Vec<Hash> = Vec::new();
+        if let Some(inst) = self.instances.get(&(self.last_decided + 1)) {
+            collect.accepted = inst.my_accept;
+            let mut writes: Vec<(Hash, u64)> =
+                inst.my_writes.iter().map(|(h, r)| (*h, *r)).collect();
+            writes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            writes.truncate(COLLECT_WRITES_MAX);
+            collect.writes = writes;
+            wanted.extend(inst.my_accept.map(|(_, h)| h));
+            wanted.extend(inst.my_write.map(|(_, h)| h));
+            for hash in &wanted {
+                if let Some(batch) = inst.values.get(hash)
+                    && !collect.values.iter().any(|b| Arc::ptr_eq(b, batch))
+                {
+                    collect.values.push(batch.clone());
+                }
+            }
+        }
+        if let Some((_, _, batch)) = self.window.back()
+            && collect.values.len() < COLLECT_VALUES_MAX
+        {
+            collect.values.push(batch.clone());
+        }
+        collect.values.truncate(COLLECT_VALUES_MAX);
+        collect
+    }
+
+    fn on_stopdata(&mut self, from: ReplicaId, regency: u64, collect: Arc<CollectData>) {
+        if regency < self.regency || regency > self.regency + REGENCY_AHEAD_MAX {
+            return;
+        }
+        if collect.last_decided > self.last_decided {
+            self.mark_behind();
+        }
+        let digest = collect.digest();
+        self.stopdata.entry(regency).or_default().entry(from).or_insert((collect, digest));
+    }
+
+    /// The report of one collect about agreement `aid`: (accepted, writes), or None if
+    /// the collect cannot speak about it (its sender is ahead).
+    fn report(collect: &CollectData, aid: u64) -> Option<(Option<(u64, Hash)>, Vec<(Hash, u64)>)> {
+        let k = collect.last_decided;
+        if k > aid {
+            None
+        } else if k == aid {
+            let hash = collect.decided_hash?;
+            Some((Some((DECIDED_REGENCY, hash)), vec![(hash, DECIDED_REGENCY)]))
+        } else if k + 1 == aid {
+            Some((collect.accepted, collect.writes.clone()))
+        } else {
+            Some((None, Vec::new()))
+        }
+    }
+
+    /// The choice rule (module docs) over `collects` for agreement `aid`.
+    fn choose(&self, collects: &[&CollectData], aid: u64) -> Option<Choice> {
+        let mut reports = Vec::with_capacity(collects.len());
+        for collect in collects {
+            reports.push(Self::report(collect, aid)?);
+        }
+        let quorum = self.quorum();
+        if reports.len() < quorum {
+            return None;
+        }
+        let mut candidates: Vec<(u64, Hash)> = reports.iter().filter_map(|(acc, _)| *acc).collect();
+        candidates.sort_by(|a, b| b.cmp(a));
+        candidates.dedup();
+        match self.config.mode {
+            Mode::Crash => Some(match candidates.first() {
+                Some((_, hash)) => Choice::Forced(*hash),
+                None => Choice::Free,
+            }),
+            Mode::Bft => {
+                let weak = self.config.f + 1;
+                for &(regency, hash) in &candidates {
+                    let compatible = reports
+                        .iter()
+                        .filter(|(acc, _)| match acc {
+                            None => true,
+                            Some((r, h)) => *r < regency || *h == hash,
+                        })
+                        .count();
+                    let certified = reports
+                        .iter()
+                        .filter(|(_, writes)| {
+                            writes.iter().any(|(h, r)| *h == hash && *r >= regency)
+                        })
+                        .count();
+                    if compatible >= quorum && certified >= weak {
+                        return Some(Choice::Forced(hash));
+                    }
+                }
+                let unaccepted = reports.iter().filter(|(acc, _)| acc.is_none()).count();
+                (unaccepted >= quorum).then_some(Choice::Free)
+            }
+        }
+    }
+
+    /// New leader: once its STOPDATAs determine a value, broadcast SYNC.
+    fn try_sync(&mut self, actions: &mut Vec<Action>) {
+        let regency = self.regency;
+        let Some(collected) = self.stopdata.get(&regency) else { return };
+        let weak = self.config.weak_quorum().max(1);
+        let mut decided: Vec<u64> = collected.values().map(|(c, _)| c.last_decided).collect();
+        decided.sort_unstable_by(|a, b| b.cmp(a));
+        if decided.get(weak - 1).is_some_and(|&d| d > self.last_decided) {
+            self.mark_behind();
+            self.send_fetch_now();
+            return;
+        }
+        let aid = self.last_decided + 1;
+        let members: Vec<(ReplicaId, Arc<CollectData>, Hash)> = collected
+            .iter()
+            .filter(|(_, (c, _))| Self::report(c, aid).is_some())
+            .map(|(&id, (c, d))| (id, c.clone(), *d))
+            .collect();
+        let refs: Vec<&CollectData> = members.iter().map(|(_, c, _)| c.as_ref()).collect();
+        let batch = match self.choose(&refs, aid) {
+            None => return,
+            Some(Choice::Free) => Arc::new(self.build_batch()),
+            Some(Choice::Forced(hash)) => {
+                let found = members
+                    .iter()
+                    .flat_map(|(_, c, _)| c.values.iter())
+                    .find(|batch| batch.hash() == hash)
+                    .cloned()
+                    .or_else(|| {
+                        self.instances.get(&aid).and_then(|inst| inst.values.get(&hash).cloned())
+                    });
+                match found {
+                    Some(batch) => batch,
+                    None => return,
+                }
+            }
+        };
+        let message = Message::Sync {
+            regency,
+            agreement_id: aid,
+            members: members.iter().map(|(id, _, d)| (*id, *d)).collect(),
+            batch: batch.clone(),
+        };
+        actions.push(Action::Broadcast { message: message.clone() });
+        self.sync_resend = Some(message);
+        let sync = PendingSync {
+            from: self.id,
+            regency,
+            agreement_id: aid,
+            members: members.iter().map(|(id, _, d)| (*id, *d)).collect(),
+            batch,
+        };
+        self.apply_sync(sync, actions);
+    }
+
+    fn retry_pending_sync(&mut self, actions: &mut Vec<Action>) {
+        if let Some(sync) = self.pending_sync.take() {
+            self.apply_sync(sync, actions);
+        }
+    }
+
+    /// Validates a SYNC and, if it holds, installs its regency and writes its value.
+    fn apply_sync(&mut self, sync: PendingSync, actions: &mut Vec<Action>) {
+        if sync.from != self.config.leader_of(sync.regency) || sync.regency < self.regency {
+            return;
+        }
+        if sync.regency > self.regency {
+            if sync.regency <= self.regency + REGENCY_AHEAD_MAX {
+                self.pending_sync = Some(sync);
+            }
+            return;
+        }
+        if !matches!(self.phase, Phase::Changing { .. }) {
+            return;
+        }
+        let Some(collected) = self.stopdata.get(&sync.regency) else {
+            self.pending_sync = Some(sync);
+            return;
+        };
+        let mut members = Vec::with_capacity(sync.members.len());
+        for (member, digest) in &sync.members {
+            match collected.get(member) {
+                Some((collect, have)) if have == digest => members.push(collect.clone()),
+                Some(_) => return, // the leader used a STOPDATA we were not sent: reject
+                None => {
+                    self.pending_sync = Some(sync);
+                    return;
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if !sync.members.iter().all(|(member, _)| seen.insert(*member)) {
+            return;
+        }
+        if sync.agreement_id > self.last_decided + 1 {
+            self.mark_behind();
+            self.send_fetch_now();
+            self.pending_sync = Some(sync);
+            return;
+        }
+        let refs: Vec<&CollectData> = members.iter().map(|c| c.as_ref()).collect();
+        let hash = sync.batch.hash();
+        match self.choose(&refs, sync.agreement_id) {
+            None => return,
+            Some(Choice::Forced(forced)) if forced != hash => return,
+            Some(Choice::Forced(_)) => {}
+            Some(Choice::Free) => {
+                if !self.batch_is_valid(&sync.batch) {
+                    return;
+                }
+            }
+        }
+        // Installed.
+        self.phase = Phase::Normal;
+        self.my_stopdata = None;
+        for pending in self.pending.values_mut() {
+            pending.arrival_tick = self.now_tick;
+            pending.forwarded = false;
+        }
+        actions.push(Action::RegencyInstalled { regency: sync.regency, leader: sync.from });
+        let aid = sync.agreement_id;
+        if aid == self.last_decided + 1 {
+            if aid > self.vote_floor {
+                self.write_value(sync.regency, aid, sync.batch, actions);
+            }
+        } else if let Some((_, decided_hash, _)) = self.window_get(aid)
+            && *decided_hash == hash
+        {
+            // Already decided here: vote so that the others can decide too.
+            let regency = sync.regency;
+            if self.config.mode == Mode::Bft {
+                actions.push(Action::Broadcast {
+                    message: Message::Write { regency, agreement_id: aid, hash },
+                });
+            }
+            actions.push(Action::Broadcast {
+                message: Message::Accept { regency, agreement_id: aid, hash },
+            });
+        }
+    }
+
+    // ----- recovery -----
+
+    fn on_status(
+        &mut self,
+        from: ReplicaId,
+        nonce: u64,
+        last_decided: u64,
+        highest_voted: u64,
+        regency: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let Phase::Recovering { nonce: expected } = self.phase else { return };
+        if nonce != expected {
+            return;
+        }
+        self.statuses.insert(from, (last_decided, highest_voted, regency));
+        let needed = match self.config.mode {
+            Mode::Crash => self.config.n - self.config.f,
+            Mode::Bft => self.config.n - self.config.f - 1,
+        };
+        if self.statuses.len() < needed {
+            return;
+        }
+        let floor = self.statuses.values().map(|s| s.1).max().unwrap_or(0);
+        let most_decided = self.statuses.values().map(|s| s.0).max().unwrap_or(0);
+        let mut regencies: Vec<u64> = self.statuses.values().map(|s| s.2).collect();
+        regencies.sort_unstable_by(|a, b| b.cmp(a));
+        let regency = match self.config.mode {
+            Mode::Crash => regencies[0],
+            Mode::Bft => regencies.get(self.config.f).copied().unwrap_or(0),
+        };
+        self.vote_floor = self.vote_floor.max(floor);
+        self.regency = self.regency.max(regency);
+        self.stop_sent = self.stop_sent.max(self.regency);
+        self.phase = Phase::Normal;
+        self.statuses.clear();
+        actions.push(Action::RegencyInstalled {
+            regency: self.regency,
+            leader: self.config.leader_of(self.regency),
+        });
+        if most_decided > self.last_decided {
+            self.mark_behind();
+            self.send_fetch_now();
+        }
+        if self.leads(self.regency) {
+            // We may have sent a SYNC we no longer remember: hand the regency on.
+            self.start_stop(self.regency + 1, actions);
+        }
+    }
+}
