@@ -1,5 +1,18 @@
 //! `dura-bench`: the YCSB-like load generator, local cluster launcher, histograms and
 //! the paper's experiments.
+//!
+//! Layers: [`workload`] generates operations, [`driver`] issues them through a
+//! [`target::KvTarget`] (closed or open loop) into histograms, [`results`] writes the
+//! result files, [`plot`] and [`compare`] read them back.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod compare;
+pub mod driver;
+pub mod experiment;
+pub mod plot;
+pub mod results;
+pub mod runner;
+pub mod target;
 pub mod wal_bench;
+pub mod workload;

@@ -1,0 +1,248 @@
+//! A local cluster for the benchmark: n replicas as child processes of this same binary
+//! (`dura-bench replica --config F --id N`), so each replica's peak memory can be read
+//! from `/proc/<pid>/status` (VmHWM).
+//!
+//! Every child is killed when the [`LocalCluster`] is dropped (normal exit, error or
+//! panic unwinding) and by [`kill_all_children`], which the Ctrl-C handler calls. Each
+//! child also gets a pipe as its standard input and exits when the pipe closes, so even
+//! a `kill -9` of the benchmark takes its replicas with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
+
+use crate::results::ReplicaRss;
+
+/// Process ids of every replica this process started and has not reaped yet.
+static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Sends SIGKILL to every replica still registered (for the Ctrl-C handler, which
+/// cannot reach the [`LocalCluster`] values).
+pub fn kill_all_children() {
+    let pids = CHILD_PIDS.lock().map(|pids| pids.clone()).unwrap_or_default();
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn register(pid: u32) {
+    if let Ok(mut pids) = CHILD_PIDS.lock() {
+        pids.push(pid);
+    }
+}
+
+fn unregister(pid: u32) {
+    if let Ok(mut pids) = CHILD_PIDS.lock() {
+        pids.retain(|&known| known != pid);
+    }
+}
+
+/// Where the data lives: a temp dir removed on drop, or a folder the user named.
+#[derive(Debug)]
+enum DataDir {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temporary(dir) => dir.path(),
+            DataDir::Kept(path) => path,
+        }
+    }
+}
+
+/// A running local cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    config: ClusterConfig,
+    config_path: PathBuf,
+    children: Vec<Child>,
+    /// Dropped after the children (field order), so the data is removed only once no
+    /// replica writes it any more.
+    data_dir: DataDir,
+}
+
+/// How long to wait for a fresh cluster to answer its first request.
+pub const STARTUP_WAIT_MAX: Duration = Duration::from_secs(60);
+
+impl LocalCluster {
+    /// Starts `replicas` replicas in `mode` with `log_mode`, their data in `data_dir`
+    /// (a fresh temp dir, removed on drop, when `None`), and waits until `ready`
+    /// succeeds against the config (up to [`STARTUP_WAIT_MAX`]).
+    pub fn start(
+        replicas: u32,
+        mode: Mode,
+        log_mode: LogMode,
+        data_dir: Option<&Path>,
+        ready: &dyn Fn(&ClusterConfig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let data_dir = match data_dir {
+            Some(path) => {
+                std::fs::create_dir_all(path)
+                    .with_context(|| format!("create {}", path.display()))?;
+                DataDir::Kept(
+                    path.canonicalize().with_context(|| format!("resolve {}", path.display()))?,
+                )
+            }
+            None => DataDir::Temporary(
+                tempfile::Builder::new()
+                    .prefix("dura-bench-")
+                    .tempdir()
+                    .context("create a temp dir for the cluster")?,
+            ),
+        };
+        let root = data_dir.path().to_path_buf();
+        let config = ClusterConfig::local(replicas, mode, log_mode, &root)?;
+        let config_path = root.join("cluster.toml");
+        config.save(&config_path)?;
+        let exe = std::env::current_exe().context("find the dura-bench binary")?;
+        let mut cluster = Self { config, config_path, children: Vec::new(), data_dir };
+        for id in 0..replicas {
+            let log_path = root.join(format!("replica-{id}.log"));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("create {}", log_path.display()))?;
+            let child = Command::new(&exe)
+                .args(["replica", "--config"])
+                .arg(&cluster.config_path)
+                .args(["--id", &id.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("start replica {id}"))?;
+            register(child.id());
+            cluster.children.push(child);
+        }
+        let deadline = Instant::now() + STARTUP_WAIT_MAX;
+        loop {
+            cluster.check_alive()?;
+            match ready(&cluster.config) {
+                Ok(()) => break,
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(error.context(format!(
+                        "the cluster did not answer within {} s (replica logs in {})",
+                        STARTUP_WAIT_MAX.as_secs(),
+                        root.display()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Fails if a replica has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (id, child) in self.children.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait().context("poll a replica")? {
+                anyhow::bail!(
+                    "replica {id} exited with {status} (its log: {})",
+                    self.data_dir.path().join(format!("replica-{id}.log")).display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster's config.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Where the config file is.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Whether the data folder goes away with the cluster.
+    pub fn data_is_temporary(&self) -> bool {
+        matches!(self.data_dir, DataDir::Temporary(_))
+    }
+
+    /// Each replica's peak resident set so far.
+    pub fn peak_rss(&self) -> Vec<ReplicaRss> {
+        self.children
+            .iter()
+            .enumerate()
+            .map(|(id, child)| ReplicaRss {
+                id: id as u32,
+                peak_rss_bytes: peak_rss_bytes(child.id()),
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+            unregister(child.id());
+        }
+    }
+}
+
+/// VmHWM of process `pid`, in bytes, from `/proc/<pid>/status`.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// The `VmHWM:` line of a `/proc/<pid>/status` text, in bytes.
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let mut fields = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    let unit = match fields.next() {
+        Some("kB") | None => 1024,
+        Some("mB") => 1024 * 1024,
+        Some(_) => return None,
+    };
+    Some(value * unit)
+}
+
+/// In the replica child: exits the process when standard input closes (the parent
+/// died or dropped its [`LocalCluster`]).
+pub fn exit_when_parent_goes() {
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            std::process::exit(0);
+        })
+        .expect("spawn the parent watch thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tdura\nVmPeak:\t  20000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_hwm("Name: x\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_peak_rss() {
+        let bytes = peak_rss_bytes(std::process::id()).expect("linux /proc");
+        assert!(bytes > 0);
+    }
+}

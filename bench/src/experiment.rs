@@ -1,0 +1,383 @@
+//! The paper's logging experiments on this machine:
+//!
+//! - `table1`: single-client minimum latency and peak throughput of 4 KiB writes for the
+//!   log modes none, async, sync and parallel (the paper's Table 1, where sync is
+//!   measured on the device under `--data-dir`);
+//! - `fig9`: throughput and latency under rising client counts until throughput stops
+//!   growing, for none, sync, batched and parallel (the paper's Figure 9(a)).
+//!
+//! Each log mode runs on a fresh local cluster with its data in its own folder.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dura_engine::runtime::{LogMode, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::driver::RunSpec;
+use crate::plot::{Chart, Series, XAxis};
+use crate::results::ReplicaRss;
+use crate::runner::{Connector, ModeArg, default_out_dir, load_and_run, start_cluster};
+use crate::target::{MemoryTarget, TargetFactory};
+use crate::workload::{Distribution, WorkloadName};
+
+/// Which experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExperimentName {
+    /// Table 1: minimum latency and peak throughput per log mode.
+    Table1,
+    /// Figure 9(a): latency-throughput curves per log mode.
+    Fig9,
+}
+
+/// Options of `dura-bench experiment`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExperimentArgs {
+    /// table1 or fig9.
+    #[arg(value_enum)]
+    pub name: ExperimentName,
+    /// Where the clusters keep their data (the device under test; default: a temp dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Measured seconds per point.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Warmup seconds per point.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Records loaded into each cluster first.
+    #[arg(long, default_value_t = 10_000)]
+    pub records: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub value_bytes: usize,
+    /// Ordering protocol.
+    #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
+    pub mode: ModeArg,
+    /// Clients for table1's peak throughput.
+    #[arg(long, default_value_t = 32)]
+    pub clients_peak: usize,
+    /// fig9 doubles the clients from 1 up to this many at most.
+    #[arg(long, default_value_t = 128)]
+    pub clients_max: usize,
+    /// Results folder (default: `dura-bench-results/EXPERIMENT-TIME`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run against an in-process map (no cluster; checks the experiment's plumbing).
+    #[arg(long, hide = true)]
+    pub memory: bool,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Client threads.
+    pub clients: usize,
+    /// Throughput.
+    pub ops_per_s: f64,
+    /// Minimum latency, µs.
+    pub min_us: u64,
+    /// Mean latency, µs.
+    pub mean_us: f64,
+    /// Median, µs.
+    pub p50_us: u64,
+    /// p99, µs.
+    pub p99_us: u64,
+}
+
+/// One log mode's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeResult {
+    /// Log mode.
+    pub log_mode: String,
+    /// The points measured, in order.
+    pub points: Vec<Point>,
+    /// Highest throughput among the points.
+    pub peak_ops_per_s: f64,
+    /// Replica peak RSS at the end.
+    pub replica_rss: Vec<ReplicaRss>,
+}
+
+/// A whole experiment's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentResult {
+    /// `table1` or `fig9`.
+    pub experiment: String,
+    /// Ordering protocol.
+    pub mode: String,
+    /// Replicas per cluster.
+    pub replicas: u32,
+    /// Value size.
+    pub value_bytes: usize,
+    /// Per log mode, in the experiment's order.
+    pub modes: Vec<ModeResult>,
+    /// Peak throughput of each mode divided by `none`'s.
+    pub ratio_to_none: Vec<(String, f64)>,
+    /// fig9: parallel peak / sync peak.
+    pub parallel_over_sync: Option<f64>,
+    /// Where the files are.
+    pub out_dir: PathBuf,
+}
+
+fn spec(args: &ExperimentArgs, clients: usize) -> RunSpec {
+    RunSpec {
+        workload: WorkloadName::W,
+        distribution: Distribution::Uniform,
+        clients,
+        target_rate: None,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.seconds),
+        records: args.records,
+        value_bytes: args.value_bytes,
+        scan_length_max: 1,
+        seed: 1,
+    }
+}
+
+fn point(clients: usize, result: &crate::driver::RunResult) -> Point {
+    Point {
+        clients,
+        ops_per_s: result.ops_per_s(),
+        min_us: result.all.min(),
+        mean_us: result.all.mean(),
+        p50_us: result.all.value_at_quantile(0.5),
+        p99_us: result.all.value_at_quantile(0.99),
+    }
+}
+
+/// Runs `body` against a target for `log_mode`: a fresh local cluster, or the memory
+/// map with `--memory`. Returns what `body` returned and the replicas' peak RSS.
+fn with_target<T>(
+    args: &ExperimentArgs,
+    log_mode: LogMode,
+    connector: &Connector,
+    body: &mut dyn FnMut(&dyn TargetFactory) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Vec<ReplicaRss>)> {
+    if args.memory {
+        return Ok((body(&MemoryTarget::new())?, Vec::new()));
+    }
+    let mode: Mode = args.mode.into();
+    let data_dir = args.data_dir.as_ref().map(|dir| dir.join(log_mode.to_string()));
+    let mut cluster =
+        start_cluster(mode.replicas_for(1), mode, log_mode, data_dir.as_deref(), connector)?;
+    let factory = connector(cluster.config())?;
+    let value = body(factory.as_ref())?;
+    cluster.check_alive()?;
+    Ok((value, cluster.peak_rss()))
+}
+
+/// Runs the experiment `args.name`, writes its files and returns its result.
+pub fn run(
+    args: &ExperimentArgs,
+    connector: &Connector,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExperimentResult> {
+    anyhow::ensure!(args.seconds > 0.0 && args.warmup >= 0.0, "bad --seconds or --warmup");
+    anyhow::ensure!(args.records > 0 && args.clients_peak > 0 && args.clients_max > 0);
+    let (name, modes) = match args.name {
+        ExperimentName::Table1 => {
+            ("table1", [LogMode::None, LogMode::Async, LogMode::Sync, LogMode::Parallel])
+        }
+        ExperimentName::Fig9 => {
+            ("fig9", [LogMode::None, LogMode::Sync, LogMode::Batched, LogMode::Parallel])
+        }
+    };
+    let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(name));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    let mut results = Vec::new();
+    for log_mode in modes {
+        let mut body = |factory: &dyn TargetFactory| -> anyhow::Result<Vec<Point>> {
+            let mut points = Vec::new();
+            let mut loaded = false;
+            let mut measure = |clients: usize| -> anyhow::Result<Point> {
+                let label = format!("{log_mode} {clients} clients");
+                let result = load_and_run(factory, &spec(args, clients), loaded, stop, &label)?;
+                loaded = true;
+                anyhow::ensure!(!result.interrupted, "interrupted");
+                Ok(point(clients, &result))
+            };
+            match args.name {
+                ExperimentName::Table1 => {
+                    points.push(measure(1)?);
+                    points.push(measure(args.clients_peak)?);
+                }
+                ExperimentName::Fig9 => {
+                    let mut clients = 1;
+                    let mut best = 0.0f64;
+                    loop {
+                        let measured = measure(clients)?;
+                        let ops = measured.ops_per_s;
+                        points.push(measured);
+                        // Throughput stopped growing: less than 5% above the best so far.
+                        if ops < best * 1.05 || clients >= args.clients_max {
+                            break;
+                        }
+                        best = best.max(ops);
+                        clients = (clients * 2).min(args.clients_max);
+                    }
+                }
+            }
+            Ok(points)
+        };
+        let (points, replica_rss) = with_target(args, log_mode, connector, &mut body)?;
+        let peak_ops_per_s = points.iter().map(|point| point.ops_per_s).fold(0.0, f64::max);
+        results.push(ModeResult {
+            log_mode: log_mode.to_string(),
+            points,
+            peak_ops_per_s,
+            replica_rss,
+        });
+    }
+    let peak = |mode: &str| {
+        results.iter().find(|result| result.log_mode == mode).map(|result| result.peak_ops_per_s)
+    };
+    let none_peak = peak("none").unwrap_or(0.0);
+    let ratio_to_none = results
+        .iter()
+        .map(|result| {
+            let ratio = if none_peak > 0.0 { result.peak_ops_per_s / none_peak } else { 0.0 };
+            (result.log_mode.clone(), ratio)
+        })
+        .collect();
+    let parallel_over_sync = match (peak("parallel"), peak("sync")) {
+        (Some(parallel), Some(sync)) if sync > 0.0 => Some(parallel / sync),
+        _ => None,
+    };
+    let mode: Mode = args.mode.into();
+    let result = ExperimentResult {
+        experiment: name.to_string(),
+        mode: mode.to_string(),
+        replicas: if args.memory { 0 } else { mode.replicas_for(1) },
+        value_bytes: args.value_bytes,
+        modes: results,
+        ratio_to_none,
+        parallel_over_sync,
+        out_dir: out_dir.clone(),
+    };
+    let json_path = out_dir.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)
+        .with_context(|| format!("write {}", json_path.display()))?;
+    if args.name == ExperimentName::Fig9 {
+        crate::plot::write_svg_and_png(&out_dir, "fig9", &[fig9_chart(&result)])?;
+    }
+    Ok(result)
+}
+
+/// Figure 9(a): mean latency against throughput, one curve per log mode.
+pub fn fig9_chart(result: &ExperimentResult) -> Chart {
+    Chart {
+        title: format!("Latency vs throughput, {} B writes", result.value_bytes),
+        x_label: "throughput (ops/s)".into(),
+        y_label: "mean latency (ms)".into(),
+        x_axis: XAxis::Linear,
+        markers: true,
+        series: result
+            .modes
+            .iter()
+            .map(|mode| Series {
+                name: mode.log_mode.clone(),
+                points: mode
+                    .points
+                    .iter()
+                    .map(|point| (point.ops_per_s, point.mean_us / 1000.0))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The experiment's printed table.
+pub fn to_text(result: &ExperimentResult) -> String {
+    let mut text = String::new();
+    let ratio = |mode: &str| {
+        result.ratio_to_none.iter().find(|(name, _)| name == mode).map(|(_, r)| *r).unwrap_or(0.0)
+    };
+    match result.experiment.as_str() {
+        "table1" => {
+            let _ = writeln!(
+                text,
+                "Table 1 on this machine: single-client minimum latency and peak throughput of \
+                 {} B writes ({} replicas, {})",
+                result.value_bytes, result.replicas, result.mode
+            );
+            let _ = write!(text, "{:<22}", "Metric");
+            for mode in &result.modes {
+                let _ = write!(text, " {:>10}", mode.log_mode);
+            }
+            let _ = writeln!(text);
+            let row = |text: &mut String, name: &str, value: &dyn Fn(&ModeResult) -> String| {
+                let _ = write!(text, "{name:<22}");
+                for mode in &result.modes {
+                    let _ = write!(text, " {:>10}", value(mode));
+                }
+                let _ = writeln!(text);
+            };
+            let first = |mode: &ModeResult| mode.points.first().cloned();
+            row(&mut text, "Min Lat. (ms)", &|mode| {
+                first(mode).map(|p| format!("{:.2}", p.min_us as f64 / 1000.0)).unwrap_or_default()
+            });
+            row(&mut text, "Median Lat. (ms)", &|mode| {
+                first(mode).map(|p| format!("{:.2}", p.p50_us as f64 / 1000.0)).unwrap_or_default()
+            });
+            row(&mut text, "Peak Thr. (ops/s)", &|mode| format!("{:.0}", mode.peak_ops_per_s));
+            row(&mut text, "Peak Thr. / none", &|mode| format!("{:.2}", ratio(&mode.log_mode)));
+        }
+        _ => {
+            let _ = writeln!(
+                text,
+                "Figure 9(a) on this machine: {} B writes ({} replicas, {})",
+                result.value_bytes, result.replicas, result.mode
+            );
+            let _ = writeln!(
+                text,
+                "{:<10} {:>8} {:>12} {:>10} {:>10} {:>10}",
+                "log", "clients", "ops/s", "mean ms", "p50 ms", "p99 ms"
+            );
+            for mode in &result.modes {
+                for point in &mode.points {
+                    let _ = writeln!(
+                        text,
+                        "{:<10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+                        mode.log_mode,
+                        point.clients,
+                        point.ops_per_s,
+                        point.mean_us / 1000.0,
+                        point.p50_us as f64 / 1000.0,
+                        point.p99_us as f64 / 1000.0
+                    );
+                }
+            }
+            for mode in &result.modes {
+                let _ = writeln!(
+                    text,
+                    "peak {:<9} {:>10.0} ops/s  ({:.2} of none)",
+                    mode.log_mode,
+                    mode.peak_ops_per_s,
+                    ratio(&mode.log_mode)
+                );
+            }
+            let _ = writeln!(text, "parallel / none peak: {:.2}", ratio("parallel"));
+            if let Some(over_sync) = result.parallel_over_sync {
+                let _ = writeln!(text, "parallel / sync peak: {over_sync:.2}");
+            }
+        }
+    }
+    for mode in &result.modes {
+        if !mode.replica_rss.is_empty() {
+            let _ = writeln!(
+                text,
+                "{} peak RSS: {}",
+                mode.log_mode,
+                crate::runner::rss_text(&mode.replica_rss)
+            );
+        }
+    }
+    let _ = writeln!(text, "results in {}", result.out_dir.display());
+    text
+}

@@ -1,0 +1,328 @@
+//! The main command: start (or connect to) a cluster, load it, run the workload, write
+//! and print the results.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
+
+use crate::cluster::LocalCluster;
+use crate::driver::{self, RunResult, RunSpec};
+use crate::results::{self, ReplicaRss, RunLabels, Summary};
+use crate::target::{MemoryTarget, TargetFactory};
+use crate::workload::{Distribution, WorkloadName};
+
+/// Opens clients to a cluster described by a config (the kvstore's client).
+pub type Connector = dyn Fn(&ClusterConfig) -> anyhow::Result<Box<dyn TargetFactory>>;
+
+/// Log modes on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogArg {
+    /// No log.
+    None,
+    /// Written, never synced.
+    Async,
+    /// One synced write per request.
+    Sync,
+    /// Grouped synced writes; execution waits.
+    Batched,
+    /// Grouped synced writes in parallel with execution.
+    Parallel,
+}
+
+impl From<LogArg> for LogMode {
+    fn from(value: LogArg) -> Self {
+        match value {
+            LogArg::None => LogMode::None,
+            LogArg::Async => LogMode::Async,
+            LogArg::Sync => LogMode::Sync,
+            LogArg::Batched => LogMode::Batched,
+            LogArg::Parallel => LogMode::Parallel,
+        }
+    }
+}
+
+/// Ordering protocols on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Byzantine faults, n = 3f+1.
+    Bft,
+    /// Crash faults, n = 2f+1.
+    Crash,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(value: ModeArg) -> Self {
+        match value {
+            ModeArg::Bft => Mode::Bft,
+            ModeArg::Crash => Mode::Crash,
+        }
+    }
+}
+
+/// Options of the main command (`dura-bench` with no subcommand, or `dura-bench run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Replicas of the local cluster (4 for bft f=1, 3 for crash f=1).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Ordering protocol of the local cluster.
+    #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
+    pub mode: ModeArg,
+    /// Durability mode of the local cluster.
+    #[arg(long, value_enum, default_value_t = LogArg::Parallel)]
+    pub log: LogArg,
+    /// Where the local cluster keeps its data (default: a temp dir, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Client threads.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Open loop at this many operations per second in total (default: closed loop).
+    #[arg(long)]
+    pub target_rate: Option<f64>,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Warmup seconds, not measured.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup: f64,
+    /// Workload: w (the paper's 100% 4 KiB replaces) or YCSB a-f.
+    #[arg(long, value_enum, default_value_t = WorkloadName::W)]
+    pub workload: WorkloadName,
+    /// Key distribution (default: the workload's own).
+    #[arg(long, value_enum)]
+    pub distribution: Option<Distribution>,
+    /// Records loaded before the run (the paper: 250,000).
+    #[arg(long, default_value_t = 250_000)]
+    pub records: u64,
+    /// Value size in bytes (the paper: 4096).
+    #[arg(long, default_value_t = 4096)]
+    pub value_bytes: usize,
+    /// YCSB E: scan lengths are uniform in 1..=this.
+    #[arg(long, default_value_t = 100)]
+    pub scan_length_max: u64,
+    /// Seed of the operation streams.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Load a running cluster described by this config instead of starting one.
+    #[arg(long)]
+    pub connect: Option<PathBuf>,
+    /// Skip the load phase (the records already exist).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Results folder (default: `dura-bench-results/run-TIME`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    /// Run against an in-process map instead of a cluster (checks the generator).
+    #[arg(long, hide = true)]
+    pub memory: bool,
+}
+
+impl RunArgs {
+    /// The driver's spec.
+    pub fn spec(&self) -> anyhow::Result<RunSpec> {
+        anyhow::ensure!(self.clients > 0, "--clients must be at least 1");
+        anyhow::ensure!(self.seconds > 0.0, "--seconds must be positive");
+        anyhow::ensure!(self.warmup >= 0.0, "--warmup must not be negative");
+        anyhow::ensure!(self.records > 0, "--records must be at least 1");
+        anyhow::ensure!(self.scan_length_max > 0, "--scan-length-max must be at least 1");
+        if let Some(rate) = self.target_rate {
+            anyhow::ensure!(rate > 0.0, "--target-rate must be positive");
+        }
+        Ok(RunSpec {
+            workload: self.workload,
+            distribution: self.distribution.unwrap_or(self.workload.default_distribution()),
+            clients: self.clients,
+            target_rate: self.target_rate,
+            warmup: Duration::from_secs_f64(self.warmup),
+            duration: Duration::from_secs_f64(self.seconds),
+            records: self.records,
+            value_bytes: self.value_bytes,
+            scan_length_max: self.scan_length_max,
+            seed: self.seed,
+        })
+    }
+
+    /// Replica count: given, or the smallest for f = 1 in the mode.
+    pub fn replica_count(&self) -> u32 {
+        self.replicas.unwrap_or(Mode::from(self.mode).replicas_for(1))
+    }
+}
+
+/// A default results folder: `dura-bench-results/<prefix>-<unix seconds>`.
+pub fn default_out_dir(prefix: &str) -> PathBuf {
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("dura-bench-results").join(format!("{prefix}-{seconds}"))
+}
+
+/// A progress bar on standard error when it is a terminal; nothing otherwise.
+pub fn progress_bar(label: &str) -> impl FnMut(Duration, Duration) + use<> {
+    let terminal = std::io::stderr().is_terminal();
+    let label = label.to_string();
+    let mut last_drawn = None;
+    move |elapsed: Duration, total: Duration| {
+        if !terminal {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let fraction = if total.is_zero() {
+            1.0
+        } else {
+            (elapsed.as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0)
+        };
+        let filled = (fraction * WIDTH as f64).round() as usize;
+        let left = total.saturating_sub(elapsed).as_secs();
+        if last_drawn == Some((filled, left)) {
+            return;
+        }
+        last_drawn = Some((filled, left));
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{label} [{}{}] {:>3.0}%  {left} s left ",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            fraction * 100.0
+        );
+        if fraction >= 1.0 {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+}
+
+/// A load-phase progress bar (the driver reports records as milliseconds).
+fn load_bar() -> impl FnMut(Duration, Duration) {
+    let terminal = std::io::stderr().is_terminal();
+    move |done: Duration, total: Duration| {
+        if terminal {
+            let _ = write!(
+                std::io::stderr(),
+                "\rloading {} / {} records ",
+                done.as_millis(),
+                total.as_millis()
+            );
+        }
+    }
+}
+
+/// Loads the records of `spec` (unless `skip`) and runs it against `factory`.
+pub fn load_and_run(
+    factory: &dyn TargetFactory,
+    spec: &RunSpec,
+    skip_load: bool,
+    stop: &AtomicBool,
+    label: &str,
+) -> anyhow::Result<RunResult> {
+    if !skip_load {
+        let mut bar = load_bar();
+        let complete = driver::load(
+            factory,
+            spec.records,
+            spec.value_bytes,
+            spec.clients.max(4),
+            stop,
+            &mut bar,
+        )?;
+        if std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+        anyhow::ensure!(complete, "interrupted while loading");
+    }
+    let mut bar = progress_bar(label);
+    Ok(driver::run(factory, spec, stop, &mut bar)?)
+}
+
+/// Runs the main command; returns the summary (already written to its folder).
+pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    let spec = args.spec()?;
+    let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir("run"));
+    let mode: Mode = args.mode.into();
+    let log_mode: LogMode = args.log.into();
+    let (result, labels, rss) = if args.memory {
+        let target = MemoryTarget::new();
+        let result = load_and_run(&target, &spec, args.no_load, stop, "memory")?;
+        let labels = RunLabels {
+            target: "memory".into(),
+            mode: "none".into(),
+            log_mode: "none".into(),
+            replicas: 0,
+        };
+        (result, labels, Vec::new())
+    } else if let Some(path) = &args.connect {
+        let config = ClusterConfig::load(path)?;
+        let factory = connector(&config)?;
+        let result = load_and_run(factory.as_ref(), &spec, args.no_load, stop, "run")?;
+        let labels = RunLabels {
+            target: "connect".into(),
+            mode: config.mode.to_string(),
+            log_mode: config.log_mode.to_string(),
+            replicas: config.n(),
+        };
+        (result, labels, Vec::new())
+    } else {
+        let replicas = args.replica_count();
+        let mut cluster =
+            start_cluster(replicas, mode, log_mode, args.data_dir.as_deref(), connector)?;
+        let factory = connector(cluster.config())?;
+        let result = load_and_run(factory.as_ref(), &spec, args.no_load, stop, "run")?;
+        cluster.check_alive()?;
+        let labels = RunLabels {
+            target: "cluster".into(),
+            mode: mode.to_string(),
+            log_mode: log_mode.to_string(),
+            replicas,
+        };
+        (result, labels, cluster.peak_rss())
+    };
+    let mut summary = Summary::new(&result, &spec, &labels, &out_dir);
+    summary.replica_rss = rss;
+    results::write_all(&summary, &result)?;
+    Ok(summary)
+}
+
+/// Starts a local cluster and waits until a client can write to it.
+pub fn start_cluster(
+    replicas: u32,
+    mode: Mode,
+    log_mode: LogMode,
+    data_dir: Option<&Path>,
+    connector: &Connector,
+) -> anyhow::Result<LocalCluster> {
+    let ready = |config: &ClusterConfig| -> anyhow::Result<()> {
+        let factory = connector(config)?;
+        let mut client = factory.connect(0)?;
+        client.put(b"dura-bench:ready", b"1")?;
+        Ok(())
+    };
+    LocalCluster::start(replicas, mode, log_mode, data_dir, &ready)
+        .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"))
+}
+
+/// Prints `summary` as JSON or as the report.
+pub fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(())
+}
+
+/// Peak RSS of a local cluster's replicas, as `(id, bytes)` text.
+pub fn rss_text(rss: &[ReplicaRss]) -> String {
+    rss.iter()
+        .map(|replica| match replica.peak_rss_bytes {
+            Some(bytes) => format!("r{} {:.0} MiB", replica.id, bytes as f64 / 1048576.0),
+            None => format!("r{} ?", replica.id),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

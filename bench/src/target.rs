@@ -1,0 +1,71 @@
+//! What the load generator talks to: a key-value store behind [`KvTarget`], one
+//! connection per client thread, made by a [`TargetFactory`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// An error from the store under test. The driver counts errors; it does not stop.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} failed: {reason}")]
+pub struct TargetError {
+    /// Which operation failed.
+    pub operation: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// One client's connection to a key-value store. Calls block until the store
+/// answered; a call that returns `Ok` was completed by the store (for a replicated
+/// store: by a quorum, durably when the cluster logs synchronously or in parallel).
+pub trait KvTarget: Send {
+    /// Writes `value` under `key` (insert or replace).
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TargetError>;
+    /// Reads `key`; `None` when absent.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError>;
+}
+
+/// Opens one [`KvTarget`] per client thread.
+pub trait TargetFactory: Send + Sync {
+    /// A new connection for client number `client_index`.
+    fn connect(&self, client_index: usize) -> Result<Box<dyn KvTarget>, TargetError>;
+}
+
+/// An in-memory store shared by all clients, for tests of the generator and driver.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryTarget {
+    map: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl MemoryTarget {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("memory target lock").len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl KvTarget for MemoryTarget {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TargetError> {
+        self.map.lock().expect("memory target lock").insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError> {
+        Ok(self.map.lock().expect("memory target lock").get(key).cloned())
+    }
+}
+
+impl TargetFactory for MemoryTarget {
+    fn connect(&self, _client_index: usize) -> Result<Box<dyn KvTarget>, TargetError> {
+        Ok(Box::new(self.clone()))
+    }
+}
