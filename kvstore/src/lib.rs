@@ -2,10 +2,34 @@
 //!
 //! - [`KvStore`]: the service (a sorted map; canonical SHA-256 state digest).
 //! - [`ops`]: the binary encoding of operations and replies.
+//! - [`KvClient`]: put, get, delete, compare-and-swap against a cluster.
+//! - [`serve`] / [`start`]: run a replica (blocking until a signal, or in-process).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod ops;
 pub mod store;
 
+pub use client::{KvClient, KvError};
+pub use dura_engine::runtime::{
+    ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
+};
 pub use ops::{CodecError, KvOp, KvReply};
 pub use store::KvStore;
+
+/// Starts replica `replica_id` of `config` in this process with an empty store (the
+/// log, if any, is replayed into it). Dropping or stopping the handle stops it.
+pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, RuntimeError> {
+    dura_engine::runtime::start_replica(
+        config,
+        replica_id,
+        KvStore::new(),
+        ReplicaOptions::default(),
+    )
+}
+
+/// Runs replica `replica_id` of `config` until SIGTERM or SIGINT, then shuts down
+/// gracefully (the in-flight log write completes). The body of `dura-kv serve`.
+pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError> {
+    start(config, replica_id)?.run_until_signal()
+}

@@ -26,6 +26,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
+use crate::protocol::auth::mac;
+use crate::protocol::{
+    ClientConfig, ClientKeys, Config as ProtocolConfig, KeyRing, Mode as ProtocolMode, ReplicaKeys,
+};
 
 /// Which ordering protocol the cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +131,17 @@ impl fmt::Display for LogMode {
     }
 }
 
+/// Which log implementation a replica writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackendKind {
+    /// The segmented `dura-wal` (group commit, io_uring or pwrite, O_DIRECT|O_DSYNC).
+    #[default]
+    Wal,
+    /// One file, buffered writes and `fdatasync`.
+    File,
+}
+
 /// One replica's place in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaConfig {
@@ -174,6 +189,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_batch_requests_max() -> u32 {
     1_024
 }
+fn default_wal_segment_mib() -> u32 {
+    64
+}
 fn default_frame_bytes_max() -> u32 {
     32 * 1024 * 1024
 }
@@ -204,6 +222,13 @@ pub struct ClusterConfig {
     /// Largest frame accepted on any connection; a bigger one drops the connection.
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u32,
+    /// Which log implementation: `wal` (segmented `dura-wal`, the default) or `file`
+    /// (one file, write + fdatasync). `sync` log mode always uses `file`.
+    #[serde(default)]
+    pub log_backend: LogBackendKind,
+    /// Size of a `dura-wal` segment file, in MiB.
+    #[serde(default = "default_wal_segment_mib")]
+    pub wal_segment_mib: u32,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -334,6 +359,9 @@ impl ClusterConfig {
         if self.batch_requests_max == 0 {
             return Err(wrong("batch_requests_max", "must be at least 1".into()));
         }
+        if !(4..=4096).contains(&self.wal_segment_mib) {
+            return Err(wrong("wal_segment_mib", "must be within 4..=4096".into()));
+        }
         if self.frame_bytes_max < 64 * 1024 {
             return Err(wrong("frame_bytes_max", "must be at least 65536".into()));
         }
@@ -411,6 +439,8 @@ impl ClusterConfig {
             request_timeout_ms: default_request_timeout_ms(),
             batch_requests_max: default_batch_requests_max(),
             frame_bytes_max: default_frame_bytes_max(),
+            log_backend: LogBackendKind::Wal,
+            wal_segment_mib: 16,
             replicas,
         }
     }
@@ -462,6 +492,59 @@ fn decode_key(hex: &str, field: &str) -> Result<Vec<u8>, RuntimeError> {
     }
     Ok(bytes)
 }
+
+impl ClusterConfig {
+    fn ring(&self, key_material: &[u8], label: &[u8]) -> KeyRing {
+        let master = mac(&[0u8; 32], &[b"dura-master", label, key_material]);
+        KeyRing::new(master, self.replicas.len())
+    }
+
+    /// The protocol's view of this config.
+    pub fn protocol_config(&self) -> ProtocolConfig {
+        let mut config = match self.mode {
+            Mode::Bft => {
+                ProtocolConfig::with_mode(ProtocolMode::Bft, self.replicas.len(), self.f as usize)
+            }
+            Mode::Crash => {
+                ProtocolConfig::with_mode(ProtocolMode::Crash, self.replicas.len(), self.f as usize)
+            }
+        };
+        config.batch_requests_max = self.batch_requests_max as usize;
+        config.tick_ms = TICK_MS;
+        config.request_timeout_ticks = self.request_timeout_ms.div_ceil(TICK_MS).max(1);
+        config
+    }
+
+    /// What a client needs to know about the cluster.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            mode: match self.mode {
+                Mode::Bft => ProtocolMode::Bft,
+                Mode::Crash => ProtocolMode::Crash,
+            },
+            n: self.replicas.len(),
+            f: self.f as usize,
+            retransmit_timeout_ms: self.request_timeout_ms,
+        }
+    }
+
+    /// The keys replica `id` holds: link keys derived from `replica_key`, the client
+    /// secret from `client_key`.
+    pub fn replica_keys(&self, id: u32) -> Result<ReplicaKeys, RuntimeError> {
+        let links = self.ring(&self.replica_key_bytes()?, b"links").replica_keys(id).links;
+        let client_secret =
+            self.ring(&self.client_key_bytes()?, b"clients").replica_keys(id).client_secret;
+        Ok(ReplicaKeys { id, links, client_secret })
+    }
+
+    /// The keys client `client_id` holds (derived from `client_key`).
+    pub fn client_keys(&self, client_id: u64) -> Result<ClientKeys, RuntimeError> {
+        Ok(self.ring(&self.client_key_bytes()?, b"clients").client_keys(client_id))
+    }
+}
+
+/// Period of the protocol's tick timer.
+pub const TICK_MS: u64 = 50;
 
 #[cfg(test)]
 mod tests {

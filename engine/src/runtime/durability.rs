@@ -15,7 +15,8 @@
 //! group: it appends them all, then waits for one sync.
 //!
 //! Log records: one per decided batch (first = last = its agreement id), or in `sync`
-//! mode one per request. The payload is [`encode_batch`]'s format.
+//! mode one per request (several records with the same agreement id, replayed as one
+//! batch). The payload is [`encode_batch`]'s format.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{LogMode, RuntimeError};
+use crate::protocol::Batch;
 use crate::service::{Executor, OrderedRequest, Outcome, Service};
 
 /// Batches the log stage takes into one group write at most.
@@ -30,24 +32,13 @@ pub const LOG_GROUP_BATCHES_MAX: usize = 256;
 /// Decided batches whose replies the exec stage may hold waiting for the log.
 pub const EXEC_PENDING_BATCHES_MAX: usize = 4_096;
 
-/// One ordered client request, owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// The client.
-    pub client_id: u64,
-    /// Its sequence number.
-    pub sequence: u64,
-    /// The operation, opaque here.
-    pub operation: Vec<u8>,
-}
-
-/// A batch the ordering protocol decided.
+/// A batch the ordering protocol decided, shared by the log and exec stages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecidedBatch {
     /// The consensus instance that decided it.
     pub agreement_id: u64,
     /// Its requests, in order.
-    pub requests: Vec<Request>,
+    pub batch: Arc<Batch>,
 }
 
 /// A reply ready to leave: the exec stage hands it to the reply sink.
@@ -70,6 +61,14 @@ pub enum ExecInput {
     Batch(Arc<DecidedBatch>),
     /// Every agreement up to this id is durable (parallel mode).
     Durable(u64),
+    /// Resend the cached reply of an already executed request, if it is the client's
+    /// last one (a retransmission that ordering recognised).
+    ReplyFromCache {
+        /// The client.
+        client_id: u64,
+        /// The request's sequence number.
+        sequence: u64,
+    },
 }
 
 /// The write-ahead log as the log stage sees it.
@@ -85,67 +84,119 @@ pub trait LogBackend: Send + 'static {
     fn sync(&mut self) -> Result<(), RuntimeError>;
 }
 
-/// Appends the log payload of `requests` (ordered by `agreement_id`) to `out`:
-/// `u64` agreement id, `u32` count, then per request `u64` client id, `u64` sequence,
-/// `u32` operation length and the operation; all little-endian.
-pub fn encode_batch<'a>(
-    agreement_id: u64,
-    requests: impl ExactSizeIterator<Item = &'a Request>,
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(&agreement_id.to_le_bytes());
-    out.extend_from_slice(&(requests.len() as u32).to_le_bytes());
-    for request in requests {
-        out.extend_from_slice(&request.client_id.to_le_bytes());
-        out.extend_from_slice(&request.sequence.to_le_bytes());
-        out.extend_from_slice(&(request.operation.len() as u32).to_le_bytes());
-        out.extend_from_slice(&request.operation);
+impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
+    fn append(&mut self, first: u64, last: u64, payload: &[u8]) -> Result<(), RuntimeError> {
+        (**self).append(first, last, payload)
+    }
+    fn sync(&mut self) -> Result<(), RuntimeError> {
+        (**self).sync()
     }
 }
 
+/// Appends the log payload of `batch` (decided by `agreement_id`) to `out`:
+/// `u64` agreement id, `u32` part index, `u32` part count (little-endian), then
+/// [`Batch::to_bytes`]'s encoding. A whole batch is part 0 of 1; `sync` mode writes a
+/// batch of n requests as parts 0..n, one request each, so that replay can tell a
+/// batch cut short by a crash and drop it.
+pub fn encode_batch(agreement_id: u64, part: (u32, u32), batch: &Batch, out: &mut Vec<u8>) {
+    assert!(part.0 < part.1, "part index below part count");
+    out.extend_from_slice(&agreement_id.to_le_bytes());
+    out.extend_from_slice(&part.0.to_le_bytes());
+    out.extend_from_slice(&part.1.to_le_bytes());
+    out.extend_from_slice(&batch.to_bytes());
+}
+
+/// One log record's content, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPart {
+    /// The agreement.
+    pub agreement_id: u64,
+    /// Which part of the agreement's batch.
+    pub part_index: u32,
+    /// How many parts the batch was written in.
+    pub part_count: u32,
+    /// The requests of this part.
+    pub batch: Batch,
+}
+
 /// Decodes a log payload written by [`encode_batch`]; errors on any malformation.
-pub fn decode_batch(mut input: &[u8]) -> Result<DecidedBatch, RuntimeError> {
-    fn take<'a>(input: &mut &'a [u8], count: usize) -> Result<&'a [u8], RuntimeError> {
-        if input.len() < count {
-            return Err(RuntimeError::Replay(format!(
-                "batch record truncated: {} bytes left, {count} needed",
-                input.len()
-            )));
+pub fn decode_batch(input: &[u8]) -> Result<BatchPart, RuntimeError> {
+    if input.len() < 16 {
+        return Err(RuntimeError::Replay(format!(
+            "batch record of {} bytes is too short",
+            input.len()
+        )));
+    }
+    let agreement_id = u64::from_le_bytes(input[0..8].try_into().expect("8 bytes"));
+    let part_index = u32::from_le_bytes(input[8..12].try_into().expect("4 bytes"));
+    let part_count = u32::from_le_bytes(input[12..16].try_into().expect("4 bytes"));
+    if part_index >= part_count {
+        return Err(RuntimeError::Replay(format!(
+            "agreement {agreement_id}: part {part_index} of {part_count}"
+        )));
+    }
+    let batch = Batch::from_bytes(&input[16..])
+        .map_err(|error| RuntimeError::Replay(format!("agreement {agreement_id}: {error}")))?;
+    Ok(BatchPart { agreement_id, part_index, part_count, batch })
+}
+
+/// Reassembles log records (payloads in log order) into whole decided batches,
+/// consecutive from the first. A batch whose parts stop at the end of the log (a crash
+/// during `sync` mode's writes) is dropped: none of its replies can have left.
+/// Anything else out of order is an error.
+pub fn reassemble(
+    payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> Result<Vec<DecidedBatch>, RuntimeError> {
+    let mut batches: Vec<DecidedBatch> = Vec::new();
+    let mut open: Option<BatchPart> = None;
+    for payload in payloads {
+        let part = decode_batch(&payload)?;
+        let expected_id = batches.last().map(|b| b.agreement_id + 1);
+        match open.take() {
+            Some(mut partial) => {
+                if part.agreement_id != partial.agreement_id
+                    || part.part_index != partial.part_index + 1
+                    || part.part_count != partial.part_count
+                {
+                    return Err(RuntimeError::Replay(format!(
+                        "agreement {} part {} follows agreement {} part {} of {}",
+                        part.agreement_id,
+                        part.part_index,
+                        partial.agreement_id,
+                        partial.part_index,
+                        partial.part_count
+                    )));
+                }
+                partial.batch.requests.extend(part.batch.requests);
+                partial.part_index = part.part_index;
+                open = Some(partial);
+            }
+            None => {
+                if part.part_index != 0 || expected_id.is_some_and(|id| id != part.agreement_id) {
+                    return Err(RuntimeError::Replay(format!(
+                        "agreement {} part {} where agreement {expected_id:?} part 0 was expected",
+                        part.agreement_id, part.part_index
+                    )));
+                }
+                open = Some(part);
+            }
         }
-        let (head, rest) = input.split_at(count);
-        *input = rest;
-        Ok(head)
+        if let Some(done) = open.take_if(|p| p.part_index + 1 == p.part_count) {
+            batches.push(DecidedBatch {
+                agreement_id: done.agreement_id,
+                batch: Arc::new(done.batch),
+            });
+        }
     }
-    let u64_at = |input: &mut &[u8]| -> Result<u64, RuntimeError> {
-        Ok(u64::from_le_bytes(take(input, 8)?.try_into().expect("8 bytes")))
-    };
-    let u32_at = |input: &mut &[u8]| -> Result<u32, RuntimeError> {
-        Ok(u32::from_le_bytes(take(input, 4)?.try_into().expect("4 bytes")))
-    };
-    let agreement_id = u64_at(&mut input)?;
-    let count = u32_at(&mut input)? as usize;
-    // Each request takes at least 20 bytes: a count beyond that is a lie.
-    if count > input.len() / 20 {
-        return Err(RuntimeError::Replay(format!(
-            "batch record claims {count} requests in {} bytes",
-            input.len()
-        )));
+    if let Some(partial) = open {
+        log::warn!(
+            "log ends inside agreement {} ({} of {} parts): dropping it",
+            partial.agreement_id,
+            partial.part_index + 1,
+            partial.part_count
+        );
     }
-    let mut requests = Vec::with_capacity(count);
-    for _ in 0..count {
-        let client_id = u64_at(&mut input)?;
-        let sequence = u64_at(&mut input)?;
-        let length = u32_at(&mut input)? as usize;
-        let operation = take(&mut input, length)?.to_vec();
-        requests.push(Request { client_id, sequence, operation });
-    }
-    if !input.is_empty() {
-        return Err(RuntimeError::Replay(format!(
-            "{} trailing bytes after a batch record",
-            input.len()
-        )));
-    }
-    Ok(DecidedBatch { agreement_id, requests })
+    Ok(batches)
 }
 
 /// Runs `batch` through `executor`; returns the replies to send (fresh and cached).
@@ -154,6 +205,7 @@ pub fn execute_batch<S: Service>(
     batch: &DecidedBatch,
 ) -> Vec<ReplyOut> {
     let ordered: Vec<OrderedRequest<'_>> = batch
+        .batch
         .requests
         .iter()
         .map(|r| OrderedRequest {
@@ -163,9 +215,9 @@ pub fn execute_batch<S: Service>(
         })
         .collect();
     let outcomes = executor.execute(&ordered);
-    assert_eq!(outcomes.len(), batch.requests.len(), "one outcome per request");
+    assert_eq!(outcomes.len(), batch.batch.requests.len(), "one outcome per request");
     let mut replies = Vec::with_capacity(outcomes.len());
-    for (request, outcome) in batch.requests.iter().zip(outcomes) {
+    for (request, outcome) in batch.batch.requests.iter().zip(outcomes) {
         let reply = match outcome {
             Outcome::Executed(reply) | Outcome::Cached(reply) => reply,
             Outcome::Stale => continue,
@@ -210,15 +262,17 @@ pub fn run_log_stage(
             );
             last_logged = Some(batch.agreement_id);
             if mode == LogMode::Sync {
-                for request in &batch.requests {
+                let parts = batch.batch.requests.len() as u32;
+                for (index, request) in batch.batch.requests.iter().enumerate() {
                     payload.clear();
-                    encode_batch(batch.agreement_id, std::iter::once(request), &mut payload);
+                    let single = Batch { requests: vec![request.clone()] };
+                    encode_batch(batch.agreement_id, (index as u32, parts), &single, &mut payload);
                     backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
                     backend.sync()?;
                 }
             } else {
                 payload.clear();
-                encode_batch(batch.agreement_id, batch.requests.iter(), &mut payload);
+                encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut payload);
                 backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
             }
         }
@@ -280,6 +334,20 @@ pub fn run_exec_stage<S: Service>(
                     pending.push_back((batch.agreement_id, replies));
                 }
             }
+            ExecInput::ReplyFromCache { client_id, sequence } => {
+                let Some(reply) = executor.cached_reply(client_id, sequence) else { continue };
+                let out = ReplyOut {
+                    client_id,
+                    sequence,
+                    agreement_id: last_executed.unwrap_or(0),
+                    reply: reply.to_vec(),
+                };
+                // The request may belong to a batch still waiting for the log.
+                match pending.back_mut() {
+                    Some((_, replies)) => replies.push(out),
+                    None => sink(out),
+                }
+            }
             ExecInput::Durable(up_to) => {
                 assert!(hold_for_log, "durability reports come only in parallel mode");
                 assert!(durable_up_to.is_none_or(|d| up_to > d), "durability only moves forward");
@@ -302,6 +370,7 @@ mod tests {
     use crossbeam_channel::bounded;
 
     use super::*;
+    use crate::protocol::ClientRequest;
 
     /// Records each operation; replies with it.
     #[derive(Default)]
@@ -343,13 +412,14 @@ mod tests {
         let requests = operations
             .iter()
             .enumerate()
-            .map(|(i, op)| Request {
+            .map(|(i, op)| ClientRequest {
                 client_id: client_id + i as u64,
                 sequence: agreement_id,
                 operation: op.to_vec(),
+                authenticator: vec![[i as u8; 32]],
             })
             .collect();
-        Arc::new(DecidedBatch { agreement_id, requests })
+        Arc::new(DecidedBatch { agreement_id, batch: Arc::new(Batch { requests }) })
     }
 
     struct Pipeline {
@@ -439,20 +509,45 @@ mod tests {
         assert_eq!(records.len(), 3);
         let decoded = decode_batch(&records[1].1).expect("valid record");
         assert_eq!(decoded.agreement_id, 5);
-        assert_eq!(decoded.requests[0].operation, b"b");
+        assert_eq!(decoded.batch.requests[0].operation, b"b");
     }
 
     #[test]
     fn batch_record_round_trips_and_rejects_garbage() {
         let b = batch(42, 7, &[b"one", b"", b"three"]);
         let mut bytes = Vec::new();
-        encode_batch(b.agreement_id, b.requests.iter(), &mut bytes);
-        assert_eq!(&decode_batch(&bytes).expect("valid"), b.as_ref());
+        encode_batch(b.agreement_id, (0, 1), &b.batch, &mut bytes);
+        let part = decode_batch(&bytes).expect("valid");
+        assert_eq!((part.agreement_id, part.part_index, part.part_count), (42, 0, 1));
+        assert_eq!(&part.batch, b.batch.as_ref());
         for cut in 0..bytes.len() {
             assert!(decode_batch(&bytes[..cut]).is_err(), "prefix of {cut} bytes");
         }
-        let mut lying = bytes.clone();
-        lying[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_batch(&lying).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_batch(&longer).is_err());
+    }
+
+    #[test]
+    fn replay_drops_a_sync_batch_cut_short_and_rejects_gaps() {
+        let record = |id: u64, part: (u32, u32), ops: &[&[u8]]| {
+            let mut bytes = Vec::new();
+            encode_batch(id, part, &batch(id, 1, ops).batch, &mut bytes);
+            bytes
+        };
+        let log = vec![
+            record(1, (0, 1), &[b"a", b"b"]),
+            record(2, (0, 2), &[b"c"]),
+            record(2, (1, 2), &[b"d"]),
+            record(3, (0, 3), &[b"e"]),
+            record(3, (1, 3), &[b"f"]),
+        ];
+        let batches = reassemble(log.clone()).expect("valid log");
+        assert_eq!(batches.iter().map(|b| b.agreement_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(batches[1].batch.requests.len(), 2);
+        let gap = vec![log[0].clone(), record(3, (0, 1), &[b"x"])];
+        assert!(reassemble(gap).is_err());
+        let interleaved = vec![log[1].clone(), record(3, (0, 1), &[b"x"])];
+        assert!(reassemble(interleaved).is_err());
     }
 }

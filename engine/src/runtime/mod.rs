@@ -7,11 +7,16 @@
 
 use std::path::PathBuf;
 
+pub mod client;
 pub mod config;
 pub mod durability;
+pub mod filelog;
 pub mod net;
+pub mod replica;
 
-pub use config::{ClusterConfig, LogMode, Mode, ReplicaConfig};
+pub use client::{Client, ClientOptions, Pending};
+pub use config::{ClusterConfig, LogBackendKind, LogMode, Mode, ReplicaConfig};
+pub use replica::{ReplicaHandle, ReplicaOptions, start_replica};
 
 /// Everything that can go wrong running a replica or a client.
 #[derive(Debug, thiserror::Error)]

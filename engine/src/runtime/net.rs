@@ -104,13 +104,37 @@ pub fn write_frame(writer: &mut impl Write, body: &[u8]) -> io::Result<()> {
     writer.write_all(body)
 }
 
-/// A frame received from a peer.
+/// What a [`FrameSink`] wants done with the connection after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkVerdict {
+    /// Keep reading.
+    Continue,
+    /// The frame was malformed or failed authentication: drop the connection.
+    Reject,
+    /// The receiving stage is gone: stop reading.
+    Closed,
+}
+
+/// Called by a connection's reader thread for every frame, with the peer named by the
+/// connection's hello. This is where the net stage decodes and authenticates, in
+/// parallel across connections, before handing the result to a stage.
+pub type FrameSink = Arc<dyn Fn(Peer, Vec<u8>) -> SinkVerdict + Send + Sync>;
+
+/// A frame received from a peer (see [`channel_sink`]).
 #[derive(Debug)]
 pub struct Inbound {
     /// Who sent it (from the connection's hello).
     pub from: Peer,
     /// The frame body.
     pub body: Vec<u8>,
+}
+
+/// A sink that forwards raw frames into `channel`.
+pub fn channel_sink(channel: Sender<Inbound>) -> FrameSink {
+    Arc::new(move |from, body| match channel.send(Inbound { from, body }) {
+        Ok(()) => SinkVerdict::Continue,
+        Err(_) => SinkVerdict::Closed,
+    })
 }
 
 /// The sending side of one connection.
@@ -194,7 +218,7 @@ impl Network {
         self: &Arc<Self>,
         peer: Peer,
         stream: TcpStream,
-        inbound: Sender<Inbound>,
+        inbound: FrameSink,
     ) -> io::Result<Receiver<()>> {
         stream.set_nodelay(true)?;
         let read_half = stream.try_clone()?;
@@ -230,11 +254,14 @@ impl Network {
             loop {
                 let mut body = Vec::new();
                 match read_frame(&mut reader, &mut body, frame_bytes_max) {
-                    Ok(true) => {
-                        if inbound.send(Inbound { from: peer, body }).is_err() {
+                    Ok(true) => match inbound(peer, body) {
+                        SinkVerdict::Continue => {}
+                        SinkVerdict::Reject => {
+                            log::warn!("{me:?}: dropping connection from {peer:?}: a frame failed to decode or authenticate");
                             break;
                         }
-                    }
+                        SinkVerdict::Closed => break,
+                    },
                     Ok(false) => break,
                     Err(error) => {
                         if error.kind() == io::ErrorKind::InvalidData {
@@ -265,7 +292,7 @@ impl Network {
         self: &Arc<Self>,
         listener: TcpListener,
         accept: impl Fn(Peer) -> bool + Send + 'static,
-        inbound: Sender<Inbound>,
+        inbound: FrameSink,
     ) -> io::Result<thread::JoinHandle<()>> {
         let network = self.clone();
         let local = listener.local_addr()?;
@@ -315,7 +342,7 @@ impl Network {
         self: &Arc<Self>,
         peer: Peer,
         addr: SocketAddr,
-        inbound: Sender<Inbound>,
+        inbound: FrameSink,
     ) -> io::Result<thread::JoinHandle<()>> {
         let network = self.clone();
         thread::Builder::new().name(format!("net-dial-{peer:?}")).spawn(move || {
@@ -383,9 +410,12 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let (server_tx, server_rx) = bounded(16);
         let (client_tx, client_rx) = bounded(16);
-        server.serve(listener, |p| matches!(p, Peer::Client(_)), server_tx).expect("serve");
+        server
+            .serve(listener, |p| matches!(p, Peer::Client(_)), channel_sink(server_tx))
+            .expect("serve");
         let stream = client.dial(addr).expect("dial");
-        let closed = client.attach(Peer::Replica(0), stream, client_tx).expect("attach");
+        let closed =
+            client.attach(Peer::Replica(0), stream, channel_sink(client_tx)).expect("attach");
         assert!(client.send(Peer::Replica(0), Arc::from(&b"ping"[..])));
         let got = server_rx.recv_timeout(Duration::from_secs(10)).expect("ping arrives");
         assert_eq!(got.from, Peer::Client(9));

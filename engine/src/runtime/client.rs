@@ -1,0 +1,391 @@
+//! The client library: ordered operations against a running cluster.
+//!
+//! One [`Client`] holds one connection per replica and a driver thread that runs many
+//! protocol client sessions ([`crate::protocol::Client`], one outstanding request each)
+//! over them. Every call takes an idle session (or opens a new one, up to
+//! `sessions_max`), so many threads can share one `Client` and their requests are
+//! ordered concurrently. [`Client::invoke`] blocks; [`Client::submit`] returns a
+//! [`Pending`] to wait on later or poll.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+
+use super::net::{Network, Peer, SinkVerdict};
+use super::{ClusterConfig, RuntimeError};
+use crate::protocol::{Client as ProtocolClient, ClientAction, ClientEvent, Reply};
+
+/// Requests queued for the driver at most.
+pub const COMMAND_QUEUE_MAX: usize = 4_096;
+/// How long [`Client::connect`] waits for connections before returning anyway.
+pub const CONNECT_WAIT_MAX: Duration = Duration::from_secs(3);
+/// Replies queued from the network for the driver at most.
+pub const REPLY_QUEUE_MAX: usize = 16_384;
+
+/// How a [`Client`] behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The first client id; sessions use consecutive ids from it. Ids must not be
+    /// reused by another client of the same cluster (sequence numbers restart at 1).
+    pub client_id_base: u64,
+    /// Most sessions (concurrent requests).
+    pub sessions_max: usize,
+    /// A request not completed in this time fails with [`RuntimeError::Timeout`].
+    pub request_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Defaults: a random client id base, 256 sessions, 60 s timeout.
+    pub fn new() -> Self {
+        Self {
+            client_id_base: random_client_id_base(),
+            sessions_max: 256,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A client id base unlikely to collide with another process's: time and process id
+/// mixed, with the low 24 bits clear for session indices.
+pub fn random_client_id_base() -> u64 {
+    let nanos =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 40) ^ 0x9e37_79b9_7f4a_7c15;
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    x & !0xff_ffff
+}
+
+type Completion = Sender<Result<Vec<u8>, RuntimeError>>;
+
+struct Invoke {
+    operation: Vec<u8>,
+    done: Completion,
+}
+
+/// A submitted request; its result arrives once.
+#[derive(Debug)]
+pub struct Pending {
+    result: Receiver<Result<Vec<u8>, RuntimeError>>,
+}
+
+impl Pending {
+    /// Blocks until the result arrives.
+    pub fn wait(self) -> Result<Vec<u8>, RuntimeError> {
+        self.result.recv().unwrap_or(Err(RuntimeError::Shutdown))
+    }
+
+    /// The result if it has arrived.
+    pub fn try_get(&self) -> Option<Result<Vec<u8>, RuntimeError>> {
+        match self.result.try_recv() {
+            Ok(result) => Some(result),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(RuntimeError::Shutdown)),
+        }
+    }
+
+    /// The channel the result arrives on (for `select!` with other work).
+    pub fn receiver(&self) -> &Receiver<Result<Vec<u8>, RuntimeError>> {
+        &self.result
+    }
+}
+
+/// A connection to the cluster; cheap to share between threads (`&Client` or clone).
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    commands: Sender<Invoke>,
+    network: Arc<Network>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.network.stop();
+    }
+}
+
+impl Client {
+    /// Connects to every replica of `config` (in the background; requests wait for
+    /// enough connections) with default options.
+    pub fn connect(config: &ClusterConfig) -> Result<Client, RuntimeError> {
+        Self::connect_with(config, ClientOptions::new())
+    }
+
+    /// Like [`Client::connect`] with `options`.
+    pub fn connect_with(
+        config: &ClusterConfig,
+        options: ClientOptions,
+    ) -> Result<Client, RuntimeError> {
+        config.validate()?;
+        assert!(options.sessions_max > 0, "a client needs at least one session");
+        let network = Network::new(Peer::Client(options.client_id_base), config.frame_bytes_max);
+        let (reply_tx, reply_rx) = bounded::<Reply>(REPLY_QUEUE_MAX);
+        let sink: super::net::FrameSink = Arc::new(move |from, body| {
+            let Peer::Replica(replica) = from else { return SinkVerdict::Reject };
+            match Reply::from_bytes(&body) {
+                Ok(reply) if reply.replica == replica => match reply_tx.send(reply) {
+                    Ok(()) => SinkVerdict::Continue,
+                    Err(_) => SinkVerdict::Closed,
+                },
+                _ => SinkVerdict::Reject,
+            }
+        });
+        for replica in &config.replicas {
+            network
+                .keep_dialing(Peer::Replica(replica.id), replica.client_addr()?, sink.clone())
+                .map_err(|error| RuntimeError::Net {
+                operation: "start dialer",
+                peer: replica.host.clone(),
+                error,
+            })?;
+        }
+        let (commands, command_rx) = bounded(COMMAND_QUEUE_MAX);
+        let mut driver = Driver {
+            config: config.clone(),
+            options,
+            network: network.clone(),
+            sessions: Vec::new(),
+            idle: Vec::new(),
+            by_client_id: HashMap::new(),
+            waiting: VecDeque::new(),
+            next_client_id: 0,
+            actions: Vec::new(),
+        };
+        driver.next_client_id = driver.options.client_id_base;
+        thread::Builder::new()
+            .name("client-driver".into())
+            .spawn(move || driver.run(&command_rx, &reply_rx))
+            .map_err(|error| RuntimeError::Net {
+                operation: "start client driver",
+                peer: String::new(),
+                error,
+            })?;
+        let client = Client { inner: Arc::new(Inner { commands, network }) };
+        // Give the dialers a moment so the first request does not wait for a
+        // retransmission: all replicas, or all but f after a short grace period.
+        let started = Instant::now();
+        let n = config.n();
+        loop {
+            let connected = client.connected_replicas(n);
+            let waited = started.elapsed();
+            if connected == n as usize
+                || (connected >= (n - config.f) as usize && waited >= Duration::from_millis(300))
+                || waited >= CONNECT_WAIT_MAX
+            {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(client)
+    }
+
+    /// Submits `operation` and returns at once.
+    pub fn submit(&self, operation: Vec<u8>) -> Pending {
+        let (done, result) = bounded(1);
+        if let Err(error) = self.inner.commands.send(Invoke { operation, done }) {
+            let _ = error.0.done.send(Err(RuntimeError::Shutdown));
+        }
+        Pending { result }
+    }
+
+    /// Orders `operation` and waits for its result (f+1 matching replies in BFT mode,
+    /// one in crash mode).
+    pub fn invoke(&self, operation: Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
+        self.submit(operation).wait()
+    }
+
+    /// Number of replicas with an open connection.
+    pub fn connected_replicas(&self, n: u32) -> usize {
+        (0..n).filter(|id| self.inner.network.is_connected(Peer::Replica(*id))).count()
+    }
+}
+
+struct Session {
+    protocol: ProtocolClient,
+    /// The caller waiting for the outstanding request, and when it started.
+    waiting: Option<(Completion, Instant)>,
+    retransmit_at: Option<Instant>,
+}
+
+struct Driver {
+    config: ClusterConfig,
+    options: ClientOptions,
+    network: Arc<Network>,
+    sessions: Vec<Option<Session>>,
+    idle: Vec<usize>,
+    by_client_id: HashMap<u64, usize>,
+    waiting: VecDeque<Invoke>,
+    next_client_id: u64,
+    actions: Vec<ClientAction>,
+}
+
+impl Driver {
+    fn run(&mut self, commands: &Receiver<Invoke>, replies: &Receiver<Reply>) {
+        let tick = Duration::from_millis(20);
+        let mut commands_open = true;
+        loop {
+            let now = Instant::now();
+            let next = self.sessions.iter().flatten().filter_map(|s| s.retransmit_at).min();
+            let wait = next.map_or(tick, |at| at.saturating_duration_since(now).min(tick));
+            if commands_open {
+                select! {
+                    recv(commands) -> command => match command {
+                        Ok(command) => self.start(command),
+                        Err(_) => commands_open = false,
+                    },
+                    recv(replies) -> reply => match reply {
+                        Ok(reply) => self.on_reply(reply),
+                        Err(_) => return,
+                    },
+                    default(wait) => {}
+                }
+            } else {
+                if self.sessions.iter().flatten().all(|s| s.waiting.is_none()) {
+                    return;
+                }
+                select! {
+                    recv(replies) -> reply => match reply {
+                        Ok(reply) => self.on_reply(reply),
+                        Err(_) => return,
+                    },
+                    default(wait) => {}
+                }
+            }
+            // Drain what else is ready without blocking, then handle timers.
+            while let Ok(reply) = replies.try_recv() {
+                self.on_reply(reply);
+            }
+            self.on_timers();
+        }
+    }
+
+    fn start(&mut self, command: Invoke) {
+        let index = match self.idle.pop() {
+            Some(index) => index,
+            None if self.sessions.iter().flatten().count() < self.options.sessions_max => {
+                match self.open_session() {
+                    Ok(index) => index,
+                    Err(error) => {
+                        let _ = command.done.send(Err(error));
+                        return;
+                    }
+                }
+            }
+            None => {
+                self.waiting.push_back(command);
+                return;
+            }
+        };
+        let session = self.sessions[index].as_mut().expect("idle sessions exist");
+        assert!(!session.protocol.is_busy(), "an idle session has nothing outstanding");
+        self.actions.clear();
+        session
+            .protocol
+            .invoke(command.operation, &mut self.actions)
+            .expect("an idle session is not busy");
+        session.waiting = Some((command.done, Instant::now()));
+        self.execute_actions(index);
+    }
+
+    fn open_session(&mut self) -> Result<usize, RuntimeError> {
+        let client_id = self.next_client_id;
+        self.next_client_id += 1;
+        let keys = self.config.client_keys(client_id)?;
+        let protocol = ProtocolClient::new(self.config.client_config(), keys, 1);
+        let index = self.sessions.len();
+        self.sessions.push(Some(Session { protocol, waiting: None, retransmit_at: None }));
+        self.by_client_id.insert(client_id, index);
+        Ok(index)
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(&index) = self.by_client_id.get(&reply.client_id) else { return };
+        let Some(session) = self.sessions[index].as_mut() else { return };
+        self.actions.clear();
+        session.protocol.handle(ClientEvent::Reply(reply), &mut self.actions);
+        self.execute_actions(index);
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.sessions.len() {
+            let Some(session) = self.sessions[index].as_mut() else { continue };
+            if let Some((_, started)) = &session.waiting
+                && now.duration_since(*started) >= self.options.request_timeout
+            {
+                // Give up on this session: its request may still be ordered later, so
+                // the session (and its client id) is retired, never reused.
+                let (done, started) = session.waiting.take().expect("checked");
+                let _ = done.send(Err(RuntimeError::Timeout {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                }));
+                self.by_client_id.remove(&session.protocol.id());
+                self.sessions[index] = None;
+                continue;
+            }
+            if session.retransmit_at.is_some_and(|at| at <= now) {
+                session.retransmit_at = None;
+                self.actions.clear();
+                session.protocol.handle(ClientEvent::TimerFired, &mut self.actions);
+                self.execute_actions(index);
+            }
+        }
+        while !self.idle.is_empty()
+            || self.sessions.iter().flatten().count() < self.options.sessions_max
+        {
+            let Some(command) = self.waiting.pop_front() else { break };
+            self.start(command);
+        }
+    }
+
+    fn execute_actions(&mut self, index: usize) {
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            let session = self.sessions[index].as_mut().expect("session exists while it acts");
+            match action {
+                ClientAction::Send { to, request } => {
+                    self.network.send(Peer::Replica(to), Arc::from(request.to_bytes()));
+                }
+                ClientAction::Broadcast { request } => {
+                    let frame: Arc<[u8]> = Arc::from(request.to_bytes());
+                    for replica in 0..self.config.n() {
+                        self.network.send(Peer::Replica(replica), frame.clone());
+                    }
+                }
+                ClientAction::SetTimer { after_ms } => {
+                    session.retransmit_at = Some(Instant::now() + Duration::from_millis(after_ms));
+                }
+                ClientAction::CancelTimer => session.retransmit_at = None,
+                ClientAction::Completed { result, .. } => {
+                    if let Some((done, _)) = session.waiting.take() {
+                        let _ = done.send(Ok(result));
+                    }
+                    self.idle.push(index);
+                }
+            }
+        }
+        self.actions = actions;
+        if let Some(command) = self.waiting.pop_front() {
+            if self.idle.is_empty() {
+                self.waiting.push_front(command);
+            } else {
+                self.start(command);
+            }
+        }
+    }
+}

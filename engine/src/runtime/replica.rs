@@ -1,0 +1,526 @@
+//! A running replica: replays its log, starts its stage threads and serves until told
+//! to stop.
+//!
+//! Threads (DESIGN.md, "Stages"):
+//! - `net`: per connection one reader (decodes and authenticates each frame, then hands
+//!   it to `order`) and one writer (drains the connection's queue in batched writes);
+//!   one acceptor per listening socket; one dialer per peer with a lower id (one
+//!   connection per pair of replicas).
+//! - `order`: the protocol state machine; sends, timers, and the durability coordinator's
+//!   dispatch of decided batches to `log` and `exec` (see [`super::durability`]).
+//! - `exec`: the executor and the reply cache; releases replies.
+//! - `log`: the write-ahead log.
+//!
+//! Replies to client `c` go to the connection whose hello named `c & !CLIENT_SESSION_MASK`
+//! (a [`super::Client`] runs its sessions as consecutive ids over one connection).
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+
+use super::durability::{self, DecidedBatch, ExecInput, LogBackend};
+use super::filelog::{FileLog, LogRecord, WalLog};
+use super::net::{FrameSink, Network, Peer, SinkVerdict};
+use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
+use crate::protocol::{
+    Action, Batch, ClientRequest, Event, Message, Recovered, Replica, ReplicaId, ReplicaKeys,
+    Reply, TimerKind, open_frame, seal_frame,
+};
+use crate::service::{Executor, Service};
+
+/// Low bits of a client id that number sessions over one client connection.
+pub const CLIENT_SESSION_MASK: u64 = 0xff_ffff;
+/// Events queued for the order stage at most.
+pub const ORDER_QUEUE_MAX: usize = 8_192;
+/// Decided batches queued for the exec or log stage at most.
+pub const STAGE_QUEUE_MAX: usize = 1_024;
+/// Stage threads that want a core each when pinning.
+pub const STAGES_PINNED: usize = 4;
+
+/// What the order stage receives from the net stage.
+#[derive(Debug)]
+enum OrderInput {
+    Message { from: ReplicaId, message: Message },
+    Request(ClientRequest),
+}
+
+/// Options that are not in the cluster config (tests, tools).
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaOptions {
+    /// Overrides the config's log mode.
+    pub log_mode: Option<LogMode>,
+}
+
+/// A replica running in this process. Dropping it stops it.
+#[derive(Debug)]
+pub struct ReplicaHandle {
+    id: u32,
+    stop: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<RuntimeError>>>,
+    network: Arc<Network>,
+    listen_addrs: Vec<SocketAddr>,
+    threads: Vec<JoinHandle<()>>,
+    recovered_agreement_id: u64,
+}
+
+/// Starts replica `id` of `config` over `service`: opens and replays its log, then
+/// starts serving. Returns once the listeners are bound.
+pub fn start_replica<S: Service>(
+    config: &ClusterConfig,
+    id: u32,
+    service: S,
+    options: ReplicaOptions,
+) -> Result<ReplicaHandle, RuntimeError> {
+    config.validate()?;
+    config.validate_replica(id)?;
+    let log_mode = options.log_mode.unwrap_or(config.log_mode);
+    let me = config.replica(id)?.clone();
+    let keys = Arc::new(config.replica_keys(id)?);
+    let protocol_config = config.protocol_config();
+
+    // Log first: replay before anything is served.
+    let log_dir = me.data_dir.join("log");
+    let (backend, records): (Option<Box<dyn LogBackend>>, Vec<LogRecord>) =
+        match (log_mode, config.log_backend) {
+            (LogMode::None, _) => {
+                log::info!("replica {id}: log mode none; starting with empty state");
+                (None, Vec::new())
+            }
+            (LogMode::Sync, _) | (_, LogBackendKind::File) => {
+                let (log, records) = FileLog::open(&log_dir.join("file"))?;
+                (Some(Box::new(log)), records)
+            }
+            (_, LogBackendKind::Wal) => {
+                let options = dura_wal::WalOptions {
+                    mode: if log_mode == LogMode::Async {
+                        dura_wal::io::DurabilityMode::AsyncUnsafe
+                    } else {
+                        dura_wal::io::DurabilityMode::default()
+                    },
+                    segment_bytes: u64::from(config.wal_segment_mib) * 1024 * 1024,
+                    ..dura_wal::WalOptions::default()
+                };
+                let (log, records) = WalLog::open(&log_dir.join("wal"), options)?;
+                (Some(Box::new(log)), records)
+            }
+        };
+    let mut executor = Executor::new(service);
+    let batches = durability::reassemble(records.into_iter().map(|r| r.payload))?;
+    if backend.is_some() && batches.is_empty() {
+        log::warn!(
+            "replica {id}: no log records in {}; starting with empty state",
+            log_dir.display()
+        );
+    }
+    if let Some(first) = batches.first()
+        && first.agreement_id != 1
+    {
+        return Err(RuntimeError::Replay(format!(
+            "log starts at agreement {} (no checkpoint to start from)",
+            first.agreement_id
+        )));
+    }
+    let replay_started = Instant::now();
+    for batch in &batches {
+        durability::execute_batch(&mut executor, batch);
+    }
+    let recovered_agreement_id = batches.last().map_or(0, |b| b.agreement_id);
+    if !batches.is_empty() {
+        log::info!(
+            "replica {id}: replayed agreements 1..={recovered_agreement_id} ({} requests) in {} ms",
+            executor.requests_executed(),
+            replay_started.elapsed().as_millis()
+        );
+    }
+    let window = protocol_config.decided_window_max;
+    let recent: Vec<Arc<Batch>> = batches
+        .iter()
+        .skip(batches.len().saturating_sub(window))
+        .map(|b| b.batch.clone())
+        .collect();
+    let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
+    for request in batches.iter().flat_map(|b| b.batch.requests.iter()) {
+        let highest = ordered.entry(request.client_id).or_insert(0);
+        *highest = (*highest).max(request.sequence);
+    }
+    drop(batches);
+    let recovered = Recovered { last_decided: recovered_agreement_id, recent };
+    let mut replica =
+        Replica::restart(protocol_config, keys.as_ref().clone(), recovered, ordered).map_err(
+            |error| RuntimeError::Config { field: "protocol".into(), reason: error.to_string() },
+        )?;
+
+    // Sockets.
+    let replica_listener =
+        TcpListener::bind(me.replica_addr()?).map_err(|error| RuntimeError::Net {
+            operation: "listen for replicas on",
+            peer: format!("{}:{} (replica[{id}].replica_port)", me.host, me.replica_port),
+            error,
+        })?;
+    let client_listener =
+        TcpListener::bind(me.client_addr()?).map_err(|error| RuntimeError::Net {
+            operation: "listen for clients on",
+            peer: format!("{}:{} (replica[{id}].client_port)", me.host, me.client_port),
+            error,
+        })?;
+    let listen_addrs = vec![me.replica_addr()?, me.client_addr()?];
+    let network = Network::new(Peer::Replica(id), config.frame_bytes_max);
+    let (order_tx, order_rx) = bounded::<OrderInput>(ORDER_QUEUE_MAX);
+    let n = config.n();
+    let replica_sink: FrameSink = {
+        let keys = keys.clone();
+        let order_tx = order_tx.clone();
+        Arc::new(move |peer, body| {
+            let Peer::Replica(peer) = peer else { return SinkVerdict::Reject };
+            match open_frame(&body, |p| keys.link(p)) {
+                Ok((from, message)) if from == peer => {
+                    match order_tx.send(OrderInput::Message { from, message }) {
+                        Ok(()) => SinkVerdict::Continue,
+                        Err(_) => SinkVerdict::Closed,
+                    }
+                }
+                _ => SinkVerdict::Reject,
+            }
+        })
+    };
+    let client_sink: FrameSink = {
+        let keys = keys.clone();
+        Arc::new(move |peer, body| {
+            let Peer::Client(connection) = peer else { return SinkVerdict::Reject };
+            let Ok(request) = ClientRequest::from_bytes(&body) else { return SinkVerdict::Reject };
+            if request.client_id & !CLIENT_SESSION_MASK != connection
+                || !request.verify(id, &keys.client_key(request.client_id))
+            {
+                return SinkVerdict::Reject;
+            }
+            match order_tx.send(OrderInput::Request(request)) {
+                Ok(()) => SinkVerdict::Continue,
+                Err(_) => SinkVerdict::Closed,
+            }
+        })
+    };
+    let io_error = |operation: &'static str| {
+        move |error| RuntimeError::Net { operation, peer: format!("replica {id}"), error }
+    };
+    let mut threads = Vec::new();
+    threads.push(
+        network
+            .serve(
+                replica_listener,
+                move |p| matches!(p, Peer::Replica(r) if r < n && r != id),
+                replica_sink.clone(),
+            )
+            .map_err(io_error("start replica acceptor"))?,
+    );
+    threads.push(
+        network
+            .serve(
+                client_listener,
+                |p| matches!(p, Peer::Client(c) if c & CLIENT_SESSION_MASK == 0),
+                client_sink,
+            )
+            .map_err(io_error("start client acceptor"))?,
+    );
+    for peer in config.replicas.iter().filter(|r| r.id < id) {
+        threads.push(
+            network
+                .keep_dialing(Peer::Replica(peer.id), peer.replica_addr()?, replica_sink.clone())
+                .map_err(io_error("start dialer"))?,
+        );
+    }
+
+    // Stages.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failure: Arc<Mutex<Option<RuntimeError>>> = Arc::new(Mutex::new(None));
+    let regency = Arc::new(AtomicU64::new(0));
+    let cores = if config.pin_cores {
+        core_affinity::get_core_ids().filter(|cores| cores.len() >= STAGES_PINNED)
+    } else {
+        None
+    };
+    match &cores {
+        Some(cores) => log::info!("replica {id}: pinning stages to {} cores", cores.len()),
+        None => log::info!(
+            "replica {id}: stage pinning off (disabled or fewer than {STAGES_PINNED} cores)"
+        ),
+    }
+    let core = |index: usize| cores.as_ref().map(|c| c[index % c.len()]);
+    let (exec_tx, exec_rx) = bounded::<ExecInput>(STAGE_QUEUE_MAX);
+    let (log_tx, log_rx) = bounded::<Arc<DecidedBatch>>(STAGE_QUEUE_MAX);
+    let spawn =
+        |name: &str, core: Option<core_affinity::CoreId>, body: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(format!("{name}-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    body();
+                })
+                .map_err(io_error("start a stage thread"))
+        };
+    let fail = {
+        let failure = failure.clone();
+        let stop = stop.clone();
+        move |error: RuntimeError| {
+            log::error!("replica {id}: stopping: {error}");
+            failure.lock().expect("failure lock").get_or_insert(error);
+            stop.store(true, Ordering::Release);
+        }
+    };
+    if let Some(backend) = backend {
+        let exec_tx = exec_tx.clone();
+        let fail = fail.clone();
+        threads.push(spawn(
+            "log",
+            core(2),
+            Box::new(move || {
+                if let Err(error) = durability::run_log_stage(log_mode, backend, log_rx, exec_tx) {
+                    fail(error);
+                }
+            }),
+        )?);
+    }
+    {
+        let network = network.clone();
+        let keys = keys.clone();
+        let regency = regency.clone();
+        threads.push(spawn(
+            "exec",
+            core(1),
+            Box::new(move || {
+                durability::run_exec_stage(log_mode, &mut executor, exec_rx, |out| {
+                    let reply = Reply::signed(
+                        &keys.client_key(out.client_id),
+                        id,
+                        out.client_id,
+                        out.sequence,
+                        regency.load(Ordering::Relaxed),
+                        out.reply,
+                    );
+                    network.send(
+                        Peer::Client(out.client_id & !CLIENT_SESSION_MASK),
+                        Arc::from(reply.to_bytes()),
+                    );
+                });
+            }),
+        )?);
+    }
+    {
+        let network = network.clone();
+        let stop = stop.clone();
+        let mut order = OrderStage {
+            id,
+            n,
+            keys: keys.clone(),
+            network,
+            log_mode,
+            exec: exec_tx,
+            log: log_tx,
+            regency,
+            tick_at: None,
+        };
+        threads.push(spawn(
+            "order",
+            core(0),
+            Box::new(move || {
+                let mut actions = Vec::new();
+                replica.start(&mut actions);
+                order.run(&mut replica, &order_rx, &stop, actions);
+            }),
+        )?);
+    }
+    log::info!(
+        "replica {id}: serving ({} mode, log mode {log_mode}) replicas on {}, clients on {}",
+        config.mode,
+        listen_addrs[0],
+        listen_addrs[1]
+    );
+    Ok(ReplicaHandle { id, stop, failure, network, listen_addrs, threads, recovered_agreement_id })
+}
+
+struct OrderStage {
+    id: u32,
+    n: u32,
+    keys: Arc<ReplicaKeys>,
+    network: Arc<Network>,
+    log_mode: LogMode,
+    exec: Sender<ExecInput>,
+    log: Sender<Arc<DecidedBatch>>,
+    regency: Arc<AtomicU64>,
+    tick_at: Option<Instant>,
+}
+
+impl OrderStage {
+    fn run(
+        &mut self,
+        replica: &mut Replica,
+        input: &Receiver<OrderInput>,
+        stop: &AtomicBool,
+        mut actions: Vec<Action>,
+    ) {
+        loop {
+            if !self.execute(&mut actions) || stop.load(Ordering::Acquire) {
+                return;
+            }
+            let wait = self
+                .tick_at
+                .map_or(Duration::from_millis(100), |at| {
+                    at.saturating_duration_since(Instant::now())
+                })
+                .min(Duration::from_millis(100));
+            let event = select! {
+                recv(input) -> message => match message {
+                    Ok(message) => Some(message),
+                    Err(_) => return,
+                },
+                default(wait) => None,
+            };
+            if let Some(message) = event {
+                self.feed(replica, message, &mut actions);
+                // Take what else is queued before acting, so sends and deliveries batch.
+                for _ in 0..256 {
+                    match input.try_recv() {
+                        Ok(message) => self.feed(replica, message, &mut actions),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if self.tick_at.is_some_and(|at| at <= Instant::now()) {
+                self.tick_at = None;
+                replica.handle(Event::TimerFired(TimerKind::Tick), &mut actions);
+            }
+        }
+    }
+
+    fn feed(&self, replica: &mut Replica, input: OrderInput, actions: &mut Vec<Action>) {
+        let event = match input {
+            OrderInput::Message { from, message } => Event::Message { from, message },
+            OrderInput::Request(request) => Event::ClientRequest { request, verified: true },
+        };
+        replica.handle(event, actions);
+    }
+
+    /// Carries out `actions`; false when a stage is gone.
+    fn execute(&mut self, actions: &mut Vec<Action>) -> bool {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { to, message } => {
+                    if let Some(key) = self.keys.link(to) {
+                        let frame = seal_frame(key, self.id, &message);
+                        self.network.send(Peer::Replica(to), Arc::from(frame));
+                    }
+                }
+                Action::Broadcast { message } => {
+                    for to in (0..self.n).filter(|r| *r != self.id) {
+                        if let Some(key) = self.keys.link(to) {
+                            let frame = seal_frame(key, self.id, &message);
+                            self.network.send(Peer::Replica(to), Arc::from(frame));
+                        }
+                    }
+                }
+                Action::Deliver { decisions } => {
+                    for decision in decisions {
+                        let batch = Arc::new(DecidedBatch {
+                            agreement_id: decision.agreement_id,
+                            batch: decision.batch,
+                        });
+                        let delivered = match self.log_mode {
+                            LogMode::None => self.exec.send(ExecInput::Batch(batch)).is_ok(),
+                            // Parallel logging: the same batch to both stages at once.
+                            LogMode::Async | LogMode::Parallel => {
+                                self.log.send(batch.clone()).is_ok()
+                                    && self.exec.send(ExecInput::Batch(batch)).is_ok()
+                            }
+                            LogMode::Sync | LogMode::Batched => self.log.send(batch).is_ok(),
+                        };
+                        if !delivered {
+                            return false;
+                        }
+                    }
+                }
+                Action::ReplyFromCache { client_id, sequence } => {
+                    if self.exec.send(ExecInput::ReplyFromCache { client_id, sequence }).is_err() {
+                        return false;
+                    }
+                }
+                Action::SetTimer { timer: TimerKind::Tick, after_ms } => {
+                    self.tick_at = Some(Instant::now() + Duration::from_millis(after_ms));
+                }
+                Action::RegencyInstalled { regency, leader } => {
+                    self.regency.store(regency, Ordering::Relaxed);
+                    log::info!("replica {}: regency {regency} installed, leader {leader}", self.id);
+                }
+            }
+        }
+        true
+    }
+}
+
+impl ReplicaHandle {
+    /// This replica's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The last agreement id replayed from the log at start (0: none).
+    pub fn recovered_agreement_id(&self) -> u64 {
+        self.recovered_agreement_id
+    }
+
+    /// Whether a stage failed (the replica is stopping or stopped).
+    pub fn has_failed(&self) -> bool {
+        self.failure.lock().expect("failure lock").is_some()
+    }
+
+    /// Stops taking requests, lets the log finish its in-flight write, joins every
+    /// thread. Returns the first stage error, if one stopped the replica.
+    pub fn stop(mut self) -> Result<(), RuntimeError> {
+        self.shutdown();
+        match self.failure.lock().expect("failure lock").take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.network.stop();
+        for addr in &self.listen_addrs {
+            Network::wake_listener(*addr);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT (or a stage failure), then stops gracefully.
+    pub fn run_until_signal(self) -> Result<(), RuntimeError> {
+        let signalled = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(signal, signalled.clone()).map_err(|error| {
+                RuntimeError::Io {
+                    operation: "install signal handler",
+                    path: std::path::PathBuf::from("signal"),
+                    error,
+                }
+            })?;
+        }
+        while !signalled.load(Ordering::Relaxed) && !self.stop.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        log::info!("replica {}: shutting down", self.id);
+        self.stop()
+    }
+}
+
+impl Drop for ReplicaHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
