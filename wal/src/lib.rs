@@ -7,7 +7,7 @@
 //!   waiting when the previous write completes goes out in one aligned write (group
 //!   commit); a [`Ticket`] or the [`LogWriter::durable_notifications`] channel says when
 //!   it is durable.
-//! * The on-disk format is described in [`format`]; the file layer in [`storage`] (real:
+//! * The on-disk format is described in [`format`](mod@format); the file layer in [`storage`] (real:
 //!   io_uring or `pwrite`) and [`sim`] (simulated faulty disk).
 
 mod aligned;

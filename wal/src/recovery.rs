@@ -1,4 +1,4 @@
-//! Verifying segments on open (see the format description in [`crate::format`] for the
+//! Verifying segments on open (see the format description in [`crate::format`](mod@crate::format) for the
 //! torn-tail/corruption rule).
 
 use sha2::{Digest, Sha256};

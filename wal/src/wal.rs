@@ -11,7 +11,7 @@
 //!   empty buffer, stamps the group header, pads to 4 KiB and writes the group in ONE
 //!   aligned write (io_uring, or `pwrite`). Then it marks those records durable.
 //! * The **preparer** thread makes the next segment ready off the hot path: it renames a
-//!   recycled spare (stale contents, harmless: see [`crate::format`]) or creates a
+//!   recycled spare (stale contents, harmless: see [`crate::format`](mod@crate::format)) or creates a
 //!   pre-zeroed file under a temporary name, syncs it, renames it to its segment name and
 //!   syncs the directory, then opens it and hands it to the writer.
 //!
