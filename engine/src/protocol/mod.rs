@@ -298,7 +298,7 @@ mod tests {
                 let config = Config::with_mode(Mode::Bft, 3 * f + 1 + extra, f);
                 config.validate().expect("valid");
                 let q = config.quorum();
-                assert!(2 * q >= config.n + f + 1, "two quorums share f+1 replicas");
+                assert!(2 * q > config.n + f, "two quorums share f+1 replicas");
                 assert!(q <= config.n - f, "a quorum exists without the faulty");
             }
             let crash = Config::crash(f);

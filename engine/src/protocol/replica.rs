@@ -86,6 +86,12 @@ const VALUES_PER_INSTANCE_MAX: usize = 8;
 const REGENCY_AHEAD_MAX: u64 = 1024;
 /// Ticks between retransmissions of STOP, STOPDATA and SYNC.
 const RESEND_TICKS: u64 = 3;
+/// Ticks between heartbeats (an unsolicited STATUS to all), which let a replica that
+/// was cut off notice that it is behind even when no new agreement runs.
+const HEARTBEAT_TICKS: u64 = 10;
+/// Nonce of heartbeat STATUS messages (never a recovery query's nonce, which is a
+/// last decided agreement id).
+const HEARTBEAT_NONCE: u64 = u64::MAX;
 /// Regency reported by a replica for an agreement it decided: above any real one.
 const DECIDED_REGENCY: u64 = u64::MAX;
 
@@ -145,6 +151,10 @@ struct PendingSync {
     members: Vec<(ReplicaId, Hash)>,
     batch: Arc<Batch>,
 }
+
+/// One STOPDATA's report about an agreement: its latest ACCEPT, and its WRITEs
+/// (hash, latest regency).
+type Report = (Option<(u64, Hash)>, Vec<(Hash, u64)>);
 
 /// Outcome of the choice rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +268,7 @@ impl Replica {
             replica.window.push_back((first + offset as u64, batch.hash(), batch));
         }
         replica.ordered = ordered;
-        replica.phase = Phase::Recovering { nonce: recovered.last_decided ^ 0x5eed };
+        replica.phase = Phase::Recovering { nonce: recovered.last_decided };
         Ok(replica)
     }
 
@@ -846,7 +856,17 @@ impl Replica {
             self.behind_mark = None;
         }
         let timeout = self.timeout_ticks();
-        let resend = self.now_tick % RESEND_TICKS == 0;
+        let resend = self.now_tick.is_multiple_of(RESEND_TICKS);
+        if self.now_tick.is_multiple_of(HEARTBEAT_TICKS) {
+            actions.push(Action::Broadcast {
+                message: Message::Status {
+                    nonce: HEARTBEAT_NONCE,
+                    last_decided: self.last_decided,
+                    highest_voted: self.highest_voted(),
+                    regency: self.regency,
+                },
+            });
+        }
         match self.phase {
             Phase::Normal => {
                 let leader = self.config.leader_of(self.regency);
@@ -1000,7 +1020,7 @@ impl Replica {
 
     /// The report of one collect about agreement `aid`: (accepted, writes), or None if
     /// the collect cannot speak about it (its sender is ahead).
-    fn report(collect: &CollectData, aid: u64) -> Option<(Option<(u64, Hash)>, Vec<(Hash, u64)>)> {
+    fn report(collect: &CollectData, aid: u64) -> Option<Report> {
         let k = collect.last_decided;
         if k > aid {
             None
@@ -1210,6 +1230,9 @@ impl Replica {
         regency: u64,
         actions: &mut Vec<Action>,
     ) {
+        if last_decided > self.last_decided {
+            self.mark_behind();
+        }
         let Phase::Recovering { nonce: expected } = self.phase else { return };
         if nonce != expected {
             return;

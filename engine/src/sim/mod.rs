@@ -1,1 +1,1000 @@
-//! The deterministic simulator: whole clusters in one process under one seed.
+//! The deterministic simulator: a whole cluster (replicas running the real
+//! [`Replica`] core and [`Executor`], clients running the real [`Client`]) in one
+//! process, driven by one `u64` seed, on simulated time.
+//!
+//! Every message goes through the real codec and HMAC ([`seal_frame`],
+//! [`open_frame`]). Faults, all drawn from the seed: message loss, duplication,
+//! reordering and delay; partitions that heal; replica crash and restart from a
+//! simulated durable store (the decided batches, logged synchronously at delivery); and
+//! Byzantine replicas ([`Byzantine`]). Faults stop at [`SimConfig::faults_until_ms`];
+//! from then on the cluster must finish every client operation within
+//! [`SimConfig::liveness_ms`].
+//!
+//! Oracle, checked on every run (a violation ends the run with a [`SimFailure`]):
+//! - agreement: correct replicas deliver the same batch for each agreement id;
+//! - validity: every delivered request was sent by a client, exactly as sent, and no
+//!   request executes twice on any replica;
+//! - delivery order: each replica delivers agreement ids 1, 2, 3, ... with no gap;
+//! - state: correct replicas' state digests agree after the same agreement id;
+//! - linearizability of the client history, per key, against a register model;
+//! - liveness: all operations complete once faults stop.
+
+pub mod kv;
+pub mod rng;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use crate::protocol::{
+    Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientRequest, Config,
+    Decision, Event, Hash, KeyRing, Message, Mode, Recovered, Replica, ReplicaId, ReplicaKeys,
+    Reply, open_frame, seal_frame,
+};
+use crate::service::{Executor, OrderedRequest, Outcome, Service};
+use kv::{HistoryOp, KvModel, KvOp, check_linearizable};
+use rng::Rng;
+
+/// Client ids start here (client `i` has id `CLIENT_ID_BASE + i`).
+pub const CLIENT_ID_BASE: u64 = 1000;
+
+/// Simulated time after the last operation (and after faults stop) during which
+/// lagging replicas must catch up.
+const DRAIN_US: u64 = 3_000_000;
+
+/// How a Byzantine replica misbehaves. Its core runs correctly; its output is changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Byzantine {
+    /// Sends nothing at all.
+    Mute,
+    /// As leader, proposes (and syncs) a different batch to odd-numbered replicas.
+    Equivocate,
+    /// Sends random bytes, frames forged as another replica, and well-formed messages
+    /// with random fields, mixed with its real messages; replies wrong results.
+    Garbage,
+    /// Sends WRITE and ACCEPT for a random hash instead of the real one; replies wrong
+    /// results.
+    WrongVote,
+}
+
+/// A replica crash, optionally followed by a restart from its durable store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPlan {
+    /// The replica.
+    pub replica: ReplicaId,
+    /// When it crashes.
+    pub at_ms: u64,
+    /// When it restarts (None: stays down).
+    pub restart_ms: Option<u64>,
+}
+
+/// A set of replicas cut off from the others (clients reach everyone) for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPlan {
+    /// The isolated side.
+    pub isolated: Vec<ReplicaId>,
+    /// Start.
+    pub from_ms: u64,
+    /// Heal.
+    pub until_ms: u64,
+}
+
+/// One simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The seed: the run is a pure function of this configuration.
+    pub seed: u64,
+    /// Protocol configuration of the cluster.
+    pub protocol: Config,
+    /// Number of clients.
+    pub clients: usize,
+    /// Operations per client (sequential).
+    pub ops_per_client: usize,
+    /// Key space (keys 0..keys).
+    pub keys: u8,
+    /// Loss probability per message while faults are on, per mille.
+    pub loss_per_mille: u64,
+    /// Duplication probability per message while faults are on, per mille.
+    pub duplicate_per_mille: u64,
+    /// Largest message delay while faults are on (reordering comes from the spread).
+    pub delay_ms_max: u64,
+    /// Loss, duplication and long delays stop here; partitions must heal and crashed
+    /// replicas that restart must restart by then.
+    pub faults_until_ms: u64,
+    /// After `faults_until_ms`, every operation must complete within this.
+    pub liveness_ms: u64,
+    /// Byzantine replicas.
+    pub byzantine: Vec<(ReplicaId, Byzantine)>,
+    /// Crashes.
+    pub crashes: Vec<CrashPlan>,
+    /// Partitions.
+    pub partitions: Vec<PartitionPlan>,
+    /// Bound on processed events (guards against livelock).
+    pub events_max: u64,
+    /// Client retransmission timeout.
+    pub client_timeout_ms: u64,
+}
+
+impl SimConfig {
+    /// A run with no faults.
+    pub fn quiet(mode: Mode, n: usize, seed: u64) -> Self {
+        let f = match mode {
+            Mode::Bft => (n - 1) / 3,
+            Mode::Crash => (n - 1) / 2,
+        };
+        let mut protocol = Config::with_mode(mode, n, f);
+        protocol.tick_ms = 20;
+        protocol.request_timeout_ticks = 5;
+        protocol.batch_requests_max = 4;
+        protocol.batch_bytes_max = 4096;
+        protocol.decided_window_max = 1024;
+        protocol.fetch_instances_max = 16;
+        Self {
+            seed,
+            protocol,
+            clients: 3,
+            ops_per_client: 8,
+            keys: 3,
+            loss_per_mille: 0,
+            duplicate_per_mille: 0,
+            delay_ms_max: 5,
+            faults_until_ms: 0,
+            liveness_ms: 60_000,
+            byzantine: Vec::new(),
+            crashes: Vec::new(),
+            partitions: Vec::new(),
+            events_max: 3_000_000,
+            client_timeout_ms: 300,
+        }
+    }
+
+    /// A run whose faults are all drawn from `seed`: at most f faulty replicas
+    /// (Byzantine or crashing; BFT counts a restarted replica as faulty), loss,
+    /// duplication, delay, and possibly a partition of any shape that heals.
+    pub fn random(mode: Mode, n: usize, seed: u64) -> Self {
+        let mut config = Self::quiet(mode, n, seed);
+        let mut rng = Rng::new(seed ^ 0xD1CE_5EED);
+        let f = config.protocol.f;
+        config.faults_until_ms = 2500;
+        config.loss_per_mille = [0, 10, 50, 100][rng.range(0, 3) as usize];
+        config.duplicate_per_mille = [0, 20, 100][rng.range(0, 2) as usize];
+        config.delay_ms_max = [2, 10, 40][rng.range(0, 2) as usize];
+        config.clients = rng.range(2, 4) as usize;
+        config.ops_per_client = rng.range(6, 16) as usize;
+        let mut ids: Vec<ReplicaId> = (0..n as ReplicaId).collect();
+        // Shuffle, biased so that replica 0 (the first leader) is often faulty.
+        for i in (1..ids.len()).rev() {
+            let j = rng.range(0, i as u64) as usize;
+            ids.swap(i, j);
+        }
+        if rng.chance(500)
+            && let Some(at) = ids.iter().position(|&id| id == 0)
+        {
+            ids.swap(0, at);
+        }
+        let faulty = rng.range(0, f as u64) as usize + usize::from(rng.chance(700) && f > 0);
+        let faulty = faulty.min(f);
+        for &id in ids.iter().take(faulty) {
+            let byzantine = mode == Mode::Bft && rng.chance(600);
+            if byzantine {
+                let kind = [
+                    Byzantine::Mute,
+                    Byzantine::Equivocate,
+                    Byzantine::Garbage,
+                    Byzantine::WrongVote,
+                ][rng.range(0, 3) as usize];
+                config.byzantine.push((id, kind));
+            } else {
+                let at_ms = rng.range(0, config.faults_until_ms - 100);
+                let restart_ms = rng
+                    .chance(700)
+                    .then(|| (at_ms + rng.range(50, 1500)).min(config.faults_until_ms));
+                config.crashes.push(CrashPlan { replica: id, at_ms, restart_ms });
+            }
+        }
+        if rng.chance(400) {
+            let size = rng.range(1, (n / 2) as u64) as usize;
+            let mut isolated: Vec<ReplicaId> = Vec::new();
+            if rng.chance(500) {
+                isolated.push(0);
+            }
+            while isolated.len() < size {
+                let id = rng.range(0, n as u64 - 1) as ReplicaId;
+                if !isolated.contains(&id) {
+                    isolated.push(id);
+                }
+            }
+            let from_ms = rng.range(0, config.faults_until_ms - 300);
+            let until_ms = (from_ms + rng.range(200, 2000)).min(config.faults_until_ms);
+            config.partitions.push(PartitionPlan { isolated, from_ms, until_ms });
+        }
+        config
+    }
+}
+
+/// What a successful run observed.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// Highest agreement id decided by any correct replica.
+    pub decided_max: u64,
+    /// Last decided agreement id per replica at the end (None: crashed).
+    pub last_decided: Vec<Option<u64>>,
+    /// Highest regency installed by a correct replica.
+    pub regency_max: u64,
+    /// Operations completed by clients.
+    pub ops_completed: usize,
+    /// Client retransmissions.
+    pub client_retransmissions: u64,
+    /// Decisions delivered through catch-up (fetched from peers).
+    pub fetched_decisions: u64,
+    /// Messages sent between replicas.
+    pub replica_messages: u64,
+    /// Simulated time at the end.
+    pub end_ms: u64,
+}
+
+/// A violated property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated time of the failure.
+    pub at_ms: u64,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seed {} failed at {} ms: {}", self.seed, self.at_ms, self.reason)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Endpoint {
+    Replica(ReplicaId),
+    Client(usize),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Packet { from: Endpoint, to: Endpoint, bytes: Vec<u8> },
+    ReplicaTick { id: ReplicaId, generation: u64 },
+    ClientTimer { client: usize, generation: u64 },
+    ClientNext { client: usize },
+    Crash { id: ReplicaId },
+    Restart { id: ReplicaId },
+}
+
+struct ReplicaNode {
+    core: Option<Replica>,
+    executor: Executor<KvModel>,
+    durable: Vec<Arc<Batch>>,
+    byzantine: Option<Byzantine>,
+    timer_generation: u64,
+    keys: ReplicaKeys,
+}
+
+struct ClientNode {
+    core: Client,
+    timer_generation: u64,
+    issued: usize,
+    /// (sequence, history index) of the outstanding operation.
+    current: Option<(u64, usize)>,
+}
+
+struct World<'c> {
+    config: &'c SimConfig,
+    rng: Rng,
+    now_us: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    next_event: u64,
+    replicas: Vec<ReplicaNode>,
+    clients: Vec<ClientNode>,
+    history: Vec<HistoryOp>,
+    /// (client id, sequence) -> operation bytes, for validity.
+    issued: BTreeMap<(u64, u64), Vec<u8>>,
+    decided: BTreeMap<u64, Hash>,
+    digests: BTreeMap<u64, [u8; 32]>,
+    report: SimReport,
+    next_value: u64,
+}
+
+/// Runs one simulation; `Ok` if every oracle held.
+pub fn run(config: &SimConfig) -> Result<SimReport, SimFailure> {
+    config.protocol.validate().map_err(|error| SimFailure {
+        seed: config.seed,
+        at_ms: 0,
+        reason: format!("bad configuration: {error}"),
+    })?;
+    let mut world = World::new(config);
+    world.run().map_err(|reason| SimFailure {
+        seed: config.seed,
+        at_ms: world.now_us / 1000,
+        reason,
+    })?;
+    Ok(world.report.clone())
+}
+
+impl<'c> World<'c> {
+    fn new(config: &'c SimConfig) -> Self {
+        let n = config.protocol.n;
+        let mut master = [0u8; 32];
+        master[..8].copy_from_slice(&config.seed.to_le_bytes());
+        let ring = KeyRing::new(master, n);
+        let replicas = (0..n as ReplicaId)
+            .map(|id| {
+                let keys = ring.replica_keys(id);
+                let core =
+                    Replica::new(config.protocol.clone(), keys.clone()).expect("validated config");
+                ReplicaNode {
+                    core: Some(core),
+                    executor: Executor::new(KvModel::default()),
+                    durable: Vec::new(),
+                    byzantine: config
+                        .byzantine
+                        .iter()
+                        .find(|(b, _)| *b == id)
+                        .map(|(_, kind)| *kind),
+                    timer_generation: 0,
+                    keys,
+                }
+            })
+            .collect();
+        let client_config = ClientConfig {
+            mode: config.protocol.mode,
+            n,
+            f: config.protocol.f,
+            retransmit_timeout_ms: config.client_timeout_ms,
+        };
+        let clients = (0..config.clients)
+            .map(|index| ClientNode {
+                core: Client::new(
+                    client_config.clone(),
+                    ring.client_keys(CLIENT_ID_BASE + index as u64),
+                    1,
+                ),
+                timer_generation: 0,
+                issued: 0,
+                current: None,
+            })
+            .collect();
+        Self {
+            config,
+            rng: Rng::new(config.seed),
+            now_us: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            replicas,
+            clients,
+            history: Vec::new(),
+            issued: BTreeMap::new(),
+            decided: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            report: SimReport::default(),
+            next_value: 1,
+        }
+    }
+
+    fn schedule(&mut self, at_us: u64, event: Ev) {
+        let key = self.next_event;
+        self.next_event += 1;
+        self.events.insert(key, event);
+        self.queue.push(Reverse((at_us, key)));
+    }
+
+    fn faults_on(&self) -> bool {
+        self.now_us < self.config.faults_until_ms * 1000
+    }
+
+    fn is_correct(&self, id: ReplicaId) -> bool {
+        self.replicas[id as usize].byzantine.is_none()
+    }
+
+    fn partitioned(&self, a: ReplicaId, b: ReplicaId) -> bool {
+        let now_ms = self.now_us / 1000;
+        self.config.partitions.iter().any(|p| {
+            now_ms >= p.from_ms
+                && now_ms < p.until_ms
+                && (p.isolated.contains(&a) != p.isolated.contains(&b))
+        })
+    }
+
+    fn send_packet(&mut self, from: Endpoint, to: Endpoint, bytes: Vec<u8>) {
+        let faults = self.faults_on();
+        if let (Endpoint::Replica(a), Endpoint::Replica(b)) = (from, to) {
+            self.report.replica_messages += 1;
+            if self.partitioned(a, b) {
+                return;
+            }
+        }
+        if faults && self.rng.chance(self.config.loss_per_mille) {
+            return;
+        }
+        let copies = if faults && self.rng.chance(self.config.duplicate_per_mille) { 2 } else { 1 };
+        for copy in 0..copies {
+            let delay_us = if faults {
+                self.rng.range(200, self.config.delay_ms_max.max(1) * 1000)
+            } else {
+                self.rng.range(200, 2000)
+            };
+            let _ = copy;
+            self.schedule(self.now_us + delay_us, Ev::Packet { from, to, bytes: bytes.clone() });
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        for id in 0..self.replicas.len() as ReplicaId {
+            let mut actions = Vec::new();
+            if let Some(core) = self.replicas[id as usize].core.as_mut() {
+                core.start(&mut actions);
+            }
+            self.apply_replica_actions(id, actions)?;
+        }
+        for client in 0..self.clients.len() {
+            let start = self.rng.range(0, 50_000);
+            self.schedule(start, Ev::ClientNext { client });
+        }
+        for crash in self.config.crashes.clone() {
+            self.schedule(crash.at_ms * 1000, Ev::Crash { id: crash.replica });
+            if let Some(restart) = crash.restart_ms {
+                self.schedule(
+                    restart.max(crash.at_ms + 1) * 1000,
+                    Ev::Restart { id: crash.replica },
+                );
+            }
+        }
+        let deadline_us = (self.config.faults_until_ms + self.config.liveness_ms) * 1000;
+        let mut processed = 0u64;
+        let mut drain_until_us = None;
+        while let Some(Reverse((at_us, key))) = self.queue.pop() {
+            if drain_until_us.is_none() && self.all_done() {
+                // Let lagging replicas catch up once faults are over, then check them.
+                drain_until_us =
+                    Some(self.now_us.max(self.config.faults_until_ms * 1000) + DRAIN_US);
+            }
+            if drain_until_us.is_some_and(|until| at_us > until) {
+                break;
+            }
+            processed += 1;
+            if processed > self.config.events_max {
+                return Err(format!(
+                    "event budget of {} exhausted (livelock?)",
+                    self.config.events_max
+                ));
+            }
+            if at_us > deadline_us {
+                self.now_us = deadline_us;
+                break;
+            }
+            self.now_us = at_us;
+            let event = self.events.remove(&key).expect("every queued key has an event");
+            self.dispatch(event)?;
+        }
+        if !self.all_done() {
+            let pending: Vec<String> = self
+                .clients
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.current.is_some() || c.issued < self.config.ops_per_client)
+                .map(|(i, c)| {
+                    format!("client {i}: {} issued, outstanding {:?}", c.issued, c.current)
+                })
+                .collect();
+            let states: Vec<String> = self
+                .replicas
+                .iter()
+                .map(|r| match &r.core {
+                    Some(core) => format!(
+                        "r{}: decided {} regency {} pending {}{}",
+                        core.id(),
+                        core.last_decided(),
+                        core.regency(),
+                        core.pending_requests(),
+                        if core.is_recovering() { " recovering" } else { "" }
+                    ),
+                    None => "crashed".into(),
+                })
+                .collect();
+            return Err(format!(
+                "liveness: operations still pending {} ms after faults stopped: {}; replicas: {}",
+                self.config.liveness_ms,
+                pending.join("; "),
+                states.join(", ")
+            ));
+        }
+        check_linearizable(&self.history).map_err(|error| format!("linearizability: {error}"))?;
+        let decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
+        for node in &self.replicas {
+            if let Some(core) = &node.core
+                && node.byzantine.is_none()
+                && core.last_decided() < decided_max
+            {
+                return Err(format!(
+                    "catch-up: replica {} is at agreement {} of {decided_max} {} ms after faults stopped",
+                    core.id(),
+                    core.last_decided(),
+                    DRAIN_US / 1000
+                ));
+            }
+        }
+        self.report.end_ms = self.now_us / 1000;
+        self.report.ops_completed =
+            self.history.iter().filter(|op| op.completed_us.is_some()).count();
+        self.report.last_decided =
+            self.replicas.iter().map(|r| r.core.as_ref().map(|c| c.last_decided())).collect();
+        self.report.decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
+        Ok(())
+    }
+
+    fn all_done(&self) -> bool {
+        self.clients.iter().all(|c| c.current.is_none() && c.issued >= self.config.ops_per_client)
+    }
+
+    fn dispatch(&mut self, event: Ev) -> Result<(), String> {
+        match event {
+            Ev::Packet { from, to, bytes } => match to {
+                Endpoint::Replica(id) => self.replica_receive(id, from, &bytes),
+                Endpoint::Client(client) => {
+                    if let Ok(reply) = Reply::from_bytes(&bytes) {
+                        let mut actions = Vec::new();
+                        self.clients[client].core.handle(ClientEvent::Reply(reply), &mut actions);
+                        self.apply_client_actions(client, actions);
+                    }
+                    Ok(())
+                }
+            },
+            Ev::ReplicaTick { id, generation } => {
+                let node = &mut self.replicas[id as usize];
+                if node.timer_generation != generation {
+                    return Ok(());
+                }
+                let mut actions = Vec::new();
+                if let Some(core) = node.core.as_mut() {
+                    core.handle(Event::TimerFired(crate::protocol::TimerKind::Tick), &mut actions);
+                }
+                self.apply_replica_actions(id, actions)
+            }
+            Ev::ClientTimer { client, generation } => {
+                if self.clients[client].timer_generation == generation {
+                    self.report.client_retransmissions += 1;
+                    let mut actions = Vec::new();
+                    self.clients[client].core.handle(ClientEvent::TimerFired, &mut actions);
+                    self.apply_client_actions(client, actions);
+                }
+                Ok(())
+            }
+            Ev::ClientNext { client } => {
+                self.client_next(client);
+                Ok(())
+            }
+            Ev::Crash { id } => {
+                let node = &mut self.replicas[id as usize];
+                node.core = None;
+                node.timer_generation += 1;
+                Ok(())
+            }
+            Ev::Restart { id } => self.restart(id),
+        }
+    }
+
+    fn client_next(&mut self, client: usize) {
+        let node = &mut self.clients[client];
+        if node.current.is_some() || node.issued >= self.config.ops_per_client {
+            return;
+        }
+        let key = self.rng.range(0, u64::from(self.config.keys.max(1)) - 1) as u8;
+        let op = if self.rng.chance(500) {
+            let value = self.next_value;
+            self.next_value += 1;
+            KvOp::Put { key, value }
+        } else {
+            KvOp::Get { key }
+        };
+        let mut actions = Vec::new();
+        let bytes = op.encode();
+        let sequence = node.core.invoke(bytes.clone(), &mut actions).expect("client is idle");
+        node.issued += 1;
+        node.current = Some((sequence, self.history.len()));
+        self.issued.insert((CLIENT_ID_BASE + client as u64, sequence), bytes);
+        self.history.push(HistoryOp {
+            invoked_us: self.now_us,
+            completed_us: None,
+            op,
+            result: None,
+        });
+        self.apply_client_actions(client, actions);
+    }
+
+    fn apply_client_actions(&mut self, client: usize, actions: Vec<ClientAction>) {
+        for action in actions {
+            match action {
+                ClientAction::Send { to, request } => self.send_packet(
+                    Endpoint::Client(client),
+                    Endpoint::Replica(to),
+                    request.to_bytes(),
+                ),
+                ClientAction::Broadcast { request } => {
+                    let bytes = request.to_bytes();
+                    for to in 0..self.replicas.len() as ReplicaId {
+                        self.send_packet(
+                            Endpoint::Client(client),
+                            Endpoint::Replica(to),
+                            bytes.clone(),
+                        );
+                    }
+                }
+                ClientAction::SetTimer { after_ms } => {
+                    let node = &mut self.clients[client];
+                    node.timer_generation += 1;
+                    let generation = node.timer_generation;
+                    self.schedule(
+                        self.now_us + after_ms * 1000,
+                        Ev::ClientTimer { client, generation },
+                    );
+                }
+                ClientAction::CancelTimer => self.clients[client].timer_generation += 1,
+                ClientAction::Completed { sequence, result } => {
+                    let node = &mut self.clients[client];
+                    let Some((current, index)) = node.current else { continue };
+                    assert_eq!(current, sequence, "the client completes its outstanding request");
+                    node.current = None;
+                    let op = &mut self.history[index];
+                    op.completed_us = Some(self.now_us);
+                    op.result = result.as_slice().try_into().ok().map(u64::from_le_bytes);
+                    let think = self.rng.range(0, 150_000);
+                    self.schedule(self.now_us + think, Ev::ClientNext { client });
+                }
+            }
+        }
+    }
+
+    fn replica_receive(
+        &mut self,
+        id: ReplicaId,
+        from: Endpoint,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let node = &mut self.replicas[id as usize];
+        let Some(core) = node.core.as_mut() else { return Ok(()) };
+        let event = match from {
+            Endpoint::Replica(sender) => {
+                let keys = &node.keys;
+                match open_frame(bytes, |peer| keys.link(peer)) {
+                    Ok((claimed, message)) if claimed == sender => {
+                        Event::Message { from: claimed, message }
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            Endpoint::Client(_) => match ClientRequest::from_bytes(bytes) {
+                Ok(request) => Event::ClientRequest { request, verified: false },
+                Err(_) => return Ok(()),
+            },
+        };
+        let mut actions = Vec::new();
+        core.handle(event, &mut actions);
+        self.apply_replica_actions(id, actions)
+    }
+
+    fn apply_replica_actions(&mut self, id: ReplicaId, actions: Vec<Action>) -> Result<(), String> {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => self.send_replica_message(id, to, message),
+                Action::Broadcast { message } => {
+                    for to in 0..self.replicas.len() as ReplicaId {
+                        if to != id {
+                            self.send_replica_message(id, to, message.clone());
+                        }
+                    }
+                }
+                Action::Deliver { decisions } => self.deliver(id, decisions)?,
+                Action::ReplyFromCache { client_id, sequence } => {
+                    let node = &self.replicas[id as usize];
+                    if let Some(result) = node.executor.cached_reply(client_id, sequence) {
+                        let result = result.to_vec();
+                        self.send_reply(id, client_id, sequence, result);
+                    }
+                }
+                Action::SetTimer { after_ms, .. } => {
+                    let node = &mut self.replicas[id as usize];
+                    node.timer_generation += 1;
+                    let generation = node.timer_generation;
+                    self.schedule(
+                        self.now_us + after_ms * 1000,
+                        Ev::ReplicaTick { id, generation },
+                    );
+                }
+                Action::RegencyInstalled { regency, .. } => {
+                    if self.is_correct(id) {
+                        self.report.regency_max = self.report.regency_max.max(regency);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_reply(&mut self, id: ReplicaId, client_id: u64, sequence: u64, mut result: Vec<u8>) {
+        let node = &self.replicas[id as usize];
+        match node.byzantine {
+            Some(Byzantine::Mute) => return,
+            Some(Byzantine::Garbage | Byzantine::WrongVote) => {
+                result = 0xBAD_u64.to_le_bytes().to_vec()
+            }
+            _ => {}
+        }
+        let regency = node.core.as_ref().map_or(0, Replica::regency);
+        let key = node.keys.client_key(client_id);
+        let reply = Reply::signed(&key, id, client_id, sequence, regency, result);
+        let client = (client_id - CLIENT_ID_BASE) as usize;
+        if client < self.clients.len() {
+            self.send_packet(Endpoint::Replica(id), Endpoint::Client(client), reply.to_bytes());
+        }
+    }
+
+    fn send_replica_message(&mut self, from: ReplicaId, to: ReplicaId, message: Message) {
+        let node = &self.replicas[from as usize];
+        let key = *node.keys.link(to).expect("peer exists");
+        let message = match node.byzantine {
+            None => message,
+            Some(Byzantine::Mute) => return,
+            Some(Byzantine::Equivocate) => match message {
+                Message::Propose { regency, agreement_id, batch } if to % 2 == 1 => {
+                    Message::Propose { regency, agreement_id, batch: variant(&batch) }
+                }
+                Message::Sync { regency, agreement_id, members, batch } if to % 2 == 1 => {
+                    Message::Sync { regency, agreement_id, members, batch: variant(&batch) }
+                }
+                other => other,
+            },
+            Some(Byzantine::WrongVote) => match message {
+                Message::Write { regency, agreement_id, .. } => {
+                    Message::Write { regency, agreement_id, hash: random_hash(&mut self.rng) }
+                }
+                Message::Accept { regency, agreement_id, .. } => {
+                    Message::Accept { regency, agreement_id, hash: random_hash(&mut self.rng) }
+                }
+                other => other,
+            },
+            Some(Byzantine::Garbage) => {
+                let roll = self.rng.range(0, 9);
+                if roll < 2 {
+                    // Random bytes with a valid MAC: the decoder must reject them.
+                    let len = self.rng.range(0, 80) as usize;
+                    let mut frame = from.to_le_bytes().to_vec();
+                    frame.extend(self.rng.bytes(len));
+                    let tag = crate::protocol::auth::mac(&key, &[&frame]);
+                    frame.extend_from_slice(&tag);
+                    self.send_packet(Endpoint::Replica(from), Endpoint::Replica(to), frame);
+                    return;
+                } else if roll < 3 {
+                    // A frame claiming to come from another replica: the MAC fails.
+                    let claimed = (from + 1) % self.replicas.len() as ReplicaId;
+                    let frame = seal_frame(&key, claimed, &message);
+                    self.send_packet(Endpoint::Replica(from), Endpoint::Replica(to), frame);
+                    return;
+                } else if roll < 6 {
+                    random_message(&mut self.rng, self.replicas.len())
+                } else {
+                    message
+                }
+            }
+        };
+        let frame = seal_frame(&key, from, &message);
+        self.send_packet(Endpoint::Replica(from), Endpoint::Replica(to), frame);
+    }
+
+    fn deliver(&mut self, id: ReplicaId, decisions: Vec<Decision>) -> Result<(), String> {
+        let correct = self.is_correct(id);
+        for decision in decisions {
+            let node = &mut self.replicas[id as usize];
+            let expected = node.durable.len() as u64 + 1;
+            if decision.agreement_id != expected {
+                return Err(format!(
+                    "replica {id} delivered agreement {} but expected {expected}",
+                    decision.agreement_id
+                ));
+            }
+            if decision.batch.hash() != decision.hash {
+                return Err(format!(
+                    "replica {id}: decision {} hash mismatch",
+                    decision.agreement_id
+                ));
+            }
+            node.durable.push(decision.batch.clone());
+            if decision.regency == 0 && decision.proof.len() < self.config.protocol.quorum() {
+                self.report.fetched_decisions += 1;
+            }
+            if correct {
+                match self.decided.get(&decision.agreement_id) {
+                    Some(hash) if *hash != decision.hash => {
+                        return Err(format!(
+                            "agreement: replica {id} decided a different batch for agreement {}",
+                            decision.agreement_id
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.decided.insert(decision.agreement_id, decision.hash);
+                    }
+                }
+                for request in &decision.batch.requests {
+                    match self.issued.get(&(request.client_id, request.sequence)) {
+                        Some(operation) if *operation == request.operation => {}
+                        _ => {
+                            return Err(format!(
+                                "validity: replica {id} delivered request ({}, {}) no client sent",
+                                request.client_id, request.sequence
+                            ));
+                        }
+                    }
+                }
+            }
+            let node = &mut self.replicas[id as usize];
+            let ordered: Vec<OrderedRequest<'_>> = decision
+                .batch
+                .requests
+                .iter()
+                .map(|r| OrderedRequest {
+                    client_id: r.client_id,
+                    sequence: r.sequence,
+                    operation: &r.operation,
+                })
+                .collect();
+            let outcomes = node.executor.execute(&ordered);
+            if let Some(twice) = node.executor.service().executed_twice.first() {
+                return Err(format!("validity: replica {id} executed request {twice:?} twice"));
+            }
+            let digest = node.executor.service().state_digest();
+            let replies: Vec<(u64, u64, Vec<u8>)> = decision
+                .batch
+                .requests
+                .iter()
+                .zip(outcomes)
+                .filter_map(|(request, outcome)| match outcome {
+                    Outcome::Executed(reply) | Outcome::Cached(reply) => {
+                        Some((request.client_id, request.sequence, reply))
+                    }
+                    Outcome::Stale => None,
+                })
+                .collect();
+            if correct {
+                match self.digests.get(&decision.agreement_id) {
+                    Some(known) if *known != digest => {
+                        return Err(format!(
+                            "state: replica {id} digest differs after agreement {}",
+                            decision.agreement_id
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.digests.insert(decision.agreement_id, digest);
+                    }
+                }
+            }
+            for (client_id, sequence, reply) in replies {
+                self.send_reply(id, client_id, sequence, reply);
+            }
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, id: ReplicaId) -> Result<(), String> {
+        let window = self.config.protocol.decided_window_max;
+        let node = &mut self.replicas[id as usize];
+        if node.core.is_some() {
+            return Ok(());
+        }
+        let mut executor = Executor::new(KvModel::default());
+        let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
+        for batch in &node.durable {
+            let requests: Vec<OrderedRequest<'_>> = batch
+                .requests
+                .iter()
+                .map(|r| OrderedRequest {
+                    client_id: r.client_id,
+                    sequence: r.sequence,
+                    operation: &r.operation,
+                })
+                .collect();
+            executor.execute(&requests);
+            for request in &batch.requests {
+                let entry = ordered.entry(request.client_id).or_insert(0);
+                *entry = (*entry).max(request.sequence);
+            }
+        }
+        let recent = node.durable[node.durable.len().saturating_sub(window)..].to_vec();
+        let recovered = Recovered { last_decided: node.durable.len() as u64, recent };
+        let mut core =
+            Replica::restart(self.config.protocol.clone(), node.keys.clone(), recovered, ordered)
+                .map_err(|error| format!("restart of replica {id} failed: {error}"))?;
+        node.executor = executor;
+        let mut actions = Vec::new();
+        core.start(&mut actions);
+        node.core = Some(core);
+        self.apply_replica_actions(id, actions)
+    }
+}
+
+/// A different but well-formed batch: reversed, or empty.
+fn variant(batch: &Batch) -> Arc<Batch> {
+    let mut requests = batch.requests.clone();
+    if requests.len() >= 2 {
+        requests.reverse();
+    } else {
+        requests.clear();
+    }
+    Arc::new(Batch { requests })
+}
+
+fn random_hash(rng: &mut Rng) -> Hash {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&rng.bytes(32));
+    hash
+}
+
+/// A well-formed message with random fields.
+fn random_message(rng: &mut Rng, n: usize) -> Message {
+    let small = |rng: &mut Rng| rng.range(0, 12);
+    match rng.range(0, 7) {
+        0 => {
+            Message::Write { regency: small(rng), agreement_id: small(rng), hash: random_hash(rng) }
+        }
+        1 => Message::Accept {
+            regency: small(rng),
+            agreement_id: small(rng),
+            hash: random_hash(rng),
+        },
+        2 => Message::Stop { regency: rng.range(0, u64::MAX) },
+        3 => Message::StopData {
+            regency: small(rng),
+            collect: Arc::new(crate::protocol::CollectData {
+                last_decided: small(rng),
+                decided_hash: Some(random_hash(rng)),
+                accepted: Some((rng.range(0, u64::MAX), random_hash(rng))),
+                writes: vec![(random_hash(rng), rng.range(0, u64::MAX))],
+                values: Vec::new(),
+            }),
+        },
+        4 => Message::Sync {
+            regency: small(rng),
+            agreement_id: small(rng),
+            members: (0..n as ReplicaId).map(|id| (id, random_hash(rng))).collect(),
+            batch: Arc::new(Batch::default()),
+        },
+        5 => Message::Decided { agreement_id: small(rng), batch: Arc::new(Batch::default()) },
+        6 => Message::Fetch { from: rng.range(0, u64::MAX), to: rng.range(0, u64::MAX) },
+        _ => Message::Status {
+            nonce: rng.next_u64(),
+            last_decided: small(rng),
+            highest_voted: small(rng),
+            regency: small(rng),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_replays_the_same_run() {
+        let config = SimConfig::random(Mode::Bft, 4, 7);
+        let a = run(&config).expect("seed 7 passes");
+        let b = run(&config).expect("seed 7 passes");
+        assert_eq!(a.end_ms, b.end_ms);
+        assert_eq!(a.replica_messages, b.replica_messages);
+        assert_eq!(a.last_decided, b.last_decided);
+    }
+
+    #[test]
+    fn quiet_cluster_completes_every_operation() {
+        let report = run(&SimConfig::quiet(Mode::Bft, 4, 1)).expect("no faults");
+        assert_eq!(report.ops_completed, 3 * 8);
+        assert_eq!(report.regency_max, 0);
+        assert!(report.decided_max >= 1);
+    }
+}

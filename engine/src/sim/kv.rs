@@ -1,0 +1,214 @@
+//! The simulator's service: a tiny key-value store, and a per-key linearizability
+//! checker for the client history.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use sha2::{Digest, Sha256};
+
+use crate::service::{OrderedRequest, Service};
+
+/// An operation of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvOp {
+    /// Set `key` to `value` (values are unique and non-zero in the simulator).
+    Put {
+        /// Key.
+        key: u8,
+        /// Value.
+        value: u64,
+    },
+    /// Read `key` (0 when absent).
+    Get {
+        /// Key.
+        key: u8,
+    },
+}
+
+impl KvOp {
+    /// Wire encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        match *self {
+            KvOp::Put { key, value } => {
+                let mut out = vec![0, key];
+                out.extend_from_slice(&value.to_le_bytes());
+                out
+            }
+            KvOp::Get { key } => vec![1, key],
+        }
+    }
+
+    /// Decodes; None on malformed input.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        match bytes {
+            [0, key, rest @ ..] if rest.len() == 8 => {
+                let mut value = [0u8; 8];
+                value.copy_from_slice(rest);
+                Some(KvOp::Put { key: *key, value: u64::from_le_bytes(value) })
+            }
+            [1, key] => Some(KvOp::Get { key: *key }),
+            _ => None,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> u8 {
+        match *self {
+            KvOp::Put { key, .. } | KvOp::Get { key } => key,
+        }
+    }
+}
+
+/// The replicated model. Also counts executions per (client, sequence) so that the
+/// oracle can see a request executed twice.
+#[derive(Debug, Default)]
+pub struct KvModel {
+    map: BTreeMap<u8, u64>,
+    executed: HashSet<(u64, u64)>,
+    /// Requests executed more than once (must stay empty).
+    pub executed_twice: Vec<(u64, u64)>,
+}
+
+impl Service for KvModel {
+    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+        for request in requests {
+            if !self.executed.insert((request.client_id, request.sequence)) {
+                self.executed_twice.push((request.client_id, request.sequence));
+            }
+            let reply = match KvOp::decode(request.operation) {
+                Some(KvOp::Put { key, value }) => {
+                    self.map.insert(key, value);
+                    0u64
+                }
+                Some(KvOp::Get { key }) => self.map.get(&key).copied().unwrap_or(0),
+                None => u64::MAX,
+            };
+            replies.push(reply.to_le_bytes().to_vec());
+        }
+    }
+
+    fn state_digest(&self) -> [u8; 32] {
+        let mut sha = Sha256::new();
+        for (key, value) in &self.map {
+            sha.update([*key]);
+            sha.update(value.to_le_bytes());
+        }
+        sha.finalize().into()
+    }
+}
+
+/// One completed (or pending) operation in the client history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOp {
+    /// Invocation time (µs).
+    pub invoked_us: u64,
+    /// Completion time (µs); None if it never completed.
+    pub completed_us: Option<u64>,
+    /// The operation.
+    pub op: KvOp,
+    /// The result (for Get: the value read).
+    pub result: Option<u64>,
+}
+
+/// Checks that the history, restricted to each key, is linearizable for a register
+/// initialised to 0. Returns the first key that is not. Bounded: at most 63 operations
+/// per key (the simulator keeps histories below that).
+pub fn check_linearizable(history: &[HistoryOp]) -> Result<(), String> {
+    let mut by_key: BTreeMap<u8, Vec<HistoryOp>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.op.key()).or_default().push(*op);
+    }
+    for (key, ops) in by_key {
+        assert!(ops.len() <= 63, "history per key bounded to 63 operations");
+        let mut memo = BTreeSet::new();
+        if !search(&ops, 0, 0, &mut memo) {
+            return Err(format!(
+                "key {key}: no linearization of {} operations: {ops:?}",
+                ops.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Depth-first search for a linearization: `done` is the set of operations already
+/// linearized, `value` the register's value after them.
+fn search(ops: &[HistoryOp], done: u64, value: u64, memo: &mut BTreeSet<(u64, u64)>) -> bool {
+    let all_completed_done =
+        ops.iter().enumerate().all(|(i, op)| done & (1 << i) != 0 || op.completed_us.is_none());
+    if all_completed_done {
+        return true;
+    }
+    if !memo.insert((done, value)) {
+        return false;
+    }
+    // The earliest completion among operations not yet linearized bounds which ones may
+    // go next: an operation invoked after that completion cannot precede it.
+    let horizon = ops
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| done & (1 << i) == 0)
+        .filter_map(|(_, op)| op.completed_us)
+        .min()
+        .unwrap_or(u64::MAX);
+    for (i, op) in ops.iter().enumerate() {
+        if done & (1 << i) != 0 || op.invoked_us > horizon {
+            continue;
+        }
+        let next = match op.op {
+            KvOp::Put { value: written, .. } => written,
+            KvOp::Get { .. } => {
+                if op.completed_us.is_some() && op.result != Some(value) {
+                    continue;
+                }
+                value
+            }
+        };
+        if search(ops, done | (1 << i), next, memo) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(invoked: u64, completed: u64, op: KvOp, result: u64) -> HistoryOp {
+        HistoryOp { invoked_us: invoked, completed_us: Some(completed), op, result: Some(result) }
+    }
+
+    #[test]
+    fn stale_read_after_completed_write_is_not_linearizable() {
+        let put = KvOp::Put { key: 1, value: 5 };
+        let get = KvOp::Get { key: 1 };
+        let good = [op(0, 10, put, 0), op(20, 30, get, 5)];
+        assert!(check_linearizable(&good).is_ok());
+        let stale = [op(0, 10, put, 0), op(20, 30, get, 0)];
+        assert!(check_linearizable(&stale).is_err());
+        // Concurrent read may see either.
+        let concurrent = [op(0, 10, put, 0), op(5, 30, get, 0)];
+        assert!(check_linearizable(&concurrent).is_ok());
+        // A read of a value never written fails.
+        let invented = [op(0, 10, get, 9)];
+        assert!(check_linearizable(&invented).is_err());
+        // A pending write may take effect.
+        let pending = [
+            HistoryOp { invoked_us: 0, completed_us: None, op: put, result: None },
+            op(20, 30, get, 5),
+        ];
+        assert!(check_linearizable(&pending).is_ok());
+    }
+
+    #[test]
+    fn model_detects_double_execution() {
+        let mut model = KvModel::default();
+        let op = KvOp::Put { key: 1, value: 2 }.encode();
+        let request = OrderedRequest { client_id: 1, sequence: 1, operation: &op };
+        let mut replies = Vec::new();
+        model.execute_batch(&[request], &mut replies);
+        assert!(model.executed_twice.is_empty());
+        model.execute_batch(&[request], &mut replies);
+        assert_eq!(model.executed_twice, vec![(1, 1)]);
+    }
+}
