@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::str::FromStr;
@@ -170,33 +170,85 @@ pub fn open_with_mode(path: &Path, mode: DurabilityMode) -> io::Result<File> {
 }
 
 /// Bytes written per call when zero-filling a file.
-pub const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+pub const ZERO_CHUNK_BYTES: usize = 128 * 1024;
 const _: () = assert!(ZERO_CHUNK_BYTES.is_multiple_of(ALIGN_BYTES));
+
+/// What a paced zero-fill does next (see [`preallocate_paced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroPace {
+    /// Write the next chunk of zeros now.
+    Go,
+    /// The device is busy with more urgent writes: wait a little and ask again.
+    Wait,
+    /// Stop zeroing: the rest of the file stays allocated but unwritten (it reads as
+    /// zeros; the first write to each of its blocks pays for the extent conversion).
+    Stop,
+}
+
+/// How long a paced zero-fill sleeps on [`ZeroPace::Wait`].
+pub const ZERO_PACE_WAIT: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Creates `path` (truncating any previous file) with `len_bytes` bytes prepared as
 /// `how` says, then syncs the file and its parent directory.
 ///
-/// Contract: on `Ok`, the file exists under its name with its full length, durably. On
-/// error, a partial file may exist; the caller removes or retries it.
+/// Contract: on `Ok`, the file exists under its name with its full length, durably, and
+/// for [`Preallocate::Zeroed`] every block has been written with zeros. On error, a
+/// partial file may exist; the caller removes or retries it.
 pub fn preallocate(path: &Path, len_bytes: u64, how: Preallocate) -> io::Result<()> {
-    let mut file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    preallocate_paced(path, len_bytes, how, &mut || ZeroPace::Go).map(drop)
+}
+
+/// [`preallocate`] whose zero-fill ([`Preallocate::Zeroed`]) asks `pace` before each
+/// [`ZERO_CHUNK_BYTES`] chunk, so that it can yield the device to the log's own writes
+/// and stop when the file is needed. The file is first reserved with `fallocate` (or
+/// extended, where that is unsupported), then zeroed from the front with `O_DIRECT`
+/// writes (buffered where `O_DIRECT` is refused), so a stopped fill leaves a file that is
+/// complete and reads as zeros. Returns the bytes zeroed.
+///
+/// Contract: on `Ok` the file exists at full length, durably (file and directory synced).
+pub fn preallocate_paced(
+    path: &Path,
+    len_bytes: u64,
+    how: Preallocate,
+    pace: &mut dyn FnMut() -> ZeroPace,
+) -> io::Result<u64> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let mut zeroed = 0u64;
     match how {
         Preallocate::Zeroed => {
-            let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-            let mut left = len_bytes;
-            while left > 0 {
-                let chunk =
-                    usize::try_from(left.min(ZERO_CHUNK_BYTES as u64)).expect("chunk fits usize");
-                file.write_all(&zeros[..chunk])?;
-                left -= chunk as u64;
+            if crate::sys::fallocate(&file, len_bytes).is_err() {
+                file.set_len(len_bytes)?;
+            }
+            let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path);
+            let writer = direct.as_ref().unwrap_or(&file);
+            let mut zeros = AlignedBuf::with_capacity(ZERO_CHUNK_BYTES);
+            zeros.extend_zeros(ZERO_CHUNK_BYTES);
+            while zeroed < len_bytes {
+                match pace() {
+                    ZeroPace::Go => {}
+                    ZeroPace::Wait => {
+                        std::thread::sleep(ZERO_PACE_WAIT);
+                        continue;
+                    }
+                    ZeroPace::Stop => break,
+                }
+                let chunk = usize::try_from((len_bytes - zeroed).min(ZERO_CHUNK_BYTES as u64))
+                    .expect("chunk fits usize");
+                // O_DIRECT needs whole blocks; a short last chunk goes through the page cache.
+                if chunk % ALIGN_BYTES == 0 {
+                    writer.write_all_at(&zeros.as_slice()[..chunk], zeroed)?;
+                } else {
+                    file.write_all_at(&zeros.as_slice()[..chunk], zeroed)?;
+                }
+                zeroed += chunk as u64;
             }
         }
         Preallocate::Fallocate => crate::sys::fallocate(&file, len_bytes)?,
         Preallocate::Sparse => file.set_len(len_bytes)?,
     }
     file.sync_all()?;
-    sync_parent_dir(path)
+    sync_parent_dir(path)?;
+    Ok(zeroed)
 }
 
 /// `fsync` of a directory, making creates, renames and deletes inside it durable.

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::format::SECTOR_BYTES;
-use crate::io::Preallocate;
+use crate::io::{Preallocate, ZeroPace};
 use crate::storage::{Storage, StorageFile};
 
 /// A small deterministic PRNG (SplitMix64) for seeded tests.
@@ -332,7 +332,13 @@ impl Storage for SimStorage {
         Ok(SimFile { shared: Arc::clone(&self.shared), file_id })
     }
 
-    fn create_prepared(&self, name: &str, len_bytes: u64, _how: Preallocate) -> io::Result<()> {
+    fn create_prepared(
+        &self,
+        name: &str,
+        len_bytes: u64,
+        _how: Preallocate,
+        _pace: &mut dyn FnMut() -> ZeroPace,
+    ) -> io::Result<()> {
         let mut disk = self.disk();
         if disk.crashed {
             return Err(crashed_error());
@@ -394,7 +400,8 @@ mod tests {
     fn crash_tears_the_write_at_a_sector_boundary_and_forgets_unsynced_names() {
         for seed in 0..20 {
             let sim = SimStorage::new(seed);
-            sim.create_prepared("a", 8192, Preallocate::Zeroed).expect("create");
+            sim.create_prepared("a", 8192, Preallocate::Zeroed, &mut || ZeroPace::Go)
+                .expect("create");
             sim.set_faults(SimFaults { crash_at_write: Some(0), ..SimFaults::default() });
             sim.rename("a", "b").expect("rename");
             let mut file = sim.open_for_write("b").expect("open");

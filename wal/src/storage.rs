@@ -9,7 +9,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crate::io::{DurabilityMode, Preallocate, open_with_mode, preallocate, sync_dir};
+use crate::io::{
+    DurabilityMode, Preallocate, ZeroPace, open_with_mode, preallocate_paced, sync_dir,
+};
 use crate::uring::UringWriter;
 
 /// A segment file open for writing.
@@ -48,8 +50,16 @@ pub trait Storage: Send + Sync + 'static {
     fn open_for_write(&self, name: &str) -> io::Result<Self::File>;
 
     /// Creates `name` with `len_bytes` bytes prepared as `how` says, syncs it and the
-    /// directory. On `Ok` the file exists durably at full length.
-    fn create_prepared(&self, name: &str, len_bytes: u64, how: Preallocate) -> io::Result<()>;
+    /// directory; a zero-fill asks `pace` before each chunk (see
+    /// [`crate::io::preallocate_paced`]). On `Ok` the file exists durably at full length
+    /// and reads as zeros.
+    fn create_prepared(
+        &self,
+        name: &str,
+        len_bytes: u64,
+        how: Preallocate,
+        pace: &mut dyn FnMut() -> ZeroPace,
+    ) -> io::Result<()>;
 
     /// Renames `from` to `to` (replacing `to`). Durable after `sync_dir`.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
@@ -204,8 +214,21 @@ impl Storage for FsStorage {
         Ok(FsFile { file, mode: self.mode, uring })
     }
 
-    fn create_prepared(&self, name: &str, len_bytes: u64, how: Preallocate) -> io::Result<()> {
-        preallocate(&self.path(name), len_bytes, how)
+    fn create_prepared(
+        &self,
+        name: &str,
+        len_bytes: u64,
+        how: Preallocate,
+        pace: &mut dyn FnMut() -> ZeroPace,
+    ) -> io::Result<()> {
+        let zeroed = preallocate_paced(&self.path(name), len_bytes, how, pace)?;
+        if how == Preallocate::Zeroed && zeroed < len_bytes {
+            log::debug!(
+                "wal {}: {name} zeroed {zeroed} of {len_bytes} bytes before it was needed",
+                self.dir.display()
+            );
+        }
+        Ok(())
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {

@@ -23,6 +23,7 @@
 //! durability notification channel disconnects.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 
@@ -35,7 +36,7 @@ use crate::format::{
     SEGMENT_BYTES_MIN, encode_record, parse_segment_file_name, parse_spare_file_name, record_bytes,
     segment_file_name, spare_file_name,
 };
-use crate::io::{DurabilityMode, Preallocate};
+use crate::io::{DurabilityMode, Preallocate, ZeroPace};
 use crate::recovery::{
     Chain, LogRecord, ScanWants, SegmentEnd, holds_any_valid_group, scan_segment,
 };
@@ -314,6 +315,14 @@ struct Shared {
     space_cv: Condvar,
     /// Ticket waiters wait here.
     durable_cv: Condvar,
+    /// The writer is inside a write (the preparer holds back its zero-fill).
+    writer_busy: AtomicBool,
+    /// Writes the writer has started (the preparer zeroes only when this stands still).
+    writes_started: AtomicU64,
+    /// The writer waits for the next segment (the preparer stops zeroing and hands it over).
+    segment_wanted: AtomicBool,
+    /// The log is closing (the preparer stops).
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -490,7 +499,10 @@ impl Wal {
             Some(t) => t,
             None => {
                 let seq = segments.last().map_or(1, |(s, _)| s + 1);
-                let name = prepare_segment(&*storage, &options, seq, &mut spare_names)?;
+                let name =
+                    prepare_segment(&*storage, &options, seq, &mut spare_names, &mut || {
+                        ZeroPace::Go
+                    })?;
                 (seq, name, 0)
             }
         };
@@ -522,6 +534,10 @@ impl Wal {
             work_cv: Condvar::new(),
             space_cv: Condvar::new(),
             durable_cv: Condvar::new(),
+            writer_busy: AtomicBool::new(false),
+            writes_started: AtomicU64::new(0),
+            segment_wanted: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         });
 
         let (prepared_tx, prepared_rx) = crossbeam_channel::bounded::<Result<Prepared<S::File>>>(0);
@@ -597,6 +613,7 @@ fn prepare_segment<S: Storage>(
     options: &WalOptions,
     seq: u64,
     spares: &mut Vec<String>,
+    pace: &mut dyn FnMut() -> ZeroPace,
 ) -> Result<String> {
     let name = segment_file_name(seq);
     if let Some(spare) = spares.pop() {
@@ -606,7 +623,7 @@ fn prepare_segment<S: Storage>(
     } else {
         let temp = format!("prepare-{seq:020}.tmp");
         storage
-            .create_prepared(&temp, options.segment_bytes, options.preallocate)
+            .create_prepared(&temp, options.segment_bytes, options.preallocate, pace)
             .map_err(|e| WalError::io(IoOp::Create, storage.path(&temp), None, e))?;
         storage
             .rename(&temp, &name)
@@ -633,7 +650,24 @@ fn run_preparer<S: Storage>(
     loop {
         let prepared = (|| {
             let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
-            let name = prepare_segment(storage, options, seq, &mut spare)?;
+            // Zero only while the writer is not writing, and stop as soon as the writer
+            // needs the segment (the rest stays allocated, reading as zeros) or closes.
+            // A chunk goes only when no log write started during the last wait interval.
+            let mut writes_seen = shared.writes_started.load(Ordering::Acquire);
+            let mut pace = || {
+                let writes = shared.writes_started.load(Ordering::Acquire);
+                if shared.stopping.load(Ordering::Acquire)
+                    || shared.segment_wanted.load(Ordering::Acquire)
+                {
+                    ZeroPace::Stop
+                } else if shared.writer_busy.load(Ordering::Acquire) || writes != writes_seen {
+                    writes_seen = writes;
+                    ZeroPace::Wait
+                } else {
+                    ZeroPace::Go
+                }
+            };
+            let name = prepare_segment(storage, options, seq, &mut spare, &mut pace)?;
             let file = storage
                 .open_for_write(&name)
                 .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
@@ -756,7 +790,11 @@ impl<S: Storage> WriterState<S> {
             .encode(group.buf.full_mut());
             group.buf.pad_to_alignment();
             assert_eq!(group.buf.len() as u64, padded);
-            self.file.write_durable(group.buf.as_slice(), self.offset).map_err(|e| {
+            self.shared.writes_started.fetch_add(1, Ordering::AcqRel);
+            self.shared.writer_busy.store(true, Ordering::Release);
+            let written = self.file.write_durable(group.buf.as_slice(), self.offset);
+            self.shared.writer_busy.store(false, Ordering::Release);
+            written.map_err(|e| {
                 WalError::io(
                     IoOp::Write,
                     self.storage.path(&self.segment_name),
@@ -792,7 +830,11 @@ impl<S: Storage> WriterState<S> {
             last_agreement_id: self.segment_last_agreement_id.unwrap_or(0),
         }
         .encode(self.seal_buf.full_mut());
-        self.file.write_durable(self.seal_buf.as_slice(), self.offset).map_err(|e| {
+        self.shared.writes_started.fetch_add(1, Ordering::AcqRel);
+        self.shared.writer_busy.store(true, Ordering::Release);
+        let written = self.file.write_durable(self.seal_buf.as_slice(), self.offset);
+        self.shared.writer_busy.store(false, Ordering::Release);
+        written.map_err(|e| {
             WalError::io(IoOp::Write, self.storage.path(&self.segment_name), Some(self.offset), e)
         })?;
         let info = SegmentInfo {
@@ -805,7 +847,10 @@ impl<S: Storage> WriterState<S> {
             sha256: Arc::new(OnceLock::new()),
         };
         self.shared.lock().closed_segments.push(info);
-        let prepared = match self.prepared_rx.recv() {
+        self.shared.segment_wanted.store(true, Ordering::Release);
+        let received = self.prepared_rx.recv();
+        self.shared.segment_wanted.store(false, Ordering::Release);
+        let prepared = match received {
             Ok(prepared) => prepared?,
             Err(_) => return Err(WalError::Closed),
         };
@@ -1128,6 +1173,7 @@ impl<S: Storage> LogWriter<S> {
             let mut state = self.shared.lock();
             state.closing = true;
         }
+        self.shared.stopping.store(true, Ordering::Release);
         self.shared.work_cv.notify_all();
         self.shared.space_cv.notify_all();
         if let Some(writer) = self.writer.take() {
