@@ -416,7 +416,7 @@ impl Wal {
                 });
             }
             let scan =
-                scan_segment(&bytes, *seq, &mut chain, ScanWants { payloads: true, sha256: true });
+                scan_segment(&bytes, *seq, &mut chain, ScanWants { payloads: true, sha256: false });
             records.extend(scan.records);
             match scan.end {
                 SegmentEnd::Sealed { .. } => {
@@ -1111,7 +1111,8 @@ impl<S: Storage> LogWriter<S> {
     /// Deletes every closed segment whose last agreement id is below `agreement_id`
     /// (whole segments only; the active segment is never deleted). Up to
     /// `spare_segments_max` of them are renamed to spares for recycling, the others
-    /// removed; the directory is synced. Returns the deleted sequence numbers.
+    /// removed, oldest first, with a directory sync after each, so a crash leaves a
+    /// prefix deleted. Returns the deleted sequence numbers.
     ///
     /// A failure (rename, remove, directory sync) fails the writer permanently.
     pub fn delete_below(&self, agreement_id: u64) -> Result<Vec<u64>> {
@@ -1145,8 +1146,8 @@ impl<S: Storage> LogWriter<S> {
                         .remove(&segment.file_name)
                         .map_err(|e| WalError::io(IoOp::Remove, &segment.path, None, e))?;
                 }
-            }
-            if !doomed.is_empty() {
+                // One sync per segment, oldest first: a crash can leave only a prefix of
+                // the doomed segments gone, never a gap in the sequence.
                 self.storage
                     .sync_dir()
                     .map_err(|e| WalError::io(IoOp::SyncDir, self.storage.dir(), None, e))?;

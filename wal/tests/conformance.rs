@@ -159,7 +159,17 @@ fn cut_segments_are_sealed_and_expose_ids_digest_and_records<S: Storage>(
         .iter()
         .find(|s| s.segment_seq == second_cut.segment_seq)
         .expect("closed segment recovered");
-    assert_eq!(again.sha256_if_computed(), Some(digest));
+    assert_eq!(again.sha256_if_computed(), None, "digests are computed on demand");
+    assert_eq!(writer.segment_sha256(again.segment_seq).expect("digest"), digest);
+    assert_eq!(
+        writer
+            .closed_segments()
+            .iter()
+            .find(|s| s.segment_seq == again.segment_seq)
+            .and_then(|s| s.sha256_if_computed()),
+        Some(digest),
+        "computed once, then kept"
+    );
     assert_eq!(again.first_agreement_id, Some(start + 10));
     assert_eq!(recovered.records.last().map(|r| r.last_agreement_id), Some(start + 24));
     writer.close().expect("close");
