@@ -104,6 +104,33 @@ pub fn probe_io_uring() -> Result<(), String> {
     crate::uring::probe().map_err(|e| e.to_string())
 }
 
+/// Resolves `backend` with the result of `probe` (creating a ring and running a NOP):
+/// [`Backend::Auto`] falls back to `pwrite` with a logged reason; [`Backend::IoUring`]
+/// fails with the probe's error.
+fn resolve_backend(
+    dir: &Path,
+    backend: Backend,
+    probe: impl FnOnce() -> io::Result<()>,
+) -> io::Result<ResolvedBackend> {
+    match backend {
+        Backend::Pwrite => Ok(ResolvedBackend::Pwrite),
+        Backend::IoUring => probe().map(|()| ResolvedBackend::IoUring),
+        Backend::Auto => match probe() {
+            Ok(()) => {
+                log::info!("wal {}: writing through io_uring", dir.display());
+                Ok(ResolvedBackend::IoUring)
+            }
+            Err(reason) => {
+                log::warn!(
+                    "wal {}: io_uring unavailable ({reason}); falling back to pwrite + fdatasync",
+                    dir.display()
+                );
+                Ok(ResolvedBackend::Pwrite)
+            }
+        },
+    }
+}
+
 /// A real log directory on a file system.
 #[derive(Debug)]
 pub struct FsStorage {
@@ -118,26 +145,7 @@ impl FsStorage {
     /// [`Backend::Auto`] probes io_uring and falls back to `pwrite` with a `log::warn!`
     /// naming the reason; [`Backend::IoUring`] fails with the probe's error instead.
     pub fn new(dir: &Path, mode: DurabilityMode, backend: Backend) -> io::Result<FsStorage> {
-        let backend = match backend {
-            Backend::Pwrite => ResolvedBackend::Pwrite,
-            Backend::IoUring => {
-                crate::uring::probe()?;
-                ResolvedBackend::IoUring
-            }
-            Backend::Auto => match crate::uring::probe() {
-                Ok(()) => {
-                    log::info!("wal {}: writing through io_uring", dir.display());
-                    ResolvedBackend::IoUring
-                }
-                Err(reason) => {
-                    log::warn!(
-                        "wal {}: io_uring unavailable ({reason}); falling back to pwrite + fdatasync",
-                        dir.display()
-                    );
-                    ResolvedBackend::Pwrite
-                }
-            },
-        };
+        let backend = resolve_backend(dir, backend, crate::uring::probe)?;
         Ok(FsStorage { dir: dir.to_path_buf(), mode, backend })
     }
 
@@ -241,5 +249,36 @@ impl Storage for FsStorage {
 
     fn sync_dir(&self) -> io::Result<()> {
         sync_dir(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_to_pwrite_when_io_uring_is_refused_and_explicit_io_uring_fails() {
+        let dir = Path::new("/nonexistent");
+        let refused = || Err(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            resolve_backend(dir, Backend::Auto, refused).expect("auto"),
+            ResolvedBackend::Pwrite
+        );
+        let missing = || Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        assert_eq!(
+            resolve_backend(dir, Backend::Auto, missing).expect("auto"),
+            ResolvedBackend::Pwrite
+        );
+        let error = resolve_backend(dir, Backend::IoUring, refused).expect_err("explicit io_uring");
+        assert_eq!(error.raw_os_error(), Some(libc::EPERM));
+        assert_eq!(
+            resolve_backend(dir, Backend::Auto, || Ok(())).expect("auto"),
+            ResolvedBackend::IoUring
+        );
+        let never = || -> io::Result<()> { panic!("pwrite needs no probe") };
+        assert_eq!(
+            resolve_backend(dir, Backend::Pwrite, never).expect("pwrite"),
+            ResolvedBackend::Pwrite
+        );
     }
 }

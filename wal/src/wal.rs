@@ -53,6 +53,26 @@ pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 4096;
 /// Default number of deleted segments kept for recycling.
 pub const SPARE_SEGMENTS_MAX_DEFAULT: usize = 2;
 
+const fn max_usize(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+// The defaults fit together: a segment holds the largest group plus its seal, and sizes
+// are whole blocks.
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
+const _: () = assert!(GROUP_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(
+    SEGMENT_BYTES_DEFAULT as usize
+        >= align_up(
+            max_usize(
+                GROUP_BYTES_MAX_DEFAULT,
+                GROUP_HEADER_BYTES + RECORD_HEADER_BYTES + RECORD_BYTES_MAX_DEFAULT
+            ),
+            BLOCK_BYTES
+        ) + BLOCK_BYTES
+);
+const _: () = assert!(QUEUE_DEPTH_MAX_DEFAULT <= u32::MAX as usize);
+
 /// Options of a log. Sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
@@ -1196,5 +1216,27 @@ impl<S: Storage> Drop for LogWriter<S> {
         if self.writer.is_some() || self.preparer.is_some() {
             let _ = self.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_options_are_valid_and_misfits_are_refused() {
+        WalOptions::default().validate().expect("defaults");
+        let small_segment = WalOptions { segment_bytes: 4 * 1024 * 1024, ..WalOptions::default() };
+        assert!(matches!(small_segment.validate(), Err(WalError::InvalidOptions(_))));
+        // A 4 MiB segment works with groups and records of up to 1 MiB.
+        let fitted = WalOptions {
+            record_bytes_max: 1024 * 1024,
+            group_bytes_max: 1024 * 1024,
+            ..small_segment
+        };
+        fitted.validate().expect("fitted");
+        let unaligned =
+            WalOptions { segment_bytes: SEGMENT_BYTES_DEFAULT + 512, ..WalOptions::default() };
+        assert!(matches!(unaligned.validate(), Err(WalError::InvalidOptions(_))));
     }
 }
