@@ -2,11 +2,16 @@
 
 use dura_kvstore::{ClusterConfig, KvClient, LogMode, Mode};
 
-fn cluster(mode: Mode, log_mode: LogMode, dir: &std::path::Path) -> (ClusterConfig, Vec<dura_kvstore::ReplicaHandle>) {
+fn cluster(
+    mode: Mode,
+    log_mode: LogMode,
+    dir: &std::path::Path,
+) -> (ClusterConfig, Vec<dura_kvstore::ReplicaHandle>) {
     let n = mode.replicas_for(1);
     let mut config = ClusterConfig::local(n, mode, log_mode, dir).expect("local config");
     config.pin_cores = false;
-    let replicas = (0..n).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
+    let replicas =
+        (0..n).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
     (config, replicas)
 }
 
@@ -42,11 +47,15 @@ fn state_survives_a_restart_of_every_replica_from_its_log() {
     for replica in replicas {
         replica.stop().expect("clean stop");
     }
-    let replicas: Vec<_> = (0..config.n()).map(|id| dura_kvstore::start(&config, id).expect("restart")).collect();
+    let replicas: Vec<_> =
+        (0..config.n()).map(|id| dura_kvstore::start(&config, id).expect("restart")).collect();
     assert!(replicas.iter().all(|r| r.recovered_agreement_id() > 0));
     let client = KvClient::connect(&config).expect("client");
     for i in 0..20u32 {
-        assert_eq!(client.get(format!("key{i}").as_bytes()).expect("get"), Some(i.to_le_bytes().to_vec()));
+        assert_eq!(
+            client.get(format!("key{i}").as_bytes()).expect("get"),
+            Some(i.to_le_bytes().to_vec())
+        );
     }
     client.put(b"after", b"restart").expect("put after restart");
 }

@@ -364,7 +364,22 @@ impl OrderStage {
         stop: &AtomicBool,
         mut actions: Vec<Action>,
     ) {
+        let mut reported_at = Instant::now();
         loop {
+            if log::log_enabled!(log::Level::Debug)
+                && reported_at.elapsed() >= Duration::from_secs(1)
+            {
+                reported_at = Instant::now();
+                log::debug!(
+                    "replica {}: last decided {}, regency {}, leader {}, recovering {}, pending requests {}",
+                    self.id,
+                    replica.last_decided(),
+                    replica.regency(),
+                    replica.is_leader(),
+                    replica.is_recovering(),
+                    replica.pending_requests()
+                );
+            }
             if !self.execute(&mut actions) || stop.load(Ordering::Acquire) {
                 return;
             }

@@ -1,0 +1,339 @@
+//! Real `dura-kv` processes on loopback, killed with SIGKILL under a concurrent write
+//! load: every acknowledged put must survive, and no value that was never written may
+//! appear.
+//!
+//! `DURA_CRASH_CYCLES=N` runs N full-cluster kill/restart cycles per mode instead of the
+//! CI default (a nightly loop sets it high).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dura_engine::runtime::ClientOptions;
+use dura_kvstore::{ClusterConfig, KvClient, LogMode, Mode};
+
+/// Writer threads per load phase.
+const WRITERS: usize = 6;
+/// Upper bound on one test's wall time; cycles stop early past it.
+const TEST_TIME_MAX: Duration = Duration::from_secs(100);
+
+/// The replica processes of one cluster; kills every one on drop, even on panic.
+struct Cluster {
+    config: ClusterConfig,
+    config_path: PathBuf,
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+    starts: u32,
+}
+
+impl Cluster {
+    fn new(mode: Mode, dir: &Path) -> Cluster {
+        let n = mode.replicas_for(1);
+        let mut config = ClusterConfig::local(n, mode, LogMode::Parallel, &dir.join("data"))
+            .expect("local config");
+        config.pin_cores = false;
+        config.request_timeout_ms = 400;
+        let config_path = dir.join("cluster.toml");
+        config.save(&config_path).expect("write config");
+        Cluster {
+            config,
+            config_path,
+            dir: dir.to_path_buf(),
+            children: (0..n).map(|_| None).collect(),
+            starts: 0,
+        }
+    }
+
+    fn start(&mut self, id: u32) {
+        assert!(self.children[id as usize].is_none(), "replica {id} already runs");
+        self.starts += 1;
+        let log = File::create(self.dir.join(format!("replica{id}-{}.log", self.starts)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .args(["--id", &id.to_string()])
+            .env("RUST_LOG", std::env::var("DURA_REPLICA_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dura-kv serve");
+        self.children[id as usize] = Some(child);
+    }
+
+    fn start_all(&mut self) {
+        for id in 0..self.config.n() {
+            self.start(id);
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill(&mut self, id: u32) {
+        if let Some(mut child) = self.children[id as usize].take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for id in 0..self.config.n() {
+            self.kill(id);
+        }
+    }
+
+    fn assert_running(&mut self) {
+        for (id, child) in self.children.iter_mut().enumerate() {
+            if let Some(child) = child
+                && let Some(status) = child.try_wait().expect("poll")
+            {
+                panic!(
+                    "replica {id} exited on its own with {status}; logs in {}",
+                    self.dir.display()
+                );
+            }
+        }
+    }
+
+    fn client(&self) -> KvClient {
+        let options =
+            ClientOptions { request_timeout: Duration::from_secs(20), ..ClientOptions::new() };
+        KvClient::connect_with(&self.config, options).expect("client")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the writers did: acknowledged values, and every value ever attempted per key.
+#[derive(Default)]
+struct History {
+    acked: BTreeMap<Vec<u8>, Vec<u8>>,
+    attempted: BTreeMap<Vec<u8>, Vec<Vec<u8>>>,
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn seed() -> u64 {
+    let seed =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+    eprintln!("crash test seed {seed}");
+    seed
+}
+
+/// Runs `WRITERS` threads putting fresh keys (and sometimes overwriting their own
+/// earlier keys) until `stop`; records every attempt and acknowledgement.
+fn load(
+    client: &KvClient,
+    tag: &str,
+    stop: &Arc<AtomicBool>,
+    history: &Arc<Mutex<History>>,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..WRITERS)
+        .map(|writer| {
+            let client = client.clone();
+            let stop = stop.clone();
+            let history = history.clone();
+            let tag = tag.to_string();
+            thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Every fourth write overwrites the writer's previous key.
+                    let key_index = if i % 4 == 3 { i - 1 } else { i };
+                    let key = format!("{tag}-w{writer}-k{key_index}").into_bytes();
+                    let value =
+                        format!("{tag}-w{writer}-v{i}-{}", "x".repeat((i % 7 * 40) as usize))
+                            .into_bytes();
+                    history
+                        .lock()
+                        .expect("lock")
+                        .attempted
+                        .entry(key.clone())
+                        .or_default()
+                        .push(value.clone());
+                    match client.put(&key, &value) {
+                        Ok(()) => {
+                            history.lock().expect("lock").acked.insert(key, value);
+                        }
+                        Err(_) => break,
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged key holds its acknowledged value or a later attempt of the same
+/// writer (an overwrite that was in flight); every attempted key holds nothing or an
+/// attempted value. Reads are submitted concurrently.
+fn verify(client: &KvClient, history: &History, sample_every: usize) -> usize {
+    let keys: Vec<&Vec<u8>> = history.attempted.keys().step_by(sample_every.max(1)).collect();
+    let pending: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let op = dura_kvstore::KvOp::Get { key }.encode().expect("small key");
+            (*key, client.raw().submit(op))
+        })
+        .collect();
+    let mut acked_checked = 0;
+    for (key, pending) in pending {
+        let reply = pending.wait().expect("read after restart");
+        let value = match dura_kvstore::KvReply::decode(&reply).expect("reply decodes") {
+            dura_kvstore::KvReply::Value(value) => value,
+            other => panic!("unexpected reply {other:?}"),
+        };
+        let attempts = &history.attempted[key];
+        if let Some(acked) = history.acked.get(key) {
+            acked_checked += 1;
+            let value = value.unwrap_or_else(|| {
+                panic!("acknowledged key {} lost", String::from_utf8_lossy(key))
+            });
+            let at = attempts.iter().position(|a| *a == *acked).expect("acked was attempted");
+            assert!(
+                attempts[at..].contains(&value),
+                "key {}: acknowledged {:?}, found {:?}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(acked),
+                String::from_utf8_lossy(&value)
+            );
+        } else if let Some(value) = value {
+            assert!(
+                attempts.contains(&value),
+                "key {} holds a value never written",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+    acked_checked
+}
+
+/// A temporary directory for one cluster, kept when `DURA_KEEP_DIR` is set (to read
+/// the replicas' logs after a failure).
+fn temp_dir() -> tempfile::TempDir {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("dura-crash-");
+    if std::env::var_os("DURA_KEEP_DIR").is_some() {
+        builder.disable_cleanup(true);
+    }
+    let dir = builder.tempdir().expect("temp dir");
+    eprintln!("cluster directory {}", dir.path().display());
+    dir
+}
+
+fn cycles(default: u32) -> u32 {
+    std::env::var("DURA_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(mode, dir.path());
+    let history = Arc::new(Mutex::new(History::default()));
+    let mut rng = seed();
+    let started = Instant::now();
+    cluster.start_all();
+    let mut done = 0;
+    for cycle in 0..cycles {
+        if started.elapsed() > TEST_TIME_MAX {
+            eprintln!("time bound reached after {done} cycles");
+            break;
+        }
+        let client = cluster.client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = load(&client, &format!("c{cycle}"), &stop, &history);
+        thread::sleep(Duration::from_millis(150 + xorshift(&mut rng) % 500));
+        cluster.assert_running();
+        cluster.kill_all();
+        stop.store(true, Ordering::Relaxed);
+        drop(client);
+        // Writers blocked on the dead cluster give up at their timeout; restart first
+        // so that they may also complete (and be acknowledged) against the new one.
+        cluster.start_all();
+        for writer in writers {
+            writer.join().expect("writer thread");
+        }
+        let client = cluster.client();
+        let history = history.lock().expect("lock");
+        let acked_this_cycle =
+            history.acked.keys().filter(|k| k.starts_with(format!("c{cycle}-").as_bytes())).count();
+        let checked = verify(&client, &history, 1 + history.attempted.len() / 400);
+        eprintln!(
+            "cycle {cycle}: {acked_this_cycle} puts acknowledged, {checked} acknowledged keys checked"
+        );
+        done += 1;
+    }
+    let history = history.lock().expect("lock");
+    assert!(history.acked.len() > done, "the load made progress ({} acks)", history.acked.len());
+    let client = cluster.client();
+    let checked = verify(&client, &history, 1);
+    assert_eq!(checked, history.acked.len(), "every acknowledged key checked at the end");
+}
+
+#[test]
+fn bft_cluster_killed_whole_keeps_every_acknowledged_put() {
+    kill_whole_cluster_repeatedly(Mode::Bft, cycles(12));
+}
+
+#[test]
+fn crash_mode_cluster_killed_whole_keeps_every_acknowledged_put() {
+    kill_whole_cluster_repeatedly(Mode::Crash, cycles(8));
+}
+
+#[test]
+fn killing_one_replica_and_then_the_leader_keeps_the_cluster_serving() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(Mode::Bft, dir.path());
+    let history = Arc::new(Mutex::new(History::default()));
+    cluster.start_all();
+    let client = cluster.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "one", &stop, &history);
+    let acked = || history.lock().expect("lock").acked.len();
+    let wait_for_progress = |what: &str| {
+        let before = acked();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked() < before + 20 {
+            assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_progress("at start");
+    // A follower, then the leader of regency 0 (replica 0): each time the other three
+    // keep serving, and the restarted replica replays its log and rejoins.
+    for victim in [2, 0] {
+        cluster.kill(victim);
+        wait_for_progress(&format!("with replica {victim} down"));
+        cluster.start(victim);
+        wait_for_progress(&format!("after replica {victim} restarted"));
+    }
+    // Replica 0 must now be a working member: with replica 1 down too, no quorum
+    // exists without it.
+    thread::sleep(Duration::from_millis(500));
+    cluster.kill(1);
+    wait_for_progress("with replica 1 down and replica 0 rejoined");
+    cluster.assert_running();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    let history = history.lock().expect("lock");
+    let checked = verify(&client, &history, 1);
+    assert_eq!(checked, history.acked.len());
+}
