@@ -868,7 +868,16 @@ impl<S: Storage> WriterState<S> {
         };
         self.shared.lock().closed_segments.push(info);
         self.shared.segment_wanted.store(true, Ordering::Release);
-        let received = self.prepared_rx.recv();
+        let received = match self.prepared_rx.try_recv() {
+            Ok(prepared) => Ok(prepared),
+            Err(_) => {
+                log::warn!(
+                    "wal: segment {} is not prepared yet; the log waits for it",
+                    self.segment_seq + 1
+                );
+                self.prepared_rx.recv()
+            }
+        };
         self.shared.segment_wanted.store(false, Ordering::Release);
         let prepared = match received {
             Ok(prepared) => prepared?,
@@ -911,6 +920,10 @@ impl<S: Storage> LogWriter<S> {
     /// `last >= first`; otherwise [`WalError::AgreementIdOrder`] and nothing is appended.
     /// Fails with [`WalError::WriterFailed`] once the writer failed, and
     /// [`WalError::Closed`] after close.
+    ///
+    /// "Durable" (the ticket, [`durable_point`](Self::durable_point), the notifications)
+    /// means on stable storage under the durable modes; under
+    /// [`DurabilityMode::AsyncUnsafe`] it only means written to the page cache.
     pub fn append(
         &self,
         first_agreement_id: u64,
