@@ -112,6 +112,27 @@ fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &st
         }
     };
     model.check_and_adopt(&recovered.records, context);
+    // A closed segment reads back as exactly its slice of the recovered records.
+    if let Some(segment) = recovered.closed_segments.get(rng.below(4) as usize) {
+        match writer.read_segment(segment.segment_seq) {
+            Ok(records) => {
+                let slice: Vec<LogRecord> = recovered
+                    .records
+                    .iter()
+                    .filter(|r| {
+                        segment.first_agreement_id.is_some_and(|f| r.first_agreement_id >= f)
+                            && segment.last_agreement_id.is_some_and(|l| r.last_agreement_id <= l)
+                    })
+                    .cloned()
+                    .collect();
+                assert_eq!(records, slice, "{context}: closed segment {}", segment.segment_seq);
+            }
+            Err(error) => assert!(
+                matches!(error, WalError::Io { .. }),
+                "{context}: reading a closed segment failed with {error}"
+            ),
+        }
+    }
     STATS.with(|s| {
         let mut s = s.borrow_mut();
         s.opens += 1;
