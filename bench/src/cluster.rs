@@ -130,9 +130,9 @@ impl LocalCluster {
                 Ok(()) => break,
                 Err(error) if Instant::now() >= deadline => {
                     return Err(error.context(format!(
-                        "the cluster did not answer within {} s (replica logs in {})",
+                        "the cluster did not answer within {} s; replica logs:\n{}",
                         STARTUP_WAIT_MAX.as_secs(),
-                        root.display()
+                        cluster.log_tails()
                     )));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -141,17 +141,34 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Fails if a replica has exited.
+    /// Fails if a replica has exited (with the end of its log in the error, since a
+    /// temporary data folder goes away with the cluster).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (id, child) in self.children.iter_mut().enumerate() {
-            if let Some(status) = child.try_wait().context("poll a replica")? {
+        for id in 0..self.children.len() {
+            if let Some(status) = self.children[id].try_wait().context("poll a replica")? {
                 anyhow::bail!(
-                    "replica {id} exited with {status} (its log: {})",
-                    self.data_dir.path().join(format!("replica-{id}.log")).display()
+                    "replica {id} exited with {status}; its log ends:\n{}",
+                    self.log_tail(id as u32)
                 );
             }
         }
         Ok(())
+    }
+
+    /// The last lines of replica `id`'s standard error.
+    pub fn log_tail(&self, id: u32) -> String {
+        const LINES_MAX: usize = 15;
+        let path = self.data_dir.path().join(format!("replica-{id}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LINES_MAX)..].join("\n")
+    }
+
+    fn log_tails(&self) -> String {
+        (0..self.children.len() as u32)
+            .map(|id| format!("--- replica {id}\n{}", self.log_tail(id)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The cluster's config.

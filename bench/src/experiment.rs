@@ -166,7 +166,7 @@ fn with_target<T>(
     let data_dir = args.data_dir.as_ref().map(|dir| dir.join(log_mode.to_string()));
     let mut cluster =
         start_cluster(mode.replicas_for(1), mode, log_mode, data_dir.as_deref(), connector)?;
-    let factory = connector(cluster.config())?;
+    let factory = connector(cluster.config(), crate::runner::REQUEST_TIMEOUT)?;
     let value = body(factory.as_ref())?;
     cluster.check_alive()?;
     Ok((value, cluster.peak_rss()))

@@ -1,25 +1,122 @@
-//! `dura-bench`: with no arguments, starts a local 4-replica cluster under the paper's
-//! workload and prints throughput and latency histograms.
+//! `dura-bench`: with no arguments, starts a local 4-replica cluster (BFT, parallel
+//! logging, data in a temp dir) under the paper's workload and prints throughput and
+//! latency histograms.
+//!
+//! ```text
+//! dura-bench [RUN OPTIONS]                  the main command (see --help)
+//! dura-bench compare A B [--out DIR]        two result folders side by side, with plots
+//! dura-bench experiment table1|fig9 [...]   the paper's logging experiments
+//! dura-bench wal --dir DIR                  the write-ahead log benchmark
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+mod kv;
 
 use clap::{Parser, Subcommand};
+use dura_bench::experiment::ExperimentArgs;
+use dura_bench::runner::RunArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "dura-bench", about = "Load generator and experiments for dura")]
+#[command(
+    name = "dura-bench",
+    about = "Load generator and experiments for dura",
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Benchmark the write-ahead log: group commit against one synced write per record.
     Wal(dura_bench::wal_bench::WalArgs),
+    /// The main command with explicit options (the same as giving no subcommand).
+    Run(RunArgs),
+    /// Compare two result folders: table with ratios, latency and throughput plots.
+    Compare {
+        /// First result folder.
+        a: PathBuf,
+        /// Second result folder.
+        b: PathBuf,
+        /// Where to write compare.svg and compare.png (default: `dura-bench-results/compare-TIME`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The paper's logging experiments: table1 or fig9.
+    Experiment(ExperimentArgs),
+    /// Run one replica of a local cluster (used by the main command for its children).
+    #[command(hide = true)]
+    Replica {
+        /// Cluster config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// This replica's id.
+        #[arg(long)]
+        id: u32,
+    },
+}
+
+/// Ctrl-C: the first press stops the run (the results so far are still written), the
+/// second kills the replicas and exits.
+fn install_ctrl_c(stop: Arc<AtomicBool>) {
+    let presses = AtomicU32::new(0);
+    let installed = ctrlc::set_handler(move || {
+        stop.store(true, Ordering::Relaxed);
+        if presses.fetch_add(1, Ordering::Relaxed) >= 1 {
+            dura_bench::cluster::kill_all_children();
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping (Ctrl-C again to kill the replicas at once)");
+    });
+    if let Err(error) = installed {
+        eprintln!("dura-bench: cannot install a Ctrl-C handler: {error}");
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    let connector = kv::connector;
     match cli.command {
         Some(Command::Wal(args)) => dura_bench::wal_bench::run(&args),
-        None => anyhow::bail!("the cluster benchmark is not built yet"),
+        Some(Command::Replica { config, id }) => kv::serve_replica(&config, id),
+        Some(Command::Compare { a, b, out }) => {
+            let out = out.unwrap_or_else(|| dura_bench::runner::default_out_dir("compare"));
+            let (table, files) = dura_bench::compare::run(&a, &b, &out)?;
+            print!("{table}");
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            Ok(())
+        }
+        Some(Command::Experiment(args)) => {
+            install_ctrl_c(stop.clone());
+            let result = dura_bench::experiment::run(&args, &connector, &stop)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", dura_bench::experiment::to_text(&result));
+            }
+            Ok(())
+        }
+        Some(Command::Run(args)) => main_run(&args, &stop, &connector),
+        None => main_run(&cli.run, &stop, &connector),
     }
+}
+
+fn main_run(
+    args: &RunArgs,
+    stop: &Arc<AtomicBool>,
+    connector: &dura_bench::runner::Connector,
+) -> anyhow::Result<()> {
+    install_ctrl_c(stop.clone());
+    let summary = dura_bench::runner::run(args, connector, stop)?;
+    dura_bench::runner::print_summary(&summary, args.json)
 }

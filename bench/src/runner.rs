@@ -15,8 +15,16 @@ use crate::results::{self, ReplicaRss, RunLabels, Summary};
 use crate::target::{MemoryTarget, TargetFactory};
 use crate::workload::{Distribution, WorkloadName};
 
-/// Opens clients to a cluster described by a config (the kvstore's client).
-pub type Connector = dyn Fn(&ClusterConfig) -> anyhow::Result<Box<dyn TargetFactory>>;
+/// Opens clients to a cluster described by a config (the kvstore's client); a request
+/// not completed within the given time fails.
+pub type Connector = dyn Fn(&ClusterConfig, Duration) -> anyhow::Result<Box<dyn TargetFactory>>;
+
+/// Request timeout of the benchmark's clients: long, so a slow request is measured as
+/// slow rather than counted as an error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request timeout of the start-up probe: short, so that a first request the fresh
+/// cluster lost is retried by a new client instead of waited for.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Log modes on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -258,7 +266,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
         (result, labels, Vec::new())
     } else if let Some(path) = &args.connect {
         let config = ClusterConfig::load(path)?;
-        let factory = connector(&config)?;
+        let factory = connector(&config, REQUEST_TIMEOUT)?;
         let result = load_and_run(factory.as_ref(), &spec, args.no_load, stop, "run")?;
         let labels = RunLabels {
             target: "connect".into(),
@@ -271,7 +279,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
         let replicas = args.replica_count();
         let mut cluster =
             start_cluster(replicas, mode, log_mode, args.data_dir.as_deref(), connector)?;
-        let factory = connector(cluster.config())?;
+        let factory = connector(cluster.config(), REQUEST_TIMEOUT)?;
         let result = load_and_run(factory.as_ref(), &spec, args.no_load, stop, "run")?;
         cluster.check_alive()?;
         let labels = RunLabels {
@@ -297,7 +305,7 @@ pub fn start_cluster(
     connector: &Connector,
 ) -> anyhow::Result<LocalCluster> {
     let ready = |config: &ClusterConfig| -> anyhow::Result<()> {
-        let factory = connector(config)?;
+        let factory = connector(config, PROBE_TIMEOUT)?;
         let mut client = factory.connect(0)?;
         client.put(b"dura-bench:ready", b"1")?;
         Ok(())

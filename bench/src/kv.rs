@@ -1,0 +1,84 @@
+//! The SCKV-Store as a benchmark target: [`connector`] opens `dura_kvstore::KvClient`s
+//! (one per client thread), [`serve_replica`] runs one replica in this process (the
+//! hidden `dura-bench replica` subcommand the local cluster starts).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dura_engine::runtime::{ClientOptions, ClusterConfig};
+use dura_kvstore::KvClient;
+
+use dura_bench::target::{KvTarget, TargetError, TargetFactory};
+
+/// Hands every benchmark client a clone of one shared [`KvClient`]: the client runs
+/// one protocol session per concurrent request (256 at most), so threads do not
+/// serialise on it, and the cluster sees one client id range instead of one per thread.
+#[derive(Debug)]
+pub struct KvStoreFactory {
+    config: ClusterConfig,
+    request_timeout: Duration,
+    client: Mutex<Option<KvClient>>,
+}
+
+impl KvStoreFactory {
+    /// Clients of the cluster described by `config` (connected on first use), whose
+    /// requests fail after `request_timeout`.
+    pub fn new(config: ClusterConfig, request_timeout: Duration) -> Self {
+        Self { config, request_timeout, client: Mutex::new(None) }
+    }
+}
+
+struct KvStoreTarget {
+    client: KvClient,
+}
+
+fn failed(operation: &'static str, error: impl std::fmt::Display) -> TargetError {
+    TargetError { operation, reason: error.to_string() }
+}
+
+impl KvTarget for KvStoreTarget {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TargetError> {
+        self.client.put(key, value).map_err(|error| failed("put", error))
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError> {
+        self.client.get(key).map_err(|error| failed("get", error))
+    }
+}
+
+impl TargetFactory for KvStoreFactory {
+    fn connect(&self, _client_index: usize) -> Result<Box<dyn KvTarget>, TargetError> {
+        let mut shared = self.client.lock().expect("kv client lock");
+        let client = match shared.as_ref() {
+            Some(client) => client.clone(),
+            None => {
+                let mut options = ClientOptions::new();
+                options.request_timeout = self.request_timeout;
+                let client = KvClient::connect_with(&self.config, options)
+                    .map_err(|error| failed("connect", error))?;
+                *shared = Some(client.clone());
+                client
+            }
+        };
+        Ok(Box::new(KvStoreTarget { client }))
+    }
+}
+
+/// The [`dura_bench::runner::Connector`] for the SCKV-Store.
+pub fn connector(
+    config: &ClusterConfig,
+    request_timeout: Duration,
+) -> anyhow::Result<Box<dyn TargetFactory>> {
+    Ok(Box::new(KvStoreFactory::new(config.clone(), request_timeout)))
+}
+
+/// Runs replica `id` of the cluster in `config_path` until it is shut down or the
+/// parent benchmark goes away (its standard input closes).
+pub fn serve_replica(config_path: &Path, id: u32) -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    dura_bench::cluster::exit_when_parent_goes();
+    let config = ClusterConfig::load(config_path)?;
+    dura_kvstore::serve(&config, id)?;
+    Ok(())
+}
