@@ -337,3 +337,69 @@ fn killing_one_replica_and_then_the_leader_keeps_the_cluster_serving() {
     let checked = verify(&client, &history, 1);
     assert_eq!(checked, history.acked.len());
 }
+
+#[test]
+fn sigterm_stops_a_replica_gracefully_with_exit_status_zero() {
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(Mode::Crash, dir.path());
+    cluster.start_all();
+    let client = cluster.client();
+    client.put(b"before", b"sigterm").expect("put");
+    for id in 0..cluster.config.n() {
+        let mut child = cluster.children[id as usize].take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().expect("poll") {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "replica {id} did not stop on SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(exit.code(), Some(0), "replica {id} exit status");
+    }
+    // The log written before the graceful stop is replayed.
+    cluster.start_all();
+    assert_eq!(cluster.client().get(b"before").expect("get"), Some(b"sigterm".to_vec()));
+}
+
+#[test]
+fn cli_reports_bad_input_without_panicking() {
+    let run = |args: &[&str]| {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_dura-kv")).args(args).output().expect("run dura-kv");
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (code, stderr) = run(&["get", "--config", "/nonexistent/cluster.toml", "k"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("read cluster config") && !stderr.contains("panicked"), "{stderr}");
+    let dir = temp_dir();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "f = 1\nmode = \"bft\"\nlog_mode = \"parallel\"\n").expect("write");
+    let (code, stderr) =
+        run(&["serve", "--config", bad.to_str().expect("utf-8 path"), "--id", "0"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cluster config") && !stderr.contains("panicked"), "{stderr}");
+    let config = ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("config");
+    let good = dir.path().join("cluster.toml");
+    config.save(&good).expect("save");
+    let (code, stderr) =
+        run(&["serve", "--config", good.to_str().expect("utf-8 path"), "--id", "9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no [[replica]] with id 9"), "{stderr}");
+    let (code, stderr) = run(&[
+        "serve",
+        "--config",
+        good.to_str().expect("utf-8 path"),
+        "--id",
+        "0",
+        "--log-mode",
+        "often",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("log_mode"), "{stderr}");
+}

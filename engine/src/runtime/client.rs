@@ -135,9 +135,9 @@ impl Client {
         assert!(options.sessions_max > 0, "a client needs at least one session");
         let network = Network::new(Peer::Client(options.client_id_base), config.frame_bytes_max);
         let (reply_tx, reply_rx) = bounded::<Reply>(REPLY_QUEUE_MAX);
-        let sink: super::net::FrameSink = Arc::new(move |from, body| {
+        let sink: super::net::FrameSink = Arc::new(move |from, body: &[u8]| {
             let Peer::Replica(replica) = from else { return SinkVerdict::Reject };
-            match Reply::from_bytes(&body) {
+            match Reply::from_bytes(body) {
                 Ok(reply) if reply.replica == replica => match reply_tx.send(reply) {
                     Ok(()) => SinkVerdict::Continue,
                     Err(_) => SinkVerdict::Closed,

@@ -71,17 +71,19 @@ impl Peer {
     }
 }
 
-/// Reads one frame body into `body` (reusing its allocation). `Ok(false)` on a clean
+/// Reads one frame into `body`, reusing its allocation: on `Ok(Some(length))` the frame
+/// is `body[..length]`. The buffer only grows (bytes past `length` are stale), so a
+/// steady stream of frames costs no allocation and no zeroing. `Ok(None)` on a clean
 /// end of stream before the frame started.
 pub fn read_frame(
     reader: &mut impl Read,
     body: &mut Vec<u8>,
     frame_bytes_max: u32,
-) -> io::Result<bool> {
+) -> io::Result<Option<usize>> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length) {
         Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(error) => return Err(error),
     }
     let length = u32::from_le_bytes(length);
@@ -91,10 +93,12 @@ pub fn read_frame(
             format!("frame of {length} bytes is over the bound of {frame_bytes_max}"),
         ));
     }
-    body.clear();
-    body.resize(length as usize, 0);
-    reader.read_exact(body)?;
-    Ok(true)
+    let length = length as usize;
+    if body.len() < length {
+        body.resize(length, 0);
+    }
+    reader.read_exact(&mut body[..length])?;
+    Ok(Some(length))
 }
 
 /// Writes one frame (length prefix and body) to `writer`, without flushing.
@@ -118,7 +122,7 @@ pub enum SinkVerdict {
 /// Called by a connection's reader thread for every frame, with the peer named by the
 /// connection's hello. This is where the net stage decodes and authenticates, in
 /// parallel across connections, before handing the result to a stage.
-pub type FrameSink = Arc<dyn Fn(Peer, Vec<u8>) -> SinkVerdict + Send + Sync>;
+pub type FrameSink = Arc<dyn Fn(Peer, &[u8]) -> SinkVerdict + Send + Sync>;
 
 /// A frame received from a peer (see [`channel_sink`]).
 #[derive(Debug)]
@@ -131,7 +135,7 @@ pub struct Inbound {
 
 /// A sink that forwards raw frames into `channel`.
 pub fn channel_sink(channel: Sender<Inbound>) -> FrameSink {
-    Arc::new(move |from, body| match channel.send(Inbound { from, body }) {
+    Arc::new(move |from, body: &[u8]| match channel.send(Inbound { from, body: body.to_vec() }) {
         Ok(()) => SinkVerdict::Continue,
         Err(_) => SinkVerdict::Closed,
     })
@@ -251,10 +255,10 @@ impl Network {
         let frame_bytes_max = self.frame_bytes_max;
         thread::Builder::new().name(format!("net-r-{peer:?}")).spawn(move || {
             let mut reader = BufReader::with_capacity(WRITE_BUFFER_BYTES, read_half);
+            let mut body = Vec::new();
             loop {
-                let mut body = Vec::new();
                 match read_frame(&mut reader, &mut body, frame_bytes_max) {
-                    Ok(true) => match inbound(peer, body) {
+                    Ok(Some(length)) => match inbound(peer, &body[..length]) {
                         SinkVerdict::Continue => {}
                         SinkVerdict::Reject => {
                             log::warn!("{me:?}: dropping connection from {peer:?}: a frame failed to decode or authenticate");
@@ -262,7 +266,7 @@ impl Network {
                         }
                         SinkVerdict::Closed => break,
                     },
-                    Ok(false) => break,
+                    Ok(None) => break,
                     Err(error) => {
                         if error.kind() == io::ErrorKind::InvalidData {
                             log::warn!("{me:?}: dropping connection from {peer:?}: {error}");
@@ -305,7 +309,7 @@ impl Network {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut body = Vec::new();
                 let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
-                    Ok(true) => Peer::decode(&body),
+                    Ok(Some(length)) => Peer::decode(&body[..length]),
                     _ => None,
                 };
                 let Some(peer) = peer.filter(|p| accept(*p)) else {
@@ -387,8 +391,14 @@ mod tests {
         let error = read_frame(&mut &wire[..], &mut body, 99).expect_err("over the bound");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(body.is_empty());
-        assert!(read_frame(&mut &wire[..], &mut body, 100).expect("fits"));
+        assert_eq!(read_frame(&mut &wire[..], &mut body, 100).expect("fits"), Some(100));
         assert_eq!(body, vec![7u8; 100]);
+        // A shorter frame reuses the buffer: only its prefix is the frame.
+        let mut short = Vec::new();
+        write_frame(&mut short, &[1, 2, 3]).expect("in memory");
+        assert_eq!(read_frame(&mut &short[..], &mut body, 100).expect("fits"), Some(3));
+        assert_eq!(&body[..3], &[1, 2, 3]);
+        assert_eq!(read_frame(&mut &[][..], &mut body, 100).expect("clean end"), None);
     }
 
     #[test]

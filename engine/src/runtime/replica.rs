@@ -175,9 +175,9 @@ pub fn start_replica<S: Service>(
     let replica_sink: FrameSink = {
         let keys = keys.clone();
         let order_tx = order_tx.clone();
-        Arc::new(move |peer, body| {
+        Arc::new(move |peer, body: &[u8]| {
             let Peer::Replica(peer) = peer else { return SinkVerdict::Reject };
-            match open_frame(&body, |p| keys.link(p)) {
+            match open_frame(body, |p| keys.link(p)) {
                 Ok((from, message)) if from == peer => {
                     match order_tx.send(OrderInput::Message { from, message }) {
                         Ok(()) => SinkVerdict::Continue,
@@ -190,9 +190,9 @@ pub fn start_replica<S: Service>(
     };
     let client_sink: FrameSink = {
         let keys = keys.clone();
-        Arc::new(move |peer, body| {
+        Arc::new(move |peer, body: &[u8]| {
             let Peer::Client(connection) = peer else { return SinkVerdict::Reject };
-            let Ok(request) = ClientRequest::from_bytes(&body) else { return SinkVerdict::Reject };
+            let Ok(request) = ClientRequest::from_bytes(body) else { return SinkVerdict::Reject };
             if request.client_id & !CLIENT_SESSION_MASK != connection
                 || !request.verify(id, &keys.client_key(request.client_id))
             {
