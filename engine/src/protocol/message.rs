@@ -120,11 +120,20 @@ pub struct Batch {
 impl Batch {
     /// SHA-256 of the encoded batch: the value's identity in WRITE and ACCEPT.
     pub fn hash(&self) -> Hash {
-        let mut bytes = Vec::with_capacity(self.encoded_len());
-        self.encode(&mut bytes);
+        // Streams the same bytes as `encode` into the hasher, without a copy.
         let mut sha = Sha256::new();
         sha.update(b"dura-batch");
-        sha.update(&bytes);
+        sha.update((self.requests.len() as u32).to_le_bytes());
+        for request in &self.requests {
+            sha.update(request.client_id.to_le_bytes());
+            sha.update(request.sequence.to_le_bytes());
+            sha.update((request.operation.len() as u32).to_le_bytes());
+            sha.update(&request.operation);
+            sha.update((request.authenticator.len() as u32).to_le_bytes());
+            for tag in &request.authenticator {
+                sha.update(tag);
+            }
+        }
         sha.finalize().into()
     }
 
@@ -787,6 +796,17 @@ mod tests {
         assert!(!request.verify(0, &wrong_client));
         let round_trip = ClientRequest::from_bytes(&request.to_bytes()).expect("decodes");
         assert_eq!(round_trip, request);
+    }
+
+    #[test]
+    fn batch_hash_is_sha256_of_its_encoding() {
+        let batch = sample_batch();
+        let mut sha = Sha256::new();
+        sha.update(b"dura-batch");
+        sha.update(batch.to_bytes());
+        let expected: Hash = sha.finalize().into();
+        assert_eq!(batch.hash(), expected);
+        assert_ne!(Batch::default().hash(), expected);
     }
 
     #[test]

@@ -156,6 +156,18 @@ struct PendingSync {
 /// (hash, latest regency).
 type Report = (Option<(u64, Hash)>, Vec<(Hash, u64)>);
 
+/// One decision kept in memory to help lagging peers.
+#[derive(Debug, Clone)]
+struct DecidedEntry {
+    agreement_id: u64,
+    hash: Hash,
+    batch: Arc<Batch>,
+    /// Regency of the ACCEPT quorum that decided it here; None if fetched or recovered.
+    regency: Option<u64>,
+    /// Tick at which it was decided here.
+    tick: u64,
+}
+
 /// Outcome of the choice rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Choice {
@@ -183,7 +195,7 @@ pub struct Replica {
     /// client -> highest sequence number ordered.
     ordered: BTreeMap<u64, u64>,
     /// Recent decisions (agreement id, hash, batch), consecutive, ending at last_decided.
-    window: VecDeque<(u64, Hash, Arc<Batch>)>,
+    window: VecDeque<DecidedEntry>,
     /// Highest STOP regency per replica.
     stop_high: BTreeMap<ReplicaId, u64>,
     stop_sent: u64,
@@ -199,11 +211,14 @@ pub struct Replica {
     fetch_sent_tick: Option<u64>,
     /// Set when evidence of lagging arrives: last_decided at that moment.
     behind_mark: Option<u64>,
-    helped: BTreeMap<ReplicaId, u64>,
+    /// Per peer: (highest agreement helped with, tick).
+    helped: BTreeMap<ReplicaId, (u64, u64)>,
     statuses: BTreeMap<ReplicaId, (u64, u64, u64)>,
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
+    /// Tick of the last decision or regency installation.
+    progress_tick: u64,
 }
 
 impl Replica {
@@ -243,6 +258,7 @@ impl Replica {
             statuses: BTreeMap::new(),
             deliveries: Vec::new(),
             fetch_wanted: false,
+            progress_tick: 0,
         })
     }
 
@@ -250,11 +266,27 @@ impl Replica {
     /// before it votes again. `recovered.recent` must end at `last_decided`.
     /// `ordered` gives, per client, the highest sequence number in the recovered
     /// history (so retransmissions are answered from the reply cache).
+    ///
+    /// The recovery query's nonce is derived from `last_decided`; prefer
+    /// [`Replica::restart_with_nonce`] with a value unique per process start (e.g. the
+    /// wall clock), so that late answers to an earlier incarnation's query are ignored.
     pub fn restart(
         config: Config,
         keys: ReplicaKeys,
         recovered: Recovered,
         ordered: BTreeMap<u64, u64>,
+    ) -> Result<Self, ProtocolError> {
+        let nonce = recovered.last_decided;
+        Self::restart_with_nonce(config, keys, recovered, ordered, nonce)
+    }
+
+    /// [`Replica::restart`] with an explicit recovery nonce, unique per incarnation.
+    pub fn restart_with_nonce(
+        config: Config,
+        keys: ReplicaKeys,
+        recovered: Recovered,
+        ordered: BTreeMap<u64, u64>,
+        nonce: u64,
     ) -> Result<Self, ProtocolError> {
         let mut replica = Self::new(config, keys)?;
         if recovered.recent.len() as u64 > recovered.last_decided {
@@ -265,10 +297,18 @@ impl Replica {
         let first = recovered.last_decided + 1 - recovered.recent.len() as u64;
         let skip = recovered.recent.len().saturating_sub(replica.config.decided_window_max);
         for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
-            replica.window.push_back((first + offset as u64, batch.hash(), batch));
+            replica.window.push_back(DecidedEntry {
+                agreement_id: first + offset as u64,
+                hash: batch.hash(),
+                batch,
+                regency: None,
+                tick: 0,
+            });
         }
         replica.ordered = ordered;
-        replica.phase = Phase::Recovering { nonce: recovered.last_decided };
+        // The heartbeat nonce is reserved.
+        let nonce = if nonce == HEARTBEAT_NONCE { 0 } else { nonce };
+        replica.phase = Phase::Recovering { nonce };
         Ok(replica)
     }
 
@@ -569,9 +609,7 @@ impl Replica {
         actions: &mut Vec<Action>,
     ) {
         if agreement_id <= self.last_decided {
-            if accept {
-                self.help(from, agreement_id, actions);
-            }
+            self.help(from, agreement_id, actions);
             return;
         }
         if let Some(inst) = self.instance_slot(agreement_id) {
@@ -583,25 +621,43 @@ impl Replica {
         }
     }
 
-    /// Sends a replica seen working on an agreement we decided the decided batch, once.
+    /// A replica is still working on an agreement decided here: send it the decided
+    /// batch (it decides on f+1 of those) and, if it was decided here by an ACCEPT
+    /// quorum, this replica's ACCEPT for it (so that a quorum can form even when only one
+    /// correct replica saw it). A replica that decided a value may vote for it: it is
+    /// the only value that can be decided. Not for messages that are merely late
+    /// (within a tick of the decision), and at most once per RESEND_TICKS per peer.
     fn help(&mut self, to: ReplicaId, agreement_id: u64, actions: &mut Vec<Action>) {
-        if self.helped.get(&to).is_some_and(|&done| done >= agreement_id) {
+        let now = self.now_tick;
+        if self
+            .helped
+            .get(&to)
+            .is_some_and(|&(done, tick)| done >= agreement_id && now < tick + RESEND_TICKS)
+        {
             return;
         }
-        if let Some((_, _, batch)) = self.window_get(agreement_id) {
-            let batch = batch.clone();
-            self.helped.insert(to, agreement_id);
-            actions.push(Action::Send { to, message: Message::Decided { agreement_id, batch } });
+        let Some(entry) = self.window_get(agreement_id) else { return };
+        if agreement_id == self.last_decided && now < entry.tick + 2 {
+            return;
+        }
+        let (batch, hash, regency) = (entry.batch.clone(), entry.hash, entry.regency);
+        self.helped.insert(to, (agreement_id, now));
+        actions.push(Action::Send { to, message: Message::Decided { agreement_id, batch } });
+        if let Some(regency) = regency {
+            actions.push(Action::Send {
+                to,
+                message: Message::Accept { regency, agreement_id, hash },
+            });
         }
     }
 
-    fn window_get(&self, agreement_id: u64) -> Option<&(u64, Hash, Arc<Batch>)> {
-        let first = self.window.front()?.0;
+    fn window_get(&self, agreement_id: u64) -> Option<&DecidedEntry> {
+        let first = self.window.front()?.agreement_id;
         if agreement_id < first {
             return None;
         }
         let entry = self.window.get((agreement_id - first) as usize)?;
-        assert_eq!(entry.0, agreement_id, "decision window is consecutive");
+        assert_eq!(entry.agreement_id, agreement_id, "decision window is consecutive");
         Some(entry)
     }
 
@@ -687,7 +743,7 @@ impl Replica {
         match decided {
             Some(((regency, hash), proof)) => {
                 let batch = inst.values[&hash].clone();
-                self.decide(agreement_id, regency, hash, batch, proof);
+                self.decide(agreement_id, Some(regency), hash, batch, proof);
                 true
             }
             None => false,
@@ -697,7 +753,7 @@ impl Replica {
     fn decide(
         &mut self,
         agreement_id: u64,
-        regency: u64,
+        regency: Option<u64>,
         hash: Hash,
         batch: Arc<Batch>,
         proof: Vec<ReplicaId>,
@@ -707,7 +763,13 @@ impl Replica {
         self.last_decided = agreement_id;
         self.instances.remove(&agreement_id);
         self.fetch.retain(|&aid, _| aid > agreement_id);
-        self.window.push_back((agreement_id, hash, batch.clone()));
+        self.window.push_back(DecidedEntry {
+            agreement_id,
+            hash,
+            batch: batch.clone(),
+            regency,
+            tick: self.now_tick,
+        });
         while self.window.len() > self.config.decided_window_max {
             self.window.pop_front();
         }
@@ -718,9 +780,11 @@ impl Replica {
             self.remove_ordered_pending(request.client_id, sequence);
         }
         self.failed_changes = 0;
+        self.progress_tick = self.now_tick;
         if self.phase == Phase::Normal {
             self.sync_resend = None;
         }
+        let regency = regency.unwrap_or(0);
         self.deliveries.push(Decision { agreement_id, regency, hash, batch, proof });
     }
 
@@ -795,9 +859,9 @@ impl Replica {
         let mut aid = first;
         while aid <= last {
             match self.window_get(aid) {
-                Some((_, _, batch)) => actions.push(Action::Send {
+                Some(entry) => actions.push(Action::Send {
                     to,
-                    message: Message::Decided { agreement_id: aid, batch: batch.clone() },
+                    message: Message::Decided { agreement_id: aid, batch: entry.batch.clone() },
                 }),
                 None if aid > self.last_decided => break,
                 None => {}
@@ -835,7 +899,7 @@ impl Replica {
             return false;
         };
         let batch = slot.batches[&hash].clone();
-        self.decide(agreement_id, 0, hash, batch, proof);
+        self.decide(agreement_id, None, hash, batch, proof);
         true
     }
 
@@ -898,6 +962,9 @@ impl Replica {
                 if resend && let Some(sync) = &self.sync_resend {
                     actions.push(Action::Broadcast { message: sync.clone() });
                 }
+                if resend && self.now_tick.saturating_sub(self.progress_tick) >= RESEND_TICKS {
+                    self.resend_votes(actions);
+                }
             }
             Phase::Changing { since_tick } => {
                 if self.now_tick.saturating_sub(since_tick) >= timeout {
@@ -912,6 +979,38 @@ impl Replica {
         if self.stop_sent > self.regency && self.now_tick >= self.stop_resent_tick + RESEND_TICKS {
             self.stop_resent_tick = self.now_tick;
             actions.push(Action::Broadcast { message: Message::Stop { regency: self.stop_sent } });
+        }
+    }
+
+    /// The open agreement is stuck (messages may have been lost): send this replica's
+    /// proposal and votes for it again. Receivers ignore duplicates.
+    fn resend_votes(&self, actions: &mut Vec<Action>) {
+        let aid = self.last_decided + 1;
+        let regency = self.regency;
+        let Some(inst) = self.instances.get(&aid) else { return };
+        if let Some((r, hash)) = inst.my_write
+            && r == regency
+        {
+            if self.leads(regency)
+                && self.sync_resend.is_none()
+                && let Some(batch) = inst.values.get(&hash)
+            {
+                actions.push(Action::Broadcast {
+                    message: Message::Propose { regency, agreement_id: aid, batch: batch.clone() },
+                });
+            }
+            if self.config.mode == Mode::Bft {
+                actions.push(Action::Broadcast {
+                    message: Message::Write { regency, agreement_id: aid, hash },
+                });
+            }
+        }
+        if let Some((r, hash)) = inst.my_accept
+            && r == regency
+        {
+            actions.push(Action::Broadcast {
+                message: Message::Accept { regency, agreement_id: aid, hash },
+            });
         }
     }
 
@@ -977,7 +1076,7 @@ impl Replica {
     fn build_collect(&self) -> CollectData {
         let mut collect = CollectData {
             last_decided: self.last_decided,
-            decided_hash: self.window.back().map(|(_, hash, _)| *hash),
+            decided_hash: self.window.back().map(|entry| entry.hash),
             ..CollectData::default()
         };
         let mut wanted: Vec<Hash> = Vec::new();
@@ -998,7 +1097,7 @@ impl Replica {
                 }
             }
         }
-        if let Some((_, _, batch)) = self.window.back()
+        if let Some(DecidedEntry { batch, .. }) = self.window.back()
             && collect.values.len() < COLLECT_VALUES_MAX
         {
             collect.values.push(batch.clone());
@@ -1013,6 +1112,15 @@ impl Replica {
         }
         if collect.last_decided > self.last_decided {
             self.mark_behind();
+        }
+        if regency > self.regency {
+            // At most one future regency per sender: bounds what a Byzantine replica can
+            // make this replica hold.
+            for (&r, senders) in self.stopdata.iter_mut() {
+                if r > self.regency && r != regency {
+                    senders.remove(&from);
+                }
+            }
         }
         let digest = collect.digest();
         self.stopdata.entry(regency).or_default().entry(from).or_insert((collect, digest));
@@ -1192,6 +1300,7 @@ impl Replica {
         }
         // Installed.
         self.phase = Phase::Normal;
+        self.progress_tick = self.now_tick;
         self.my_stopdata = None;
         for pending in self.pending.values_mut() {
             pending.arrival_tick = self.now_tick;
@@ -1203,8 +1312,8 @@ impl Replica {
             if aid > self.vote_floor {
                 self.write_value(sync.regency, aid, sync.batch, actions);
             }
-        } else if let Some((_, decided_hash, _)) = self.window_get(aid)
-            && *decided_hash == hash
+        } else if let Some(entry) = self.window_get(aid)
+            && entry.hash == hash
         {
             // Already decided here: vote so that the others can decide too.
             let regency = sync.regency;

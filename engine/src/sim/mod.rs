@@ -273,6 +273,8 @@ struct ReplicaNode {
     byzantine: Option<Byzantine>,
     timer_generation: u64,
     keys: ReplicaKeys,
+    /// Restarts so far (makes each recovery query's nonce unique).
+    incarnation: u64,
 }
 
 struct ClientNode {
@@ -339,6 +341,7 @@ impl<'c> World<'c> {
                         .map(|(_, kind)| *kind),
                     timer_generation: 0,
                     keys,
+                    incarnation: 0,
                 }
             })
             .collect();
@@ -483,26 +486,12 @@ impl<'c> World<'c> {
                     format!("client {i}: {} issued, outstanding {:?}", c.issued, c.current)
                 })
                 .collect();
-            let states: Vec<String> = self
-                .replicas
-                .iter()
-                .map(|r| match &r.core {
-                    Some(core) => format!(
-                        "r{}: decided {} regency {} pending {}{}",
-                        core.id(),
-                        core.last_decided(),
-                        core.regency(),
-                        core.pending_requests(),
-                        if core.is_recovering() { " recovering" } else { "" }
-                    ),
-                    None => "crashed".into(),
-                })
-                .collect();
+            let states = self.describe_replicas();
             return Err(format!(
                 "liveness: operations still pending {} ms after faults stopped: {}; replicas: {}",
                 self.config.liveness_ms,
                 pending.join("; "),
-                states.join(", ")
+                states
             ));
         }
         check_linearizable(&self.history).map_err(|error| format!("linearizability: {error}"))?;
@@ -513,10 +502,11 @@ impl<'c> World<'c> {
                 && core.last_decided() < decided_max
             {
                 return Err(format!(
-                    "catch-up: replica {} is at agreement {} of {decided_max} {} ms after faults stopped",
+                    "catch-up: replica {} is at agreement {} of {decided_max} {} ms after faults stopped; replicas: {}",
                     core.id(),
                     core.last_decided(),
-                    DRAIN_US / 1000
+                    DRAIN_US / 1000,
+                    self.describe_replicas()
                 ));
             }
         }
@@ -527,6 +517,26 @@ impl<'c> World<'c> {
             self.replicas.iter().map(|r| r.core.as_ref().map(|c| c.last_decided())).collect();
         self.report.decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
         Ok(())
+    }
+
+    fn describe_replicas(&self) -> String {
+        let states: Vec<String> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(id, r)| match &r.core {
+                Some(core) => format!(
+                    "r{id}: decided {} regency {} pending {}{}{}",
+                    core.last_decided(),
+                    core.regency(),
+                    core.pending_requests(),
+                    if core.is_recovering() { " recovering" } else { "" },
+                    if r.byzantine.is_some() { " byzantine" } else { "" },
+                ),
+                None => format!("r{id}: crashed"),
+            })
+            .collect();
+        states.join(", ")
     }
 
     fn all_done(&self) -> bool {
@@ -908,9 +918,16 @@ impl<'c> World<'c> {
         }
         let recent = node.durable[node.durable.len().saturating_sub(window)..].to_vec();
         let recovered = Recovered { last_decided: node.durable.len() as u64, recent };
-        let mut core =
-            Replica::restart(self.config.protocol.clone(), node.keys.clone(), recovered, ordered)
-                .map_err(|error| format!("restart of replica {id} failed: {error}"))?;
+        node.incarnation += 1;
+        let nonce = (u64::from(id) << 32) | node.incarnation;
+        let mut core = Replica::restart_with_nonce(
+            self.config.protocol.clone(),
+            node.keys.clone(),
+            recovered,
+            ordered,
+            nonce,
+        )
+        .map_err(|error| format!("restart of replica {id} failed: {error}"))?;
         node.executor = executor;
         let mut actions = Vec::new();
         core.start(&mut actions);
