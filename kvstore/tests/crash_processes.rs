@@ -306,28 +306,29 @@ fn killing_one_replica_and_then_the_leader_keeps_the_cluster_serving() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&client, "one", &stop, &history);
     let acked = || history.lock().expect("lock").acked.len();
-    let wait_for_progress = |what: &str| {
+    let wait_for_progress = |what: &str, acks: usize| {
         let before = acked();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while acked() < before + 20 {
+        while acked() < before + acks {
             assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
             thread::sleep(Duration::from_millis(20));
         }
     };
-    wait_for_progress("at start");
+    wait_for_progress("at start", 20);
     // A follower, then the leader of regency 0 (replica 0): each time the other three
     // keep serving, and the restarted replica replays its log and rejoins.
     for victim in [2, 0] {
         cluster.kill(victim);
-        wait_for_progress(&format!("with replica {victim} down"));
+        wait_for_progress(&format!("with replica {victim} down"), 20);
         cluster.start(victim);
-        wait_for_progress(&format!("after replica {victim} restarted"));
+        // Long enough for the restarted replica to recover and vote again.
+        wait_for_progress(&format!("after replica {victim} restarted"), 200);
     }
     // Replica 0 must now be a working member: with replica 1 down too, no quorum
     // exists without it.
     thread::sleep(Duration::from_millis(500));
     cluster.kill(1);
-    wait_for_progress("with replica 1 down and replica 0 rejoined");
+    wait_for_progress("with replica 1 down and replica 0 rejoined", 20);
     cluster.assert_running();
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
