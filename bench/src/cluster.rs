@@ -73,7 +73,7 @@ pub struct LocalCluster {
 }
 
 /// How long to wait for a fresh cluster to answer its first request.
-pub const STARTUP_WAIT_MAX: Duration = Duration::from_secs(60);
+pub const STARTUP_WAIT_MAX: Duration = Duration::from_secs(20);
 
 impl LocalCluster {
     /// Starts `replicas` replicas in `mode` with `log_mode`, their data in `data_dir`

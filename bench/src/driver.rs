@@ -73,6 +73,9 @@ pub struct RunResult {
     pub measured: Duration,
     /// Whether the run was cut short by the stop flag.
     pub interrupted: bool,
+    /// Seconds the load phase before the run took (0 when there was none); set by
+    /// the caller that loaded.
+    pub load_s: f64,
 }
 
 impl RunResult {
@@ -209,6 +212,7 @@ pub fn run(
         errors: 0,
         measured,
         interrupted,
+        load_s: 0.0,
     };
     for tally in tallies {
         for (kind, histogram) in tally.by_kind {

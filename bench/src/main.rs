@@ -6,18 +6,22 @@
 //! dura-bench [RUN OPTIONS]                  the main command (see --help)
 //! dura-bench compare A B [--out DIR]        two result folders side by side, with plots
 //! dura-bench experiment table1|fig9 [...]   the paper's logging experiments
+//! dura-bench cluster --data-dir DIR         a local cluster for `--connect DIR/cluster.toml`
 //! dura-bench wal --dir DIR                  the write-ahead log benchmark
 //! ```
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 mod kv;
 
 use clap::{Parser, Subcommand};
 use dura_bench::experiment::ExperimentArgs;
-use dura_bench::runner::RunArgs;
+use dura_bench::runner::{LogArg, ModeArg, RunArgs};
+use dura_engine::runtime::Mode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +55,21 @@ enum Command {
     },
     /// The paper's logging experiments: table1 or fig9.
     Experiment(ExperimentArgs),
+    /// Start a local cluster and keep it running until Ctrl-C (for `--connect`).
+    Cluster {
+        /// Folder for the config (`cluster.toml`) and the replicas' data.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Replicas (default: 4 for bft, 3 for crash).
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Ordering protocol.
+        #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
+        mode: ModeArg,
+        /// Durability mode.
+        #[arg(long, value_enum, default_value_t = LogArg::Parallel)]
+        log: LogArg,
+    },
     /// Run one replica of a local cluster (used by the main command for its children).
     #[command(hide = true)]
     Replica {
@@ -103,6 +122,25 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 print!("{}", dura_bench::experiment::to_text(&result));
+            }
+            Ok(())
+        }
+        Some(Command::Cluster { data_dir, replicas, mode, log }) => {
+            install_ctrl_c(stop.clone());
+            let mode: Mode = mode.into();
+            let replicas = replicas.unwrap_or(mode.replicas_for(1));
+            let mut cluster = dura_bench::runner::start_cluster(
+                replicas,
+                mode,
+                log.into(),
+                Some(&data_dir),
+                &connector,
+            )?;
+            println!("cluster ready: {}", cluster.config_path().display());
+            std::io::stdout().flush()?;
+            while !stop.load(Ordering::Relaxed) {
+                cluster.check_alive()?;
+                std::thread::sleep(Duration::from_millis(200));
             }
             Ok(())
         }

@@ -98,6 +98,9 @@ pub struct Summary {
     pub warmup_s: f64,
     /// Records loaded.
     pub records: u64,
+    /// Seconds the load phase took (0 when skipped).
+    #[serde(default)]
+    pub load_s: f64,
     /// Value size.
     pub value_bytes: usize,
     /// Operations measured.
@@ -166,6 +169,7 @@ impl Summary {
             seconds: result.measured.as_secs_f64(),
             warmup_s: spec.warmup.as_secs_f64(),
             records: spec.records,
+            load_s: result.load_s,
             value_bytes: spec.value_bytes,
             ops: result.all.len(),
             errors: result.errors,
@@ -204,6 +208,19 @@ impl Summary {
             self.mode,
             self.log_mode
         );
+        if self.load_s > 0.0 {
+            let _ = writeln!(
+                text,
+                "loaded {} records of {} B in {:.1} s",
+                self.records, self.value_bytes, self.load_s
+            );
+        }
+        if self.operations.contains_key("scan") {
+            let _ = writeln!(
+                text,
+                "(a scan is that many reads of consecutive keys: the store has no range scan)"
+            );
+        }
         let _ = writeln!(text, "throughput per second (ops/s):");
         for (second, ops) in self.per_second.iter().enumerate() {
             let _ = writeln!(text, "  {:>4} s  {ops:>9}", second + 1);

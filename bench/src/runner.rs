@@ -22,6 +22,9 @@ pub type Connector = dyn Fn(&ClusterConfig, Duration) -> anyhow::Result<Box<dyn 
 /// Request timeout of the benchmark's clients: long, so a slow request is measured as
 /// slow rather than counted as an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The load phase uses at least this many clients: more requests in flight make bigger
+/// batches, and loading is not measured.
+pub const LOAD_CLIENTS_MIN: usize = 64;
 /// Request timeout of the start-up probe: short, so that a first request the fresh
 /// cluster lost is retried by a new client instead of waited for.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -229,13 +232,14 @@ pub fn load_and_run(
     stop: &AtomicBool,
     label: &str,
 ) -> anyhow::Result<RunResult> {
+    let load_started = std::time::Instant::now();
     if !skip_load {
         let mut bar = load_bar();
         let complete = driver::load(
             factory,
             spec.records,
             spec.value_bytes,
-            spec.clients.max(4),
+            spec.clients.max(LOAD_CLIENTS_MIN),
             stop,
             &mut bar,
         )?;
@@ -244,8 +248,11 @@ pub fn load_and_run(
         }
         anyhow::ensure!(complete, "interrupted while loading");
     }
+    let load_s = load_started.elapsed().as_secs_f64();
     let mut bar = progress_bar(label);
-    Ok(driver::run(factory, spec, stop, &mut bar)?)
+    let mut result = driver::run(factory, spec, stop, &mut bar)?;
+    result.load_s = load_s;
+    Ok(result)
 }
 
 /// Runs the main command; returns the summary (already written to its folder).
@@ -310,9 +317,33 @@ pub fn start_cluster(
         client.put(b"dura-bench:ready", b"1")?;
         Ok(())
     };
-    LocalCluster::start(replicas, mode, log_mode, data_dir, &ready)
-        .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"))
+    let mut attempt = 1;
+    loop {
+        let started = LocalCluster::start(replicas, mode, log_mode, data_dir, &ready)
+            .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"));
+        match started {
+            Ok(cluster) => return Ok(cluster),
+            Err(error) if attempt < START_ATTEMPTS_MAX => {
+                // A fresh cluster sometimes never orders its first request (leader
+                // changes forever); a new one, on new ports, does. Say so, retry.
+                eprintln!(
+                    "dura-bench: warning: cluster start attempt {attempt} failed, retrying: \
+                     {error:#}"
+                );
+                if let Some(dir) = data_dir {
+                    for id in 0..replicas {
+                        let _ = std::fs::remove_dir_all(dir.join(format!("r{id}")));
+                    }
+                }
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
+
+/// Fresh clusters tried before giving up.
+pub const START_ATTEMPTS_MAX: u32 = 3;
 
 /// Prints `summary` as JSON or as the report.
 pub fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
