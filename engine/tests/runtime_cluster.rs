@@ -35,7 +35,8 @@ fn total(reply: &[u8]) -> u64 {
 fn start(config: &ClusterConfig) -> Vec<dura_engine::runtime::ReplicaHandle> {
     (0..config.n())
         .map(|id| {
-            start_replica(config, id, Counter::default(), ReplicaOptions::default()).expect("start")
+            start_replica(config, id, Counter::default(), ReplicaOptions::default())
+                .unwrap_or_else(|e| panic!("replica {id} in {}: {e}", config.log_mode))
         })
         .collect()
 }

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use dura_wal::DurablePoint;
 
 use super::{LogMode, RuntimeError};
 use crate::protocol::Batch;
@@ -82,6 +83,15 @@ pub trait LogBackend: Send + 'static {
     fn append(&mut self, first: u64, last: u64, payload: &[u8]) -> Result<(), RuntimeError>;
     /// Waits until every record appended so far is durable.
     fn sync(&mut self) -> Result<(), RuntimeError>;
+
+    /// A channel of "every record up to this point is durable", if the log
+    /// reports durability by itself (group commit running on its own thread). The log
+    /// stage then never blocks on [`LogBackend::sync`] in `batched` and `parallel` mode:
+    /// it appends as batches arrive and releases them as the reports come. The channel
+    /// disconnecting means the log failed.
+    fn durable_notifications(&self) -> Option<Receiver<DurablePoint>> {
+        None
+    }
 }
 
 impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
@@ -90,6 +100,9 @@ impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
     }
     fn sync(&mut self) -> Result<(), RuntimeError> {
         (**self).sync()
+    }
+    fn durable_notifications(&self) -> Option<Receiver<DurablePoint>> {
+        (**self).durable_notifications()
     }
 }
 
@@ -242,6 +255,11 @@ pub fn run_log_stage(
     exec: Sender<ExecInput>,
 ) -> Result<(), RuntimeError> {
     assert!(mode != LogMode::None, "no log stage runs in mode none");
+    if matches!(mode, LogMode::Batched | LogMode::Parallel)
+        && let Some(durable) = backend.durable_notifications()
+    {
+        return run_log_stage_notified(mode, backend, &durable, input, exec);
+    }
     let mut group: Vec<Arc<DecidedBatch>> = Vec::with_capacity(LOG_GROUP_BATCHES_MAX);
     let mut payload = Vec::new();
     let mut last_logged: Option<u64> = None;
@@ -261,7 +279,7 @@ pub fn run_log_stage(
                 batch.agreement_id
             );
             last_logged = Some(batch.agreement_id);
-            if mode == LogMode::Sync {
+            if mode == LogMode::Sync && !batch.batch.requests.is_empty() {
                 let parts = batch.batch.requests.len() as u32;
                 for (index, request) in batch.batch.requests.iter().enumerate() {
                     payload.clear();
@@ -297,6 +315,81 @@ pub fn run_log_stage(
     if mode == LogMode::Async {
         // Not needed for safety in this mode; leaves a clean log on graceful shutdown.
         backend.sync()?;
+    }
+    Ok(())
+}
+
+/// The log stage over a log that reports durability itself: append without waiting,
+/// release on each report. Waiting batches are bounded by the input queue and the
+/// log's own append bound.
+fn run_log_stage_notified(
+    mode: LogMode,
+    mut backend: impl LogBackend,
+    durable: &Receiver<DurablePoint>,
+    input: Receiver<Arc<DecidedBatch>>,
+    exec: Sender<ExecInput>,
+) -> Result<(), RuntimeError> {
+    let mut payload = Vec::new();
+    let mut last_logged: Option<u64> = None;
+    let mut durable_up_to: Option<u64> = None;
+    // Batched mode: appended, waiting to be durable before they go to exec.
+    let mut waiting: VecDeque<Arc<DecidedBatch>> = VecDeque::new();
+    let release = |up_to: u64, waiting: &mut VecDeque<Arc<DecidedBatch>>| -> bool {
+        match mode {
+            LogMode::Parallel => exec.send(ExecInput::Durable(up_to)).is_ok(),
+            _ => {
+                while waiting.front().is_some_and(|b| b.agreement_id <= up_to) {
+                    let batch = waiting.pop_front().expect("checked non-empty");
+                    if exec.send(ExecInput::Batch(batch)).is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    };
+    loop {
+        crossbeam_channel::select! {
+            recv(input) -> batch => {
+                let Ok(batch) = batch else { break };
+                assert!(
+                    last_logged.is_none_or(|last| batch.agreement_id > last),
+                    "agreement ids reach the log strictly increasing ({} after {last_logged:?})",
+                    batch.agreement_id
+                );
+                last_logged = Some(batch.agreement_id);
+                payload.clear();
+                encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut payload);
+                backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+                if mode == LogMode::Batched {
+                    waiting.push_back(batch);
+                }
+            }
+            recv(durable) -> point => {
+                let Ok(point) = point else {
+                    // The log stopped on its own: find out why.
+                    backend.sync()?;
+                    return Err(RuntimeError::Log("durability reports stopped".into()));
+                };
+                // Only points past what this stage released matter (the first report
+                // may be the recovered end of the log).
+                let Some(last) = last_logged else { continue };
+                let point = point.agreement_id.min(last);
+                if durable_up_to.is_none_or(|d| point > d) {
+                    durable_up_to = Some(point);
+                    if !release(point, &mut waiting) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    // Input closed (shutdown): finish the in-flight write and release what it covers.
+    backend.sync()?;
+    if let Some(last) = last_logged
+        && durable_up_to.is_none_or(|d| last > d)
+    {
+        release(last, &mut waiting);
     }
     Ok(())
 }
@@ -505,8 +598,16 @@ mod tests {
                 expected
             );
         }
+        // An agreement with no request still gets a record, or replay would see a gap.
+        p.to_log.send(batch(6, 1, &[])).expect("log stage runs");
+        p.to_log.send(batch(7, 1, &[b"d"])).expect("log stage runs");
+        p.gate.send(()).expect("one sync for the one request");
+        assert_eq!(p.replies.recv_timeout(Duration::from_secs(10)).expect("reply").reply, b"d");
         let records = p.records.lock().expect("lock").clone();
-        assert_eq!(records.len(), 3);
+        let replayed =
+            reassemble(records.iter().map(|(_, payload)| payload.clone())).expect("valid");
+        assert_eq!(replayed.iter().map(|b| b.agreement_id).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(records.len(), 5);
         let decoded = decode_batch(&records[1].1).expect("valid record");
         assert_eq!(decoded.agreement_id, 5);
         assert_eq!(decoded.batch.requests[0].operation, b"b");
@@ -549,5 +650,60 @@ mod tests {
         assert!(reassemble(gap).is_err());
         let interleaved = vec![log[1].clone(), record(3, (0, 1), &[b"x"])];
         assert!(reassemble(interleaved).is_err());
+    }
+
+    /// A log that reports durability on its own channel, driven by the test.
+    struct NotifyingLog {
+        points: Receiver<DurablePoint>,
+        appended: Sender<u64>,
+    }
+    impl LogBackend for NotifyingLog {
+        fn append(&mut self, first: u64, _last: u64, _payload: &[u8]) -> Result<(), RuntimeError> {
+            let _ = self.appended.send(first);
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn durable_notifications(&self) -> Option<Receiver<DurablePoint>> {
+            Some(self.points.clone())
+        }
+    }
+
+    #[test]
+    fn with_a_self_reporting_log_replies_wait_for_its_durability_report() {
+        let (point_tx, points) = bounded(4);
+        let (appended, appended_rx) = bounded(16);
+        let (to_log, log_rx) = bounded(16);
+        let (to_exec, exec_rx) = bounded(16);
+        let (reply_tx, replies) = bounded(16);
+        let exec_for_log = to_exec.clone();
+        let backend = NotifyingLog { points, appended };
+        thread::spawn(move || run_log_stage(LogMode::Parallel, backend, log_rx, exec_for_log));
+        thread::spawn(move || {
+            let mut executor = Executor::new(Echo::default());
+            run_exec_stage(LogMode::Parallel, &mut executor, exec_rx, |reply| {
+                let _ = reply_tx.send(reply);
+            });
+        });
+        for id in [1, 2] {
+            let b = batch(id, 10 * id, &[b"op"]);
+            to_log.send(b.clone()).expect("log stage runs");
+            to_exec.send(ExecInput::Batch(b)).expect("exec stage runs");
+        }
+        assert_eq!(appended_rx.recv_timeout(Duration::from_secs(10)).expect("appended"), 1);
+        assert_eq!(appended_rx.recv_timeout(Duration::from_secs(10)).expect("appended"), 2);
+        assert!(
+            replies.recv_timeout(Duration::from_millis(300)).is_err(),
+            "no reply before a report"
+        );
+        point_tx.send(DurablePoint { record_seq: 1, agreement_id: 1 }).expect("report");
+        assert_eq!(replies.recv_timeout(Duration::from_secs(10)).expect("reply").agreement_id, 1);
+        assert!(
+            replies.recv_timeout(Duration::from_millis(300)).is_err(),
+            "agreement 2 is not durable yet"
+        );
+        point_tx.send(DurablePoint { record_seq: 2, agreement_id: 2 }).expect("report");
+        assert_eq!(replies.recv_timeout(Duration::from_secs(10)).expect("reply").agreement_id, 2);
     }
 }

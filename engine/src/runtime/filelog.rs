@@ -283,4 +283,8 @@ impl LogBackend for WalLog {
     fn sync(&mut self) -> Result<(), RuntimeError> {
         self.writer.sync().map_err(|error| RuntimeError::Log(error.to_string()))
     }
+
+    fn durable_notifications(&self) -> Option<crossbeam_channel::Receiver<dura_wal::DurablePoint>> {
+        Some(self.writer.durable_notifications())
+    }
 }
