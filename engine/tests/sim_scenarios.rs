@@ -164,3 +164,28 @@ fn random_fault_swarm_passes_in_both_modes() {
         }
     }
 }
+
+/// Crash mode only: in BFT mode a crash of every replica is beyond f and an agreement
+/// logged by fewer than f+1 replicas cannot be recovered (see the protocol docs).
+#[test]
+fn every_replica_crashing_at_once_recovers_from_the_durable_logs_in_crash_mode() {
+    for (mode, n) in [(Mode::Crash, 3), (Mode::Crash, 5)] {
+        for seed in 0..8 {
+            let mut config = SimConfig::quiet(mode, n, seed);
+            config.ops_per_client = 12;
+            for replica in 0..n as u32 {
+                let restart_ms = Some(500 + 40 * u64::from(replica));
+                config.crashes.push(CrashPlan {
+                    replica,
+                    at_ms: 300 + 7 * u64::from(replica),
+                    restart_ms,
+                });
+            }
+            config.loss_per_mille = 50;
+            config.faults_until_ms = 700;
+            let report = must_pass(&config);
+            assert_eq!(report.ops_completed, all_ops(&config));
+            assert!(report.last_decided.iter().all(|d| *d == Some(report.decided_max)));
+        }
+    }
+}

@@ -425,6 +425,9 @@ pub enum Message {
         highest_voted: u64,
         /// Current regency.
         regency: u64,
+        /// True while the sender is itself recovering after a restart (its
+        /// `highest_voted` is then only what it logged).
+        recovering: bool,
     },
 }
 
@@ -504,12 +507,13 @@ impl Message {
                 w.push(TAG_STATUS_QUERY);
                 put_u64(w, *nonce);
             }
-            Message::Status { nonce, last_decided, highest_voted, regency } => {
+            Message::Status { nonce, last_decided, highest_voted, regency, recovering } => {
                 w.push(TAG_STATUS);
                 put_u64(w, *nonce);
                 put_u64(w, *last_decided);
                 put_u64(w, *highest_voted);
                 put_u64(w, *regency);
+                w.push(u8::from(*recovering));
             }
         }
     }
@@ -573,6 +577,7 @@ impl Message {
                 last_decided: r.u64()?,
                 highest_voted: r.u64()?,
                 regency: r.u64()?,
+                recovering: r.flag()?,
             },
             _ => return Err(r.error()),
         };
@@ -719,7 +724,13 @@ mod tests {
             Message::Fetch { from: 15, to: 16 },
             Message::Decided { agreement_id: 17, batch },
             Message::StatusQuery { nonce: 18 },
-            Message::Status { nonce: 19, last_decided: 20, highest_voted: 21, regency: 22 },
+            Message::Status {
+                nonce: 19,
+                last_decided: 20,
+                highest_voted: 21,
+                regency: 22,
+                recovering: true,
+            },
         ]
     }
 

@@ -60,6 +60,16 @@
 //! the sender that decided batch once, so a replica that missed the last ACCEPTs
 //! catches up without waiting for a leader change.
 //!
+//! # Lost messages
+//! Links may drop messages (the simulator does; TCP reconnects do). A replica whose
+//! open agreement has not progressed for `RESEND_TICKS` resends its PROPOSE (leader),
+//! WRITE and ACCEPT; a replica that decided an agreement and, more than a tick later,
+//! still hears from a peer working on it sends that peer the decided batch and its
+//! ACCEPT; every replica broadcasts a heartbeat STATUS every `HEARTBEAT_TICKS` so a
+//! replica that was cut off notices it is behind and FETCHes. An agreement under way
+//! (this replica voted, or f+1 did) that does not decide within twice the request
+//! timeout triggers STOP like a stale request does (the progress timer).
+//!
 //! # Restart
 //! Votes are not persisted. [`Replica::restart`] starts in recovery: it asks every
 //! replica how far it voted and waits for n-f answers (crash mode: n-f others; BFT:
@@ -67,6 +77,17 @@
 //! an agreement at or below the highest reported (a majority answer includes a
 //! replica that voted in anything it could have voted in), adopts the regency
 //! reported by f+1 (BFT) or the highest (crash), and catches up by FETCH.
+//!
+//! If every answer comes from a replica that is itself recovering (all replicas
+//! crashed), it waits for all n-1, abstains only up to the highest agreement that a
+//! weak quorum logged (fetchable), and votes again only in a new regency reached by a
+//! leader change, whose leader prefers, when the rule leaves the value free, a batch a
+//! member logged as decided. In crash mode this recovers every logged agreement. In
+//! BFT mode a crash of all replicas is beyond f: an agreement that fewer than f+1
+//! replicas logged may be decided anew (the replicas that logged it then diverge) or
+//! stall the cluster; clients never saw such an agreement complete (they need f+1
+//! replies, each released after logging). Persisting votes would close this; it is
+//! not done, to keep the hot path free of synchronous writes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -156,6 +177,15 @@ struct PendingSync {
 /// (hash, latest regency).
 type Report = (Option<(u64, Hash)>, Vec<(Hash, u64)>);
 
+/// A peer's answer to a recovery query.
+#[derive(Debug, Clone, Copy)]
+struct PeerStatus {
+    last_decided: u64,
+    highest_voted: u64,
+    regency: u64,
+    recovering: bool,
+}
+
 /// One decision kept in memory to help lagging peers.
 #[derive(Debug, Clone)]
 struct DecidedEntry {
@@ -213,7 +243,9 @@ pub struct Replica {
     behind_mark: Option<u64>,
     /// Per peer: (highest agreement helped with, tick).
     helped: BTreeMap<ReplicaId, (u64, u64)>,
-    statuses: BTreeMap<ReplicaId, (u64, u64, u64)>,
+    statuses: BTreeMap<ReplicaId, PeerStatus>,
+    /// Never vote in a regency below this (set after a crash of every replica).
+    vote_regency_min: u64,
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
@@ -256,6 +288,7 @@ impl Replica {
             behind_mark: None,
             helped: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            vote_regency_min: 0,
             deliveries: Vec::new(),
             fetch_wanted: false,
             progress_tick: 0,
@@ -540,11 +573,13 @@ impl Replica {
                     last_decided: self.last_decided,
                     highest_voted: self.highest_voted(),
                     regency: self.regency,
+                    recovering: self.is_recovering(),
                 };
                 actions.push(Action::Send { to: from, message });
             }
-            Message::Status { nonce, last_decided, highest_voted, regency } => {
-                self.on_status(from, nonce, last_decided, highest_voted, regency, actions)
+            Message::Status { nonce, last_decided, highest_voted, regency, recovering } => {
+                let status = PeerStatus { last_decided, highest_voted, regency, recovering };
+                self.on_status(from, nonce, status, actions)
             }
         }
     }
@@ -666,6 +701,7 @@ impl Replica {
     fn can_vote(&self, regency: u64, agreement_id: u64) -> bool {
         self.phase == Phase::Normal
             && regency == self.regency
+            && regency >= self.vote_regency_min
             && agreement_id == self.last_decided + 1
             && agreement_id > self.vote_floor
     }
@@ -928,6 +964,7 @@ impl Replica {
                     last_decided: self.last_decided,
                     highest_voted: self.highest_voted(),
                     regency: self.regency,
+                    recovering: false,
                 },
             });
         }
@@ -956,7 +993,20 @@ impl Replica {
                         },
                     });
                 }
-                if stop {
+                // Progress timer: an agreement that is under way (this replica voted, or f+1
+                // replicas did) but has not decided for twice the timeout also asks for a
+                // new leader, even with no request pending here (a crash-mode follower
+                // may never have seen the requests of a leader that died mid-agreement).
+                let stuck = self.now_tick.saturating_sub(self.progress_tick) >= 2 * timeout
+                    && self.instances.get(&(self.last_decided + 1)).is_some_and(|inst| {
+                        let voters = inst
+                            .writes
+                            .keys()
+                            .chain(inst.accepts.keys())
+                            .collect::<std::collections::BTreeSet<_>>();
+                        inst.my_write.is_some() || voters.len() > self.config.f
+                    });
+                if stop || stuck {
                     self.start_stop(self.regency + 1, actions);
                 }
                 if resend && let Some(sync) = &self.sync_resend {
@@ -1207,7 +1257,22 @@ impl Replica {
         let refs: Vec<&CollectData> = members.iter().map(|(_, c, _)| c.as_ref()).collect();
         let batch = match self.choose(&refs, aid) {
             None => return,
-            Some(Choice::Free) => Arc::new(self.build_batch()),
+            // Any value is safe; prefer one a member logged as decided (after a crash of
+            // every replica it may be the only trace of that agreement), then one it
+            // accepted, then this leader's pending requests.
+            Some(Choice::Free) => {
+                let logged = members.iter().find_map(|(_, c, _)| {
+                    let hash = c.decided_hash.filter(|_| c.last_decided == aid)?;
+                    c.values.iter().find(|b| b.hash() == hash).cloned()
+                });
+                let accepted = || {
+                    members.iter().find_map(|(_, c, _)| {
+                        let (_, hash) = c.accepted.filter(|_| c.last_decided + 1 == aid)?;
+                        c.values.iter().find(|b| b.hash() == hash).cloned()
+                    })
+                };
+                logged.or_else(accepted).unwrap_or_else(|| Arc::new(self.build_batch()))
+            }
             Some(Choice::Forced(hash)) => {
                 let found = members
                     .iter()
@@ -1334,35 +1399,50 @@ impl Replica {
         &mut self,
         from: ReplicaId,
         nonce: u64,
-        last_decided: u64,
-        highest_voted: u64,
-        regency: u64,
+        status: PeerStatus,
         actions: &mut Vec<Action>,
     ) {
-        if last_decided > self.last_decided {
+        if status.last_decided > self.last_decided {
             self.mark_behind();
         }
         let Phase::Recovering { nonce: expected } = self.phase else { return };
         if nonce != expected {
             return;
         }
-        self.statuses.insert(from, (last_decided, highest_voted, regency));
+        self.statuses.insert(from, status);
         let needed = match self.config.mode {
             Mode::Crash => self.config.n - self.config.f,
             Mode::Bft => self.config.n - self.config.f - 1,
         };
+        let everyone_restarted = self.statuses.values().all(|s| s.recovering);
+        // After a crash of every replica, wait for all of them: only complete
+        // information tells which agreements some replica logged.
+        let needed = if everyone_restarted { self.config.n - 1 } else { needed };
         if self.statuses.len() < needed {
             return;
         }
-        let floor = self.statuses.values().map(|s| s.1).max().unwrap_or(0);
-        let most_decided = self.statuses.values().map(|s| s.0).max().unwrap_or(0);
-        let mut regencies: Vec<u64> = self.statuses.values().map(|s| s.2).collect();
+        let most_decided = self.statuses.values().map(|s| s.last_decided).max().unwrap_or(0);
+        let mut regencies: Vec<u64> = self.statuses.values().map(|s| s.regency).collect();
         regencies.sort_unstable_by(|a, b| b.cmp(a));
         let regency = match self.config.mode {
             Mode::Crash => regencies[0],
             Mode::Bft => regencies.get(self.config.f).copied().unwrap_or(0),
         };
-        self.vote_floor = self.vote_floor.max(floor);
+        if everyone_restarted {
+            // All replicas lost their votes: nobody remembers what to abstain from, so
+            // vote again, but only above what can be fetched (logged by a weak quorum)
+            // and only in a fresh regency, reached through a leader change whose
+            // STOPDATA carries each replica's last logged batch.
+            let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
+            decided.push(self.last_decided);
+            decided.sort_unstable_by(|a, b| b.cmp(a));
+            let fetchable = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
+            self.vote_floor = self.last_decided.max(fetchable);
+            self.vote_regency_min = regency + 1;
+        } else {
+            let floor = self.statuses.values().map(|s| s.highest_voted).max().unwrap_or(0);
+            self.vote_floor = self.vote_floor.max(floor);
+        }
         self.regency = self.regency.max(regency);
         self.stop_sent = self.stop_sent.max(self.regency);
         self.phase = Phase::Normal;
@@ -1375,9 +1455,266 @@ impl Replica {
             self.mark_behind();
             self.send_fetch_now();
         }
-        if self.leads(self.regency) {
+        if self.leads(self.regency) || everyone_restarted {
             // We may have sent a SYNC we no longer remember: hand the regency on.
             self.start_stop(self.regency + 1, actions);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::KeyRing;
+
+    fn cluster(config: &Config) -> (Vec<Replica>, KeyRing) {
+        let ring = KeyRing::new([5; 32], config.n);
+        let replicas = (0..config.n as ReplicaId)
+            .map(|id| Replica::new(config.clone(), ring.replica_keys(id)).expect("valid"))
+            .collect();
+        (replicas, ring)
+    }
+
+    fn request(ring: &KeyRing, client: u64, sequence: u64) -> ClientRequest {
+        ClientRequest::signed(&ring.client_keys(client), sequence, vec![sequence as u8; 8])
+    }
+
+    fn event(request: &ClientRequest) -> Event {
+        Event::ClientRequest { request: request.clone(), verified: false }
+    }
+
+    fn message(from: ReplicaId, message: Message) -> Event {
+        Event::Message { from, message }
+    }
+
+    #[test]
+    fn leader_proposes_a_pending_request_and_writes_it() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let req = request(&ring, 7, 1);
+        let mut actions = Vec::new();
+        replicas[0].handle(event(&req), &mut actions);
+        let batch = Arc::new(Batch { requests: vec![req] });
+        let hash = batch.hash();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Broadcast {
+                    message: Message::Propose { regency: 0, agreement_id: 1, batch }
+                },
+                Action::Broadcast { message: Message::Write { regency: 0, agreement_id: 1, hash } },
+            ]
+        );
+    }
+
+    #[test]
+    fn follower_writes_only_the_first_value_of_a_regency_and_ignores_non_leaders() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let a = Arc::new(Batch { requests: vec![request(&ring, 1, 1)] });
+        let b = Arc::new(Batch { requests: vec![request(&ring, 2, 1)] });
+        let mut actions = Vec::new();
+        // Replica 2 is not the leader of regency 0.
+        replicas[1].handle(
+            message(2, Message::Propose { regency: 0, agreement_id: 1, batch: a.clone() }),
+            &mut actions,
+        );
+        assert!(actions.is_empty());
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch: a.clone() }),
+            &mut actions,
+        );
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch: b }),
+            &mut actions,
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Broadcast {
+                message: Message::Write { regency: 0, agreement_id: 1, hash: a.hash() }
+            }]
+        );
+    }
+
+    #[test]
+    fn forged_request_in_a_proposal_is_not_written() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let mut forged = request(&ring, 1, 1);
+        forged.operation = b"not what the client sent".to_vec();
+        let batch = Arc::new(Batch { requests: vec![forged] });
+        let mut actions = Vec::new();
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch }),
+            &mut actions,
+        );
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn quorum_of_writes_then_accepts_decides_and_delivers() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let batch = Arc::new(Batch { requests: vec![request(&ring, 3, 1)] });
+        let hash = batch.hash();
+        let mut actions = Vec::new();
+        let r = &mut replicas[1];
+        r.handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch: batch.clone() }),
+            &mut actions,
+        );
+        actions.clear();
+        r.handle(message(0, Message::Write { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert!(actions.is_empty(), "two WRITEs of four are not a quorum");
+        r.handle(message(2, Message::Write { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Broadcast {
+                message: Message::Accept { regency: 0, agreement_id: 1, hash }
+            }]
+        );
+        actions.clear();
+        r.handle(
+            message(0, Message::Accept { regency: 0, agreement_id: 1, hash: [9; 32] }),
+            &mut actions,
+        );
+        r.handle(message(2, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert!(actions.is_empty(), "a different hash does not count");
+        r.handle(message(3, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Deliver {
+                decisions: vec![Decision {
+                    agreement_id: 1,
+                    regency: 0,
+                    hash,
+                    batch,
+                    proof: vec![1, 2, 3]
+                }]
+            }]
+        );
+        assert_eq!(r.last_decided(), 1);
+        // The request is ordered now: a retransmission is answered from the reply cache.
+        actions.clear();
+        r.handle(event(&request(&ring, 3, 1)), &mut actions);
+        assert_eq!(actions, vec![Action::ReplyFromCache { client_id: 3, sequence: 1 }]);
+    }
+
+    #[test]
+    fn crash_mode_accepts_directly_and_decides_on_a_majority() {
+        let config = Config::crash(1);
+        let (mut replicas, ring) = cluster(&config);
+        let batch = Arc::new(Batch { requests: vec![request(&ring, 3, 1)] });
+        let hash = batch.hash();
+        let mut actions = Vec::new();
+        let r = &mut replicas[2];
+        r.handle(message(0, Message::Propose { regency: 0, agreement_id: 1, batch }), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Broadcast {
+                message: Message::Accept { regency: 0, agreement_id: 1, hash }
+            }]
+        );
+        actions.clear();
+        r.handle(message(0, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert!(matches!(actions.as_slice(), [Action::Deliver { .. }]));
+    }
+
+    fn collect(
+        last_decided: u64,
+        accepted: Option<(u64, Hash)>,
+        writes: &[(Hash, u64)],
+    ) -> CollectData {
+        CollectData {
+            last_decided,
+            decided_hash: (last_decided > 0).then_some([0xDD; 32]),
+            accepted,
+            writes: writes.to_vec(),
+            values: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn choice_rule_forces_a_possibly_decided_value_and_ignores_lone_claims() {
+        let config = Config::bft(1);
+        let (replicas, _) = cluster(&config);
+        let r = &replicas[0];
+        let (h, other) = ([1; 32], [2; 32]);
+        // One correct replica accepted h in regency 2 (two wrote it); a Byzantine one
+        // claims a later ACCEPT of another value, which no one else wrote.
+        let accepted = collect(4, Some((2, h)), &[(h, 2)]);
+        let wrote = collect(4, None, &[(h, 2)]);
+        let liar = collect(4, Some((5, other)), &[(other, 5)]);
+        let silent = collect(4, None, &[]);
+        // With three reports the liar blocks both outcomes: the leader waits for more.
+        assert_eq!(r.choose(&[&accepted, &wrote, &liar], 5), None);
+        // The fourth (correct, silent) report settles it: h is forced, the lie is not.
+        assert_eq!(r.choose(&[&accepted, &wrote, &liar, &silent], 5), Some(Choice::Forced(h)));
+        // Nothing accepted anywhere: the value is free.
+        assert_eq!(r.choose(&[&wrote, &silent, &silent], 5), Some(Choice::Free));
+        // A lone claim with two silent reports: neither forced nor free without more.
+        assert_eq!(r.choose(&[&liar, &silent, &silent], 5), None);
+        // A replica that already decided the agreement reports it as decided, which
+        // counts as an ACCEPT and a WRITE of that value.
+        let dd = [0xDD; 32];
+        let decided = collect(5, None, &[]);
+        let accepted_dd = collect(4, Some((3, dd)), &[(dd, 3)]);
+        assert_eq!(r.choose(&[&decided, &accepted_dd, &silent], 5), Some(Choice::Forced(dd)));
+        // Fewer reports than a quorum decide nothing.
+        assert_eq!(r.choose(&[&accepted, &wrote], 5), None);
+        // A report from a replica ahead of the agreement cannot be used.
+        assert_eq!(r.choose(&[&collect(6, None, &[]), &silent, &silent], 5), None);
+    }
+
+    #[test]
+    fn sync_naming_a_stopdata_this_replica_did_not_receive_waits_and_a_wrong_digest_is_rejected() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let mut actions = Vec::new();
+        // Replicas 1, 2, 3 ask for regency 1: replica 2 installs it.
+        for from in [1, 3] {
+            replicas[2].handle(message(from, Message::Stop { regency: 1 }), &mut actions);
+        }
+        assert_eq!(replicas[2].regency(), 1);
+        let empty = Arc::new(collect(0, None, &[]));
+        for from in [1, 3] {
+            replicas[2].handle(
+                message(from, Message::StopData { regency: 1, collect: empty.clone() }),
+                &mut actions,
+            );
+        }
+        let batch = Arc::new(Batch { requests: vec![request(&ring, 4, 1)] });
+        let digest = empty.digest();
+        // Member 0 never sent replica 2 a STOPDATA: the SYNC waits.
+        let sync = Message::Sync {
+            regency: 1,
+            agreement_id: 1,
+            members: vec![(0, digest), (1, digest), (3, digest)],
+            batch: batch.clone(),
+        };
+        actions.clear();
+        replicas[2].handle(message(1, sync), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::RegencyInstalled { .. })));
+        // A digest that does not match what replica 3 sent: rejected.
+        let bad = Message::Sync {
+            regency: 1,
+            agreement_id: 1,
+            members: vec![(1, digest), (2, digest), (3, [7; 32])],
+            batch: batch.clone(),
+        };
+        replicas[2].handle(message(1, bad), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::RegencyInstalled { .. })));
+        // Consistent members: installed, and the value is written.
+        let good = Message::Sync {
+            regency: 1,
+            agreement_id: 1,
+            members: vec![(1, digest), (2, replicas[2].stopdata[&1][&2].1), (3, digest)],
+            batch: batch.clone(),
+        };
+        replicas[2].handle(message(1, good), &mut actions);
+        assert!(actions.contains(&Action::RegencyInstalled { regency: 1, leader: 1 }));
+        assert!(actions.contains(&Action::Broadcast {
+            message: Message::Write { regency: 1, agreement_id: 1, hash: batch.hash() }
+        }));
     }
 }

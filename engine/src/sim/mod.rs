@@ -989,6 +989,7 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             last_decided: small(rng),
             highest_voted: small(rng),
             regency: small(rng),
+            recovering: rng.chance(500),
         },
     }
 }
