@@ -164,6 +164,7 @@ impl Client {
             by_client_id: HashMap::new(),
             waiting: VecDeque::new(),
             next_client_id: 0,
+            open_sessions: 0,
             actions: Vec::new(),
         };
         driver.next_client_id = driver.options.client_id_base;
@@ -231,17 +232,19 @@ struct Driver {
     by_client_id: HashMap<u64, usize>,
     waiting: VecDeque<Invoke>,
     next_client_id: u64,
+    open_sessions: usize,
     actions: Vec<ClientAction>,
 }
 
 impl Driver {
     fn run(&mut self, commands: &Receiver<Invoke>, replies: &Receiver<Reply>) {
-        let tick = Duration::from_millis(20);
+        // Timers (retransmission, request timeout) are checked every TIMER_CHECK, not on
+        // every event: the check walks all sessions.
+        const TIMER_CHECK: Duration = Duration::from_millis(10);
         let mut commands_open = true;
+        let mut timers_due_at = Instant::now() + TIMER_CHECK;
         loop {
-            let now = Instant::now();
-            let next = self.sessions.iter().flatten().filter_map(|s| s.retransmit_at).min();
-            let wait = next.map_or(tick, |at| at.saturating_duration_since(now).min(tick));
+            let wait = timers_due_at.saturating_duration_since(Instant::now());
             if commands_open {
                 select! {
                     recv(commands) -> command => match command {
@@ -270,22 +273,24 @@ impl Driver {
             while let Ok(reply) = replies.try_recv() {
                 self.on_reply(reply);
             }
-            self.on_timers();
+            let now = Instant::now();
+            if now >= timers_due_at {
+                timers_due_at = now + TIMER_CHECK;
+                self.on_timers();
+            }
         }
     }
 
     fn start(&mut self, command: Invoke) {
         let index = match self.idle.pop() {
             Some(index) => index,
-            None if self.sessions.iter().flatten().count() < self.options.sessions_max => {
-                match self.open_session() {
-                    Ok(index) => index,
-                    Err(error) => {
-                        let _ = command.done.send(Err(error));
-                        return;
-                    }
+            None if self.open_sessions < self.options.sessions_max => match self.open_session() {
+                Ok(index) => index,
+                Err(error) => {
+                    let _ = command.done.send(Err(error));
+                    return;
                 }
-            }
+            },
             None => {
                 self.waiting.push_back(command);
                 return;
@@ -310,6 +315,7 @@ impl Driver {
         let index = self.sessions.len();
         self.sessions.push(Some(Session { protocol, waiting: None, retransmit_at: None }));
         self.by_client_id.insert(client_id, index);
+        self.open_sessions += 1;
         Ok(index)
     }
 
@@ -336,6 +342,7 @@ impl Driver {
                 }));
                 self.by_client_id.remove(&session.protocol.id());
                 self.sessions[index] = None;
+                self.open_sessions -= 1;
                 continue;
             }
             if session.retransmit_at.is_some_and(|at| at <= now) {
@@ -345,9 +352,7 @@ impl Driver {
                 self.execute_actions(index);
             }
         }
-        while !self.idle.is_empty()
-            || self.sessions.iter().flatten().count() < self.options.sessions_max
-        {
+        while !self.idle.is_empty() || self.open_sessions < self.options.sessions_max {
             let Some(command) = self.waiting.pop_front() else { break };
             self.start(command);
         }

@@ -14,7 +14,7 @@
 //! Replies to client `c` go to the connection whose hello named `c & !CLIENT_SESSION_MASK`
 //! (a [`super::Client`] runs its sessions as consecutive ids over one connection).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ use super::filelog::{FileLog, LogRecord, WalLog};
 use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
 use crate::protocol::{
-    Action, Batch, ClientRequest, Event, Message, Recovered, Replica, ReplicaId, ReplicaKeys,
+    Action, Batch, ClientRequest, Event, Key, Message, Recovered, Replica, ReplicaId, ReplicaKeys,
     Reply, TimerKind, open_frame, seal_frame,
 };
 use crate::service::{Executor, Service};
@@ -39,6 +39,8 @@ pub const CLIENT_SESSION_MASK: u64 = 0xff_ffff;
 pub const ORDER_QUEUE_MAX: usize = 8_192;
 /// Decided batches queued for the exec or log stage at most.
 pub const STAGE_QUEUE_MAX: usize = 1_024;
+/// Client keys the exec stage keeps derived at most.
+pub const CLIENT_KEYS_CACHED_MAX: usize = 65_536;
 /// Stage threads that want a core each when pinning.
 pub const STAGES_PINNED: usize = 4;
 
@@ -294,9 +296,17 @@ pub fn start_replica<S: Service>(
             "exec",
             core(1),
             Box::new(move || {
+                // Keys shared with clients, derived once per client (bounded).
+                let mut client_keys: HashMap<u64, Key> = HashMap::new();
                 durability::run_exec_stage(log_mode, &mut executor, exec_rx, |out| {
+                    if client_keys.len() >= CLIENT_KEYS_CACHED_MAX {
+                        client_keys.clear();
+                    }
+                    let key = *client_keys
+                        .entry(out.client_id)
+                        .or_insert_with(|| keys.client_key(out.client_id));
                     let reply = Reply::signed(
-                        &keys.client_key(out.client_id),
+                        &key,
                         id,
                         out.client_id,
                         out.sequence,
