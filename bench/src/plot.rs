@@ -118,8 +118,17 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
         (x_min, x_max) = (0.0, 1.0);
     }
     if chart.x_axis == XAxis::Percentile {
+        // One decade past the highest percentile below 100%, where the 100% point (the
+        // maximum) is drawn, as HdrHistogram's plotter ends its curves.
+        let below_max = chart
+            .series
+            .iter()
+            .flat_map(|series| series.points.iter())
+            .filter(|(p, _)| *p < 1.0)
+            .map(|(p, _)| percentile_x(*p))
+            .fold(0.0f64, f64::max);
         x_min = 0.0;
-        x_max = x_max.ceil().clamp(1.0, PERCENTILE_NINES_MAX);
+        x_max = (below_max.ceil() + 1.0).clamp(1.0, PERCENTILE_NINES_MAX);
     } else {
         x_min = x_min.min(0.0);
         if x_max <= x_min {
@@ -128,7 +137,7 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
     }
     let y_top = if y_max > 0.0 { y_max * 1.05 } else { 1.0 };
     let y_ticks = nice_ticks(0.0, y_top, 5);
-    let px = |x: f64| plot_left + (map_x(x) - x_min) / (x_max - x_min) * plot_width;
+    let px = |x: f64| plot_left + (map_x(x).min(x_max) - x_min) / (x_max - x_min) * plot_width;
     let py = |y: f64| plot_top + plot_height - y / y_top * plot_height;
 
     let _ = writeln!(
