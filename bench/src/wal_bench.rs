@@ -95,7 +95,7 @@ pub struct WalArgs {
     #[arg(long)]
     pub json: bool,
     /// Seconds of each measurement (sync per record, group commit, per mode).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     pub seconds: f64,
     /// Records in flight (appended and not yet durable) in the closed loop.
     #[arg(long, default_value_t = 1024)]
@@ -120,8 +120,10 @@ pub struct WalArgs {
     /// `pwrite`.
     #[arg(long, value_enum, default_value_t = WalBackend::Auto)]
     pub backend: WalBackend,
-    /// Rounds of (group commit, raw bandwidth) per mode; the median round is reported.
-    #[arg(long, default_value_t = 1)]
+    /// Rounds of (group commit, raw bandwidth) per mode; the round with the median
+    /// group/raw ratio is reported (a cloud disk's bandwidth drifts by +-15% between
+    /// seconds, so one round is not enough to compare the two).
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Skip the comparison of recycled against fresh (zeroed, fallocated) segments.
     #[arg(long)]
@@ -134,7 +136,7 @@ impl WalArgs {
         WalArgs {
             dir,
             json: false,
-            seconds: 2.0,
+            seconds: 1.5,
             records_in_flight: 1024,
             producers: 4,
             group_bytes_max: dura_wal::GROUP_BYTES_MAX_DEFAULT,
@@ -142,7 +144,7 @@ impl WalArgs {
             mode: None,
             segment_mib: 64,
             backend: WalBackend::Auto,
-            rounds: 1,
+            rounds: 3,
             no_fresh: false,
         }
     }
@@ -245,6 +247,10 @@ pub struct RunResult {
     pub mean_group_records: f64,
     /// Mean bytes per write.
     pub mean_group_bytes: f64,
+    /// Fraction of the wall time spent inside durable writes: 1.0 means a write was
+    /// always in flight, so the device, not the log's own work between writes, set the
+    /// pace.
+    pub device_busy_fraction: f64,
     /// Append-to-durable latency.
     pub latency: LatencySummary,
 }
@@ -435,26 +441,44 @@ fn measure_mode(work: &Path, mode: DurabilityMode, args: &WalArgs) -> anyhow::Re
         group_bytes_max: args.group_bytes_max,
         producers: args.producers,
     };
-    // Each round: the log, then the raw device at the log's mean write size, back to back
-    // so that both see the same device weather.
-    let mut rounds = Vec::with_capacity(args.rounds);
-    for round in 0..args.rounds {
-        let group = group_commit_run(&work.join(format!("log-{mode}")), group_spec, args)
-            .with_context(|| format!("group commit, round {round}"))?;
-        let group_write_bytes =
-            align_up((group.mean_group_bytes.ceil() as usize).max(1), ALIGN_BYTES)
-                .min(dura_tuning::RECORD_BYTES_MAX);
-        // As many bytes as the log wrote, within bounds, and at least 64 writes.
-        let raw_total =
-            group.device_bytes.max(64 * group_write_bytes as u64).min(RAW_TOTAL_BYTES_MAX);
-        let raw = sequential_synced_bandwidth_bounded(
+    // Each round: the log and the raw device at the log's mean write size, back to back
+    // so that both see the same device weather; odd rounds measure the raw device first
+    // (at the previous round's size), so a drift of the device does not favour either.
+    let raw_at = |write_bytes: usize, total_bytes: u64, round: usize| {
+        sequential_synced_bandwidth_bounded(
             work,
             mode,
-            group_write_bytes,
-            raw_total,
+            write_bytes,
+            total_bytes,
             Some(args.duration()),
         )
-        .with_context(|| format!("raw sequential synced bandwidth, round {round}"))?;
+        .with_context(|| format!("raw sequential synced bandwidth, round {round}"))
+    };
+    let raw_size = |group: &RunResult| {
+        let write_bytes = align_up((group.mean_group_bytes.ceil() as usize).max(1), ALIGN_BYTES)
+            .min(dura_tuning::RECORD_BYTES_MAX);
+        // As many bytes as the log wrote, within bounds, and at least 64 writes.
+        let total = group.device_bytes.max(64 * write_bytes as u64).min(RAW_TOTAL_BYTES_MAX);
+        (write_bytes, total)
+    };
+    let mut rounds: Vec<(RunResult, BandwidthSample)> = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let raw_first = match rounds.last() {
+            Some((previous, _)) if round % 2 == 1 => {
+                let (write_bytes, total) = raw_size(previous);
+                Some(raw_at(write_bytes, total, round)?)
+            }
+            _ => None,
+        };
+        let group = group_commit_run(&work.join(format!("log-{mode}")), group_spec, args)
+            .with_context(|| format!("group commit, round {round}"))?;
+        let raw = match raw_first {
+            Some(raw) => raw,
+            None => {
+                let (write_bytes, total) = raw_size(&group);
+                raw_at(write_bytes, total, round)?
+            }
+        };
         rounds.push((group, raw));
     }
     let round_ratios: Vec<f64> = rounds.iter().map(|(group, raw)| group.mb_s / raw.mb_s).collect();
@@ -515,11 +539,14 @@ fn sync_per_record_run(
     let deadline = started + args.duration();
     let mut appended_at: VecDeque<Instant> = (0..args.records_in_flight).map(|_| started).collect();
     let mut writes = 0u64;
+    let mut busy_ns = 0u64;
     while Instant::now() < deadline || writes == 0 {
         let offset = (writes % slots) * write_bytes as u64;
+        let write_started = Instant::now();
         synced_write_at(&file, buf.as_slice(), offset, mode)
             .with_context(|| format!("synced write at {offset} of {}", path.display()))?;
         let done = Instant::now();
+        busy_ns += nanos(done - write_started);
         writes += 1;
         let appended = appended_at.pop_front().expect("closed loop keeps records in flight");
         histogram.saturating_record(nanos(done - appended));
@@ -539,6 +566,7 @@ fn sync_per_record_run(
         device_mb_s: device_bytes as f64 / 1e6 / seconds,
         mean_group_records: 1.0,
         mean_group_bytes: write_bytes as f64,
+        device_busy_fraction: busy_ns as f64 / 1e9 / seconds,
         latency: LatencySummary::of(&histogram),
     })
 }
@@ -577,6 +605,8 @@ impl Segments {
 struct IoCounters {
     writes: AtomicU64,
     bytes: AtomicU64,
+    /// Time spent inside the durable writes (the device busy with the log).
+    busy_ns: AtomicU64,
 }
 
 /// [`FsStorage`] that counts the log's writes (groups and seals) and their bytes.
@@ -594,7 +624,9 @@ struct CountingFile {
 
 impl StorageFile for CountingFile {
     fn write_durable(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let started = Instant::now();
         self.inner.write_durable(buf, offset)?;
+        self.counters.busy_ns.fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -676,6 +708,7 @@ struct Edge {
     durable_records: u64,
     writes: u64,
     bytes: u64,
+    busy_ns: u64,
 }
 
 impl Edge {
@@ -685,6 +718,7 @@ impl Edge {
             durable_records: writer.durable_point().record_seq,
             writes: counters.writes.load(Ordering::Relaxed),
             bytes: counters.bytes.load(Ordering::Relaxed),
+            busy_ns: counters.busy_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -806,6 +840,7 @@ fn group_commit_run(dir: &Path, spec: GroupRunSpec, args: &WalArgs) -> anyhow::R
         device_mb_s: device_bytes as f64 / 1e6 / seconds,
         mean_group_records: records as f64 / writes as f64,
         mean_group_bytes: device_bytes as f64 / writes as f64,
+        device_busy_fraction: (end.busy_ns - start.busy_ns) as f64 / 1e9 / seconds,
         latency: LatencySummary::of(&histogram),
     })
 }
@@ -917,7 +952,7 @@ fn print_report(report: &WalBenchReport) {
     );
     println!();
     println!(
-        "{:<13} {:<16} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:<13} {:<19} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
         "mode",
         "run",
         "records/s",
@@ -927,11 +962,12 @@ fn print_report(report: &WalBenchReport) {
         "p50 us",
         "p99 us",
         "p99.9 us",
-        "max us"
+        "max us",
+        "busy"
     );
     let line = |mode: &str, name: &str, run: &RunResult| {
         println!(
-            "{:<13} {:<16} {:>10.0} {:>8.1} {:>9.1} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>10.0}",
+            "{:<13} {:<19} {:>10.0} {:>8.1} {:>9.1} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>6.3}",
             mode,
             name,
             run.ops_s,
@@ -941,7 +977,8 @@ fn print_report(report: &WalBenchReport) {
             run.latency.p50_us,
             run.latency.p99_us,
             run.latency.p999_us,
-            run.latency.max_us
+            run.latency.max_us,
+            run.device_busy_fraction
         );
     };
     for result in &report.modes {

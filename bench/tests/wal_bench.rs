@@ -7,7 +7,8 @@ use dura_wal::io::DurabilityMode;
 fn tiny_wal_bench_reports_every_headline_field_with_sane_values() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = WalArgs::new(dir.path().to_path_buf());
-    args.seconds = 0.25;
+    args.seconds = 0.2;
+    args.rounds = 2;
     args.records_in_flight = 32;
     args.mode = Some(DurabilityMode::Fdatasync);
     args.producers = 2;
@@ -24,6 +25,7 @@ fn tiny_wal_bench_reports_every_headline_field_with_sane_values() {
     }
     assert_eq!(json["mode"], "fdatasync");
     assert_eq!(json["modes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(json["modes"][0]["round_ratios"].as_array().map(Vec::len), Some(2));
     let mode = &report.modes[0];
     for run in [&mode.sync_per_record, &mode.wal_one_record_per_write, &mode.group] {
         assert!(run.records > 0 && run.writes > 0, "{run:?}");
@@ -33,6 +35,7 @@ fn tiny_wal_bench_reports_every_headline_field_with_sane_values() {
         assert!(l.p999_us <= l.max_us * 1.001, "{l:?}");
         // Every write is at least one block; the records need their bytes on disk.
         assert!(run.mean_group_bytes >= 4096.0, "{run:?}");
+        assert!(run.device_busy_fraction > 0.0 && run.device_busy_fraction.is_finite(), "{run:?}");
         assert!(run.device_bytes >= run.records * 4096, "{run:?}");
     }
     assert_eq!(mode.sync_per_record.mean_group_records, 1.0);
