@@ -73,6 +73,7 @@ fn every_log_mode_recovers_what_it_acknowledged_after_a_restart() {
         let mut config =
             ClusterConfig::local(3, Mode::Crash, log_mode, dir.path()).expect("config");
         config.pin_cores = false;
+        config.request_timeout_ms = 500;
         let replicas = start(&config);
         {
             let client = Client::connect(&config).expect("client");
