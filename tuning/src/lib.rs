@@ -6,15 +6,17 @@
 //! fresh `fallocate`d (unwritten) extents, and the sequential synced bandwidth at the
 //! record sizes of the paper's IOzone table (64 KiB, 1 MiB, 4 MiB).
 //! [`sequential_synced_bandwidth`] is the raw-device reference the WAL benchmark compares
-//! its group-commit bandwidth with.
+//! its group-commit bandwidth with. [`checkpoint_period_min`] is the paper's Eq. (1).
 //!
 //! All I/O goes through `dura_wal::io` (the same open flags, aligned buffers and
 //! preallocation as the log), with plain `pwrite(2)`: these are raw device figures.
 #![forbid(unsafe_code)]
 
+mod advice;
 mod error;
 mod probe;
 
+pub use advice::checkpoint_period_min;
 pub use dura_wal::io::DurabilityMode;
 pub use error::TuneError;
 pub use probe::{

@@ -1,4 +1,5 @@
-//! `dura-tune`: probes the storage device under a directory (`dura-tune probe --dir DIR`).
+//! `dura-tune`: probes the storage device under a directory (`dura-tune probe --dir DIR`)
+//! and computes the smallest checkpoint period (`dura-tune period`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +20,22 @@ enum Command {
     /// Synced-write latency (written vs fallocated blocks) and sequential synced bandwidth
     /// of the device under DIR, per durability mode.
     Probe(ProbeArgs),
+    /// The smallest checkpoint period P for which sequential checkpoints never overlap
+    /// (the paper's Eq. (1): P > n * C_max * T_max).
+    Period(PeriodArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PeriodArgs {
+    /// Number of replicas n.
+    #[arg(long)]
+    replicas: u32,
+    /// Longest checkpoint, seconds (C_max).
+    #[arg(long)]
+    checkpoint_seconds_max: f64,
+    /// Highest throughput, requests per second (T_max).
+    #[arg(long)]
+    throughput_ops_s_max: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +77,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Probe(args) => run_probe(&args),
+        Command::Period(args) => {
+            let period = dura_tuning::checkpoint_period_min(
+                args.replicas,
+                args.checkpoint_seconds_max,
+                args.throughput_ops_s_max,
+            )?;
+            println!("{period}");
+            Ok(())
+        }
     }
 }
 
