@@ -443,7 +443,8 @@ fn measure_mode(work: &Path, mode: DurabilityMode, args: &WalArgs) -> anyhow::Re
     };
     // Each round: the log and the raw device at the log's mean write size, back to back
     // so that both see the same device weather; odd rounds measure the raw device first
-    // (at the previous round's size), so a drift of the device does not favour either.
+    // (at the previous round's size), so a drift of the device does not favour either,
+    // and again after the log if the log's mean write size changed meanwhile.
     let raw_at = |write_bytes: usize, total_bytes: u64, round: usize| {
         sequential_synced_bandwidth_bounded(
             work,
@@ -472,12 +473,13 @@ fn measure_mode(work: &Path, mode: DurabilityMode, args: &WalArgs) -> anyhow::Re
         };
         let group = group_commit_run(&work.join(format!("log-{mode}")), group_spec, args)
             .with_context(|| format!("group commit, round {round}"))?;
+        let (write_bytes, total) = raw_size(&group);
         let raw = match raw_first {
-            Some(raw) => raw,
-            None => {
-                let (write_bytes, total) = raw_size(&group);
-                raw_at(write_bytes, total, round)?
-            }
+            // The group size held: the raw figure measured before is at the same size.
+            Some(raw) if raw.record_bytes == write_bytes => raw,
+            // First round, even round, or the group size moved: measure after, at the
+            // exact size, so a round never compares different write sizes.
+            _ => raw_at(write_bytes, total, round)?,
         };
         rounds.push((group, raw));
     }

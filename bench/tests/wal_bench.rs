@@ -46,7 +46,11 @@ fn tiny_wal_bench_reports_every_headline_field_with_sane_values() {
     assert!(one.mean_group_records <= 1.0 && one.mean_group_records > 0.5, "{one:?}");
     // Group commit never puts more than the records in flight into one write.
     assert!(mode.group.mean_group_records <= 32.0, "{:?}", mode.group);
-    // The raw reference was measured at the mean group write size, rounded to 4 KiB.
+    // The raw reference was measured at the mean group write size, rounded up to 4 KiB.
+    assert_eq!(
+        mode.raw.record_bytes,
+        (mode.group.mean_group_bytes.ceil() as usize).div_ceil(4096) * 4096
+    );
     assert!(mode.raw.record_bytes as f64 >= mode.group.mean_group_bytes);
     assert!(mode.raw.record_bytes.is_multiple_of(4096));
     let expected_ratio = report.group_mb_s / report.raw_mb_s;
