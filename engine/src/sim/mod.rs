@@ -47,7 +47,9 @@ const DRAIN_US: u64 = 3_000_000;
 pub enum Byzantine {
     /// Sends nothing at all.
     Mute,
-    /// As leader, proposes (and syncs) a different batch to odd-numbered replicas.
+    /// As leader, proposes a different batch to odd-numbered replicas, and after a
+    /// leader change sends every replica a SYNC whose value differs from the one the
+    /// STOPDATAs determine.
     Equivocate,
     /// Sends random bytes, frames forged as another replica, and well-formed messages
     /// with random fields, mixed with its real messages; replies wrong results.
@@ -755,7 +757,8 @@ impl<'c> World<'c> {
                 Message::Propose { regency, agreement_id, batch } if to % 2 == 1 => {
                     Message::Propose { regency, agreement_id, batch: variant(&batch) }
                 }
-                Message::Sync { regency, agreement_id, members, batch } if to % 2 == 1 => {
+                // As new leader it tries to replace the value the STOPDATAs force.
+                Message::Sync { regency, agreement_id, members, batch } => {
                     Message::Sync { regency, agreement_id, members, batch: variant(&batch) }
                 }
                 other => other,
