@@ -27,6 +27,8 @@ struct Args {
     seconds: u64,
     value_bytes: usize,
     dir: PathBuf,
+    wal_preallocate: Option<String>,
+    wal_segment_mib: Option<u32>,
 }
 
 fn parse() -> Result<Args> {
@@ -38,6 +40,8 @@ fn parse() -> Result<Args> {
         seconds: 10,
         value_bytes: 4096,
         dir: std::env::temp_dir().join("dura-kvload"),
+        wal_preallocate: None,
+        wal_segment_mib: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +56,8 @@ fn parse() -> Result<Args> {
             "--seconds" => args.seconds = value.parse()?,
             "--value-bytes" => args.value_bytes = value.parse()?,
             "--dir" => args.dir = value.into(),
+            "--wal-preallocate" => args.wal_preallocate = Some(value),
+            "--wal-segment-mib" => args.wal_segment_mib = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -77,6 +83,13 @@ fn run_mode(args: &Args, log_mode: LogMode) -> Result<(f64, Vec<Duration>)> {
     std::fs::create_dir_all(&dir)?;
     let mut config = ClusterConfig::local(args.mode.replicas_for(1), args.mode, log_mode, &dir)?;
     config.pin_cores = false;
+    if let Some(how) = &args.wal_preallocate {
+        config.wal_preallocate = how.clone();
+    }
+    if let Some(mib) = args.wal_segment_mib {
+        config.wal_segment_mib = mib;
+    }
+    config.validate()?;
     let config_path = dir.join("cluster.toml");
     config.save(&config_path)?;
     let mut children = Children(Vec::new());

@@ -189,6 +189,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_batch_requests_max() -> u32 {
     1_024
 }
+fn default_wal_preallocate() -> String {
+    "zeroed".into()
+}
 fn default_wal_segment_mib() -> u32 {
     64
 }
@@ -229,6 +232,11 @@ pub struct ClusterConfig {
     /// Size of a `dura-wal` segment file, in MiB.
     #[serde(default = "default_wal_segment_mib")]
     pub wal_segment_mib: u32,
+    /// How `dura-wal` prepares new segment files: `zeroed` (written with zeros and
+    /// synced first; later log writes overwrite written blocks), `fallocate` or
+    /// `sparse`.
+    #[serde(default = "default_wal_preallocate")]
+    pub wal_preallocate: String,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -359,6 +367,12 @@ impl ClusterConfig {
         if self.batch_requests_max == 0 {
             return Err(wrong("batch_requests_max", "must be at least 1".into()));
         }
+        if self.wal_preallocate.parse::<dura_wal::io::Preallocate>().is_err() {
+            return Err(wrong(
+                "wal_preallocate",
+                format!("{:?} is not one of zeroed, fallocate, sparse", self.wal_preallocate),
+            ));
+        }
         if !(4..=4096).contains(&self.wal_segment_mib) {
             return Err(wrong("wal_segment_mib", "must be within 4..=4096".into()));
         }
@@ -440,7 +454,11 @@ impl ClusterConfig {
             batch_requests_max: default_batch_requests_max(),
             frame_bytes_max: default_frame_bytes_max(),
             log_backend: LogBackendKind::Wal,
-            wal_segment_mib: 16,
+            wal_segment_mib: 64,
+            // Until checkpoints let old segments be recycled, every segment is new:
+            // zero-filling it doubles the bytes written (measured: parallel/none 0.83-0.88
+            // zeroed, 0.97-1.02 fallocate, BFT n=4, 4 KiB values, 2 cores).
+            wal_preallocate: "fallocate".into(),
             replicas,
         }
     }
@@ -584,6 +602,11 @@ mod tests {
         let mut config = sample();
         config.client_key.clear();
         assert!(config.validate().expect_err("no key").to_string().contains("client_key"));
+        let mut config = sample();
+        config.wal_preallocate = "eagerly".into();
+        assert!(
+            config.validate().expect_err("bad prealloc").to_string().contains("wal_preallocate")
+        );
         let mut config = sample();
         config.replica_key = "zz".repeat(20);
         assert!(config.validate().expect_err("bad hex").to_string().contains("replica_key"));

@@ -105,6 +105,7 @@ pub fn start_replica<S: Service>(
                         dura_wal::io::DurabilityMode::default()
                     },
                     segment_bytes: u64::from(config.wal_segment_mib) * 1024 * 1024,
+                    preallocate: config.wal_preallocate.parse().unwrap_or_default(),
                     ..dura_wal::WalOptions::default()
                 };
                 let (log, records) = WalLog::open(&log_dir.join("wal"), options)?;
