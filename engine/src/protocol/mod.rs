@@ -116,6 +116,9 @@ pub struct Config {
     /// Decided batches kept in memory to answer peers' catch-up requests. A replica
     /// further behind than this needs state transfer.
     pub decided_window_max: usize,
+    /// Bytes of decided batches kept for catch-up (the window is cut at whichever of
+    /// this and `decided_window_max` comes first; the last decision is always kept).
+    pub decided_window_bytes_max: usize,
     /// Most decided batches sent in answer to one fetch.
     pub fetch_instances_max: u64,
 }
@@ -143,6 +146,7 @@ impl Config {
             batch_bytes_max: 4 << 20,
             pending_requests_max: 100_000,
             decided_window_max: 4096,
+            decided_window_bytes_max: 256 << 20,
             fetch_instances_max: 64,
         }
     }

@@ -226,6 +226,8 @@ pub struct Replica {
     ordered: BTreeMap<u64, u64>,
     /// Recent decisions (agreement id, hash, batch), consecutive, ending at last_decided.
     window: VecDeque<DecidedEntry>,
+    /// Encoded bytes of the batches in `window`.
+    window_bytes: usize,
     /// Highest STOP regency per replica.
     stop_high: BTreeMap<ReplicaId, u64>,
     stop_sent: u64,
@@ -275,6 +277,7 @@ impl Replica {
             pending_next: 0,
             ordered: BTreeMap::new(),
             window: VecDeque::new(),
+            window_bytes: 0,
             stop_high: BTreeMap::new(),
             stop_sent: 0,
             stop_resent_tick: 0,
@@ -330,7 +333,7 @@ impl Replica {
         let first = recovered.last_decided + 1 - recovered.recent.len() as u64;
         let skip = recovered.recent.len().saturating_sub(replica.config.decided_window_max);
         for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
-            replica.window.push_back(DecidedEntry {
+            replica.window_push(DecidedEntry {
                 agreement_id: first + offset as u64,
                 hash: batch.hash(),
                 batch,
@@ -686,6 +689,22 @@ impl Replica {
         }
     }
 
+    /// Appends a decision to the catch-up window and trims it to its bounds.
+    fn window_push(&mut self, entry: DecidedEntry) {
+        if let Some(last) = self.window.back() {
+            assert_eq!(last.agreement_id + 1, entry.agreement_id, "decision window is consecutive");
+        }
+        self.window_bytes += entry.batch.encoded_len();
+        self.window.push_back(entry);
+        while self.window.len() > 1
+            && (self.window.len() > self.config.decided_window_max
+                || self.window_bytes > self.config.decided_window_bytes_max)
+        {
+            let dropped = self.window.pop_front().expect("window is not empty");
+            self.window_bytes -= dropped.batch.encoded_len();
+        }
+    }
+
     fn window_get(&self, agreement_id: u64) -> Option<&DecidedEntry> {
         let first = self.window.front()?.agreement_id;
         if agreement_id < first {
@@ -799,16 +818,13 @@ impl Replica {
         self.last_decided = agreement_id;
         self.instances.remove(&agreement_id);
         self.fetch.retain(|&aid, _| aid > agreement_id);
-        self.window.push_back(DecidedEntry {
+        self.window_push(DecidedEntry {
             agreement_id,
             hash,
             batch: batch.clone(),
             regency,
             tick: self.now_tick,
         });
-        while self.window.len() > self.config.decided_window_max {
-            self.window.pop_front();
-        }
         for request in &batch.requests {
             let entry = self.ordered.entry(request.client_id).or_insert(0);
             *entry = (*entry).max(request.sequence);
@@ -1598,6 +1614,33 @@ mod tests {
         actions.clear();
         r.handle(event(&request(&ring, 3, 1)), &mut actions);
         assert_eq!(actions, vec![Action::ReplyFromCache { client_id: 3, sequence: 1 }]);
+    }
+
+    #[test]
+    fn catch_up_window_is_bounded_by_bytes_and_serves_the_newest_decisions() {
+        let mut config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], config.n);
+        let recent: Vec<Arc<Batch>> = (1..=10)
+            .map(|seq| Arc::new(Batch { requests: vec![request(&ring, 1, seq)] }))
+            .collect();
+        config.decided_window_bytes_max = 3 * recent[0].encoded_len();
+        let recovered = Recovered { last_decided: 10, recent: recent.clone() };
+        let mut replica =
+            Replica::restart(config, ring.replica_keys(0), recovered, BTreeMap::new())
+                .expect("valid");
+        let mut actions = Vec::new();
+        replica.handle(message(1, Message::Fetch { from: 1, to: 10 }), &mut actions);
+        let served: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { to: 1, message: Message::Decided { agreement_id, batch } } => {
+                    assert_eq!(*batch, recent[*agreement_id as usize - 1]);
+                    Some(*agreement_id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(served, vec![8, 9, 10]);
     }
 
     #[test]
