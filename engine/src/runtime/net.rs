@@ -30,6 +30,8 @@ pub const WRITE_QUEUE_FRAMES_MAX: usize = 4_096;
 pub const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Longest wait between reconnection attempts.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Frames kept per replica while no connection to it is open.
+pub const PARKED_FRAMES_MAX: usize = 1_024;
 /// How long a sender waits on a full writer queue before dropping the frame.
 pub const SEND_BLOCK_MS_MAX: u64 = 2_000;
 
@@ -153,6 +155,9 @@ struct Link {
 #[derive(Debug)]
 pub struct Network {
     links: Mutex<HashMap<Peer, Link>>,
+    /// Frames for replicas that had no connection when sent, delivered when one opens
+    /// (a peer that is still starting, or reconnecting). Oldest dropped past the bound.
+    parked: Mutex<HashMap<Peer, std::collections::VecDeque<Arc<[u8]>>>>,
     generation: AtomicU64,
     stopping: AtomicBool,
     frame_bytes_max: u32,
@@ -164,6 +169,7 @@ impl Network {
     pub fn new(me: Peer, frame_bytes_max: u32) -> Arc<Self> {
         Arc::new(Self {
             links: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             frame_bytes_max,
@@ -176,14 +182,28 @@ impl Network {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Queues `frame` for `peer`. Returns false (and drops the frame) when there is no
-    /// connection to it, or its queue stayed full for [`SEND_BLOCK_MS_MAX`].
+    /// Queues `frame` for `peer`. Returns false (and drops the frame) when its queue
+    /// stayed full for [`SEND_BLOCK_MS_MAX`], or there is no connection to a client.
+    /// A frame for a replica with no connection is parked (at most
+    /// [`PARKED_FRAMES_MAX`] per replica, oldest dropped first) and sent when a
+    /// connection to it opens.
     pub fn send(&self, peer: Peer, frame: Arc<[u8]>) -> bool {
         let queue = {
             let links = self.links.lock().expect("network lock poisoned");
             match links.get(&peer) {
                 Some(link) => link.queue.clone(),
-                None => return false,
+                None => {
+                    if matches!(peer, Peer::Replica(_)) && !self.is_stopping() {
+                        let mut parked = self.parked.lock().expect("network lock poisoned");
+                        let frames = parked.entry(peer).or_default();
+                        if frames.len() >= PARKED_FRAMES_MAX {
+                            frames.pop_front();
+                        }
+                        frames.push_back(frame);
+                        return true;
+                    }
+                    return false;
+                }
             }
         };
         match queue.try_send(frame) {
@@ -208,6 +228,7 @@ impl Network {
     /// Closes every connection; reader and writer threads end soon after.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.parked.lock().expect("network lock poisoned").clear();
         let links: Vec<Link> =
             self.links.lock().expect("network lock poisoned").drain().map(|(_, l)| l).collect();
         for link in links {
@@ -235,6 +256,13 @@ impl Network {
             if self.is_stopping() {
                 let _ = stream.shutdown(Shutdown::Both);
                 return Err(io::Error::other("network is stopping"));
+            }
+            // Frames parked while there was no connection go first. The link lock is
+            // held, so no newer frame can overtake them.
+            if let Some(frames) = self.parked.lock().expect("network lock poisoned").remove(&peer) {
+                for frame in frames {
+                    let _ = queue_tx.try_send(frame);
+                }
             }
             if let Some(old) =
                 links.insert(peer, Link { generation, queue: queue_tx, stream: stream.clone() })
@@ -438,6 +466,30 @@ mod tests {
         assert!(closed.recv_timeout(Duration::from_secs(10)).is_err());
         client.stop();
         server.stop();
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn frames_for_a_replica_not_yet_connected_are_delivered_when_it_connects() {
+        let sender = Network::new(Peer::Replica(1), 1024);
+        let receiver = Network::new(Peer::Replica(0), 1024);
+        assert!(sender.send(Peer::Replica(0), Arc::from(&b"early"[..])), "parked, not dropped");
+        assert!(
+            !sender.send(Peer::Client(5), Arc::from(&b"x"[..])),
+            "client frames are not parked"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (rx_tx, rx) = bounded(16);
+        receiver.serve(listener, |p| p == Peer::Replica(1), channel_sink(rx_tx)).expect("serve");
+        let (unused_tx, _unused_rx) = bounded(16);
+        sender.keep_dialing(Peer::Replica(0), addr, channel_sink(unused_tx)).expect("dial");
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("parked frame arrives");
+        assert_eq!((got.from, got.body.as_slice()), (Peer::Replica(1), &b"early"[..]));
+        assert!(sender.send(Peer::Replica(0), Arc::from(&b"later"[..])));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("arrives").body, b"later");
+        sender.stop();
+        receiver.stop();
         Network::wake_listener(addr);
     }
 }
