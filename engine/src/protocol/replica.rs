@@ -82,8 +82,12 @@
 //! crashed), it waits for all n-1, abstains only up to the highest agreement that a
 //! weak quorum logged (fetchable), and votes again only in a new regency reached by a
 //! leader change, whose leader prefers, when the rule leaves the value free, a batch a
-//! member logged as decided. In crash mode this recovers every logged agreement. In
-//! BFT mode a crash of all replicas is beyond f: an agreement that fewer than f+1
+//! member logged as decided. Until it installs such a regency it has cast no vote since
+//! its restart, so it still answers status queries as recovering: a replica that
+//! finishes its own recovery later then takes the same path instead of voting at once
+//! in the old regency (a fresh cluster starts this way; the runtime starts every
+//! replica through [`Replica::restart`]). In crash mode this recovers every logged
+//! agreement. In BFT mode a crash of all replicas is beyond f: an agreement that fewer than f+1
 //! replicas logged may be decided anew (the replicas that logged it then diverge) or
 //! stall the cluster; clients never saw such an agreement complete (they need f+1
 //! replies, each released after logging). Persisting votes would close this; it is
@@ -248,6 +252,10 @@ pub struct Replica {
     statuses: BTreeMap<ReplicaId, PeerStatus>,
     /// Never vote in a regency below this (set after a crash of every replica).
     vote_regency_min: u64,
+    /// Recovered after a crash of every replica (or a fresh start) and not yet in an
+    /// installed regency of at least `vote_regency_min`: no vote cast since the
+    /// restart, so status answers still say "recovering" (see `on_status`).
+    awaiting_vote_regency: bool,
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
@@ -292,6 +300,7 @@ impl Replica {
             helped: BTreeMap::new(),
             statuses: BTreeMap::new(),
             vote_regency_min: 0,
+            awaiting_vote_regency: false,
             deliveries: Vec::new(),
             fetch_wanted: false,
             progress_tick: 0,
@@ -576,7 +585,7 @@ impl Replica {
                     last_decided: self.last_decided,
                     highest_voted: self.highest_voted(),
                     regency: self.regency,
-                    recovering: self.is_recovering(),
+                    recovering: self.is_recovering() || self.awaiting_vote_regency,
                 };
                 actions.push(Action::Send { to: from, message });
             }
@@ -1381,6 +1390,9 @@ impl Replica {
         }
         // Installed.
         self.phase = Phase::Normal;
+        if sync.regency >= self.vote_regency_min {
+            self.awaiting_vote_regency = false;
+        }
         self.progress_tick = self.now_tick;
         self.my_stopdata = None;
         for pending in self.pending.values_mut() {
@@ -1455,6 +1467,7 @@ impl Replica {
             let fetchable = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
             self.vote_floor = self.last_decided.max(fetchable);
             self.vote_regency_min = regency + 1;
+            self.awaiting_vote_regency = true;
         } else {
             let floor = self.statuses.values().map(|s| s.highest_voted).max().unwrap_or(0);
             self.vote_floor = self.vote_floor.max(floor);
@@ -1501,6 +1514,53 @@ mod tests {
 
     fn message(from: ReplicaId, message: Message) -> Event {
         Event::Message { from, message }
+    }
+
+    #[test]
+    fn replica_recovered_from_a_restart_of_all_answers_recovering_until_it_can_vote() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], config.n);
+        let restart = |id| {
+            let keys = ring.replica_keys(id);
+            Replica::restart(config.clone(), keys, Recovered::default(), BTreeMap::new())
+                .expect("valid")
+        };
+        let mut replica = restart(0);
+        let mut actions = Vec::new();
+        let status = |regency| Message::Status {
+            nonce: 0,
+            last_decided: 0,
+            highest_voted: 0,
+            regency,
+            recovering: true,
+        };
+        for from in 1..4 {
+            replica.handle(message(from, status(0)), &mut actions);
+        }
+        assert!(!replica.is_recovering());
+        // It may vote only from regency 1 on, so a peer still recovering must count it
+        // as restarted too (else that peer would vote in regency 0 and its votes would
+        // make the others abstain).
+        let answer = |replica: &mut Replica, asker: ReplicaId| {
+            let mut actions = Vec::new();
+            replica.handle(message(asker, Message::StatusQuery { nonce: 9 }), &mut actions);
+            actions.iter().find_map(|action| match action {
+                Action::Send { to, message: Message::Status { recovering, .. } }
+                    if *to == asker =>
+                {
+                    Some(*recovering)
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(answer(&mut replica, 3), Some(true));
+        // A peer that is still recovering takes the same path: regency 1 at the earliest.
+        let mut late = restart(3);
+        for from in 0..3 {
+            late.handle(message(from, status(0)), &mut actions);
+        }
+        assert!(!late.is_recovering());
+        assert_eq!(answer(&mut late, 0), Some(true));
     }
 
     #[test]
