@@ -317,33 +317,11 @@ pub fn start_cluster(
         client.put(b"dura-bench:ready", b"1")?;
         Ok(())
     };
-    let mut attempt = 1;
-    loop {
-        let started = LocalCluster::start(replicas, mode, log_mode, data_dir, &ready)
-            .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"));
-        match started {
-            Ok(cluster) => return Ok(cluster),
-            Err(error) if attempt < START_ATTEMPTS_MAX => {
-                // A fresh cluster sometimes never orders its first request (leader
-                // changes forever); a new one, on new ports, does. Say so, retry.
-                eprintln!(
-                    "dura-bench: warning: cluster start attempt {attempt} failed, retrying: \
-                     {error:#}"
-                );
-                if let Some(dir) = data_dir {
-                    for id in 0..replicas {
-                        let _ = std::fs::remove_dir_all(dir.join(format!("r{id}")));
-                    }
-                }
-                attempt += 1;
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    // No retry on a fresh cluster: one that does not answer is a bug to report, with
+    // the replicas' logs, not to hide.
+    LocalCluster::start(replicas, mode, log_mode, data_dir, &ready)
+        .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"))
 }
-
-/// Fresh clusters tried before giving up.
-pub const START_ATTEMPTS_MAX: u32 = 3;
 
 /// Prints `summary` as JSON or as the report.
 pub fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
