@@ -252,7 +252,11 @@ pub fn start_replica<S: Service>(
             "replica {id}: stage pinning off (disabled or fewer than {STAGES_PINNED} cores)"
         ),
     }
-    let core = |index: usize| cores.as_ref().map(|c| c[index % c.len()]);
+    // Replica `id` takes the `id`-th block of STAGES_PINNED cores, so replicas that share
+    // a machine (a local cluster, the bench) do not all pin their stages to the same
+    // first cores; with one replica per machine the block is simply the first cores.
+    let core =
+        |index: usize| cores.as_ref().map(|c| c[(id as usize * STAGES_PINNED + index) % c.len()]);
     let (exec_tx, exec_rx) = bounded::<ExecInput>(STAGE_QUEUE_MAX);
     let (log_tx, log_rx) = bounded::<Arc<DecidedBatch>>(STAGE_QUEUE_MAX);
     let spawn =
