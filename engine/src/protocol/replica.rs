@@ -77,6 +77,12 @@
 //! an agreement at or below the highest reported (a majority answer includes a
 //! replica that voted in anything it could have voted in), adopts the regency
 //! reported by f+1 (BFT) or the highest (crash), and catches up by FETCH.
+//! In BFT mode the floor holds only up to the highest regency reported (at least the
+//! last one the lost votes can be from): in a later regency the replica votes at the
+//! floor too, so an agreement left open at the floor by a leader crash during the
+//! recovery still finds a quorum (its STOPDATA then omits the lost votes, which the
+//! choice rule tolerates as one of the f faults). Crash mode keeps the floor absolute:
+//! there, a report that omits an ACCEPT can free a decided value.
 //!
 //! If every answer comes from a replica that is itself recovering (all replicas
 //! crashed), it waits for all n-1, abstains only up to the highest agreement that a
@@ -220,8 +226,12 @@ pub struct Replica {
     regency: u64,
     phase: Phase,
     last_decided: u64,
-    /// Never vote for an agreement at or below this (set by recovery).
+    /// Never vote for an agreement at or below this (set by recovery), except in a
+    /// regency above `floor_regency` (see `may_vote_at`).
     vote_floor: u64,
+    /// BFT: the highest regency this replica's previous incarnation can have voted in
+    /// (the highest one its recovery answers reported). None: the floor is absolute.
+    floor_regency: Option<u64>,
     instances: BTreeMap<u64, Instance>,
     pending: BTreeMap<u64, Pending>,
     pending_by_client: BTreeMap<u64, u64>,
@@ -279,6 +289,7 @@ impl Replica {
             phase: Phase::Normal,
             last_decided: 0,
             vote_floor: 0,
+            floor_regency: None,
             instances: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_by_client: BTreeMap::new(),
@@ -731,7 +742,21 @@ impl Replica {
             && regency == self.regency
             && regency >= self.vote_regency_min
             && agreement_id == self.last_decided + 1
-            && agreement_id > self.vote_floor
+            && self.may_vote_at(regency, agreement_id)
+    }
+
+    /// Whether recovery allows a vote for `agreement_id` in `regency`. Votes are not
+    /// persisted, so a restarted replica must not vote twice, with different values, in
+    /// a (regency, agreement) where its previous incarnation voted: hence the floor. In
+    /// BFT mode a regency above every one the previous incarnation can have voted in
+    /// lifts it: the votes there are new ones, cast after a SYNC that the choice rule
+    /// checked, and the only trace of the lost votes is a STOPDATA that omits them,
+    /// which the rule tolerates as one of f faults. Without this, a leader crash while
+    /// the agreement at the floor is open stalls the cluster for good: it cannot decide
+    /// without this replica's vote (module docs, "Restart").
+    fn may_vote_at(&self, regency: u64, agreement_id: u64) -> bool {
+        agreement_id > self.vote_floor
+            || (self.config.mode == Mode::Bft && self.floor_regency.is_some_and(|r| regency > r))
     }
 
     /// Writes `batch` for (regency, agreement): broadcasts WRITE (BFT) or ACCEPT (crash).
@@ -1402,7 +1427,7 @@ impl Replica {
         actions.push(Action::RegencyInstalled { regency: sync.regency, leader: sync.from });
         let aid = sync.agreement_id;
         if aid == self.last_decided + 1 {
-            if aid > self.vote_floor {
+            if self.may_vote_at(sync.regency, aid) {
                 self.write_value(sync.regency, aid, sync.batch, actions);
             }
         } else if let Some(entry) = self.window_get(aid)
@@ -1471,6 +1496,9 @@ impl Replica {
         } else {
             let floor = self.statuses.values().map(|s| s.highest_voted).max().unwrap_or(0);
             self.vote_floor = self.vote_floor.max(floor);
+            // A regency the previous incarnation voted in was installed through a
+            // quorum of STOPDATAs, so n-f-1 answers include a replica at or above it.
+            self.floor_regency = self.statuses.values().map(|s| s.regency).max();
         }
         self.regency = self.regency.max(regency);
         self.stop_sent = self.stop_sent.max(self.regency);
