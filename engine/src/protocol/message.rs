@@ -118,6 +118,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The requests as the executor takes them, in execution order.
+    pub fn ordered_requests(&self) -> Vec<crate::service::OrderedRequest<'_>> {
+        self.requests
+            .iter()
+            .map(|r| crate::service::OrderedRequest {
+                client_id: r.client_id,
+                sequence: r.sequence,
+                operation: &r.operation,
+            })
+            .collect()
+    }
+
     /// SHA-256 of the encoded batch: the value's identity in WRITE and ACCEPT.
     pub fn hash(&self) -> Hash {
         // Streams the same bytes as `encode` into the hasher, without a copy.

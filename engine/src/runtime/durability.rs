@@ -26,7 +26,7 @@ use dura_wal::DurablePoint;
 
 use super::{LogMode, RuntimeError};
 use crate::protocol::Batch;
-use crate::service::{Executor, OrderedRequest, Outcome, Service};
+use crate::service::{Executor, Outcome, Service};
 
 /// Batches the log stage takes into one group write at most.
 pub const LOG_GROUP_BATCHES_MAX: usize = 256;
@@ -217,17 +217,7 @@ pub fn execute_batch<S: Service>(
     executor: &mut Executor<S>,
     batch: &DecidedBatch,
 ) -> Vec<ReplyOut> {
-    let ordered: Vec<OrderedRequest<'_>> = batch
-        .batch
-        .requests
-        .iter()
-        .map(|r| OrderedRequest {
-            client_id: r.client_id,
-            sequence: r.sequence,
-            operation: &r.operation,
-        })
-        .collect();
-    let outcomes = executor.execute(&ordered);
+    let outcomes = executor.execute(&batch.batch.ordered_requests());
     assert_eq!(outcomes.len(), batch.batch.requests.len(), "one outcome per request");
     let mut replies = Vec::with_capacity(outcomes.len());
     for (request, outcome) in batch.batch.requests.iter().zip(outcomes) {
@@ -464,6 +454,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::ClientRequest;
+    use crate::service::OrderedRequest;
 
     /// Records each operation; replies with it.
     #[derive(Default)]

@@ -31,7 +31,7 @@ use crate::protocol::{
     Decision, Event, Hash, KeyRing, Message, Mode, Recovered, Replica, ReplicaId, ReplicaKeys,
     Reply, open_frame, seal_frame,
 };
-use crate::service::{Executor, OrderedRequest, Outcome, Service};
+use crate::service::{Executor, Outcome, Service};
 use kv::{HistoryOp, KvModel, KvOp, check_linearizable};
 use rng::Rng;
 
@@ -868,17 +868,7 @@ impl<'c> World<'c> {
                 }
             }
             let node = &mut self.replicas[id as usize];
-            let ordered: Vec<OrderedRequest<'_>> = decision
-                .batch
-                .requests
-                .iter()
-                .map(|r| OrderedRequest {
-                    client_id: r.client_id,
-                    sequence: r.sequence,
-                    operation: &r.operation,
-                })
-                .collect();
-            let outcomes = node.executor.execute(&ordered);
+            let outcomes = node.executor.execute(&decision.batch.ordered_requests());
             if let Some(twice) = node.executor.service().executed_twice.first() {
                 return Err(format!("validity: replica {id} executed request {twice:?} twice"));
             }
@@ -925,16 +915,7 @@ impl<'c> World<'c> {
         let mut executor = Executor::new(KvModel::default());
         let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
         for batch in &node.durable {
-            let requests: Vec<OrderedRequest<'_>> = batch
-                .requests
-                .iter()
-                .map(|r| OrderedRequest {
-                    client_id: r.client_id,
-                    sequence: r.sequence,
-                    operation: &r.operation,
-                })
-                .collect();
-            executor.execute(&requests);
+            executor.execute(&batch.ordered_requests());
             for request in &batch.requests {
                 let entry = ordered.entry(request.client_id).or_insert(0);
                 *entry = (*entry).max(request.sequence);
