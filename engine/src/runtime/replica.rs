@@ -105,7 +105,10 @@ pub fn start_replica<S: Service>(
                         dura_wal::io::DurabilityMode::default()
                     },
                     segment_bytes: u64::from(config.wal_segment_mib) * 1024 * 1024,
-                    preallocate: config.wal_preallocate.parse().unwrap_or_default(),
+                    preallocate: config
+                        .wal_preallocate
+                        .parse()
+                        .expect("wal_preallocate is checked by ClusterConfig::validate above"),
                     ..dura_wal::WalOptions::default()
                 };
                 let (log, records) = WalLog::open(&log_dir.join("wal"), options)?;
