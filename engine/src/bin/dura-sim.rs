@@ -1,7 +1,7 @@
 //! `dura-sim`: runs the deterministic simulator over a range of seeds.
 //!
 //! ```text
-//! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--threads t] [--verbose]
+//! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--threads t] [--verbose] [--trace]
 //! ```
 //! Runs seeds S..S+N (each a full cluster run with faults drawn from the seed), prints
 //! every failing seed with the command that replays it alone, and prints
@@ -23,12 +23,14 @@ struct Args {
     replicas: usize,
     threads: usize,
     verbose: bool,
+    /// Print the message trace of each seed to stderr (use with --seeds 1).
+    trace: bool,
 }
 
 fn usage(error: &str) -> ! {
     eprintln!("dura-sim: {error}");
     eprintln!(
-        "usage: dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--threads t] [--verbose]"
+        "usage: dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--threads t] [--verbose] [--trace]"
     );
     std::process::exit(2);
 }
@@ -41,6 +43,7 @@ fn parse_args() -> Args {
         replicas: 0,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         verbose: false,
+        trace: false,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
@@ -69,6 +72,7 @@ fn parse_args() -> Args {
                 args.threads = value("--threads").parse().unwrap_or_else(|_| usage("bad --threads"))
             }
             "--verbose" => args.verbose = true,
+            "--trace" => args.trace = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -106,7 +110,8 @@ fn main() {
                         break;
                     }
                     let seed = args.seed_start + index;
-                    let config = SimConfig::random(args.mode, args.replicas, seed);
+                    let mut config = SimConfig::random(args.mode, args.replicas, seed);
+                    config.trace = args.trace;
                     let outcome = catch_unwind(AssertUnwindSafe(|| run(&config)));
                     let failure = match outcome {
                         Ok(Ok(report)) => {

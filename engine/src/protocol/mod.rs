@@ -187,6 +187,12 @@ impl Config {
         }
     }
 
+    /// Ticks a replica recovering from a crash of every replica waits for all n-1
+    /// answers before it settles for n-f (BFT mode only; see [`crate::protocol::Replica`]).
+    pub fn recovery_wait_ticks(&self) -> u64 {
+        2 * self.request_timeout_ticks
+    }
+
     /// Matching answers that prove a statement came from at least one correct
     /// replica: f+1 (BFT) or 1 (crash).
     pub fn weak_quorum(&self) -> usize {

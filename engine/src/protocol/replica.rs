@@ -88,16 +88,25 @@
 //! crashed), it waits for all n-1, abstains only up to the highest agreement that a
 //! weak quorum logged (fetchable), and votes again only in a new regency reached by a
 //! leader change, whose leader prefers, when the rule leaves the value free, a batch a
-//! member logged as decided. Until it installs such a regency it has cast no vote since
-//! its restart, so it still answers status queries as recovering: a replica that
-//! finishes its own recovery later then takes the same path instead of voting at once
-//! in the old regency (a fresh cluster starts this way; the runtime starts every
-//! replica through [`Replica::restart`]). In crash mode this recovers every logged
-//! agreement. In BFT mode a crash of all replicas is beyond f: an agreement that fewer than f+1
-//! replicas logged may be decided anew (the replicas that logged it then diverge) or
-//! stall the cluster; clients never saw such an agreement complete (they need f+1
-//! replies, each released after logging). Persisting votes would close this; it is
-//! not done, to keep the hot path free of synchronous writes.
+//! member logged as decided. In BFT mode it waits for all n-1 only
+//! [`Config::recovery_wait_ticks`]: then n-f answers (with its own) are enough if the
+//! highest agreement any of them logged is logged by f+1 of them. A client saw an
+//! agreement complete only when f+1 replicas had logged it, so one of them is among
+//! any n-f; and then every logged agreement among the answers is fetchable. So up to f
+//! replicas that stay down or mute cannot keep the cluster from restarting. Until it
+//! installs such a regency it has cast no vote since its restart, so it still answers
+//! status queries as recovering: a replica that finishes its own recovery later then
+//! takes the same path instead of voting at once in the old regency. In crash mode
+//! this recovers every logged agreement, but needs every replica back. In BFT mode a
+//! crash of all replicas is beyond f: an agreement that fewer than f+1 replicas logged
+//! may be decided anew (the replicas that logged it then diverge) or stall the
+//! cluster; clients never saw such an agreement complete (they need f+1 replies, each
+//! released after logging). Persisting votes would close this; it is not done, to keep
+//! the hot path free of synchronous writes.
+//!
+//! A replica that has never run before has no votes to lose: it starts with
+//! [`Replica::new`] (the runtime keeps a marker file in the data dir to tell a first
+//! start from a restart), so a new cluster starts with up to f replicas missing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -996,6 +1005,7 @@ impl Replica {
         actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
         if let Phase::Recovering { nonce } = self.phase {
             actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+            self.try_finish_recovery(actions);
             return;
         }
         if let Some(mark) = self.behind_mark
@@ -1463,15 +1473,34 @@ impl Replica {
             return;
         }
         self.statuses.insert(from, status);
+        self.try_finish_recovery(actions);
+    }
+
+    /// Ends recovery once the answers collected so far are enough (see the module docs).
+    fn try_finish_recovery(&mut self, actions: &mut Vec<Action>) {
         let needed = match self.config.mode {
             Mode::Crash => self.config.n - self.config.f,
             Mode::Bft => self.config.n - self.config.f - 1,
         };
         let everyone_restarted = self.statuses.values().all(|s| s.recovering);
         // After a crash of every replica, wait for all of them: only complete
-        // information tells which agreements some replica logged.
-        let needed = if everyone_restarted { self.config.n - 1 } else { needed };
-        if self.statuses.len() < needed {
+        // information tells which agreements some replica logged. In BFT mode, after
+        // `recovery_wait_ticks`, n-f answers (with this replica) are enough when every
+        // agreement any of them logged is logged by f+1 of them: an agreement a client
+        // saw complete was logged by f+1 replicas, so one of them is among the answers,
+        // and all of it is fetchable. This lets a cluster start (or restart after a
+        // crash of all) with up to f replicas down or mute.
+        if everyone_restarted && self.statuses.len() < self.config.n - 1 {
+            // Ticks count from this incarnation's start, when recovery began.
+            let waited = self.now_tick;
+            let enough = self.config.mode == Mode::Bft
+                && self.statuses.len() >= needed
+                && waited >= self.config.recovery_wait_ticks()
+                && self.answers_agree_on_what_was_logged();
+            if !enough {
+                return;
+            }
+        } else if self.statuses.len() < needed {
             return;
         }
         let most_decided = self.statuses.values().map(|s| s.last_decided).max().unwrap_or(0);
@@ -1516,6 +1545,15 @@ impl Replica {
             // We may have sent a SYNC we no longer remember: hand the regency on.
             self.start_stop(self.regency + 1, actions);
         }
+    }
+
+    /// True when the highest agreement logged by this replica or any answer is also
+    /// logged by a weak quorum (f+1) of them, so nothing logged is lost or unfetchable.
+    fn answers_agree_on_what_was_logged(&self) -> bool {
+        let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
+        decided.push(self.last_decided);
+        decided.sort_unstable_by(|a, b| b.cmp(a));
+        decided.get(self.config.weak_quorum() - 1) == decided.first()
     }
 }
 

@@ -28,8 +28,8 @@ use super::filelog::{FileLog, LogRecord, WalLog};
 use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
 use crate::protocol::{
-    Action, Batch, ClientRequest, Event, Key, Message, Recovered, Replica, ReplicaId, ReplicaKeys,
-    Reply, TimerKind, open_frame, seal_frame,
+    Action, Batch, ClientRequest, Event, Key, Message, ProtocolError, Recovered, Replica,
+    ReplicaId, ReplicaKeys, Reply, TimerKind, open_frame, seal_frame,
 };
 use crate::service::{Executor, Service};
 
@@ -68,6 +68,37 @@ pub struct ReplicaHandle {
     listen_addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
     recovered_agreement_id: u64,
+}
+
+/// Name of the file that records, in a replica's data dir, that a replica process has
+/// run there (and so may have voted).
+const MEMBER_MARKER: &str = "member";
+
+/// Returns true, after creating the marker durably, when no replica process has run in
+/// `data_dir` before: such a replica has never voted and starts with
+/// [`Replica::new`]. Otherwise it may have voted in an earlier incarnation and lost
+/// those votes, so it recovers first ([`Replica::restart_with_nonce`]). The marker is
+/// written before the protocol starts, so a crash before it leaves nothing to recover.
+fn mark_member(data_dir: &std::path::Path) -> Result<bool, RuntimeError> {
+    let io = |operation: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |error| RuntimeError::Io { operation, path, error }
+    };
+    let marker = data_dir.join(MEMBER_MARKER);
+    match std::fs::symlink_metadata(&marker) {
+        Ok(_) => return Ok(false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io("inspect member marker", &marker)(error)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(io("create data dir", data_dir))?;
+    let mut file = std::fs::File::create(&marker).map_err(io("create member marker", &marker))?;
+    std::io::Write::write_all(&mut file, b"a dura replica has run in this directory\n")
+        .and_then(|()| file.sync_all())
+        .map_err(io("write member marker", &marker))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io("sync data dir", data_dir))?;
+    Ok(true)
 }
 
 /// Starts replica `id` of `config` over `service`: opens and replays its log, then
@@ -156,10 +187,33 @@ pub fn start_replica<S: Service>(
     }
     drop(batches);
     let recovered = Recovered { last_decided: recovered_agreement_id, recent };
-    let mut replica =
-        Replica::restart(protocol_config, keys.as_ref().clone(), recovered, ordered).map_err(
-            |error| RuntimeError::Config { field: "protocol".into(), reason: error.to_string() },
-        )?;
+    let protocol_error = |error: ProtocolError| RuntimeError::Config {
+        field: "protocol".into(),
+        reason: error.to_string(),
+    };
+    // A log without the marker (written by an older version) still means votes.
+    let first_start = mark_member(&me.data_dir)? && recovered.last_decided == 0;
+    let mut replica = if first_start {
+        log::info!(
+            "replica {id}: first start in {}: joining as a new member",
+            me.data_dir.display()
+        );
+        Replica::new(protocol_config, keys.as_ref().clone()).map_err(protocol_error)?
+    } else {
+        // Unique per process start, so that answers to an earlier incarnation's
+        // recovery query are not taken for this one's.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        Replica::restart_with_nonce(
+            protocol_config,
+            keys.as_ref().clone(),
+            recovered,
+            ordered,
+            nonce,
+        )
+        .map_err(protocol_error)?
+    };
 
     // Sockets.
     let replica_listener =

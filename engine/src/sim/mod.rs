@@ -115,11 +115,17 @@ pub struct SimConfig {
     pub events_max: u64,
     /// Client retransmission timeout.
     pub client_timeout_ms: u64,
-    /// Start every replica as the runtime does on a fresh cluster: through
-    /// [`Replica::restart_with_nonce`] from an empty store (recovery, then a leader
-    /// change), each at a time drawn in `0..cold_start_spread_ms`. None: every replica
-    /// starts at once with [`Replica::new`].
+    /// Start every replica at a time drawn in `0..cold_start_spread_ms`, as processes
+    /// start: with [`Replica::new`] if `cold_start_fresh` (the runtime's start of a new
+    /// cluster), else through [`Replica::restart_with_nonce`] from an empty store
+    /// (recovery, then a leader change: a crash of every replica before anything was
+    /// logged). None: every replica starts at once with [`Replica::new`].
     pub cold_start_spread_ms: Option<u64>,
+    /// See `cold_start_spread_ms`.
+    pub cold_start_fresh: bool,
+    /// Print every replica message sent, crash, restart, regency installed and
+    /// decision to stderr (for replaying one failing seed).
+    pub trace: bool,
 }
 
 impl SimConfig {
@@ -153,6 +159,8 @@ impl SimConfig {
             events_max: 3_000_000,
             client_timeout_ms: 300,
             cold_start_spread_ms: None,
+            cold_start_fresh: false,
+            trace: false,
         }
     }
 
@@ -217,13 +225,15 @@ impl SimConfig {
             config.partitions.push(PartitionPlan { isolated, from_ms, until_ms });
         }
         // Drawn last, so the draws above (and the runs of earlier seeds) are unchanged.
-        // Start-up recovery after a cold start waits for every replica (as after a
-        // crash of all of them), so it is drawn only where every replica answers in
-        // the end: no Byzantine replica, and every crashed replica restarts.
-        let all_answer = config.byzantine.is_empty()
-            && config.crashes.iter().all(|crash| crash.restart_ms.is_some());
-        if rng.chance(500) && all_answer {
+        // A staggered start, fresh (as the runtime starts a new cluster) or through
+        // recovery from empty stores (a crash of every replica before anything was
+        // logged). The latter is itself beyond f, so in crash mode it is drawn only
+        // where no replica crashes as well: a replica that lost its votes cannot vote
+        // again below its floor there, and two of them can block an agreement forever.
+        if rng.chance(500) {
             config.cold_start_spread_ms = Some(rng.range(1, 100));
+            let recovery_allowed = mode == Mode::Bft || config.crashes.is_empty();
+            config.cold_start_fresh = rng.chance(500) || !recovery_allowed;
         }
         config
     }
@@ -275,12 +285,32 @@ enum Endpoint {
 
 #[derive(Debug)]
 enum Ev {
-    Packet { from: Endpoint, to: Endpoint, bytes: Vec<u8> },
-    ReplicaTick { id: ReplicaId, generation: u64 },
-    ClientTimer { client: usize, generation: u64 },
-    ClientNext { client: usize },
-    Crash { id: ReplicaId },
-    Restart { id: ReplicaId },
+    Packet {
+        from: Endpoint,
+        to: Endpoint,
+        bytes: Vec<u8>,
+    },
+    ReplicaTick {
+        id: ReplicaId,
+        generation: u64,
+    },
+    ClientTimer {
+        client: usize,
+        generation: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Crash {
+        id: ReplicaId,
+    },
+    Restart {
+        id: ReplicaId,
+    },
+    /// First start of a replica of a new cluster (a staggered fresh start).
+    Start {
+        id: ReplicaId,
+    },
 }
 
 struct ReplicaNode {
@@ -456,7 +486,12 @@ impl<'c> World<'c> {
             self.apply_replica_actions(id, actions)?;
             if let Some(spread_ms) = self.config.cold_start_spread_ms {
                 let at_us = self.rng.range(0, spread_ms * 1000);
-                self.schedule(at_us, Ev::Restart { id });
+                let event = if self.config.cold_start_fresh {
+                    Ev::Start { id }
+                } else {
+                    Ev::Restart { id }
+                };
+                self.schedule(at_us, event);
             }
         }
         for client in 0..self.clients.len() {
@@ -604,12 +639,16 @@ impl<'c> World<'c> {
                 Ok(())
             }
             Ev::Crash { id } => {
+                if self.config.trace {
+                    eprintln!("{:>9} us r{id} CRASH", self.now_us);
+                }
                 let node = &mut self.replicas[id as usize];
                 node.core = None;
                 node.timer_generation += 1;
                 Ok(())
             }
             Ev::Restart { id } => self.restart(id),
+            Ev::Start { id } => self.start_fresh(id),
         }
     }
 
@@ -723,7 +762,13 @@ impl<'c> World<'c> {
                         }
                     }
                 }
-                Action::Deliver { decisions } => self.deliver(id, decisions)?,
+                Action::Deliver { decisions } => {
+                    if self.config.trace {
+                        let ids: Vec<u64> = decisions.iter().map(|d| d.agreement_id).collect();
+                        eprintln!("{:>9} us r{id} DELIVER {ids:?}", self.now_us);
+                    }
+                    self.deliver(id, decisions)?
+                }
                 Action::ReplyFromCache { client_id, sequence } => {
                     let node = &self.replicas[id as usize];
                     if let Some(result) = node.executor.cached_reply(client_id, sequence) {
@@ -741,6 +786,9 @@ impl<'c> World<'c> {
                     );
                 }
                 Action::RegencyInstalled { regency, .. } => {
+                    if self.config.trace {
+                        eprintln!("{:>9} us r{id} REGENCY {regency}", self.now_us);
+                    }
                     if self.is_correct(id) {
                         self.report.regency_max = self.report.regency_max.max(regency);
                     }
@@ -769,6 +817,11 @@ impl<'c> World<'c> {
     }
 
     fn send_replica_message(&mut self, from: ReplicaId, to: ReplicaId, message: Message) {
+        if self.config.trace {
+            let text = format!("{message:?}");
+            let cut = text.char_indices().nth(200).map_or(text.len(), |(at, _)| at);
+            eprintln!("{:>9} us r{from} -> r{to} {}", self.now_us, &text[..cut]);
+        }
         let node = &self.replicas[from as usize];
         let key = *node.keys.link(to).expect("peer exists");
         let message = match node.byzantine {
@@ -906,11 +959,30 @@ impl<'c> World<'c> {
         Ok(())
     }
 
+    fn start_fresh(&mut self, id: ReplicaId) -> Result<(), String> {
+        let node = &mut self.replicas[id as usize];
+        if node.core.is_some() {
+            return Ok(());
+        }
+        if self.config.trace {
+            eprintln!("{:>9} us r{id} START (fresh)", self.now_us);
+        }
+        let mut core = Replica::new(self.config.protocol.clone(), node.keys.clone())
+            .map_err(|error| format!("start of replica {id} failed: {error}"))?;
+        let mut actions = Vec::new();
+        core.start(&mut actions);
+        node.core = Some(core);
+        self.apply_replica_actions(id, actions)
+    }
+
     fn restart(&mut self, id: ReplicaId) -> Result<(), String> {
         let window = self.config.protocol.decided_window_max;
         let node = &mut self.replicas[id as usize];
         if node.core.is_some() {
             return Ok(());
+        }
+        if self.config.trace {
+            eprintln!("{:>9} us r{id} RESTART with {} logged", self.now_us, node.durable.len());
         }
         let mut executor = Executor::new(KvModel::default());
         let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
@@ -1019,8 +1091,9 @@ mod tests {
         // replica restart; replicas that finished start-up recovery while others had not
         // used to split into voting and abstaining ones and change regency forever.
         for seed in [24, 29, 77] {
-            let config = SimConfig::random(Mode::Bft, 4, seed);
+            let mut config = SimConfig::random(Mode::Bft, 4, seed);
             assert!(config.cold_start_spread_ms.is_some(), "seed {seed} cold-starts");
+            config.cold_start_fresh = false;
             let report = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
             assert_eq!(report.ops_completed, config.clients * config.ops_per_client);
         }
