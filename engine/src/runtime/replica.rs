@@ -80,6 +80,7 @@ pub fn start_replica<S: Service>(
 ) -> Result<ReplicaHandle, RuntimeError> {
     config.validate()?;
     config.validate_replica(id)?;
+    super::tune_allocator();
     let log_mode = options.log_mode.unwrap_or(config.log_mode);
     let me = config.replica(id)?.clone();
     let keys = Arc::new(config.replica_keys(id)?);
