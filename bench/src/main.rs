@@ -101,6 +101,8 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The load generator moves as many 4 KiB values as the replicas (see the doc).
+    dura_engine::runtime::tune_allocator();
     let stop = Arc::new(AtomicBool::new(false));
     let connector = kv::connector;
     match cli.command {

@@ -170,6 +170,12 @@ impl Batch {
         Ok(Self { requests })
     }
 
+    /// Appends [`Batch::to_bytes`]'s encoding to `out` (no intermediate buffer).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        self.encode(out);
+    }
+
     /// Encodes the batch alone (e.g. for a log record).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());

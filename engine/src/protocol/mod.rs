@@ -46,7 +46,7 @@ pub mod replica;
 
 use std::sync::Arc;
 
-pub use auth::{ClientKeys, Key, KeyRing, ReplicaKeys, open_frame, seal_frame};
+pub use auth::{ClientKeys, Key, KeyRing, ReplicaKeys, open_frame, seal_frame, seal_frames};
 pub use client::{Client, ClientAction, ClientConfig, ClientError, ClientEvent};
 pub use message::{Batch, ClientRequest, CollectData, Message, Reply};
 pub use replica::{Recovered, Replica};

@@ -8,7 +8,7 @@
 //! [`Pending`] to wait on later or poll.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,7 +67,54 @@ pub fn random_client_id_base() -> u64 {
     x & !0xff_ffff
 }
 
-type Completion = Sender<Result<Vec<u8>, RuntimeError>>;
+/// What a [`Pending`] resolves to.
+type Outcome = Result<Vec<u8>, RuntimeError>;
+
+/// The one-shot slot a request's result travels through, from the driver to the
+/// caller. A mutex and a condition variable, not a channel: a channel's receive spins
+/// and yields before it sleeps, which with one blocked caller per concurrent request
+/// (hundreds in the bench) cost more CPU than the replicas' hashing on a small machine.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+enum SlotState {
+    /// No result yet.
+    #[default]
+    Waiting,
+    /// The result, not taken yet.
+    Done(Outcome),
+    /// The result was taken by [`Pending::try_get`].
+    Taken,
+}
+
+/// The driver's end of a [`Slot`]: delivers the result once. Dropped without
+/// delivering (the driver stopped), it resolves the slot to [`RuntimeError::Shutdown`].
+#[derive(Debug)]
+struct Completion(Arc<Slot>);
+
+impl Completion {
+    fn send(self, outcome: Outcome) {
+        self.resolve(outcome);
+    }
+
+    fn resolve(&self, outcome: Outcome) {
+        let mut state = self.0.state.lock().expect("completion slot lock");
+        if matches!(*state, SlotState::Waiting) {
+            *state = SlotState::Done(outcome);
+            self.0.ready.notify_all();
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.resolve(Err(RuntimeError::Shutdown));
+    }
+}
 
 struct Invoke {
     operation: Vec<u8>,
@@ -77,27 +124,40 @@ struct Invoke {
 /// A submitted request; its result arrives once.
 #[derive(Debug)]
 pub struct Pending {
-    result: Receiver<Result<Vec<u8>, RuntimeError>>,
+    slot: Arc<Slot>,
 }
 
 impl Pending {
-    /// Blocks until the result arrives.
-    pub fn wait(self) -> Result<Vec<u8>, RuntimeError> {
-        self.result.recv().unwrap_or(Err(RuntimeError::Shutdown))
+    fn new() -> (Pending, Completion) {
+        let slot = Arc::new(Slot::default());
+        (Pending { slot: slot.clone() }, Completion(slot))
     }
 
-    /// The result if it has arrived.
-    pub fn try_get(&self) -> Option<Result<Vec<u8>, RuntimeError>> {
-        match self.result.try_recv() {
-            Ok(result) => Some(result),
-            Err(crossbeam_channel::TryRecvError::Empty) => None,
-            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(RuntimeError::Shutdown)),
+    /// Blocks until the result arrives ([`RuntimeError::Shutdown`] if the client
+    /// stopped first, or the result was already taken by [`Pending::try_get`]).
+    pub fn wait(self) -> Result<Vec<u8>, RuntimeError> {
+        let mut state = self.slot.state.lock().expect("completion slot lock");
+        while matches!(*state, SlotState::Waiting) {
+            state = self.slot.ready.wait(state).expect("completion slot lock");
+        }
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(outcome) => outcome,
+            SlotState::Waiting | SlotState::Taken => Err(RuntimeError::Shutdown),
         }
     }
 
-    /// The channel the result arrives on (for `select!` with other work).
-    pub fn receiver(&self) -> &Receiver<Result<Vec<u8>, RuntimeError>> {
-        &self.result
+    /// The result if it has arrived (once; later calls and [`Pending::wait`] then
+    /// return [`RuntimeError::Shutdown`]).
+    pub fn try_get(&self) -> Option<Result<Vec<u8>, RuntimeError>> {
+        let mut state = self.slot.state.lock().expect("completion slot lock");
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Waiting => {
+                *state = SlotState::Waiting;
+                None
+            }
+            SlotState::Done(outcome) => Some(outcome),
+            SlotState::Taken => Some(Err(RuntimeError::Shutdown)),
+        }
     }
 }
 
@@ -197,11 +257,11 @@ impl Client {
 
     /// Submits `operation` and returns at once.
     pub fn submit(&self, operation: Vec<u8>) -> Pending {
-        let (done, result) = bounded(1);
+        let (pending, done) = Pending::new();
         if let Err(error) = self.inner.commands.send(Invoke { operation, done }) {
-            let _ = error.0.done.send(Err(RuntimeError::Shutdown));
+            error.0.done.send(Err(RuntimeError::Shutdown));
         }
-        Pending { result }
+        pending
     }
 
     /// Orders `operation` and waits for its result (f+1 matching replies in BFT mode,
@@ -287,7 +347,7 @@ impl Driver {
             None if self.open_sessions < self.options.sessions_max => match self.open_session() {
                 Ok(index) => index,
                 Err(error) => {
-                    let _ = command.done.send(Err(error));
+                    command.done.send(Err(error));
                     return;
                 }
             },
@@ -337,7 +397,7 @@ impl Driver {
                 // Give up on this session: its request may still be ordered later, so
                 // the session (and its client id) is retired, never reused.
                 let (done, started) = session.waiting.take().expect("checked");
-                let _ = done.send(Err(RuntimeError::Timeout {
+                done.send(Err(RuntimeError::Timeout {
                     waited_ms: started.elapsed().as_millis() as u64,
                 }));
                 self.by_client_id.remove(&session.protocol.id());
@@ -378,7 +438,7 @@ impl Driver {
                 ClientAction::CancelTimer => session.retransmit_at = None,
                 ClientAction::Completed { result, .. } => {
                     if let Some((done, _)) = session.waiting.take() {
-                        let _ = done.send(Ok(result));
+                        done.send(Ok(result));
                     }
                     self.idle.push(index);
                 }
@@ -392,5 +452,34 @@ impl Driver {
                 self.start(command);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_caller_gets_the_result_sent_from_another_thread() {
+        let (pending, done) = Pending::new();
+        let sender = thread::spawn(move || done.send(Ok(b"result".to_vec())));
+        assert_eq!(pending.wait().expect("delivered"), b"result");
+        sender.join().expect("sender thread");
+    }
+
+    #[test]
+    fn a_completion_dropped_unsent_resolves_to_shutdown() {
+        let (pending, done) = Pending::new();
+        assert!(pending.try_get().is_none(), "nothing delivered yet");
+        drop(done);
+        assert!(matches!(pending.wait(), Err(RuntimeError::Shutdown)));
+    }
+
+    #[test]
+    fn try_get_hands_the_result_out_once_and_a_late_drop_changes_nothing() {
+        let (pending, done) = Pending::new();
+        done.send(Err(RuntimeError::Timeout { waited_ms: 7 }));
+        assert!(matches!(pending.try_get(), Some(Err(RuntimeError::Timeout { waited_ms: 7 }))));
+        assert!(matches!(pending.try_get(), Some(Err(RuntimeError::Shutdown))));
     }
 }

@@ -116,7 +116,7 @@ pub fn encode_batch(agreement_id: u64, part: (u32, u32), batch: &Batch, out: &mu
     out.extend_from_slice(&agreement_id.to_le_bytes());
     out.extend_from_slice(&part.0.to_le_bytes());
     out.extend_from_slice(&part.1.to_le_bytes());
-    out.extend_from_slice(&batch.to_bytes());
+    batch.encode_into(out);
 }
 
 /// One log record's content, decoded.

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+pub mod alloc;
 pub mod client;
 pub mod config;
 pub mod durability;
@@ -14,6 +15,7 @@ pub mod filelog;
 pub mod net;
 pub mod replica;
 
+pub use alloc::tune_allocator;
 pub use client::{Client, ClientOptions, Pending};
 pub use config::{ClusterConfig, LogBackendKind, LogMode, Mode, ReplicaConfig};
 pub use replica::{ReplicaHandle, ReplicaOptions, start_replica};

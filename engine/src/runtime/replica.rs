@@ -29,7 +29,7 @@ use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
 use crate::protocol::{
     Action, Batch, ClientRequest, Event, Key, Message, ProtocolError, Recovered, Replica,
-    ReplicaId, ReplicaKeys, Reply, TimerKind, open_frame, seal_frame,
+    ReplicaId, ReplicaKeys, Reply, TimerKind, open_frame, seal_frame, seal_frames,
 };
 use crate::service::{Executor, Service};
 
@@ -111,6 +111,7 @@ pub fn start_replica<S: Service>(
 ) -> Result<ReplicaHandle, RuntimeError> {
     config.validate()?;
     config.validate_replica(id)?;
+    super::tune_allocator();
     let log_mode = options.log_mode.unwrap_or(config.log_mode);
     let me = config.replica(id)?.clone();
     let keys = Arc::new(config.replica_keys(id)?);
@@ -504,11 +505,14 @@ impl OrderStage {
                     }
                 }
                 Action::Broadcast { message } => {
-                    for to in (0..self.n).filter(|r| *r != self.id) {
-                        if let Some(key) = self.keys.link(to) {
-                            let frame = seal_frame(key, self.id, &message);
-                            self.network.send(Peer::Replica(to), Arc::from(frame));
-                        }
+                    // Encoded and hashed once for all links (a PROPOSE carries the batch).
+                    let peers: Vec<(ReplicaId, &Key)> = (0..self.n)
+                        .filter(|r| *r != self.id)
+                        .filter_map(|r| self.keys.link(r).map(|key| (r, key)))
+                        .collect();
+                    let frames = seal_frames(peers.iter().map(|(_, key)| *key), self.id, &message);
+                    for ((to, _), frame) in peers.iter().zip(frames) {
+                        self.network.send(Peer::Replica(*to), frame);
                     }
                 }
                 Action::Deliver { decisions } => {
