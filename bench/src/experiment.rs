@@ -57,11 +57,12 @@ pub struct ExperimentArgs {
     /// Ordering protocol.
     #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
     pub mode: ModeArg,
-    /// Clients for table1's peak throughput.
-    #[arg(long, default_value_t = 32)]
+    /// Clients for table1's peak throughput (durable modes need many in flight to hide
+    /// the log's latency).
+    #[arg(long, default_value_t = 256)]
     pub clients_peak: usize,
     /// fig9 doubles the clients from 1 up to this many at most.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 512)]
     pub clients_max: usize,
     /// Results folder (default: `dura-bench-results/EXPERIMENT-TIME`).
     #[arg(long)]
@@ -210,12 +211,15 @@ pub fn run(
                 ExperimentName::Fig9 => {
                     let mut clients = 1;
                     let mut best = 0.0f64;
+                    let mut flat_points = 0;
                     loop {
                         let measured = measure(clients)?;
                         let ops = measured.ops_per_s;
                         points.push(measured);
-                        // Throughput stopped growing: less than 5% above the best so far.
-                        if ops < best * 1.05 || clients >= args.clients_max {
+                        // Throughput stopped growing: two points in a row less than 5%
+                        // above the best so far (one noisy point does not end the curve).
+                        flat_points = if ops < best * 1.05 { flat_points + 1 } else { 0 };
+                        if flat_points >= 2 || clients >= args.clients_max {
                             break;
                         }
                         best = best.max(ops);
