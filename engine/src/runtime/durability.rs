@@ -309,6 +309,35 @@ pub fn run_log_stage(
     Ok(())
 }
 
+/// The log stage in `parallel` mode over a log whose durability reports go straight to
+/// the exec stage ([`run_exec_stage`]'s `durable`): it only appends, so a report
+/// reaches exec with one thread wake-up fewer. Ends when its input closes, after
+/// syncing what it appended and telling exec that all of it is durable.
+pub fn run_append_stage(
+    mut backend: impl LogBackend,
+    input: Receiver<Arc<DecidedBatch>>,
+    exec: Sender<ExecInput>,
+) -> Result<(), RuntimeError> {
+    let mut payload = Vec::new();
+    let mut last_logged: Option<u64> = None;
+    while let Ok(batch) = input.recv() {
+        assert!(
+            last_logged.is_none_or(|last| batch.agreement_id > last),
+            "agreement ids reach the log strictly increasing ({} after {last_logged:?})",
+            batch.agreement_id
+        );
+        last_logged = Some(batch.agreement_id);
+        payload.clear();
+        encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut payload);
+        backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+    }
+    backend.sync()?;
+    if let Some(last) = last_logged {
+        let _ = exec.send(ExecInput::Durable(last));
+    }
+    Ok(())
+}
+
 /// The log stage over a log that reports durability itself: append without waiting,
 /// release on each report. Waiting batches are bounded by the input queue and the
 /// log's own append bound.
@@ -385,19 +414,39 @@ fn run_log_stage_notified(
 }
 
 /// The exec stage: executes batches in order and releases replies through `sink`, in
-/// `parallel` mode only once the log reports them durable. Ends when its input closes;
-/// replies still waiting for the log then are dropped (their clients retransmit).
+/// `parallel` mode only once the log reports them durable, through `input`
+/// ([`ExecInput::Durable`]) or, when given, straight from the log's `durable` reports
+/// (with [`run_append_stage`]). Ends when its input closes; replies still waiting for
+/// the log then are dropped (their clients retransmit).
 pub fn run_exec_stage<S: Service>(
     mode: LogMode,
     executor: &mut Executor<S>,
     input: Receiver<ExecInput>,
+    durable: Option<Receiver<DurablePoint>>,
     mut sink: impl FnMut(ReplyOut),
 ) {
     let hold_for_log = mode == LogMode::Parallel;
+    assert!(hold_for_log || durable.is_none(), "durability reports come only in parallel mode");
+    // A disconnected report channel (the log closed) is replaced by one that never fires:
+    // replies then wait for the append stage's final report through `input`.
+    let mut durable = durable.unwrap_or_else(crossbeam_channel::never);
     let mut durable_up_to: Option<u64> = None;
     let mut last_executed: Option<u64> = None;
     let mut pending: VecDeque<(u64, Vec<ReplyOut>)> = VecDeque::new();
-    while let Ok(message) = input.recv() {
+    loop {
+        let message = crossbeam_channel::select! {
+            recv(input) -> message => match message {
+                Ok(message) => message,
+                Err(_) => break,
+            },
+            recv(durable) -> point => match point {
+                Ok(point) => ExecInput::Durable(point.agreement_id),
+                Err(_) => {
+                    durable = crossbeam_channel::never();
+                    continue;
+                }
+            },
+        };
         match message {
             ExecInput::Batch(batch) => {
                 assert!(
@@ -433,7 +482,11 @@ pub fn run_exec_stage<S: Service>(
             }
             ExecInput::Durable(up_to) => {
                 assert!(hold_for_log, "durability reports come only in parallel mode");
-                assert!(durable_up_to.is_none_or(|d| up_to > d), "durability only moves forward");
+                // Reports from the log and from the append stage's shutdown may repeat a
+                // point; the first report may be the end of the recovered log.
+                if durable_up_to.is_some_and(|d| up_to <= d) {
+                    continue;
+                }
                 durable_up_to = Some(up_to);
                 while pending.front().is_some_and(|(id, _)| *id <= up_to) {
                     let (_, replies) = pending.pop_front().expect("checked non-empty");
@@ -527,7 +580,7 @@ mod tests {
         thread::spawn(move || run_log_stage(mode, backend, log_rx, exec_for_log));
         thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
-            run_exec_stage(mode, &mut executor, exec_rx, |reply| {
+            run_exec_stage(mode, &mut executor, exec_rx, None, |reply| {
                 let _ = reply_tx.send(reply);
             });
         });
@@ -663,6 +716,13 @@ mod tests {
 
     #[test]
     fn with_a_self_reporting_log_replies_wait_for_its_durability_report() {
+        // Reports through the log stage, and straight to exec (append-only log stage).
+        for reports_to_exec in [false, true] {
+            replies_wait_for_reports(reports_to_exec);
+        }
+    }
+
+    fn replies_wait_for_reports(reports_to_exec: bool) {
         let (point_tx, points) = bounded(4);
         let (appended, appended_rx) = bounded(16);
         let (to_log, log_rx) = bounded(16);
@@ -670,10 +730,17 @@ mod tests {
         let (reply_tx, replies) = bounded(16);
         let exec_for_log = to_exec.clone();
         let backend = NotifyingLog { points, appended };
-        thread::spawn(move || run_log_stage(LogMode::Parallel, backend, log_rx, exec_for_log));
+        let durable = reports_to_exec.then(|| backend.points.clone());
+        thread::spawn(move || {
+            if reports_to_exec {
+                run_append_stage(backend, log_rx, exec_for_log)
+            } else {
+                run_log_stage(LogMode::Parallel, backend, log_rx, exec_for_log)
+            }
+        });
         thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
-            run_exec_stage(LogMode::Parallel, &mut executor, exec_rx, |reply| {
+            run_exec_stage(LogMode::Parallel, &mut executor, exec_rx, durable, |reply| {
                 let _ = reply_tx.send(reply);
             });
         });

@@ -338,14 +338,26 @@ pub fn start_replica<S: Service>(
             stop.store(true, Ordering::Release);
         }
     };
+    // In parallel mode over a log that reports durability itself, the reports go
+    // straight to exec, which releases replies; the log stage only appends.
+    let durable_to_exec = match (&backend, log_mode) {
+        (Some(backend), LogMode::Parallel) => backend.durable_notifications(),
+        _ => None,
+    };
     if let Some(backend) = backend {
         let exec_tx = exec_tx.clone();
         let fail = fail.clone();
+        let append_only = durable_to_exec.is_some();
         threads.push(spawn(
             "log",
             core(2),
             Box::new(move || {
-                if let Err(error) = durability::run_log_stage(log_mode, backend, log_rx, exec_tx) {
+                let outcome = if append_only {
+                    durability::run_append_stage(backend, log_rx, exec_tx)
+                } else {
+                    durability::run_log_stage(log_mode, backend, log_rx, exec_tx)
+                };
+                if let Err(error) = outcome {
                     fail(error);
                 }
             }),
@@ -361,26 +373,32 @@ pub fn start_replica<S: Service>(
             Box::new(move || {
                 // Keys shared with clients, derived once per client (bounded).
                 let mut client_keys: HashMap<u64, Key> = HashMap::new();
-                durability::run_exec_stage(log_mode, &mut executor, exec_rx, |out| {
-                    if client_keys.len() >= CLIENT_KEYS_CACHED_MAX {
-                        client_keys.clear();
-                    }
-                    let key = *client_keys
-                        .entry(out.client_id)
-                        .or_insert_with(|| keys.client_key(out.client_id));
-                    let reply = Reply::signed(
-                        &key,
-                        id,
-                        out.client_id,
-                        out.sequence,
-                        regency.load(Ordering::Relaxed),
-                        out.reply,
-                    );
-                    network.send(
-                        Peer::Client(out.client_id & !CLIENT_SESSION_MASK),
-                        Arc::from(reply.to_bytes()),
-                    );
-                });
+                durability::run_exec_stage(
+                    log_mode,
+                    &mut executor,
+                    exec_rx,
+                    durable_to_exec,
+                    |out| {
+                        if client_keys.len() >= CLIENT_KEYS_CACHED_MAX {
+                            client_keys.clear();
+                        }
+                        let key = *client_keys
+                            .entry(out.client_id)
+                            .or_insert_with(|| keys.client_key(out.client_id));
+                        let reply = Reply::signed(
+                            &key,
+                            id,
+                            out.client_id,
+                            out.sequence,
+                            regency.load(Ordering::Relaxed),
+                            out.reply,
+                        );
+                        network.send(
+                            Peer::Client(out.client_id & !CLIENT_SESSION_MASK),
+                            Arc::from(reply.to_bytes()),
+                        );
+                    },
+                );
             }),
         )?);
     }
