@@ -10,9 +10,11 @@
 //! | `parallel` | exec **and** log at the same moment | executed **and** durable |
 //!
 //! In `parallel` mode the exec stage keeps the replies of each executed batch until the
-//! log stage reports "durable up to agreement X" with X >= the batch's agreement id
-//! ([`ExecInput::Durable`]). The log stage takes every batch waiting in its queue as one
-//! group: it appends them all, then waits for one sync.
+//! log reports "durable up to agreement X" with X >= the batch's agreement id. Over
+//! dura-wal the WAL's own reports go straight to exec and the log stage only appends
+//! ([`run_append_stage`]; the WAL groups the appends into one write). Over a log without
+//! reports the log stage takes every batch waiting in its queue as one group, appends
+//! them all, waits for one sync and reports [`ExecInput::Durable`].
 //!
 //! Log records: one per decided batch (first = last = its agreement id), or in `sync`
 //! mode one per request (several records with the same agreement id, replayed as one
