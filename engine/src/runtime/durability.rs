@@ -237,6 +237,38 @@ pub fn execute_batch<S: Service>(
     replies
 }
 
+/// Appends decided batches to a log, one record each (the batch's encoding), checking
+/// that agreement ids arrive strictly increasing.
+#[derive(Debug, Default)]
+struct BatchAppender {
+    payload: Vec<u8>,
+    last_logged: Option<u64>,
+}
+
+impl BatchAppender {
+    /// Checks and records that `agreement_id` is the next one logged.
+    fn admit(&mut self, agreement_id: u64) {
+        assert!(
+            self.last_logged.is_none_or(|last| agreement_id > last),
+            "agreement ids reach the log strictly increasing ({agreement_id} after {:?})",
+            self.last_logged
+        );
+        self.last_logged = Some(agreement_id);
+    }
+
+    /// Appends `batch` as one record (not synced).
+    fn append(
+        &mut self,
+        backend: &mut impl LogBackend,
+        batch: &DecidedBatch,
+    ) -> Result<(), RuntimeError> {
+        self.admit(batch.agreement_id);
+        self.payload.clear();
+        encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut self.payload);
+        backend.append(batch.agreement_id, batch.agreement_id, &self.payload)
+    }
+}
+
 /// The log stage: appends every batch it receives, syncing as `mode` says, and reports
 /// durability (parallel) or forwards the batch to exec (sync, batched). Ends when its
 /// input closes, after syncing what it took (the in-flight group write completes).
@@ -253,8 +285,7 @@ pub fn run_log_stage(
         return run_log_stage_notified(mode, backend, &durable, input, exec);
     }
     let mut group: Vec<Arc<DecidedBatch>> = Vec::with_capacity(LOG_GROUP_BATCHES_MAX);
-    let mut payload = Vec::new();
-    let mut last_logged: Option<u64> = None;
+    let mut appender = BatchAppender::default();
     while let Ok(first) = input.recv() {
         group.clear();
         group.push(first);
@@ -265,25 +296,19 @@ pub fn run_log_stage(
             }
         }
         for batch in &group {
-            assert!(
-                last_logged.is_none_or(|last| batch.agreement_id > last),
-                "agreement ids reach the log strictly increasing ({} after {last_logged:?})",
-                batch.agreement_id
-            );
-            last_logged = Some(batch.agreement_id);
             if mode == LogMode::Sync && !batch.batch.requests.is_empty() {
+                appender.admit(batch.agreement_id);
+                let payload = &mut appender.payload;
                 let parts = batch.batch.requests.len() as u32;
                 for (index, request) in batch.batch.requests.iter().enumerate() {
                     payload.clear();
                     let single = Batch { requests: vec![request.clone()] };
-                    encode_batch(batch.agreement_id, (index as u32, parts), &single, &mut payload);
-                    backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+                    encode_batch(batch.agreement_id, (index as u32, parts), &single, payload);
+                    backend.append(batch.agreement_id, batch.agreement_id, payload)?;
                     backend.sync()?;
                 }
             } else {
-                payload.clear();
-                encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut payload);
-                backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+                appender.append(&mut backend, batch)?;
             }
         }
         match mode {
@@ -320,21 +345,12 @@ pub fn run_append_stage(
     input: Receiver<Arc<DecidedBatch>>,
     exec: Sender<ExecInput>,
 ) -> Result<(), RuntimeError> {
-    let mut payload = Vec::new();
-    let mut last_logged: Option<u64> = None;
+    let mut appender = BatchAppender::default();
     while let Ok(batch) = input.recv() {
-        assert!(
-            last_logged.is_none_or(|last| batch.agreement_id > last),
-            "agreement ids reach the log strictly increasing ({} after {last_logged:?})",
-            batch.agreement_id
-        );
-        last_logged = Some(batch.agreement_id);
-        payload.clear();
-        encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut payload);
-        backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+        appender.append(&mut backend, &batch)?;
     }
     backend.sync()?;
-    if let Some(last) = last_logged {
+    if let Some(last) = appender.last_logged {
         let _ = exec.send(ExecInput::Durable(last));
     }
     Ok(())
@@ -350,8 +366,7 @@ fn run_log_stage_notified(
     input: Receiver<Arc<DecidedBatch>>,
     exec: Sender<ExecInput>,
 ) -> Result<(), RuntimeError> {
-    let mut payload = Vec::new();
-    let mut last_logged: Option<u64> = None;
+    let mut appender = BatchAppender::default();
     let mut durable_up_to: Option<u64> = None;
     // Batched mode: appended, waiting to be durable before they go to exec.
     let mut waiting: VecDeque<Arc<DecidedBatch>> = VecDeque::new();
@@ -373,15 +388,7 @@ fn run_log_stage_notified(
         crossbeam_channel::select! {
             recv(input) -> batch => {
                 let Ok(batch) = batch else { break };
-                assert!(
-                    last_logged.is_none_or(|last| batch.agreement_id > last),
-                    "agreement ids reach the log strictly increasing ({} after {last_logged:?})",
-                    batch.agreement_id
-                );
-                last_logged = Some(batch.agreement_id);
-                payload.clear();
-                encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut payload);
-                backend.append(batch.agreement_id, batch.agreement_id, &payload)?;
+                appender.append(&mut backend, &batch)?;
                 if mode == LogMode::Batched {
                     waiting.push_back(batch);
                 }
@@ -394,7 +401,7 @@ fn run_log_stage_notified(
                 };
                 // Only points past what this stage released matter (the first report
                 // may be the recovered end of the log).
-                let Some(last) = last_logged else { continue };
+                let Some(last) = appender.last_logged else { continue };
                 let point = point.agreement_id.min(last);
                 if durable_up_to.is_none_or(|d| point > d) {
                     durable_up_to = Some(point);
@@ -407,7 +414,7 @@ fn run_log_stage_notified(
     }
     // Input closed (shutdown): finish the in-flight write and release what it covers.
     backend.sync()?;
-    if let Some(last) = last_logged
+    if let Some(last) = appender.last_logged
         && durable_up_to.is_none_or(|d| last > d)
     {
         release(last, &mut waiting);
