@@ -254,3 +254,29 @@ fn bft_cluster_restarts_after_every_replica_crashed_while_one_stays_down() {
         assert_eq!(report.last_decided[2], None, "replica 2 stayed down");
     }
 }
+
+#[test]
+fn fresh_clusters_start_with_f_replicas_dying_during_start_up() {
+    // Replicas start at staggered times as new members (Replica::new, as the runtime
+    // does for a data dir that never hosted a replica); f of them, the first leader
+    // among them, crash right after starting and stay down.
+    for (mode, n) in [(Mode::Crash, 3), (Mode::Crash, 5), (Mode::Bft, 4), (Mode::Bft, 7)] {
+        for seed in 0..4 {
+            let mut config = SimConfig::quiet(mode, n, seed);
+            config.cold_start_spread_ms = Some(60);
+            config.cold_start_fresh = true;
+            let f = config.protocol.f as u32;
+            for replica in 0..f {
+                config.crashes.push(CrashPlan {
+                    replica,
+                    at_ms: 61 + u64::from(replica),
+                    restart_ms: None,
+                });
+            }
+            config.faults_until_ms = 100;
+            let report = must_pass(&config);
+            assert_eq!(report.ops_completed, all_ops(&config), "{mode:?} n={n} seed {seed}");
+            assert_eq!(report.last_decided[0], None, "replica 0 stayed down");
+        }
+    }
+}
