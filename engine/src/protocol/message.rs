@@ -61,8 +61,14 @@ impl ClientRequest {
     /// True if the entry for `replica` is a valid MAC under `key` (the key `replica`
     /// shares with this client).
     pub fn verify(&self, replica: ReplicaId, key: &Key) -> bool {
+        self.verify_digest(replica, key, &self.digest())
+    }
+
+    /// [`ClientRequest::verify`] with the request's [`digest`](Self::digest) already
+    /// computed (one pass over the operation serves the check and the batch hash).
+    pub fn verify_digest(&self, replica: ReplicaId, key: &Key, digest: &Hash) -> bool {
         match self.authenticator.get(replica as usize) {
-            Some(tag) => verify_mac(key, &[&self.digest()], tag),
+            Some(tag) => verify_mac(key, &[digest], tag),
             None => false,
         }
     }
@@ -130,17 +136,22 @@ impl Batch {
             .collect()
     }
 
-    /// SHA-256 of the encoded batch: the value's identity in WRITE and ACCEPT.
+    /// The value's identity in WRITE and ACCEPT: SHA-256 over the request count and,
+    /// per request, its [`ClientRequest::digest`] (which covers client, sequence and
+    /// operation) and its authenticator.
     pub fn hash(&self) -> Hash {
-        // Streams the same bytes as `encode` into the hasher, without a copy.
+        self.hash_with(ClientRequest::digest)
+    }
+
+    /// [`Batch::hash`] with each request's digest from `digest_of` (a replica that
+    /// already computed a request's digest to verify it need not read it again).
+    /// `digest_of` must return [`ClientRequest::digest`].
+    pub fn hash_with(&self, mut digest_of: impl FnMut(&ClientRequest) -> Hash) -> Hash {
         let mut sha = Sha256::new();
         sha.update(b"dura-batch");
         sha.update((self.requests.len() as u32).to_le_bytes());
         for request in &self.requests {
-            sha.update(request.client_id.to_le_bytes());
-            sha.update(request.sequence.to_le_bytes());
-            sha.update((request.operation.len() as u32).to_le_bytes());
-            sha.update(&request.operation);
+            sha.update(digest_of(request));
             sha.update((request.authenticator.len() as u32).to_le_bytes());
             for tag in &request.authenticator {
                 sha.update(tag);
@@ -828,14 +839,28 @@ mod tests {
     }
 
     #[test]
-    fn batch_hash_is_sha256_of_its_encoding() {
+    fn batch_hash_covers_every_field_of_every_request_and_their_order() {
         let batch = sample_batch();
-        let mut sha = Sha256::new();
-        sha.update(b"dura-batch");
-        sha.update(batch.to_bytes());
-        let expected: Hash = sha.finalize().into();
-        assert_eq!(batch.hash(), expected);
-        assert_ne!(Batch::default().hash(), expected);
+        let hash = batch.hash();
+        assert_eq!(batch.hash_with(ClientRequest::digest), hash);
+        assert_ne!(Batch::default().hash(), hash);
+        let changed: [fn(&mut ClientRequest); 5] = [
+            |r| r.client_id += 1,
+            |r| r.sequence += 1,
+            |r| r.operation.push(0),
+            |r| r.authenticator[0][0] ^= 1,
+            |r| r.authenticator.pop().map_or((), drop),
+        ];
+        for change in changed {
+            let mut other = (*batch).clone();
+            change(&mut other.requests[0]);
+            assert_ne!(other.hash(), hash, "a changed request changes the hash");
+        }
+        if batch.requests.len() >= 2 {
+            let mut reversed = (*batch).clone();
+            reversed.requests.reverse();
+            assert_ne!(reversed.hash(), hash, "order matters");
+        }
     }
 
     #[test]

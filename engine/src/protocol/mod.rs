@@ -229,8 +229,10 @@ pub enum Event {
     ClientRequest {
         /// The request.
         request: ClientRequest,
-        /// True if the runtime already verified this replica's authenticator entry.
-        verified: bool,
+        /// `Some(digest)` if the runtime already verified this replica's authenticator
+        /// entry, with the request's [`ClientRequest::digest`] it computed for that
+        /// (kept for the batch hash); `None`: the replica verifies it.
+        digest: Option<Hash>,
     },
     /// A timer fired.
     TimerFired(TimerKind),

@@ -158,6 +158,8 @@ enum Phase {
 #[derive(Debug)]
 struct Pending {
     request: ClientRequest,
+    /// Its [`ClientRequest::digest`], computed once when it was verified.
+    digest: Hash,
     arrival_tick: u64,
     forwarded: bool,
 }
@@ -424,8 +426,8 @@ impl Replica {
     pub fn handle(&mut self, event: Event, actions: &mut Vec<Action>) {
         match event {
             Event::TimerFired(TimerKind::Tick) => self.on_tick(actions),
-            Event::ClientRequest { request, verified } => {
-                self.on_client_request(request, verified, actions)
+            Event::ClientRequest { request, digest } => {
+                self.on_client_request(request, digest, actions)
             }
             Event::Message { from, message } => {
                 if (from as usize) < self.config.n && from != self.id {
@@ -473,15 +475,23 @@ impl Replica {
     fn on_client_request(
         &mut self,
         request: ClientRequest,
-        verified: bool,
+        digest: Option<Hash>,
         actions: &mut Vec<Action>,
     ) {
         if request.authenticator.len() != self.config.n {
             return;
         }
-        if !verified && !request.verify(self.id, &self.keys.client_key(request.client_id)) {
-            return;
-        }
+        let digest = match digest {
+            Some(digest) => digest,
+            None => {
+                let digest = request.digest();
+                let key = self.keys.client_key(request.client_id);
+                if !request.verify_digest(self.id, &key, &digest) {
+                    return;
+                }
+                digest
+            }
+        };
         if self.ordered.get(&request.client_id).is_some_and(|&seq| seq >= request.sequence) {
             actions.push(Action::ReplyFromCache {
                 client_id: request.client_id,
@@ -489,10 +499,10 @@ impl Replica {
             });
             return;
         }
-        self.add_pending(request);
+        self.add_pending(request, digest);
     }
 
-    fn add_pending(&mut self, request: ClientRequest) {
+    fn add_pending(&mut self, request: ClientRequest, digest: Hash) {
         if let Some(&at) = self.pending_by_client.get(&request.client_id) {
             let existing = &self.pending[&at];
             if existing.request.sequence >= request.sequence {
@@ -507,7 +517,8 @@ impl Replica {
         let at = self.pending_next;
         self.pending_next += 1;
         self.pending_by_client.insert(request.client_id, at);
-        self.pending.insert(at, Pending { request, arrival_tick: self.now_tick, forwarded: false });
+        self.pending
+            .insert(at, Pending { request, digest, arrival_tick: self.now_tick, forwarded: false });
     }
 
     fn remove_ordered_pending(&mut self, client_id: u64, sequence: u64) {
@@ -519,31 +530,43 @@ impl Replica {
         }
     }
 
-    /// True if `request` is valid in a batch for this replica.
-    fn request_is_valid(&self, request: &ClientRequest) -> bool {
+    /// The digest of `request` if it is valid in a batch for this replica.
+    fn request_digest(&self, request: &ClientRequest) -> Option<Hash> {
         if request.authenticator.len() != self.config.n {
-            return false;
+            return None;
         }
         if let Some(&at) = self.pending_by_client.get(&request.client_id)
             && self.pending[&at].request == *request
         {
-            return true; // verified on arrival
+            return Some(self.pending[&at].digest); // verified on arrival
         }
-        request.verify(self.id, &self.keys.client_key(request.client_id))
+        let digest = request.digest();
+        request
+            .verify_digest(self.id, &self.keys.client_key(request.client_id), &digest)
+            .then_some(digest)
     }
 
-    fn batch_is_valid(&self, batch: &Batch) -> bool {
+    /// The hash of `batch` if it is valid for this replica (bounds and every request's
+    /// authenticator), computed from the request digests its checks needed anyway.
+    fn valid_batch_hash(&self, batch: &Batch) -> Option<Hash> {
         let count = batch.requests.len();
         if count > self.config.batch_requests_max {
-            return false;
+            return None;
         }
         if count > 1 && batch.encoded_len() > self.config.batch_bytes_max + 4 {
-            return false;
+            return None;
         }
-        batch.requests.iter().all(|request| self.request_is_valid(request))
+        let digests: Vec<Hash> = batch
+            .requests
+            .iter()
+            .map(|request| self.request_digest(request))
+            .collect::<Option<_>>()?;
+        Some(hash_with_digests(batch, &digests))
     }
 
-    fn build_batch(&self) -> Batch {
+    /// The next batch to propose, with its hash.
+    fn build_batch(&self) -> (Batch, Hash) {
+        let mut digests = Vec::new();
         let mut requests = Vec::new();
         let mut bytes = 4usize;
         for pending in self.pending.values() {
@@ -556,8 +579,11 @@ impl Replica {
             }
             bytes += len;
             requests.push(pending.request.clone());
+            digests.push(pending.digest);
         }
-        Batch { requests }
+        let batch = Batch { requests };
+        let hash = hash_with_digests(&batch, &digests);
+        (batch, hash)
     }
 
     // ----- messages -----
@@ -580,14 +606,10 @@ impl Replica {
                     self.mark_behind();
                 }
                 for request in requests {
-                    if request.authenticator.len() == self.config.n
-                        && request.verify(self.id, &self.keys.client_key(request.client_id))
-                        && self
-                            .ordered
-                            .get(&request.client_id)
-                            .is_none_or(|&s| s < request.sequence)
-                    {
-                        self.add_pending(request);
+                    let fresh =
+                        self.ordered.get(&request.client_id).is_none_or(|&s| s < request.sequence);
+                    if fresh && let Some(digest) = self.request_digest(&request) {
+                        self.add_pending(request, digest);
                     }
                 }
             }
@@ -768,15 +790,17 @@ impl Replica {
             || (self.config.mode == Mode::Bft && self.floor_regency.is_some_and(|r| regency > r))
     }
 
-    /// Writes `batch` for (regency, agreement): broadcasts WRITE (BFT) or ACCEPT (crash).
+    /// Writes `batch` (whose hash is `hash`) for (regency, agreement): broadcasts WRITE
+    /// (BFT) or ACCEPT (crash).
     fn write_value(
         &mut self,
         regency: u64,
         agreement_id: u64,
         batch: Arc<Batch>,
+        hash: Hash,
         actions: &mut Vec<Action>,
     ) {
-        let hash = batch.hash();
+        debug_assert_eq!(batch.hash(), hash);
         let mode = self.config.mode;
         let id = self.id;
         let inst = self.instances.entry(agreement_id).or_default();
@@ -897,8 +921,8 @@ impl Replica {
                 if let Some(inst) = self.instances.get_mut(&aid) {
                     inst.proposal = None;
                 }
-                if self.batch_is_valid(&batch) {
-                    self.write_value(regency, aid, batch, actions);
+                if let Some(hash) = self.valid_batch_hash(&batch) {
+                    self.write_value(regency, aid, batch, hash, actions);
                 }
             }
             self.check_accept(aid, actions);
@@ -921,7 +945,8 @@ impl Replica {
         {
             return;
         }
-        let batch = Arc::new(self.build_batch());
+        let (batch, hash) = self.build_batch();
+        let batch = Arc::new(batch);
         actions.push(Action::Broadcast {
             message: Message::Propose {
                 regency: self.regency,
@@ -929,7 +954,7 @@ impl Replica {
                 batch: batch.clone(),
             },
         });
-        self.write_value(self.regency, aid, batch, actions);
+        self.write_value(self.regency, aid, batch, hash, actions);
     }
 
     // ----- catch-up -----
@@ -1331,7 +1356,7 @@ impl Replica {
                         c.values.iter().find(|b| b.hash() == hash).cloned()
                     })
                 };
-                logged.or_else(accepted).unwrap_or_else(|| Arc::new(self.build_batch()))
+                logged.or_else(accepted).unwrap_or_else(|| Arc::new(self.build_batch().0))
             }
             Some(Choice::Forced(hash)) => {
                 let found = members
@@ -1418,7 +1443,7 @@ impl Replica {
             Some(Choice::Forced(forced)) if forced != hash => return,
             Some(Choice::Forced(_)) => {}
             Some(Choice::Free) => {
-                if !self.batch_is_valid(&sync.batch) {
+                if self.valid_batch_hash(&sync.batch).is_none() {
                     return;
                 }
             }
@@ -1438,7 +1463,7 @@ impl Replica {
         let aid = sync.agreement_id;
         if aid == self.last_decided + 1 {
             if self.may_vote_at(sync.regency, aid) {
-                self.write_value(sync.regency, aid, sync.batch, actions);
+                self.write_value(sync.regency, aid, sync.batch, hash, actions);
             }
         } else if let Some(entry) = self.window_get(aid)
             && entry.hash == hash
@@ -1557,6 +1582,13 @@ impl Replica {
     }
 }
 
+/// [`Batch::hash`] from the digests of its requests, in order.
+fn hash_with_digests(batch: &Batch, digests: &[Hash]) -> Hash {
+    assert_eq!(digests.len(), batch.requests.len(), "one digest per request");
+    let mut next = digests.iter();
+    batch.hash_with(|_| *next.next().expect("one digest per request"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1575,7 +1607,7 @@ mod tests {
     }
 
     fn event(request: &ClientRequest) -> Event {
-        Event::ClientRequest { request: request.clone(), verified: false }
+        Event::ClientRequest { request: request.clone(), digest: None }
     }
 
     fn message(from: ReplicaId, message: Message) -> Event {

@@ -28,7 +28,7 @@ use super::filelog::{FileLog, LogRecord, WalLog};
 use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
 use crate::protocol::{
-    Action, Batch, ClientRequest, Event, Key, Message, ProtocolError, Recovered, Replica,
+    Action, Batch, ClientRequest, Event, Hash, Key, Message, ProtocolError, Recovered, Replica,
     ReplicaId, ReplicaKeys, Reply, TimerKind, open_frame, seal_frame, seal_frames,
 };
 use crate::service::{Executor, Service};
@@ -48,7 +48,7 @@ pub const STAGES_PINNED: usize = 4;
 #[derive(Debug)]
 enum OrderInput {
     Message { from: ReplicaId, message: Message },
-    Request(ClientRequest),
+    Request(ClientRequest, Hash),
 }
 
 /// Options that are not in the cluster config (tests, tools).
@@ -254,12 +254,15 @@ pub fn start_replica<S: Service>(
         Arc::new(move |peer, body: &[u8]| {
             let Peer::Client(connection) = peer else { return SinkVerdict::Reject };
             let Ok(request) = ClientRequest::from_bytes(body) else { return SinkVerdict::Reject };
+            // Verified here, on the connection's thread; the digest goes on to order,
+            // which hashes batches from it.
+            let digest = request.digest();
             if request.client_id & !CLIENT_SESSION_MASK != connection
-                || !request.verify(id, &keys.client_key(request.client_id))
+                || !request.verify_digest(id, &keys.client_key(request.client_id), &digest)
             {
                 return SinkVerdict::Reject;
             }
-            match order_tx.send(OrderInput::Request(request)) {
+            match order_tx.send(OrderInput::Request(request, digest)) {
                 Ok(()) => SinkVerdict::Continue,
                 Err(_) => SinkVerdict::Closed,
             }
@@ -507,7 +510,9 @@ impl OrderStage {
     fn feed(&self, replica: &mut Replica, input: OrderInput, actions: &mut Vec<Action>) {
         let event = match input {
             OrderInput::Message { from, message } => Event::Message { from, message },
-            OrderInput::Request(request) => Event::ClientRequest { request, verified: true },
+            OrderInput::Request(request, digest) => {
+                Event::ClientRequest { request, digest: Some(digest) }
+            }
         };
         replica.handle(event, actions);
     }

@@ -742,7 +742,7 @@ impl<'c> World<'c> {
                 }
             }
             Endpoint::Client(_) => match ClientRequest::from_bytes(bytes) {
-                Ok(request) => Event::ClientRequest { request, verified: false },
+                Ok(request) => Event::ClientRequest { request, digest: None },
                 Err(_) => return Ok(()),
             },
         };
