@@ -245,7 +245,7 @@ pub struct Decision {
     pub agreement_id: u64,
     /// Regency in which this replica saw it decided (0 when fetched from peers).
     pub regency: u64,
-    /// SHA-256 of the encoded batch.
+    /// The batch's [`Batch::hash`].
     pub hash: Hash,
     /// The batch.
     pub batch: Arc<Batch>,
