@@ -59,10 +59,10 @@ pub struct ExperimentArgs {
     pub mode: ModeArg,
     /// Clients for table1's peak throughput (durable modes need many in flight to hide
     /// the log's latency).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     pub clients_peak: usize,
     /// fig9 doubles the clients from 1 up to this many at most.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 1024)]
     pub clients_max: usize,
     /// Results folder (default: `dura-bench-results/EXPERIMENT-TIME`).
     #[arg(long)]

@@ -11,21 +11,27 @@ use dura_kvstore::KvClient;
 
 use dura_bench::target::{KvTarget, TargetError, TargetFactory};
 
-/// Hands every benchmark client a clone of one shared [`KvClient`]: the client runs
-/// one protocol session per concurrent request (256 at most), so threads do not
-/// serialise on it, and the cluster sees one client id range instead of one per thread.
+/// Benchmark clients that share one [`KvClient`] (one driver thread, one connection
+/// per replica); that many protocol sessions are opened, one per client thread.
+pub const THREADS_PER_KV_CLIENT: usize = 256;
+
+/// Hands each benchmark client a clone of a shared [`KvClient`], one per
+/// [`THREADS_PER_KV_CLIENT`] client threads: a client runs one protocol session per
+/// concurrent request, so threads do not serialise on it, the cluster sees a few client
+/// id ranges instead of one per thread, and every client thread has a request
+/// outstanding (a single client would cap the requests in flight at its sessions).
 #[derive(Debug)]
 pub struct KvStoreFactory {
     config: ClusterConfig,
     request_timeout: Duration,
-    client: Mutex<Option<KvClient>>,
+    clients: Mutex<Vec<KvClient>>,
 }
 
 impl KvStoreFactory {
     /// Clients of the cluster described by `config` (connected on first use), whose
     /// requests fail after `request_timeout`.
     pub fn new(config: ClusterConfig, request_timeout: Duration) -> Self {
-        Self { config, request_timeout, client: Mutex::new(None) }
+        Self { config, request_timeout, clients: Mutex::new(Vec::new()) }
     }
 }
 
@@ -48,20 +54,18 @@ impl KvTarget for KvStoreTarget {
 }
 
 impl TargetFactory for KvStoreFactory {
-    fn connect(&self, _client_index: usize) -> Result<Box<dyn KvTarget>, TargetError> {
-        let mut shared = self.client.lock().expect("kv client lock");
-        let client = match shared.as_ref() {
-            Some(client) => client.clone(),
-            None => {
-                let mut options = ClientOptions::new();
-                options.request_timeout = self.request_timeout;
-                let client = KvClient::connect_with(&self.config, options)
-                    .map_err(|error| failed("connect", error))?;
-                *shared = Some(client.clone());
-                client
-            }
-        };
-        Ok(Box::new(KvStoreTarget { client }))
+    fn connect(&self, client_index: usize) -> Result<Box<dyn KvTarget>, TargetError> {
+        let mut shared = self.clients.lock().expect("kv client lock");
+        let wanted = client_index / THREADS_PER_KV_CLIENT;
+        while shared.len() <= wanted {
+            let mut options = ClientOptions::new();
+            options.request_timeout = self.request_timeout;
+            options.sessions_max = THREADS_PER_KV_CLIENT;
+            let client = KvClient::connect_with(&self.config, options)
+                .map_err(|error| failed("connect", error))?;
+            shared.push(client);
+        }
+        Ok(Box::new(KvStoreTarget { client: shared[wanted].clone() }))
     }
 }
 
