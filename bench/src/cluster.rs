@@ -25,11 +25,7 @@ static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 pub fn kill_all_children() {
     let pids = CHILD_PIDS.lock().map(|pids| pids.clone()).unwrap_or_default();
     for pid in pids {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        signal(pid, "-KILL");
     }
 }
 
@@ -202,6 +198,57 @@ impl LocalCluster {
             })
             .collect()
     }
+}
+
+/// How long [`LocalCluster::stop`] waits for replicas to exit after SIGTERM.
+pub const STOP_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// What a replica's log says about its durability when it stops (the WAL's account of
+/// its group writes, and how long replies waited for them).
+const LOG_REPORT_MARKERS: [&str; 2] = [": wrote ", "waited for the log"];
+
+impl LocalCluster {
+    /// Stops the replicas as an operator would (SIGTERM: each finishes its in-flight
+    /// log write and exits), kills any still running after [`STOP_WAIT_MAX`], and
+    /// returns what each said about its log, `replica N: ...` per line.
+    pub fn stop(mut self) -> Vec<String> {
+        for child in &self.children {
+            signal(child.id(), "-TERM");
+        }
+        let deadline = Instant::now() + STOP_WAIT_MAX;
+        for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Drop kills and reaps whatever is left.
+        let mut report = Vec::new();
+        for id in 0..self.children.len() {
+            let path = self.data_dir.path().join(format!("replica-{id}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            report.extend(
+                text.lines()
+                    .filter(|line| LOG_REPORT_MARKERS.iter().any(|marker| line.contains(marker)))
+                    .filter_map(|line| line.split_once("] ").map(|(_, message)| message))
+                    .map(|message| {
+                        if message.starts_with("replica ") {
+                            message.to_string()
+                        } else {
+                            format!("replica {id}: {message}")
+                        }
+                    }),
+            );
+        }
+        report
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for LocalCluster {

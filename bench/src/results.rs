@@ -129,6 +129,10 @@ pub struct Summary {
     pub per_second: Vec<u64>,
     /// Per replica peak RSS (empty when the cluster was not started here).
     pub replica_rss: Vec<ReplicaRss>,
+    /// What each replica said about its log when it stopped (its group writes, and how
+    /// long replies waited for them); empty when the cluster was not started here.
+    #[serde(default)]
+    pub replica_log: Vec<String>,
     /// Whether Ctrl-C cut the run short.
     pub interrupted: bool,
     /// The folder holding the result files.
@@ -188,6 +192,7 @@ impl Summary {
                 .collect(),
             per_second: result.per_second.clone(),
             replica_rss: Vec::new(),
+            replica_log: Vec::new(),
             interrupted: result.interrupted,
             out_dir: out_dir.to_path_buf(),
         }
@@ -260,6 +265,9 @@ impl Summary {
                 .map(|bytes| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)))
                 .unwrap_or_else(|| "unknown".to_string());
             let _ = writeln!(text, "replica {} peak RSS {rss}", replica.id);
+        }
+        for line in &self.replica_log {
+            let _ = writeln!(text, "{line}");
         }
         let _ = writeln!(text, "results in {}", self.out_dir.display());
         text

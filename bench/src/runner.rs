@@ -270,7 +270,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             log_mode: "none".into(),
             replicas: 0,
         };
-        (result, labels, Vec::new())
+        (result, labels, (Vec::new(), Vec::new()))
     } else if let Some(path) = &args.connect {
         let config = ClusterConfig::load(path)?;
         let factory = connector(&config, REQUEST_TIMEOUT)?;
@@ -281,7 +281,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             log_mode: config.log_mode.to_string(),
             replicas: config.n(),
         };
-        (result, labels, Vec::new())
+        (result, labels, (Vec::new(), Vec::new()))
     } else {
         let replicas = args.replica_count();
         let mut cluster =
@@ -295,10 +295,14 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             log_mode: log_mode.to_string(),
             replicas,
         };
-        (result, labels, cluster.peak_rss())
+        let rss = cluster.peak_rss();
+        drop(factory);
+        (result, labels, (rss, cluster.stop()))
     };
+    let (rss, replica_log) = rss;
     let mut summary = Summary::new(&result, &spec, &labels, &out_dir);
     summary.replica_rss = rss;
+    summary.replica_log = replica_log;
     results::write_all(&summary, &result)?;
     Ok(summary)
 }

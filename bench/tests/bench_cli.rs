@@ -104,6 +104,19 @@ fn main_command_on_a_real_cluster_reports_sane_figures_and_replica_memory() {
     for replica in &summary.replica_rss {
         assert!(replica.peak_rss_bytes.is_some_and(|bytes| bytes > 0), "{replica:?}");
     }
+    // Stopped with SIGTERM, every replica reported its log: the WAL's group writes (some
+    // made: the run wrote) and the wait its replies had for them.
+    for id in 0..4 {
+        let said = |marker: &str| {
+            summary
+                .replica_log
+                .iter()
+                .find(|line| line.starts_with(&format!("replica {id}: ")) && line.contains(marker))
+        };
+        let wrote = said(": wrote ").unwrap_or_else(|| panic!("{:?}", summary.replica_log));
+        assert!(!wrote.contains("wrote 0 writes"), "{wrote}");
+        assert!(said("waited for the log").is_some(), "{:?}", summary.replica_log);
+    }
     assert_result_files(&out, &summary);
     let saved: Summary =
         serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).expect("json"))

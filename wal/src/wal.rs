@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -339,6 +340,10 @@ struct Shared {
     writer_busy: AtomicBool,
     /// Writes the writer has started (the preparer zeroes only when this stands still).
     writes_started: AtomicU64,
+    /// Group writes completed, their bytes (padding included) and time spent in them.
+    writes_done: AtomicU64,
+    bytes_written: AtomicU64,
+    write_nanos: AtomicU64,
     /// The writer waits for the next segment (the preparer stops zeroing and hands it over).
     segment_wanted: AtomicBool,
     /// The log is closing (the preparer stops).
@@ -362,6 +367,32 @@ impl Shared {
         self.space_cv.notify_all();
         self.durable_cv.notify_all();
         error
+    }
+}
+
+/// Group writes completed by a log's writer ([`LogWriter::write_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Writes (one per group).
+    pub writes: u64,
+    /// Bytes written, block padding included.
+    pub bytes: u64,
+    /// Time spent inside the writes (each until it was durable).
+    pub busy: Duration,
+}
+
+impl std::fmt::Display for WriteStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per_write =
+            |total: f64| if self.writes == 0 { 0.0 } else { total / self.writes as f64 };
+        write!(
+            f,
+            "{} writes, {:.1} MiB ({:.0} KiB each), {:.2} ms per write",
+            self.writes,
+            self.bytes as f64 / (1024.0 * 1024.0),
+            per_write(self.bytes as f64 / 1024.0),
+            per_write(self.busy.as_secs_f64() * 1e3),
+        )
     }
 }
 
@@ -556,6 +587,9 @@ impl Wal {
             durable_cv: Condvar::new(),
             writer_busy: AtomicBool::new(false),
             writes_started: AtomicU64::new(0),
+            writes_done: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            write_nanos: AtomicU64::new(0),
             segment_wanted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
@@ -812,8 +846,18 @@ impl<S: Storage> WriterState<S> {
             assert_eq!(group.buf.len() as u64, padded);
             self.shared.writes_started.fetch_add(1, Ordering::AcqRel);
             self.shared.writer_busy.store(true, Ordering::Release);
+            let started = std::time::Instant::now();
             let written = self.file.write_durable(group.buf.as_slice(), self.offset);
+            let took = started.elapsed();
             self.shared.writer_busy.store(false, Ordering::Release);
+            if written.is_ok() {
+                self.shared.writes_done.fetch_add(1, Ordering::Relaxed);
+                self.shared.bytes_written.fetch_add(padded, Ordering::Relaxed);
+                self.shared.write_nanos.fetch_add(
+                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+            }
             written.map_err(|e| {
                 WalError::io(
                     IoOp::Write,
@@ -1049,6 +1093,15 @@ impl<S: Storage> LogWriter<S> {
     /// Meant for one consumer.
     pub fn durable_notifications(&self) -> Receiver<DurablePoint> {
         self.durable_rx.clone()
+    }
+
+    /// What the writer has written so far (group writes, not segment preparation).
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            writes: self.shared.writes_done.load(Ordering::Relaxed),
+            bytes: self.shared.bytes_written.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.shared.write_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// The error the writer failed with, if it did.

@@ -57,6 +57,13 @@ fn appended_records_come_back_in_order_after_reopen<S: Storage>(
     assert!(recovered.records.is_empty());
     assert!(recovered.cut.is_none());
     append_all(&writer, 1..=300);
+    // The writer's own account: whole blocks, at least every payload, fewer writes
+    // than records when any grouped (never more).
+    let stats = writer.write_stats();
+    let payload_bytes: u64 = (1..=300).map(|id| payload(id).len() as u64).sum();
+    assert!((1..=300).contains(&stats.writes), "{stats:?}");
+    assert_eq!(stats.bytes % 4096, 0, "{stats:?}");
+    assert!(stats.bytes >= payload_bytes, "{stats:?} for {payload_bytes} payload bytes");
     writer.close().expect("close");
     let (writer, recovered) = Wal::open_with_storage(boot(), options.clone()).expect("reopen");
     let expected: Vec<_> = (1..=300).map(record).collect();

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use dura_wal::DurablePoint;
@@ -433,7 +434,7 @@ pub fn run_exec_stage<S: Service>(
     input: Receiver<ExecInput>,
     durable: Option<Receiver<DurablePoint>>,
     mut sink: impl FnMut(ReplyOut),
-) {
+) -> HeldReplies {
     let hold_for_log = mode == LogMode::Parallel;
     assert!(hold_for_log || durable.is_none(), "durability reports come only in parallel mode");
     // A disconnected report channel (the log closed) is replaced by one that never fires:
@@ -441,7 +442,9 @@ pub fn run_exec_stage<S: Service>(
     let mut durable = durable.unwrap_or_else(crossbeam_channel::never);
     let mut durable_up_to: Option<u64> = None;
     let mut last_executed: Option<u64> = None;
-    let mut pending: VecDeque<(u64, Vec<ReplyOut>)> = VecDeque::new();
+    // Each held batch: its agreement, its replies and when it was executed.
+    let mut pending: VecDeque<(u64, Vec<ReplyOut>, Instant)> = VecDeque::new();
+    let mut held = HeldReplies::default();
     loop {
         let message = crossbeam_channel::select! {
             recv(input) -> message => match message {
@@ -472,7 +475,7 @@ pub fn run_exec_stage<S: Service>(
                         pending.len() < EXEC_PENDING_BATCHES_MAX,
                         "order outran the log by too much"
                     );
-                    pending.push_back((batch.agreement_id, replies));
+                    pending.push_back((batch.agreement_id, replies, Instant::now()));
                 }
             }
             ExecInput::ReplyFromCache { client_id, sequence } => {
@@ -485,7 +488,7 @@ pub fn run_exec_stage<S: Service>(
                 };
                 // The request may belong to a batch still waiting for the log.
                 match pending.back_mut() {
-                    Some((_, replies)) => replies.push(out),
+                    Some((_, replies, _)) => replies.push(out),
                     None => sink(out),
                 }
             }
@@ -497,12 +500,50 @@ pub fn run_exec_stage<S: Service>(
                     continue;
                 }
                 durable_up_to = Some(up_to);
-                while pending.front().is_some_and(|(id, _)| *id <= up_to) {
-                    let (_, replies) = pending.pop_front().expect("checked non-empty");
+                while pending.front().is_some_and(|(id, _, _)| *id <= up_to) {
+                    let (_, replies, executed_at) = pending.pop_front().expect("checked non-empty");
+                    held.record(executed_at.elapsed());
                     replies.into_iter().for_each(&mut sink);
                 }
             }
         }
+    }
+    held
+}
+
+/// How long executed batches' replies waited for the log in `parallel` mode
+/// ([`run_exec_stage`]'s result): the time durability adds to a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldReplies {
+    /// Batches whose replies waited (released later than executed).
+    pub batches: u64,
+    /// Their waits added up.
+    pub total: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl HeldReplies {
+    fn record(&mut self, wait: Duration) {
+        self.batches += 1;
+        self.total += wait;
+        self.max = self.max.max(wait);
+    }
+}
+
+impl std::fmt::Display for HeldReplies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mean_ms = if self.batches == 0 {
+            0.0
+        } else {
+            self.total.as_secs_f64() * 1e3 / self.batches as f64
+        };
+        write!(
+            f,
+            "replies of {} executed batches waited for the log {mean_ms:.2} ms on average, {:.2} ms at most",
+            self.batches,
+            self.max.as_secs_f64() * 1e3
+        )
     }
 }
 
@@ -575,6 +616,7 @@ mod tests {
         replies: Receiver<ReplyOut>,
         syncs: Arc<Mutex<u32>>,
         records: Records,
+        exec: thread::JoinHandle<HeldReplies>,
     }
 
     fn pipeline(mode: LogMode) -> Pipeline {
@@ -587,13 +629,13 @@ mod tests {
         let (reply_tx, replies) = bounded(64);
         let exec_for_log = to_exec.clone();
         thread::spawn(move || run_log_stage(mode, backend, log_rx, exec_for_log));
-        thread::spawn(move || {
+        let exec = thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
             run_exec_stage(mode, &mut executor, exec_rx, None, |reply| {
                 let _ = reply_tx.send(reply);
-            });
+            })
         });
-        Pipeline { to_log, to_exec, gate: gate_tx, replies, syncs, records }
+        Pipeline { to_log, to_exec, gate: gate_tx, replies, syncs, records, exec }
     }
 
     #[test]
@@ -615,6 +657,11 @@ mod tests {
         assert_eq!(*p.syncs.lock().expect("lock"), 1);
         drop(p.to_log);
         drop(p.to_exec);
+        // The exec stage counts the wait it imposed: one batch, held at least as long
+        // as the gate stayed shut.
+        let held = p.exec.join().expect("exec stage ends when its inputs close");
+        assert_eq!(held.batches, 1);
+        assert!(held.max >= Duration::from_millis(300) && held.total == held.max, "{held:?}");
     }
 
     #[test]

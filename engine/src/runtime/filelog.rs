@@ -235,6 +235,7 @@ mod tests {
 #[derive(Debug)]
 pub struct WalLog {
     writer: dura_wal::LogWriter,
+    dir: std::path::PathBuf,
 }
 
 impl WalLog {
@@ -268,7 +269,14 @@ impl WalLog {
                 payload: r.payload,
             })
             .collect();
-        Ok((WalLog { writer }, records))
+        Ok((WalLog { writer, dir: dir.to_path_buf() }, records))
+    }
+}
+
+impl Drop for WalLog {
+    /// Says what the log wrote, for reading a run's figures from the replica's log.
+    fn drop(&mut self) {
+        log::info!("wal {}: wrote {}", self.dir.display(), self.writer.write_stats());
     }
 }
 

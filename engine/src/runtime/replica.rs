@@ -376,7 +376,7 @@ pub fn start_replica<S: Service>(
             Box::new(move || {
                 // Keys shared with clients, derived once per client (bounded).
                 let mut client_keys: HashMap<u64, Key> = HashMap::new();
-                durability::run_exec_stage(
+                let held = durability::run_exec_stage(
                     log_mode,
                     &mut executor,
                     exec_rx,
@@ -402,6 +402,9 @@ pub fn start_replica<S: Service>(
                         );
                     },
                 );
+                if held.batches > 0 {
+                    log::info!("replica {id}: {held}");
+                }
             }),
         )?);
     }
