@@ -261,7 +261,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir("run"));
     let mode: Mode = args.mode.into();
     let log_mode: LogMode = args.log.into();
-    let (result, labels, rss) = if args.memory {
+    let (result, labels, rss, replica_log) = if args.memory {
         let target = MemoryTarget::new();
         let result = load_and_run(&target, &spec, args.no_load, stop, "memory")?;
         let labels = RunLabels {
@@ -270,7 +270,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             log_mode: "none".into(),
             replicas: 0,
         };
-        (result, labels, (Vec::new(), Vec::new()))
+        (result, labels, Vec::new(), Vec::new())
     } else if let Some(path) = &args.connect {
         let config = ClusterConfig::load(path)?;
         let factory = connector(&config, REQUEST_TIMEOUT)?;
@@ -281,7 +281,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             log_mode: config.log_mode.to_string(),
             replicas: config.n(),
         };
-        (result, labels, (Vec::new(), Vec::new()))
+        (result, labels, Vec::new(), Vec::new())
     } else {
         let replicas = args.replica_count();
         let mut cluster =
@@ -297,9 +297,8 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
         };
         let rss = cluster.peak_rss();
         drop(factory);
-        (result, labels, (rss, cluster.stop()))
+        (result, labels, rss, cluster.stop())
     };
-    let (rss, replica_log) = rss;
     let mut summary = Summary::new(&result, &spec, &labels, &out_dir);
     summary.replica_rss = rss;
     summary.replica_log = replica_log;
