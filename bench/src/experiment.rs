@@ -103,6 +103,10 @@ pub struct ModeResult {
     pub peak_ops_per_s: f64,
     /// Replica peak RSS at the end.
     pub replica_rss: Vec<ReplicaRss>,
+    /// What each replica said about its log when the cluster stopped (over all of the
+    /// mode's points); empty for the in-process target.
+    #[serde(default)]
+    pub replica_log: Vec<String>,
 }
 
 /// A whole experiment's result.
@@ -159,9 +163,9 @@ fn with_target<T>(
     log_mode: LogMode,
     connector: &Connector,
     body: &mut dyn FnMut(&dyn TargetFactory) -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Vec<ReplicaRss>)> {
+) -> anyhow::Result<(T, Vec<ReplicaRss>, Vec<String>)> {
     if args.memory {
-        return Ok((body(&MemoryTarget::new())?, Vec::new()));
+        return Ok((body(&MemoryTarget::new())?, Vec::new(), Vec::new()));
     }
     let mode: Mode = args.mode.into();
     let data_dir = args.data_dir.as_ref().map(|dir| dir.join(log_mode.to_string()));
@@ -170,7 +174,9 @@ fn with_target<T>(
     let factory = connector(cluster.config(), crate::runner::REQUEST_TIMEOUT)?;
     let value = body(factory.as_ref())?;
     cluster.check_alive()?;
-    Ok((value, cluster.peak_rss()))
+    let rss = cluster.peak_rss();
+    drop(factory);
+    Ok((value, rss, cluster.stop()))
 }
 
 /// Runs the experiment `args.name`, writes its files and returns its result.
@@ -229,13 +235,14 @@ pub fn run(
             }
             Ok(points)
         };
-        let (points, replica_rss) = with_target(args, log_mode, connector, &mut body)?;
+        let (points, replica_rss, replica_log) = with_target(args, log_mode, connector, &mut body)?;
         let peak_ops_per_s = points.iter().map(|point| point.ops_per_s).fold(0.0, f64::max);
         results.push(ModeResult {
             log_mode: log_mode.to_string(),
             points,
             peak_ops_per_s,
             replica_rss,
+            replica_log,
         });
     }
     let peak = |mode: &str| {
@@ -380,6 +387,11 @@ pub fn to_text(result: &ExperimentResult) -> String {
                 mode.log_mode,
                 crate::runner::rss_text(&mode.replica_rss)
             );
+        }
+    }
+    for mode in &result.modes {
+        for line in &mode.replica_log {
+            let _ = writeln!(text, "{} log, all points: {line}", mode.log_mode);
         }
     }
     let _ = writeln!(text, "results in {}", result.out_dir.display());

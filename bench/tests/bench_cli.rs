@@ -212,6 +212,24 @@ fn table1_on_real_clusters_measures_each_log_mode() {
         assert!(first["min_us"].as_u64().expect("min") > 0);
         assert!(first["min_us"].as_u64() <= first["p50_us"].as_u64());
         assert_eq!(mode["replica_rss"].as_array().expect("rss").len(), 4);
+        // The replicas' log report when the cluster stopped: none without a log says
+        // nothing; parallel says, per replica, what its WAL wrote and how long replies
+        // waited for it.
+        let said: Vec<&str> = mode["replica_log"]
+            .as_array()
+            .expect("replica_log")
+            .iter()
+            .map(|line| line.as_str().expect("text"))
+            .collect();
+        let count = |marker: &str| said.iter().filter(|line| line.contains(marker)).count();
+        match mode["log_mode"].as_str() {
+            Some("none") => assert!(said.is_empty(), "{said:?}"),
+            Some("parallel") => {
+                assert_eq!(count(": wrote "), 4, "{said:?}");
+                assert_eq!(count("waited for the log"), 4, "{said:?}");
+            }
+            _ => {}
+        }
     }
     assert!(out.join("table1.json").is_file());
 }
