@@ -4,11 +4,14 @@
 //! Layout:
 //! - [`protocol`]: the agreement (BFT Mod-SMaRt/VP-Consensus and crash mode) as a state
 //!   machine: events in, actions out. No sockets, threads, clocks or randomness.
+//! - [`durability`]: the durability coordinator (when a decided batch is logged,
+//!   executed, and its replies released) as a state machine, and recovery from a log.
 //! - [`sim`]: the deterministic simulator that drives whole clusters under one seed.
 //! - [`service`]: the [`service::Service`] trait applications implement, and the
 //!   executor with the per-client reply cache.
 //! - [`runtime`]: real replicas: stage threads, TCP transport, durability coordinator.
 
+pub mod durability;
 pub mod protocol;
 pub mod runtime;
 pub mod service;

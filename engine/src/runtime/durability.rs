@@ -1,26 +1,18 @@
-//! The durability coordinator: the `log` and `exec` stages and the rule that decides
-//! when a reply may leave.
+//! The `log` and `exec` stages: threads that carry out the durability coordinator's
+//! actions ([`crate::durability`]).
 //!
-//! | log mode | order sends a decided batch to | a reply leaves when |
-//! |---|---|---|
-//! | `none` | exec | executed |
-//! | `async` | exec and log (never synced) | executed |
-//! | `sync` | log; one synced write per request, then exec | executed (already durable) |
-//! | `batched` | log; one synced write per group, then exec | executed (already durable) |
-//! | `parallel` | exec **and** log at the same moment | executed **and** durable |
+//! The order stage sends every decided batch to `exec`, which owns the
+//! [`Coordinator`]: it forwards the batches the coordinator says to append to `log`
+//! (before executing them, so the write runs while they execute), executes, and
+//! releases replies when the coordinator says so. Durability reports reach `exec` on
+//! their own channel, straight from the WAL when it reports by itself (group commit on
+//! its own thread), or from the log stage, which then groups what waits in its queue,
+//! appends it, syncs once and reports. A report channel holds only the newest point.
 //!
-//! In `parallel` mode the exec stage keeps the replies of each executed batch until the
-//! log reports "durable up to agreement X" with X >= the batch's agreement id. Over
-//! dura-wal the WAL's own reports go straight to exec and the log stage only appends
-//! ([`run_append_stage`]; the WAL groups the appends into one write). Over a log without
-//! reports the log stage takes every batch waiting in its queue as one group, appends
-//! them all, waits for one sync and reports [`ExecInput::Durable`].
-//!
-//! Log records: one per decided batch (first = last = its agreement id), or in `sync`
-//! mode one per request (several records with the same agreement id, replayed as one
-//! batch). The payload is [`encode_batch`]'s format.
+//! Back-pressure: while the coordinator holds [`crate::durability::HELD_BATCHES_MAX`]
+//! batches, `exec` takes no decided batch; the bounded queue from `order` fills and
+//! `order` waits. A stalled disk stalls the replica and breaks no invariant.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,43 +20,22 @@ use crossbeam_channel::{Receiver, Sender};
 use dura_wal::DurablePoint;
 
 use super::{LogMode, RuntimeError};
+use crate::durability::{Coordinator, Input, Output};
 use crate::protocol::Batch;
-use crate::service::{Executor, Outcome, Service};
+use crate::service::{Executor, Service};
+
+pub use crate::durability::{
+    BatchPart, DecidedBatch, ReplyOut, decode_batch, encode_batch, execute_batch, reassemble,
+};
 
 /// Batches the log stage takes into one group write at most.
 pub const LOG_GROUP_BATCHES_MAX: usize = 256;
-/// Decided batches whose replies the exec stage may hold waiting for the log.
-pub const EXEC_PENDING_BATCHES_MAX: usize = 4_096;
 
-/// A batch the ordering protocol decided, shared by the log and exec stages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecidedBatch {
-    /// The consensus instance that decided it.
-    pub agreement_id: u64,
-    /// Its requests, in order.
-    pub batch: Arc<Batch>,
-}
-
-/// A reply ready to leave: the exec stage hands it to the reply sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyOut {
-    /// The client it goes to.
-    pub client_id: u64,
-    /// The sequence number of the request it answers.
-    pub sequence: u64,
-    /// The agreement that ordered the request.
-    pub agreement_id: u64,
-    /// The service's reply.
-    pub reply: Vec<u8>,
-}
-
-/// What the exec stage receives.
+/// What the exec stage receives from the order stage.
 #[derive(Debug)]
 pub enum ExecInput {
-    /// A decided batch to execute.
+    /// A decided batch (agreement ids strictly increasing, no gap).
     Batch(Arc<DecidedBatch>),
-    /// Every agreement up to this id is durable (parallel mode).
-    Durable(u64),
     /// Resend the cached reply of an already executed request, if it is the client's
     /// last one (a retransmission that ordering recognised).
     ReplyFromCache {
@@ -87,11 +58,10 @@ pub trait LogBackend: Send + 'static {
     /// Waits until every record appended so far is durable.
     fn sync(&mut self) -> Result<(), RuntimeError>;
 
-    /// A channel of "every record up to this point is durable", if the log
-    /// reports durability by itself (group commit running on its own thread). The log
-    /// stage then never blocks on [`LogBackend::sync`] in `batched` and `parallel` mode:
-    /// it appends as batches arrive and releases them as the reports come. The channel
-    /// disconnecting means the log failed.
+    /// A channel of "every record up to this point is durable", if the log reports
+    /// durability by itself (group commit running on its own thread). The log stage
+    /// then only appends and the reports go straight to exec. The channel disconnecting
+    /// means the log failed (or was closed).
     fn durable_notifications(&self) -> Option<Receiver<DurablePoint>> {
         None
     }
@@ -109,133 +79,38 @@ impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
     }
 }
 
-/// Appends the log payload of `batch` (decided by `agreement_id`) to `out`:
-/// `u64` agreement id, `u32` part index, `u32` part count (little-endian), then
-/// [`Batch::to_bytes`]'s encoding. A whole batch is part 0 of 1; `sync` mode writes a
-/// batch of n requests as parts 0..n, one request each, so that replay can tell a
-/// batch cut short by a crash and drop it.
-pub fn encode_batch(agreement_id: u64, part: (u32, u32), batch: &Batch, out: &mut Vec<u8>) {
-    assert!(part.0 < part.1, "part index below part count");
-    out.extend_from_slice(&agreement_id.to_le_bytes());
-    out.extend_from_slice(&part.0.to_le_bytes());
-    out.extend_from_slice(&part.1.to_le_bytes());
-    batch.encode_into(out);
+/// A channel that holds only the newest durable point: the sender replaces an
+/// unreceived older point, so it never blocks and the receiver ends up seeing the latest.
+#[derive(Debug, Clone)]
+pub struct DurableReports {
+    tx: Sender<DurablePoint>,
+    drain: Receiver<DurablePoint>,
 }
 
-/// One log record's content, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchPart {
-    /// The agreement.
-    pub agreement_id: u64,
-    /// Which part of the agreement's batch.
-    pub part_index: u32,
-    /// How many parts the batch was written in.
-    pub part_count: u32,
-    /// The requests of this part.
-    pub batch: Batch,
-}
-
-/// Decodes a log payload written by [`encode_batch`]; errors on any malformation.
-pub fn decode_batch(input: &[u8]) -> Result<BatchPart, RuntimeError> {
-    if input.len() < 16 {
-        return Err(RuntimeError::Replay(format!(
-            "batch record of {} bytes is too short",
-            input.len()
-        )));
+impl DurableReports {
+    /// A new channel and its receiving end.
+    pub fn new() -> (Self, Receiver<DurablePoint>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (Self { tx, drain: rx.clone() }, rx)
     }
-    let agreement_id = u64::from_le_bytes(input[0..8].try_into().expect("8 bytes"));
-    let part_index = u32::from_le_bytes(input[8..12].try_into().expect("4 bytes"));
-    let part_count = u32::from_le_bytes(input[12..16].try_into().expect("4 bytes"));
-    if part_index >= part_count {
-        return Err(RuntimeError::Replay(format!(
-            "agreement {agreement_id}: part {part_index} of {part_count}"
-        )));
-    }
-    let batch = Batch::from_bytes(&input[16..])
-        .map_err(|error| RuntimeError::Replay(format!("agreement {agreement_id}: {error}")))?;
-    Ok(BatchPart { agreement_id, part_index, part_count, batch })
-}
 
-/// Reassembles log records (payloads in log order) into whole decided batches,
-/// consecutive from the first. A batch whose parts stop at the end of the log (a crash
-/// during `sync` mode's writes) is dropped: none of its replies can have left.
-/// Anything else out of order is an error.
-pub fn reassemble(
-    payloads: impl IntoIterator<Item = Vec<u8>>,
-) -> Result<Vec<DecidedBatch>, RuntimeError> {
-    let mut batches: Vec<DecidedBatch> = Vec::new();
-    let mut open: Option<BatchPart> = None;
-    for payload in payloads {
-        let part = decode_batch(&payload)?;
-        let expected_id = batches.last().map(|b| b.agreement_id + 1);
-        match open.take() {
-            Some(mut partial) => {
-                if part.agreement_id != partial.agreement_id
-                    || part.part_index != partial.part_index + 1
-                    || part.part_count != partial.part_count
-                {
-                    return Err(RuntimeError::Replay(format!(
-                        "agreement {} part {} follows agreement {} part {} of {}",
-                        part.agreement_id,
-                        part.part_index,
-                        partial.agreement_id,
-                        partial.part_index,
-                        partial.part_count
-                    )));
-                }
-                partial.batch.requests.extend(part.batch.requests);
-                partial.part_index = part.part_index;
-                open = Some(partial);
+    /// Publishes `agreement_id` as durable; false when the receiver is gone.
+    pub fn publish(&self, agreement_id: u64) -> bool {
+        let point = DurablePoint { record_seq: 0, agreement_id };
+        match self.tx.try_send(point) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(point)) => {
+                let _older = self.drain.try_recv();
+                // Only this sender publishes; after the drain there is room (or the
+                // receiver took the older point meanwhile).
+                !matches!(
+                    self.tx.try_send(point),
+                    Err(crossbeam_channel::TrySendError::Disconnected(_))
+                )
             }
-            None => {
-                if part.part_index != 0 || expected_id.is_some_and(|id| id != part.agreement_id) {
-                    return Err(RuntimeError::Replay(format!(
-                        "agreement {} part {} where agreement {expected_id:?} part 0 was expected",
-                        part.agreement_id, part.part_index
-                    )));
-                }
-                open = Some(part);
-            }
-        }
-        if let Some(done) = open.take_if(|p| p.part_index + 1 == p.part_count) {
-            batches.push(DecidedBatch {
-                agreement_id: done.agreement_id,
-                batch: Arc::new(done.batch),
-            });
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
         }
     }
-    if let Some(partial) = open {
-        log::warn!(
-            "log ends inside agreement {} ({} of {} parts): dropping it",
-            partial.agreement_id,
-            partial.part_index + 1,
-            partial.part_count
-        );
-    }
-    Ok(batches)
-}
-
-/// Runs `batch` through `executor`; returns the replies to send (fresh and cached).
-pub fn execute_batch<S: Service>(
-    executor: &mut Executor<S>,
-    batch: &DecidedBatch,
-) -> Vec<ReplyOut> {
-    let outcomes = executor.execute(&batch.batch.ordered_requests());
-    assert_eq!(outcomes.len(), batch.batch.requests.len(), "one outcome per request");
-    let mut replies = Vec::with_capacity(outcomes.len());
-    for (request, outcome) in batch.batch.requests.iter().zip(outcomes) {
-        let reply = match outcome {
-            Outcome::Executed(reply) | Outcome::Cached(reply) => reply,
-            Outcome::Stale => continue,
-        };
-        replies.push(ReplyOut {
-            client_id: request.client_id,
-            sequence: request.sequence,
-            agreement_id: batch.agreement_id,
-            reply,
-        });
-    }
-    replies
 }
 
 /// Appends decided batches to a log, one record each (the batch's encoding), checking
@@ -268,25 +143,51 @@ impl BatchAppender {
         encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut self.payload);
         backend.append(batch.agreement_id, batch.agreement_id, &self.payload)
     }
+
+    /// `sync` mode: one synced record per request (an empty batch still gets one record,
+    /// or replay would see a gap).
+    fn append_synced_per_request(
+        &mut self,
+        backend: &mut impl LogBackend,
+        batch: &DecidedBatch,
+    ) -> Result<(), RuntimeError> {
+        if batch.batch.requests.is_empty() {
+            self.append(backend, batch)?;
+            return backend.sync();
+        }
+        self.admit(batch.agreement_id);
+        let parts = batch.batch.requests.len() as u32;
+        for (index, request) in batch.batch.requests.iter().enumerate() {
+            self.payload.clear();
+            let single = Batch { requests: vec![request.clone()] };
+            encode_batch(batch.agreement_id, (index as u32, parts), &single, &mut self.payload);
+            backend.append(batch.agreement_id, batch.agreement_id, &self.payload)?;
+            backend.sync()?;
+        }
+        Ok(())
+    }
 }
 
-/// The log stage: appends every batch it receives, syncing as `mode` says, and reports
-/// durability (parallel) or forwards the batch to exec (sync, batched). Ends when its
-/// input closes, after syncing what it took (the in-flight group write completes).
+/// The log stage: appends every batch it receives. Over a log that reports durability
+/// itself (`reports` is None) it only appends. Otherwise it takes every batch waiting
+/// in its queue as one group, appends them, syncs once (`sync` mode: once per request)
+/// and publishes the group's last agreement on `reports`; in `async` mode it never
+/// syncs and never reports. Ends when its input closes, after syncing what it took.
 pub fn run_log_stage(
     mode: LogMode,
     mut backend: impl LogBackend,
     input: Receiver<Arc<DecidedBatch>>,
-    exec: Sender<ExecInput>,
+    reports: Option<DurableReports>,
 ) -> Result<(), RuntimeError> {
     assert!(mode != LogMode::None, "no log stage runs in mode none");
-    if matches!(mode, LogMode::Batched | LogMode::Parallel)
-        && let Some(durable) = backend.durable_notifications()
-    {
-        return run_log_stage_notified(mode, backend, &durable, input, exec);
-    }
-    let mut group: Vec<Arc<DecidedBatch>> = Vec::with_capacity(LOG_GROUP_BATCHES_MAX);
     let mut appender = BatchAppender::default();
+    let Some(reports) = reports else {
+        while let Ok(batch) = input.recv() {
+            appender.append(&mut backend, &batch)?;
+        }
+        return backend.sync();
+    };
+    let mut group: Vec<Arc<DecidedBatch>> = Vec::with_capacity(LOG_GROUP_BATCHES_MAX);
     while let Ok(first) = input.recv() {
         group.clear();
         group.push(first);
@@ -297,213 +198,115 @@ pub fn run_log_stage(
             }
         }
         for batch in &group {
-            if mode == LogMode::Sync && !batch.batch.requests.is_empty() {
-                appender.admit(batch.agreement_id);
-                let payload = &mut appender.payload;
-                let parts = batch.batch.requests.len() as u32;
-                for (index, request) in batch.batch.requests.iter().enumerate() {
-                    payload.clear();
-                    let single = Batch { requests: vec![request.clone()] };
-                    encode_batch(batch.agreement_id, (index as u32, parts), &single, payload);
-                    backend.append(batch.agreement_id, batch.agreement_id, payload)?;
-                    backend.sync()?;
-                }
+            if mode == LogMode::Sync {
+                appender.append_synced_per_request(&mut backend, batch)?;
             } else {
                 appender.append(&mut backend, batch)?;
             }
         }
         match mode {
-            LogMode::Async => {}
-            LogMode::Sync => {}
+            LogMode::Async | LogMode::Sync => {}
             LogMode::Batched | LogMode::Parallel => backend.sync()?,
             LogMode::None => unreachable!("checked above"),
         }
-        let durable_up_to = group.last().expect("group is never empty").agreement_id;
-        let delivered = match mode {
-            LogMode::Parallel => exec.send(ExecInput::Durable(durable_up_to)).is_ok(),
-            LogMode::Sync | LogMode::Batched => {
-                group.drain(..).all(|b| exec.send(ExecInput::Batch(b)).is_ok())
-            }
-            LogMode::Async | LogMode::None => true,
-        };
-        if !delivered {
-            break;
-        }
-    }
-    if mode == LogMode::Async {
-        // Not needed for safety in this mode; leaves a clean log on graceful shutdown.
-        backend.sync()?;
-    }
-    Ok(())
-}
-
-/// The log stage in `parallel` mode over a log whose durability reports go straight to
-/// the exec stage ([`run_exec_stage`]'s `durable`): it only appends, so a report
-/// reaches exec with one thread wake-up fewer. Ends when its input closes, after
-/// syncing what it appended and telling exec that all of it is durable.
-pub fn run_append_stage(
-    mut backend: impl LogBackend,
-    input: Receiver<Arc<DecidedBatch>>,
-    exec: Sender<ExecInput>,
-) -> Result<(), RuntimeError> {
-    let mut appender = BatchAppender::default();
-    while let Ok(batch) = input.recv() {
-        appender.append(&mut backend, &batch)?;
-    }
-    backend.sync()?;
-    if let Some(last) = appender.last_logged {
-        let _ = exec.send(ExecInput::Durable(last));
-    }
-    Ok(())
-}
-
-/// The log stage over a log that reports durability itself: append without waiting,
-/// release on each report. Waiting batches are bounded by the input queue and the
-/// log's own append bound.
-fn run_log_stage_notified(
-    mode: LogMode,
-    mut backend: impl LogBackend,
-    durable: &Receiver<DurablePoint>,
-    input: Receiver<Arc<DecidedBatch>>,
-    exec: Sender<ExecInput>,
-) -> Result<(), RuntimeError> {
-    let mut appender = BatchAppender::default();
-    let mut durable_up_to: Option<u64> = None;
-    // Batched mode: appended, waiting to be durable before they go to exec.
-    let mut waiting: VecDeque<Arc<DecidedBatch>> = VecDeque::new();
-    let release = |up_to: u64, waiting: &mut VecDeque<Arc<DecidedBatch>>| -> bool {
-        match mode {
-            LogMode::Parallel => exec.send(ExecInput::Durable(up_to)).is_ok(),
-            _ => {
-                while waiting.front().is_some_and(|b| b.agreement_id <= up_to) {
-                    let batch = waiting.pop_front().expect("checked non-empty");
-                    if exec.send(ExecInput::Batch(batch)).is_err() {
-                        return false;
-                    }
-                }
-                true
-            }
-        }
-    };
-    loop {
-        crossbeam_channel::select! {
-            recv(input) -> batch => {
-                let Ok(batch) = batch else { break };
-                appender.append(&mut backend, &batch)?;
-                if mode == LogMode::Batched {
-                    waiting.push_back(batch);
-                }
-            }
-            recv(durable) -> point => {
-                let Ok(point) = point else {
-                    // The log stopped on its own: find out why.
-                    backend.sync()?;
-                    return Err(RuntimeError::Log("durability reports stopped".into()));
-                };
-                // Only points past what this stage released matter (the first report
-                // may be the recovered end of the log).
-                let Some(last) = appender.last_logged else { continue };
-                let point = point.agreement_id.min(last);
-                if durable_up_to.is_none_or(|d| point > d) {
-                    durable_up_to = Some(point);
-                    if !release(point, &mut waiting) {
-                        return Ok(());
-                    }
-                }
+        if mode.is_durable() {
+            let last = group.last().expect("group is never empty").agreement_id;
+            if !reports.publish(last) {
+                break;
             }
         }
     }
-    // Input closed (shutdown): finish the in-flight write and release what it covers.
-    backend.sync()?;
-    if let Some(last) = appender.last_logged
-        && durable_up_to.is_none_or(|d| last > d)
-    {
-        release(last, &mut waiting);
-    }
-    Ok(())
+    // Not needed for safety in async mode; leaves a clean log on graceful shutdown.
+    backend.sync()
 }
 
-/// The exec stage: executes batches in order and releases replies through `sink`, in
-/// `parallel` mode only once the log reports them durable, through `input`
-/// ([`ExecInput::Durable`]) or, when given, straight from the log's `durable` reports
-/// (with [`run_append_stage`]). Ends when its input closes; replies still waiting for
-/// the log then are dropped (their clients retransmit).
+/// The exec stage: owns the durability [`Coordinator`] (starting after `recovered`) and
+/// the executor, and carries out the coordinator's actions: appends go to `log`,
+/// executions run here, released replies go to `sink`. `durable` carries the log's
+/// reports (None in modes without them). Ends when its input closes; replies still
+/// waiting for the log then are dropped (their clients retransmit). A log that stops
+/// (its report channel or queue disconnects while the input is open) failed: from then
+/// on nothing more is released.
 pub fn run_exec_stage<S: Service>(
     mode: LogMode,
+    recovered: u64,
     executor: &mut Executor<S>,
     input: Receiver<ExecInput>,
     durable: Option<Receiver<DurablePoint>>,
+    log: Option<Sender<Arc<DecidedBatch>>>,
     mut sink: impl FnMut(ReplyOut),
 ) -> HeldReplies {
-    let hold_for_log = mode == LogMode::Parallel;
-    assert!(hold_for_log || durable.is_none(), "durability reports come only in parallel mode");
-    // A disconnected report channel (the log closed) is replaced by one that never fires:
-    // replies then wait for the append stage's final report through `input`.
+    assert_eq!(log.is_some(), mode != LogMode::None, "a log stage runs in every mode but none");
+    assert!(
+        durable.is_some() == mode.is_durable(),
+        "durability reports come in the durable modes, and only there"
+    );
+    let started = Instant::now();
+    let now_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let mut coordinator = Coordinator::new(mode, recovered);
     let mut durable = durable.unwrap_or_else(crossbeam_channel::never);
-    let mut durable_up_to: Option<u64> = None;
-    let mut last_executed: Option<u64> = None;
-    // Each held batch: its agreement, its replies and when it was executed.
-    let mut pending: VecDeque<(u64, Vec<ReplyOut>, Instant)> = VecDeque::new();
+    let mut log = log;
+    let closed = crossbeam_channel::never::<ExecInput>();
     let mut held = HeldReplies::default();
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut work: Vec<Output> = Vec::new();
     loop {
-        let message = crossbeam_channel::select! {
-            recv(input) -> message => match message {
-                Ok(message) => message,
+        let intake = if coordinator.accepts_decided() { &input } else { &closed };
+        let event = crossbeam_channel::select! {
+            recv(intake) -> message => match message {
+                Ok(ExecInput::Batch(batch)) => Input::Decided(batch),
+                Ok(ExecInput::ReplyFromCache { client_id, sequence }) => {
+                    let Some(reply) = executor.cached_reply(client_id, sequence) else { continue };
+                    Input::CachedReply(ReplyOut {
+                        client_id,
+                        sequence,
+                        agreement_id: coordinator.last_executed(),
+                        reply: reply.to_vec(),
+                    })
+                }
                 Err(_) => break,
             },
             recv(durable) -> point => match point {
-                Ok(point) => ExecInput::Durable(point.agreement_id),
+                Ok(point) => Input::Durable { up_to: point.agreement_id, now_us: now_us() },
                 Err(_) => {
                     durable = crossbeam_channel::never();
-                    continue;
+                    Input::LogFailed
                 }
             },
         };
-        match message {
-            ExecInput::Batch(batch) => {
-                assert!(
-                    last_executed.is_none_or(|last| batch.agreement_id > last),
-                    "batches reach exec strictly increasing ({} after {last_executed:?})",
-                    batch.agreement_id
-                );
-                last_executed = Some(batch.agreement_id);
-                let replies = execute_batch(executor, &batch);
-                if !hold_for_log || durable_up_to.is_some_and(|d| d >= batch.agreement_id) {
-                    replies.into_iter().for_each(&mut sink);
-                } else {
-                    assert!(
-                        pending.len() < EXEC_PENDING_BATCHES_MAX,
-                        "order outran the log by too much"
-                    );
-                    pending.push_back((batch.agreement_id, replies, Instant::now()));
-                }
-            }
-            ExecInput::ReplyFromCache { client_id, sequence } => {
-                let Some(reply) = executor.cached_reply(client_id, sequence) else { continue };
-                let out = ReplyOut {
-                    client_id,
-                    sequence,
-                    agreement_id: last_executed.unwrap_or(0),
-                    reply: reply.to_vec(),
-                };
-                // The request may belong to a batch still waiting for the log.
-                match pending.back_mut() {
-                    Some((_, replies, _)) => replies.push(out),
-                    None => sink(out),
-                }
-            }
-            ExecInput::Durable(up_to) => {
-                assert!(hold_for_log, "durability reports come only in parallel mode");
-                // Reports from the log and from the append stage's shutdown may repeat a
-                // point; the first report may be the end of the recovered log.
-                if durable_up_to.is_some_and(|d| up_to <= d) {
-                    continue;
-                }
-                durable_up_to = Some(up_to);
-                while pending.front().is_some_and(|(id, _, _)| *id <= up_to) {
-                    let (_, replies, executed_at) = pending.pop_front().expect("checked non-empty");
-                    held.record(executed_at.elapsed());
-                    replies.into_iter().for_each(&mut sink);
+        coordinator.handle(event, &mut outputs);
+        // Carry out the actions in order; an execution feeds its result back.
+        while !outputs.is_empty() {
+            work.append(&mut outputs);
+            for output in work.drain(..) {
+                match output {
+                    Output::Append(batch) => {
+                        let sent = log.as_ref().is_some_and(|log| log.send(batch).is_ok());
+                        if !sent {
+                            log = None;
+                            coordinator.handle(Input::LogFailed, &mut outputs);
+                        }
+                    }
+                    Output::Execute(batch) => {
+                        let replies = execute_batch(executor, &batch);
+                        coordinator.handle(
+                            Input::Executed {
+                                agreement_id: batch.agreement_id,
+                                replies,
+                                now_us: now_us(),
+                            },
+                            &mut outputs,
+                        );
+                    }
+                    Output::Release { replies, held_us } => {
+                        if let Some(held_us) = held_us {
+                            held.record(Duration::from_micros(held_us));
+                        }
+                        replies.into_iter().for_each(&mut sink);
+                    }
+                    Output::Stop => {
+                        log::error!("the log failed: no reply waiting for it will be sent");
+                    }
                 }
             }
         }
@@ -610,7 +413,6 @@ mod tests {
     }
 
     struct Pipeline {
-        to_log: Sender<Arc<DecidedBatch>>,
         to_exec: Sender<ExecInput>,
         gate: Sender<()>,
         replies: Receiver<ReplyOut>,
@@ -619,6 +421,8 @@ mod tests {
         exec: thread::JoinHandle<HeldReplies>,
     }
 
+    /// Exec and log stages wired as the runtime wires them over a log that does not
+    /// report by itself; the test feeds decided batches to exec.
     fn pipeline(mode: LogMode) -> Pipeline {
         let (gate_tx, gate_rx) = bounded(0);
         let records = Arc::new(Mutex::new(Vec::new()));
@@ -627,23 +431,23 @@ mod tests {
         let (to_log, log_rx) = bounded(16);
         let (to_exec, exec_rx) = bounded(16);
         let (reply_tx, replies) = bounded(64);
-        let exec_for_log = to_exec.clone();
-        thread::spawn(move || run_log_stage(mode, backend, log_rx, exec_for_log));
+        let (reports, durable) = DurableReports::new();
+        let reports = mode.is_durable().then_some(reports);
+        thread::spawn(move || run_log_stage(mode, backend, log_rx, reports));
+        let durable = mode.is_durable().then_some(durable);
         let exec = thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
-            run_exec_stage(mode, &mut executor, exec_rx, None, |reply| {
+            run_exec_stage(mode, 0, &mut executor, exec_rx, durable, Some(to_log), |reply| {
                 let _ = reply_tx.send(reply);
             })
         });
-        Pipeline { to_log, to_exec, gate: gate_tx, replies, syncs, records, exec }
+        Pipeline { to_exec, gate: gate_tx, replies, syncs, records, exec }
     }
 
     #[test]
     fn parallel_mode_sends_no_reply_while_the_log_write_is_held_back() {
         let p = pipeline(LogMode::Parallel);
-        let b = batch(1, 10, &[b"x", b"y"]);
-        p.to_log.send(b.clone()).expect("log stage runs");
-        p.to_exec.send(ExecInput::Batch(b)).expect("exec stage runs");
+        p.to_exec.send(ExecInput::Batch(batch(1, 10, &[b"x", b"y"]))).expect("exec stage runs");
         // The batch executes, but its log sync is held: no reply may leave.
         assert!(
             p.replies.recv_timeout(Duration::from_millis(300)).is_err(),
@@ -655,11 +459,10 @@ mod tests {
         assert_eq!((first.client_id, first.reply.as_slice()), (10, &b"x"[..]));
         assert_eq!((second.client_id, second.agreement_id), (11, 1));
         assert_eq!(*p.syncs.lock().expect("lock"), 1);
-        drop(p.to_log);
         drop(p.to_exec);
         // The exec stage counts the wait it imposed: one batch, held at least as long
         // as the gate stayed shut.
-        let held = p.exec.join().expect("exec stage ends when its inputs close");
+        let held = p.exec.join().expect("exec stage ends when its input closes");
         assert_eq!(held.batches, 1);
         assert!(held.max >= Duration::from_millis(300) && held.total == held.max, "{held:?}");
     }
@@ -667,8 +470,8 @@ mod tests {
     #[test]
     fn batched_mode_executes_only_after_the_group_is_durable() {
         let p = pipeline(LogMode::Batched);
-        p.to_log.send(batch(1, 1, &[b"a"])).expect("log stage runs");
-        p.to_log.send(batch(2, 1, &[b"b"])).expect("log stage runs");
+        p.to_exec.send(ExecInput::Batch(batch(1, 1, &[b"a"]))).expect("exec stage runs");
+        p.to_exec.send(ExecInput::Batch(batch(2, 1, &[b"b"]))).expect("exec stage runs");
         assert!(
             p.replies.recv_timeout(Duration::from_millis(300)).is_err(),
             "a reply left before the log was durable"
@@ -687,7 +490,7 @@ mod tests {
     #[test]
     fn sync_mode_writes_and_syncs_once_per_request() {
         let p = pipeline(LogMode::Sync);
-        p.to_log.send(batch(5, 1, &[b"a", b"b", b"c"])).expect("log stage runs");
+        p.to_exec.send(ExecInput::Batch(batch(1, 1, &[b"a", b"b", b"c"]))).expect("exec runs");
         for _ in 0..3 {
             assert!(p.replies.try_recv().is_err(), "no reply before all of its batch is durable");
             p.gate.send(()).expect("one sync per request");
@@ -699,18 +502,49 @@ mod tests {
             );
         }
         // An agreement with no request still gets a record, or replay would see a gap.
-        p.to_log.send(batch(6, 1, &[])).expect("log stage runs");
-        p.to_log.send(batch(7, 1, &[b"d"])).expect("log stage runs");
+        p.to_exec.send(ExecInput::Batch(batch(2, 1, &[]))).expect("exec runs");
+        p.gate.send(()).expect("one sync for the empty batch");
+        p.to_exec.send(ExecInput::Batch(batch(3, 1, &[b"d"]))).expect("exec runs");
         p.gate.send(()).expect("one sync for the one request");
         assert_eq!(p.replies.recv_timeout(Duration::from_secs(10)).expect("reply").reply, b"d");
         let records = p.records.lock().expect("lock").clone();
         let replayed =
             reassemble(records.iter().map(|(_, payload)| payload.clone())).expect("valid");
-        assert_eq!(replayed.iter().map(|b| b.agreement_id).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(replayed.iter().map(|b| b.agreement_id).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(records.len(), 5);
         let decoded = decode_batch(&records[1].1).expect("valid record");
-        assert_eq!(decoded.agreement_id, 5);
+        assert_eq!(decoded.agreement_id, 1);
         assert_eq!(decoded.batch.requests[0].operation, b"b");
+    }
+
+    #[test]
+    fn a_stalled_disk_stops_exec_taking_batches_and_nothing_breaks() {
+        // The log never syncs: the coordinator fills to its bound, exec stops taking
+        // decided batches and the (bounded) queue from order fills up. No reply leaves,
+        // no assertion fires; opening the gate releases everything.
+        let p = pipeline(LogMode::Parallel);
+        let total = crate::durability::HELD_BATCHES_MAX as u64 + 64;
+        let feeder = {
+            let to_exec = p.to_exec.clone();
+            thread::spawn(move || {
+                for id in 1..=total {
+                    to_exec.send(ExecInput::Batch(batch(id, id * 10, &[b"v"]))).expect("exec runs");
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(500));
+        assert!(!feeder.is_finished(), "exec kept taking batches past its bound");
+        assert!(p.replies.try_recv().is_err(), "a reply left while the disk was stalled");
+        let mut released = 0;
+        while released < total {
+            let _ = p.gate.try_send(());
+            if p.replies.recv_timeout(Duration::from_millis(50)).is_ok() {
+                released += 1;
+            }
+        }
+        feeder.join().expect("every batch was taken once the disk came back");
+        drop(p.to_exec);
+        p.exec.join().expect("exec stage ends");
     }
 
     #[test]
@@ -772,38 +606,30 @@ mod tests {
 
     #[test]
     fn with_a_self_reporting_log_replies_wait_for_its_durability_report() {
-        // Reports through the log stage, and straight to exec (append-only log stage).
-        for reports_to_exec in [false, true] {
-            replies_wait_for_reports(reports_to_exec);
-        }
-    }
-
-    fn replies_wait_for_reports(reports_to_exec: bool) {
         let (point_tx, points) = bounded(4);
         let (appended, appended_rx) = bounded(16);
         let (to_log, log_rx) = bounded(16);
         let (to_exec, exec_rx) = bounded(16);
         let (reply_tx, replies) = bounded(16);
-        let exec_for_log = to_exec.clone();
         let backend = NotifyingLog { points, appended };
-        let durable = reports_to_exec.then(|| backend.points.clone());
-        thread::spawn(move || {
-            if reports_to_exec {
-                run_append_stage(backend, log_rx, exec_for_log)
-            } else {
-                run_log_stage(LogMode::Parallel, backend, log_rx, exec_for_log)
-            }
-        });
+        let durable = backend.durable_notifications();
+        thread::spawn(move || run_log_stage(LogMode::Parallel, backend, log_rx, None));
         thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
-            run_exec_stage(LogMode::Parallel, &mut executor, exec_rx, durable, |reply| {
-                let _ = reply_tx.send(reply);
-            });
+            run_exec_stage(
+                LogMode::Parallel,
+                0,
+                &mut executor,
+                exec_rx,
+                durable,
+                Some(to_log),
+                |reply| {
+                    let _ = reply_tx.send(reply);
+                },
+            );
         });
         for id in [1, 2] {
-            let b = batch(id, 10 * id, &[b"op"]);
-            to_log.send(b.clone()).expect("log stage runs");
-            to_exec.send(ExecInput::Batch(b)).expect("exec stage runs");
+            to_exec.send(ExecInput::Batch(batch(id, 10 * id, &[b"op"]))).expect("exec stage runs");
         }
         assert_eq!(appended_rx.recv_timeout(Duration::from_secs(10)).expect("appended"), 1);
         assert_eq!(appended_rx.recv_timeout(Duration::from_secs(10)).expect("appended"), 2);
@@ -819,5 +645,10 @@ mod tests {
         );
         point_tx.send(DurablePoint { record_seq: 2, agreement_id: 2 }).expect("report");
         assert_eq!(replies.recv_timeout(Duration::from_secs(10)).expect("reply").agreement_id, 2);
+        // The log failing (its reports stop) releases nothing more.
+        to_exec.send(ExecInput::Batch(batch(3, 30, &[b"op"]))).expect("exec stage runs");
+        assert_eq!(appended_rx.recv_timeout(Duration::from_secs(10)).expect("appended"), 3);
+        drop(point_tx);
+        assert!(replies.recv_timeout(Duration::from_millis(300)).is_err(), "failed log acked");
     }
 }

@@ -14,7 +14,7 @@
 //! Replies to client `c` go to the connection whose hello named `c & !CLIENT_SESSION_MASK`
 //! (a [`super::Client`] runs its sessions as consecutive ids over one connection).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,8 +28,8 @@ use super::filelog::{FileLog, LogRecord, WalLog};
 use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
 use crate::protocol::{
-    Action, Batch, ClientRequest, Event, Hash, Key, Message, ProtocolError, Recovered, Replica,
-    ReplicaId, ReplicaKeys, Reply, TimerKind, open_frame, seal_frame, seal_frames,
+    Action, ClientRequest, Event, Hash, Key, Message, ProtocolError, Replica, ReplicaId,
+    ReplicaKeys, Reply, TimerKind, open_frame, seal_frame, seal_frames,
 };
 use crate::service::{Executor, Service};
 
@@ -148,46 +148,27 @@ pub fn start_replica<S: Service>(
             }
         };
     let mut executor = Executor::new(service);
-    let batches = durability::reassemble(records.into_iter().map(|r| r.payload))?;
-    if backend.is_some() && batches.is_empty() {
+    let replay_started = Instant::now();
+    let restored = crate::durability::restore(
+        records.into_iter().map(|r| r.payload),
+        &mut executor,
+        protocol_config.decided_window_max,
+    )
+    .map_err(|error| RuntimeError::Replay(error.to_string()))?;
+    let recovered_agreement_id = restored.recovered.last_decided;
+    if backend.is_some() && recovered_agreement_id == 0 {
         log::warn!(
             "replica {id}: no log records in {}; starting with empty state",
             log_dir.display()
         );
-    }
-    if let Some(first) = batches.first()
-        && first.agreement_id != 1
-    {
-        return Err(RuntimeError::Replay(format!(
-            "log starts at agreement {} (no checkpoint to start from)",
-            first.agreement_id
-        )));
-    }
-    let replay_started = Instant::now();
-    for batch in &batches {
-        durability::execute_batch(&mut executor, batch);
-    }
-    let recovered_agreement_id = batches.last().map_or(0, |b| b.agreement_id);
-    if !batches.is_empty() {
+    } else if recovered_agreement_id > 0 {
         log::info!(
             "replica {id}: replayed agreements 1..={recovered_agreement_id} ({} requests) in {} ms",
-            executor.requests_executed(),
+            restored.requests,
             replay_started.elapsed().as_millis()
         );
     }
-    let window = protocol_config.decided_window_max;
-    let recent: Vec<Arc<Batch>> = batches
-        .iter()
-        .skip(batches.len().saturating_sub(window))
-        .map(|b| b.batch.clone())
-        .collect();
-    let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
-    for request in batches.iter().flat_map(|b| b.batch.requests.iter()) {
-        let highest = ordered.entry(request.client_id).or_insert(0);
-        *highest = (*highest).max(request.sequence);
-    }
-    drop(batches);
-    let recovered = Recovered { last_decided: recovered_agreement_id, recent };
+    let crate::durability::Restored { recovered, ordered, .. } = restored;
     let protocol_error = |error: ProtocolError| RuntimeError::Config {
         field: "protocol".into(),
         reason: error.to_string(),
@@ -319,7 +300,6 @@ pub fn start_replica<S: Service>(
     let core =
         |index: usize| cores.as_ref().map(|c| c[(id as usize * STAGES_PINNED + index) % c.len()]);
     let (exec_tx, exec_rx) = bounded::<ExecInput>(STAGE_QUEUE_MAX);
-    let (log_tx, log_rx) = bounded::<Arc<DecidedBatch>>(STAGE_QUEUE_MAX);
     let spawn =
         |name: &str, core: Option<core_affinity::CoreId>, body: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()
@@ -341,31 +321,36 @@ pub fn start_replica<S: Service>(
             stop.store(true, Ordering::Release);
         }
     };
-    // In parallel mode over a log that reports durability itself, the reports go
-    // straight to exec, which releases replies; the log stage only appends.
-    let durable_to_exec = match (&backend, log_mode) {
-        (Some(backend), LogMode::Parallel) => backend.durable_notifications(),
-        _ => None,
+    // Durability reports reach exec straight from a log that reports by itself, or from
+    // the log stage (which then syncs each group itself).
+    let self_reports = backend.as_ref().and_then(|backend| backend.durable_notifications());
+    let (log_reports, durable_to_exec) = match (&backend, log_mode.is_durable(), self_reports) {
+        (Some(_), true, Some(reports)) => (None, Some(reports)),
+        (Some(_), true, None) => {
+            let (reports, receiver) = durability::DurableReports::new();
+            (Some(reports), Some(receiver))
+        }
+        _ => (None, None),
     };
-    if let Some(backend) = backend {
-        let exec_tx = exec_tx.clone();
-        let fail = fail.clone();
-        let append_only = durable_to_exec.is_some();
-        threads.push(spawn(
-            "log",
-            core(2),
-            Box::new(move || {
-                let outcome = if append_only {
-                    durability::run_append_stage(backend, log_rx, exec_tx)
-                } else {
-                    durability::run_log_stage(log_mode, backend, log_rx, exec_tx)
-                };
-                if let Err(error) = outcome {
-                    fail(error);
-                }
-            }),
-        )?);
-    }
+    let log_tx = match backend {
+        Some(backend) => {
+            let (log_tx, log_rx) = bounded::<Arc<DecidedBatch>>(STAGE_QUEUE_MAX);
+            let fail = fail.clone();
+            threads.push(spawn(
+                "log",
+                core(2),
+                Box::new(move || {
+                    if let Err(error) =
+                        durability::run_log_stage(log_mode, backend, log_rx, log_reports)
+                    {
+                        fail(error);
+                    }
+                }),
+            )?);
+            Some(log_tx)
+        }
+        None => None,
+    };
     {
         let network = network.clone();
         let keys = keys.clone();
@@ -378,9 +363,11 @@ pub fn start_replica<S: Service>(
                 let mut client_keys: HashMap<u64, Key> = HashMap::new();
                 let held = durability::run_exec_stage(
                     log_mode,
+                    recovered_agreement_id,
                     &mut executor,
                     exec_rx,
                     durable_to_exec,
+                    log_tx,
                     |out| {
                         if client_keys.len() >= CLIENT_KEYS_CACHED_MAX {
                             client_keys.clear();
@@ -416,9 +403,7 @@ pub fn start_replica<S: Service>(
             n,
             keys: keys.clone(),
             network,
-            log_mode,
             exec: exec_tx,
-            log: log_tx,
             regency,
             tick_at: None,
         };
@@ -446,9 +431,7 @@ struct OrderStage {
     n: u32,
     keys: Arc<ReplicaKeys>,
     network: Arc<Network>,
-    log_mode: LogMode,
     exec: Sender<ExecInput>,
-    log: Sender<Arc<DecidedBatch>>,
     regency: Arc<AtomicU64>,
     tick_at: Option<Instant>,
 }
@@ -547,16 +530,9 @@ impl OrderStage {
                             agreement_id: decision.agreement_id,
                             batch: decision.batch,
                         });
-                        let delivered = match self.log_mode {
-                            LogMode::None => self.exec.send(ExecInput::Batch(batch)).is_ok(),
-                            // Parallel logging: the same batch to both stages at once.
-                            LogMode::Async | LogMode::Parallel => {
-                                self.log.send(batch.clone()).is_ok()
-                                    && self.exec.send(ExecInput::Batch(batch)).is_ok()
-                            }
-                            LogMode::Sync | LogMode::Batched => self.log.send(batch).is_ok(),
-                        };
-                        if !delivered {
+                        // The exec stage's durability coordinator sends it on to the
+                        // log as the log mode says.
+                        if self.exec.send(ExecInput::Batch(batch)).is_err() {
                             return false;
                         }
                     }

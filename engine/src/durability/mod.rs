@@ -1,0 +1,529 @@
+//! The durability coordinator: a state machine with no I/O that decides, for each
+//! decided batch, when it is appended to the log, when it is executed, and when its
+//! replies may leave.
+//!
+//! Events in ([`Input`]): a batch decided, a batch executed (with its replies), the log
+//! durable up to an agreement, a cached reply to resend, the log failed. Actions out
+//! ([`Output`]): append a batch, execute a batch, release replies, stop. No threads,
+//! channels or clocks inside: the runtime's `exec` thread owns one and carries out its
+//! actions (`runtime::durability`), and the simulator drives the same code over its
+//! simulated disk (`sim`). Time enters only as numbers the caller passes in, to report
+//! how long replies were held.
+//!
+//! | log mode | on decided | a batch executes | its replies leave |
+//! |---|---|---|---|
+//! | `none` | execute | at once | when executed |
+//! | `async` | append, execute | at once | when executed |
+//! | `sync`, `batched` | append | once durable | when executed (already durable) |
+//! | `parallel` | append **and** execute | at once | when executed **and** durable |
+//!
+//! The rule every user relies on: in the durable modes (`sync`, `batched`, `parallel`)
+//! no reply leaves before the log reported its batch durable, and after
+//! [`Input::LogFailed`] nothing more is released, so a failed group write is never
+//! acknowledged.
+//!
+//! Bound: batches held here (executed and waiting for the log, or waiting for the log to
+//! be executed) never exceed [`HELD_BATCHES_MAX`]. The coordinator says when it is full
+//! ([`Coordinator::accepts_decided`]); its owner then stops taking decided batches, and
+//! the back-pressure reaches the ordering stage through the bounded queue between them.
+//! A stalled disk therefore stalls the replica; it never breaks an assertion.
+
+pub mod record;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::protocol::Batch;
+use crate::runtime::LogMode;
+use crate::service::{Executor, Outcome, Service};
+
+pub use record::{
+    BatchPart, RecordError, Restored, decode_batch, encode_batch, reassemble, restore,
+};
+
+/// Decided batches the coordinator holds at most (executed and waiting for the log, or
+/// logged and waiting to be executed).
+pub const HELD_BATCHES_MAX: usize = 4_096;
+
+/// A batch the ordering protocol decided, shared by the log and the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidedBatch {
+    /// The consensus instance that decided it.
+    pub agreement_id: u64,
+    /// Its requests, in order.
+    pub batch: Arc<Batch>,
+}
+
+/// A reply ready to leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyOut {
+    /// The client it goes to.
+    pub client_id: u64,
+    /// The sequence number of the request it answers.
+    pub sequence: u64,
+    /// The agreement that ordered the request.
+    pub agreement_id: u64,
+    /// The service's reply.
+    pub reply: Vec<u8>,
+}
+
+/// Runs `batch` through `executor`; returns the replies to send (fresh and cached).
+pub fn execute_batch<S: Service>(
+    executor: &mut Executor<S>,
+    batch: &DecidedBatch,
+) -> Vec<ReplyOut> {
+    let outcomes = executor.execute(&batch.batch.ordered_requests());
+    assert_eq!(outcomes.len(), batch.batch.requests.len(), "one outcome per request");
+    let mut replies = Vec::with_capacity(outcomes.len());
+    for (request, outcome) in batch.batch.requests.iter().zip(outcomes) {
+        let reply = match outcome {
+            Outcome::Executed(reply) | Outcome::Cached(reply) => reply,
+            Outcome::Stale => continue,
+        };
+        replies.push(ReplyOut {
+            client_id: request.client_id,
+            sequence: request.sequence,
+            agreement_id: batch.agreement_id,
+            reply,
+        });
+    }
+    replies
+}
+
+/// What the coordinator is told.
+#[derive(Debug)]
+pub enum Input {
+    /// The ordering protocol decided this batch (agreement ids strictly increasing).
+    /// Only when [`Coordinator::accepts_decided`].
+    Decided(Arc<DecidedBatch>),
+    /// The owner carried out [`Output::Execute`] for this agreement; these are the
+    /// replies the executor produced, `now_us` the owner's clock.
+    Executed {
+        /// The agreement executed.
+        agreement_id: u64,
+        /// Its replies (fresh and from the reply cache).
+        replies: Vec<ReplyOut>,
+        /// When, on the owner's clock, in microseconds.
+        now_us: u64,
+    },
+    /// The reply cache's answer to a retransmission of an already executed request.
+    CachedReply(ReplyOut),
+    /// The log holds every agreement up to this one durably (a report may repeat or
+    /// trail an earlier one).
+    Durable {
+        /// Durable up to here.
+        up_to: u64,
+        /// When, on the owner's clock, in microseconds.
+        now_us: u64,
+    },
+    /// The log failed (a write or sync error): nothing appended since the last report
+    /// may be acknowledged, ever.
+    LogFailed,
+}
+
+/// What the coordinator asks its owner to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Append this batch to the log (as one record; `sync` mode: one synced record per
+    /// request).
+    Append(Arc<DecidedBatch>),
+    /// Execute this batch, then report [`Input::Executed`].
+    Execute(Arc<DecidedBatch>),
+    /// Send these replies.
+    Release {
+        /// The replies, in execution order.
+        replies: Vec<ReplyOut>,
+        /// How long they waited for the log after execution (parallel mode), if they did.
+        held_us: Option<u64>,
+    },
+    /// The log failed: the replica must stop; nothing more will be released.
+    Stop,
+}
+
+/// Replies of one executed batch waiting for the log (parallel mode).
+#[derive(Debug)]
+struct Held {
+    agreement_id: u64,
+    replies: Vec<ReplyOut>,
+    executed_us: u64,
+}
+
+/// The durability coordinator of one replica. See the module docs.
+#[derive(Debug)]
+pub struct Coordinator {
+    mode: LogMode,
+    last_decided: u64,
+    last_appended: u64,
+    /// Agreement whose [`Output::Execute`] went out and whose [`Input::Executed`] has not
+    /// come back.
+    executing: VecDeque<u64>,
+    last_executed: u64,
+    durable_up_to: u64,
+    /// `sync`/`batched`: appended, executed once durable.
+    awaiting_log: VecDeque<Arc<DecidedBatch>>,
+    /// `parallel`: executed, released once durable.
+    held: VecDeque<Held>,
+    failed: bool,
+}
+
+impl Coordinator {
+    /// A coordinator for a replica whose log (and state) already hold agreements up to
+    /// `recovered` (0: nothing), all of them durable and executed.
+    pub fn new(mode: LogMode, recovered: u64) -> Self {
+        Self {
+            mode,
+            last_decided: recovered,
+            last_appended: recovered,
+            executing: VecDeque::new(),
+            last_executed: recovered,
+            durable_up_to: recovered,
+            awaiting_log: VecDeque::new(),
+            held: VecDeque::new(),
+            failed: false,
+        }
+    }
+
+    /// The log mode.
+    pub fn mode(&self) -> LogMode {
+        self.mode
+    }
+
+    /// Whether the owner may feed another [`Input::Decided`]: false while
+    /// [`HELD_BATCHES_MAX`] batches wait for the log, or after the log failed.
+    pub fn accepts_decided(&self) -> bool {
+        !self.failed && self.held_batches() < HELD_BATCHES_MAX
+    }
+
+    /// Batches held (waiting for the log before or after execution, or executing).
+    pub fn held_batches(&self) -> usize {
+        self.held.len() + self.awaiting_log.len() + self.executing.len()
+    }
+
+    /// Every agreement up to this one is reported durable (the recovered point at
+    /// first).
+    pub fn durable_up_to(&self) -> u64 {
+        self.durable_up_to
+    }
+
+    /// The last agreement executed.
+    pub fn last_executed(&self) -> u64 {
+        self.last_executed
+    }
+
+    /// Whether the log failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Takes one event; pushes the actions it causes onto `out`, in the order they must
+    /// be carried out.
+    pub fn handle(&mut self, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Decided(batch) => self.on_decided(batch, out),
+            Input::Executed { agreement_id, replies, now_us } => {
+                self.on_executed(agreement_id, replies, now_us, out)
+            }
+            Input::CachedReply(reply) => self.on_cached_reply(reply, out),
+            Input::Durable { up_to, now_us } => self.on_durable(up_to, now_us, out),
+            Input::LogFailed => {
+                if !self.failed {
+                    self.failed = true;
+                    // Whatever waits for the log now never leaves.
+                    self.held.clear();
+                    self.awaiting_log.clear();
+                    out.push(Output::Stop);
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    fn on_decided(&mut self, batch: Arc<DecidedBatch>, out: &mut Vec<Output>) {
+        assert!(self.accepts_decided(), "a decided batch fed while the coordinator is full");
+        assert_eq!(
+            batch.agreement_id,
+            self.last_decided + 1,
+            "decided batches reach the coordinator in agreement order, with no gap"
+        );
+        self.last_decided = batch.agreement_id;
+        match self.mode {
+            LogMode::None => self.execute(batch, out),
+            LogMode::Async | LogMode::Parallel => {
+                // Parallel logging: the append is issued first so the write starts
+                // while the batch executes.
+                self.append(&batch, out);
+                self.execute(batch, out);
+            }
+            LogMode::Sync | LogMode::Batched => {
+                self.append(&batch, out);
+                self.awaiting_log.push_back(batch);
+            }
+        }
+    }
+
+    fn append(&mut self, batch: &Arc<DecidedBatch>, out: &mut Vec<Output>) {
+        assert!(batch.agreement_id > self.last_appended, "appends strictly increase");
+        self.last_appended = batch.agreement_id;
+        out.push(Output::Append(batch.clone()));
+    }
+
+    fn execute(&mut self, batch: Arc<DecidedBatch>, out: &mut Vec<Output>) {
+        assert!(
+            batch.agreement_id > self.executing.back().copied().unwrap_or(self.last_executed),
+            "executions strictly increase"
+        );
+        self.executing.push_back(batch.agreement_id);
+        out.push(Output::Execute(batch));
+    }
+
+    fn on_executed(
+        &mut self,
+        agreement_id: u64,
+        replies: Vec<ReplyOut>,
+        now_us: u64,
+        out: &mut Vec<Output>,
+    ) {
+        assert_eq!(
+            self.executing.pop_front(),
+            Some(agreement_id),
+            "an execution reported is the oldest one asked for"
+        );
+        assert!(agreement_id > self.last_executed);
+        self.last_executed = agreement_id;
+        if self.failed {
+            return;
+        }
+        let must_wait = self.mode == LogMode::Parallel && agreement_id > self.durable_up_to;
+        if must_wait {
+            self.held.push_back(Held { agreement_id, replies, executed_us: now_us });
+        } else {
+            // In `sync` and `batched` mode execution came after durability.
+            assert!(
+                !self.mode.is_durable() || agreement_id <= self.durable_up_to,
+                "a durable mode releases only what the log holds"
+            );
+            if !replies.is_empty() {
+                out.push(Output::Release { replies, held_us: None });
+            }
+        }
+    }
+
+    fn on_cached_reply(&mut self, reply: ReplyOut, out: &mut Vec<Output>) {
+        if self.failed {
+            return;
+        }
+        // The request may belong to a batch still waiting for the log: it leaves with the
+        // newest held batch (every older executed batch is durable when none is held).
+        match self.held.back_mut() {
+            Some(held) => held.replies.push(reply),
+            None => out.push(Output::Release { replies: vec![reply], held_us: None }),
+        }
+    }
+
+    fn on_durable(&mut self, up_to: u64, now_us: u64, out: &mut Vec<Output>) {
+        if self.failed || up_to <= self.durable_up_to {
+            return;
+        }
+        assert!(
+            up_to <= self.last_appended,
+            "the log reports agreement {up_to} durable, but only {} was appended",
+            self.last_appended
+        );
+        self.durable_up_to = up_to;
+        while self.held.front().is_some_and(|held| held.agreement_id <= up_to) {
+            let held = self.held.pop_front().expect("checked non-empty");
+            if !held.replies.is_empty() {
+                out.push(Output::Release {
+                    replies: held.replies,
+                    held_us: Some(now_us.saturating_sub(held.executed_us)),
+                });
+            }
+        }
+        while self.awaiting_log.front().is_some_and(|batch| batch.agreement_id <= up_to) {
+            let batch = self.awaiting_log.pop_front().expect("checked non-empty");
+            self.execute(batch, out);
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.last_executed <= self.last_decided);
+        assert!(self.last_appended <= self.last_decided);
+        assert!(self.durable_up_to <= self.last_appended.max(self.durable_up_to));
+        assert!(self.held_batches() <= HELD_BATCHES_MAX + 1, "held batches are bounded");
+        if self.mode == LogMode::Parallel {
+            // Every held batch is executed and not yet durable.
+            debug_assert!(self.held.iter().all(|held| held.agreement_id > self.durable_up_to
+                && held.agreement_id <= self.last_executed));
+        } else {
+            assert!(self.held.is_empty(), "only parallel mode holds executed replies");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientRequest;
+
+    fn decided(agreement_id: u64) -> Arc<DecidedBatch> {
+        let request = ClientRequest {
+            client_id: 7,
+            sequence: agreement_id,
+            operation: vec![agreement_id as u8],
+            authenticator: vec![[0; 32]],
+        };
+        Arc::new(DecidedBatch { agreement_id, batch: Arc::new(Batch { requests: vec![request] }) })
+    }
+
+    fn reply(agreement_id: u64) -> ReplyOut {
+        ReplyOut { client_id: 7, sequence: agreement_id, agreement_id, reply: vec![1] }
+    }
+
+    fn step(c: &mut Coordinator, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        c.handle(input, &mut out);
+        out
+    }
+
+    /// Feeds a decided batch and carries out an `Execute` it asks for at once.
+    fn decide_and_run(c: &mut Coordinator, id: u64, now_us: u64) -> Vec<Output> {
+        let mut all = step(c, Input::Decided(decided(id)));
+        if all.iter().any(|o| matches!(o, Output::Execute(_))) {
+            all.extend(step(
+                c,
+                Input::Executed { agreement_id: id, replies: vec![reply(id)], now_us },
+            ));
+        }
+        all
+    }
+
+    fn released(outputs: &[Output]) -> Vec<u64> {
+        outputs
+            .iter()
+            .flat_map(|o| match o {
+                Output::Release { replies, .. } => replies.iter().map(|r| r.agreement_id).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_mode_appends_before_executing_and_holds_replies_until_durable() {
+        let mut c = Coordinator::new(LogMode::Parallel, 0);
+        let out = decide_and_run(&mut c, 1, 100);
+        assert_eq!(out[0], Output::Append(decided(1)));
+        assert_eq!(out[1], Output::Execute(decided(1)));
+        assert_eq!(out.len(), 2, "executed but not durable: no reply");
+        decide_and_run(&mut c, 2, 200);
+        assert_eq!(c.held_batches(), 2);
+        let out = step(&mut c, Input::Durable { up_to: 1, now_us: 400 });
+        assert_eq!(
+            out,
+            vec![Output::Release { replies: vec![reply(1)], held_us: Some(300) }],
+            "only what is durable leaves, with the time it waited"
+        );
+        assert!(step(&mut c, Input::Durable { up_to: 1, now_us: 500 }).is_empty());
+        assert_eq!(released(&step(&mut c, Input::Durable { up_to: 2, now_us: 600 })), vec![2]);
+        // Durable before executed: released at execution.
+        step(&mut c, Input::Decided(decided(3)));
+        step(&mut c, Input::Durable { up_to: 3, now_us: 700 });
+        let out =
+            step(&mut c, Input::Executed { agreement_id: 3, replies: vec![reply(3)], now_us: 800 });
+        assert_eq!(out, vec![Output::Release { replies: vec![reply(3)], held_us: None }]);
+    }
+
+    #[test]
+    fn batched_and_sync_modes_execute_only_what_is_durable() {
+        for mode in [LogMode::Batched, LogMode::Sync] {
+            let mut c = Coordinator::new(mode, 10);
+            assert_eq!(
+                step(&mut c, Input::Decided(decided(11))),
+                vec![Output::Append(decided(11))]
+            );
+            assert_eq!(
+                step(&mut c, Input::Decided(decided(12))),
+                vec![Output::Append(decided(12))]
+            );
+            let out = step(&mut c, Input::Durable { up_to: 11, now_us: 0 });
+            assert_eq!(out, vec![Output::Execute(decided(11))]);
+            let out = step(
+                &mut c,
+                Input::Executed { agreement_id: 11, replies: vec![reply(11)], now_us: 0 },
+            );
+            assert_eq!(released(&out), vec![11]);
+            assert_eq!(c.held_batches(), 1);
+        }
+    }
+
+    #[test]
+    fn none_and_async_modes_release_when_executed() {
+        for mode in [LogMode::None, LogMode::Async] {
+            let mut c = Coordinator::new(mode, 0);
+            let out = decide_and_run(&mut c, 1, 0);
+            assert_eq!(released(&out), vec![1]);
+            assert_eq!(out.iter().any(|o| matches!(o, Output::Append(_))), mode == LogMode::Async);
+        }
+    }
+
+    #[test]
+    fn a_failed_log_acknowledges_nothing_more() {
+        let mut c = Coordinator::new(LogMode::Parallel, 0);
+        decide_and_run(&mut c, 1, 0);
+        decide_and_run(&mut c, 2, 0);
+        step(&mut c, Input::Durable { up_to: 1, now_us: 0 });
+        assert_eq!(step(&mut c, Input::LogFailed), vec![Output::Stop]);
+        assert!(step(&mut c, Input::Durable { up_to: 2, now_us: 0 }).is_empty());
+        assert!(step(&mut c, Input::CachedReply(reply(1))).is_empty());
+        assert!(!c.accepts_decided());
+    }
+
+    #[test]
+    fn cached_reply_waits_behind_the_newest_held_batch() {
+        let mut c = Coordinator::new(LogMode::Parallel, 0);
+        decide_and_run(&mut c, 1, 0);
+        assert!(step(&mut c, Input::CachedReply(reply(1))).is_empty());
+        assert_eq!(released(&step(&mut c, Input::Durable { up_to: 1, now_us: 0 })), vec![1, 1]);
+        assert_eq!(released(&step(&mut c, Input::CachedReply(reply(1)))), vec![1]);
+    }
+
+    #[test]
+    fn a_stalled_disk_fills_the_bound_and_stops_intake_without_breaking() {
+        for mode in [LogMode::Parallel, LogMode::Batched] {
+            let mut c = Coordinator::new(mode, 0);
+            let mut id = 0;
+            while c.accepts_decided() {
+                id += 1;
+                let out = decide_and_run(&mut c, id, id);
+                assert!(released(&out).is_empty(), "nothing leaves while the disk is stalled");
+            }
+            assert_eq!(id as usize, HELD_BATCHES_MAX);
+            assert_eq!(c.held_batches(), HELD_BATCHES_MAX);
+            // The disk comes back: everything drains and intake resumes.
+            let mut out = step(&mut c, Input::Durable { up_to: id, now_us: id + 1 });
+            let executes: Vec<u64> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Execute(b) => Some(b.agreement_id),
+                    _ => None,
+                })
+                .collect();
+            for agreement_id in executes {
+                out.extend(step(
+                    &mut c,
+                    Input::Executed { agreement_id, replies: vec![reply(agreement_id)], now_us: 0 },
+                ));
+            }
+            assert_eq!(released(&out).len(), HELD_BATCHES_MAX);
+            assert!(c.accepts_decided());
+            assert_eq!(c.held_batches(), 0);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "only")]
+    fn a_durability_report_past_the_appends_is_a_broken_invariant() {
+        let mut c = Coordinator::new(LogMode::Parallel, 0);
+        decide_and_run(&mut c, 1, 0);
+        step(&mut c, Input::Durable { up_to: 2, now_us: 0 });
+    }
+}
