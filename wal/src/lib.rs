@@ -27,5 +27,5 @@ pub use storage::{Backend, FsStorage, ResolvedBackend, Storage, StorageFile, pro
 pub use wal::{
     CutTail, DurablePoint, GROUP_BYTES_MAX_DEFAULT, LogWriter, QUEUE_DEPTH_MAX_DEFAULT,
     RECORD_BYTES_MAX_DEFAULT, Recovered, SEGMENT_BYTES_DEFAULT, SPARE_SEGMENTS_MAX_DEFAULT,
-    SegmentInfo, Ticket, Wal, WalOptions, WriteStats,
+    SegmentInfo, Ticket, Wal, WalOptions, WriteStats, WriterThreads,
 };

@@ -95,6 +95,7 @@ fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &st
     let crash_planned = rng.below(4) != 0;
     let faults = SimFaults {
         crash_at_write: crash_planned.then(|| rng.below(30)),
+        fail_at_write: None,
         write_error_per_million: if rng.below(5) == 0 { 30_000 } else { 0 },
         sync_dir_error_per_million: if rng.below(8) == 0 { 100_000 } else { 0 },
         read_error_per_million: if rng.below(10) == 0 { 300_000 } else { 0 },
