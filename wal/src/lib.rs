@@ -7,6 +7,9 @@
 //!   waiting when the previous write completes goes out in one aligned write (group
 //!   commit); a [`Ticket`] or the [`LogWriter::durable_notifications`] channel says when
 //!   it is durable.
+//! * [`WriterThreads::Stepped`] runs the same writer without threads, one
+//!   [`LogWriter::write_step`] at a time, so the deterministic simulator replays a seed
+//!   exactly over [`sim::SimStorage`].
 //! * The on-disk format is described in [`format`](mod@format); the file layer in [`storage`] (real:
 //!   io_uring or `pwrite`) and [`sim`] (simulated faulty disk).
 

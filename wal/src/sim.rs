@@ -275,7 +275,9 @@ impl SimStorage {
         self.disk().names.get(name).copied()
     }
 
-    /// Every write that completed on this boot, oldest first (see the module docs).
+    /// Every write that completed on this boot, oldest first (see the module docs). The
+    /// history grows by one entry (about 100 bytes) per completed write until a reboot
+    /// (a test tool: simulations reboot often).
     pub fn durable_writes(&self) -> Vec<DurableWrite> {
         self.disk().durable_writes.clone()
     }

@@ -1097,6 +1097,14 @@ pub struct LogWriter<S: Storage = FsStorage> {
     stepper: Mutex<Option<WriterState<S>>>,
 }
 
+// The handle is shared between threads (an event loop appends, another waits) in both
+// writer modes: the stepped writer behind its mutex must not make it `!Send`/`!Sync`.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<LogWriter<FsStorage>>();
+    send_and_sync::<LogWriter<crate::sim::SimStorage>>();
+};
+
 /// What one step of a stepped writer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
