@@ -5,6 +5,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::wal::WriterThreads;
+
 /// The file operation that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOp {
@@ -126,6 +128,34 @@ pub enum WalError {
     /// The writer was closed.
     #[error("log writer is closed")]
     Closed,
+    /// A stepped writer's open group has no room for the record (it holds
+    /// `queue_depth_max` records, or the record would exceed `group_bytes_max`, or a cut
+    /// closed it). Nothing was appended: call [`crate::LogWriter::write_step`] and append
+    /// again. Only with [`WriterThreads::Stepped`]; background appends wait instead.
+    #[error(
+        "open group is full ({record_count} records, {group_bytes} bytes{}; the record needs {record_bytes} bytes): write a step first",
+        if *closed_by_cut { ", closed by a cut" } else { "" }
+    )]
+    GroupFull {
+        /// Records in the open group.
+        record_count: u32,
+        /// Bytes in the open group (its header included).
+        group_bytes: usize,
+        /// Bytes the rejected record needs (header and payload).
+        record_bytes: usize,
+        /// A cut closed the group: the record belongs to the next segment.
+        closed_by_cut: bool,
+    },
+    /// An operation the writer's mode does not offer: [`crate::LogWriter::write_step`]
+    /// with background threads (they write), or waiting on a ticket not yet durable with
+    /// the stepped writer (nothing would write it). Nothing was done.
+    #[error("{operation} is not available with the {writer:?} writer")]
+    WriterMode {
+        /// What was asked.
+        operation: &'static str,
+        /// The log's writer mode.
+        writer: WriterThreads,
+    },
     /// No such segment (deleted, or never existed).
     #[error("no closed segment {segment_seq}")]
     NoSuchSegment {

@@ -7,6 +7,9 @@
 //!   waiting when the previous write completes goes out in one aligned write (group
 //!   commit); a [`Ticket`] or the [`LogWriter::durable_notifications`] channel says when
 //!   it is durable.
+//! * [`WriterThreads::Stepped`] runs the same writer without threads, one
+//!   [`LogWriter::write_step`] at a time, so the deterministic simulator replays a seed
+//!   exactly over [`sim::SimStorage`].
 //! * The on-disk format is described in [`format`](mod@format); the file layer in [`storage`] (real:
 //!   io_uring or `pwrite`) and [`sim`] (simulated faulty disk).
 
@@ -27,5 +30,5 @@ pub use storage::{Backend, FsStorage, ResolvedBackend, Storage, StorageFile, pro
 pub use wal::{
     CutTail, DurablePoint, GROUP_BYTES_MAX_DEFAULT, LogWriter, QUEUE_DEPTH_MAX_DEFAULT,
     RECORD_BYTES_MAX_DEFAULT, Recovered, SEGMENT_BYTES_DEFAULT, SPARE_SEGMENTS_MAX_DEFAULT,
-    SegmentInfo, Ticket, Wal, WalOptions, WriteStats,
+    SegmentInfo, Ticket, Wal, WalOptions, WriteStats, WriterThreads,
 };

@@ -10,18 +10,32 @@
 //! * Directory entries (create, rename, remove) are durable only after
 //!   [`Storage::sync_dir`]; a reboot forgets the others. `create_prepared` syncs the
 //!   directory itself, as its contract says.
-//! * Faults from the seed: a write fails with `EIO` after landing torn (the disk goes on);
-//!   a directory sync fails with `EIO` (its changes may or may not be durable); a read
-//!   fails with `EIO`.
+//! * A failed write ([`SimFaults::fail_at_write`] exactly, or
+//!   [`SimFaults::write_error_per_million`] from the seed) lands torn like a crashed one,
+//!   then returns `EIO`; the disk goes on.
+//! * Faults from the seed: a directory sync fails with `EIO` (its changes may or may not
+//!   be durable); a read fails with `EIO`.
+//! * Writes are numbered from 0 on each boot, in the order they reach the disk; a fault
+//!   named by index strikes the same write on every run with the same operations, so a
+//!   single-threaded caller (the log's stepped writer) replays exactly from its seed.
 //! * Writes can be held at a gate ([`SimStorage::pause_writes`]) to let appends pile up,
 //!   and are counted.
+//!
+//! ## Durable history
+//!
+//! The disk records every write that completed (returned `Ok`, hence durable) on this
+//! boot: its file, offset, length and first [`DURABLE_WRITE_HEAD_BYTES`] bytes as written
+//! ([`SimStorage::durable_writes`]). A torn, failed or crashed write is never recorded.
+//! [`durable_agreement_max`] reads the log's group headers out of this history, so a
+//! simulator's oracle can check that nothing was acknowledged beyond what reached the
+//! disk. A reboot carries that maximum over from the boots before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::format::SECTOR_BYTES;
+use crate::format::{GROUP_HEADER_BYTES, GroupHeader, SECTOR_BYTES};
 use crate::io::{Preallocate, ZeroPace};
 use crate::storage::{Storage, StorageFile};
 
@@ -63,6 +77,11 @@ impl SimRng {
 pub struct SimFaults {
     /// Crash during the write with this index (0-based, counting writes of this boot).
     pub crash_at_write: Option<u64>,
+    /// Fail the write with this index (0-based, counting writes of this boot) with `EIO`
+    /// after it lands torn; the disk goes on. Exact where
+    /// [`write_error_per_million`](Self::write_error_per_million) is drawn from the seed;
+    /// a crash at the same index wins.
+    pub fail_at_write: Option<u64>,
     /// Probability (per million) that a write fails with `EIO` (after landing torn).
     pub write_error_per_million: u32,
     /// Probability (per million) that a directory sync fails with `EIO`.
@@ -71,6 +90,24 @@ pub struct SimFaults {
     pub read_error_per_million: u32,
     /// Tear crashed writes in any subset of sectors (else only as a prefix).
     pub tear_any_sectors: bool,
+}
+
+/// Bytes of each completed write kept in the durable history: a whole group header.
+pub const DURABLE_WRITE_HEAD_BYTES: usize = GROUP_HEADER_BYTES;
+
+/// A write that completed (durably) on the simulated disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableWrite {
+    /// The file written (ids are never reused on a disk; [`SimStorage::file_id`] maps a
+    /// name to its id).
+    pub file_id: u64,
+    /// Byte offset of the write in the file.
+    pub offset: u64,
+    /// Length of the write in bytes.
+    pub len_bytes: u64,
+    /// The first bytes written (fewer if the write was shorter), as they were written:
+    /// a later write to the same place does not change them.
+    pub head: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -88,6 +125,10 @@ struct Disk {
     writes: u64,
     paused: bool,
     blocked_writes: u64,
+    /// Writes that completed on this boot, in order.
+    durable_writes: Vec<DurableWrite>,
+    /// [`durable_agreement_max`] of the boots before this one.
+    agreement_max_before_boot: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -125,6 +166,8 @@ impl SimStorage {
             writes: 0,
             paused: false,
             blocked_writes: 0,
+            durable_writes: Vec::new(),
+            agreement_max_before_boot: None,
         })
     }
 
@@ -157,7 +200,11 @@ impl SimStorage {
     /// The disk after a crash and restart: file contents as written, directory entries as
     /// of the last directory sync, no faults, write count 0. This handle is crashed
     /// (threads of the old life fail on it); the new handle has a fresh seed.
+    ///
+    /// The durable history starts empty; [`durable_agreement_max`] of the new handle
+    /// still counts what completed before the crash.
     pub fn reboot(&self, seed: u64) -> SimStorage {
+        let agreement_max_before_boot = durable_agreement_max(self);
         let mut old = self.disk();
         old.crashed = true;
         old.paused = false;
@@ -178,6 +225,8 @@ impl SimStorage {
             writes: 0,
             paused: false,
             blocked_writes: 0,
+            durable_writes: Vec::new(),
+            agreement_max_before_boot,
         })
     }
 
@@ -220,6 +269,36 @@ impl SimStorage {
     pub fn names(&self) -> Vec<String> {
         self.disk().names.keys().cloned().collect()
     }
+
+    /// The id of the file named `name` now, if any (see [`DurableWrite::file_id`]).
+    pub fn file_id(&self, name: &str) -> Option<u64> {
+        self.disk().names.get(name).copied()
+    }
+
+    /// Every write that completed on this boot, oldest first (see the module docs). The
+    /// history grows by one entry (about 100 bytes) per completed write until a reboot
+    /// (a test tool: simulations reboot often).
+    pub fn durable_writes(&self) -> Vec<DurableWrite> {
+        self.disk().durable_writes.clone()
+    }
+}
+
+/// The highest `last_agreement_id` of any log group header (records or seal) that a
+/// completed write put on this disk, on this boot or on the boots before it; `None` when
+/// no completed write carried a valid group header.
+///
+/// A simulator's oracle compares it with what the log reported durable: a durable point
+/// above it means the log acknowledged something that never reached the disk. Torn,
+/// failed and crashed writes, and writes still held at the gate, never count, even when
+/// a torn write landed a valid header.
+pub fn durable_agreement_max(storage: &SimStorage) -> Option<u64> {
+    let disk = storage.disk();
+    disk.durable_writes
+        .iter()
+        .filter_map(|write| GroupHeader::decode(&write.head))
+        .map(|header| header.last_agreement_id)
+        .chain(disk.agreement_max_before_boot)
+        .max()
 }
 
 /// A file of [`SimStorage`].
@@ -250,13 +329,25 @@ impl StorageFile for SimFile {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "sim write past end of file"));
         }
         let crash = disk.faults.crash_at_write == Some(index);
-        let fail = !crash && disk.faults.write_error_per_million > 0 && {
-            let p = disk.faults.write_error_per_million;
-            disk.rng.chance(p)
-        };
+        // The exact fault first: when it strikes, no chance is drawn, so the seeded draws
+        // of the other writes stay where they were.
+        let fail = !crash
+            && (disk.faults.fail_at_write == Some(index)
+                || disk.faults.write_error_per_million > 0 && {
+                    let p = disk.faults.write_error_per_million;
+                    disk.rng.chance(p)
+                });
         if !crash && !fail {
             let file = disk.contents.get_mut(&self.file_id).expect("open file has contents");
             file[offset..offset + buf.len()].copy_from_slice(buf);
+            let head = buf[..buf.len().min(DURABLE_WRITE_HEAD_BYTES)].to_vec();
+            let file_id = self.file_id;
+            disk.durable_writes.push(DurableWrite {
+                file_id,
+                offset: offset as u64,
+                len_bytes: buf.len() as u64,
+                head,
+            });
             return Ok(());
         }
         // Torn: some sectors land, the others keep their old bytes.

@@ -15,12 +15,25 @@
 //!   pre-zeroed file under a temporary name, syncs it, renames it to its segment name and
 //!   syncs the directory, then opens it and hands it to the writer.
 //!
+//! That is [`WriterThreads::Background`], the default. With threads, which appends fall
+//! into which group, and so the order and number of storage operations, depend on
+//! timing. [`WriterThreads::Stepped`] runs no thread, for the deterministic simulator
+//! (one thread, one seed): the owner calls [`LogWriter::write_step`], which does exactly
+//! one iteration of the writer (the same code: take the whole open group, write it,
+//! seal and roll, publish the durable point). When the writer needs the next segment it
+//! prepares it inline, with the same code as the preparer, without zero-fill pacing.
+//! Appends never block there: a full open group is [`WalError::GroupFull`], and the owner
+//! steps first. [`LogWriter::sync`] and [`LogWriter::close`] step until nothing is left.
+//! The same operations then give the same storage operations in the same order, so a
+//! seeded [`crate::sim::SimStorage`] replays exactly.
+//!
 //! ## Failure
 //!
 //! Any write or sync error (or a directory sync error while preparing or deleting
 //! segments) makes the writer fail permanently: no retry, every pending and later append
 //! and every waiting ticket gets [`WalError::WriterFailed`] with the cause, and the
-//! durability notification channel disconnects.
+//! durability notification channel disconnects. Both writer modes fail alike; a stepped
+//! writer also answers every later [`LogWriter::write_step`] with the same error.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +87,20 @@ const _: () = assert!(
 );
 const _: () = assert!(QUEUE_DEPTH_MAX_DEFAULT <= u32::MAX as usize);
 
+/// Who runs the log writer (see the module docs, "Threads").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriterThreads {
+    /// A `wal-writer` thread writes each group as soon as the previous write completed,
+    /// and a `wal-prepare` thread makes the next segment ready ahead of time. Appends
+    /// block while the open group is full.
+    #[default]
+    Background,
+    /// No threads: the owner drives the writer with [`LogWriter::write_step`]; the next
+    /// segment is prepared inline when the writer needs it. Appends never block. For the
+    /// deterministic simulator.
+    Stepped,
+}
+
 /// Options of a log. Sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
@@ -95,6 +122,8 @@ pub struct WalOptions {
     pub preallocate: Preallocate,
     /// Deleted segments kept (renamed) for recycling instead of being removed.
     pub spare_segments_max: usize,
+    /// Background writer threads, or a writer stepped by the owner.
+    pub writer: WriterThreads,
 }
 
 impl Default for WalOptions {
@@ -108,6 +137,7 @@ impl Default for WalOptions {
             backend: Backend::default(),
             preallocate: Preallocate::default(),
             spare_segments_max: SPARE_SEGMENTS_MAX_DEFAULT,
+            writer: WriterThreads::Background,
         }
     }
 }
@@ -237,6 +267,11 @@ impl Ticket {
 
     /// Blocks until the record is durable (`Ok`) or the writer failed or closed before
     /// writing it (`Err`).
+    ///
+    /// With [`WriterThreads::Stepped`] it never blocks: nothing but the owner's
+    /// [`LogWriter::write_step`] writes, so waiting would be forever. A record not yet
+    /// durable there is [`WalError::WriterMode`]; use [`is_durable`](Self::is_durable), or
+    /// [`LogWriter::sync`] first.
     pub fn wait(&self) -> Result<()> {
         let mut state = self.shared.lock();
         loop {
@@ -248,6 +283,12 @@ impl Ticket {
             }
             if state.writer_exited {
                 return Err(WalError::Closed);
+            }
+            if self.shared.writer == WriterThreads::Stepped {
+                return Err(WalError::WriterMode {
+                    operation: "Ticket::wait on a record not yet durable",
+                    writer: WriterThreads::Stepped,
+                });
             }
             state = self.shared.durable_cv.wait(state).expect("wal lock poisoned");
         }
@@ -330,6 +371,8 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// Who runs the writer (fixed at open).
+    writer: WriterThreads,
     /// The writer waits here for work.
     work_cv: Condvar,
     /// Appenders wait here for room in the open group.
@@ -569,6 +612,7 @@ impl Wal {
         let durable =
             DurablePoint { record_seq: 0, agreement_id: chain.last_agreement_id.unwrap_or(0) };
         let shared = Arc::new(Shared {
+            writer: options.writer,
             state: Mutex::new(State {
                 open: Group::new(capacity),
                 next_record_seq: 1,
@@ -594,20 +638,25 @@ impl Wal {
             stopping: AtomicBool::new(false),
         });
 
-        let (prepared_tx, prepared_rx) = crossbeam_channel::bounded::<Result<Prepared<S::File>>>(0);
-        let preparer = {
-            let storage = Arc::clone(&storage);
-            let shared = Arc::clone(&shared);
-            let options = options.clone();
-            thread::Builder::new()
-                .name("wal-prepare".into())
-                .spawn(move || {
-                    run_preparer(&*storage, &shared, &options, active_seq + 1, &prepared_tx)
-                })
-                .map_err(|e| WalError::io(IoOp::Create, &dir, None, e))?
+        let (next_segment, preparer) = match options.writer {
+            WriterThreads::Background => {
+                let (prepared_tx, prepared_rx) =
+                    crossbeam_channel::bounded::<Result<Prepared<S::File>>>(0);
+                let storage = Arc::clone(&storage);
+                let shared = Arc::clone(&shared);
+                let options = options.clone();
+                let preparer = thread::Builder::new()
+                    .name("wal-prepare".into())
+                    .spawn(move || {
+                        run_preparer(&*storage, &shared, &options, active_seq + 1, &prepared_tx)
+                    })
+                    .map_err(|e| WalError::io(IoOp::Create, &dir, None, e))?;
+                (NextSegment::FromPreparer(prepared_rx), Some(preparer))
+            }
+            WriterThreads::Stepped => (NextSegment::Inline(options.clone()), None),
         };
         let (durable_tx, durable_rx) = crossbeam_channel::bounded(1);
-        let writer = {
+        let (writer, stepper) = {
             let storage = Arc::clone(&storage);
             let shared = Arc::clone(&shared);
             let mut state = WriterState {
@@ -622,7 +671,8 @@ impl Wal {
                 segment_last_agreement_id: None,
                 segment_record_count: 0,
                 segment_has_records: active_has_records,
-                prepared_rx,
+                next_segment,
+                spare: Some(Group::new(capacity)),
                 seal_buf: AlignedBuf::with_capacity(BLOCK_BYTES),
                 durable_tx,
                 durable_rx_drain: durable_rx.clone(),
@@ -643,18 +693,25 @@ impl Wal {
                 state.segment_last_agreement_id = scan.last_agreement_id;
                 state.segment_record_count = scan.record_count;
             }
-            thread::Builder::new()
-                .name("wal-writer".into())
-                .spawn(move || state.run(capacity))
-                .map_err(|e| WalError::io(IoOp::Create, &dir, None, e))?
+            match options.writer {
+                WriterThreads::Background => {
+                    let writer = thread::Builder::new()
+                        .name("wal-writer".into())
+                        .spawn(move || state.run())
+                        .map_err(|e| WalError::io(IoOp::Create, &dir, None, e))?;
+                    (Some(writer), None)
+                }
+                WriterThreads::Stepped => (None, Some(state)),
+            }
         };
         let writer = LogWriter {
             storage,
             shared,
             options,
             durable_rx,
-            writer: Some(writer),
-            preparer: Some(preparer),
+            writer,
+            preparer,
+            stepper: Mutex::new(stepper),
         };
         Ok((writer, Recovered { records, cut, closed_segments }))
     }
@@ -694,6 +751,34 @@ struct Prepared<F> {
     len: u64,
 }
 
+/// Makes segment `seq` ready (recycling a kept spare if there is one, see
+/// [`prepare_segment`]) and opens it for the writer. Used by the preparer thread, and
+/// inline by a stepped writer.
+fn prepare_and_open<S: Storage>(
+    storage: &S,
+    shared: &Shared,
+    options: &WalOptions,
+    seq: u64,
+    pace: &mut dyn FnMut() -> ZeroPace,
+) -> Result<Prepared<S::File>> {
+    let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
+    let name = prepare_segment(storage, options, seq, &mut spare, pace)?;
+    let file = storage
+        .open_for_write(&name)
+        .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
+    let len =
+        file.len_bytes().map_err(|e| WalError::io(IoOp::Read, storage.path(&name), None, e))?;
+    Ok(Prepared { seq, name, file, len })
+}
+
+/// Where the writer gets its next segment when it seals the current one.
+enum NextSegment<F> {
+    /// From the `wal-prepare` thread, which prepares it ahead of time.
+    FromPreparer(Receiver<Result<Prepared<F>>>),
+    /// The writer prepares it itself, when it needs it (stepped mode: no threads).
+    Inline(WalOptions),
+}
+
 fn run_preparer<S: Storage>(
     storage: &S,
     shared: &Shared,
@@ -702,8 +787,7 @@ fn run_preparer<S: Storage>(
     prepared_tx: &Sender<Result<Prepared<S::File>>>,
 ) {
     loop {
-        let prepared = (|| {
-            let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
+        let prepared = {
             // Zero only while the writer is not writing, and stop as soon as the writer
             // needs the segment (the rest stays allocated, reading as zeros) or closes.
             // A chunk goes only when no log write started during the last wait interval.
@@ -721,15 +805,8 @@ fn run_preparer<S: Storage>(
                     ZeroPace::Go
                 }
             };
-            let name = prepare_segment(storage, options, seq, &mut spare, &mut pace)?;
-            let file = storage
-                .open_for_write(&name)
-                .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
-            let len = file
-                .len_bytes()
-                .map_err(|e| WalError::io(IoOp::Read, storage.path(&name), None, e))?;
-            Ok(Prepared { seq, name, file, len })
-        })();
+            prepare_and_open(storage, shared, options, seq, &mut pace)
+        };
         let failed = prepared.is_err();
         if prepared_tx.send(prepared).is_err() || failed {
             // The writer is gone (closed or failed), or preparing failed: the writer gets
@@ -752,17 +829,44 @@ struct WriterState<S: Storage> {
     segment_last_agreement_id: Option<u64>,
     segment_record_count: u64,
     segment_has_records: bool,
-    prepared_rx: Receiver<Result<Prepared<S::File>>>,
+    next_segment: NextSegment<S::File>,
+    /// The empty group buffer swapped in for the open group when the writer takes it;
+    /// `None` only while a taken group is being written.
+    spare: Option<Group>,
     seal_buf: AlignedBuf,
     durable_tx: Sender<DurablePoint>,
     durable_rx_drain: Receiver<DurablePoint>,
 }
 
+impl<S: Storage> std::fmt::Debug for WriterState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterState")
+            .field("segment_seq", &self.segment_seq)
+            .field("segment_name", &self.segment_name)
+            .field("offset", &self.offset)
+            .field("segment_record_count", &self.segment_record_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Swaps the writer's empty `spare` in for the open group, which has work, and returns
+/// the taken group: every append made since the last take goes into one write.
+fn take_open_group(spare: &mut Option<Group>, state: &mut State) -> Group {
+    assert!(state.open.has_work(), "the writer takes only an open group with work");
+    let spare = spare.take().expect("the writer holds its spare group between writes");
+    assert!(
+        spare.record_count == 0 && !spare.cut_after && spare.buf.len() == GROUP_HEADER_BYTES,
+        "the spare group is empty"
+    );
+    std::mem::replace(&mut state.open, spare)
+}
+
 impl<S: Storage> WriterState<S> {
-    fn run(mut self, capacity: usize) {
-        let mut spare = Group::new(capacity);
+    /// The `wal-writer` thread: waits for work, then does what
+    /// [`write_taken`](Self::write_taken) does, until closed with nothing left or failed.
+    fn run(mut self) {
         loop {
-            let mut group = {
+            let group = {
                 let mut state = self.shared.lock();
                 while !state.open.has_work() && !state.closing && state.failed.is_none() {
                     state = self.shared.work_cv.wait(state).expect("wal lock poisoned");
@@ -775,36 +879,61 @@ impl<S: Storage> WriterState<S> {
                     self.shared.space_cv.notify_all();
                     return;
                 }
-                let group = std::mem::replace(&mut state.open, spare);
+                let group = take_open_group(&mut self.spare, &mut state);
                 drop(state);
                 self.shared.space_cv.notify_all();
                 group
             };
-            match self.write_group(&mut group) {
-                Ok(()) => {
-                    if group.record_count > 0 {
-                        let point = {
-                            let mut state = self.shared.lock();
-                            assert!(group.last_record_seq > state.durable.record_seq);
-                            state.durable = DurablePoint {
-                                record_seq: group.last_record_seq,
-                                agreement_id: group.last_agreement_id,
-                            };
-                            state.durable
-                        };
-                        self.shared.durable_cv.notify_all();
-                        self.notify(point);
-                    }
-                }
-                Err(error) => {
-                    self.shared.fail(error);
-                    self.shared.lock().writer_exited = true;
-                    self.shared.durable_cv.notify_all();
-                    return;
-                }
+            if self.write_taken(group).is_err() {
+                return;
             }
-            group.reset();
-            spare = group;
+        }
+    }
+
+    /// One iteration of the writer, shared by both modes, after it took `group` off the
+    /// open slot: writes the group (sealing and rolling the segment when it is full or
+    /// cut), publishes the new durable point (tickets, notifications) and keeps the
+    /// buffer as the next spare. Returns the new durable point if records became durable
+    /// (`None` for a group that only carried a cut).
+    ///
+    /// On a write, sync or preparation error the log fails permanently (see the module
+    /// docs) and the error is returned; the writer must not be used again.
+    fn write_taken(&mut self, mut group: Group) -> Result<Option<DurablePoint>, Arc<WalError>> {
+        match self.write_group(&mut group) {
+            Ok(()) => {
+                let point = if group.record_count > 0 {
+                    let point = {
+                        let mut state = self.shared.lock();
+                        assert!(
+                            group.last_record_seq > state.durable.record_seq,
+                            "durable record numbers strictly increase"
+                        );
+                        assert!(
+                            group.last_agreement_id >= state.durable.agreement_id,
+                            "durable agreement ids never go back"
+                        );
+                        state.durable = DurablePoint {
+                            record_seq: group.last_record_seq,
+                            agreement_id: group.last_agreement_id,
+                        };
+                        state.durable
+                    };
+                    self.shared.durable_cv.notify_all();
+                    self.notify(point);
+                    Some(point)
+                } else {
+                    None
+                };
+                group.reset();
+                self.spare = Some(group);
+                Ok(point)
+            }
+            Err(error) => {
+                let error = self.shared.fail(error);
+                self.shared.lock().writer_exited = true;
+                self.shared.durable_cv.notify_all();
+                Err(error)
+            }
         }
     }
 
@@ -911,21 +1040,31 @@ impl<S: Storage> WriterState<S> {
             sha256: Arc::new(OnceLock::new()),
         };
         self.shared.lock().closed_segments.push(info);
-        self.shared.segment_wanted.store(true, Ordering::Release);
-        let received = match self.prepared_rx.try_recv() {
-            Ok(prepared) => Ok(prepared),
-            Err(_) => {
-                log::warn!(
-                    "wal: segment {} is not prepared yet; the log waits for it",
-                    self.segment_seq + 1
-                );
-                self.prepared_rx.recv()
+        let next_seq = self.segment_seq + 1;
+        let prepared = match &self.next_segment {
+            NextSegment::FromPreparer(prepared_rx) => {
+                self.shared.segment_wanted.store(true, Ordering::Release);
+                let received = match prepared_rx.try_recv() {
+                    Ok(prepared) => Ok(prepared),
+                    Err(_) => {
+                        log::warn!(
+                            "wal: segment {next_seq} is not prepared yet; the log waits for it"
+                        );
+                        prepared_rx.recv()
+                    }
+                };
+                self.shared.segment_wanted.store(false, Ordering::Release);
+                match received {
+                    Ok(prepared) => prepared?,
+                    Err(_) => return Err(WalError::Closed),
+                }
             }
-        };
-        self.shared.segment_wanted.store(false, Ordering::Release);
-        let prepared = match received {
-            Ok(prepared) => prepared?,
-            Err(_) => return Err(WalError::Closed),
+            // Synchronously, at full speed: nothing else runs meanwhile.
+            NextSegment::Inline(options) => {
+                prepare_and_open(&*self.storage, &self.shared, options, next_seq, &mut || {
+                    ZeroPace::Go
+                })?
+            }
         };
         assert_eq!(prepared.seq, self.segment_seq + 1);
         log::debug!("wal: sealed segment {}, writing segment {}", self.segment_seq, prepared.seq);
@@ -953,12 +1092,36 @@ pub struct LogWriter<S: Storage = FsStorage> {
     durable_rx: Receiver<DurablePoint>,
     writer: Option<JoinHandle<()>>,
     preparer: Option<JoinHandle<()>>,
+    /// The stepped writer: `Some` from open until close or failure; always `None` with
+    /// background threads. Lock order: this before the shared state.
+    stepper: Mutex<Option<WriterState<S>>>,
+}
+
+// The handle is shared between threads (an event loop appends, another waits) in both
+// writer modes: the stepped writer behind its mutex must not make it `!Send`/`!Sync`.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<LogWriter<FsStorage>>();
+    send_and_sync::<LogWriter<crate::sim::SimStorage>>();
+};
+
+/// What one step of a stepped writer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The open group had no work.
+    Idle,
+    /// It wrote the open group; records became durable up to the point, if any.
+    Wrote(Option<DurablePoint>),
 }
 
 impl<S: Storage> LogWriter<S> {
     /// Appends a record covering agreement ids `[first_agreement_id, last_agreement_id]`.
     /// Does not wait for the disk: it copies `payload` into the open group and returns a
     /// ticket. It blocks only while the open group is full (bounded queue).
+    ///
+    /// With [`WriterThreads::Stepped`] it never blocks: when the open group is full (or a
+    /// cut closed it) it fails with [`WalError::GroupFull`] and appends nothing; the
+    /// owner calls [`write_step`](Self::write_step) and appends again.
     ///
     /// Ids must strictly increase from record to record (`first > previous last`) and
     /// `last >= first`; otherwise [`WalError::AgreementIdOrder`] and nothing is appended.
@@ -1015,6 +1178,14 @@ impl<S: Storage> LogWriter<S> {
                     || open.buf.len() + needed <= self.options.group_bytes_max);
             if fits {
                 break;
+            }
+            if self.options.writer == WriterThreads::Stepped {
+                return Err(WalError::GroupFull {
+                    record_count: open.record_count,
+                    group_bytes: open.buf.len(),
+                    record_bytes: needed,
+                    closed_by_cut: open.cut_after,
+                });
             }
             state = self.shared.space_cv.wait(state).expect("wal lock poisoned");
         }
@@ -1110,7 +1281,13 @@ impl<S: Storage> LogWriter<S> {
     }
 
     /// Blocks until every record appended so far is durable.
+    ///
+    /// With [`WriterThreads::Stepped`] it writes instead of waiting: it steps (see
+    /// [`write_step`](Self::write_step)) until the open group is empty.
     pub fn sync(&self) -> Result<()> {
+        if self.options.writer == WriterThreads::Stepped {
+            return self.sync_stepped();
+        }
         let ticket = {
             let state = self.shared.lock();
             Ticket {
@@ -1120,6 +1297,99 @@ impl<S: Storage> LogWriter<S> {
             }
         };
         ticket.wait()
+    }
+
+    fn sync_stepped(&self) -> Result<()> {
+        let target_record_seq = self.shared.lock().next_record_seq - 1;
+        loop {
+            {
+                let state = self.shared.lock();
+                if state.durable.record_seq >= target_record_seq {
+                    return Ok(());
+                }
+                if let Some(error) = &state.failed {
+                    return Err(WalError::WriterFailed(Arc::clone(error)));
+                }
+            }
+            if self.step()? == Step::Idle {
+                // A step holds the writer until its write completed, so with the open group
+                // empty every record appended before is durable.
+                let state = self.shared.lock();
+                assert!(
+                    state.durable.record_seq >= target_record_seq,
+                    "stepped writer idle with record {target_record_seq} appended but only {} durable",
+                    state.durable.record_seq
+                );
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drives a [`WriterThreads::Stepped`] writer by one write: takes the whole open
+    /// group, if it has work (records, or a cut), and does exactly what one iteration of
+    /// the background writer thread does: stamps and writes the group in one write,
+    /// sealing the segment and rolling to the next when it is full or cut (preparing the
+    /// next segment inline), then publishes the new durable point to tickets,
+    /// [`durable_point`](Self::durable_point) and
+    /// [`durable_notifications`](Self::durable_notifications).
+    ///
+    /// Returns the new durable point when records became durable; `None` when the open
+    /// group had nothing to write, or only a cut (the segment was sealed, no record
+    /// became durable).
+    ///
+    /// Contract: on `Ok(Some(point))` every record up to `point` is durable (stable
+    /// storage under the durable modes). On a write, sync or preparation error the log
+    /// fails permanently: [`WalError::WriterFailed`] now and from every later append,
+    /// step and sync; the taken records are not durable, and the write may have landed
+    /// torn (recovery cuts it). After close: [`WalError::Closed`].
+    ///
+    /// With [`WriterThreads::Background`] the thread does this: it fails with
+    /// [`WalError::WriterMode`] and does nothing.
+    pub fn write_step(&self) -> Result<Option<DurablePoint>> {
+        Ok(match self.step()? {
+            Step::Idle => None,
+            Step::Wrote(point) => point,
+        })
+    }
+
+    fn step(&self) -> Result<Step> {
+        if self.options.writer != WriterThreads::Stepped {
+            return Err(WalError::WriterMode {
+                operation: "LogWriter::write_step",
+                writer: self.options.writer,
+            });
+        }
+        let mut slot = self.stepper.lock().expect("wal stepped writer lock poisoned");
+        let group = {
+            let mut state = self.shared.lock();
+            if let Some(error) = &state.failed {
+                let error = Arc::clone(error);
+                // Failed elsewhere (deleting segments): retire the writer as its thread
+                // would, which disconnects the notifications.
+                state.writer_exited = true;
+                drop(state);
+                *slot = None;
+                self.shared.durable_cv.notify_all();
+                return Err(WalError::WriterFailed(error));
+            }
+            let Some(writer) = slot.as_mut() else {
+                return Err(WalError::Closed);
+            };
+            if !state.open.has_work() {
+                return Ok(Step::Idle);
+            }
+            take_open_group(&mut writer.spare, &mut state)
+        };
+        let writer = slot.as_mut().expect("checked above, under the same lock");
+        match writer.write_taken(group) {
+            Ok(point) => Ok(Step::Wrote(point)),
+            Err(error) => {
+                // Dropping the writer drops the notification sender: the channel
+                // disconnects, as when the writer thread exits.
+                *slot = None;
+                Err(WalError::WriterFailed(error))
+            }
+        }
     }
 
     /// Snapshot of the closed (sealed) segments, oldest first.
@@ -1245,12 +1515,24 @@ impl<S: Storage> LogWriter<S> {
                 self.shared.lock().spares.extend(recycled);
                 Ok(doomed.iter().map(|s| s.segment_seq).collect())
             }
-            Err(error) => Err(WalError::WriterFailed(self.shared.fail(error))),
+            Err(error) => {
+                let error = self.shared.fail(error);
+                if self.options.writer == WriterThreads::Stepped {
+                    // No thread notices the failure: retire the stepped writer here.
+                    let retired =
+                        self.stepper.lock().expect("wal stepped writer lock poisoned").take();
+                    self.shared.lock().writer_exited = true;
+                    self.shared.durable_cv.notify_all();
+                    drop(retired);
+                }
+                Err(WalError::WriterFailed(error))
+            }
         }
     }
 
     /// Writes everything appended so far, stops the writer and the preparer, and returns
     /// the writer's error if it failed. Later appends fail with [`WalError::Closed`].
+    /// A stepped writer steps until nothing is left, in the caller's thread.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
     }
@@ -1263,6 +1545,17 @@ impl<S: Storage> LogWriter<S> {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.work_cv.notify_all();
         self.shared.space_cv.notify_all();
+        if self.options.writer == WriterThreads::Stepped {
+            // What the writer thread does before it exits: write what is left, then stop.
+            // The loop ends: each step empties the open group and closing refuses appends.
+            while let Ok(Step::Wrote(_)) = self.step() {}
+            let retired = self.stepper.lock().expect("wal stepped writer lock poisoned").take();
+            self.shared.lock().writer_exited = true;
+            self.shared.durable_cv.notify_all();
+            self.shared.space_cv.notify_all();
+            // Drops the notification sender: the channel disconnects.
+            drop(retired);
+        }
         if let Some(writer) = self.writer.take() {
             writer.join().expect("wal writer thread panicked");
         }
@@ -1279,7 +1572,8 @@ impl<S: Storage> LogWriter<S> {
 
 impl<S: Storage> Drop for LogWriter<S> {
     fn drop(&mut self) {
-        if self.writer.is_some() || self.preparer.is_some() {
+        let stepper_running = self.stepper.get_mut().is_ok_and(|stepper| stepper.is_some());
+        if self.writer.is_some() || self.preparer.is_some() || stepper_running {
             let _ = self.shutdown();
         }
     }

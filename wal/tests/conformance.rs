@@ -1,13 +1,15 @@
 //! One conformance suite, run against every storage: the simulated disk, and the real
-//! io_uring and `pwrite` write paths in each durability mode on a temporary directory.
+//! io_uring and `pwrite` write paths in each durability mode on a temporary directory;
+//! and against both writer modes: background threads, and the stepped writer the
+//! simulator drives (the suite steps it where a thread would write).
 
 use std::path::Path;
 
 use dura_wal::io::DurabilityMode;
 use dura_wal::sim::SimStorage;
 use dura_wal::{
-    Backend, FsStorage, LogRecord, ResolvedBackend, Storage, Wal, WalError, WalOptions,
-    probe_io_uring,
+    Backend, FsStorage, LogRecord, LogWriter, ResolvedBackend, Storage, Ticket, Wal, WalError,
+    WalOptions, WriterThreads, probe_io_uring,
 };
 
 fn small_options() -> WalOptions {
@@ -30,10 +32,36 @@ fn record(id: u64) -> LogRecord {
     LogRecord { first_agreement_id: id, last_agreement_id: id, payload: payload(id) }
 }
 
+/// Appends a record; a stepped writer whose open group is full writes a step first
+/// (a background append waits for room by itself).
+fn append<S: Storage>(
+    writer: &LogWriter<S>,
+    first_agreement_id: u64,
+    last_agreement_id: u64,
+    payload: &[u8],
+) -> Result<Ticket, WalError> {
+    loop {
+        match writer.append(first_agreement_id, last_agreement_id, payload) {
+            Err(WalError::GroupFull { .. }) => {
+                writer.write_step().expect("step to make room");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits until `ticket` is durable; a stepped writer is synced (stepped) first, since
+/// nothing else writes for it.
+fn wait_durable<S: Storage>(writer: &LogWriter<S>, ticket: &Ticket) {
+    writer.sync().expect("sync");
+    ticket.wait().expect("durable");
+}
+
 /// Appends ids `range` (one record each) and waits for all of them.
-fn append_all<S: Storage>(writer: &dura_wal::LogWriter<S>, range: std::ops::RangeInclusive<u64>) {
+fn append_all<S: Storage>(writer: &LogWriter<S>, range: std::ops::RangeInclusive<u64>) {
     let tickets: Vec<_> =
-        range.map(|id| writer.append(id, id, &payload(id)).expect("append")).collect();
+        range.map(|id| append(writer, id, id, &payload(id)).expect("append")).collect();
+    writer.sync().expect("sync");
     for ticket in tickets {
         ticket.wait().expect("durable");
     }
@@ -86,10 +114,10 @@ fn a_record_larger_than_a_group_goes_out_alone<S: Storage>(
     let next = recovered.records.last().map_or(1, |r| r.last_agreement_id + 1);
     let big: Vec<u8> = (0..options.record_bytes_max).map(|i| (i % 251) as u8).collect();
     assert!(big.len() > options.group_bytes_max);
-    let small = writer.append(next, next, b"small").expect("append");
-    let large = writer.append(next + 1, next + 3, &big).expect("append big");
-    large.wait().expect("big durable");
-    small.wait().expect("small durable");
+    let small = append(&writer, next, next, b"small").expect("append");
+    let large = append(&writer, next + 1, next + 3, &big).expect("append big");
+    wait_durable(&writer, &large);
+    wait_durable(&writer, &small);
     let too_big = vec![0u8; options.record_bytes_max + 1];
     assert!(matches!(
         writer.append(next + 4, next + 4, &too_big),
@@ -115,7 +143,7 @@ fn agreement_ids_must_strictly_increase<S: Storage>(boot: &dyn Fn() -> S, option
         writer.append(last + 5, last + 4, b"x"),
         Err(WalError::AgreementIdOrder { .. })
     ));
-    writer.append(last + 1, last + 1, b"ok").expect("append").wait().expect("durable");
+    wait_durable(&writer, &writer.append(last + 1, last + 1, b"ok").expect("append"));
     assert!(matches!(
         writer.append(last + 1, last + 1, b"dup"),
         Err(WalError::AgreementIdOrder { .. })
@@ -229,11 +257,16 @@ fn durable_notifications_end_at_the_last_durable_point<S: Storage>(
     boot: &dyn Fn() -> S,
     options: WalOptions,
 ) {
+    let stepped = options.writer == WriterThreads::Stepped;
     let (writer, recovered) = Wal::open_with_storage(boot(), options).expect("open");
     let start = recovered.records.last().map_or(1, |r| r.last_agreement_id + 1);
     let notifications = writer.durable_notifications();
     for id in start..start + 50 {
-        writer.append(id, id, &payload(id)).expect("append");
+        append(&writer, id, id, &payload(id)).expect("append");
+    }
+    if stepped {
+        // Nothing writes for a stepped writer but its owner.
+        writer.sync().expect("sync");
     }
     let mut seen = 0;
     while seen < start + 49 {
@@ -251,6 +284,28 @@ fn durable_notifications_end_at_the_last_durable_point<S: Storage>(
 fn conformance_on_the_simulated_disk() {
     let sim = SimStorage::new(1);
     conformance_suite(&|| sim.clone(), small_options());
+}
+
+#[test]
+fn conformance_of_the_stepped_writer_on_the_simulated_disk() {
+    let sim = SimStorage::new(1);
+    conformance_suite(
+        &|| sim.clone(),
+        WalOptions { writer: WriterThreads::Stepped, ..small_options() },
+    );
+}
+
+#[test]
+fn conformance_of_the_stepped_writer_on_pwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mode = DurabilityMode::DirectDsync;
+    let options = WalOptions {
+        mode,
+        backend: Backend::Pwrite,
+        writer: WriterThreads::Stepped,
+        ..small_options()
+    };
+    conformance_suite(&fs_boot(dir.path(), mode, Backend::Pwrite), options);
 }
 
 fn fs_boot(dir: &Path, mode: DurabilityMode, backend: Backend) -> impl Fn() -> FsStorage + '_ {

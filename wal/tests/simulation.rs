@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use dura_wal::sim::{SimFaults, SimRng, SimStorage};
-use dura_wal::{LogRecord, Ticket, Wal, WalError, WalOptions};
+use dura_wal::sim::{SimFaults, SimRng, SimStorage, durable_agreement_max};
+use dura_wal::{LogRecord, Ticket, Wal, WalError, WalOptions, WriterThreads};
 
 fn options() -> WalOptions {
     WalOptions {
@@ -91,17 +91,47 @@ thread_local! {
 
 /// One life of the log: open, check, run random operations until the planned crash or
 /// a clean close. Returns the disk after the crash.
-fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &str) {
+///
+/// With the stepped writer the life also steps it at random (a third of the operations),
+/// writes a step when the open group is full, syncs where a background life waits on a
+/// ticket, fails one exact write now and then, and checks the disk's durable history
+/// against every durable point a step reports.
+fn one_life(
+    disk: &SimStorage,
+    rng: &mut SimRng,
+    model: &mut Model,
+    context: &str,
+    writer_threads: WriterThreads,
+) {
+    let stepped = writer_threads == WriterThreads::Stepped;
     let crash_planned = rng.below(4) != 0;
     let faults = SimFaults {
         crash_at_write: crash_planned.then(|| rng.below(30)),
+        fail_at_write: None,
         write_error_per_million: if rng.below(5) == 0 { 30_000 } else { 0 },
         sync_dir_error_per_million: if rng.below(8) == 0 { 100_000 } else { 0 },
         read_error_per_million: if rng.below(10) == 0 { 300_000 } else { 0 },
         tear_any_sectors: rng.below(3) == 0,
     };
+    let faults = if stepped && rng.below(6) == 0 {
+        SimFaults { fail_at_write: Some(rng.below(30)), ..faults }
+    } else {
+        faults
+    };
     disk.set_faults(faults);
-    let (writer, recovered) = match Wal::open_with_storage(disk.clone(), options()) {
+    let options = WalOptions { writer: writer_threads, ..options() };
+    // A step's durable point must be backed by a group header a completed write put on
+    // the disk (the simulator's oracle).
+    let check_step = |step: Result<Option<dura_wal::DurablePoint>, WalError>| {
+        if let Ok(Some(point)) = step {
+            let on_disk = durable_agreement_max(disk);
+            assert!(
+                on_disk >= Some(point.agreement_id),
+                "{context}: step reported {point:?} durable, the disk holds up to {on_disk:?}"
+            );
+        }
+    };
+    let (writer, recovered) = match Wal::open_with_storage(disk.clone(), options) {
         Ok(opened) => opened,
         Err(error) => {
             assert!(
@@ -143,6 +173,9 @@ fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &st
     let mut tickets: Vec<(usize, Ticket)> = Vec::new();
     let ops = rng.below(80);
     for _ in 0..ops {
+        if stepped && rng.below(3) == 0 {
+            check_step(writer.write_step());
+        }
         let op = rng.below(100);
         if op < 82 {
             let len =
@@ -153,11 +186,18 @@ fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &st
                 last_agreement_id: next_id + span,
                 payload: payload_for(next_id, len),
             };
-            match writer.append(
-                record.first_agreement_id,
-                record.last_agreement_id,
-                &record.payload,
-            ) {
+            let mut appended =
+                writer.append(record.first_agreement_id, record.last_agreement_id, &record.payload);
+            if let Err(WalError::GroupFull { .. }) = appended {
+                assert!(stepped, "{context}: a background append waits for room");
+                check_step(writer.write_step());
+                appended = writer.append(
+                    record.first_agreement_id,
+                    record.last_agreement_id,
+                    &record.payload,
+                );
+            }
+            match appended {
                 Ok(ticket) => {
                     tickets.push((model.records.len(), ticket));
                     model.records.push(record);
@@ -174,6 +214,8 @@ fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &st
                 model.deleted_below = model.deleted_below.max(below);
                 let _ = writer.delete_below(below);
             }
+        } else if stepped {
+            let _ = writer.sync();
         } else if let Some((_, ticket)) = tickets.last() {
             let _ = ticket.wait();
         }
@@ -197,6 +239,15 @@ fn one_life(disk: &SimStorage, rng: &mut SimRng, model: &mut Model, context: &st
 
 #[test]
 fn every_record_reported_durable_survives_crashes_tears_and_faults() {
+    crash_and_reopen_property(WriterThreads::Background);
+}
+
+#[test]
+fn every_record_a_stepped_writer_reported_durable_survives_crashes_tears_and_faults() {
+    crash_and_reopen_property(WriterThreads::Stepped);
+}
+
+fn crash_and_reopen_property(writer_threads: WriterThreads) {
     let seeds: Vec<u64> = match std::env::var("DURA_WAL_SEED") {
         Ok(seed) => vec![seed.parse().expect("DURA_WAL_SEED is a number")],
         Err(_) => vec![0x5eed_0001, 0x5eed_0002, 0x5eed_0003],
@@ -214,7 +265,7 @@ fn every_record_reported_durable_survives_crashes_tears_and_faults() {
             }
             let context = format!("seed {seed} cycle {cycle} (replay with DURA_WAL_SEED={seed})");
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                one_life(&disk, &mut rng, &mut model, &context);
+                one_life(&disk, &mut rng, &mut model, &context, writer_threads);
             }));
             if let Err(panic) = outcome {
                 eprintln!("FAILED: {context}");
@@ -224,13 +275,14 @@ fn every_record_reported_durable_survives_crashes_tears_and_faults() {
             cycles_run += 1;
         }
         // A final clean open must agree with the model too.
+        let options = WalOptions { writer: writer_threads, ..options() };
         let (writer, recovered) =
-            Wal::open_with_storage(disk.clone(), options()).expect("final open");
+            Wal::open_with_storage(disk.clone(), options).expect("final open");
         model.check_and_adopt(&recovered.records, &format!("seed {seed} final open"));
         writer.close().expect("close");
     }
     let stats = STATS.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    eprintln!("{cycles_run} cycles: {stats:?}");
+    eprintln!("{writer_threads:?} writer, {cycles_run} cycles: {stats:?}");
     assert!(cycles_run >= 30, "only {cycles_run} cycles ran");
     assert!(stats.cuts > 0, "no torn tail was ever cut: the faults are not biting");
 }
