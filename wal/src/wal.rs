@@ -942,8 +942,9 @@ impl<S: Storage> WriterState<S> {
     fn notify(&self, point: DurablePoint) {
         if let Err(crossbeam_channel::TrySendError::Full(point)) = self.durable_tx.try_send(point) {
             let _older = self.durable_rx_drain.try_recv();
-            // Only this thread sends, so after draining there is room (or the receiver
-            // took the older point meanwhile, which also leaves room).
+            // Only the writer sends (its thread, or a stepper holding the writer's
+            // mutex), so after draining there is room (or the receiver took the older
+            // point meanwhile, which also leaves room).
             let _ = self.durable_tx.try_send(point);
         }
     }
