@@ -1,10 +1,11 @@
 //! `dura-sim`: runs the deterministic simulator over a range of seeds.
 //!
 //! ```text
-//! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--threads t] [--verbose] [--trace]
+//! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--threads t] [--verbose] [--trace]
 //! ```
-//! Runs seeds S..S+N (each a full cluster run with faults drawn from the seed), prints
-//! every failing seed with the command that replays it alone, and prints
+//! Runs seeds S..S+N (each a full cluster run with faults drawn from the seed; with
+//! `--total-crash`, half of them also crash every replica at once), prints every failing
+//! seed with the command that replays it alone, a line counting the faults drawn, and
 //! `N seeds, F failed` as its last line. Exits 1 if any seed failed, 2 on bad usage.
 
 #![forbid(unsafe_code)]
@@ -14,7 +15,38 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dura_engine::protocol::Mode;
-use dura_engine::sim::{SimConfig, run};
+use dura_engine::runtime::LogMode;
+use dura_engine::sim::{SimConfig, SimReport, run};
+
+/// Faults drawn and exercised over the passing seeds.
+#[derive(Debug, Default)]
+struct Totals {
+    crashes: u64,
+    total_crashes: u64,
+    torn_writes: u64,
+    recovery_crashes: u64,
+    log_failures: u64,
+    slow_disks: u64,
+    byzantine: u64,
+    batched: u64,
+    disk_writes: u64,
+    replies: u64,
+}
+
+impl Totals {
+    fn add(&mut self, config: &SimConfig, report: &SimReport) {
+        self.crashes += config.crashes.len() as u64;
+        self.total_crashes += report.total_crashes;
+        self.torn_writes += report.torn_writes;
+        self.recovery_crashes += report.recovery_crashes;
+        self.log_failures += report.log_failures;
+        self.slow_disks += u64::from(config.slow_disk.is_some());
+        self.byzantine += config.byzantine.len() as u64;
+        self.batched += u64::from(config.log_mode == LogMode::Batched);
+        self.disk_writes += report.disk_writes;
+        self.replies += report.replies_released;
+    }
+}
 
 struct Args {
     seeds: u64,
@@ -25,12 +57,14 @@ struct Args {
     verbose: bool,
     /// Print the message trace of each seed to stderr (use with --seeds 1).
     trace: bool,
+    /// Draw crashes of every replica at once.
+    total_crash: bool,
 }
 
 fn usage(error: &str) -> ! {
     eprintln!("dura-sim: {error}");
     eprintln!(
-        "usage: dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--threads t] [--verbose] [--trace]"
+        "usage: dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--threads t] [--verbose] [--trace]"
     );
     std::process::exit(2);
 }
@@ -44,6 +78,7 @@ fn parse_args() -> Args {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         verbose: false,
         trace: false,
+        total_crash: false,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
@@ -73,6 +108,7 @@ fn parse_args() -> Args {
             }
             "--verbose" => args.verbose = true,
             "--trace" => args.trace = true,
+            "--total-crash" => args.total_crash = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -101,6 +137,7 @@ fn main() {
     };
     let next = AtomicU64::new(0);
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+    let totals: Mutex<Totals> = Mutex::new(Totals::default());
     std::thread::scope(|scope| {
         for _ in 0..args.threads {
             scope.spawn(|| {
@@ -110,11 +147,16 @@ fn main() {
                         break;
                     }
                     let seed = args.seed_start + index;
-                    let mut config = SimConfig::random(args.mode, args.replicas, seed);
+                    let mut config = if args.total_crash {
+                        SimConfig::random_with_total_crash(args.mode, args.replicas, seed)
+                    } else {
+                        SimConfig::random(args.mode, args.replicas, seed)
+                    };
                     config.trace = args.trace;
                     let outcome = catch_unwind(AssertUnwindSafe(|| run(&config)));
                     let failure = match outcome {
                         Ok(Ok(report)) => {
+                            totals.lock().expect("no poisoned lock").add(&config, &report);
                             if args.verbose {
                                 println!(
                                     "seed {seed}: ok, {} ops, decided {}, regency {}, {} ms",
@@ -152,6 +194,20 @@ fn main() {
             args.replicas
         );
     }
+    let totals = totals.into_inner().expect("no poisoned lock");
+    println!(
+        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released",
+        totals.crashes,
+        totals.total_crashes,
+        totals.torn_writes,
+        totals.recovery_crashes,
+        totals.log_failures,
+        totals.slow_disks,
+        totals.byzantine,
+        totals.batched,
+        totals.disk_writes,
+        totals.replies
+    );
     println!("{} seeds, {} failed", args.seeds, failures.len());
     if !failures.is_empty() {
         std::process::exit(1);
