@@ -17,7 +17,8 @@
 //! state gives the same answers and reaches the same state.
 //!
 //! **Time and leases.** Before each request the space's time becomes
-//! `max(time, ctx.now_ms)` (it never goes back) and every tuple whose lease ends at or
+//! `max(time, min(ctx.now_ms, NOW_MS_MAX))` (it never goes back; [`space::NOW_MS_MAX`]
+//! keeps lease ends from overflowing) and every tuple whose lease ends at or
 //! before that time is removed. A tuple written with a lease of `d` ms (1..=
 //! [`space::LEASE_MS_MAX`]) ends at time + `d`; `renew` gives the first match a new lease
 //! of `d` from now (also to a tuple that had none). Without a lease a tuple stays until

@@ -9,8 +9,8 @@
 //!
 //! The logical state is exactly:
 //!
-//! 1. `now_ms`: the largest agreed time seen (time never goes back; an older
-//!    timestamp in a request counts as `now_ms`);
+//! 1. `now_ms`: the largest agreed time seen, capped at [`NOW_MS_MAX`] (time never
+//!    goes back; an older timestamp in a request counts as `now_ms`);
 //! 2. the stored tuples, as a sequence in matching order (oldest stored first), each
 //!    with its expiry time or none; every expiry is after `now_ms`;
 //! 3. the blocked requests, as a sequence in wait order (oldest first), each with its
@@ -58,6 +58,10 @@ pub const ALL_LIMIT_MAX: u32 = 1024;
 pub const BLOCKED_PER_CLIENT_MAX: usize = 16;
 /// Most blocked requests in the space.
 pub const BLOCKED_MAX: usize = 4096;
+/// Latest agreed time the space takes: a later `now_ms` counts as this, so that a
+/// lease end (time + at most [`LEASE_MS_MAX`]) never overflows. About 584 million
+/// years after the epoch.
+pub const NOW_MS_MAX: u64 = u64::MAX - LEASE_MS_MAX - 1;
 /// Most tuples stored; an `out`, `cas` or `replace` that would store more is refused.
 pub const TUPLES_MAX: u64 = 1 << 24;
 
@@ -349,7 +353,7 @@ impl TupleSpace {
                 let lease_ms = check_lease(*lease_ms)?;
                 match self.first_match(template) {
                     Some(id) => {
-                        let expires_at_ms = self.now_ms.saturating_add(lease_ms);
+                        let expires_at_ms = self.now_ms + lease_ms;
                         let stored = self.tuples.get_mut(&id).expect("matched id is stored");
                         if let Some(old) = stored.expires_at_ms.replace(expires_at_ms) {
                             assert!(self.expiry.remove(&(old, id)), "expiry index holds the lease");
@@ -378,10 +382,10 @@ impl TupleSpace {
         Ok(Some(reply))
     }
 
-    /// Moves the time to `now_ms` if it is later, and removes every tuple whose lease
+    /// Moves the time to `now_ms` (capped at [`NOW_MS_MAX`]) if it is later, and removes every tuple whose lease
     /// ends at or before the time.
     fn advance_time(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+        self.now_ms = self.now_ms.max(now_ms.min(NOW_MS_MAX));
         while let Some(&(expires_at_ms, id)) = self.expiry.first() {
             if expires_at_ms > self.now_ms {
                 break;
@@ -421,7 +425,7 @@ impl TupleSpace {
                 return;
             }
         }
-        let expires_at_ms = lease_ms.map(|ms| self.now_ms.saturating_add(ms));
+        let expires_at_ms = lease_ms.map(|ms| self.now_ms + ms);
         self.store(tuple, expires_at_ms);
     }
 
@@ -587,6 +591,9 @@ impl TupleSpace {
     /// magic and version, every tuple and template, every lease ends after the time,
     /// the bounds on tuples and blocked requests (overall and per client), no request
     /// blocked twice, no blocked request matching a stored tuple, no trailing bytes.
+    ///
+    /// Cost: rebuilding the indexes is O(n log n); checking that no blocked request
+    /// matches is one match per blocked request (a scan of its candidates).
     pub fn decode_state(bytes: &[u8]) -> Result<Self, Error> {
         let mut r = Reader::new(bytes);
         if r.take(4, "state magic")? != STATE_MAGIC {
@@ -597,6 +604,9 @@ impl TupleSpace {
             return Err(Error::UnknownTag { what: "state version", tag: version, offset: 4 });
         }
         let mut space = TupleSpace { now_ms: r.u64("now_ms")?, ..TupleSpace::default() };
+        if space.now_ms > NOW_MS_MAX {
+            return Err(Error::Malformed { what: "now_ms over NOW_MS_MAX", offset: 5 });
+        }
         let tuple_count = r.u64("tuple count")?;
         if tuple_count > TUPLES_MAX {
             return Err(Error::Malformed { what: "tuple count over TUPLES_MAX", offset: 13 });
@@ -610,6 +620,13 @@ impl TupleSpace {
             };
             if expires_at_ms.is_some_and(|e| e <= space.now_ms) {
                 return Err(Error::Malformed { what: "lease ends at or before now_ms", offset });
+            }
+            // A lease was set at a time <= now_ms for at most LEASE_MS_MAX.
+            if expires_at_ms.is_some_and(|e| e - space.now_ms > LEASE_MS_MAX) {
+                return Err(Error::Malformed {
+                    what: "lease ends past now_ms + LEASE_MS_MAX",
+                    offset,
+                });
             }
             space.store(r.tuple()?, expires_at_ms);
         }

@@ -687,3 +687,196 @@ fn a_blocked_in_survives_a_state_round_trip_and_is_answered_once() {
     let answers = restored.apply(ctx, &Op::Out { tuple: tuple("('job', 2)"), lease_ms: None });
     assert_eq!(answers, vec![answer(1, 101, Reply::Ok)], "answered once only");
 }
+
+/// The obvious sequential model of the semantics: lists scanned front to back, no
+/// indexes. The indexed space must answer exactly as it does.
+#[derive(Debug, Default)]
+struct Model {
+    now_ms: u64,
+    tuples: Vec<(Tuple, Option<u64>)>,
+    blocked: Vec<BlockedOp>,
+}
+
+impl Model {
+    fn execute(&mut self, ctx: ExecCtx, bytes: &[u8]) -> Vec<TypedAnswer> {
+        self.now_ms = self.now_ms.max(ctx.now_ms.min(NOW_MS_MAX));
+        let now_ms = self.now_ms;
+        self.tuples.retain(|(_, e)| e.is_none_or(|e| e > now_ms));
+        let own = |reply| answer(ctx.client_id, ctx.sequence, reply);
+        let reject = |e: Error| vec![own(Reply::Rejected(e.to_string()))];
+        let op = match codec::decode_op(bytes) {
+            Ok(op) => op,
+            Err(e) => return reject(e),
+        };
+        let bad_lease = |l: Option<u64>| match l {
+            Some(lease_ms) if lease_ms == 0 || lease_ms > LEASE_MS_MAX => {
+                Some(Error::LeaseInvalid { lease_ms })
+            }
+            _ => None,
+        };
+        let first = |m: &Model, p: &Template| m.tuples.iter().position(|(t, _)| p.matches(t));
+        let mut answers = Vec::new();
+        match &op {
+            Op::Out { tuple, lease_ms } => {
+                if let Some(e) = bad_lease(*lease_ms) {
+                    return reject(e);
+                }
+                answers.push(own(Reply::Ok));
+                self.write(tuple, *lease_ms, &mut answers);
+            }
+            Op::Rdp { template } | Op::Rd { template } => match first(self, template) {
+                Some(i) => answers.push(own(Reply::Tuple(self.tuples[i].0.clone()))),
+                None if matches!(op, Op::Rdp { .. }) => answers.push(own(Reply::NotFound)),
+                None => return self.block(ctx, WaitKind::Rd, template),
+            },
+            Op::Inp { template } | Op::In { template } => match first(self, template) {
+                Some(i) => answers.push(own(Reply::Tuple(self.tuples.remove(i).0))),
+                None if matches!(op, Op::Inp { .. }) => answers.push(own(Reply::NotFound)),
+                None => return self.block(ctx, WaitKind::In, template),
+            },
+            Op::Cas { template, tuple, lease_ms } => {
+                if let Some(e) = bad_lease(*lease_ms) {
+                    return reject(e);
+                }
+                match first(self, template) {
+                    Some(i) => answers.push(own(Reply::Tuple(self.tuples[i].0.clone()))),
+                    None => {
+                        answers.push(own(Reply::Ok));
+                        self.write(tuple, *lease_ms, &mut answers);
+                    }
+                }
+            }
+            Op::Replace { template, tuple, lease_ms } => {
+                if let Some(e) = bad_lease(*lease_ms) {
+                    return reject(e);
+                }
+                match first(self, template) {
+                    Some(i) => {
+                        answers.push(own(Reply::Tuple(self.tuples.remove(i).0)));
+                        self.write(tuple, *lease_ms, &mut answers);
+                    }
+                    None => answers.push(own(Reply::NotFound)),
+                }
+            }
+            Op::RdAll { template, limit } | Op::InAll { template, limit } => {
+                if *limit == 0 || *limit > ALL_LIMIT_MAX {
+                    return reject(Error::LimitInvalid { limit: *limit });
+                }
+                let mut found = Vec::new();
+                let mut i = 0;
+                while i < self.tuples.len() && found.len() < *limit as usize {
+                    if !template.matches(&self.tuples[i].0) {
+                        i += 1;
+                    } else if matches!(op, Op::InAll { .. }) {
+                        found.push(self.tuples.remove(i).0);
+                    } else {
+                        found.push(self.tuples[i].0.clone());
+                        i += 1;
+                    }
+                }
+                answers.push(own(Reply::Tuples(found)));
+            }
+            Op::Count { template } => {
+                let n = self.tuples.iter().filter(|(t, _)| template.matches(t)).count();
+                answers.push(own(Reply::Count(n as u64)));
+            }
+            Op::Renew { template, lease_ms } => {
+                if let Some(e) = bad_lease(Some(*lease_ms)) {
+                    return reject(e);
+                }
+                match first(self, template) {
+                    Some(i) => {
+                        self.tuples[i].1 = Some(now_ms + lease_ms);
+                        answers.push(own(Reply::Tuple(self.tuples[i].0.clone())));
+                    }
+                    None => answers.push(own(Reply::NotFound)),
+                }
+            }
+            Op::Cancel { sequence } => {
+                let at = self
+                    .blocked
+                    .iter()
+                    .position(|b| (b.client_id, b.sequence) == (ctx.client_id, *sequence));
+                match at {
+                    Some(i) => {
+                        let b = self.blocked.remove(i);
+                        answers.push(own(Reply::Ok));
+                        answers.push(answer(b.client_id, b.sequence, Reply::Cancelled));
+                    }
+                    None => answers.push(own(Reply::NotFound)),
+                }
+            }
+        }
+        answers
+    }
+
+    fn block(&mut self, ctx: ExecCtx, kind: WaitKind, template: &Template) -> Vec<TypedAnswer> {
+        let (client_id, sequence) = (ctx.client_id, ctx.sequence);
+        let refused =
+            if self.blocked.iter().any(|b| (b.client_id, b.sequence) == (client_id, sequence)) {
+                Some(Error::AlreadyBlocked { client_id, sequence })
+            } else if self.blocked.iter().filter(|b| b.client_id == client_id).count()
+                >= BLOCKED_PER_CLIENT_MAX
+            {
+                Some(Error::TooManyBlockedForClient { client_id })
+            } else if self.blocked.len() >= BLOCKED_MAX {
+                Some(Error::TooManyBlocked)
+            } else {
+                None
+            };
+        if let Some(e) = refused {
+            return vec![answer(client_id, sequence, Reply::Rejected(e.to_string()))];
+        }
+        self.blocked.push(BlockedOp { client_id, sequence, kind, template: template.clone() });
+        Vec::new()
+    }
+
+    fn write(&mut self, tuple: &Tuple, lease_ms: Option<u64>, answers: &mut Vec<TypedAnswer>) {
+        let mut i = 0;
+        while i < self.blocked.len() {
+            if !self.blocked[i].template.matches(tuple) {
+                i += 1;
+                continue;
+            }
+            let b = self.blocked.remove(i);
+            answers.push(answer(b.client_id, b.sequence, Reply::Tuple(tuple.clone())));
+            if b.kind == WaitKind::In {
+                return;
+            }
+        }
+        self.tuples.push((tuple.clone(), lease_ms.map(|l| self.now_ms + l)));
+    }
+}
+
+#[test]
+fn the_indexed_space_answers_exactly_as_the_sequential_model() {
+    for seed in 200..230 {
+        let history = random_history(seed, 3_000);
+        let mut space = TupleSpace::new();
+        let mut model = Model::default();
+        for (step, (ctx, op)) in history.iter().enumerate() {
+            let got = space.execute_typed(*ctx, op);
+            let want = model.execute(*ctx, op);
+            assert_eq!(got, want, "seed {seed} step {step}: {:?}", codec::decode_op(op));
+            let tuples: Vec<_> = space.tuples().map(|(t, e)| (t.clone(), e)).collect();
+            assert_eq!(tuples, model.tuples, "seed {seed} step {step}");
+            assert_eq!(space.blocked().cloned().collect::<Vec<_>>(), model.blocked);
+            assert_eq!(space.now_ms(), model.now_ms);
+        }
+    }
+}
+
+#[test]
+fn agreed_times_near_the_end_of_u64_are_capped_not_overflowed() {
+    let mut space = TupleSpace::new();
+    let ctx = ExecCtx { client_id: 1, sequence: 1, now_ms: u64::MAX };
+    let answers = space.apply(ctx, &Op::Out { tuple: tuple("(1)"), lease_ms: Some(LEASE_MS_MAX) });
+    assert_eq!(answers, vec![answer(1, 1, Reply::Ok)]);
+    assert_eq!(space.now_ms(), NOW_MS_MAX);
+    assert_eq!(space.tuples().next().unwrap().1, Some(u64::MAX - 1));
+    let ctx = ExecCtx { sequence: 2, ..ctx };
+    let renew = Op::Renew { template: tpl("(1)"), lease_ms: LEASE_MS_MAX };
+    assert_eq!(space.apply(ctx, &renew), vec![answer(1, 2, found("(1)"))]);
+    let restored = TupleSpace::decode_state(&space.encode_state()).unwrap();
+    assert_eq!(restored.state_digest(), space.state_digest());
+}
