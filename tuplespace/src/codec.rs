@@ -699,8 +699,25 @@ mod tests {
         let mut rng = Rng::new(0x7e57_c0de);
         let ops: Vec<Vec<u8>> = sample_ops().iter().map(encode_op).collect();
         let replies: Vec<Vec<u8>> = sample_replies().iter().map(encode_reply).collect();
+        let state = {
+            let mut space = crate::space::TupleSpace::new();
+            let ctx = |sequence| crate::space::ExecCtx { client_id: 1, sequence, now_ms: 3 };
+            for (sequence, op) in sample_ops().iter().enumerate() {
+                space.apply(ctx(sequence as u64), op);
+            }
+            space.apply(
+                ctx(99),
+                &Op::In { template: Template::exact(&Tuple::new(vec![Field::Int(0)]).unwrap()) },
+            );
+            let t = Tuple::new(vec![Field::Str("kept".into()), Field::Bytes(vec![9])]).unwrap();
+            space.apply(ctx(100), &Op::Out { tuple: t.clone(), lease_ms: Some(40) });
+            space.apply(ctx(101), &Op::Out { tuple: t, lease_ms: None });
+            assert!(space.blocked().count() > 0 && space.len() >= 2);
+            space.encode_state()
+        };
         for round in 0..200_000u32 {
-            let mut input = match round % 4 {
+            let mut input = match round % 5 {
+                4 => state.clone(),
                 0 => (0..rng.below(64)).map(|_| rng.next() as u8).collect::<Vec<u8>>(),
                 1 => ops[rng.below(ops.len() as u64) as usize].clone(),
                 2 => replies[rng.below(replies.len() as u64) as usize].clone(),
@@ -727,7 +744,9 @@ mod tests {
             if let Ok(reply) = decode_reply(&input) {
                 assert_eq!(encode_reply(&reply), input);
             }
-            let _ = crate::space::TupleSpace::decode_state(&input);
+            if let Ok(space) = crate::space::TupleSpace::decode_state(&input) {
+                assert_eq!(space.encode_state(), input, "a decoded state re-encodes to its bytes");
+            }
         }
     }
 }
