@@ -880,3 +880,73 @@ fn agreed_times_near_the_end_of_u64_are_capped_not_overflowed() {
     let restored = TupleSpace::decode_state(&space.encode_state()).unwrap();
     assert_eq!(restored.state_digest(), space.state_digest());
 }
+
+#[test]
+fn a_lock_is_a_cas_of_a_timed_token_kept_by_renew_and_lost_when_renewals_stop() {
+    let mut h = Harness::new();
+    let (alice, bob) = (1, 2);
+    let acquire = |who: &str| Op::Cas {
+        template: tpl("('lock', *)"),
+        tuple: tuple(&format!("('lock', '{who}')")),
+        lease_ms: Some(100),
+    };
+    h.now_ms = 1_000;
+    assert_eq!(h.reply(alice, acquire("alice")), Reply::Ok, "alice leads");
+    assert_eq!(h.reply(bob, acquire("bob")), found("('lock', 'alice')"), "bob sees who leads");
+    h.now_ms = 1_050;
+    let renew = Op::Renew { template: tpl("('lock', 'alice')"), lease_ms: 100 };
+    assert_eq!(h.reply(alice, renew), found("('lock', 'alice')"));
+    h.now_ms = 1_120;
+    assert_eq!(h.reply(bob, acquire("bob")), found("('lock', 'alice')"), "renewed to 1_150");
+    h.now_ms = 1_150;
+    assert_eq!(h.reply(bob, acquire("bob")), Reply::Ok, "alice stopped renewing; bob leads");
+    // Bob resigns by taking his own token; the lock is free again.
+    assert_eq!(
+        h.reply(bob, Op::Inp { template: tpl("('lock', 'bob')") }),
+        found("('lock', 'bob')")
+    );
+    assert_eq!(h.reply(alice, acquire("alice")), Reply::Ok);
+}
+
+#[test]
+fn a_work_queue_hands_each_job_to_exactly_one_waiting_worker_in_order() {
+    let mut h = Harness::new();
+    let worker_a = h.block(10, Op::In { template: tpl("('job', *int)") });
+    let worker_b = h.block(11, Op::In { template: tpl("('job', *int)") });
+    let mut handed = Vec::new();
+    for job in 1..=3 {
+        let (_, answers) =
+            h.run(1, Op::Out { tuple: tuple(&format!("('job', {job})")), lease_ms: None });
+        handed.extend(answers.into_iter().skip(1).map(|a| (a.client_id, a.sequence, a.reply)));
+    }
+    assert_eq!(
+        handed,
+        vec![(10, worker_a, found("('job', 1)")), (11, worker_b, found("('job', 2)"))]
+    );
+    assert_eq!(h.reply(12, Op::In { template: tpl("('job', *int)") }), found("('job', 3)"));
+    assert!(h.space.is_empty());
+}
+
+#[test]
+fn a_barrier_releases_every_waiter_when_the_last_one_arrives() {
+    let mut h = Harness::new();
+    let parties = 3;
+    let mut waiting = Vec::new();
+    for party in 0..parties {
+        h.out(&format!("('arrived', 'b1', {party})"));
+        let count = h.reply(20 + party, Op::Count { template: tpl("('arrived', 'b1', *int)") });
+        if count == Reply::Count(parties) {
+            // The last to arrive opens the barrier: every blocked rd reads it.
+            let (seq, answers) =
+                h.run(20 + party, Op::Out { tuple: tuple("('open', 'b1')"), lease_ms: None });
+            let mut expected = vec![answer(20 + party, seq, Reply::Ok)];
+            expected.extend(waiting.iter().map(|&(c, s)| answer(c, s, found("('open', 'b1')"))));
+            assert_eq!(answers, expected);
+        } else {
+            let seq = h.block(20 + party, Op::Rd { template: tpl("('open', 'b1')") });
+            waiting.push((20 + party, seq));
+        }
+    }
+    assert_eq!(waiting.len(), parties as usize - 1);
+    assert_eq!(h.space.blocked().count(), 0);
+}
