@@ -16,11 +16,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 # Tests run optimised with debug assertions on (profile `ci` in Cargo.toml).
 cargo nextest run --workspace --cargo-profile ci --no-fail-fast
 
-# Simulation swarm (ordering protocol, engine/src/sim): every seed runs a whole cluster
-# with loss, duplication, delay, partitions, crash/restart and up to f Byzantine
-# replicas; any failing seed prints the command that replays it. Nightly: the same with
-# --seeds 100000 per line.
+# Simulation swarm (engine/src/sim): every seed runs a whole cluster - ordering protocol,
+# durability coordinator and a real dura-wal per replica over a simulated disk - with
+# loss, duplication, delay, partitions, crash/restart, torn writes, crashes during
+# recovery, a failed write, a slow disk and up to f Byzantine replicas; crash mode also
+# with crashes of every replica at once (--total-crash). Any failing seed prints the
+# command that replays it. Nightly: the same with --seeds 100000 per line.
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2000 --mode bft --replicas 4
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 500 --mode bft --replicas 7
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode crash --replicas 3
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 300 --mode crash --replicas 5
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode crash --replicas 3 --total-crash
