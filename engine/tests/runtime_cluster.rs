@@ -147,3 +147,39 @@ fn bft_cluster_starts_and_restarts_with_its_first_leader_never_started() {
     assert_eq!(total(&client.invoke(4u64.to_le_bytes().to_vec()).expect("add")), 19);
     drop(replicas);
 }
+
+#[test]
+fn a_log_corrupt_before_its_tail_stops_the_replica_with_a_typed_error_and_cuts_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        ClusterConfig::local(3, Mode::Crash, LogMode::Parallel, dir.path()).expect("config");
+    config.pin_cores = false;
+    config.request_timeout_ms = 500;
+    let replicas = start(&config);
+    {
+        let client = Client::connect(&config).expect("client");
+        for _ in 0..10 {
+            client.invoke(5u64.to_le_bytes().to_vec()).expect("add");
+        }
+    }
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+    // Sequential requests were written as several groups: damage a byte of the first.
+    let wal_dir = config.replicas[0].data_dir.join("log").join("wal");
+    let segment = std::fs::read_dir(&wal_dir)
+        .expect("wal dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            std::fs::read(path).is_ok_and(|bytes| bytes.iter().take(8192).any(|b| *b != 0))
+        })
+        .min()
+        .expect("a segment with data");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    bytes[100] ^= 0x5a;
+    std::fs::write(&segment, &bytes).expect("write segment");
+    let error = start_replica(&config, 0, Counter::default(), ReplicaOptions::default())
+        .expect_err("a corrupt log must not be replayed");
+    assert!(error.is_log_corrupt(), "typed as corruption (repair from peers): {error}");
+    assert_eq!(std::fs::read(&segment).expect("segment kept"), bytes, "nothing was cut");
+}

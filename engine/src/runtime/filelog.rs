@@ -249,8 +249,7 @@ impl WalLog {
             path: dir.to_path_buf(),
             error,
         })?;
-        let (writer, recovered) = dura_wal::Wal::open(dir, options)
-            .map_err(|error| RuntimeError::Log(error.to_string()))?;
+        let (writer, recovered) = dura_wal::Wal::open(dir, options)?;
         if let Some(cut) = &recovered.cut {
             log::warn!(
                 "wal {}: cut a torn tail at {} offset {}: {}",
@@ -282,14 +281,11 @@ impl Drop for WalLog {
 
 impl LogBackend for WalLog {
     fn append(&mut self, first: u64, last: u64, payload: &[u8]) -> Result<(), RuntimeError> {
-        self.writer
-            .append(first, last, payload)
-            .map(drop)
-            .map_err(|error| RuntimeError::Log(error.to_string()))
+        self.writer.append(first, last, payload).map(drop).map_err(RuntimeError::from)
     }
 
     fn sync(&mut self) -> Result<(), RuntimeError> {
-        self.writer.sync().map_err(|error| RuntimeError::Log(error.to_string()))
+        self.writer.sync().map_err(RuntimeError::from)
     }
 
     fn durable_notifications(&self) -> Option<crossbeam_channel::Receiver<dura_wal::DurablePoint>> {

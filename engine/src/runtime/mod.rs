@@ -56,6 +56,11 @@ pub enum RuntimeError {
     /// The write-ahead log failed; the replica stops.
     #[error("log: {0}")]
     Log(String),
+    /// The write-ahead log (`dura-wal`) reported an error, kept with its type so that a
+    /// log corrupt before its tail (repair from peers) is told apart from an I/O failure
+    /// (stop): see [`RuntimeError::is_log_corrupt`].
+    #[error("log: {0}")]
+    Wal(#[from] dura_wal::WalError),
     /// The replica's log holds something this runtime cannot replay.
     #[error("log replay: {0}")]
     Replay(String),
@@ -68,4 +73,26 @@ pub enum RuntimeError {
     /// The replica or client is shutting down.
     #[error("shut down")]
     Shutdown,
+}
+
+impl RuntimeError {
+    /// True when the log holds damage before its tail (a record or group that a later
+    /// write followed, or a missing segment): nothing was cut, the damaged segment is
+    /// left in place for inspection, and the replica's data must be repaired from its
+    /// peers rather than replayed. Any other log error means the log cannot be trusted
+    /// to write: the replica stops.
+    pub fn is_log_corrupt(&self) -> bool {
+        match self {
+            RuntimeError::Wal(error) => wal_error_is_corruption(error),
+            _ => false,
+        }
+    }
+}
+
+fn wal_error_is_corruption(error: &dura_wal::WalError) -> bool {
+    match error {
+        dura_wal::WalError::Corrupt { .. } | dura_wal::WalError::MissingSegment { .. } => true,
+        dura_wal::WalError::WriterFailed(cause) => wal_error_is_corruption(cause),
+        _ => false,
+    }
 }
