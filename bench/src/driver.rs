@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dura_core::rng::GOLDEN_GAMMA;
 use hdrhistogram::Histogram;
 
 use crate::target::{KvTarget, TargetError, TargetFactory};
@@ -180,7 +181,7 @@ pub fn run(
                     spec.distribution,
                     key_space.clone(),
                     spec.scan_length_max,
-                    spec.seed ^ (client as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    spec.seed ^ (client as u64).wrapping_mul(GOLDEN_GAMMA),
                 );
                 let clients_done = &clients_done;
                 let window = Window { start, measure_start, measure_end, seconds };

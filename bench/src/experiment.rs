@@ -170,7 +170,7 @@ fn with_target<T>(
     let mode: Mode = args.mode.into();
     let data_dir = args.data_dir.as_ref().map(|dir| dir.join(log_mode.to_string()));
     let mut cluster =
-        start_cluster(mode.replicas_for(1), mode, log_mode, data_dir.as_deref(), connector)?;
+        start_cluster(mode.replicas_min(1) as u32, mode, log_mode, data_dir.as_deref(), connector)?;
     let factory = connector(cluster.config(), crate::runner::REQUEST_TIMEOUT)?;
     let value = body(factory.as_ref())?;
     cluster.check_alive()?;
@@ -264,7 +264,7 @@ pub fn run(
     let result = ExperimentResult {
         experiment: name.to_string(),
         mode: mode.to_string(),
-        replicas: if args.memory { 0 } else { mode.replicas_for(1) },
+        replicas: if args.memory { 0 } else { mode.replicas_min(1) as u32 },
         value_bytes: args.value_bytes,
         modes: results,
         ratio_to_none,

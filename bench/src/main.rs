@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Cluster { data_dir, replicas, mode, log }) => {
             install_ctrl_c(stop.clone());
             let mode: Mode = mode.into();
-            let replicas = replicas.unwrap_or(mode.replicas_for(1));
+            let replicas = replicas.unwrap_or(mode.replicas_min(1) as u32);
             let mut cluster = dura_bench::runner::start_cluster(
                 replicas,
                 mode,

@@ -163,7 +163,7 @@ impl RunArgs {
 
     /// Replica count: given, or the smallest for f = 1 in the mode.
     pub fn replica_count(&self) -> u32 {
-        self.replicas.unwrap_or(Mode::from(self.mode).replicas_for(1))
+        self.replicas.unwrap_or(Mode::from(self.mode).replicas_min(1) as u32)
     }
 }
 

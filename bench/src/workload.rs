@@ -13,55 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The zipfian constant YCSB uses (`zipfian.constant`).
 pub const ZIPFIAN_THETA: f64 = 0.99;
 
-/// A small deterministic pseudo-random generator (xoshiro256**), seeded through
-/// SplitMix64 so that nearby seeds give unrelated streams.
-#[derive(Debug, Clone)]
-pub struct Rng {
-    state: [u64; 4],
-}
-
-impl Rng {
-    /// A generator whose whole stream is fixed by `seed`.
-    pub fn new(seed: u64) -> Self {
-        let mut sm = seed;
-        let mut next = || {
-            sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = sm;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        let state = [next(), next(), next(), next()];
-        assert!(state.iter().any(|&word| word != 0), "xoshiro needs a non-zero state");
-        Self { state }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.state;
-        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
-
-    /// A uniform float in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// A uniform integer in [0, bound). `bound` must be positive.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0, "an empty range has no element");
-        // Multiply-shift: the bias is below 2^-64 * bound, invisible at our sizes.
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
-    }
-}
+/// The workloads' generator: `dura_core`'s xoshiro256**, seeded through SplitMix64 so
+/// that nearby seeds give unrelated streams.
+pub use dura_core::rng::Rng;
 
 /// FNV-1a, 64 bits, over the 8 little-endian bytes of `value`: the hash YCSB uses to
 /// scramble zipfian ranks over the key space.

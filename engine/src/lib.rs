@@ -9,6 +9,9 @@
 //! - [`sim`]: the deterministic simulator that drives whole clusters under one seed.
 //! - [`service`]: the [`service::Service`] trait applications implement, and the
 //!   executor with the per-client reply cache.
+//!
+//! Ids, [`protocol::Mode`] and its quorums, keys and MACs, requests and batches and the
+//! `Service` trait are `dura_core`'s; they are re-exported here at their old paths.
 //! - [`runtime`]: real replicas: stage threads, TCP transport, durability coordinator.
 
 pub mod durability;

@@ -81,7 +81,8 @@ fn run_mode(args: &Args, log_mode: LogMode) -> Result<(f64, Vec<Duration>)> {
     let dir = args.dir.join(log_mode.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut config = ClusterConfig::local(args.mode.replicas_for(1), args.mode, log_mode, &dir)?;
+    let mut config =
+        ClusterConfig::local(args.mode.replicas_min(1) as u32, args.mode, log_mode, &dir)?;
     config.pin_cores = false;
     if let Some(how) = &args.wal_preallocate {
         config.wal_preallocate = how.clone();

@@ -148,7 +148,7 @@ impl Drop for Children {
 }
 
 fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
-    let n = mode.replicas_for(1);
+    let n = mode.replicas_min(1) as u32;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolve {}", dir.display()))?;
     let config = ClusterConfig::local(n, mode, log_mode, &dir.join("data"))?;

@@ -33,7 +33,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(mode: Mode, dir: &Path) -> Cluster {
-        let n = mode.replicas_for(1);
+        let n = mode.replicas_min(1) as u32;
         let mut config = ClusterConfig::local(n, mode, LogMode::Parallel, &dir.join("data"))
             .expect("local config");
         config.pin_cores = false;

@@ -7,7 +7,7 @@ fn cluster(
     log_mode: LogMode,
     dir: &std::path::Path,
 ) -> (ClusterConfig, Vec<dura_kvstore::ReplicaHandle>) {
-    let n = mode.replicas_for(1);
+    let n = mode.replicas_min(1) as u32;
     let mut config = ClusterConfig::local(n, mode, log_mode, dir).expect("local config");
     config.pin_cores = false;
     let replicas =

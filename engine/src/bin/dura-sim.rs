@@ -93,11 +93,8 @@ fn parse_args() -> Args {
                     value("--seed-start").parse().unwrap_or_else(|_| usage("bad --seed-start"))
             }
             "--mode" => {
-                args.mode = match value("--mode").as_str() {
-                    "bft" => Mode::Bft,
-                    "crash" => Mode::Crash,
-                    _ => usage("--mode is bft or crash"),
-                }
+                args.mode =
+                    value("--mode").parse().unwrap_or_else(|_| usage("--mode is bft or crash"))
             }
             "--replicas" => {
                 args.replicas =
@@ -112,16 +109,11 @@ fn parse_args() -> Args {
             other => usage(&format!("unknown argument {other}")),
         }
     }
+    // The smallest cluster that tolerates one fault.
+    let minimum = args.mode.replicas_min(1);
     if args.replicas == 0 {
-        args.replicas = match args.mode {
-            Mode::Bft => 4,
-            Mode::Crash => 3,
-        };
+        args.replicas = minimum;
     }
-    let minimum = match args.mode {
-        Mode::Bft => 4,
-        Mode::Crash => 3,
-    };
     if args.replicas < minimum || args.replicas > 16 {
         usage("--replicas must be 4..=16 (bft) or 3..=16 (crash)");
     }
@@ -131,10 +123,7 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
-    let mode_name = match args.mode {
-        Mode::Bft => "bft",
-        Mode::Crash => "crash",
-    };
+    let mode_name = args.mode.name();
     let next = AtomicU64::new(0);
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
     let totals: Mutex<Totals> = Mutex::new(Totals::default());

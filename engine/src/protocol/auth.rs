@@ -1,6 +1,6 @@
-//! Authentication with HMAC-SHA256.
+//! Authentication with HMAC-SHA256: the keys and MACs are `dura_core::auth`'s
+//! (re-exported here); this module seals and opens replica link frames.
 //!
-//! Keys (all 32 bytes):
 //! - **Replica links**: one key per unordered pair of replicas. A frame from `a` to `b`
 //!   is `[from: u32 LE][message][HMAC(k_ab, SHA-256("dura-frame" || from || message))]`
 //!   ([`seal_frame`], [`open_frame`]). MACing the body's digest rather than the body
@@ -8,143 +8,19 @@
 //!   link ([`seal_frames`]); SHA-256's collision resistance keeps the tag binding the
 //!   whole body. A replica holds only the keys of its own links, so a Byzantine
 //!   replica cannot speak for another.
-//! - **Clients**: replica `x` holds a secret `s_x`; the key it shares with client `c` is
-//!   `k_cx = HMAC(s_x, "client" || c)`. A client is provisioned with its `n` keys
-//!   ([`ClientKeys`]). A request carries an *authenticator*: one MAC per replica over
-//!   the request digest, so each replica checks its own entry, also for requests it
-//!   only sees inside a leader's batch, and a Byzantine leader cannot invent a request.
-//!   Replies are MACed with the same pairwise key.
+//! - **Clients**: request authenticators and reply MACs, see [`dura_core::auth`].
 //!
-//! [`KeyRing`] derives all of these from one master secret, for tests, the simulator
-//! and local clusters; a deployment would provision each node with its own keys only.
+//! [`KeyRing`] derives all keys from one master secret, for tests, the simulator and
+//! local clusters; a deployment would provision each node with its own keys only.
 
 use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+pub use dura_core::auth::{ClientKeys, Key, KeyRing, MAC_BYTES, ReplicaKeys, mac, verify_mac};
 
 use super::message::Message;
 use super::{ProtocolError, ReplicaId};
-
-/// A 32-byte HMAC key.
-pub type Key = [u8; 32];
-
-/// Length of a MAC.
-pub const MAC_BYTES: usize = 32;
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// HMAC-SHA256 of the concatenation of `parts` under `key`.
-pub fn mac(key: &Key, parts: &[&[u8]]) -> [u8; MAC_BYTES] {
-    let mut hmac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    for part in parts {
-        hmac.update(part);
-    }
-    hmac.finalize().into_bytes().into()
-}
-
-/// Constant-time comparison of a MAC against the expected one.
-pub fn verify_mac(key: &Key, parts: &[&[u8]], tag: &[u8]) -> bool {
-    let mut hmac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    for part in parts {
-        hmac.update(part);
-    }
-    hmac.verify_slice(tag).is_ok()
-}
-
-/// The keys one replica holds.
-#[derive(Clone)]
-pub struct ReplicaKeys {
-    /// This replica.
-    pub id: ReplicaId,
-    /// Link key shared with each replica, indexed by replica id (the entry for `id`
-    /// itself is unused).
-    pub links: Vec<Key>,
-    /// Secret from which the keys shared with clients derive.
-    pub client_secret: Key,
-}
-
-impl std::fmt::Debug for ReplicaKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicaKeys").field("id", &self.id).finish_non_exhaustive()
-    }
-}
-
-impl ReplicaKeys {
-    /// The key of the link with `peer`, if `peer` is a replica.
-    pub fn link(&self, peer: ReplicaId) -> Option<&Key> {
-        self.links.get(peer as usize)
-    }
-
-    /// The key this replica shares with client `client_id`.
-    pub fn client_key(&self, client_id: u64) -> Key {
-        mac(&self.client_secret, &[b"client", &client_id.to_le_bytes()])
-    }
-}
-
-/// The keys one client holds: one per replica.
-#[derive(Clone)]
-pub struct ClientKeys {
-    /// The client.
-    pub client_id: u64,
-    /// Key shared with each replica, by replica id.
-    pub replicas: Vec<Key>,
-}
-
-impl std::fmt::Debug for ClientKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientKeys").field("client_id", &self.client_id).finish_non_exhaustive()
-    }
-}
-
-/// Derives every key of a cluster from one master secret (tests, simulator, local
-/// clusters).
-#[derive(Clone)]
-pub struct KeyRing {
-    master: Key,
-    n: usize,
-}
-
-impl std::fmt::Debug for KeyRing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").field("n", &self.n).finish_non_exhaustive()
-    }
-}
-
-impl KeyRing {
-    /// A key ring for `n` replicas.
-    pub fn new(master: Key, n: usize) -> Self {
-        Self { master, n }
-    }
-
-    fn link_key(&self, a: ReplicaId, b: ReplicaId) -> Key {
-        let (low, high) = if a <= b { (a, b) } else { (b, a) };
-        mac(&self.master, &[b"link", &low.to_le_bytes(), &high.to_le_bytes()])
-    }
-
-    fn client_secret(&self, replica: ReplicaId) -> Key {
-        mac(&self.master, &[b"client-secret", &replica.to_le_bytes()])
-    }
-
-    /// The keys replica `id` holds.
-    pub fn replica_keys(&self, id: ReplicaId) -> ReplicaKeys {
-        ReplicaKeys {
-            id,
-            links: (0..self.n as ReplicaId).map(|peer| self.link_key(id, peer)).collect(),
-            client_secret: self.client_secret(id),
-        }
-    }
-
-    /// The keys client `client_id` holds.
-    pub fn client_keys(&self, client_id: u64) -> ClientKeys {
-        ClientKeys {
-            client_id,
-            replicas: (0..self.n as ReplicaId)
-                .map(|replica| self.replica_keys(replica).client_key(client_id))
-                .collect(),
-        }
-    }
-}
 
 /// The digest a frame's MAC covers: SHA-256 over a domain tag and the frame body
 /// (`from` and the encoded message).
@@ -253,14 +129,5 @@ mod tests {
         flipped[last_body_byte] ^= 1;
         let first_peer = ring.replica_keys(0);
         assert!(open_frame(&flipped, |p| first_peer.link(p)).is_err());
-    }
-
-    #[test]
-    fn link_keys_are_symmetric_and_distinct() {
-        let ring = KeyRing::new([1; 32], 4);
-        let keys: Vec<_> = (0..4).map(|id| ring.replica_keys(id)).collect();
-        assert_eq!(keys[0].link(2), keys[2].link(0));
-        assert_ne!(keys[0].link(2), keys[1].link(2));
-        assert_eq!(ring.client_keys(9).replicas[3], keys[3].client_key(9));
     }
 }

@@ -122,12 +122,10 @@ impl Client {
         self.outstanding.is_some()
     }
 
-    /// Replies needed to accept a result.
+    /// Replies needed to accept a result: f+1 (BFT) or 1 (crash), see
+    /// [`Mode::reply_quorum`].
     pub fn replies_needed(&self) -> usize {
-        match self.config.mode {
-            Mode::Bft => self.config.f + 1,
-            Mode::Crash => 1,
-        }
+        self.config.mode.reply_quorum(self.config.f)
     }
 
     /// Starts `operation`; returns its sequence number.

@@ -48,25 +48,9 @@ use std::sync::Arc;
 
 pub use auth::{ClientKeys, Key, KeyRing, ReplicaKeys, open_frame, seal_frame, seal_frames};
 pub use client::{Client, ClientAction, ClientConfig, ClientError, ClientEvent};
+pub use dura_core::{Hash, Mode, REPLICAS_MAX, ReplicaId};
 pub use message::{Batch, ClientRequest, CollectData, Message, Reply};
 pub use replica::{Recovered, Replica};
-
-/// Index of a replica, `0..n`.
-pub type ReplicaId = u32;
-/// A SHA-256 digest.
-pub type Hash = [u8; 32];
-
-/// Most replicas a configuration may have (bounds decoders and vectors).
-pub const REPLICAS_MAX: usize = 64;
-
-/// Fault model of the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Byzantine faults, n >= 3f+1, quorums ceil((n+f+1)/2).
-    Bft,
-    /// Crash faults, n >= 2f+1, majority quorums.
-    Crash,
-}
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +72,17 @@ pub enum ProtocolError {
         /// What failed.
         what: &'static str,
     },
+}
+
+impl From<dura_core::CoreError> for ProtocolError {
+    fn from(error: dura_core::CoreError) -> Self {
+        match error {
+            dura_core::CoreError::Malformed { what, offset } => {
+                ProtocolError::Malformed { what, offset }
+            }
+            dura_core::CoreError::UnknownMode(_) => ProtocolError::Config("unknown mode"),
+        }
+    }
 }
 
 /// Cluster configuration shared by every replica (and, for n/f/mode, by clients).
@@ -126,12 +121,12 @@ pub struct Config {
 impl Config {
     /// A BFT configuration with n = 3f+1 and default bounds.
     pub fn bft(f: usize) -> Self {
-        Self::with_mode(Mode::Bft, 3 * f + 1, f)
+        Self::with_mode(Mode::Bft, Mode::Bft.replicas_min(f), f)
     }
 
     /// A crash-mode configuration with n = 2f+1 and default bounds.
     pub fn crash(f: usize) -> Self {
-        Self::with_mode(Mode::Crash, 2 * f + 1, f)
+        Self::with_mode(Mode::Crash, Mode::Crash.replicas_min(f), f)
     }
 
     /// A configuration with the given sizes and default bounds.
@@ -153,14 +148,10 @@ impl Config {
 
     /// Checks sizes and bounds.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        let needed = match self.mode {
-            Mode::Bft => 3 * self.f + 1,
-            Mode::Crash => 2 * self.f + 1,
-        };
         if self.f == 0 && self.mode == Mode::Bft {
             return Err(ProtocolError::Config("BFT mode needs f >= 1"));
         }
-        if self.n < needed {
+        if self.n < self.mode.replicas_min(self.f) {
             return Err(ProtocolError::Config("n too small for f in this mode"));
         }
         if self.n > REPLICAS_MAX {
@@ -179,12 +170,9 @@ impl Config {
     }
 
     /// Votes needed to accept (after WRITEs) and to decide (after ACCEPTs):
-    /// ceil((n+f+1)/2) in BFT mode, a majority in crash mode.
+    /// ceil((n+f+1)/2) in BFT mode, a majority in crash mode ([`Mode::quorum`]).
     pub fn quorum(&self) -> usize {
-        match self.mode {
-            Mode::Bft => (self.n + self.f + 1).div_ceil(2),
-            Mode::Crash => self.n / 2 + 1,
-        }
+        self.mode.quorum(self.n, self.f)
     }
 
     /// Ticks a replica recovering from a crash of every replica waits for all n-1
@@ -194,12 +182,9 @@ impl Config {
     }
 
     /// Matching answers that prove a statement came from at least one correct
-    /// replica: f+1 (BFT) or 1 (crash).
+    /// replica: f+1 (BFT) or 1 (crash) ([`Mode::weak_quorum`]).
     pub fn weak_quorum(&self) -> usize {
-        match self.mode {
-            Mode::Bft => self.f + 1,
-            Mode::Crash => 1,
-        }
+        self.mode.weak_quorum(self.f)
     }
 
     /// Leader of `regency`.
@@ -307,7 +292,7 @@ mod tests {
     fn quorums_intersect_in_a_correct_replica() {
         for f in 1..6 {
             for extra in 0..3 {
-                let config = Config::with_mode(Mode::Bft, 3 * f + 1 + extra, f);
+                let config = Config::with_mode(Mode::Bft, Mode::Bft.replicas_min(f) + extra, f);
                 config.validate().expect("valid");
                 let q = config.quorum();
                 assert!(2 * q > config.n + f, "two quorums share f+1 replicas");

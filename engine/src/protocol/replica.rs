@@ -1296,7 +1296,7 @@ impl Replica {
                 None => Choice::Free,
             }),
             Mode::Bft => {
-                let weak = self.config.f + 1;
+                let weak = self.config.weak_quorum();
                 for &(regency, hash) in &candidates {
                     let compatible = reports
                         .iter()

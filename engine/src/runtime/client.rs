@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
+use dura_core::rng::{GOLDEN_GAMMA, mix64};
 
 use super::net::{Network, Peer, SinkVerdict};
 use super::{ClusterConfig, RuntimeError};
@@ -59,12 +60,8 @@ impl Default for ClientOptions {
 pub fn random_client_id_base() -> u64 {
     let nanos =
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let mut x = nanos ^ (u64::from(std::process::id()) << 40) ^ 0x9e37_79b9_7f4a_7c15;
-    // splitmix64 finaliser
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    x & !0xff_ffff
+    let x = nanos ^ (u64::from(std::process::id()) << 40) ^ GOLDEN_GAMMA;
+    mix64(x) & !super::replica::CLIENT_SESSION_MASK
 }
 
 /// What a [`Pending`] resolves to.

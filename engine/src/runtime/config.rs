@@ -27,52 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
 use crate::protocol::auth::mac;
-use crate::protocol::{
-    ClientConfig, ClientKeys, Config as ProtocolConfig, KeyRing, Mode as ProtocolMode, ReplicaKeys,
-};
+use crate::protocol::{ClientConfig, ClientKeys, Config as ProtocolConfig, KeyRing, ReplicaKeys};
 
-/// Which ordering protocol the cluster runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Byzantine faults: n = 3f+1, Mod-SMaRt.
-    Bft,
-    /// Crash faults: n = 2f+1.
-    Crash,
-}
-
-impl Mode {
-    /// The number of replicas this mode needs to tolerate `f` faults.
-    pub fn replicas_for(self, f: u32) -> u32 {
-        match self {
-            Mode::Bft => 3 * f + 1,
-            Mode::Crash => 2 * f + 1,
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = RuntimeError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "bft" => Ok(Mode::Bft),
-            "crash" => Ok(Mode::Crash),
-            other => Err(RuntimeError::Config {
-                field: "mode".into(),
-                reason: format!("{other:?} is not one of bft, crash"),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Bft => "bft",
-            Mode::Crash => "crash",
-        })
-    }
-}
+/// Which ordering protocol the cluster runs (`mode = "bft"` or `"crash"`): the
+/// protocol's own [`dura_core::Mode`], so the config needs no translation.
+pub use dura_core::Mode;
 
 /// How decided batches reach the disk, and when replies may leave (see DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,8 +274,8 @@ impl ClusterConfig {
         if self.f == 0 {
             return Err(wrong("f", "must be at least 1".into()));
         }
-        let needed = self.mode.replicas_for(self.f);
-        if self.n() != needed {
+        let needed = self.mode.replicas_min(self.f as usize);
+        if self.n() as usize != needed {
             return Err(wrong(
                 "replica",
                 format!(
@@ -407,18 +366,16 @@ impl ClusterConfig {
         log_mode: LogMode,
         data_dir: &Path,
     ) -> Result<Self, RuntimeError> {
-        let f = match mode {
-            Mode::Bft if n >= 4 && (n - 1).is_multiple_of(3) => (n - 1) / 3,
-            Mode::Crash if n >= 3 && (n - 1).is_multiple_of(2) => (n - 1) / 2,
-            _ => {
-                return Err(RuntimeError::Config {
-                    field: "n".into(),
-                    reason: format!(
-                        "{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)"
-                    ),
-                });
-            }
-        };
+        let f = mode.f_max(n as usize);
+        if f == 0 || mode.replicas_min(f) != n as usize {
+            return Err(RuntimeError::Config {
+                field: "n".into(),
+                reason: format!(
+                    "{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash, f >= 1)"
+                ),
+            });
+        }
+        let f = f as u32;
         let ports = free_ports(2 * n as usize)?;
         Ok(Self::local_with_ports(f, mode, log_mode, data_dir, &ports))
     }
@@ -432,7 +389,7 @@ impl ClusterConfig {
         data_dir: &Path,
         ports: &[u16],
     ) -> Self {
-        let n = mode.replicas_for(f);
+        let n = mode.replicas_min(f as usize) as u32;
         assert!(ports.len() >= 2 * n as usize, "two ports per replica");
         let replicas = (0..n)
             .map(|id| ReplicaConfig {
@@ -519,14 +476,7 @@ impl ClusterConfig {
 
     /// The protocol's view of this config.
     pub fn protocol_config(&self) -> ProtocolConfig {
-        let mut config = match self.mode {
-            Mode::Bft => {
-                ProtocolConfig::with_mode(ProtocolMode::Bft, self.replicas.len(), self.f as usize)
-            }
-            Mode::Crash => {
-                ProtocolConfig::with_mode(ProtocolMode::Crash, self.replicas.len(), self.f as usize)
-            }
-        };
+        let mut config = ProtocolConfig::with_mode(self.mode, self.replicas.len(), self.f as usize);
         config.batch_requests_max = self.batch_requests_max as usize;
         config.tick_ms = TICK_MS;
         config.request_timeout_ticks = self.request_timeout_ms.div_ceil(TICK_MS).max(1);
@@ -536,10 +486,7 @@ impl ClusterConfig {
     /// What a client needs to know about the cluster.
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig {
-            mode: match self.mode {
-                Mode::Bft => ProtocolMode::Bft,
-                Mode::Crash => ProtocolMode::Crash,
-            },
+            mode: self.mode,
             n: self.replicas.len(),
             f: self.f as usize,
             retransmit_timeout_ms: self.request_timeout_ms,
@@ -610,6 +557,35 @@ mod tests {
         let mut config = sample();
         config.replica_key = "zz".repeat(20);
         assert!(config.validate().expect_err("bad hex").to_string().contains("replica_key"));
+    }
+
+    #[test]
+    fn mode_is_written_and_read_by_its_lowercase_name() {
+        let ports = [7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007];
+        for mode in [Mode::Bft, Mode::Crash] {
+            let config = ClusterConfig::local_with_ports(
+                1,
+                mode,
+                LogMode::Parallel,
+                Path::new("/x"),
+                &ports,
+            );
+            let text = config.to_toml();
+            assert!(text.contains(&format!("mode = \"{mode}\"")), "{text}");
+            assert_eq!(ClusterConfig::from_toml(&text).expect("parses").mode, mode);
+        }
+        let text = sample().to_toml().replace("mode = \"bft\"", "mode = \"byzantine\"");
+        let error = ClusterConfig::from_toml(&text).expect_err("bad mode");
+        assert!(error.to_string().contains("byzantine"), "{error}");
+    }
+
+    #[test]
+    fn local_cluster_sizes_must_fit_the_mode() {
+        let dir = Path::new("/tmp/x");
+        for (n, mode) in [(4, Mode::Crash), (5, Mode::Bft), (1, Mode::Crash), (0, Mode::Bft)] {
+            let error = ClusterConfig::local(n, mode, LogMode::None, dir).expect_err("no fit");
+            assert!(error.to_string().contains("do not fit"), "{error}");
+        }
     }
 
     #[test]

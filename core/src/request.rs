@@ -1,0 +1,460 @@
+//! Client requests, the batches ordering agrees on, and replicas' replies, with their
+//! binary codec (built from [`crate::codec`]; the format is described there).
+//!
+//! These are the values every layer handles: ordering proposes and decides [`Batch`]es,
+//! the log stores them, the executor runs their requests through the
+//! [`crate::Service`], state transfer ships them, clients send [`ClientRequest`]s and
+//! collect [`Reply`]s.
+
+use sha2::{Digest, Sha256};
+
+use crate::CoreError;
+use crate::auth::{ClientKeys, Key, MAC_BYTES, mac, verify_mac};
+use crate::codec::{Reader, put_bytes, put_u32, put_u64};
+use crate::ids::{Hash, REPLICAS_MAX, ReplicaId};
+use crate::service::OrderedRequest;
+
+/// Largest operation (or reply result) a decoder accepts.
+pub const OPERATION_BYTES_MAX: usize = 16 << 20;
+/// Most requests a decoded batch may hold.
+pub const BATCH_REQUESTS_DECODE_MAX: usize = 1 << 20;
+/// Fewest bytes an encoded [`ClientRequest`] takes: client id, sequence, and the two
+/// length prefixes of an empty operation and an empty authenticator.
+pub const REQUEST_BYTES_MIN: usize = 8 + 8 + 4 + 4;
+
+// Lengths are encoded as u32: every bounded one must fit.
+const _: () = assert!(OPERATION_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(BATCH_REQUESTS_DECODE_MAX <= u32::MAX as usize);
+const _: () = assert!(REPLICAS_MAX <= u32::MAX as usize);
+
+/// A client request: who, which, what, and an authenticator (one MAC per replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    /// The client.
+    pub client_id: u64,
+    /// Its sequence number, strictly increasing per client.
+    pub sequence: u64,
+    /// The operation, opaque to the protocol.
+    pub operation: Vec<u8>,
+    /// `authenticator[x]` = HMAC(k_cx, digest) for replica x.
+    pub authenticator: Vec<[u8; MAC_BYTES]>,
+}
+
+impl ClientRequest {
+    /// SHA-256 over the request's identity and operation: what the authenticator MACs.
+    pub fn digest(&self) -> Hash {
+        let mut sha = Sha256::new();
+        sha.update(b"dura-request");
+        sha.update(self.client_id.to_le_bytes());
+        sha.update(self.sequence.to_le_bytes());
+        sha.update(&self.operation);
+        sha.finalize().into()
+    }
+
+    /// A request authenticated for every replica in `keys`.
+    pub fn signed(keys: &ClientKeys, sequence: u64, operation: Vec<u8>) -> Self {
+        assert!(keys.replicas.len() <= REPLICAS_MAX, "an authenticator entry per replica");
+        let mut request =
+            Self { client_id: keys.client_id, sequence, operation, authenticator: Vec::new() };
+        let digest = request.digest();
+        request.authenticator = keys.replicas.iter().map(|key| mac(key, &[&digest])).collect();
+        request
+    }
+
+    /// True if the entry for `replica` is a valid MAC under `key` (the key `replica`
+    /// shares with this client).
+    pub fn verify(&self, replica: ReplicaId, key: &Key) -> bool {
+        self.verify_digest(replica, key, &self.digest())
+    }
+
+    /// [`ClientRequest::verify`] with the request's [`digest`](Self::digest) already
+    /// computed (one pass over the operation serves the check and the batch hash).
+    pub fn verify_digest(&self, replica: ReplicaId, key: &Key, digest: &Hash) -> bool {
+        match self.authenticator.get(replica as usize) {
+            Some(tag) => verify_mac(key, &[digest], tag),
+            None => false,
+        }
+    }
+
+    /// Encoded size, used for batch byte bounds.
+    pub fn encoded_len(&self) -> usize {
+        REQUEST_BYTES_MIN + self.operation.len() + self.authenticator.len() * MAC_BYTES
+    }
+
+    /// Appends the encoding of this request to `w`.
+    pub fn encode(&self, w: &mut Vec<u8>) {
+        put_u64(w, self.client_id);
+        put_u64(w, self.sequence);
+        put_bytes(w, &self.operation);
+        put_u32(w, self.authenticator.len() as u32);
+        for tag in &self.authenticator {
+            w.extend_from_slice(tag);
+        }
+    }
+
+    /// Decodes one request at `r`'s position (one encoded by [`ClientRequest::encode`]).
+    pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, CoreError> {
+        let client_id = r.u64()?;
+        let sequence = r.u64()?;
+        let operation = r.bytes(OPERATION_BYTES_MAX)?.to_vec();
+        let count = r.len(REPLICAS_MAX, MAC_BYTES)?;
+        let mut authenticator = Vec::with_capacity(count);
+        for _ in 0..count {
+            authenticator.push(r.array32()?);
+        }
+        Ok(Self { client_id, sequence, operation, authenticator })
+    }
+
+    /// Encodes the request alone (client -> replica wire format).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a request encoded by [`ClientRequest::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CoreError> {
+        let mut r = Reader::new(bytes, "client request");
+        let request = Self::decode_from(&mut r)?;
+        r.finish()?;
+        Ok(request)
+    }
+}
+
+/// An ordered batch of client requests: the value agreed on by one agreement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The requests, in execution order.
+    pub requests: Vec<ClientRequest>,
+}
+
+impl Batch {
+    /// The requests as the executor takes them, in execution order.
+    pub fn ordered_requests(&self) -> Vec<OrderedRequest<'_>> {
+        self.requests
+            .iter()
+            .map(|r| OrderedRequest {
+                client_id: r.client_id,
+                sequence: r.sequence,
+                operation: &r.operation,
+            })
+            .collect()
+    }
+
+    /// The value's identity in WRITE and ACCEPT: SHA-256 over the request count and,
+    /// per request, its [`ClientRequest::digest`] (which covers client, sequence and
+    /// operation) and its authenticator.
+    pub fn hash(&self) -> Hash {
+        self.hash_with(ClientRequest::digest)
+    }
+
+    /// [`Batch::hash`] with each request's digest from `digest_of` (a replica that
+    /// already computed a request's digest to verify it need not read it again).
+    /// `digest_of` must return [`ClientRequest::digest`].
+    pub fn hash_with(&self, mut digest_of: impl FnMut(&ClientRequest) -> Hash) -> Hash {
+        let mut sha = Sha256::new();
+        sha.update(b"dura-batch");
+        sha.update((self.requests.len() as u32).to_le_bytes());
+        for request in &self.requests {
+            sha.update(digest_of(request));
+            sha.update((request.authenticator.len() as u32).to_le_bytes());
+            for tag in &request.authenticator {
+                sha.update(tag);
+            }
+        }
+        sha.finalize().into()
+    }
+
+    /// Encoded size.
+    pub fn encoded_len(&self) -> usize {
+        4 + self.requests.iter().map(ClientRequest::encoded_len).sum::<usize>()
+    }
+
+    /// Appends the encoding of this batch to `w` ([`Batch::encode_into`] reserves
+    /// the space first).
+    pub fn encode(&self, w: &mut Vec<u8>) {
+        put_u32(w, self.requests.len() as u32);
+        for request in &self.requests {
+            request.encode(w);
+        }
+    }
+
+    /// Decodes one batch at `r`'s position (one encoded by [`Batch::encode`]).
+    pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, CoreError> {
+        let count = r.len(BATCH_REQUESTS_DECODE_MAX, REQUEST_BYTES_MIN)?;
+        let mut requests = Vec::with_capacity(count);
+        for _ in 0..count {
+            requests.push(ClientRequest::decode_from(r)?);
+        }
+        Ok(Self { requests })
+    }
+
+    /// Appends [`Batch::to_bytes`]'s encoding to `out` (no intermediate buffer).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        self.encode(out);
+    }
+
+    /// Encodes the batch alone (e.g. for a log record).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a batch encoded by [`Batch::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CoreError> {
+        let mut r = Reader::new(bytes, "batch");
+        let batch = Self::decode_from(&mut r)?;
+        r.finish()?;
+        Ok(batch)
+    }
+}
+
+/// A replica's answer to a client, MACed with the key they share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The replica that executed the request.
+    pub replica: ReplicaId,
+    /// The client.
+    pub client_id: u64,
+    /// The request's sequence number.
+    pub sequence: u64,
+    /// The replica's regency when it replied (a leader hint for the client).
+    pub regency: u64,
+    /// The service's reply.
+    pub result: Vec<u8>,
+    /// HMAC(k_cx, all fields above).
+    pub mac: [u8; MAC_BYTES],
+}
+
+impl Reply {
+    fn mac_input(
+        replica: ReplicaId,
+        client_id: u64,
+        sequence: u64,
+        regency: u64,
+        result: &[u8],
+    ) -> Vec<u8> {
+        let mut w = Vec::with_capacity(32 + result.len());
+        w.extend_from_slice(b"dura-reply");
+        put_u32(&mut w, replica);
+        put_u64(&mut w, client_id);
+        put_u64(&mut w, sequence);
+        put_u64(&mut w, regency);
+        put_bytes(&mut w, result);
+        w
+    }
+
+    /// A reply MACed with `key` (the key `replica` shares with `client_id`).
+    pub fn signed(
+        key: &Key,
+        replica: ReplicaId,
+        client_id: u64,
+        sequence: u64,
+        regency: u64,
+        result: Vec<u8>,
+    ) -> Self {
+        let tag = mac(key, &[&Self::mac_input(replica, client_id, sequence, regency, &result)]);
+        Self { replica, client_id, sequence, regency, result, mac: tag }
+    }
+
+    /// True if the MAC is valid under `key`.
+    pub fn verify(&self, key: &Key) -> bool {
+        let input = Self::mac_input(
+            self.replica,
+            self.client_id,
+            self.sequence,
+            self.regency,
+            &self.result,
+        );
+        verify_mac(key, &[&input], &self.mac)
+    }
+
+    /// Encodes the reply.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(64 + self.result.len());
+        put_u32(&mut w, self.replica);
+        put_u64(&mut w, self.client_id);
+        put_u64(&mut w, self.sequence);
+        put_u64(&mut w, self.regency);
+        put_bytes(&mut w, &self.result);
+        w.extend_from_slice(&self.mac);
+        w
+    }
+
+    /// Decodes a reply encoded by [`Reply::to_bytes`] (does not verify the MAC).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CoreError> {
+        let mut r = Reader::new(bytes, "reply");
+        let reply = Self {
+            replica: r.u32()?,
+            client_id: r.u64()?,
+            sequence: r.u64()?,
+            regency: r.u64()?,
+            result: r.bytes(OPERATION_BYTES_MAX)?.to_vec(),
+            mac: r.array32()?,
+        };
+        r.finish()?;
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyRing;
+    use crate::rng::SplitMix64;
+
+    fn sample_batch() -> Batch {
+        let keys = KeyRing::new([3; 32], 4).client_keys(5);
+        Batch {
+            requests: vec![
+                ClientRequest::signed(&keys, 1, b"put a 1".to_vec()),
+                ClientRequest::signed(&keys, 2, Vec::new()),
+            ],
+        }
+    }
+
+    fn sample_reply() -> Reply {
+        Reply::signed(&[4; 32], 2, 7, 9, 1, b"ok".to_vec())
+    }
+
+    #[test]
+    fn requests_batches_and_replies_round_trip_at_their_encoded_length() {
+        let batch = sample_batch();
+        assert_eq!(Batch::from_bytes(&batch.to_bytes()), Ok(batch.clone()));
+        assert_eq!(batch.to_bytes().len(), batch.encoded_len());
+        let mut appended = vec![0xEE];
+        batch.encode_into(&mut appended);
+        assert_eq!(&appended[1..], &batch.to_bytes()[..]);
+        for request in &batch.requests {
+            assert_eq!(ClientRequest::from_bytes(&request.to_bytes()), Ok(request.clone()));
+            assert_eq!(request.to_bytes().len(), request.encoded_len());
+        }
+        let empty = ClientRequest {
+            client_id: 0,
+            sequence: 0,
+            operation: Vec::new(),
+            authenticator: Vec::new(),
+        };
+        assert_eq!(empty.to_bytes().len(), REQUEST_BYTES_MIN);
+        assert_eq!(Reply::from_bytes(&sample_reply().to_bytes()), Ok(sample_reply()));
+    }
+
+    #[test]
+    fn truncated_or_extended_encodings_are_malformed() {
+        let batch = sample_batch().to_bytes();
+        let reply = sample_reply().to_bytes();
+        for cut in 0..batch.len() {
+            assert!(Batch::from_bytes(&batch[..cut]).is_err(), "batch cut at {cut}");
+        }
+        for cut in 0..reply.len() {
+            assert!(Reply::from_bytes(&reply[..cut]).is_err(), "reply cut at {cut}");
+        }
+        let mut longer = batch.clone();
+        longer.push(0);
+        assert_eq!(
+            Batch::from_bytes(&longer),
+            Err(CoreError::Malformed { what: "batch", offset: batch.len() })
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoders() {
+        let mut rng = SplitMix64::new(0x1234_5678);
+        let seeds = [sample_batch().to_bytes(), sample_reply().to_bytes()];
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 {
+                let len = (rng.next_u64() % 200) as usize;
+                (0..len).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>()
+            } else {
+                // Mutate a valid encoding: flips and length-field damage.
+                let mut bytes = seeds[(rng.next_u64() as usize) % seeds.len()].clone();
+                for _ in 0..1 + rng.next_u64() % 4 {
+                    let at = (rng.next_u64() as usize) % bytes.len();
+                    bytes[at] = rng.next_u64() as u8;
+                }
+                bytes
+            };
+            let _ = Batch::from_bytes(&bytes);
+            let _ = Reply::from_bytes(&bytes);
+            let _ = ClientRequest::from_bytes(&bytes);
+            bytes.truncate(bytes.len() / 2);
+            let _ = Batch::from_bytes(&bytes);
+        }
+    }
+
+    #[test]
+    fn request_authenticator_checks_each_replica_entry() {
+        let ring = KeyRing::new([9; 32], 4);
+        let request = ClientRequest::signed(&ring.client_keys(3), 1, b"op".to_vec());
+        for replica in 0..4 {
+            let key = ring.replica_keys(replica).client_key(3);
+            assert!(request.verify(replica, &key));
+        }
+        assert!(!request.verify(4, &ring.replica_keys(0).client_key(3)), "no entry for 4");
+        let mut forged = request.clone();
+        forged.operation = b"other".to_vec();
+        assert!(!forged.verify(0, &ring.replica_keys(0).client_key(3)));
+        let wrong_client = ring.replica_keys(0).client_key(4);
+        assert!(!request.verify(0, &wrong_client));
+    }
+
+    #[test]
+    fn batch_hash_covers_every_field_of_every_request_and_their_order() {
+        let batch = sample_batch();
+        let hash = batch.hash();
+        assert_eq!(batch.hash_with(ClientRequest::digest), hash);
+        assert_ne!(Batch::default().hash(), hash);
+        let changed: [fn(&mut ClientRequest); 5] = [
+            |r| r.client_id += 1,
+            |r| r.sequence += 1,
+            |r| r.operation.push(0),
+            |r| r.authenticator[0][0] ^= 1,
+            |r| r.authenticator.pop().map_or((), drop),
+        ];
+        for change in changed {
+            let mut other = batch.clone();
+            change(&mut other.requests[0]);
+            assert_ne!(other.hash(), hash, "a changed request changes the hash");
+        }
+        let mut reversed = batch.clone();
+        reversed.requests.reverse();
+        assert_ne!(reversed.hash(), hash, "order matters");
+    }
+
+    #[test]
+    fn ordered_requests_are_the_batch_in_execution_order() {
+        let batch = sample_batch();
+        let ordered = batch.ordered_requests();
+        assert_eq!(ordered.len(), batch.requests.len());
+        for (o, r) in ordered.iter().zip(&batch.requests) {
+            assert_eq!(
+                (o.client_id, o.sequence, o.operation),
+                (r.client_id, r.sequence, &r.operation[..])
+            );
+        }
+    }
+
+    #[test]
+    fn reply_mac_covers_every_field() {
+        let key = [4; 32];
+        let reply = sample_reply();
+        assert!(reply.verify(&key));
+        let decoded = Reply::from_bytes(&reply.to_bytes()).expect("decodes");
+        assert!(decoded.verify(&key));
+        let changes: [fn(&mut Reply); 5] = [
+            |r| r.replica += 1,
+            |r| r.client_id += 1,
+            |r| r.sequence += 1,
+            |r| r.regency += 1,
+            |r| r.result.push(0),
+        ];
+        for change in changes {
+            let mut changed = reply.clone();
+            change(&mut changed);
+            assert!(!changed.verify(&key));
+        }
+        assert!(!reply.verify(&[5; 32]));
+    }
+}
