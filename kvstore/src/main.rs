@@ -3,20 +3,24 @@
 //! ```text
 //! dura-kv serve --config cluster.toml --id 0
 //! dura-kv put --config cluster.toml KEY VALUE
-//! dura-kv get --config cluster.toml KEY
+//! dura-kv put --config cluster.toml KEY - < value.bin             (value from stdin)
+//! dura-kv put --config cluster.toml KEY --value-file value.bin
+//! dura-kv get --config cluster.toml KEY [--raw | --value-file out.bin]
 //! dura-kv del --config cluster.toml KEY
 //! dura-kv cas --config cluster.toml KEY NEW [--expected OLD]   (no --expected: key must be absent)
 //! dura-kv local --dir DIR                                      (4 BFT replicas on loopback)
 //! ```
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
+use clap::{Args, Parser, Subcommand};
+use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode};
 use dura_kvstore::KvClient;
+use dura_kvstore::client::value_bytes_max;
 
 #[derive(Parser, Debug)]
 #[command(name = "dura-kv", about = "SCKV-Store: a durable replicated key-value store")]
@@ -39,29 +43,44 @@ enum Command_ {
         #[arg(long)]
         log_mode: Option<String>,
     },
-    /// Store VALUE under KEY.
+    /// Store VALUE under KEY. VALUE `-` reads the value from stdin; --value-file reads
+    /// it from a file. Values up to the cluster's bound are accepted (several MiB with
+    /// the default config); a longer one is refused before anything is sent, with the
+    /// limit and the config field that sets it.
     Put {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
-        value: String,
+        /// The value, or `-` for stdin.
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (bytes as they are).
+        #[arg(long)]
+        value_file: Option<PathBuf>,
     },
-    /// Print the value under KEY.
+    /// Print the value under KEY (as UTF-8 text with a newline, unless --raw or
+    /// --value-file).
     Get {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
+        /// Write the value's bytes to stdout as they are, without a newline.
+        #[arg(long, conflicts_with = "value_file")]
+        raw: bool,
+        /// Write the value's bytes to this file.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
     },
     /// Remove KEY.
     Del {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
     },
     /// Set KEY to NEW if it holds EXPECTED (or is absent when --expected is not given).
     Cas {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
         new: String,
         #[arg(long)]
@@ -82,6 +101,17 @@ enum Command_ {
     },
 }
 
+/// Which cluster a client command talks to.
+#[derive(Args, Debug)]
+struct Target {
+    /// Cluster config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Give up on a request after this many milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    timeout_ms: u64,
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Err(error) = run(Cli::parse()) {
@@ -90,9 +120,39 @@ fn main() {
     }
 }
 
-fn client(config: &Path) -> Result<KvClient> {
-    let config = ClusterConfig::load(config)?;
-    Ok(KvClient::connect(&config)?)
+fn load(target: &Target) -> Result<ClusterConfig> {
+    Ok(ClusterConfig::load(&target.config)?)
+}
+
+fn client(target: &Target, config: &ClusterConfig) -> Result<KvClient> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(target.timeout_ms),
+        ..ClientOptions::new()
+    };
+    Ok(KvClient::connect_with(config, options)?)
+}
+
+/// Reads a value from `source` (stdin or a file), refusing one over `limit` bytes
+/// without reading more than one byte past it.
+fn read_value(
+    source: impl Read,
+    what: &str,
+    limit: usize,
+    config: &ClusterConfig,
+) -> Result<Vec<u8>> {
+    let mut value = Vec::new();
+    source
+        .take(limit as u64 + 1)
+        .read_to_end(&mut value)
+        .with_context(|| format!("read the value from {what}"))?;
+    if value.len() > limit {
+        bail!(
+            "the value from {what} is over {limit} bytes, the longest this cluster takes \
+             under this key ({})",
+            config.operation_bound()
+        );
+    }
+    Ok(value)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -104,23 +164,51 @@ fn run(cli: Cli) -> Result<()> {
             }
             dura_kvstore::serve(&config, id)?;
         }
-        Command_::Put { config, key, value } => {
-            client(&config)?.put(key.as_bytes(), value.as_bytes())?;
+        Command_::Put { target, key, value, value_file } => {
+            let config = load(&target)?;
+            let limit = value_bytes_max(config.operation_bound(), key.len());
+            let value = match (value, value_file) {
+                (_, Some(path)) => {
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("open value file {}", path.display()))?;
+                    read_value(file, &path.display().to_string(), limit, &config)?
+                }
+                (Some(value), None) if value == "-" => {
+                    read_value(std::io::stdin().lock(), "stdin", limit, &config)?
+                }
+                (Some(value), None) => value.into_bytes(),
+                (None, None) => bail!("give a VALUE, `-` for stdin, or --value-file"),
+            };
+            client(&target, &config)?.put(key.as_bytes(), &value)?;
             println!("ok");
         }
-        Command_::Get { config, key } => match client(&config)?.get(key.as_bytes())? {
-            Some(value) => println!("{}", String::from_utf8_lossy(&value)),
-            None => {
-                eprintln!("(absent)");
-                std::process::exit(2);
+        Command_::Get { target, key, raw, value_file } => {
+            let config = load(&target)?;
+            match client(&target, &config)?.get(key.as_bytes())? {
+                Some(value) => match value_file {
+                    Some(path) => std::fs::write(&path, &value)
+                        .with_context(|| format!("write value file {}", path.display()))?,
+                    None if raw => {
+                        let mut stdout = std::io::stdout().lock();
+                        stdout.write_all(&value).context("write the value to stdout")?;
+                        stdout.flush().context("write the value to stdout")?;
+                    }
+                    None => println!("{}", String::from_utf8_lossy(&value)),
+                },
+                None => {
+                    eprintln!("(absent)");
+                    std::process::exit(2);
+                }
             }
-        },
-        Command_::Del { config, key } => {
-            let existed = client(&config)?.delete(key.as_bytes())?;
+        }
+        Command_::Del { target, key } => {
+            let config = load(&target)?;
+            let existed = client(&target, &config)?.delete(key.as_bytes())?;
             println!("{}", if existed { "deleted" } else { "absent" });
         }
-        Command_::Cas { config, key, new, expected } => {
-            let swapped = client(&config)?.cas(
+        Command_::Cas { target, key, new, expected } => {
+            let config = load(&target)?;
+            let swapped = client(&target, &config)?.cas(
                 key.as_bytes(),
                 expected.as_deref().map(str::as_bytes),
                 new.as_bytes(),

@@ -14,10 +14,19 @@
 //! 5 invalid + UTF-8 reason. Decoders return errors on any malformed input, never panic,
 //! and reject trailing bytes.
 
+use dura_engine::protocol::message::OPERATION_BYTES_MAX;
+
 /// Longest key, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
-/// Longest value, in bytes.
-pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes a put adds around its key and value: tag and two lengths.
+pub const PUT_OVERHEAD_BYTES: usize = 1 + 4 + 4;
+/// Longest value, in bytes: what a put with the longest key can carry under the
+/// protocol's operation bound. A cluster's own bound is usually lower
+/// (`ClusterConfig::operation_bound`: frames, log records); [`crate::KvClient`] checks
+/// it before sending.
+pub const VALUE_BYTES_MAX: usize = OPERATION_BYTES_MAX - PUT_OVERHEAD_BYTES - KEY_BYTES_MAX;
+
+const _: () = assert!(PUT_OVERHEAD_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX <= OPERATION_BYTES_MAX);
 
 const TAG_PUT: u8 = 1;
 const TAG_GET: u8 = 2;
@@ -44,6 +53,10 @@ pub enum CodecError {
     /// A value over [`VALUE_BYTES_MAX`].
     #[error("value of {0} bytes is over the bound of {VALUE_BYTES_MAX}")]
     ValueTooLong(usize),
+    /// An operation whose encoding is over the protocol's `OPERATION_BYTES_MAX` (a cas
+    /// with two long values).
+    #[error("operation of {0} bytes is over the protocol's bound of {OPERATION_BYTES_MAX}")]
+    OperationTooLong(usize),
     /// Bytes left after a complete operation.
     #[error("{0} trailing bytes")]
     Trailing(usize),
@@ -110,22 +123,38 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 impl KvOp<'_> {
-    /// Checks the key and value bounds.
+    /// Length of the encoding, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        match *self {
+            KvOp::Put { key, value } => PUT_OVERHEAD_BYTES + key.len() + value.len(),
+            KvOp::Get { key } | KvOp::Delete { key } => 1 + 4 + key.len(),
+            KvOp::Cas { key, expected, new } => {
+                1 + 4 + key.len() + 1 + expected.map_or(0, |e| 4 + e.len()) + 4 + new.len()
+            }
+        }
+    }
+
+    /// Checks the key and value bounds, and the whole operation's.
     pub fn validate(&self) -> Result<(), CodecError> {
         match *self {
             KvOp::Put { key, value } => {
                 check_key(key)?;
-                check_value(value)
+                check_value(value)?;
             }
-            KvOp::Get { key } | KvOp::Delete { key } => check_key(key),
+            KvOp::Get { key } | KvOp::Delete { key } => check_key(key)?,
             KvOp::Cas { key, expected, new } => {
                 check_key(key)?;
                 if let Some(expected) = expected {
                     check_value(expected)?;
                 }
-                check_value(new)
+                check_value(new)?;
             }
         }
+        let length = self.encoded_len();
+        if length > OPERATION_BYTES_MAX {
+            return Err(CodecError::OperationTooLong(length));
+        }
+        Ok(())
     }
 
     /// Appends the encoding to `out`, after checking bounds.
@@ -163,8 +192,9 @@ impl KvOp<'_> {
 
     /// The encoding, after checking bounds.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.encoded_len());
         self.encode_into(&mut out)?;
+        debug_assert_eq!(out.len(), self.encoded_len());
         Ok(out)
     }
 }
@@ -295,6 +325,7 @@ mod tests {
         ];
         for op in ops {
             let bytes = op.encode().expect("in bounds");
+            assert_eq!(bytes.len(), op.encoded_len());
             assert_eq!(decode_op(&bytes).expect("decodes"), op);
         }
     }
@@ -340,6 +371,11 @@ mod tests {
         assert!(matches!(
             KvOp::Put { key: b"k", value: &value }.encode(),
             Err(CodecError::ValueTooLong(_))
+        ));
+        let half = vec![0u8; VALUE_BYTES_MAX / 2 + KEY_BYTES_MAX];
+        assert!(matches!(
+            KvOp::Cas { key: b"k", expected: Some(&half), new: &half }.encode(),
+            Err(CodecError::OperationTooLong(_))
         ));
         let mut forged = vec![TAG_GET];
         forged.extend_from_slice(&((KEY_BYTES_MAX + 1) as u32).to_le_bytes());

@@ -1,0 +1,161 @@
+//! The `dura-kv` command line against a real local cluster: replicas run as
+//! `dura-kv serve` processes on free loopback ports and are killed when the test ends,
+//! even on panic.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dura_kvstore::{ClusterConfig, KvClient, LogMode, Mode};
+
+const MIB: usize = 1024 * 1024;
+
+/// Replica processes of one cluster, killed on drop.
+struct Cluster {
+    config: ClusterConfig,
+    config_path: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Cluster {
+    /// Writes a crash-mode config (3 replicas) under `dir`; starts nothing.
+    fn configure(dir: &Path) -> Cluster {
+        let mut config = ClusterConfig::local(3, Mode::Crash, LogMode::Parallel, &dir.join("data"))
+            .expect("local config");
+        config.pin_cores = false;
+        config.request_timeout_ms = 500;
+        let config_path = dir.join("cluster.toml");
+        config.save(&config_path).expect("write config");
+        Cluster { config, config_path, children: Vec::new() }
+    }
+
+    /// Starts every replica and waits until the cluster orders a request.
+    fn start(dir: &Path) -> Cluster {
+        let mut cluster = Cluster::configure(dir);
+        for id in 0..cluster.config.n() {
+            let log = std::fs::File::create(dir.join(format!("replica{id}.log"))).expect("log");
+            let child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
+                .args(["serve", "--config"])
+                .arg(&cluster.config_path)
+                .args(["--id", &id.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn dura-kv serve");
+            cluster.children.push(child);
+        }
+        let client = KvClient::connect(&cluster.config).expect("client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.put(b"ready", b"yes").is_err() {
+            assert!(Instant::now() < deadline, "cluster did not start; logs in {}", dir.display());
+        }
+        cluster
+    }
+
+    fn config_arg(&self) -> &str {
+        self.config_path.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `dura-kv ARGS`, writing `stdin` to it (a child that stops reading early is not
+/// an error here: the exit status and stderr say what it made of the input).
+fn dura_kv(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dura-kv");
+    let mut pipe = child.stdin.take().expect("stdin pipe");
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("run dura-kv");
+    writer.join().expect("stdin writer");
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Bytes that are not text and not a repeated pattern.
+fn pseudo_random_bytes(length: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn multi_mib_values_go_in_through_stdin_and_a_file_and_come_back_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(dir.path());
+    let config = cluster.config_arg();
+
+    let from_stdin = pseudo_random_bytes(6 * MIB, 1);
+    let put = dura_kv(&["put", "--config", config, "big", "-"], &from_stdin);
+    assert!(put.status.success(), "put from stdin: {}", stderr(&put));
+    let get = dura_kv(&["get", "--config", config, "big", "--raw"], b"");
+    assert!(get.status.success(), "get --raw: {}", stderr(&get));
+    assert!(get.stdout == from_stdin, "stdin value came back as {} bytes", get.stdout.len());
+
+    let from_file = pseudo_random_bytes(5 * MIB + 3, 2);
+    let in_path = dir.path().join("in.bin");
+    let out_path = dir.path().join("out.bin");
+    std::fs::write(&in_path, &from_file).expect("write value file");
+    let in_arg = in_path.to_str().expect("utf-8 path");
+    let put = dura_kv(&["put", "--config", config, "file", "--value-file", in_arg], b"");
+    assert!(put.status.success(), "put --value-file: {}", stderr(&put));
+    let out_arg = out_path.to_str().expect("utf-8 path");
+    let get = dura_kv(&["get", "--config", config, "file", "--value-file", out_arg], b"");
+    assert!(get.status.success(), "get --value-file: {}", stderr(&get));
+    assert!(std::fs::read(&out_path).expect("read back") == from_file, "file value differs");
+}
+
+#[test]
+fn a_value_over_the_clusters_bound_is_refused_before_sending_naming_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // No replica runs: the bound comes from the config alone.
+    let mut cluster = Cluster::configure(dir.path());
+    let config = cluster.config_arg().to_owned();
+    let bound = cluster.config.operation_bound();
+    let too_long = vec![7u8; bound.operation_bytes_max];
+    let put = dura_kv(&["put", "--config", &config, "k", "-"], &too_long);
+    assert_eq!(put.status.code(), Some(1), "{}", stderr(&put));
+    let text = stderr(&put);
+    assert!(text.contains("over") && text.contains("record_bytes_max"), "{text}");
+    assert!(text.contains(&bound.operation_bytes_max.to_string()), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+
+    // Smaller frames make the frame bound the one that bites, and the error says so.
+    cluster.config.frame_bytes_max = 3 * MIB as u32;
+    cluster.config.save(&cluster.config_path).expect("rewrite config");
+    let file = dir.path().join("two-mib.bin");
+    std::fs::write(&file, vec![1u8; 2 * MIB]).expect("write value file");
+    let put = dura_kv(
+        &["put", "--config", &config, "k", "--value-file", file.to_str().expect("utf-8")],
+        b"",
+    );
+    assert_eq!(put.status.code(), Some(1), "{}", stderr(&put));
+    assert!(stderr(&put).contains("frame_bytes_max"), "{}", stderr(&put));
+}
