@@ -18,12 +18,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode};
-use dura_kvstore::KvClient;
+use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode, RuntimeError};
 use dura_kvstore::client::value_bytes_max;
+use dura_kvstore::{KvClient, KvError};
 
 #[derive(Parser, Debug)]
-#[command(name = "dura-kv", about = "SCKV-Store: a durable replicated key-value store")]
+#[command(
+    name = "dura-kv",
+    about = "SCKV-Store: a durable replicated key-value store",
+    after_help = "Exit status:\n  \
+        0   done\n  \
+        1   error (bad config or input, value over the cluster's bound, I/O)\n  \
+        2   get: the key is absent\n  \
+        3   cas: the key did not hold the expected value; nothing changed\n  \
+        4   cluster unreachable: too few replicas accept a connection, or no answer \
+            within --timeout-ms\n  \
+        64  command-line usage error"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command_,
@@ -112,12 +123,66 @@ struct Target {
     timeout_ms: u64,
 }
 
+/// Exit statuses, as `--help` lists them.
+mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// Any error not listed below.
+    pub const ERROR: i32 = 1;
+    /// `get`: the key is absent.
+    pub const ABSENT: i32 = 2;
+    /// `cas`: the key did not hold the expected value.
+    pub const NOT_SWAPPED: i32 = 3;
+    /// Too few replicas reachable, or no answer in time.
+    pub const UNREACHABLE: i32 = 4;
+    /// Bad command line (sysexits' EX_USAGE; clap's own 2 would read as "absent").
+    pub const USAGE: i32 = 64;
+}
+
+/// The cluster cannot answer: fewer replicas accept a connection than a reply needs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cluster unreachable: {connected} of {n} replicas accept a connection, {needed} needed \
+     for an answer (is the cluster running? config {config})"
+)]
+struct Unreachable {
+    connected: usize,
+    needed: usize,
+    n: u32,
+    config: String,
+}
+
 fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            std::process::exit(if error.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(error) = run(Cli::parse()) {
-        eprintln!("dura-kv: error: {error:#}");
-        std::process::exit(1);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("dura-kv: error: {error:#}");
+            std::process::exit(if is_unreachable(&error) {
+                exit::UNREACHABLE
+            } else {
+                exit::ERROR
+            });
+        }
     }
+}
+
+/// Whether `error` means the cluster could not be reached or did not answer in time.
+fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<Unreachable>()
+            || matches!(
+                cause.downcast_ref::<KvError>(),
+                Some(KvError::Runtime(RuntimeError::Timeout { .. }))
+            )
+    })
 }
 
 fn load(target: &Target) -> Result<ClusterConfig> {
@@ -129,7 +194,18 @@ fn client(target: &Target, config: &ClusterConfig) -> Result<KvClient> {
         request_timeout: Duration::from_millis(target.timeout_ms),
         ..ClientOptions::new()
     };
-    Ok(KvClient::connect_with(config, options)?)
+    let client = KvClient::connect_with(config, options)?;
+    let (connected, needed) = client.connected_replicas();
+    if connected < needed {
+        return Err(Unreachable {
+            connected,
+            needed,
+            n: config.n(),
+            config: target.config.display().to_string(),
+        }
+        .into());
+    }
+    Ok(client)
 }
 
 /// Reads a value from `source` (stdin or a file), refusing one over `limit` bytes
@@ -155,7 +231,8 @@ fn read_value(
     Ok(value)
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs one command; the exit status for an outcome that is not an error.
+fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command_::Serve { config, id, log_mode } => {
             let mut config = ClusterConfig::load(&config)?;
@@ -197,7 +274,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 None => {
                     eprintln!("(absent)");
-                    std::process::exit(2);
+                    return Ok(exit::ABSENT);
                 }
             }
         }
@@ -215,12 +292,12 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             println!("{}", if swapped { "swapped" } else { "not swapped" });
             if !swapped {
-                std::process::exit(3);
+                return Ok(exit::NOT_SWAPPED);
             }
         }
         Command_::Local { dir, mode, log_mode } => local(&dir, mode.parse()?, log_mode.parse()?)?,
     }
-    Ok(())
+    Ok(exit::OK)
 }
 
 /// Kills every child it holds when dropped.

@@ -159,3 +159,49 @@ fn a_value_over_the_clusters_bound_is_refused_before_sending_naming_the_limit() 
     assert_eq!(put.status.code(), Some(1), "{}", stderr(&put));
     assert!(stderr(&put).contains("frame_bytes_max"), "{}", stderr(&put));
 }
+
+#[test]
+fn help_documents_the_exit_statuses() {
+    let help = dura_kv(&["--help"], b"");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for line in ["Exit status", "2   get: the key is absent", "3   cas:", "4   cluster unreachable"]
+    {
+        assert!(text.contains(line), "--help lacks {line:?}:\n{text}");
+    }
+}
+
+#[test]
+fn exit_statuses_tell_an_absent_key_and_a_cas_mismatch_from_success() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(dir.path());
+    let config = cluster.config_arg();
+    let code = |args: &[&str]| {
+        let output = dura_kv(args, b"");
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    assert_eq!(code(&["get", "--config", config, "nothing"]).0, Some(2));
+    assert_eq!(code(&["put", "--config", config, "k", "v1"]), (Some(0), "ok".into()));
+    assert_eq!(code(&["get", "--config", config, "k"]), (Some(0), "v1".into()));
+    let mismatch = code(&["cas", "--config", config, "k", "v2", "--expected", "v0"]);
+    assert_eq!(mismatch, (Some(3), "not swapped".into()));
+    let swap = code(&["cas", "--config", config, "k", "v2", "--expected", "v1"]);
+    assert_eq!(swap, (Some(0), "swapped".into()));
+    // Without --expected the key must be absent.
+    assert_eq!(code(&["cas", "--config", config, "k", "v3"]).0, Some(3));
+    assert_eq!(code(&["del", "--config", config, "k"]), (Some(0), "deleted".into()));
+    assert_eq!(code(&["get", "--config", config, "k"]).0, Some(2));
+}
+
+#[test]
+fn an_unreachable_cluster_and_a_bad_command_line_have_their_own_exit_statuses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::configure(dir.path()); // nothing listens on its ports
+    let started = Instant::now();
+    let get = dura_kv(&["get", "--config", cluster.config_arg(), "k"], b"");
+    assert_eq!(get.status.code(), Some(4), "{}", stderr(&get));
+    assert!(stderr(&get).contains("cluster unreachable"), "{}", stderr(&get));
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let usage = dura_kv(&["put", "--config", cluster.config_arg()], b"");
+    assert_eq!(usage.status.code(), Some(64), "{}", stderr(&usage));
+}
