@@ -8,6 +8,8 @@
 //! dura-kv get --config cluster.toml KEY [--raw | --value-file out.bin]
 //! dura-kv del --config cluster.toml KEY
 //! dura-kv cas --config cluster.toml KEY NEW [--expected OLD]   (no --expected: key must be absent)
+//! dura-kv init --hosts 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000,10.0.0.4:7000 --out cluster.toml
+//! dura-kv init --replicas 3 --mode crash --base-port 7000 --data-dir /tmp/dura > cluster.toml
 //! dura-kv local --dir DIR                                      (4 BFT replicas on loopback)
 //! ```
 
@@ -97,8 +99,45 @@ enum Command_ {
         #[arg(long)]
         expected: Option<String>,
     },
-    /// Write a local cluster config into DIR and run its replicas as child processes
-    /// until Ctrl-C.
+    /// Write a cluster config with fresh random keys: replicas on the given hosts, or
+    /// on 127.0.0.1 from --base-port. Each replica listens on its port for replicas
+    /// and on port + --client-port-offset for clients, and keeps its log in
+    /// DATA_DIR/r0, DATA_DIR/r1, ...
+    Init {
+        /// Where to write the config (created with mode 0600: it holds the keys);
+        /// stdout when not given.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite --out if it exists.
+        #[arg(long)]
+        force: bool,
+        /// bft (n = 3f+1) or crash (n = 2f+1).
+        #[arg(long, default_value = "bft")]
+        mode: String,
+        /// Faults tolerated (default: from the number of hosts, or 1).
+        #[arg(long)]
+        f: Option<u32>,
+        /// Replica addresses HOST:PORT, comma-separated, in id order.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["replicas", "base_port"])]
+        hosts: Vec<String>,
+        /// Number of replicas on 127.0.0.1 (default: what --mode and --f need).
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// First replica port on 127.0.0.1; replica i uses base port + i.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+        /// A replica's client port is its replica port plus this.
+        #[arg(long, default_value_t = 100)]
+        client_port_offset: u16,
+        /// Root of the replicas' data directories.
+        #[arg(long, default_value = "/var/lib/dura")]
+        data_dir: PathBuf,
+        /// none, async, sync, batched or parallel.
+        #[arg(long, default_value = "parallel")]
+        log_mode: String,
+    },
+    /// Write a local cluster config (fresh random keys, or the keys of the config
+    /// already in DIR) into DIR and run its replicas as child processes until Ctrl-C.
     Local {
         /// Directory for the config and the replicas' data.
         #[arg(long)]
@@ -164,7 +203,7 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(error) => {
-            eprintln!("dura-kv: error: {error:#}");
+            eprintln!("dura-kv: error: {}", error_text(&error));
             std::process::exit(if is_unreachable(&error) {
                 exit::UNREACHABLE
             } else {
@@ -172,6 +211,24 @@ fn main() {
             });
         }
     }
+}
+
+/// `error` and its causes, each once. A cause whose text the message already ends
+/// with is skipped: some errors (the runtime's I/O errors) both print their OS error
+/// and chain it as their source, and `{:#}` would print it twice.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// Whether `error` means the cluster could not be reached or did not answer in time.
@@ -295,9 +352,153 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(exit::NOT_SWAPPED);
             }
         }
+        Command_::Init {
+            out,
+            force,
+            mode,
+            f,
+            hosts,
+            replicas,
+            base_port,
+            client_port_offset,
+            data_dir,
+            log_mode,
+        } => {
+            let endpoints = if hosts.is_empty() {
+                let mode: Mode = mode.parse()?;
+                let n = replicas.unwrap_or_else(|| mode.replicas_for(f.unwrap_or(1)));
+                (0..n)
+                    .map(|i| {
+                        let port = u16::try_from(u32::from(base_port) + i)
+                            .context("--base-port + replica count is over 65535")?;
+                        Ok(("127.0.0.1".to_owned(), port))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                hosts.iter().map(|host| parse_endpoint(host)).collect::<Result<Vec<_>>>()?
+            };
+            let config = init_config(
+                &endpoints,
+                mode.parse()?,
+                f,
+                log_mode.parse()?,
+                client_port_offset,
+                &data_dir,
+            )?;
+            match out {
+                Some(path) => {
+                    write_config(&config, &path, force)?;
+                    eprintln!(
+                        "wrote {}: {} replicas, mode {}, f = {}; start replica <id> on its host \
+                         with: dura-kv serve --config {} --id <id>",
+                        path.display(),
+                        config.n(),
+                        config.mode,
+                        config.f,
+                        path.display()
+                    );
+                }
+                None => print!("{}", config_text(&config)),
+            }
+        }
         Command_::Local { dir, mode, log_mode } => local(&dir, mode.parse()?, log_mode.parse()?)?,
     }
     Ok(exit::OK)
+}
+
+/// Bytes of fresh key material per key (HMAC-SHA256 keys).
+const FRESH_KEY_BYTES: usize = 32;
+
+/// `FRESH_KEY_BYTES` bytes from the OS's random source, as hex.
+fn fresh_key_hex() -> Result<String> {
+    let mut key = [0u8; FRESH_KEY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut key))
+        .context("read key material from /dev/urandom")?;
+    Ok(key.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Parses `HOST:PORT` (`[V6ADDR]:PORT` for IPv6) into host and replica port.
+fn parse_endpoint(text: &str) -> Result<(String, u16)> {
+    let (host, port) = text
+        .trim()
+        .rsplit_once(':')
+        .with_context(|| format!("--hosts: {text:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("--hosts: {text:?} has no host");
+    }
+    let port = port.parse::<u16>().with_context(|| format!("--hosts: port of {text:?}"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// A validated cluster config for replicas at `endpoints` (host, replica port) in id
+/// order, with fresh random keys and data dirs `data_dir/r<id>`.
+fn init_config(
+    endpoints: &[(String, u16)],
+    mode: Mode,
+    f: Option<u32>,
+    log_mode: LogMode,
+    client_port_offset: u16,
+    data_dir: &Path,
+) -> Result<ClusterConfig> {
+    let n = u32::try_from(endpoints.len()).context("too many replicas")?;
+    let f = match f {
+        Some(f) => f,
+        None => (1..=n).find(|&f| mode.replicas_for(f) == n).with_context(|| {
+            format!("{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)")
+        })?,
+    };
+    if mode.replicas_for(f) != n {
+        bail!("mode {mode} with f = {f} needs {} replicas, {n} given", mode.replicas_for(f));
+    }
+    let mut ports = Vec::with_capacity(2 * endpoints.len());
+    for (host, port) in endpoints {
+        let client_port = port
+            .checked_add(client_port_offset)
+            .with_context(|| format!("{host}:{port}: port + --client-port-offset is over 65535"))?;
+        ports.extend([*port, client_port]);
+    }
+    let mut config = ClusterConfig::local_with_ports(f, mode, log_mode, data_dir, &ports);
+    for (replica, (host, _)) in config.replicas.iter_mut().zip(endpoints) {
+        replica.host.clone_from(host);
+    }
+    config.replica_key = fresh_key_hex()?;
+    config.client_key = fresh_key_hex()?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The config's TOML, under a line saying it holds secrets.
+fn config_text(config: &ClusterConfig) -> String {
+    format!(
+        "# dura cluster config. replica_key and client_key are secrets: keep this file \
+         readable only by the replicas and their clients.\n{}",
+        config.to_toml()
+    )
+}
+
+/// Writes `config` to `path` with mode 0600 (it holds the keys); an existing file is
+/// kept unless `force`.
+fn write_config(config: &ClusterConfig, path: &Path, force: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).with_context(|| {
+        if path.exists() && !force {
+            format!("write {} (it exists; --force overwrites it)", path.display())
+        } else {
+            format!("write {}", path.display())
+        }
+    })?;
+    file.write_all(config_text(config).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Kills every child it holds when dropped.
@@ -316,9 +517,17 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
     let n = mode.replicas_for(1);
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolve {}", dir.display()))?;
-    let config = ClusterConfig::local(n, mode, log_mode, &dir.join("data"))?;
+    let mut config = ClusterConfig::local(n, mode, log_mode, &dir.join("data"))?;
     let config_path = dir.join("cluster.toml");
-    config.save(&config_path)?;
+    // A restart over the same DIR keeps the keys its logs were written under.
+    match ClusterConfig::load(&config_path) {
+        Ok(old) => (config.replica_key, config.client_key) = (old.replica_key, old.client_key),
+        Err(_) => {
+            config.replica_key = fresh_key_hex()?;
+            config.client_key = fresh_key_hex()?;
+        }
+    }
+    write_config(&config, &config_path, true)?;
     let exe = std::env::current_exe().context("find the dura-kv binary")?;
     let mut children = Children(Vec::new());
     for id in 0..n {

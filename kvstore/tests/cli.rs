@@ -205,3 +205,145 @@ fn an_unreachable_cluster_and_a_bad_command_line_have_their_own_exit_statuses() 
     let usage = dura_kv(&["put", "--config", cluster.config_arg()], b"");
     assert_eq!(usage.status.code(), Some(64), "{}", stderr(&usage));
 }
+
+/// The fixed keys `ClusterConfig::local` writes (for tests); an operator's config must
+/// not hold them.
+fn fixed_test_keys() -> (String, String) {
+    let config = ClusterConfig::local_with_ports(
+        1,
+        Mode::Bft,
+        LogMode::Parallel,
+        Path::new("/x"),
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    (config.replica_key, config.client_key)
+}
+
+#[test]
+fn init_writes_a_valid_config_with_fresh_keys_for_the_given_hosts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("cluster.toml");
+    let out_arg = out.to_str().expect("utf-8 path");
+    let hosts = "10.0.0.1:7000,10.0.0.2:7000,db3.example:7010";
+    let args = ["init", "--hosts", hosts, "--mode", "crash", "--data-dir", "/srv/dura"];
+    let init = dura_kv(&[&args[..], &["--out", out_arg]].concat(), b"");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let config = ClusterConfig::load(&out).expect("init output loads and validates");
+    assert_eq!((config.mode, config.f, config.n()), (Mode::Crash, 1, 3));
+    let hosts: Vec<_> = config.replicas.iter().map(|r| (r.host.as_str(), r.replica_port)).collect();
+    assert_eq!(hosts, [("10.0.0.1", 7000), ("10.0.0.2", 7000), ("db3.example", 7010)]);
+    assert_eq!(config.replicas[2].client_port, 7110);
+    assert_eq!(config.replicas[1].data_dir, Path::new("/srv/dura/r1"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the config holds keys");
+
+    // An existing config is kept unless --force.
+    let again = dura_kv(&[&args[..], &["--out", out_arg]].concat(), b"");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    let again = dura_kv(&[&args[..], &["--out", out_arg, "--force"]].concat(), b"");
+    assert!(again.status.success(), "{}", stderr(&again));
+    let second = ClusterConfig::load(&out).expect("valid");
+
+    // Fresh keys every time, never the fixed test keys.
+    let (replica_key, client_key) = fixed_test_keys();
+    for config in [&config, &second] {
+        assert_ne!(config.replica_key, replica_key);
+        assert_ne!(config.client_key, client_key);
+        assert_ne!(config.replica_key, config.client_key);
+        assert_eq!(config.replica_key_bytes().expect("hex").len(), 32);
+    }
+    assert_ne!(config.replica_key, second.replica_key);
+}
+
+#[test]
+fn init_on_loopback_prints_the_config_and_refuses_counts_that_do_not_fit_the_mode() {
+    let init = dura_kv(&["init", "--replicas", "4", "--base-port", "7300"], b"");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let text = String::from_utf8(init.stdout).expect("utf-8");
+    let config = ClusterConfig::from_toml(&text).expect("stdout parses and validates");
+    assert_eq!((config.mode, config.f), (Mode::Bft, 1));
+    let ports: Vec<_> = config.replicas.iter().map(|r| (r.replica_port, r.client_port)).collect();
+    assert_eq!(ports, [(7300, 7400), (7301, 7401), (7302, 7402), (7303, 7403)]);
+
+    let bad = dura_kv(&["init", "--hosts", "a:1,b:1,c:1"], b"");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("3 replicas do not fit mode bft"), "{}", stderr(&bad));
+    let bad = dura_kv(&["init", "--replicas", "5", "--f", "1"], b"");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("needs 4 replicas, 5 given"), "{}", stderr(&bad));
+    let bad = dura_kv(&["init", "--hosts", "a:1,b:1,c:1,d:x"], b"");
+    assert!(stderr(&bad).contains("d:x"), "{}", stderr(&bad));
+}
+
+#[test]
+fn a_missing_config_file_prints_the_os_error_once_and_a_bad_field_is_named() {
+    let get = dura_kv(&["get", "--config", "/nonexistent/cluster.toml", "k"], b"");
+    assert_eq!(get.status.code(), Some(1));
+    let text = stderr(&get);
+    assert!(text.contains("read cluster config /nonexistent/cluster.toml"), "{text}");
+    assert_eq!(text.matches("No such file or directory").count(), 1, "{text}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::configure(dir.path());
+    let broken = std::fs::read_to_string(&cluster.config_path)
+        .expect("read")
+        .replace("request_timeout_ms = 500", "request_timeout_ms = 0");
+    std::fs::write(&cluster.config_path, broken).expect("write");
+    let get = dura_kv(&["get", "--config", cluster.config_arg(), "k"], b"");
+    assert_eq!(get.status.code(), Some(1));
+    assert!(stderr(&get).contains("field `request_timeout_ms`"), "{}", stderr(&get));
+}
+
+#[test]
+fn local_runs_its_cluster_with_fresh_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut local = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
+        .args(["local", "--mode", "crash", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dura-kv local");
+    /// SIGTERM on drop: `local` stops its replicas and exits.
+    struct Stop<'a>(&'a mut Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let local = Stop(&mut local);
+    let config_path = dir.path().join("cluster.toml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let config = loop {
+        if let Ok(config) = ClusterConfig::load(&config_path) {
+            break config;
+        }
+        assert!(Instant::now() < deadline, "local wrote no config");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (replica_key, client_key) = fixed_test_keys();
+    assert_ne!(config.replica_key, replica_key);
+    assert_ne!(config.client_key, client_key);
+    // The replicas may still be starting: unreachable (4) until they listen.
+    let put = loop {
+        let put =
+            dura_kv(&["put", "--config", config_path.to_str().expect("utf-8"), "k", "v"], b"");
+        if put.status.code() != Some(4) || Instant::now() > deadline {
+            break put;
+        }
+    };
+    assert!(put.status.success(), "{}", stderr(&put));
+    drop(local);
+}
