@@ -3,7 +3,9 @@
 use dura_engine::runtime::config::OperationBound;
 use dura_engine::runtime::{Client, ClientOptions, ClusterConfig, Mode, Pending, RuntimeError};
 
-use crate::ops::{CodecError, KvOp, KvReply, PUT_OVERHEAD_BYTES, VALUE_BYTES_MAX};
+use crate::ops::{
+    CodecError, KvOp, KvReply, PUT_OVERHEAD_BYTES, SCAN_REPLY_BYTES_MAX, ScanPage, VALUE_BYTES_MAX,
+};
 
 /// Errors of [`KvClient`].
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,29 @@ impl KvClient {
             KvReply::Flag(existed) => Ok(existed),
             other => Err(KvError::UnexpectedReply(other)),
         }
+    }
+
+    /// One page of the keys in `[start, end)` (None: to the last key), in key order,
+    /// read through ordering like [`KvClient::get`] (linearizable). At most `limit`
+    /// (1..=[`SCAN_LIMIT_MAX`](crate::ops::SCAN_LIMIT_MAX)) entries, and at most
+    /// [`KvClient::scan_reply_bytes_max`] entry bytes beyond the first entry; when
+    /// either cut the range short, `more` is the key to scan from next. Pages of one
+    /// range scanned one after the other are each linearizable, not the whole.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Result<ScanPage, KvError> {
+        let reply_bytes_max = self.scan_reply_bytes_max();
+        match self.call(KvOp::Scan { start, end, limit, reply_bytes_max })? {
+            KvReply::Range(page) => Ok(page),
+            other => Err(KvError::UnexpectedReply(other)),
+        }
+    }
+
+    /// The reply bound this client asks scans for: [`SCAN_REPLY_BYTES_MAX`], or half
+    /// the cluster's operation bound when that is smaller (which keeps replies within
+    /// the cluster's frames).
+    pub fn scan_reply_bytes_max(&self) -> u32 {
+        u32::try_from(self.bound.operation_bytes_max / 2)
+            .unwrap_or(u32::MAX)
+            .min(SCAN_REPLY_BYTES_MAX)
     }
 
     /// Sets `key` to `new` if it holds `expected` (None: is absent); whether it swapped.

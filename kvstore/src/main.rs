@@ -6,6 +6,7 @@
 //! dura-kv put --config cluster.toml KEY - < value.bin             (value from stdin)
 //! dura-kv put --config cluster.toml KEY --value-file value.bin
 //! dura-kv get --config cluster.toml KEY [--raw | --value-file out.bin]
+//! dura-kv scan --config cluster.toml START END [--limit N]          (END "": to the last key)
 //! dura-kv del --config cluster.toml KEY
 //! dura-kv cas --config cluster.toml KEY NEW [--expected OLD]   (no --expected: key must be absent)
 //! dura-kv init --hosts 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000,10.0.0.4:7000 --out cluster.toml
@@ -22,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode, RuntimeError};
 use dura_kvstore::client::value_bytes_max;
+use dura_kvstore::ops::SCAN_LIMIT_MAX;
 use dura_kvstore::{KvClient, KvError};
 
 #[derive(Parser, Debug)]
@@ -83,6 +85,19 @@ enum Command_ {
         /// Write the value's bytes to this file.
         #[arg(long)]
         value_file: Option<PathBuf>,
+    },
+    /// Print the keys in [START, END) in key order, one `KEY<TAB>VALUE` line each
+    /// (values as UTF-8 text). An empty END ("") scans to the last key. Each page of
+    /// the scan is read through ordering (linearizable); a scan longer than one page
+    /// (a reply holds up to 4 MiB) is several reads.
+    Scan {
+        #[command(flatten)]
+        target: Target,
+        start: String,
+        end: String,
+        /// Most keys to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
     },
     /// Remove KEY.
     Del {
@@ -334,6 +349,33 @@ fn run(cli: Cli) -> Result<i32> {
                     return Ok(exit::ABSENT);
                 }
             }
+        }
+        Command_::Scan { target, start, end, limit } => {
+            let config = load(&target)?;
+            let client = client(&target, &config)?;
+            let end = (!end.is_empty()).then_some(end.as_bytes());
+            let mut from = start.into_bytes();
+            let mut left = limit;
+            let mut stdout = std::io::stdout().lock();
+            while left > 0 {
+                let page_limit = u32::try_from(left).unwrap_or(u32::MAX).min(SCAN_LIMIT_MAX);
+                let page = client.scan(&from, end, page_limit)?;
+                left -= page.entries.len() as u64;
+                for (key, value) in &page.entries {
+                    writeln!(
+                        stdout,
+                        "{}\t{}",
+                        String::from_utf8_lossy(key),
+                        String::from_utf8_lossy(value)
+                    )
+                    .context("write to stdout")?;
+                }
+                match page.more {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            stdout.flush().context("write to stdout")?;
         }
         Command_::Del { target, key } => {
             let config = load(&target)?;

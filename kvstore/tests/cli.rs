@@ -347,3 +347,42 @@ fn local_runs_its_cluster_with_fresh_keys() {
     assert!(put.status.success(), "{}", stderr(&put));
     drop(local);
 }
+
+#[test]
+fn scan_reads_a_range_in_key_order_in_pages_cut_by_limit_and_reply_bytes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(dir.path());
+    let client = KvClient::connect(&cluster.config).expect("client");
+    for key in ["b", "a", "d", "c", "e"] {
+        client.put(key.as_bytes(), format!("value of {key}").as_bytes()).expect("put");
+    }
+    let page = client.scan(b"b", Some(b"e"), 10).expect("scan");
+    let keys: Vec<_> = page.entries.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(keys, [&b"b"[..], b"c", b"d"]);
+    assert_eq!(page.entries[0].1, b"value of b");
+    assert_eq!(page.more, None);
+    let page = client.scan(b"a", None, 2).expect("scan");
+    assert_eq!(page.more.as_deref(), Some(&b"c"[..]), "cut by the limit: more from c");
+
+    // Three 3 MiB values: a 4 MiB reply holds one, and says where to go on.
+    for key in ["big1", "big2", "big3"] {
+        client.put(key.as_bytes(), &vec![b'x'; 3 * MIB]).expect("put 3 MiB");
+    }
+    assert!(client.scan_reply_bytes_max() as usize <= 4 * MIB);
+    let page = client.scan(b"big", Some(b"bih"), 10).expect("scan");
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.more.as_deref(), Some(&b"big2"[..]));
+
+    let config = cluster.config_arg();
+    // ("big1" sorts after "bi": the range holds a and b.)
+    let scan = dura_kv(&["scan", "--config", config, "a", "bi", "--limit", "5"], b"");
+    assert!(scan.status.success(), "{}", stderr(&scan));
+    assert!(scan.stdout.len() < 100, "{} bytes printed", scan.stdout.len());
+    assert_eq!(String::from_utf8_lossy(&scan.stdout), "a\tvalue of a\nb\tvalue of b\n");
+    // The command line follows the continuation across pages, up to --limit.
+    let scan = dura_kv(&["scan", "--config", config, "big", "", "--limit", "4"], b"");
+    assert!(scan.status.success(), "{}", stderr(&scan));
+    let text = String::from_utf8_lossy(&scan.stdout);
+    let keys: Vec<_> = text.lines().map(|line| line.split('\t').next().unwrap_or("")).collect();
+    assert_eq!(keys, ["big1", "big2", "big3", "c"]);
+}
