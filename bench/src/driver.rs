@@ -301,8 +301,8 @@ fn client_loop(
     tally
 }
 
-/// Issues one operation. A scan is `count` reads of consecutive keys (the store has no
-/// range scan); a read-modify-write is a read then a write of a new value.
+/// Issues one operation. A scan is one range scan of up to `count` keys from `start`;
+/// a read-modify-write is a read then a write of a new value.
 pub fn execute(
     target: &mut dyn KvTarget,
     generator: &mut OpGenerator,
@@ -317,10 +317,7 @@ pub fn execute(
             target.put(&key_bytes(key), value)
         }
         Op::Scan { start, count } => {
-            for key in start..start.saturating_add(count) {
-                target.get(&key_bytes(key))?;
-            }
-            Ok(())
+            target.scan(&key_bytes(start), usize::try_from(count).unwrap_or(usize::MAX)).map(drop)
         }
         Op::ReadModifyWrite { key } => {
             target.get(&key_bytes(key))?;
@@ -388,6 +385,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_ycsb_e_scan_is_one_range_scan_from_its_start_key_not_a_read_per_key() {
+        let mut store = MemoryTarget::new();
+        for record in 0..20u64 {
+            store.put(&key_bytes(record), b"v").expect("put");
+        }
+        /// Counts the calls reaching the store.
+        struct Counting {
+            store: MemoryTarget,
+            gets: usize,
+            scans: Vec<(Vec<u8>, usize, usize)>,
+        }
+        impl KvTarget for Counting {
+            fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TargetError> {
+                self.store.put(key, value)
+            }
+            fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError> {
+                self.gets += 1;
+                self.store.get(key)
+            }
+            fn scan(&mut self, start: &[u8], count: usize) -> Result<usize, TargetError> {
+                let read = self.store.scan(start, count)?;
+                self.scans.push((start.to_vec(), count, read));
+                Ok(read)
+            }
+        }
+        let mut target = Counting { store, gets: 0, scans: Vec::new() };
+        let space = KeySpace::new(20);
+        let mut generator = OpGenerator::new(WorkloadName::E, Distribution::Zipfian, space, 10, 3);
+        let mut value = Vec::new();
+        execute(&mut target, &mut generator, Op::Scan { start: 15, count: 10 }, 8, &mut value)
+            .expect("scan");
+        assert_eq!(target.gets, 0);
+        // Records 15..20 exist: the scan reads 5 and stops at the end of the store.
+        assert_eq!(target.scans, [(key_bytes(15).to_vec(), 10, 5)]);
+    }
+
     /// A store that takes at least `service` per operation, one at a time.
     struct SlowTarget {
         service: Duration,
@@ -401,6 +435,10 @@ mod tests {
         fn get(&mut self, _: &[u8]) -> Result<Option<Vec<u8>>, TargetError> {
             std::thread::sleep(self.service);
             Ok(None)
+        }
+        fn scan(&mut self, _: &[u8], _: usize) -> Result<usize, TargetError> {
+            std::thread::sleep(self.service);
+            Ok(0)
         }
     }
 

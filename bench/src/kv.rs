@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dura_engine::runtime::{ClientOptions, ClusterConfig};
 use dura_kvstore::KvClient;
+use dura_kvstore::ops::SCAN_LIMIT_MAX;
 
 use dura_bench::target::{KvTarget, TargetError, TargetFactory};
 
@@ -50,6 +51,23 @@ impl KvTarget for KvStoreTarget {
 
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError> {
         self.client.get(key).map_err(|error| failed("get", error))
+    }
+
+    /// One ordered range scan, in as many pages as the reply bound needs.
+    fn scan(&mut self, start: &[u8], count: usize) -> Result<usize, TargetError> {
+        let mut from = start.to_vec();
+        let mut read = 0;
+        while read < count {
+            let limit = u32::try_from(count - read).unwrap_or(u32::MAX).min(SCAN_LIMIT_MAX);
+            let page =
+                self.client.scan(&from, None, limit).map_err(|error| failed("scan", error))?;
+            read += page.entries.len();
+            match page.more {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(read)
     }
 }
 

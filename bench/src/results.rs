@@ -223,7 +223,8 @@ impl Summary {
         if self.operations.contains_key("scan") {
             let _ = writeln!(
                 text,
-                "(a scan is that many reads of consecutive keys: the store has no range scan)"
+                "(a scan is one ordered range scan through ordering, of up to \
+                 --scan-length-max keys)"
             );
         }
         let _ = writeln!(text, "throughput per second (ops/s):");

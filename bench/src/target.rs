@@ -1,7 +1,8 @@
 //! What the load generator talks to: a key-value store behind [`KvTarget`], one
 //! connection per client thread, made by a [`TargetFactory`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 /// An error from the store under test. The driver counts errors; it does not stop.
@@ -22,6 +23,9 @@ pub trait KvTarget: Send {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), TargetError>;
     /// Reads `key`; `None` when absent.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError>;
+    /// Reads up to `count` keys from `start` on, in key order (YCSB's scan); how many
+    /// it read.
+    fn scan(&mut self, start: &[u8], count: usize) -> Result<usize, TargetError>;
 }
 
 /// Opens one [`KvTarget`] per client thread.
@@ -33,7 +37,7 @@ pub trait TargetFactory: Send + Sync {
 /// An in-memory store shared by all clients, for tests of the generator and driver.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTarget {
-    map: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>,
+    map: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl MemoryTarget {
@@ -61,6 +65,11 @@ impl KvTarget for MemoryTarget {
 
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, TargetError> {
         Ok(self.map.lock().expect("memory target lock").get(key).cloned())
+    }
+
+    fn scan(&mut self, start: &[u8], count: usize) -> Result<usize, TargetError> {
+        let map = self.map.lock().expect("memory target lock");
+        Ok(map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)).take(count).count())
     }
 }
 

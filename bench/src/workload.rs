@@ -242,8 +242,8 @@ pub enum WorkloadName {
     C,
     /// YCSB D: 95% read, 5% insert, latest.
     D,
-    /// YCSB E: 95% scan, 5% insert, zipfian scan start. The store has no range scan, so
-    /// a scan is that many reads of consecutive keys.
+    /// YCSB E: 95% scan, 5% insert, zipfian scan start; a scan is one ordered range
+    /// scan of up to that many keys from the start key (`KvTarget::scan`).
     E,
     /// YCSB F: 50% read, 50% read-modify-write, zipfian.
     F,

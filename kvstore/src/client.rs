@@ -1,8 +1,11 @@
 //! [`KvClient`]: typed SCKV-Store operations over the runtime's client.
 
-use dura_engine::runtime::{Client, ClientOptions, ClusterConfig, Pending, RuntimeError};
+use dura_engine::runtime::config::OperationBound;
+use dura_engine::runtime::{Client, ClientOptions, ClusterConfig, Mode, Pending, RuntimeError};
 
-use crate::ops::{CodecError, KvOp, KvReply};
+use crate::ops::{
+    CodecError, KvOp, KvReply, PUT_OVERHEAD_BYTES, SCAN_REPLY_BYTES_MAX, ScanPage, VALUE_BYTES_MAX,
+};
 
 /// Errors of [`KvClient`].
 #[derive(Debug, thiserror::Error)]
@@ -13,9 +16,23 @@ pub enum KvError {
     /// The cluster could not be reached or did not answer in time.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The operation is longer than this cluster carries; it was not sent.
+    #[error("operation of {operation_bytes} bytes is over this cluster's bound of {bound}")]
+    TooLarge {
+        /// The encoded operation's length.
+        operation_bytes: usize,
+        /// The cluster's bound and what sets it.
+        bound: OperationBound,
+    },
     /// The replicas answered something that is not a reply to this operation.
     #[error("unexpected reply: {0:?}")]
     UnexpectedReply(KvReply),
+}
+
+/// The longest value a put under a key of `key_bytes` may carry in a cluster whose
+/// operations are bounded by `bound` ([`ClusterConfig::operation_bound`]).
+pub fn value_bytes_max(bound: OperationBound, key_bytes: usize) -> usize {
+    bound.operation_bytes_max.saturating_sub(PUT_OVERHEAD_BYTES + key_bytes).min(VALUE_BYTES_MAX)
 }
 
 /// A client of an SCKV-Store cluster. Shareable between threads; concurrent calls are
@@ -23,12 +40,15 @@ pub enum KvError {
 #[derive(Debug, Clone)]
 pub struct KvClient {
     client: Client,
+    bound: OperationBound,
+    n: u32,
+    replies_needed: usize,
 }
 
 impl KvClient {
     /// Connects to the cluster of `config`.
     pub fn connect(config: &ClusterConfig) -> Result<KvClient, KvError> {
-        Ok(KvClient { client: Client::connect(config)? })
+        Self::connect_with(config, ClientOptions::new())
     }
 
     /// Connects with explicit options.
@@ -36,7 +56,32 @@ impl KvClient {
         config: &ClusterConfig,
         options: ClientOptions,
     ) -> Result<KvClient, KvError> {
-        Ok(KvClient { client: Client::connect_with(config, options)? })
+        Ok(KvClient {
+            client: Client::connect_with(config, options)?,
+            bound: config.operation_bound(),
+            n: config.n(),
+            replies_needed: match config.mode {
+                Mode::Bft => config.f as usize + 1,
+                Mode::Crash => 1,
+            },
+        })
+    }
+
+    /// The largest operation this cluster carries, and what sets it.
+    pub fn operation_bound(&self) -> OperationBound {
+        self.bound
+    }
+
+    /// The longest value a put under a key of `key_bytes` may carry in this cluster.
+    pub fn value_bytes_max(&self, key_bytes: usize) -> usize {
+        value_bytes_max(self.bound, key_bytes)
+    }
+
+    /// Replicas with an open connection, and how many [`KvClient::connect`] needs for
+    /// a reply to be possible at all (f+1 matching replies in BFT mode, one in crash
+    /// mode): the caller can tell an unreachable cluster from a slow one.
+    pub fn connected_replicas(&self) -> (usize, usize) {
+        (self.client.connected_replicas(self.n), self.replies_needed)
     }
 
     /// The underlying runtime client.
@@ -44,8 +89,17 @@ impl KvClient {
         &self.client
     }
 
+    /// Encodes `op`, refusing it if this cluster cannot carry it.
+    fn encode(&self, op: KvOp<'_>) -> Result<Vec<u8>, KvError> {
+        let operation_bytes = op.encoded_len();
+        if operation_bytes > self.bound.operation_bytes_max {
+            return Err(KvError::TooLarge { operation_bytes, bound: self.bound });
+        }
+        Ok(op.encode()?)
+    }
+
     fn call(&self, op: KvOp<'_>) -> Result<KvReply, KvError> {
-        let bytes = op.encode()?;
+        let bytes = self.encode(op)?;
         let reply = KvReply::decode(&self.client.invoke(bytes)?)?;
         match reply {
             KvReply::Invalid(reason) => Err(KvError::UnexpectedReply(KvReply::Invalid(reason))),
@@ -63,7 +117,7 @@ impl KvClient {
 
     /// Submits a put and returns at once; [`KvClient::finish_put`] waits for it.
     pub fn submit_put(&self, key: &[u8], value: &[u8]) -> Result<Pending, KvError> {
-        Ok(self.client.submit(KvOp::Put { key, value }.encode()?))
+        Ok(self.client.submit(self.encode(KvOp::Put { key, value })?))
     }
 
     /// Waits for a put submitted with [`KvClient::submit_put`].
@@ -88,6 +142,29 @@ impl KvClient {
             KvReply::Flag(existed) => Ok(existed),
             other => Err(KvError::UnexpectedReply(other)),
         }
+    }
+
+    /// One page of the keys in `[start, end)` (None: to the last key), in key order,
+    /// read through ordering like [`KvClient::get`] (linearizable). At most `limit`
+    /// (1..=[`SCAN_LIMIT_MAX`](crate::ops::SCAN_LIMIT_MAX)) entries, and at most
+    /// [`KvClient::scan_reply_bytes_max`] entry bytes beyond the first entry; when
+    /// either cut the range short, `more` is the key to scan from next. Pages of one
+    /// range scanned one after the other are each linearizable, not the whole.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Result<ScanPage, KvError> {
+        let reply_bytes_max = self.scan_reply_bytes_max();
+        match self.call(KvOp::Scan { start, end, limit, reply_bytes_max })? {
+            KvReply::Range(page) => Ok(page),
+            other => Err(KvError::UnexpectedReply(other)),
+        }
+    }
+
+    /// The reply bound this client asks scans for: [`SCAN_REPLY_BYTES_MAX`], or half
+    /// the cluster's operation bound when that is smaller (which keeps replies within
+    /// the cluster's frames).
+    pub fn scan_reply_bytes_max(&self) -> u32 {
+        u32::try_from(self.bound.operation_bytes_max / 2)
+            .unwrap_or(u32::MAX)
+            .min(SCAN_REPLY_BYTES_MAX)
     }
 
     /// Sets `key` to `new` if it holds `expected` (None: is absent); whether it swapped.

@@ -2,7 +2,8 @@
 //!
 //! - [`KvStore`]: the service (a sorted map; canonical SHA-256 state digest).
 //! - [`ops`]: the binary encoding of operations and replies.
-//! - [`KvClient`]: put, get, delete, compare-and-swap against a cluster.
+//! - [`KvClient`]: put, get, delete, compare-and-swap and ordered range scans against
+//!   a cluster.
 //! - [`serve`] / [`start`]: run a replica (blocking until a signal, or in-process).
 #![forbid(unsafe_code)]
 
@@ -14,7 +15,7 @@ pub use client::{KvClient, KvError};
 pub use dura_engine::runtime::{
     ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
 };
-pub use ops::{CodecError, KvOp, KvReply};
+pub use ops::{CodecError, KvOp, KvReply, ScanPage};
 pub use store::KvStore;
 
 /// Starts replica `replica_id` of `config` in this process with an empty store (the

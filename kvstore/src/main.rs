@@ -3,23 +3,42 @@
 //! ```text
 //! dura-kv serve --config cluster.toml --id 0
 //! dura-kv put --config cluster.toml KEY VALUE
-//! dura-kv get --config cluster.toml KEY
+//! dura-kv put --config cluster.toml KEY - < value.bin             (value from stdin)
+//! dura-kv put --config cluster.toml KEY --value-file value.bin
+//! dura-kv get --config cluster.toml KEY [--raw | --value-file out.bin]
+//! dura-kv scan --config cluster.toml START END [--limit N]          (END "": to the last key)
 //! dura-kv del --config cluster.toml KEY
 //! dura-kv cas --config cluster.toml KEY NEW [--expected OLD]   (no --expected: key must be absent)
+//! dura-kv init --hosts 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000,10.0.0.4:7000 --out cluster.toml
+//! dura-kv init --replicas 3 --mode crash --base-port 7000 --data-dir /tmp/dura > cluster.toml
 //! dura-kv local --dir DIR                                      (4 BFT replicas on loopback)
 //! ```
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
-use dura_kvstore::KvClient;
+use clap::{Args, Parser, Subcommand};
+use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode, RuntimeError};
+use dura_kvstore::client::value_bytes_max;
+use dura_kvstore::ops::SCAN_LIMIT_MAX;
+use dura_kvstore::{KvClient, KvError};
 
 #[derive(Parser, Debug)]
-#[command(name = "dura-kv", about = "SCKV-Store: a durable replicated key-value store")]
+#[command(
+    name = "dura-kv",
+    about = "SCKV-Store: a durable replicated key-value store",
+    after_help = "Exit status:\n  \
+        0   done\n  \
+        1   error (bad config or input, value over the cluster's bound, I/O)\n  \
+        2   get: the key is absent\n  \
+        3   cas: the key did not hold the expected value; nothing changed\n  \
+        4   cluster unreachable: too few replicas accept a connection, or no answer \
+            within --timeout-ms\n  \
+        64  command-line usage error"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command_,
@@ -39,36 +58,101 @@ enum Command_ {
         #[arg(long)]
         log_mode: Option<String>,
     },
-    /// Store VALUE under KEY.
+    /// Store VALUE under KEY. VALUE `-` reads the value from stdin; --value-file reads
+    /// it from a file. Values up to the cluster's bound are accepted (several MiB with
+    /// the default config); a longer one is refused before anything is sent, with the
+    /// limit and the config field that sets it.
     Put {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
-        value: String,
+        /// The value, or `-` for stdin.
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (bytes as they are).
+        #[arg(long)]
+        value_file: Option<PathBuf>,
     },
-    /// Print the value under KEY.
+    /// Print the value under KEY (as UTF-8 text with a newline, unless --raw or
+    /// --value-file).
     Get {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
+        /// Write the value's bytes to stdout as they are, without a newline.
+        #[arg(long, conflicts_with = "value_file")]
+        raw: bool,
+        /// Write the value's bytes to this file.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    /// Print the keys in [START, END) in key order, one `KEY<TAB>VALUE` line each
+    /// (values as UTF-8 text). An empty END ("") scans to the last key. Each page of
+    /// the scan is read through ordering (linearizable); a scan longer than one page
+    /// (a reply holds up to 4 MiB) is several reads.
+    Scan {
+        #[command(flatten)]
+        target: Target,
+        start: String,
+        end: String,
+        /// Most keys to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
     },
     /// Remove KEY.
     Del {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
     },
     /// Set KEY to NEW if it holds EXPECTED (or is absent when --expected is not given).
     Cas {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         key: String,
         new: String,
         #[arg(long)]
         expected: Option<String>,
     },
-    /// Write a local cluster config into DIR and run its replicas as child processes
-    /// until Ctrl-C.
+    /// Write a cluster config with fresh random keys: replicas on the given hosts, or
+    /// on 127.0.0.1 from --base-port. Each replica listens on its port for replicas
+    /// and on port + --client-port-offset for clients, and keeps its log in
+    /// DATA_DIR/r0, DATA_DIR/r1, ...
+    Init {
+        /// Where to write the config (created with mode 0600: it holds the keys);
+        /// stdout when not given.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite --out if it exists.
+        #[arg(long)]
+        force: bool,
+        /// bft (n = 3f+1) or crash (n = 2f+1).
+        #[arg(long, default_value = "bft")]
+        mode: String,
+        /// Faults tolerated (default: from the number of hosts, or 1).
+        #[arg(long)]
+        f: Option<u32>,
+        /// Replica addresses HOST:PORT, comma-separated, in id order.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["replicas", "base_port"])]
+        hosts: Vec<String>,
+        /// Number of replicas on 127.0.0.1 (default: what --mode and --f need).
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// First replica port on 127.0.0.1; replica i uses base port + i.
+        #[arg(long, default_value_t = 7000)]
+        base_port: u16,
+        /// A replica's client port is its replica port plus this.
+        #[arg(long, default_value_t = 100)]
+        client_port_offset: u16,
+        /// Root of the replicas' data directories.
+        #[arg(long, default_value = "/var/lib/dura")]
+        data_dir: PathBuf,
+        /// none, async, sync, batched or parallel.
+        #[arg(long, default_value = "parallel")]
+        log_mode: String,
+    },
+    /// Write a local cluster config (fresh random keys, or the keys of the config
+    /// already in DIR) into DIR and run its replicas as child processes until Ctrl-C.
     Local {
         /// Directory for the config and the replicas' data.
         #[arg(long)]
@@ -82,20 +166,145 @@ enum Command_ {
     },
 }
 
+/// Which cluster a client command talks to.
+#[derive(Args, Debug)]
+struct Target {
+    /// Cluster config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Give up on a request after this many milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    timeout_ms: u64,
+}
+
+/// Exit statuses, as `--help` lists them.
+mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// Any error not listed below.
+    pub const ERROR: i32 = 1;
+    /// `get`: the key is absent.
+    pub const ABSENT: i32 = 2;
+    /// `cas`: the key did not hold the expected value.
+    pub const NOT_SWAPPED: i32 = 3;
+    /// Too few replicas reachable, or no answer in time.
+    pub const UNREACHABLE: i32 = 4;
+    /// Bad command line (sysexits' EX_USAGE; clap's own 2 would read as "absent").
+    pub const USAGE: i32 = 64;
+}
+
+/// The cluster cannot answer: fewer replicas accept a connection than a reply needs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cluster unreachable: {connected} of {n} replicas accept a connection, {needed} needed \
+     for an answer (is the cluster running? config {config})"
+)]
+struct Unreachable {
+    connected: usize,
+    needed: usize,
+    n: u32,
+    config: String,
+}
+
 fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            std::process::exit(if error.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if let Err(error) = run(Cli::parse()) {
-        eprintln!("dura-kv: error: {error:#}");
-        std::process::exit(1);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("dura-kv: error: {}", error_text(&error));
+            std::process::exit(if is_unreachable(&error) {
+                exit::UNREACHABLE
+            } else {
+                exit::ERROR
+            });
+        }
     }
 }
 
-fn client(config: &Path) -> Result<KvClient> {
-    let config = ClusterConfig::load(config)?;
-    Ok(KvClient::connect(&config)?)
+/// `error` and its causes, each once. A cause whose text the message already ends
+/// with is skipped: some errors (the runtime's I/O errors) both print their OS error
+/// and chain it as their source, and `{:#}` would print it twice.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Whether `error` means the cluster could not be reached or did not answer in time.
+fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<Unreachable>()
+            || matches!(
+                cause.downcast_ref::<KvError>(),
+                Some(KvError::Runtime(RuntimeError::Timeout { .. }))
+            )
+    })
+}
+
+fn load(target: &Target) -> Result<ClusterConfig> {
+    Ok(ClusterConfig::load(&target.config)?)
+}
+
+fn client(target: &Target, config: &ClusterConfig) -> Result<KvClient> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(target.timeout_ms),
+        ..ClientOptions::new()
+    };
+    let client = KvClient::connect_with(config, options)?;
+    let (connected, needed) = client.connected_replicas();
+    if connected < needed {
+        return Err(Unreachable {
+            connected,
+            needed,
+            n: config.n(),
+            config: target.config.display().to_string(),
+        }
+        .into());
+    }
+    Ok(client)
+}
+
+/// Reads a value from `source` (stdin or a file), refusing one over `limit` bytes
+/// without reading more than one byte past it.
+fn read_value(
+    source: impl Read,
+    what: &str,
+    limit: usize,
+    config: &ClusterConfig,
+) -> Result<Vec<u8>> {
+    let mut value = Vec::new();
+    source
+        .take(limit as u64 + 1)
+        .read_to_end(&mut value)
+        .with_context(|| format!("read the value from {what}"))?;
+    if value.len() > limit {
+        bail!(
+            "the value from {what} is over {limit} bytes, the longest this cluster takes \
+             under this key ({})",
+            config.operation_bound()
+        );
+    }
+    Ok(value)
+}
+
+/// Runs one command; the exit status for an outcome that is not an error.
+fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command_::Serve { config, id, log_mode } => {
             let mut config = ClusterConfig::load(&config)?;
@@ -104,35 +313,234 @@ fn run(cli: Cli) -> Result<()> {
             }
             dura_kvstore::serve(&config, id)?;
         }
-        Command_::Put { config, key, value } => {
-            client(&config)?.put(key.as_bytes(), value.as_bytes())?;
+        Command_::Put { target, key, value, value_file } => {
+            let config = load(&target)?;
+            let limit = value_bytes_max(config.operation_bound(), key.len());
+            let value = match (value, value_file) {
+                (_, Some(path)) => {
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("open value file {}", path.display()))?;
+                    read_value(file, &path.display().to_string(), limit, &config)?
+                }
+                (Some(value), None) if value == "-" => {
+                    read_value(std::io::stdin().lock(), "stdin", limit, &config)?
+                }
+                (Some(value), None) => value.into_bytes(),
+                (None, None) => bail!("give a VALUE, `-` for stdin, or --value-file"),
+            };
+            client(&target, &config)?.put(key.as_bytes(), &value)?;
             println!("ok");
         }
-        Command_::Get { config, key } => match client(&config)?.get(key.as_bytes())? {
-            Some(value) => println!("{}", String::from_utf8_lossy(&value)),
-            None => {
-                eprintln!("(absent)");
-                std::process::exit(2);
+        Command_::Get { target, key, raw, value_file } => {
+            let config = load(&target)?;
+            match client(&target, &config)?.get(key.as_bytes())? {
+                Some(value) => match value_file {
+                    Some(path) => std::fs::write(&path, &value)
+                        .with_context(|| format!("write value file {}", path.display()))?,
+                    None if raw => {
+                        let mut stdout = std::io::stdout().lock();
+                        stdout.write_all(&value).context("write the value to stdout")?;
+                        stdout.flush().context("write the value to stdout")?;
+                    }
+                    None => println!("{}", String::from_utf8_lossy(&value)),
+                },
+                None => {
+                    eprintln!("(absent)");
+                    return Ok(exit::ABSENT);
+                }
             }
-        },
-        Command_::Del { config, key } => {
-            let existed = client(&config)?.delete(key.as_bytes())?;
+        }
+        Command_::Scan { target, start, end, limit } => {
+            let config = load(&target)?;
+            let client = client(&target, &config)?;
+            let end = (!end.is_empty()).then_some(end.as_bytes());
+            let mut from = start.into_bytes();
+            let mut left = limit;
+            let mut stdout = std::io::stdout().lock();
+            while left > 0 {
+                let page_limit = u32::try_from(left).unwrap_or(u32::MAX).min(SCAN_LIMIT_MAX);
+                let page = client.scan(&from, end, page_limit)?;
+                left -= page.entries.len() as u64;
+                for (key, value) in &page.entries {
+                    writeln!(
+                        stdout,
+                        "{}\t{}",
+                        String::from_utf8_lossy(key),
+                        String::from_utf8_lossy(value)
+                    )
+                    .context("write to stdout")?;
+                }
+                match page.more {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            stdout.flush().context("write to stdout")?;
+        }
+        Command_::Del { target, key } => {
+            let config = load(&target)?;
+            let existed = client(&target, &config)?.delete(key.as_bytes())?;
             println!("{}", if existed { "deleted" } else { "absent" });
         }
-        Command_::Cas { config, key, new, expected } => {
-            let swapped = client(&config)?.cas(
+        Command_::Cas { target, key, new, expected } => {
+            let config = load(&target)?;
+            let swapped = client(&target, &config)?.cas(
                 key.as_bytes(),
                 expected.as_deref().map(str::as_bytes),
                 new.as_bytes(),
             )?;
             println!("{}", if swapped { "swapped" } else { "not swapped" });
             if !swapped {
-                std::process::exit(3);
+                return Ok(exit::NOT_SWAPPED);
+            }
+        }
+        Command_::Init {
+            out,
+            force,
+            mode,
+            f,
+            hosts,
+            replicas,
+            base_port,
+            client_port_offset,
+            data_dir,
+            log_mode,
+        } => {
+            let endpoints = if hosts.is_empty() {
+                let mode: Mode = mode.parse()?;
+                let n = replicas.unwrap_or_else(|| mode.replicas_for(f.unwrap_or(1)));
+                (0..n)
+                    .map(|i| {
+                        let port = u16::try_from(u32::from(base_port) + i)
+                            .context("--base-port + replica count is over 65535")?;
+                        Ok(("127.0.0.1".to_owned(), port))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                hosts.iter().map(|host| parse_endpoint(host)).collect::<Result<Vec<_>>>()?
+            };
+            let config = init_config(
+                &endpoints,
+                mode.parse()?,
+                f,
+                log_mode.parse()?,
+                client_port_offset,
+                &data_dir,
+            )?;
+            match out {
+                Some(path) => {
+                    write_config(&config, &path, force)?;
+                    eprintln!(
+                        "wrote {}: {} replicas, mode {}, f = {}; start replica <id> on its host \
+                         with: dura-kv serve --config {} --id <id>",
+                        path.display(),
+                        config.n(),
+                        config.mode,
+                        config.f,
+                        path.display()
+                    );
+                }
+                None => print!("{}", config_text(&config)),
             }
         }
         Command_::Local { dir, mode, log_mode } => local(&dir, mode.parse()?, log_mode.parse()?)?,
     }
-    Ok(())
+    Ok(exit::OK)
+}
+
+/// Bytes of fresh key material per key (HMAC-SHA256 keys).
+const FRESH_KEY_BYTES: usize = 32;
+
+/// `FRESH_KEY_BYTES` bytes from the OS's random source, as hex.
+fn fresh_key_hex() -> Result<String> {
+    let mut key = [0u8; FRESH_KEY_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut key))
+        .context("read key material from /dev/urandom")?;
+    Ok(key.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Parses `HOST:PORT` (`[V6ADDR]:PORT` for IPv6) into host and replica port.
+fn parse_endpoint(text: &str) -> Result<(String, u16)> {
+    let (host, port) = text
+        .trim()
+        .rsplit_once(':')
+        .with_context(|| format!("--hosts: {text:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("--hosts: {text:?} has no host");
+    }
+    let port = port.parse::<u16>().with_context(|| format!("--hosts: port of {text:?}"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// A validated cluster config for replicas at `endpoints` (host, replica port) in id
+/// order, with fresh random keys and data dirs `data_dir/r<id>`.
+fn init_config(
+    endpoints: &[(String, u16)],
+    mode: Mode,
+    f: Option<u32>,
+    log_mode: LogMode,
+    client_port_offset: u16,
+    data_dir: &Path,
+) -> Result<ClusterConfig> {
+    let n = u32::try_from(endpoints.len()).context("too many replicas")?;
+    let f = match f {
+        Some(f) => f,
+        None => (1..=n).find(|&f| mode.replicas_for(f) == n).with_context(|| {
+            format!("{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)")
+        })?,
+    };
+    if mode.replicas_for(f) != n {
+        bail!("mode {mode} with f = {f} needs {} replicas, {n} given", mode.replicas_for(f));
+    }
+    let mut ports = Vec::with_capacity(2 * endpoints.len());
+    for (host, port) in endpoints {
+        let client_port = port
+            .checked_add(client_port_offset)
+            .with_context(|| format!("{host}:{port}: port + --client-port-offset is over 65535"))?;
+        ports.extend([*port, client_port]);
+    }
+    let mut config = ClusterConfig::local_with_ports(f, mode, log_mode, data_dir, &ports);
+    for (replica, (host, _)) in config.replicas.iter_mut().zip(endpoints) {
+        replica.host.clone_from(host);
+    }
+    config.replica_key = fresh_key_hex()?;
+    config.client_key = fresh_key_hex()?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The config's TOML, under a line saying it holds secrets.
+fn config_text(config: &ClusterConfig) -> String {
+    format!(
+        "# dura cluster config. replica_key and client_key are secrets: keep this file \
+         readable only by the replicas and their clients.\n{}",
+        config.to_toml()
+    )
+}
+
+/// Writes `config` to `path` with mode 0600 (it holds the keys); an existing file is
+/// kept unless `force`.
+fn write_config(config: &ClusterConfig, path: &Path, force: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).with_context(|| {
+        if path.exists() && !force {
+            format!("write {} (it exists; --force overwrites it)", path.display())
+        } else {
+            format!("write {}", path.display())
+        }
+    })?;
+    file.write_all(config_text(config).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Kills every child it holds when dropped.
@@ -151,9 +559,17 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
     let n = mode.replicas_min(1) as u32;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolve {}", dir.display()))?;
-    let config = ClusterConfig::local(n, mode, log_mode, &dir.join("data"))?;
+    let mut config = ClusterConfig::local(n, mode, log_mode, &dir.join("data"))?;
     let config_path = dir.join("cluster.toml");
-    config.save(&config_path)?;
+    // A restart over the same DIR keeps the keys its logs were written under.
+    match ClusterConfig::load(&config_path) {
+        Ok(old) => (config.replica_key, config.client_key) = (old.replica_key, old.client_key),
+        Err(_) => {
+            config.replica_key = fresh_key_hex()?;
+            config.client_key = fresh_key_hex()?;
+        }
+    }
+    write_config(&config, &config_path, true)?;
     let exe = std::env::current_exe().context("find the dura-kv binary")?;
     let mut children = Children(Vec::new());
     for id in 0..n {

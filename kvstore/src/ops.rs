@@ -9,20 +9,47 @@
 //! | 2 | get | key |
 //! | 3 | delete | key |
 //! | 4 | cas | key, expected (flag byte 0 = absent, 1 = present + bytes), new value |
+//! | 5 | scan | start key, end (flag byte 0 = none, 1 = present + key), `u32` limit, `u32` reply_bytes_max |
 //!
 //! Reply: one tag byte: 0 done (put), 1 absent, 2 value + bytes, 3 true, 4 false,
-//! 5 invalid + UTF-8 reason. Decoders return errors on any malformed input, never panic,
-//! and reject trailing bytes.
+//! 5 invalid + UTF-8 reason, 6 range: `u32` entry count, each entry's key and value,
+//! then the continuation (flag byte 0 = none, 1 = present + key). Decoders return
+//! errors on any malformed input, never panic, and reject trailing bytes.
+//!
+//! A scan returns the keys in `[start, end)` (no end: to the last key) in key order,
+//! at most `limit` of them, and stops early once the entries would pass
+//! `reply_bytes_max` bytes (each entry counts `4 + key + 4 + value`), except that the
+//! first entry is always returned (it fit the put that stored it, so it fits a reply).
+//! When it stops before the end of the range, the reply names the first key not
+//! returned: "more from key K"; a scan from K continues it.
+
+use dura_engine::protocol::message::OPERATION_BYTES_MAX;
 
 /// Longest key, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
-/// Longest value, in bytes.
-pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes a put adds around its key and value: tag and two lengths.
+pub const PUT_OVERHEAD_BYTES: usize = 1 + 4 + 4;
+/// Longest value, in bytes: what a put with the longest key can carry under the
+/// protocol's operation bound. A cluster's own bound is usually lower
+/// (`ClusterConfig::operation_bound`: frames, log records); [`crate::KvClient`] checks
+/// it before sending.
+pub const VALUE_BYTES_MAX: usize = OPERATION_BYTES_MAX - PUT_OVERHEAD_BYTES - KEY_BYTES_MAX;
+
+const _: () = assert!(PUT_OVERHEAD_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX <= OPERATION_BYTES_MAX);
 
 const TAG_PUT: u8 = 1;
 const TAG_GET: u8 = 2;
 const TAG_DELETE: u8 = 3;
 const TAG_CAS: u8 = 4;
+const TAG_SCAN: u8 = 5;
+
+/// Most entries one scan returns.
+pub const SCAN_LIMIT_MAX: u32 = 65_536;
+/// Largest `reply_bytes_max` a scan may ask for: replies stay well under the smallest
+/// frame bound a cluster's operations get.
+pub const SCAN_REPLY_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// Bytes one scan entry counts besides its key and value: two lengths.
+pub const SCAN_ENTRY_OVERHEAD_BYTES: usize = 4 + 4;
 
 /// A malformed or out-of-bounds operation or reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +71,10 @@ pub enum CodecError {
     /// A value over [`VALUE_BYTES_MAX`].
     #[error("value of {0} bytes is over the bound of {VALUE_BYTES_MAX}")]
     ValueTooLong(usize),
+    /// An operation whose encoding is over the protocol's `OPERATION_BYTES_MAX` (a cas
+    /// with two long values).
+    #[error("operation of {0} bytes is over the protocol's bound of {OPERATION_BYTES_MAX}")]
+    OperationTooLong(usize),
     /// Bytes left after a complete operation.
     #[error("{0} trailing bytes")]
     Trailing(usize),
@@ -81,6 +112,28 @@ pub enum KvOp<'a> {
         /// The new value.
         new: &'a [u8],
     },
+    /// Read the keys in `[start, end)` in order (see the module docs for the bounds).
+    Scan {
+        /// First key of the range.
+        start: &'a [u8],
+        /// The key after the range (None: to the last key).
+        end: Option<&'a [u8]>,
+        /// Most entries to return, 1..=[`SCAN_LIMIT_MAX`].
+        limit: u32,
+        /// Most entry bytes to return (beyond the first entry), at most
+        /// [`SCAN_REPLY_BYTES_MAX`].
+        reply_bytes_max: u32,
+    },
+}
+
+/// One page of a scan: entries in key order, and where to continue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// (key, value) pairs in key order.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The first key of the range not returned, when the limit or the byte bound cut
+    /// the scan short: scan again from it to continue.
+    pub more: Option<Vec<u8>>,
 }
 
 /// A reply to one operation.
@@ -94,6 +147,8 @@ pub enum KvReply {
     Flag(bool),
     /// The operation was malformed; nothing changed.
     Invalid(String),
+    /// A scan's entries.
+    Range(ScanPage),
 }
 
 fn check_key(key: &[u8]) -> Result<(), CodecError> {
@@ -110,22 +165,53 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 impl KvOp<'_> {
-    /// Checks the key and value bounds.
+    /// Length of the encoding, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        match *self {
+            KvOp::Put { key, value } => PUT_OVERHEAD_BYTES + key.len() + value.len(),
+            KvOp::Get { key } | KvOp::Delete { key } => 1 + 4 + key.len(),
+            KvOp::Cas { key, expected, new } => {
+                1 + 4 + key.len() + 1 + expected.map_or(0, |e| 4 + e.len()) + 4 + new.len()
+            }
+            KvOp::Scan { start, end, .. } => {
+                1 + 4 + start.len() + 1 + end.map_or(0, |e| 4 + e.len()) + 4 + 4
+            }
+        }
+    }
+
+    /// Checks the key and value bounds, and the whole operation's.
     pub fn validate(&self) -> Result<(), CodecError> {
         match *self {
             KvOp::Put { key, value } => {
                 check_key(key)?;
-                check_value(value)
+                check_value(value)?;
             }
-            KvOp::Get { key } | KvOp::Delete { key } => check_key(key),
+            KvOp::Get { key } | KvOp::Delete { key } => check_key(key)?,
             KvOp::Cas { key, expected, new } => {
                 check_key(key)?;
                 if let Some(expected) = expected {
                     check_value(expected)?;
                 }
-                check_value(new)
+                check_value(new)?;
+            }
+            KvOp::Scan { start, end, limit, reply_bytes_max } => {
+                check_key(start)?;
+                if let Some(end) = end {
+                    check_key(end)?;
+                }
+                if !(1..=SCAN_LIMIT_MAX).contains(&limit) {
+                    return Err(CodecError::Malformed("scan limit is not within 1..=65536"));
+                }
+                if reply_bytes_max > SCAN_REPLY_BYTES_MAX {
+                    return Err(CodecError::Malformed("scan reply_bytes_max is over 4 MiB"));
+                }
             }
         }
+        let length = self.encoded_len();
+        if length > OPERATION_BYTES_MAX {
+            return Err(CodecError::OperationTooLong(length));
+        }
+        Ok(())
     }
 
     /// Appends the encoding to `out`, after checking bounds.
@@ -157,14 +243,28 @@ impl KvOp<'_> {
                 }
                 put_bytes(out, new);
             }
+            KvOp::Scan { start, end, limit, reply_bytes_max } => {
+                out.push(TAG_SCAN);
+                put_bytes(out, start);
+                match end {
+                    None => out.push(0),
+                    Some(end) => {
+                        out.push(1);
+                        put_bytes(out, end);
+                    }
+                }
+                out.extend_from_slice(&limit.to_le_bytes());
+                out.extend_from_slice(&reply_bytes_max.to_le_bytes());
+            }
         }
         Ok(())
     }
 
     /// The encoding, after checking bounds.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.encoded_len());
         self.encode_into(&mut out)?;
+        debug_assert_eq!(out.len(), self.encoded_len());
         Ok(out)
     }
 }
@@ -199,6 +299,15 @@ impl<'a> Cursor<'a> {
         Ok(bytes)
     }
 
+    fn u32(&mut self, what: &'static str) -> Result<u32, CodecError> {
+        if self.0.len() < 4 {
+            return Err(CodecError::Truncated(what));
+        }
+        let (bytes, rest) = self.0.split_at(4);
+        self.0 = rest;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
     fn finish(&self) -> Result<(), CodecError> {
         if self.0.is_empty() { Ok(()) } else { Err(CodecError::Trailing(self.0.len())) }
     }
@@ -225,6 +334,19 @@ pub fn decode_op(input: &[u8]) -> Result<KvOp<'_>, CodecError> {
             let new = cursor.bytes("new value", VALUE_BYTES_MAX)?;
             KvOp::Cas { key, expected, new }
         }
+        TAG_SCAN => {
+            let start = cursor.bytes("start key", KEY_BYTES_MAX)?;
+            let end = match cursor.byte("end flag")? {
+                0 => None,
+                1 => Some(cursor.bytes("end key", KEY_BYTES_MAX)?),
+                _ => return Err(CodecError::Malformed("scan end flag is not 0 or 1")),
+            };
+            let limit = cursor.u32("limit")?;
+            let reply_bytes_max = cursor.u32("reply_bytes_max")?;
+            let op = KvOp::Scan { start, end, limit, reply_bytes_max };
+            op.validate()?;
+            op
+        }
         tag => return Err(CodecError::UnknownTag { what: "operation", tag }),
     };
     cursor.finish()?;
@@ -246,6 +368,21 @@ impl KvReply {
             KvReply::Invalid(reason) => {
                 out.push(5);
                 put_bytes(out, reason.as_bytes());
+            }
+            KvReply::Range(page) => {
+                out.push(6);
+                out.extend_from_slice(&(page.entries.len() as u32).to_le_bytes());
+                for (key, value) in &page.entries {
+                    put_bytes(out, key);
+                    put_bytes(out, value);
+                }
+                match &page.more {
+                    None => out.push(0),
+                    Some(key) => {
+                        out.push(1);
+                        put_bytes(out, key);
+                    }
+                }
             }
         }
     }
@@ -273,6 +410,27 @@ impl KvReply {
                         .map_err(|_| CodecError::Malformed("reason is not UTF-8"))?,
                 )
             }
+            6 => {
+                let count = cursor.u32("entry count")?;
+                if count > SCAN_LIMIT_MAX {
+                    return Err(CodecError::Malformed("scan reply holds over 65536 entries"));
+                }
+                // Each entry takes at least its two lengths: never reserve more than
+                // the input can hold.
+                let room = cursor.0.len() / SCAN_ENTRY_OVERHEAD_BYTES;
+                let mut entries = Vec::with_capacity((count as usize).min(room));
+                for _ in 0..count {
+                    let key = cursor.bytes("entry key", KEY_BYTES_MAX)?.to_vec();
+                    let value = cursor.bytes("entry value", VALUE_BYTES_MAX)?.to_vec();
+                    entries.push((key, value));
+                }
+                let more = match cursor.byte("more flag")? {
+                    0 => None,
+                    1 => Some(cursor.bytes("more key", KEY_BYTES_MAX)?.to_vec()),
+                    _ => return Err(CodecError::Malformed("scan more flag is not 0 or 1")),
+                };
+                KvReply::Range(ScanPage { entries, more })
+            }
             tag => return Err(CodecError::UnknownTag { what: "reply", tag }),
         };
         cursor.finish()?;
@@ -292,9 +450,12 @@ mod tests {
             KvOp::Delete { key: b"key" },
             KvOp::Cas { key: b"k", expected: None, new: b"n" },
             KvOp::Cas { key: b"k", expected: Some(b"old"), new: b"" },
+            KvOp::Scan { start: b"a", end: None, limit: 1, reply_bytes_max: 0 },
+            KvOp::Scan { start: b"", end: Some(b"zz"), limit: SCAN_LIMIT_MAX, reply_bytes_max: 9 },
         ];
         for op in ops {
             let bytes = op.encode().expect("in bounds");
+            assert_eq!(bytes.len(), op.encoded_len());
             assert_eq!(decode_op(&bytes).expect("decodes"), op);
         }
     }
@@ -308,6 +469,11 @@ mod tests {
             KvReply::Flag(true),
             KvReply::Flag(false),
             KvReply::Invalid("why".into()),
+            KvReply::Range(ScanPage::default()),
+            KvReply::Range(ScanPage {
+                entries: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), Vec::new())],
+                more: Some(b"c".to_vec()),
+            }),
         ];
         for reply in replies {
             assert_eq!(KvReply::decode(&reply.encode()).expect("decodes"), reply);
@@ -325,6 +491,22 @@ mod tests {
         longer.push(0);
         assert_eq!(decode_op(&longer), Err(CodecError::Trailing(1)));
         assert!(matches!(decode_op(&[9]), Err(CodecError::UnknownTag { tag: 9, .. })));
+        let scan = |limit, reply_bytes_max| {
+            KvOp::Scan { start: b"a", end: None, limit, reply_bytes_max }.encode()
+        };
+        assert!(matches!(scan(0, 1), Err(CodecError::Malformed(_))));
+        assert!(matches!(scan(SCAN_LIMIT_MAX + 1, 1), Err(CodecError::Malformed(_))));
+        assert!(matches!(scan(1, SCAN_REPLY_BYTES_MAX + 1), Err(CodecError::Malformed(_))));
+        // A forged scan with limit 0 is refused by the decoder too.
+        let mut forged = scan(1, 1).expect("in bounds");
+        let at = forged.len() - 8;
+        forged[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(decode_op(&forged), Err(CodecError::Malformed(_))));
+        // A reply claiming 65536 entries in 9 bytes is refused without allocating them.
+        let mut reply = vec![6];
+        reply.extend_from_slice(&SCAN_LIMIT_MAX.to_le_bytes());
+        reply.extend_from_slice(&[0; 4]);
+        assert!(KvReply::decode(&reply).is_err());
         // A length field claiming 4 GiB is refused without allocating.
         assert!(decode_op(&[TAG_GET, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
@@ -340,6 +522,11 @@ mod tests {
         assert!(matches!(
             KvOp::Put { key: b"k", value: &value }.encode(),
             Err(CodecError::ValueTooLong(_))
+        ));
+        let half = vec![0u8; VALUE_BYTES_MAX / 2 + KEY_BYTES_MAX];
+        assert!(matches!(
+            KvOp::Cas { key: b"k", expected: Some(&half), new: &half }.encode(),
+            Err(CodecError::OperationTooLong(_))
         ));
         let mut forged = vec![TAG_GET];
         forged.extend_from_slice(&((KEY_BYTES_MAX + 1) as u32).to_le_bytes());

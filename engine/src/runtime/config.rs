@@ -511,6 +511,90 @@ impl ClusterConfig {
 /// Period of the protocol's tick timer.
 pub const TICK_MS: u64 = 50;
 
+/// The largest operation one request may carry in a cluster, and what sets it.
+///
+/// A request travels through several bounded stages; the smallest bound wins.
+/// [`ClusterConfig::operation_bound`] computes it so that clients can refuse an
+/// oversized operation before sending it, with an error naming the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationBound {
+    /// Largest operation, in bytes.
+    pub operation_bytes_max: usize,
+    /// The limit that sets it, in words an operator can act on (the config field,
+    /// when one is).
+    pub set_by: &'static str,
+}
+
+impl fmt::Display for OperationBound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes per operation, set by {}", self.operation_bytes_max, self.set_by)
+    }
+}
+
+/// Bytes a [`ClientRequest`](crate::protocol::ClientRequest) adds around its operation
+/// in a cluster of `n`: client id, sequence, operation length, authenticator length and
+/// one MAC per replica.
+fn request_overhead_bytes(n: usize) -> usize {
+    8 + 8 + 4 + 4 + n * crate::protocol::auth::MAC_BYTES
+}
+
+/// Bytes of a STOPDATA frame besides its batches: sender id, tag, regency, the fixed
+/// part of the collect data with `COLLECT_WRITES_MAX` writes, the value count, the MAC.
+const STOPDATA_FRAME_OVERHEAD_BYTES: usize = 4
+    + 1
+    + 8
+    + (8 + 1 + 32 + 1 + 8 + 32 + 4 + crate::protocol::message::COLLECT_WRITES_MAX * (32 + 8) + 4)
+    + crate::protocol::auth::MAC_BYTES;
+
+impl ClusterConfig {
+    /// The largest operation a client may submit to this cluster, and which limit sets
+    /// it. The limits, for one request alone in its batch (a larger request always goes
+    /// alone):
+    ///
+    /// - the protocol's decoders: `OPERATION_BYTES_MAX`;
+    /// - `frame_bytes_max`: a leader change (STOPDATA) carries up to
+    ///   `COLLECT_VALUES_MAX` batches in one frame, each possibly this one request;
+    /// - the log record of a batch when `log_backend = "wal"`: dura-wal's default
+    ///   `record_bytes_max` (not configurable), whatever the `log_mode` (a replica may
+    ///   be started with another log mode than the config's); the `file` backend's
+    ///   record bound is far larger.
+    pub fn operation_bound(&self) -> OperationBound {
+        use crate::protocol::message::{COLLECT_VALUES_MAX, OPERATION_BYTES_MAX};
+        let request = request_overhead_bytes(self.replicas.len());
+        // A log record: agreement id, part index, part count, then the batch (count,
+        // then the request).
+        let record_overhead = 8 + 4 + 4 + 4 + request;
+        let frame = (self.frame_bytes_max as usize).saturating_sub(STOPDATA_FRAME_OVERHEAD_BYTES)
+            / COLLECT_VALUES_MAX;
+        let frame = frame.saturating_sub(4 + request);
+        let log = match self.log_backend {
+            LogBackendKind::Wal => (
+                dura_wal::RECORD_BYTES_MAX_DEFAULT.saturating_sub(record_overhead),
+                "the log's record bound (dura-wal record_bytes_max, log_backend = \"wal\"; \
+                 not a config field)",
+            ),
+            LogBackendKind::File => (
+                super::filelog::RECORD_PAYLOAD_BYTES_MAX.saturating_sub(record_overhead),
+                "the file log's record bound (log_backend = \"file\"; not a config field)",
+            ),
+        };
+        let candidates = [
+            (OPERATION_BYTES_MAX, "the protocol's OPERATION_BYTES_MAX (not a config field)"),
+            (
+                frame,
+                "config field `frame_bytes_max` (a leader change carries up to 3 batches in one \
+                 frame)",
+            ),
+            log,
+        ];
+        let (operation_bytes_max, set_by) =
+            candidates.into_iter().min_by_key(|(bytes, _)| *bytes).expect("three candidates");
+        OperationBound { operation_bytes_max, set_by }
+    }
+}
+
+const _: () = assert!(crate::protocol::message::COLLECT_VALUES_MAX == 3, "named in set_by");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,6 +677,22 @@ mod tests {
         let text = sample().to_toml().replace("\"parallel\"", "\"sometimes\"");
         let error = ClusterConfig::from_toml(&text).expect_err("bad mode");
         assert!(error.to_string().contains("sometimes"), "{error}");
+    }
+
+    #[test]
+    fn operation_bound_is_the_smallest_stage_bound_and_names_it() {
+        let mut config = sample();
+        let bound = config.operation_bound();
+        // Defaults: 32 MiB frames allow about 10.6 MiB per request, so the log's
+        // 8 MiB record bound is the smaller.
+        assert!(bound.operation_bytes_max > 8 << 20, "{bound}");
+        assert!(bound.operation_bytes_max < dura_wal::RECORD_BYTES_MAX_DEFAULT, "{bound}");
+        assert!(bound.set_by.contains("record"), "{bound}");
+        config.frame_bytes_max = 3 << 20;
+        let bound = config.operation_bound();
+        assert!(bound.operation_bytes_max < 1 << 20, "{bound}");
+        assert!(bound.operation_bytes_max > (1 << 20) - 4096, "{bound}");
+        assert!(bound.to_string().contains("frame_bytes_max"), "{bound}");
     }
 
     #[test]
