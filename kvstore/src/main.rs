@@ -408,7 +408,8 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let endpoints = if hosts.is_empty() {
                 let mode: Mode = mode.parse()?;
-                let n = replicas.unwrap_or_else(|| mode.replicas_for(f.unwrap_or(1)));
+                let n =
+                    replicas.unwrap_or_else(|| mode.replicas_min(f.unwrap_or(1) as usize) as u32);
                 (0..n)
                     .map(|i| {
                         let port = u16::try_from(u32::from(base_port) + i)
@@ -485,14 +486,18 @@ fn init_config(
     data_dir: &Path,
 ) -> Result<ClusterConfig> {
     let n = u32::try_from(endpoints.len()).context("too many replicas")?;
-    let f = match f {
-        Some(f) => f,
-        None => (1..=n).find(|&f| mode.replicas_for(f) == n).with_context(|| {
-            format!("{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)")
-        })?,
-    };
-    if mode.replicas_for(f) != n {
-        bail!("mode {mode} with f = {f} needs {} replicas, {n} given", mode.replicas_for(f));
+    let f =
+        match f {
+            Some(f) => f,
+            None => (1..=n).find(|&f| mode.replicas_min(f as usize) == n as usize).with_context(
+                || format!("{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)"),
+            )?,
+        };
+    if mode.replicas_min(f as usize) != n as usize {
+        bail!(
+            "mode {mode} with f = {f} needs {} replicas, {n} given",
+            mode.replicas_min(f as usize)
+        );
     }
     let mut ports = Vec::with_capacity(2 * endpoints.len());
     for (host, port) in endpoints {

@@ -38,8 +38,8 @@ pub enum RuntimeError {
         operation: &'static str,
         /// On which file.
         path: PathBuf,
-        /// The OS error.
-        #[source]
+        /// The OS error (shown in the message, so not also chained as a source: a
+        /// report that prints the chain would print it twice).
         error: std::io::Error,
     },
     /// A socket operation failed.
@@ -49,8 +49,8 @@ pub enum RuntimeError {
         operation: &'static str,
         /// With whom.
         peer: String,
-        /// The OS error.
-        #[source]
+        /// The OS error (shown in the message, so not also chained as a source: a
+        /// report that prints the chain would print it twice).
         error: std::io::Error,
     },
     /// The write-ahead log failed; the replica stops.

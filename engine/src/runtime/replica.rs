@@ -230,11 +230,22 @@ pub fn start_replica<S: Service>(
             }
         })
     };
+    // A request whose operation the log could not hold would stop every replica that
+    // tried to log it: such a client is cut off at the door.
+    let operation_bytes_max = config.operation_bound().operation_bytes_max;
     let client_sink: FrameSink = {
         let keys = keys.clone();
         Arc::new(move |peer, body: &[u8]| {
             let Peer::Client(connection) = peer else { return SinkVerdict::Reject };
             let Ok(request) = ClientRequest::from_bytes(body) else { return SinkVerdict::Reject };
+            if request.operation.len() > operation_bytes_max {
+                log::warn!(
+                    "replica {id}: client {} sent an operation of {} bytes, over the bound of {operation_bytes_max}: connection closed",
+                    request.client_id,
+                    request.operation.len()
+                );
+                return SinkVerdict::Reject;
+            }
             // Verified here, on the connection's thread; the digest goes on to order,
             // which hashes batches from it.
             let digest = request.digest();

@@ -179,10 +179,7 @@ pub struct TotalCrashPlan {
 impl SimConfig {
     /// A run with no faults.
     pub fn quiet(mode: Mode, n: usize, seed: u64) -> Self {
-        let f = match mode {
-            Mode::Bft => (n - 1) / 3,
-            Mode::Crash => (n - 1) / 2,
-        };
+        let f = mode.f_max(n);
         let mut protocol = Config::with_mode(mode, n, f);
         protocol.tick_ms = 20;
         protocol.request_timeout_ticks = 5;
