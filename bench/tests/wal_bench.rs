@@ -7,7 +7,8 @@ use dura_wal::io::DurabilityMode;
 fn tiny_wal_bench_reports_every_headline_field_with_sane_values() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = WalArgs::new(dir.path().to_path_buf());
-    args.seconds = 0.2;
+    // Long enough that a segment roll on a loaded 2-core machine leaves writes in it.
+    args.seconds = 0.5;
     args.rounds = 2;
     args.records_in_flight = 32;
     args.mode = Some(DurabilityMode::Fdatasync);

@@ -424,6 +424,8 @@ impl Replica {
 
     /// Feeds one event; pushes the resulting side effects onto `actions`.
     pub fn handle(&mut self, event: Event, actions: &mut Vec<Action>) {
+        let (regency_before, decided_before) = (self.regency, self.last_decided);
+        assert!(self.deliveries.is_empty(), "deliveries leave with the event that made them");
         match event {
             Event::TimerFired(TimerKind::Tick) => self.on_tick(actions),
             Event::ClientRequest { request, digest } => {
@@ -452,6 +454,20 @@ impl Replica {
             let from = self.last_decided + 1;
             let to = self.last_decided + self.config.fetch_instances_max;
             actions.push(Action::Broadcast { message: Message::Fetch { from, to } });
+        }
+        // Postconditions: regencies only grow, decisions only advance, and what is
+        // delivered is exactly the agreements decided by this event, in order, each with
+        // its value in hand.
+        assert!(self.regency >= regency_before, "regencies only grow");
+        assert!(self.last_decided >= decided_before, "decided agreements are never undone");
+        assert_eq!(
+            self.deliveries.len() as u64,
+            self.last_decided - decided_before,
+            "every decision is delivered exactly once"
+        );
+        for (offset, decision) in self.deliveries.iter().enumerate() {
+            assert_eq!(decision.agreement_id, decided_before + 1 + offset as u64);
+            debug_assert_eq!(decision.batch.hash(), decision.hash, "a decided value is known");
         }
         if !self.deliveries.is_empty() {
             actions.push(Action::Deliver { decisions: std::mem::take(&mut self.deliveries) });
@@ -812,6 +828,10 @@ impl Replica {
         } else {
             return;
         }
+        assert!(
+            inst.my_write.is_none_or(|(r, _)| r < regency),
+            "one value per (regency, agreement)"
+        );
         inst.my_write = Some((regency, hash));
         inst.my_writes.insert(hash, regency);
         inst.writes.insert(id, (regency, hash));
@@ -864,6 +884,10 @@ impl Replica {
             .find(|((_, hash), senders)| senders.len() >= quorum && inst.values.contains_key(hash));
         match decided {
             Some(((regency, hash), proof)) => {
+                assert!(
+                    proof.len() >= quorum && quorum <= self.config.n,
+                    "a decision needs a quorum"
+                );
                 let batch = inst.values[&hash].clone();
                 self.decide(agreement_id, Some(regency), hash, batch, proof);
                 true

@@ -31,6 +31,12 @@ pub use crate::durability::{
 /// Batches the log stage takes into one group write at most.
 pub const LOG_GROUP_BATCHES_MAX: usize = 256;
 
+// A group is taken from the log stage's queue, so it cannot be longer than the queue; and
+// the coordinator can hold two full groups (one being written, one filling) before it
+// pushes back, or parallel logging could never fill a group.
+const _: () = assert!(LOG_GROUP_BATCHES_MAX <= super::replica::STAGE_QUEUE_MAX);
+const _: () = assert!(crate::durability::HELD_BATCHES_MAX >= 2 * LOG_GROUP_BATCHES_MAX);
+
 /// What the exec stage receives from the order stage.
 #[derive(Debug)]
 pub enum ExecInput {

@@ -44,6 +44,11 @@ pub const CLIENT_KEYS_CACHED_MAX: usize = 65_536;
 /// Stage threads that want a core each when pinning.
 pub const STAGES_PINNED: usize = 4;
 
+// Session numbers are the low bits of a client id: the mask is a block of low bits.
+const _: () = assert!((CLIENT_SESSION_MASK + 1).is_power_of_two());
+// Two stages per replica (order, exec) are always pinned; log joins when there is one.
+const _: () = assert!(STAGES_PINNED >= 3);
+
 /// What the order stage receives from the net stage.
 #[derive(Debug)]
 enum OrderInput {
