@@ -1538,6 +1538,18 @@ mod tests {
         assert_eq!(a.end_ms, b.end_ms);
         assert_eq!(a.replica_messages, b.replica_messages);
         assert_eq!(a.last_decided, b.last_decided);
+        assert_eq!((a.disk_writes, a.replies_released), (b.disk_writes, b.replies_released));
+        // A run with a crash of every replica and torn writes replays exactly too.
+        let mut config = SimConfig::random_with_total_crash(Mode::Crash, 3, 11);
+        config.total_crash = Some(TotalCrashPlan { at_ms: 400, restart_spread_ms: 200 });
+        config.torn_write_per_mille = 1_000;
+        let a = run(&config).expect("seed 11 passes");
+        let b = run(&config).expect("seed 11 passes");
+        assert_eq!(a.total_crashes, 1);
+        assert_eq!(
+            (a.end_ms, a.disk_writes, a.torn_writes, a.replica_messages),
+            (b.end_ms, b.disk_writes, b.torn_writes, b.replica_messages)
+        );
     }
 
     #[test]
