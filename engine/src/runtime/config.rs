@@ -647,6 +647,26 @@ mod tests {
     }
 
     #[test]
+    fn connections_max_defaults_when_absent_and_must_leave_room_for_every_replica() {
+        let text: String = sample()
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("connections_max"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ClusterConfig::from_toml(&text).expect("an old config without the field");
+        assert_eq!(config.connections_max, 1_024);
+        let mut config = sample();
+        config.connections_max = config.n() - 1;
+        let error = config.validate().expect_err("no room for the other replicas");
+        assert!(error.to_string().contains("connections_max"), "{error}");
+        config.connections_max = config.n();
+        config.validate().expect("n is enough");
+        config.connections_max = 65_537;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
     fn duplicate_id_and_missing_key_are_rejected() {
         let mut config = sample();
         config.replicas[1].id = 0;
