@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use dura_engine::runtime::{ClientOptions, RuntimeError};
 use dura_kvstore::{ClusterConfig, KvClient, LogMode, Mode};
 
 const MIB: usize = 1024 * 1024;
@@ -158,6 +159,32 @@ fn a_value_over_the_clusters_bound_is_refused_before_sending_naming_the_limit() 
     );
     assert_eq!(put.status.code(), Some(1), "{}", stderr(&put));
     assert!(stderr(&put).contains("frame_bytes_max"), "{}", stderr(&put));
+}
+
+#[test]
+fn a_raw_operation_over_the_bound_is_cut_off_at_the_door_and_the_cluster_keeps_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(dir.path());
+    let bound = cluster.config.operation_bound().operation_bytes_max;
+    // `KvClient` refuses such an operation itself; the raw client sends anything, as a
+    // buggy or hostile client would. Every replica it reaches closes its connection.
+    let options = ClientOptions { request_timeout: Duration::from_secs(3), ..ClientOptions::new() };
+    let rogue = KvClient::connect_with(&cluster.config, options).expect("client");
+    let sent = rogue.raw().invoke(vec![7u8; bound + 1]);
+    assert!(matches!(sent, Err(RuntimeError::Timeout { .. })), "{sent:?}");
+    let logs: String = (0..cluster.config.n())
+        .map(|id| {
+            std::fs::read_to_string(dir.path().join(format!("replica{id}.log"))).expect("log")
+        })
+        .collect();
+    assert!(logs.contains("over the bound") && logs.contains("connection closed"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+    // Nothing of it reached a log: another client is served as before.
+    let other = KvClient::connect(&cluster.config).expect("client");
+    other.put(b"small", b"value").expect("put after the oversized operation");
+    assert_eq!(other.get(b"small").expect("get"), Some(b"value".to_vec()));
+    let get = dura_kv(&["get", "--config", cluster.config_arg(), "small"], b"");
+    assert!(get.status.success(), "{}", stderr(&get));
 }
 
 #[test]

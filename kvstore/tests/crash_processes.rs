@@ -340,6 +340,43 @@ fn killing_one_replica_and_then_the_leader_keeps_the_cluster_serving() {
 }
 
 #[test]
+fn a_fresh_crash_mode_client_reaches_a_moved_leader_without_waiting_out_the_timeout() {
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(Mode::Crash, dir.path());
+    // The default timeout, which a fresh `dura-kv` call used to wait out in full.
+    cluster.config.request_timeout_ms = 2_000;
+    cluster.config.save(&cluster.config_path).expect("rewrite config");
+    let timeout = Duration::from_millis(cluster.config.request_timeout_ms);
+    cluster.start_all();
+    let client = cluster.client();
+    client.put(b"before", b"1").expect("put at regency 0");
+    // Stop regency 0's leader: the next put makes the others install regency 1
+    // (leader 1). Then bring replica 0 back as a follower.
+    cluster.kill(0);
+    client.put(b"moved", b"1").expect("put after the leader change");
+    cluster.start(0);
+    // A fresh client starts at regency 0 and so asks replica 0 first. Once replica 0
+    // has recovered it passes the request on at once; until then its answer may wait
+    // for the timeout, so wait for the first fast answer (bounded)...
+    let fresh_put = |key: &[u8]| {
+        let fresh = cluster.client();
+        let started = Instant::now();
+        fresh.put(key, b"v").expect("fresh client's put");
+        started.elapsed()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fresh_put(b"probe") >= timeout / 2 {
+        assert!(Instant::now() < deadline, "no fresh client was answered fast; logs in {dir:?}");
+    }
+    // ...then every fresh client is answered in well under the timeout.
+    for round in 0..5 {
+        let took = fresh_put(format!("fresh{round}").as_bytes());
+        assert!(took < timeout / 2, "fresh client {round} took {took:?} (timeout {timeout:?})");
+    }
+    cluster.assert_running();
+}
+
+#[test]
 fn sigterm_stops_a_replica_gracefully_with_exit_status_zero() {
     let dir = temp_dir();
     let mut cluster = Cluster::new(Mode::Crash, dir.path());

@@ -122,6 +122,21 @@ impl Client {
         self.outstanding.is_some()
     }
 
+    /// The highest regency learned from an authentic reply (or [`Client::learn_regency`]):
+    /// crash-mode requests go to its leader, `regency % n`.
+    pub fn regency_hint(&self) -> u64 {
+        self.regency_hint
+    }
+
+    /// Takes `regency` as a hint of who leads, if it is above what this client knows:
+    /// a runtime that runs many sessions hands each new session what the others
+    /// learned, so that none starts at regency 0 after the leader moved. Only a hint:
+    /// a wrong one costs a forward by the replica it names (crash mode) or nothing
+    /// (BFT clients broadcast); it never decides which replies are accepted.
+    pub fn learn_regency(&mut self, regency: u64) {
+        self.regency_hint = self.regency_hint.max(regency);
+    }
+
     /// Replies needed to accept a result: f+1 (BFT) or 1 (crash), see
     /// [`Mode::reply_quorum`].
     pub fn replies_needed(&self) -> usize {
@@ -248,6 +263,30 @@ mod tests {
         client.handle(ClientEvent::TimerFired, &mut actions);
         assert!(matches!(actions[0], ClientAction::Broadcast { .. }));
         assert_eq!(actions[1], ClientAction::SetTimer { after_ms: 200 });
+    }
+
+    #[test]
+    fn a_regency_learned_elsewhere_picks_the_first_replica_asked_and_never_goes_back() {
+        let (mut client, ring) = client(Mode::Crash, 3, 1);
+        client.learn_regency(5);
+        client.learn_regency(2);
+        assert_eq!(client.regency_hint(), 5);
+        let mut actions = Vec::new();
+        let sequence = client.invoke(b"a".to_vec(), &mut actions).expect("idle");
+        // Regency 5 of 3 replicas: leader 2, asked first, no timeout waited.
+        assert_eq!(
+            actions[1..],
+            [ClientAction::SetTimer { after_ms: 100 }],
+            "one send and the timer: {actions:?}"
+        );
+        assert!(matches!(actions[0], ClientAction::Send { to: 2, .. }));
+        // A reply forged with the wrong key does not move the hint.
+        let forged =
+            Reply::signed(&ring.replica_keys(0).client_key(7), 1, 7, sequence, 9, b"x".to_vec());
+        actions.clear();
+        client.handle(ClientEvent::Reply(forged), &mut actions);
+        assert!(actions.is_empty());
+        assert_eq!(client.regency_hint(), 5);
     }
 
     #[test]

@@ -515,26 +515,50 @@ impl Replica {
             });
             return;
         }
-        self.add_pending(request, digest);
+        // A crash-mode client sends to the replica it believes leads. One that does not
+        // (a fresh client, after the leader moved) passes the request on at once rather
+        // than after the request timeout, so the client is not made to wait it out; the
+        // replies carry the regency, from which the client learns the leader. The
+        // request keeps its client MACs, which the leader checks (see
+        // `Message::Forward`); it stays pending here too, so a leader that does not
+        // order it is still replaced. BFT clients broadcast, so nothing is forwarded.
+        let forward = self.config.mode == Mode::Crash
+            && self.phase == Phase::Normal
+            && !self.leads(self.regency);
+        let request_to_forward = forward.then(|| request.clone());
+        if self.add_pending(request, digest)
+            && let Some(request) = request_to_forward
+        {
+            actions.push(Action::Send {
+                to: self.config.leader_of(self.regency),
+                message: Message::Forward {
+                    last_decided: self.last_decided,
+                    requests: vec![request],
+                },
+            });
+        }
     }
 
-    fn add_pending(&mut self, request: ClientRequest, digest: Hash) {
+    /// Adds `request` to the pending set; false when it was not added (an older or the
+    /// same sequence of its client is already pending, or the set is full).
+    fn add_pending(&mut self, request: ClientRequest, digest: Hash) -> bool {
         if let Some(&at) = self.pending_by_client.get(&request.client_id) {
             let existing = &self.pending[&at];
             if existing.request.sequence >= request.sequence {
-                return;
+                return false;
             }
             self.pending.remove(&at);
             self.pending_by_client.remove(&request.client_id);
         }
         if self.pending.len() >= self.config.pending_requests_max {
-            return;
+            return false;
         }
         let at = self.pending_next;
         self.pending_next += 1;
         self.pending_by_client.insert(request.client_id, at);
         self.pending
             .insert(at, Pending { request, digest, arrival_tick: self.now_tick, forwarded: false });
+        true
     }
 
     fn remove_ordered_pending(&mut self, client_id: u64, sequence: u64) {
@@ -625,7 +649,7 @@ impl Replica {
                     let fresh =
                         self.ordered.get(&request.client_id).is_none_or(|&s| s < request.sequence);
                     if fresh && let Some(digest) = self.request_digest(&request) {
-                        self.add_pending(request, digest);
+                        let _ = self.add_pending(request, digest);
                     }
                 }
             }
@@ -1843,6 +1867,64 @@ mod tests {
         actions.clear();
         r.handle(message(0, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
         assert!(matches!(actions.as_slice(), [Action::Deliver { .. }]));
+    }
+
+    #[test]
+    fn crash_mode_follower_forwards_a_fresh_request_to_the_leader_at_once() {
+        let config = Config::crash(1);
+        let (mut replicas, ring) = cluster(&config);
+        let req = request(&ring, 4, 1);
+        let mut actions = Vec::new();
+        // Replica 1 does not lead regency 0: the request goes to replica 0 now, not
+        // after the request timeout, and stays pending here.
+        replicas[1].handle(event(&req), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Send {
+                to: 0,
+                message: Message::Forward { last_decided: 0, requests: vec![req.clone()] }
+            }]
+        );
+        assert_eq!(replicas[1].pending_requests(), 1);
+        // The same request again (a retransmission) is not forwarded twice.
+        actions.clear();
+        replicas[1].handle(event(&req), &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        // The leader checks the client's MAC for itself in the forwarded request and
+        // proposes it.
+        actions.clear();
+        let forward = Message::Forward { last_decided: 0, requests: vec![req.clone()] };
+        replicas[0].handle(message(1, forward), &mut actions);
+        let batch = Arc::new(Batch { requests: vec![req] });
+        let hash = batch.hash();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Broadcast {
+                    message: Message::Propose { regency: 0, agreement_id: 1, batch }
+                },
+                Action::Broadcast {
+                    message: Message::Accept { regency: 0, agreement_id: 1, hash }
+                },
+            ]
+        );
+        // A request whose MAC for the leader is wrong is not proposed.
+        let mut forged = request(&ring, 5, 1);
+        forged.authenticator[0][0] ^= 1;
+        actions.clear();
+        let forward = Message::Forward { last_decided: 0, requests: vec![forged] };
+        replicas[0].handle(message(1, forward), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Broadcast { .. })), "{actions:?}");
+    }
+
+    #[test]
+    fn bft_follower_does_not_forward_a_fresh_request() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let mut actions = Vec::new();
+        replicas[1].handle(event(&request(&ring, 4, 1)), &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(replicas[1].pending_requests(), 1);
     }
 
     fn collect(

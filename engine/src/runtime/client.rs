@@ -222,6 +222,7 @@ impl Client {
             waiting: VecDeque::new(),
             next_client_id: 0,
             open_sessions: 0,
+            regency_hint: 0,
             actions: Vec::new(),
         };
         driver.next_client_id = driver.options.client_id_base;
@@ -291,6 +292,9 @@ struct Driver {
     next_client_id: u64,
     open_sessions: usize,
     actions: Vec<ClientAction>,
+    /// The highest regency any session learned from an authentic reply: every session
+    /// starts its next request there, so a leader learned once is remembered by all.
+    regency_hint: u64,
 }
 
 impl Driver {
@@ -355,6 +359,7 @@ impl Driver {
         };
         let session = self.sessions[index].as_mut().expect("idle sessions exist");
         assert!(!session.protocol.is_busy(), "an idle session has nothing outstanding");
+        session.protocol.learn_regency(self.regency_hint);
         self.actions.clear();
         session
             .protocol
@@ -381,6 +386,7 @@ impl Driver {
         let Some(session) = self.sessions[index].as_mut() else { return };
         self.actions.clear();
         session.protocol.handle(ClientEvent::Reply(reply), &mut self.actions);
+        self.regency_hint = self.regency_hint.max(session.protocol.regency_hint());
         self.execute_actions(index);
     }
 

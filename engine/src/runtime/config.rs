@@ -157,6 +157,9 @@ fn default_wal_segment_mib() -> u32 {
 fn default_frame_bytes_max() -> u32 {
     32 * 1024 * 1024
 }
+fn default_connections_max() -> u32 {
+    1_024
+}
 
 /// The whole cluster: shared by every replica and client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +187,14 @@ pub struct ClusterConfig {
     /// Largest frame accepted on any connection; a bigger one drops the connection.
     #[serde(default = "default_frame_bytes_max")]
     pub frame_bytes_max: u32,
+    /// Connections a replica keeps open at once on each of its two listeners (replica
+    /// links, clients), counting those still sending their hello; one more is closed
+    /// at once with a log line. Each connection costs two threads and up to
+    /// `frame_bytes_max` of buffer, so this bounds what unknown peers can make a
+    /// replica hold. One client process (any number of sessions) uses one connection
+    /// per replica. Default 1,024.
+    #[serde(default = "default_connections_max")]
+    pub connections_max: u32,
     /// Which log implementation: `wal` (segmented `dura-wal`, the default) or `file`
     /// (one file, write + fdatasync). `sync` log mode always uses `file`.
     #[serde(default)]
@@ -338,6 +349,15 @@ impl ClusterConfig {
         if self.frame_bytes_max < 64 * 1024 {
             return Err(wrong("frame_bytes_max", "must be at least 65536".into()));
         }
+        // Every other replica needs a link, and a cluster with no room for a client
+        // serves nobody; past 65,536 the threads alone would exhaust a process.
+        let connections_min = self.n();
+        if !(connections_min..=65_536).contains(&self.connections_max) {
+            return Err(wrong(
+                "connections_max",
+                format!("must be within {connections_min}..=65536 (at least n)"),
+            ));
+        }
         Ok(())
     }
 
@@ -410,6 +430,7 @@ impl ClusterConfig {
             request_timeout_ms: default_request_timeout_ms(),
             batch_requests_max: default_batch_requests_max(),
             frame_bytes_max: default_frame_bytes_max(),
+            connections_max: default_connections_max(),
             log_backend: LogBackendKind::Wal,
             wal_segment_mib: 64,
             // Until checkpoints let old segments be recycled, every segment is new:
@@ -623,6 +644,26 @@ mod tests {
         let error = config.validate().expect_err("4 replicas is not 2f+1 for f=1");
         assert!(error.to_string().contains("replica"), "{error}");
         assert!(error.to_string().contains("needs exactly 3"), "{error}");
+    }
+
+    #[test]
+    fn connections_max_defaults_when_absent_and_must_leave_room_for_every_replica() {
+        let text: String = sample()
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("connections_max"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ClusterConfig::from_toml(&text).expect("an old config without the field");
+        assert_eq!(config.connections_max, 1_024);
+        let mut config = sample();
+        config.connections_max = config.n() - 1;
+        let error = config.validate().expect_err("no room for the other replicas");
+        assert!(error.to_string().contains("connections_max"), "{error}");
+        config.connections_max = config.n();
+        config.validate().expect("n is enough");
+        config.connections_max = 65_537;
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -466,11 +466,13 @@ mod tests {
         assert_eq!((second.client_id, second.agreement_id), (11, 1));
         assert_eq!(*p.syncs.lock().expect("lock"), 1);
         drop(p.to_exec);
-        // The exec stage counts the wait it imposed: one batch, held at least as long
-        // as the gate stayed shut.
+        // The exec stage counts the wait it imposed: one batch, held about as long as
+        // the gate stayed shut (300 ms from the send). Its clock starts when exec has
+        // taken and executed the batch, a scheduling delay after the send (295 ms was
+        // seen on a loaded machine), so the bound leaves a margin for that delay.
         let held = p.exec.join().expect("exec stage ends when its input closes");
         assert_eq!(held.batches, 1);
-        assert!(held.max >= Duration::from_millis(300) && held.total == held.max, "{held:?}");
+        assert!(held.max >= Duration::from_millis(200) && held.total == held.max, "{held:?}");
     }
 
     #[test]

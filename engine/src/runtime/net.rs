@@ -8,7 +8,9 @@
 //! The first frame on every connection is a hello: `b"DURA"`, a kind byte (replica or
 //! client) and the sender's id as `u64` little-endian. Bodies after it are opaque here:
 //! the protocol's codec authenticates them (HMAC) with the key of the named sender, so a
-//! lying hello only gets its frames rejected.
+//! lying hello only gets its frames rejected. An accepted connection reads its hello on
+//! its own thread, within [`HELLO_TIMEOUT_MS`], and a listener holds at most
+//! `connections_max` accepted connections at once (see [`Network::serve`]).
 //!
 //! Writes are batched: each connection has one writer thread draining a bounded queue
 //! into a buffered stream and flushing when the queue runs empty, so many small frames
@@ -17,7 +19,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -34,6 +36,11 @@ pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 pub const PARKED_FRAMES_MAX: usize = 1_024;
 /// How long a sender waits on a full writer queue before dropping the frame.
 pub const SEND_BLOCK_MS_MAX: u64 = 2_000;
+
+/// How long an accepted connection has to send its hello before it is closed. The hello
+/// is read on the connection's own thread, so a silent peer holds one connection slot
+/// for this long and never delays another peer's accept.
+pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 
 const HELLO_MAGIC: &[u8; 4] = b"DURA";
 const HELLO_BYTES: usize = 4 + 1 + 8;
@@ -245,6 +252,18 @@ impl Network {
         stream: TcpStream,
         inbound: FrameSink,
     ) -> io::Result<Receiver<()>> {
+        self.attach_holding(peer, stream, inbound, ())
+    }
+
+    /// [`Network::attach`], with `held` kept alive by the reader thread until the
+    /// connection ends (an accepted connection's [`ConnectionSlot`]).
+    fn attach_holding(
+        self: &Arc<Self>,
+        peer: Peer,
+        stream: TcpStream,
+        inbound: FrameSink,
+        held: impl Send + 'static,
+    ) -> io::Result<Receiver<()>> {
         stream.set_nodelay(true)?;
         let read_half = stream.try_clone()?;
         let stream = Arc::new(stream);
@@ -282,6 +301,7 @@ impl Network {
         let network = self.clone();
         let frame_bytes_max = self.frame_bytes_max;
         thread::Builder::new().name(format!("net-r-{peer:?}")).spawn(move || {
+            let _held = held;
             let mut reader = BufReader::with_capacity(WRITE_BUFFER_BYTES, read_half);
             let mut body = Vec::new();
             loop {
@@ -318,41 +338,85 @@ impl Network {
         }
     }
 
-    /// Accepts connections on `listener` until [`Network::stop`], reads each one's
-    /// hello, keeps those whose peer `accept` allows, and attaches them.
+    /// Accepts connections on `listener` until [`Network::stop`]; each one's hello is
+    /// read on a thread of its own (within [`HELLO_TIMEOUT_MS`]), so a slow or silent
+    /// peer never holds up the next accept. Those whose peer `accept` allows are
+    /// attached. At most `connections_max` accepted connections are open at once,
+    /// counting those still in their hello: one past it is closed at once, with a log
+    /// line, so handshake threads and connection threads are bounded too.
     pub fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
-        accept: impl Fn(Peer) -> bool + Send + 'static,
+        connections_max: usize,
+        accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
         inbound: FrameSink,
     ) -> io::Result<thread::JoinHandle<()>> {
+        assert!(connections_max > 0, "a listener must accept at least one connection");
         let network = self.clone();
         let local = listener.local_addr()?;
+        let accept = Arc::new(accept);
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut refused_logged_at: Option<std::time::Instant> = None;
         thread::Builder::new().name(format!("net-accept-{}", local.port())).spawn(move || {
             for stream in listener.incoming() {
                 if network.is_stopping() {
                     break;
                 }
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut body = Vec::new();
-                let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
-                    Ok(Some(length)) => Peer::decode(&body[..length]),
-                    _ => None,
-                };
-                let Some(peer) = peer.filter(|p| accept(*p)) else {
-                    log::warn!(
-                        "{:?}: refused a connection on {local} with a bad hello",
-                        network.me
-                    );
+                let Ok(stream) = stream else { continue };
+                let Some(slot) = ConnectionSlot::take(&open, connections_max) else {
+                    // One line per second at most: a flood of refusals must not become
+                    // a flood of log lines.
+                    if refused_logged_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        log::warn!(
+                            "{:?}: refused a connection on {local} from {}: {connections_max} connections open (connections_max)",
+                            network.me,
+                            stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+                        );
+                        refused_logged_at = Some(std::time::Instant::now());
+                    }
+                    let _ = stream.shutdown(Shutdown::Both);
                     continue;
                 };
-                let _ = stream.set_read_timeout(None);
-                if let Err(error) = network.attach(peer, stream, inbound.clone()) {
-                    log::debug!("{:?}: could not attach {peer:?}: {error}", network.me);
+                let handshaker = network.clone();
+                let accept = accept.clone();
+                let inbound = inbound.clone();
+                let spawned = thread::Builder::new()
+                    .name(format!("net-hello-{}", local.port()))
+                    .spawn(move || handshaker.handshake(stream, local, &*accept, inbound, slot));
+                if let Err(error) = spawned {
+                    log::warn!("{:?}: no thread for a connection on {local}: {error}", network.me);
                 }
             }
         })
+    }
+
+    /// Reads an accepted connection's hello and attaches it, on the connection's own
+    /// thread. `slot` is released when the connection ends, or here if it never opens.
+    fn handshake(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        local: SocketAddr,
+        accept: &(dyn Fn(Peer) -> bool + Send + Sync),
+        inbound: FrameSink,
+        slot: ConnectionSlot,
+    ) {
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)));
+        let mut body = Vec::new();
+        let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
+            Ok(Some(length)) => Peer::decode(&body[..length]),
+            _ => None,
+        };
+        let Some(peer) = peer.filter(|p| accept(*p)) else {
+            log::warn!(
+                "{:?}: refused a connection on {local} with a bad or missing hello",
+                self.me
+            );
+            return;
+        };
+        let _ = stream.set_read_timeout(None);
+        if let Err(error) = self.attach_holding(peer, stream, inbound, slot) {
+            log::debug!("{:?}: could not attach {peer:?}: {error}", self.me);
+        }
     }
 
     /// Wakes a thread blocked in [`Network::serve`] on `addr` so it sees the stop flag.
@@ -392,6 +456,31 @@ impl Network {
                 }
             }
         })
+    }
+}
+
+/// One of a listener's `connections_max` places, held from accept until the connection
+/// ends; dropping it gives the place back.
+#[derive(Debug)]
+struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlot {
+    /// A place if fewer than `connections_max` are taken.
+    fn take(open: &Arc<AtomicUsize>, connections_max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+            (taken < connections_max).then_some(taken + 1)
+        })
+        .ok()
+        .map(|_| Self { open: open.clone() })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let before = self.open.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "a connection slot was given back twice");
     }
 }
 
@@ -449,7 +538,7 @@ mod tests {
         let (server_tx, server_rx) = bounded(16);
         let (client_tx, client_rx) = bounded(16);
         server
-            .serve(listener, |p| matches!(p, Peer::Client(_)), channel_sink(server_tx))
+            .serve(listener, 16, |p| matches!(p, Peer::Client(_)), channel_sink(server_tx))
             .expect("serve");
         let stream = client.dial(addr).expect("dial");
         let closed =
@@ -481,7 +570,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (rx_tx, rx) = bounded(16);
-        receiver.serve(listener, |p| p == Peer::Replica(1), channel_sink(rx_tx)).expect("serve");
+        receiver
+            .serve(listener, 16, |p| p == Peer::Replica(1), channel_sink(rx_tx))
+            .expect("serve");
         let (unused_tx, _unused_rx) = bounded(16);
         sender.keep_dialing(Peer::Replica(0), addr, channel_sink(unused_tx)).expect("dial");
         let got = rx.recv_timeout(Duration::from_secs(10)).expect("parked frame arrives");
@@ -490,6 +581,99 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("arrives").body, b"later");
         sender.stop();
         receiver.stop();
+        Network::wake_listener(addr);
+    }
+
+    /// A server that takes clients, and a client of it with id `client`: the client's
+    /// frames come out of the returned receiver.
+    fn serve_clients(connections_max: usize) -> (Arc<Network>, SocketAddr, Receiver<Inbound>) {
+        let server = Network::new(Peer::Replica(0), 1024);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (server_tx, server_rx) = bounded(16);
+        server
+            .serve(
+                listener,
+                connections_max,
+                |p| matches!(p, Peer::Client(_)),
+                channel_sink(server_tx),
+            )
+            .expect("serve");
+        (server, addr, server_rx)
+    }
+
+    /// Dials `addr` as client `id`; `None` when the server closed the connection before
+    /// the hello was written (a refusal can be that quick).
+    fn try_connect_client(id: u64, addr: SocketAddr) -> Option<(Arc<Network>, Receiver<()>)> {
+        let client = Network::new(Peer::Client(id), 1024);
+        let stream = client.dial(addr).ok()?;
+        let (unused_tx, _unused_rx) = bounded(16);
+        let closed = client.attach(Peer::Replica(0), stream, channel_sink(unused_tx)).ok()?;
+        Some((client, closed))
+    }
+
+    fn connect_client(id: u64, addr: SocketAddr) -> (Arc<Network>, Receiver<()>) {
+        try_connect_client(id, addr).expect("connect")
+    }
+
+    #[test]
+    fn a_peer_that_never_sends_its_hello_does_not_hold_up_the_next_one() {
+        let (server, addr, server_rx) = serve_clients(16);
+        let started = std::time::Instant::now();
+        let _silent = TcpStream::connect(addr).expect("connect without a hello");
+        let (client, _closed) = connect_client(7, addr);
+        assert!(client.send(Peer::Replica(0), Arc::from(&b"served"[..])));
+        let got = server_rx.recv_timeout(Duration::from_secs(10)).expect("frame arrives");
+        assert_eq!((got.from, got.body.as_slice()), (Peer::Client(7), &b"served"[..]));
+        // Before the fix the accept thread sat in the silent peer's hello until its
+        // timeout; now the second client is served long before it.
+        assert!(
+            started.elapsed() < Duration::from_millis(HELLO_TIMEOUT_MS / 2),
+            "served after {:?}",
+            started.elapsed()
+        );
+        client.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn connections_past_the_bound_are_refused_until_one_closes() {
+        let (server, addr, server_rx) = serve_clients(2);
+        let (first, _first_closed) = connect_client(1, addr);
+        let silent = TcpStream::connect(addr).expect("a second connection, still in its hello");
+        assert!(first.send(Peer::Replica(0), Arc::from(&b"one"[..])));
+        assert_eq!(server_rx.recv_timeout(Duration::from_secs(10)).expect("arrives").body, b"one");
+        // The third is over the bound: the server closes it without reading.
+        if let Some((third, third_closed)) = try_connect_client(3, addr) {
+            assert!(
+                third_closed.recv_timeout(Duration::from_secs(10)).is_err(),
+                "closed by the server"
+            );
+            third.stop();
+        }
+        assert!(server_rx.try_recv().is_err());
+        // A place frees when a connection ends; a new client gets it.
+        drop(silent);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            assert!(std::time::Instant::now() < deadline, "no place freed");
+            let Some((fourth, closed)) = try_connect_client(4, addr) else {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            assert!(fourth.send(Peer::Replica(0), Arc::from(&b"four"[..])));
+            if let Ok(got) = server_rx.recv_timeout(Duration::from_millis(500)) {
+                fourth.stop();
+                break got.body;
+            }
+            let _ = closed.recv_timeout(Duration::from_millis(100));
+            fourth.stop();
+        };
+        assert_eq!(body, b"four");
+        for network in [first, server] {
+            network.stop();
+        }
         Network::wake_listener(addr);
     }
 }

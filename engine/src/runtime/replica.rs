@@ -273,6 +273,7 @@ pub fn start_replica<S: Service>(
         network
             .serve(
                 replica_listener,
+                config.connections_max as usize,
                 move |p| matches!(p, Peer::Replica(r) if r < n && r != id),
                 replica_sink.clone(),
             )
@@ -282,6 +283,7 @@ pub fn start_replica<S: Service>(
         network
             .serve(
                 client_listener,
+                config.connections_max as usize,
                 |p| matches!(p, Peer::Client(c) if c & CLIENT_SESSION_MASK == 0),
                 client_sink,
             )
