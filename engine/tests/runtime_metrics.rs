@@ -139,3 +139,48 @@ fn replicas_serve_metrics_that_move_with_requests_and_say_they_serve() {
         replica.stop().expect("clean stop");
     }
 }
+
+#[test]
+fn a_restarted_replica_says_recovering_until_its_peers_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        ClusterConfig::local(3, Mode::Crash, LogMode::Parallel, dir.path()).expect("config");
+    config.pin_cores = false;
+    config.request_timeout_ms = 500;
+    let ports = free_ports(config.replicas.len()).expect("free ports");
+    for (replica, port) in config.replicas.iter_mut().zip(ports) {
+        replica.metrics_port = Some(port);
+    }
+    let start = |id| start_replica(&config, id, Echo, ReplicaOptions::default()).expect("starts");
+    let replicas: Vec<_> = (0..config.n()).map(start).collect();
+    {
+        let client = Client::connect(&config).expect("client");
+        for i in 0..5u64 {
+            client.invoke(i.to_le_bytes().to_vec()).expect("reply");
+        }
+    }
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+
+    // Alone, a restarted replica cannot finish recovering: it needs its peers' answers.
+    let first = start(0);
+    let addr = first.metrics_addr().expect("metrics configured");
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/health"), (503, "recovering\n".into()));
+        let (_, body) = get(addr, "/metrics");
+        assert_eq!(parse_prometheus(&body)["dura_recovering"], 1.0, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let others: Vec<_> = (1..config.n()).map(start).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(addr, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "replica 0 still recovering with its peers back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(addr, "/health"), (200, "serving\n".into()));
+    first.stop().expect("clean stop");
+    for replica in others {
+        replica.stop().expect("clean stop");
+    }
+}

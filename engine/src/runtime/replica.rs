@@ -313,6 +313,14 @@ pub fn start_replica<S: Service>(
     let failure: Arc<Mutex<Option<RuntimeError>>> = Arc::new(Mutex::new(None));
     let regency = Arc::new(AtomicU64::new(0));
     let replica_metrics = Arc::new(ReplicaMetrics::default());
+    // Health is right from the first scrape: a restarted replica is recovering before
+    // its order stage has run a round.
+    replica_metrics.record_order_state(
+        replica.last_decided(),
+        replica.regency(),
+        replica.is_leader(),
+        replica.is_recovering(),
+    );
     if let Some(listener) = metrics_listener {
         let failure = failure.clone();
         let stop = stop.clone();
