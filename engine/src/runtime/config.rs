@@ -112,6 +112,10 @@ pub struct ReplicaConfig {
     pub replica_port: u16,
     /// Port for client connections.
     pub client_port: u16,
+    /// Port serving `GET /metrics` (Prometheus text) and `GET /health` over HTTP on
+    /// `host`; absent: no metrics server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_port: Option<u16>,
     /// Directory holding the replica's log.
     pub data_dir: PathBuf,
 }
@@ -125,6 +129,11 @@ impl ReplicaConfig {
     /// The address clients connect to.
     pub fn client_addr(&self) -> Result<SocketAddr, RuntimeError> {
         resolve(&self.host, self.client_port, self.id, "client_port")
+    }
+
+    /// The address the metrics server listens on, if it is configured.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, RuntimeError> {
+        self.metrics_port.map(|port| resolve(&self.host, port, self.id, "metrics_port")).transpose()
     }
 }
 
@@ -309,9 +318,12 @@ impl ClusterConfig {
                     format!("id {} out of range 0..{}", replica.id, self.n()),
                 ));
             }
-            for (port, name) in
-                [(replica.replica_port, "replica_port"), (replica.client_port, "client_port")]
-            {
+            let ports = [
+                (Some(replica.replica_port), "replica_port"),
+                (Some(replica.client_port), "client_port"),
+                (replica.metrics_port, "metrics_port"),
+            ];
+            for (port, name) in ports.into_iter().filter_map(|(port, name)| Some((port?, name))) {
                 if port == 0 {
                     return Err(wrong(
                         &format!("replica[{}].{name}", replica.id),
@@ -417,6 +429,7 @@ impl ClusterConfig {
                 host: "127.0.0.1".into(),
                 replica_port: ports[2 * id as usize],
                 client_port: ports[2 * id as usize + 1],
+                metrics_port: None,
                 data_dir: data_dir.join(format!("r{id}")),
             })
             .collect();
@@ -682,6 +695,21 @@ mod tests {
         let mut config = sample();
         config.replica_key = "zz".repeat(20);
         assert!(config.validate().expect_err("bad hex").to_string().contains("replica_key"));
+    }
+
+    #[test]
+    fn metrics_port_is_optional_checked_and_round_trips() {
+        let mut config = sample();
+        assert!(!config.to_toml().contains("metrics_port"), "off by default");
+        config.replicas[0].metrics_port = Some(9100);
+        assert_eq!(ClusterConfig::from_toml(&config.to_toml()).expect("valid"), config);
+        config.replicas[1].metrics_port = Some(0);
+        let error = config.validate().expect_err("port 0").to_string();
+        assert!(error.contains("replica[1].metrics_port"), "{error}");
+        config.replicas[1].metrics_port = Some(config.replicas[1].client_port);
+        let error = config.validate().expect_err("port used twice").to_string();
+        assert!(error.contains("replica[1].metrics_port"), "{error}");
+        assert!(error.contains("used twice"), "{error}");
     }
 
     #[test]

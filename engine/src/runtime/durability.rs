@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use dura_wal::DurablePoint;
 
-use super::{LogMode, RuntimeError};
+use super::{LogMode, ReplicaMetrics, RuntimeError};
 use crate::durability::{Coordinator, Input, Output};
 use crate::protocol::Batch;
 use crate::service::{Executor, Service};
@@ -30,6 +30,9 @@ pub use crate::durability::{
 
 /// Batches the log stage takes into one group write at most.
 pub const LOG_GROUP_BATCHES_MAX: usize = 256;
+/// How often a log stage that is idle refreshes the metrics of a log that groups its
+/// writes by itself (so a scrape sees the last writes before traffic stopped).
+pub const LOG_STATS_REFRESH_MS: u64 = 500;
 
 // A group is taken from the log stage's queue, so it cannot be longer than the queue; and
 // the coordinator can hold two full groups (one being written, one filling) before it
@@ -71,6 +74,12 @@ pub trait LogBackend: Send + 'static {
     fn durable_notifications(&self) -> Option<Receiver<DurablePoint>> {
         None
     }
+
+    /// The group writes the log made so far, if it groups writes by itself (then the
+    /// log stage publishes these totals in the replica's metrics).
+    fn write_stats(&self) -> Option<dura_wal::WriteStats> {
+        None
+    }
 }
 
 impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
@@ -82,6 +91,9 @@ impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
     }
     fn durable_notifications(&self) -> Option<Receiver<DurablePoint>> {
         (**self).durable_notifications()
+    }
+    fn write_stats(&self) -> Option<dura_wal::WriteStats> {
+        (**self).write_stats()
     }
 }
 
@@ -125,6 +137,8 @@ impl DurableReports {
 struct BatchAppender {
     payload: Vec<u8>,
     last_logged: Option<u64>,
+    /// Payload bytes appended so far (for the log write metrics).
+    bytes_appended: u64,
 }
 
 impl BatchAppender {
@@ -147,6 +161,7 @@ impl BatchAppender {
         self.admit(batch.agreement_id);
         self.payload.clear();
         encode_batch(batch.agreement_id, (0, 1), &batch.batch, &mut self.payload);
+        self.bytes_appended += self.payload.len() as u64;
         backend.append(batch.agreement_id, batch.agreement_id, &self.payload)
     }
 
@@ -167,6 +182,7 @@ impl BatchAppender {
             self.payload.clear();
             let single = Batch { requests: vec![request.clone()] };
             encode_batch(batch.agreement_id, (index as u32, parts), &single, &mut self.payload);
+            self.bytes_appended += self.payload.len() as u64;
             backend.append(batch.agreement_id, batch.agreement_id, &self.payload)?;
             backend.sync()?;
         }
@@ -179,22 +195,40 @@ impl BatchAppender {
 /// in its queue as one group, appends them, syncs once (`sync` mode: once per request)
 /// and publishes the group's last agreement on `reports`; in `async` mode it never
 /// syncs and never reports. Ends when its input closes, after syncing what it took.
+/// Its group writes go to `metrics` (a log that groups by itself: its own totals,
+/// refreshed after each append and every [`LOG_STATS_REFRESH_MS`] when idle).
 pub fn run_log_stage(
     mode: LogMode,
     mut backend: impl LogBackend,
     input: Receiver<Arc<DecidedBatch>>,
     reports: Option<DurableReports>,
+    metrics: &ReplicaMetrics,
 ) -> Result<(), RuntimeError> {
     assert!(mode != LogMode::None, "no log stage runs in mode none");
     let mut appender = BatchAppender::default();
-    let Some(reports) = reports else {
-        while let Ok(batch) = input.recv() {
-            appender.append(&mut backend, &batch)?;
+    let publish_stats = |backend: &dyn LogBackend| {
+        if let Some(stats) = backend.write_stats() {
+            metrics.set_log_writes(stats);
         }
-        return backend.sync();
+    };
+    let Some(reports) = reports else {
+        let refresh = Duration::from_millis(LOG_STATS_REFRESH_MS);
+        loop {
+            match input.recv_timeout(refresh) {
+                Ok(batch) => appender.append(&mut backend, &batch)?,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            publish_stats(&backend);
+        }
+        let synced = backend.sync();
+        publish_stats(&backend);
+        return synced;
     };
     let mut group: Vec<Arc<DecidedBatch>> = Vec::with_capacity(LOG_GROUP_BATCHES_MAX);
     while let Ok(first) = input.recv() {
+        let started = Instant::now();
+        let bytes_before = appender.bytes_appended;
         group.clear();
         group.push(first);
         while group.len() < LOG_GROUP_BATCHES_MAX {
@@ -215,6 +249,7 @@ pub fn run_log_stage(
             LogMode::Batched | LogMode::Parallel => backend.sync()?,
             LogMode::None => unreachable!("checked above"),
         }
+        metrics.record_log_group(appender.bytes_appended - bytes_before, started.elapsed());
         if mode.is_durable() {
             let last = group.last().expect("group is never empty").agreement_id;
             if !reports.publish(last) {
@@ -233,6 +268,9 @@ pub fn run_log_stage(
 /// waiting for the log then are dropped (their clients retransmit). A log that stops
 /// (its report channel or queue disconnects while the input is open) failed: from then
 /// on nothing more is released.
+// Each argument is one of the stage's links (channels, metrics, sink) or its start
+// state; a struct bundling them would only be taken apart again here.
+#[allow(clippy::too_many_arguments)]
 pub fn run_exec_stage<S: Service>(
     mode: LogMode,
     recovered: u64,
@@ -240,6 +278,7 @@ pub fn run_exec_stage<S: Service>(
     input: Receiver<ExecInput>,
     durable: Option<Receiver<DurablePoint>>,
     log: Option<Sender<Arc<DecidedBatch>>>,
+    metrics: &ReplicaMetrics,
     mut sink: impl FnMut(ReplyOut),
 ) -> HeldReplies {
     assert_eq!(log.is_some(), mode != LogMode::None, "a log stage runs in every mode but none");
@@ -307,10 +346,13 @@ pub fn run_exec_stage<S: Service>(
                     Output::Release { replies, held_us } => {
                         if let Some(held_us) = held_us {
                             held.record(Duration::from_micros(held_us));
+                            metrics.record_held(Duration::from_micros(held_us));
                         }
+                        metrics.record_released(replies.len());
                         replies.into_iter().for_each(&mut sink);
                     }
                     Output::Stop => {
+                        metrics.record_log_failure();
                         log::error!("the log failed: no reply waiting for it will be sent");
                     }
                 }
@@ -439,13 +481,25 @@ mod tests {
         let (reply_tx, replies) = bounded(64);
         let (reports, durable) = DurableReports::new();
         let reports = mode.is_durable().then_some(reports);
-        thread::spawn(move || run_log_stage(mode, backend, log_rx, reports));
+        thread::spawn(move || {
+            run_log_stage(mode, backend, log_rx, reports, &ReplicaMetrics::default())
+        });
         let durable = mode.is_durable().then_some(durable);
         let exec = thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
-            run_exec_stage(mode, 0, &mut executor, exec_rx, durable, Some(to_log), |reply| {
-                let _ = reply_tx.send(reply);
-            })
+            let metrics = ReplicaMetrics::default();
+            run_exec_stage(
+                mode,
+                0,
+                &mut executor,
+                exec_rx,
+                durable,
+                Some(to_log),
+                &metrics,
+                |reply| {
+                    let _ = reply_tx.send(reply);
+                },
+            )
         });
         Pipeline { to_exec, gate: gate_tx, replies, syncs, records, exec }
     }
@@ -621,7 +675,9 @@ mod tests {
         let (reply_tx, replies) = bounded(16);
         let backend = NotifyingLog { points, appended };
         let durable = backend.durable_notifications();
-        thread::spawn(move || run_log_stage(LogMode::Parallel, backend, log_rx, None));
+        thread::spawn(move || {
+            run_log_stage(LogMode::Parallel, backend, log_rx, None, &ReplicaMetrics::default())
+        });
         thread::spawn(move || {
             let mut executor = Executor::new(Echo::default());
             run_exec_stage(
@@ -631,6 +687,7 @@ mod tests {
                 exec_rx,
                 durable,
                 Some(to_log),
+                &ReplicaMetrics::default(),
                 |reply| {
                     let _ = reply_tx.send(reply);
                 },

@@ -291,4 +291,8 @@ impl LogBackend for WalLog {
     fn durable_notifications(&self) -> Option<crossbeam_channel::Receiver<dura_wal::DurablePoint>> {
         Some(self.writer.durable_notifications())
     }
+
+    fn write_stats(&self) -> Option<dura_wal::WriteStats> {
+        Some(self.writer.write_stats())
+    }
 }

@@ -12,12 +12,14 @@ pub mod client;
 pub mod config;
 pub mod durability;
 pub mod filelog;
+pub mod metrics;
 pub mod net;
 pub mod replica;
 
 pub use alloc::tune_allocator;
 pub use client::{Client, ClientOptions, Pending};
 pub use config::{ClusterConfig, LogBackendKind, LogMode, Mode, ReplicaConfig};
+pub use metrics::{Health, ReplicaMetrics};
 pub use replica::{ReplicaHandle, ReplicaOptions, start_replica};
 
 /// Everything that can go wrong running a replica or a client.

@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use super::durability::{self, DecidedBatch, ExecInput, LogBackend};
 use super::filelog::{FileLog, LogRecord, WalLog};
+use super::metrics::{self, Health, ReplicaMetrics};
 use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
 use crate::protocol::{
@@ -73,6 +74,8 @@ pub struct ReplicaHandle {
     listen_addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
     recovered_agreement_id: u64,
+    metrics: Arc<ReplicaMetrics>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Name of the file that records, in a replica's data dir, that a replica process has
@@ -215,7 +218,17 @@ pub fn start_replica<S: Service>(
             peer: format!("{}:{} (replica[{id}].client_port)", me.host, me.client_port),
             error,
         })?;
-    let listen_addrs = vec![me.replica_addr()?, me.client_addr()?];
+    let metrics_addr = me.metrics_addr()?;
+    let metrics_listener = match metrics_addr {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|error| RuntimeError::Net {
+            operation: "listen for metrics scrapes on",
+            peer: format!("{addr} (replica[{id}].metrics_port)"),
+            error,
+        })?),
+        None => None,
+    };
+    let mut listen_addrs = vec![me.replica_addr()?, me.client_addr()?];
+    listen_addrs.extend(metrics_addr);
     let network = Network::new(Peer::Replica(id), config.frame_bytes_max);
     let (order_tx, order_rx) = bounded::<OrderInput>(ORDER_QUEUE_MAX);
     let n = config.n();
@@ -301,6 +314,40 @@ pub fn start_replica<S: Service>(
     let stop = Arc::new(AtomicBool::new(false));
     let failure: Arc<Mutex<Option<RuntimeError>>> = Arc::new(Mutex::new(None));
     let regency = Arc::new(AtomicU64::new(0));
+    let replica_metrics = Arc::new(ReplicaMetrics::default());
+    // Health is right from the first scrape: a restarted replica is recovering before
+    // its order stage has run a round.
+    replica_metrics.record_order_state(
+        replica.last_decided(),
+        replica.regency(),
+        replica.is_leader(),
+        replica.is_recovering(),
+    );
+    if let Some(listener) = metrics_listener {
+        let failure = failure.clone();
+        let stop = stop.clone();
+        let health_metrics = replica_metrics.clone();
+        let health = move || {
+            if let Some(error) = failure.lock().expect("failure lock").as_ref() {
+                return Health::Stopped(error.to_string());
+            }
+            if stop.load(Ordering::Acquire) {
+                return Health::Stopped("shutting down".into());
+            }
+            if health_metrics.is_recovering() { Health::Recovering } else { Health::Serving }
+        };
+        let network = network.clone();
+        threads.push(
+            metrics::serve(
+                format!("metrics-{id}"),
+                listener,
+                replica_metrics.clone(),
+                health,
+                move || network.is_stopping(),
+            )
+            .map_err(io_error("start the metrics server"))?,
+        );
+    }
     let cores = if config.pin_cores {
         core_affinity::get_core_ids().filter(|cores| cores.len() >= STAGES_PINNED)
     } else {
@@ -354,12 +401,13 @@ pub fn start_replica<S: Service>(
         Some(backend) => {
             let (log_tx, log_rx) = bounded::<Arc<DecidedBatch>>(STAGE_QUEUE_MAX);
             let fail = fail.clone();
+            let metrics = replica_metrics.clone();
             threads.push(spawn(
                 "log",
                 core(2),
                 Box::new(move || {
                     if let Err(error) =
-                        durability::run_log_stage(log_mode, backend, log_rx, log_reports)
+                        durability::run_log_stage(log_mode, backend, log_rx, log_reports, &metrics)
                     {
                         fail(error);
                     }
@@ -373,6 +421,7 @@ pub fn start_replica<S: Service>(
         let network = network.clone();
         let keys = keys.clone();
         let regency = regency.clone();
+        let metrics = replica_metrics.clone();
         threads.push(spawn(
             "exec",
             core(1),
@@ -386,6 +435,7 @@ pub fn start_replica<S: Service>(
                     exec_rx,
                     durable_to_exec,
                     log_tx,
+                    &metrics,
                     |out| {
                         if client_keys.len() >= CLIENT_KEYS_CACHED_MAX {
                             client_keys.clear();
@@ -423,6 +473,7 @@ pub fn start_replica<S: Service>(
             network,
             exec: exec_tx,
             regency,
+            metrics: replica_metrics.clone(),
             tick_at: None,
         };
         threads.push(spawn(
@@ -441,7 +492,20 @@ pub fn start_replica<S: Service>(
         listen_addrs[0],
         listen_addrs[1]
     );
-    Ok(ReplicaHandle { id, stop, failure, network, listen_addrs, threads, recovered_agreement_id })
+    if let Some(addr) = metrics_addr {
+        log::info!("replica {id}: metrics and health on http://{addr}/metrics, /health");
+    }
+    Ok(ReplicaHandle {
+        id,
+        stop,
+        failure,
+        network,
+        listen_addrs,
+        threads,
+        recovered_agreement_id,
+        metrics: replica_metrics,
+        metrics_addr,
+    })
 }
 
 struct OrderStage {
@@ -451,6 +515,7 @@ struct OrderStage {
     network: Arc<Network>,
     exec: Sender<ExecInput>,
     regency: Arc<AtomicU64>,
+    metrics: Arc<ReplicaMetrics>,
     tick_at: Option<Instant>,
 }
 
@@ -481,6 +546,12 @@ impl OrderStage {
             if !self.execute(&mut actions) || stop.load(Ordering::Acquire) {
                 return;
             }
+            self.metrics.record_order_state(
+                replica.last_decided(),
+                replica.regency(),
+                replica.is_leader(),
+                replica.is_recovering(),
+            );
             let wait = self
                 .tick_at
                 .map_or(Duration::from_millis(100), |at| {
@@ -544,6 +615,8 @@ impl OrderStage {
                 }
                 Action::Deliver { decisions } => {
                     for decision in decisions {
+                        self.metrics
+                            .record_decided(decision.agreement_id, decision.batch.requests.len());
                         let batch = Arc::new(DecidedBatch {
                             agreement_id: decision.agreement_id,
                             batch: decision.batch,
@@ -582,6 +655,16 @@ impl ReplicaHandle {
     /// The last agreement id replayed from the log at start (0: none).
     pub fn recovered_agreement_id(&self) -> u64 {
         self.recovered_agreement_id
+    }
+
+    /// This replica's metrics, as its metrics server serves them.
+    pub fn metrics(&self) -> &ReplicaMetrics {
+        &self.metrics
+    }
+
+    /// Where the metrics server listens (None: not configured).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Whether a stage failed (the replica is stopping or stopped).
