@@ -41,6 +41,25 @@ fn start(config: &ClusterConfig) -> Vec<dura_engine::runtime::ReplicaHandle> {
         .collect()
 }
 
+/// A 3-replica crash-mode cluster in `dir` that acknowledged ten adds of 5 (one
+/// agreement each), stopped cleanly; returns its config.
+fn ten_adds_then_stop(log_mode: LogMode, dir: &std::path::Path) -> ClusterConfig {
+    let mut config = ClusterConfig::local(3, Mode::Crash, log_mode, dir).expect("config");
+    config.pin_cores = false;
+    config.request_timeout_ms = 500;
+    let replicas = start(&config);
+    {
+        let client = Client::connect(&config).expect("client");
+        for _ in 0..10 {
+            client.invoke(5u64.to_le_bytes().to_vec()).expect("add");
+        }
+    }
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+    config
+}
+
 #[test]
 fn concurrent_submissions_are_each_executed_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -70,20 +89,7 @@ fn concurrent_submissions_are_each_executed_exactly_once() {
 fn every_log_mode_recovers_what_it_acknowledged_after_a_restart() {
     for log_mode in [LogMode::Async, LogMode::Sync, LogMode::Batched, LogMode::Parallel] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config =
-            ClusterConfig::local(3, Mode::Crash, log_mode, dir.path()).expect("config");
-        config.pin_cores = false;
-        config.request_timeout_ms = 500;
-        let replicas = start(&config);
-        {
-            let client = Client::connect(&config).expect("client");
-            for _ in 0..10 {
-                client.invoke(5u64.to_le_bytes().to_vec()).expect("add");
-            }
-        }
-        for replica in replicas {
-            replica.stop().expect("clean stop");
-        }
+        let config = ten_adds_then_stop(log_mode, dir.path());
         let replicas = start(&config);
         assert!(replicas.iter().all(|r| r.recovered_agreement_id() >= 1), "{log_mode}: replayed");
         let client = Client::connect(&config).expect("client");
@@ -151,20 +157,7 @@ fn bft_cluster_starts_and_restarts_with_its_first_leader_never_started() {
 #[test]
 fn a_log_corrupt_before_its_tail_stops_the_replica_with_a_typed_error_and_cuts_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config =
-        ClusterConfig::local(3, Mode::Crash, LogMode::Parallel, dir.path()).expect("config");
-    config.pin_cores = false;
-    config.request_timeout_ms = 500;
-    let replicas = start(&config);
-    {
-        let client = Client::connect(&config).expect("client");
-        for _ in 0..10 {
-            client.invoke(5u64.to_le_bytes().to_vec()).expect("add");
-        }
-    }
-    for replica in replicas {
-        replica.stop().expect("clean stop");
-    }
+    let config = ten_adds_then_stop(LogMode::Parallel, dir.path());
     // Sequential requests were written as several groups: damage a byte of the first.
     let wal_dir = config.replicas[0].data_dir.join("log").join("wal");
     let segment = std::fs::read_dir(&wal_dir)

@@ -1242,17 +1242,7 @@ impl<'c> World<'c> {
         if appended.is_err() {
             return Err(Input::LogFailed);
         }
-        let node = &mut self.replicas[id as usize];
-        if !node.write_scheduled {
-            node.write_scheduled = true;
-            let (low, high) = self.config.disk_write_us;
-            let mut took = self.rng.range(low, high);
-            if self.config.slow_disk == Some(id) {
-                took *= 20;
-            }
-            let generation = node.disk_generation;
-            self.schedule(self.now_us + took, Ev::DiskWrite { id, generation });
-        }
+        self.schedule_write(id);
         Ok(())
     }
 
@@ -1315,19 +1305,28 @@ impl<'c> World<'c> {
         let mut outputs = Vec::new();
         node.coordinator.handle(input, &mut outputs);
         self.carry_out(id, outputs)?;
-        let node = &mut self.replicas[id as usize];
-        if more && !node.write_scheduled && node.wal.is_some() {
+        if more && self.replicas[id as usize].wal.is_some() {
             // Appended while this write ran: the next group.
-            node.write_scheduled = true;
-            let (low, high) = self.config.disk_write_us;
-            let mut took = self.rng.range(low, high);
-            if self.config.slow_disk == Some(id) {
-                took *= 20;
-            }
-            let generation = node.disk_generation;
-            self.schedule(self.now_us + took, Ev::DiskWrite { id, generation });
+            self.schedule_write(id);
         }
         Ok(())
+    }
+
+    /// Makes sure a group write of the replica's log is coming: it completes after a
+    /// time drawn from `disk_write_us` (20x on the slow disk).
+    fn schedule_write(&mut self, id: ReplicaId) {
+        if self.replicas[id as usize].write_scheduled {
+            return;
+        }
+        let (low, high) = self.config.disk_write_us;
+        let mut took = self.rng.range(low, high);
+        if self.config.slow_disk == Some(id) {
+            took *= 20;
+        }
+        let node = &mut self.replicas[id as usize];
+        node.write_scheduled = true;
+        let generation = node.disk_generation;
+        self.schedule(self.now_us + took, Ev::DiskWrite { id, generation });
     }
 
     /// The replica's process dies: what its disk did not sync is lost; a group write in
