@@ -13,7 +13,7 @@ use crate::results::{Summary, parse_hgrm, parse_throughput_csv, read_summary};
 /// One result folder, read back.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    /// Short label (the folder's name).
+    /// Short label (the folder's name when loaded; [`run`] relabels by what differs).
     pub label: String,
     /// `result.json`.
     pub summary: Summary,
@@ -112,14 +112,53 @@ pub fn charts(a: &Loaded, b: &Loaded) -> Vec<Chart> {
     ]
 }
 
-/// Compares folders `a` and `b`, writes `compare.svg` and `compare.png` into `out`,
-/// and returns the table and the paths written.
-pub fn run(a: &Path, b: &Path, out: &Path) -> anyhow::Result<(String, Vec<PathBuf>)> {
-    let loaded_a = load(a).with_context(|| format!("result folder {}", a.display()))?;
-    let mut loaded_b = load(b).with_context(|| format!("result folder {}", b.display()))?;
-    if loaded_b.label == loaded_a.label {
-        loaded_b.label.push_str(" (B)");
+/// Labels for two runs: what differs between them (storage, log mode, mode, workload,
+/// clients, replicas, value size, target), e.g. `log=parallel` against `log=none`; the
+/// folder names when nothing in the summaries differs (`(B)` added if those are equal).
+pub fn labels_by_difference(a: &Loaded, b: &Loaded) -> (String, String) {
+    let fields = |s: &Summary| -> Vec<(&'static str, String)> {
+        vec![
+            ("storage", s.storage.clone().unwrap_or_else(|| "unknown storage".into())),
+            ("log", s.log_mode.clone()),
+            ("mode", s.mode.clone()),
+            ("workload", s.workload.clone()),
+            ("clients", s.clients.to_string()),
+            ("replicas", s.replicas.to_string()),
+            ("value", format!("{} B", s.value_bytes)),
+            ("target", s.target.clone()),
+        ]
+    };
+    let (fa, fb) = (fields(&a.summary), fields(&b.summary));
+    let differing: Vec<usize> = (0..fa.len()).filter(|&i| fa[i].1 != fb[i].1).collect();
+    if differing.is_empty() {
+        let label_b = if b.label == a.label { format!("{} (B)", b.label) } else { b.label.clone() };
+        return (a.label.clone(), label_b);
     }
+    let label = |f: &[(&'static str, String)]| {
+        differing.iter().map(|&i| format!("{}={}", f[i].0, f[i].1)).collect::<Vec<_>>().join(", ")
+    };
+    (label(&fa), label(&fb))
+}
+
+/// Compares folders `a` and `b`, writes `compare.svg` and `compare.png` into `out`,
+/// and returns the table and the paths written. Runs are labelled `labels` when given,
+/// else by what differs between them ([`labels_by_difference`]).
+pub fn run(
+    a: &Path,
+    b: &Path,
+    out: &Path,
+    labels: (Option<String>, Option<String>),
+) -> anyhow::Result<(String, Vec<PathBuf>)> {
+    let mut loaded_a = load(a).with_context(|| format!("result folder {}", a.display()))?;
+    let mut loaded_b = load(b).with_context(|| format!("result folder {}", b.display()))?;
+    let (by_difference_a, by_difference_b) = labels_by_difference(&loaded_a, &loaded_b);
+    loaded_a.label = labels.0.unwrap_or(by_difference_a);
+    loaded_b.label = labels.1.unwrap_or(by_difference_b);
+    anyhow::ensure!(
+        loaded_a.label != loaded_b.label,
+        "both runs are labelled {:?}: give --label-a and --label-b",
+        loaded_a.label
+    );
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     crate::plot::write_svg_and_png(out, "compare", &charts(&loaded_a, &loaded_b))?;
     Ok((table(&loaded_a, &loaded_b), vec![out.join("compare.svg"), out.join("compare.png")]))

@@ -52,6 +52,13 @@ enum Command {
         /// Where to write compare.svg and compare.png (default: `dura-bench-results/compare-TIME`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Label of the first run (default: what differs between the two runs: storage,
+        /// log mode, mode, workload, clients, ...).
+        #[arg(long)]
+        label_a: Option<String>,
+        /// Label of the second run.
+        #[arg(long)]
+        label_b: Option<String>,
     },
     /// The paper's logging experiments: table1 or fig9.
     Experiment(ExperimentArgs),
@@ -108,9 +115,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Wal(args)) => dura_bench::wal_bench::run(&args),
         Some(Command::Replica { config, id }) => kv::serve_replica(&config, id),
-        Some(Command::Compare { a, b, out }) => {
+        Some(Command::Compare { a, b, out, label_a, label_b }) => {
             let out = out.unwrap_or_else(|| dura_bench::runner::default_out_dir("compare"));
-            let (table, files) = dura_bench::compare::run(&a, &b, &out)?;
+            let (table, files) = dura_bench::compare::run(&a, &b, &out, (label_a, label_b))?;
             print!("{table}");
             for file in files {
                 println!("wrote {}", file.display());

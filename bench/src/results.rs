@@ -137,6 +137,34 @@ pub struct Summary {
     pub interrupted: bool,
     /// The folder holding the result files.
     pub out_dir: PathBuf,
+    /// File system and device of the cluster's data dir (`ext4 on /dev/nvme0n1p2`),
+    /// when this run started the cluster; absent in results written before it existed.
+    #[serde(default)]
+    pub storage: Option<String>,
+}
+
+/// The file system and device holding `path` (`FSTYPE on SOURCE`), from the longest
+/// mount point of `/proc/self/mountinfo` that contains it; None where that cannot be
+/// read.
+pub fn describe_storage(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(usize, String)> = None;
+    // "ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER"
+    let parse = |line: &str| -> Option<(String, String, String)> {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut right = right.split(' ');
+        Some((mount_point, right.next()?.to_string(), right.next()?.to_string()))
+    };
+    for (mount_point, fs_type, source) in mountinfo.lines().filter_map(parse) {
+        if path.starts_with(&mount_point)
+            && best.as_ref().is_none_or(|(len, _)| mount_point.len() >= *len)
+        {
+            best = Some((mount_point.len(), format!("{fs_type} on {source}")));
+        }
+    }
+    best.map(|(_, described)| described)
 }
 
 /// The run's setting, for the [`Summary`].
@@ -150,6 +178,8 @@ pub struct RunLabels {
     pub log_mode: String,
     /// See [`Summary::replicas`].
     pub replicas: u32,
+    /// See [`Summary::storage`].
+    pub storage: Option<String>,
 }
 
 impl Summary {
@@ -195,6 +225,7 @@ impl Summary {
             replica_log: Vec::new(),
             interrupted: result.interrupted,
             out_dir: out_dir.to_path_buf(),
+            storage: labels.storage.clone(),
         }
     }
 
@@ -462,6 +493,15 @@ pub fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storage_of_a_folder_names_its_file_system_and_device() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let described = describe_storage(dir.path()).expect("mountinfo is readable here");
+        let (fs_type, source) = described.split_once(" on ").expect("FSTYPE on SOURCE");
+        assert!(!fs_type.is_empty() && !source.is_empty(), "{described}");
+        assert_eq!(describe_storage(&dir.path().join("absent")), None);
+    }
     use crate::driver::latency_histogram;
 
     fn sample() -> Histogram<u64> {

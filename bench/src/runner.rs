@@ -269,6 +269,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             mode: "none".into(),
             log_mode: "none".into(),
             replicas: 0,
+            storage: None,
         };
         (result, labels, Vec::new(), Vec::new())
     } else if let Some(path) = &args.connect {
@@ -280,6 +281,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             mode: config.mode.to_string(),
             log_mode: config.log_mode.to_string(),
             replicas: config.n(),
+            storage: None,
         };
         (result, labels, Vec::new(), Vec::new())
     } else {
@@ -294,6 +296,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             mode: mode.to_string(),
             log_mode: log_mode.to_string(),
             replicas,
+            storage: results::describe_storage(cluster.data_dir()),
         };
         let rss = cluster.peak_rss();
         drop(factory);

@@ -164,6 +164,21 @@ fn compare_prints_ratios_and_writes_svg_and_png() {
     run_ok(&small_run(path_str(&b), &["--memory", "--seconds", "1", "--workload", "a"]));
     let out = dir.path().join("cmp");
     let stdout = run_ok(&["compare", path_str(&a), path_str(&b), "--out", path_str(&out)]);
+    // Labelled by what differs (the workload), not by the folders' names.
+    assert!(stdout.contains("A = workload=w  ("), "{stdout}");
+    assert!(stdout.contains("B = workload=a  ("), "{stdout}");
+    let named = run_ok(&[
+        "compare",
+        path_str(&a),
+        path_str(&b),
+        "--out",
+        path_str(&out),
+        "--label-a",
+        "before",
+        "--label-b",
+        "after",
+    ]);
+    assert!(named.contains("A = before") && named.contains("B = after"), "{named}");
     assert!(stdout.contains("ops/s"), "{stdout}");
     assert!(stdout.contains("p99.9 (ms)"), "{stdout}");
     assert!(stdout.contains("B/A"), "{stdout}");
