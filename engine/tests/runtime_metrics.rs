@@ -87,6 +87,15 @@ fn replicas_serve_metrics_that_move_with_requests_and_say_they_serve() {
         for i in 0..20u64 {
             assert_eq!(client.invoke(i.to_le_bytes().to_vec()).expect("reply"), i.to_le_bytes());
         }
+        // While the client is connected, the listeners count it; every replica link is
+        // accepted by one side (the replica with the higher id).
+        let scrapes: Vec<HashMap<String, f64>> =
+            addrs.iter().map(|addr| parse_prometheus(&get(*addr, "/metrics").1)).collect();
+        let clients: f64 = scrapes.iter().map(|s| s["dura_client_connections_open"]).sum();
+        assert!(clients >= 1.0, "client connections open: {clients}");
+        let links: f64 = scrapes.iter().map(|s| s["dura_replica_connections_accepted_open"]).sum();
+        let n = config.n() as f64;
+        assert_eq!(links, n * (n - 1.0) / 2.0, "one accepted connection per replica pair");
     }
 
     // Followers may apply the last decisions a moment after the client saw its reply.

@@ -11,7 +11,8 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub struct ReplicaMetrics {
     log_write_bytes: AtomicU64,
     log_write_ns: AtomicU64,
     log_failures: AtomicU64,
+    /// Accepted connections open on the client listener (the net stage's own count).
+    client_connections: Arc<AtomicUsize>,
+    /// Accepted connections open on the replica listener.
+    replica_connections: Arc<AtomicUsize>,
 }
 
 impl ReplicaMetrics {
@@ -101,6 +106,16 @@ impl ReplicaMetrics {
     /// The log failed; no reply waiting for it will be released.
     pub fn record_log_failure(&self) {
         self.log_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter the client listener keeps of its open connections.
+    pub fn client_connections(&self) -> Arc<AtomicUsize> {
+        self.client_connections.clone()
+    }
+
+    /// The counter the replica listener keeps of its open connections.
+    pub fn replica_connections(&self) -> Arc<AtomicUsize> {
+        self.replica_connections.clone()
     }
 
     /// Agreements delivered so far (for tests and tools).
@@ -195,6 +210,18 @@ impl ReplicaMetrics {
             "counter",
             "Times the log failed (the replica stops releasing replies that wait for it).",
             load(&self.log_failures).to_string(),
+        );
+        metric(
+            "dura_client_connections_open",
+            "gauge",
+            "Client connections accepted and open (those still in their hello included).",
+            self.client_connections.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "dura_replica_connections_accepted_open",
+            "gauge",
+            "Connections from other replicas accepted and open (this replica dials the others).",
+            self.replica_connections.load(Ordering::Relaxed).to_string(),
         );
         out
     }

@@ -351,11 +351,24 @@ impl Network {
         accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
         inbound: FrameSink,
     ) -> io::Result<thread::JoinHandle<()>> {
+        self.serve_counted(listener, connections_max, accept, inbound, Arc::default())
+    }
+
+    /// [`Network::serve`], counting the open connections in `open` (which must start at
+    /// 0 and is not shared with another listener), for the replica's metrics.
+    pub fn serve_counted(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        connections_max: usize,
+        accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
+        inbound: FrameSink,
+        open: Arc<AtomicUsize>,
+    ) -> io::Result<thread::JoinHandle<()>> {
         assert!(connections_max > 0, "a listener must accept at least one connection");
+        assert_eq!(open.load(Ordering::Relaxed), 0, "a fresh connection count");
         let network = self.clone();
         let local = listener.local_addr()?;
         let accept = Arc::new(accept);
-        let open = Arc::new(AtomicUsize::new(0));
         let mut refused_logged_at: Option<std::time::Instant> = None;
         thread::Builder::new().name(format!("net-accept-{}", local.port())).spawn(move || {
             for stream in listener.incoming() {

@@ -278,27 +278,30 @@ pub fn start_replica<S: Service>(
             }
         })
     };
+    let replica_metrics = Arc::new(ReplicaMetrics::default());
     let io_error = |operation: &'static str| {
         move |error| RuntimeError::Net { operation, peer: format!("replica {id}"), error }
     };
     let mut threads = Vec::new();
     threads.push(
         network
-            .serve(
+            .serve_counted(
                 replica_listener,
                 config.connections_max as usize,
                 move |p| matches!(p, Peer::Replica(r) if r < n && r != id),
                 replica_sink.clone(),
+                replica_metrics.replica_connections(),
             )
             .map_err(io_error("start replica acceptor"))?,
     );
     threads.push(
         network
-            .serve(
+            .serve_counted(
                 client_listener,
                 config.connections_max as usize,
                 |p| matches!(p, Peer::Client(c) if c & CLIENT_SESSION_MASK == 0),
                 client_sink,
+                replica_metrics.client_connections(),
             )
             .map_err(io_error("start client acceptor"))?,
     );
@@ -314,7 +317,6 @@ pub fn start_replica<S: Service>(
     let stop = Arc::new(AtomicBool::new(false));
     let failure: Arc<Mutex<Option<RuntimeError>>> = Arc::new(Mutex::new(None));
     let regency = Arc::new(AtomicU64::new(0));
-    let replica_metrics = Arc::new(ReplicaMetrics::default());
     // Health is right from the first scrape: a restarted replica is recovering before
     // its order stage has run a round.
     replica_metrics.record_order_state(
