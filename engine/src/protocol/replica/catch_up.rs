@@ -1,0 +1,138 @@
+//! Catch-up: FETCH and DECIDED, help for a peer still working on an agreement this
+//! replica decided, and the window of recent decisions that answers them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::protocol::message::{Batch, Message};
+use crate::protocol::{Action, Hash, ReplicaId};
+
+use super::{DecidedEntry, FUTURE_INSTANCES_MAX, RESEND_TICKS, Replica};
+
+impl Replica {
+    /// A replica is still working on an agreement decided here: send it the decided
+    /// batch (it decides on f+1 of those) and, if it was decided here by an ACCEPT
+    /// quorum, this replica's ACCEPT for it (so that a quorum can form even when only one
+    /// correct replica saw it). A replica that decided a value may vote for it: it is
+    /// the only value that can be decided. Not for messages that are merely late
+    /// (within a tick of the decision), and at most once per RESEND_TICKS per peer.
+    pub(super) fn help(&mut self, to: ReplicaId, agreement_id: u64, actions: &mut Vec<Action>) {
+        let now = self.now_tick;
+        if self
+            .helped
+            .get(&to)
+            .is_some_and(|&(done, tick)| done >= agreement_id && now < tick + RESEND_TICKS)
+        {
+            return;
+        }
+        let Some(entry) = self.window_get(agreement_id) else { return };
+        if agreement_id == self.last_decided && now < entry.tick + 2 {
+            return;
+        }
+        let (batch, hash, regency) = (entry.batch.clone(), entry.hash, entry.regency);
+        self.helped.insert(to, (agreement_id, now));
+        actions.push(Action::Send { to, message: Message::Decided { agreement_id, batch } });
+        if let Some(regency) = regency {
+            actions.push(Action::Send {
+                to,
+                message: Message::Accept { regency, agreement_id, hash },
+            });
+        }
+    }
+
+    /// Appends a decision to the catch-up window and trims it to its bounds.
+    pub(super) fn window_push(&mut self, entry: DecidedEntry) {
+        if let Some(last) = self.window.back() {
+            assert_eq!(last.agreement_id + 1, entry.agreement_id, "decision window is consecutive");
+        }
+        self.window_bytes += entry.batch.encoded_len();
+        self.window.push_back(entry);
+        while self.window.len() > 1
+            && (self.window.len() > self.config.decided_window_max
+                || self.window_bytes > self.config.decided_window_bytes_max)
+        {
+            let dropped = self.window.pop_front().expect("window is not empty");
+            self.window_bytes -= dropped.batch.encoded_len();
+        }
+    }
+
+    pub(super) fn window_get(&self, agreement_id: u64) -> Option<&DecidedEntry> {
+        let first = self.window.front()?.agreement_id;
+        if agreement_id < first {
+            return None;
+        }
+        let entry = self.window.get((agreement_id - first) as usize)?;
+        assert_eq!(entry.agreement_id, agreement_id, "decision window is consecutive");
+        Some(entry)
+    }
+
+    pub(super) fn mark_behind(&mut self) {
+        if self.behind_mark.is_none() {
+            self.behind_mark = Some(self.last_decided);
+        }
+    }
+
+    pub(super) fn send_fetch_now(&mut self) {
+        if self.fetch_sent_tick.is_some_and(|tick| self.now_tick < tick + 2) {
+            return;
+        }
+        self.fetch_sent_tick = Some(self.now_tick);
+        self.behind_mark = None;
+        self.fetch_wanted = true;
+    }
+
+    pub(super) fn on_fetch(
+        &mut self,
+        to: ReplicaId,
+        first: u64,
+        last: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let last = last.min(first.saturating_add(self.config.fetch_instances_max - 1));
+        let mut aid = first;
+        while aid <= last {
+            match self.window_get(aid) {
+                Some(entry) => actions.push(Action::Send {
+                    to,
+                    message: Message::Decided { agreement_id: aid, batch: entry.batch.clone() },
+                }),
+                None if aid > self.last_decided => break,
+                None => {}
+            }
+            aid += 1;
+        }
+    }
+
+    pub(super) fn on_decided(&mut self, from: ReplicaId, agreement_id: u64, batch: Arc<Batch>) {
+        let horizon = self.last_decided + self.config.fetch_instances_max.max(FUTURE_INSTANCES_MAX);
+        if agreement_id <= self.last_decided || agreement_id > horizon {
+            if agreement_id > horizon {
+                self.mark_behind();
+            }
+            return;
+        }
+        let slot = self.fetch.entry(agreement_id).or_default();
+        if slot.votes.contains_key(&from) {
+            return;
+        }
+        let hash = batch.hash();
+        slot.votes.insert(from, hash);
+        slot.batches.entry(hash).or_insert(batch);
+    }
+
+    pub(super) fn decide_from_fetch(&mut self, agreement_id: u64) -> bool {
+        let weak = self.config.weak_quorum();
+        let Some(slot) = self.fetch.get(&agreement_id) else { return false };
+        let mut tally: BTreeMap<Hash, Vec<ReplicaId>> = BTreeMap::new();
+        for (&sender, &hash) in &slot.votes {
+            tally.entry(hash).or_default().push(sender);
+        }
+        let Some((hash, proof)) = tally.into_iter().find(|(_, senders)| senders.len() >= weak)
+        else {
+            return false;
+        };
+        let batch = slot.batches[&hash].clone();
+        self.decide(agreement_id, None, hash, batch, proof);
+        true
+    }
+}

@@ -1,0 +1,971 @@
+//! The replica state machine: Mod-SMaRt / VP-Consensus (BFT) and its crash-mode
+//! simplification.
+//!
+//! # Normal case
+//! One agreement is open at a time: `last_decided + 1`. The leader of the regency
+//! (`regency mod n`) proposes whatever requests are pending (bounded by
+//! [`Config::batch_requests_max`] and [`Config::batch_bytes_max`]) as soon as the
+//! previous agreement decides. BFT: on a valid PROPOSE every replica broadcasts
+//! WRITE(h); on a quorum of matching WRITEs it broadcasts ACCEPT(h); a quorum of
+//! matching ACCEPTs (of any one regency) decides. Crash mode skips WRITE. A replica
+//! writes at most one value per (regency, agreement). Messages for the next few
+//! agreements are kept (`FUTURE_INSTANCES_MAX`) so a slightly late replica loses
+//! nothing.
+//!
+//! # Leader change
+//! A request pending `request_timeout_ticks` is forwarded to the leader; pending twice
+//! that long, the replica broadcasts STOP(regency+1). This also replaces a leader that
+//! is alive but slow: age is per request, not "no decision at all". A replica joins a
+//! regency change on f+1 STOPs and installs it on a quorum (BFT) or majority (crash).
+//! It then broadcasts STOPDATA ([`CollectData`]) to **every** replica. The new leader
+//! waits until the STOPDATAs it holds determine a value for the open agreement
+//! (rule below), and broadcasts SYNC(agreement, value, members) where members are the
+//! (sender, digest) of the STOPDATAs it used. A replica accepts SYNC only when it holds,
+//! received directly from each member, a STOPDATA with that digest (MACs are not
+//! transferable, so this replaces the signatures of the original), and the same rule
+//! over the same data gives the same value (or leaves it free). SYNC then acts as the
+//! regency's PROPOSE. If the change does not complete in time, the replica asks for
+//! the next regency; the timeout doubles with each consecutive failure and resets when
+//! an agreement decides.
+//!
+//! # The choice rule (BFT), over reports about agreement i
+//! Each member's report: its latest ACCEPT (r, h) and its WRITEs (h, latest r). A member
+//! that already decided i reports (DECIDED, h) for both, where DECIDED is above every
+//! regency; a member behind reports nothing; members ahead of i are not used.
+//! - (r, h) is *forced* if (A1) at least a quorum of reports have no ACCEPT, or an
+//!   ACCEPT at a regency below r, or an ACCEPT of h; and (A2) at least f+1 reports
+//!   wrote h at a regency >= r.
+//! - The value is *free* if a quorum of reports have no ACCEPT.
+//!
+//! Safety sketch: if h was decided in regency r, a quorum accepted it, so at least
+//! quorum-f correct replicas report an ACCEPT of h at r or later (no correct replica
+//! writes another value afterwards, by induction). Those reports break "free" and A1 for
+//! any h' at a regency <= r, since any quorum-sized count must include one of them;
+//! and for h' at a regency > r, A2 needs f+1 writes of h' after r, but only faulty
+//! replicas can have made them. Liveness: once all correct replicas' reports are in,
+//! the highest correct ACCEPT (or "free") satisfies the rule.
+//! Crash mode: the highest ACCEPT among a majority of reports, or free.
+//!
+//! Known limit: a Byzantine replica that sends its STOPDATA to the leader but not to
+//! others (or different ones to different replicas) can make one regency's SYNC fail
+//! at some replicas; safety holds and the next regency is tried.
+//!
+//! # Catch-up
+//! A replica that sees evidence of being behind (messages for later agreements, a
+//! STOPDATA or FORWARD with a higher last decided) sends FETCH to all; peers answer
+//! with the decided batches they still hold in memory (the last
+//! [`Config::decided_window_max`]; a replica further behind needs state transfer).
+//! A fetched batch is decided on f+1 matching answers (BFT) or one (crash mode). A
+//! replica that receives a PROPOSE or ACCEPT for an agreement it already decided sends
+//! the sender that decided batch once, so a replica that missed the last ACCEPTs
+//! catches up without waiting for a leader change.
+//!
+//! # Lost messages
+//! Links may drop messages (the simulator does; TCP reconnects do). A replica whose
+//! open agreement has not progressed for `RESEND_TICKS` resends its PROPOSE (leader),
+//! WRITE and ACCEPT; a replica that decided an agreement and, more than a tick later,
+//! still hears from a peer working on it sends that peer the decided batch and its
+//! ACCEPT; every replica broadcasts a heartbeat STATUS every `HEARTBEAT_TICKS` so a
+//! replica that was cut off notices it is behind and FETCHes. An agreement under way
+//! (this replica voted, or f+1 did) that does not decide within twice the request
+//! timeout triggers STOP like a stale request does (the progress timer).
+//!
+//! # Restart
+//! Votes are not persisted. [`Replica::restart`] starts in recovery: it asks every
+//! replica how far it voted and waits for n-f answers (crash mode: n-f others; BFT:
+//! n-f-1 others, where a restarted replica counts against f). It then never votes for
+//! an agreement at or below the highest reported (a majority answer includes a
+//! replica that voted in anything it could have voted in), adopts the regency
+//! reported by f+1 (BFT) or the highest (crash), and catches up by FETCH.
+//! In BFT mode the floor holds only up to the highest regency reported (at least the
+//! last one the lost votes can be from): in a later regency the replica votes at the
+//! floor too, so an agreement left open at the floor by a leader crash during the
+//! recovery still finds a quorum (its STOPDATA then omits the lost votes, which the
+//! choice rule tolerates as one of the f faults). Crash mode keeps the floor absolute:
+//! there, a report that omits an ACCEPT can free a decided value.
+//!
+//! If every answer comes from a replica that is itself recovering (all replicas
+//! crashed), it waits for all n-1, abstains only up to the highest agreement that a
+//! weak quorum logged (fetchable), and votes again only in a new regency reached by a
+//! leader change, whose leader prefers, when the rule leaves the value free, a batch a
+//! member logged as decided. In BFT mode it waits for all n-1 only
+//! [`Config::recovery_wait_ticks`]: then n-f answers (with its own) are enough if the
+//! highest agreement any of them logged is logged by f+1 of them. A client saw an
+//! agreement complete only when f+1 replicas had logged it, so one of them is among
+//! any n-f; and then every logged agreement among the answers is fetchable. So up to f
+//! replicas that stay down or mute cannot keep the cluster from restarting. Until it
+//! installs such a regency it has cast no vote since its restart, so it still answers
+//! status queries as recovering: a replica that finishes its own recovery later then
+//! takes the same path instead of voting at once in the old regency. In crash mode
+//! this recovers every logged agreement, but needs every replica back. In BFT mode a
+//! crash of all replicas is beyond f: an agreement that fewer than f+1 replicas logged
+//! may be decided anew (the replicas that logged it then diverge) or stall the
+//! cluster; clients never saw such an agreement complete (they need f+1 replies, each
+//! released after logging). Persisting votes would close this; it is not done, to keep
+//! the hot path free of synchronous writes.
+//!
+//! A replica that has never run before has no votes to lose: it starts with
+//! [`Replica::new`] (the runtime keeps a marker file in the data dir to tell a first
+//! start from a restart), so a new cluster starts with up to f replicas missing.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use super::auth::ReplicaKeys;
+use super::message::{Batch, ClientRequest, CollectData, FORWARD_REQUESTS_MAX, Message};
+use super::{Action, Config, Decision, Event, Hash, Mode, ProtocolError, ReplicaId, TimerKind};
+
+mod catch_up;
+mod leader_change;
+mod normal;
+mod recovery;
+
+/// Agreements after the open one for which messages are kept.
+const FUTURE_INSTANCES_MAX: u64 = 4;
+/// Known candidate batches kept per agreement.
+const VALUES_PER_INSTANCE_MAX: usize = 8;
+/// Regencies ahead of the current one for which STOPDATA and SYNC are kept.
+const REGENCY_AHEAD_MAX: u64 = 1024;
+/// Ticks between retransmissions of STOP, STOPDATA and SYNC.
+const RESEND_TICKS: u64 = 3;
+/// Ticks between heartbeats (an unsolicited STATUS to all), which let a replica that
+/// was cut off notice that it is behind even when no new agreement runs.
+const HEARTBEAT_TICKS: u64 = 10;
+/// Nonce of heartbeat STATUS messages (never a recovery query's nonce, which is a
+/// last decided agreement id).
+const HEARTBEAT_NONCE: u64 = u64::MAX;
+/// Regency reported by a replica for an agreement it decided: above any real one.
+const DECIDED_REGENCY: u64 = u64::MAX;
+
+/// What the runtime recovered from its durable store, for [`Replica::restart`].
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Last agreement id durably logged (0: none).
+    pub last_decided: u64,
+    /// The most recent decided batches, consecutive, ending at `last_decided` (may be
+    /// empty); kept to answer peers' FETCH.
+    pub recent: Vec<Arc<Batch>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Regency installed and synchronised.
+    Normal,
+    /// Installing `regency` (STOPDATA sent, waiting for SYNC) since `since_tick`.
+    Changing { since_tick: u64 },
+    /// Restarted: waiting for STATUS answers to query `nonce`.
+    Recovering { nonce: u64 },
+}
+
+#[derive(Debug)]
+struct Pending {
+    request: ClientRequest,
+    /// Its [`ClientRequest::digest`], computed once when it was verified.
+    digest: Hash,
+    arrival_tick: u64,
+    forwarded: bool,
+}
+
+#[derive(Debug, Default)]
+struct Instance {
+    /// A PROPOSE not yet acted on: (regency, batch).
+    proposal: Option<(u64, Arc<Batch>)>,
+    values: BTreeMap<Hash, Arc<Batch>>,
+    /// Latest WRITE per sender: (regency, hash).
+    writes: BTreeMap<ReplicaId, (u64, Hash)>,
+    /// Latest ACCEPT per sender.
+    accepts: BTreeMap<ReplicaId, (u64, Hash)>,
+    /// Hashes this replica wrote, with the latest regency.
+    my_writes: BTreeMap<Hash, u64>,
+    my_write: Option<(u64, Hash)>,
+    my_accept: Option<(u64, Hash)>,
+}
+
+#[derive(Debug, Default)]
+struct FetchSlot {
+    votes: BTreeMap<ReplicaId, Hash>,
+    batches: BTreeMap<Hash, Arc<Batch>>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingSync {
+    from: ReplicaId,
+    regency: u64,
+    agreement_id: u64,
+    members: Vec<(ReplicaId, Hash)>,
+    batch: Arc<Batch>,
+}
+
+/// One STOPDATA's report about an agreement: its latest ACCEPT, and its WRITEs
+/// (hash, latest regency).
+type Report = (Option<(u64, Hash)>, Vec<(Hash, u64)>);
+
+/// A peer's answer to a recovery query.
+#[derive(Debug, Clone, Copy)]
+struct PeerStatus {
+    last_decided: u64,
+    highest_voted: u64,
+    regency: u64,
+    recovering: bool,
+}
+
+/// One decision kept in memory to help lagging peers.
+#[derive(Debug, Clone)]
+struct DecidedEntry {
+    agreement_id: u64,
+    hash: Hash,
+    batch: Arc<Batch>,
+    /// Regency of the ACCEPT quorum that decided it here; None if fetched or recovered.
+    regency: Option<u64>,
+    /// Tick at which it was decided here.
+    tick: u64,
+}
+
+/// Outcome of the choice rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Forced(Hash),
+    Free,
+}
+
+/// One replica's ordering state machine. See the module docs for the protocol.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    keys: ReplicaKeys,
+    id: ReplicaId,
+    now_tick: u64,
+    /// Installed regency (Normal) or the one being installed (Changing).
+    regency: u64,
+    phase: Phase,
+    last_decided: u64,
+    /// Never vote for an agreement at or below this (set by recovery), except in a
+    /// regency above `floor_regency` (see `may_vote_at`).
+    vote_floor: u64,
+    /// BFT: the highest regency this replica's previous incarnation can have voted in
+    /// (the highest one its recovery answers reported). None: the floor is absolute.
+    floor_regency: Option<u64>,
+    instances: BTreeMap<u64, Instance>,
+    pending: BTreeMap<u64, Pending>,
+    pending_by_client: BTreeMap<u64, u64>,
+    pending_next: u64,
+    /// client -> highest sequence number ordered.
+    ordered: BTreeMap<u64, u64>,
+    /// Recent decisions (agreement id, hash, batch), consecutive, ending at last_decided.
+    window: VecDeque<DecidedEntry>,
+    /// Encoded bytes of the batches in `window`.
+    window_bytes: usize,
+    /// Highest STOP regency per replica.
+    stop_high: BTreeMap<ReplicaId, u64>,
+    stop_sent: u64,
+    stop_resent_tick: u64,
+    /// regency -> sender -> (collect, digest); the first one received.
+    stopdata: BTreeMap<u64, BTreeMap<ReplicaId, (Arc<CollectData>, Hash)>>,
+    my_stopdata: Option<Message>,
+    pending_sync: Option<PendingSync>,
+    /// The SYNC this leader sent, resent until the regency decides something.
+    sync_resend: Option<Message>,
+    failed_changes: u32,
+    fetch: BTreeMap<u64, FetchSlot>,
+    fetch_sent_tick: Option<u64>,
+    /// Set when evidence of lagging arrives: last_decided at that moment.
+    behind_mark: Option<u64>,
+    /// Per peer: (highest agreement helped with, tick).
+    helped: BTreeMap<ReplicaId, (u64, u64)>,
+    statuses: BTreeMap<ReplicaId, PeerStatus>,
+    /// Never vote in a regency below this (set after a crash of every replica).
+    vote_regency_min: u64,
+    /// Recovered after a crash of every replica (or a fresh start) and not yet in an
+    /// installed regency of at least `vote_regency_min`: no vote cast since the
+    /// restart, so status answers still say "recovering" (see `on_status`).
+    awaiting_vote_regency: bool,
+    deliveries: Vec<Decision>,
+    /// A FETCH is to be broadcast at the end of this step.
+    fetch_wanted: bool,
+    /// Tick of the last decision or regency installation.
+    progress_tick: u64,
+}
+
+impl Replica {
+    /// A replica starting a fresh cluster (nothing decided, regency 0).
+    pub fn new(config: Config, keys: ReplicaKeys) -> Result<Self, ProtocolError> {
+        config.validate()?;
+        if keys.id as usize >= config.n || keys.links.len() != config.n {
+            return Err(ProtocolError::Config("keys do not match n"));
+        }
+        Ok(Self {
+            id: keys.id,
+            config,
+            keys,
+            now_tick: 0,
+            regency: 0,
+            phase: Phase::Normal,
+            last_decided: 0,
+            vote_floor: 0,
+            floor_regency: None,
+            instances: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_by_client: BTreeMap::new(),
+            pending_next: 0,
+            ordered: BTreeMap::new(),
+            window: VecDeque::new(),
+            window_bytes: 0,
+            stop_high: BTreeMap::new(),
+            stop_sent: 0,
+            stop_resent_tick: 0,
+            stopdata: BTreeMap::new(),
+            my_stopdata: None,
+            pending_sync: None,
+            sync_resend: None,
+            failed_changes: 0,
+            fetch: BTreeMap::new(),
+            fetch_sent_tick: None,
+            behind_mark: None,
+            helped: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            vote_regency_min: 0,
+            awaiting_vote_regency: false,
+            deliveries: Vec::new(),
+            fetch_wanted: false,
+            progress_tick: 0,
+        })
+    }
+
+    /// Emits the first actions (the tick timer; a restarted replica's status query).
+    pub fn start(&mut self, actions: &mut Vec<Action>) {
+        actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
+        if let Phase::Recovering { nonce } = self.phase {
+            actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+        }
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Last decided agreement id.
+    pub fn last_decided(&self) -> u64 {
+        self.last_decided
+    }
+
+    /// Current (or being installed) regency.
+    pub fn regency(&self) -> u64 {
+        self.regency
+    }
+
+    /// True when this replica leads an installed regency.
+    pub fn is_leader(&self) -> bool {
+        self.phase == Phase::Normal && self.config.leader_of(self.regency) == self.id
+    }
+
+    /// True while recovering after a restart.
+    pub fn is_recovering(&self) -> bool {
+        matches!(self.phase, Phase::Recovering { .. })
+    }
+
+    /// Number of requests waiting to be ordered.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds one event; pushes the resulting side effects onto `actions`.
+    pub fn handle(&mut self, event: Event, actions: &mut Vec<Action>) {
+        let (regency_before, decided_before) = (self.regency, self.last_decided);
+        assert!(self.deliveries.is_empty(), "deliveries leave with the event that made them");
+        match event {
+            Event::TimerFired(TimerKind::Tick) => self.on_tick(actions),
+            Event::ClientRequest { request, digest } => {
+                self.on_client_request(request, digest, actions)
+            }
+            Event::Message { from, message } => {
+                if (from as usize) < self.config.n && from != self.id {
+                    self.on_message(from, message, actions);
+                }
+            }
+        }
+        for _ in 0..4 {
+            self.settle(actions);
+            let before = (self.phase, self.regency, self.last_decided);
+            self.retry_pending_sync(actions);
+            if matches!(self.phase, Phase::Changing { .. }) && self.leads(self.regency) {
+                self.try_sync(actions);
+            }
+            if before == (self.phase, self.regency, self.last_decided) {
+                break;
+            }
+        }
+        self.maybe_propose(actions);
+        self.settle(actions);
+        if std::mem::take(&mut self.fetch_wanted) {
+            let from = self.last_decided + 1;
+            let to = self.last_decided + self.config.fetch_instances_max;
+            actions.push(Action::Broadcast { message: Message::Fetch { from, to } });
+        }
+        // Postconditions: regencies only grow, decisions only advance, and what is
+        // delivered is exactly the agreements decided by this event, in order, each with
+        // its value in hand.
+        assert!(self.regency >= regency_before, "regencies only grow");
+        assert!(self.last_decided >= decided_before, "decided agreements are never undone");
+        assert_eq!(
+            self.deliveries.len() as u64,
+            self.last_decided - decided_before,
+            "every decision is delivered exactly once"
+        );
+        for (offset, decision) in self.deliveries.iter().enumerate() {
+            assert_eq!(decision.agreement_id, decided_before + 1 + offset as u64);
+            debug_assert_eq!(decision.batch.hash(), decision.hash, "a decided value is known");
+        }
+        if !self.deliveries.is_empty() {
+            actions.push(Action::Deliver { decisions: std::mem::take(&mut self.deliveries) });
+        }
+    }
+
+    fn leads(&self, regency: u64) -> bool {
+        self.config.leader_of(regency) == self.id
+    }
+
+    fn quorum(&self) -> usize {
+        self.config.quorum()
+    }
+
+    fn timeout_ticks(&self) -> u64 {
+        self.config.request_timeout_ticks << self.failed_changes.min(6)
+    }
+
+    fn on_message(&mut self, from: ReplicaId, message: Message, actions: &mut Vec<Action>) {
+        match message {
+            Message::Propose { regency, agreement_id, batch } => {
+                self.on_propose(from, regency, agreement_id, batch, actions)
+            }
+            Message::Write { regency, agreement_id, hash } => {
+                if self.config.mode == Mode::Bft {
+                    self.on_vote(from, regency, agreement_id, hash, false, actions);
+                }
+            }
+            Message::Accept { regency, agreement_id, hash } => {
+                self.on_vote(from, regency, agreement_id, hash, true, actions)
+            }
+            Message::Forward { last_decided, requests } => {
+                if last_decided > self.last_decided {
+                    self.mark_behind();
+                }
+                for request in requests {
+                    let fresh =
+                        self.ordered.get(&request.client_id).is_none_or(|&s| s < request.sequence);
+                    if fresh && let Some(digest) = self.request_digest(&request) {
+                        let _ = self.add_pending(request, digest);
+                    }
+                }
+            }
+            Message::Stop { regency } => self.on_stop(from, regency, actions),
+            Message::StopData { regency, collect } => self.on_stopdata(from, regency, collect),
+            Message::Sync { regency, agreement_id, members, batch } => {
+                let sync = PendingSync { from, regency, agreement_id, members, batch };
+                self.apply_sync(sync, actions);
+            }
+            Message::Fetch { from: first, to } => self.on_fetch(from, first, to, actions),
+            Message::Decided { agreement_id, batch } => self.on_decided(from, agreement_id, batch),
+            Message::StatusQuery { nonce } => {
+                let message = Message::Status {
+                    nonce,
+                    last_decided: self.last_decided,
+                    highest_voted: self.highest_voted(),
+                    regency: self.regency,
+                    recovering: self.is_recovering() || self.awaiting_vote_regency,
+                };
+                actions.push(Action::Send { to: from, message });
+            }
+            Message::Status { nonce, last_decided, highest_voted, regency, recovering } => {
+                let status = PeerStatus { last_decided, highest_voted, regency, recovering };
+                self.on_status(from, nonce, status, actions)
+            }
+        }
+    }
+
+    fn on_tick(&mut self, actions: &mut Vec<Action>) {
+        self.now_tick += 1;
+        actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
+        if let Phase::Recovering { nonce } = self.phase {
+            actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+            self.try_finish_recovery(actions);
+            return;
+        }
+        if let Some(mark) = self.behind_mark
+            && mark == self.last_decided
+        {
+            self.send_fetch_now();
+        } else {
+            self.behind_mark = None;
+        }
+        let timeout = self.timeout_ticks();
+        let resend = self.now_tick.is_multiple_of(RESEND_TICKS);
+        if self.now_tick.is_multiple_of(HEARTBEAT_TICKS) {
+            actions.push(Action::Broadcast {
+                message: Message::Status {
+                    nonce: HEARTBEAT_NONCE,
+                    last_decided: self.last_decided,
+                    highest_voted: self.highest_voted(),
+                    regency: self.regency,
+                    recovering: false,
+                },
+            });
+        }
+        match self.phase {
+            Phase::Normal => {
+                let leader = self.config.leader_of(self.regency);
+                let mut forward = Vec::new();
+                let mut stop = false;
+                for pending in self.pending.values_mut() {
+                    let age = self.now_tick.saturating_sub(pending.arrival_tick);
+                    if age >= timeout && !pending.forwarded && forward.len() < FORWARD_REQUESTS_MAX
+                    {
+                        pending.forwarded = true;
+                        forward.push(pending.request.clone());
+                    }
+                    if age >= 2 * timeout {
+                        stop = true;
+                    }
+                }
+                if !forward.is_empty() && leader != self.id {
+                    actions.push(Action::Send {
+                        to: leader,
+                        message: Message::Forward {
+                            last_decided: self.last_decided,
+                            requests: forward,
+                        },
+                    });
+                }
+                // Progress timer: an agreement that is under way (this replica voted, or f+1
+                // replicas did) but has not decided for twice the timeout also asks for a
+                // new leader, even with no request pending here (a crash-mode follower
+                // may never have seen the requests of a leader that died mid-agreement).
+                let stuck = self.now_tick.saturating_sub(self.progress_tick) >= 2 * timeout
+                    && self.instances.get(&(self.last_decided + 1)).is_some_and(|inst| {
+                        let voters = inst
+                            .writes
+                            .keys()
+                            .chain(inst.accepts.keys())
+                            .collect::<std::collections::BTreeSet<_>>();
+                        inst.my_write.is_some() || voters.len() > self.config.f
+                    });
+                if stop || stuck {
+                    self.start_stop(self.regency + 1, actions);
+                }
+                if resend && let Some(sync) = &self.sync_resend {
+                    actions.push(Action::Broadcast { message: sync.clone() });
+                }
+                if resend && self.now_tick.saturating_sub(self.progress_tick) >= RESEND_TICKS {
+                    self.resend_votes(actions);
+                }
+            }
+            Phase::Changing { since_tick } => {
+                if self.now_tick.saturating_sub(since_tick) >= timeout {
+                    self.failed_changes = self.failed_changes.saturating_add(1);
+                    self.start_stop(self.regency + 1, actions);
+                } else if resend && let Some(stopdata) = &self.my_stopdata {
+                    actions.push(Action::Broadcast { message: stopdata.clone() });
+                }
+            }
+            Phase::Recovering { .. } => {}
+        }
+        if self.stop_sent > self.regency && self.now_tick >= self.stop_resent_tick + RESEND_TICKS {
+            self.stop_resent_tick = self.now_tick;
+            actions.push(Action::Broadcast { message: Message::Stop { regency: self.stop_sent } });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::KeyRing;
+
+    fn cluster(config: &Config) -> (Vec<Replica>, KeyRing) {
+        let ring = KeyRing::new([5; 32], config.n);
+        let replicas = (0..config.n as ReplicaId)
+            .map(|id| Replica::new(config.clone(), ring.replica_keys(id)).expect("valid"))
+            .collect();
+        (replicas, ring)
+    }
+
+    fn request(ring: &KeyRing, client: u64, sequence: u64) -> ClientRequest {
+        ClientRequest::signed(&ring.client_keys(client), sequence, vec![sequence as u8; 8])
+    }
+
+    fn event(request: &ClientRequest) -> Event {
+        Event::ClientRequest { request: request.clone(), digest: None }
+    }
+
+    fn message(from: ReplicaId, message: Message) -> Event {
+        Event::Message { from, message }
+    }
+
+    #[test]
+    fn replica_recovered_from_a_restart_of_all_answers_recovering_until_it_can_vote() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], config.n);
+        let restart = |id| {
+            let keys = ring.replica_keys(id);
+            Replica::restart(config.clone(), keys, Recovered::default(), BTreeMap::new())
+                .expect("valid")
+        };
+        let mut replica = restart(0);
+        let mut actions = Vec::new();
+        let status = |regency| Message::Status {
+            nonce: 0,
+            last_decided: 0,
+            highest_voted: 0,
+            regency,
+            recovering: true,
+        };
+        for from in 1..4 {
+            replica.handle(message(from, status(0)), &mut actions);
+        }
+        assert!(!replica.is_recovering());
+        // It may vote only from regency 1 on, so a peer still recovering must count it
+        // as restarted too (else that peer would vote in regency 0 and its votes would
+        // make the others abstain).
+        let answer = |replica: &mut Replica, asker: ReplicaId| {
+            let mut actions = Vec::new();
+            replica.handle(message(asker, Message::StatusQuery { nonce: 9 }), &mut actions);
+            actions.iter().find_map(|action| match action {
+                Action::Send { to, message: Message::Status { recovering, .. } }
+                    if *to == asker =>
+                {
+                    Some(*recovering)
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(answer(&mut replica, 3), Some(true));
+        // A peer that is still recovering takes the same path: regency 1 at the earliest.
+        let mut late = restart(3);
+        for from in 0..3 {
+            late.handle(message(from, status(0)), &mut actions);
+        }
+        assert!(!late.is_recovering());
+        assert_eq!(answer(&mut late, 0), Some(true));
+    }
+
+    #[test]
+    fn leader_proposes_a_pending_request_and_writes_it() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let req = request(&ring, 7, 1);
+        let mut actions = Vec::new();
+        replicas[0].handle(event(&req), &mut actions);
+        let batch = Arc::new(Batch { requests: vec![req] });
+        let hash = batch.hash();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Broadcast {
+                    message: Message::Propose { regency: 0, agreement_id: 1, batch }
+                },
+                Action::Broadcast { message: Message::Write { regency: 0, agreement_id: 1, hash } },
+            ]
+        );
+    }
+
+    #[test]
+    fn follower_writes_only_the_first_value_of_a_regency_and_ignores_non_leaders() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let a = Arc::new(Batch { requests: vec![request(&ring, 1, 1)] });
+        let b = Arc::new(Batch { requests: vec![request(&ring, 2, 1)] });
+        let mut actions = Vec::new();
+        // Replica 2 is not the leader of regency 0.
+        replicas[1].handle(
+            message(2, Message::Propose { regency: 0, agreement_id: 1, batch: a.clone() }),
+            &mut actions,
+        );
+        assert!(actions.is_empty());
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch: a.clone() }),
+            &mut actions,
+        );
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch: b }),
+            &mut actions,
+        );
+        assert_eq!(
+            actions,
+            vec![Action::Broadcast {
+                message: Message::Write { regency: 0, agreement_id: 1, hash: a.hash() }
+            }]
+        );
+    }
+
+    #[test]
+    fn forged_request_in_a_proposal_is_not_written() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let mut forged = request(&ring, 1, 1);
+        forged.operation = b"not what the client sent".to_vec();
+        let batch = Arc::new(Batch { requests: vec![forged] });
+        let mut actions = Vec::new();
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch }),
+            &mut actions,
+        );
+        assert!(actions.is_empty());
+    }
+
+    #[test]
+    fn quorum_of_writes_then_accepts_decides_and_delivers() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let batch = Arc::new(Batch { requests: vec![request(&ring, 3, 1)] });
+        let hash = batch.hash();
+        let mut actions = Vec::new();
+        let r = &mut replicas[1];
+        r.handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch: batch.clone() }),
+            &mut actions,
+        );
+        actions.clear();
+        r.handle(message(0, Message::Write { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert!(actions.is_empty(), "two WRITEs of four are not a quorum");
+        r.handle(message(2, Message::Write { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Broadcast {
+                message: Message::Accept { regency: 0, agreement_id: 1, hash }
+            }]
+        );
+        actions.clear();
+        r.handle(
+            message(0, Message::Accept { regency: 0, agreement_id: 1, hash: [9; 32] }),
+            &mut actions,
+        );
+        r.handle(message(2, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert!(actions.is_empty(), "a different hash does not count");
+        r.handle(message(3, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Deliver {
+                decisions: vec![Decision {
+                    agreement_id: 1,
+                    regency: 0,
+                    hash,
+                    batch,
+                    proof: vec![1, 2, 3]
+                }]
+            }]
+        );
+        assert_eq!(r.last_decided(), 1);
+        // The request is ordered now: a retransmission is answered from the reply cache.
+        actions.clear();
+        r.handle(event(&request(&ring, 3, 1)), &mut actions);
+        assert_eq!(actions, vec![Action::ReplyFromCache { client_id: 3, sequence: 1 }]);
+    }
+
+    #[test]
+    fn catch_up_window_is_bounded_by_bytes_and_serves_the_newest_decisions() {
+        let mut config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], config.n);
+        let recent: Vec<Arc<Batch>> = (1..=10)
+            .map(|seq| Arc::new(Batch { requests: vec![request(&ring, 1, seq)] }))
+            .collect();
+        config.decided_window_bytes_max = 3 * recent[0].encoded_len();
+        let recovered = Recovered { last_decided: 10, recent: recent.clone() };
+        let mut replica =
+            Replica::restart(config, ring.replica_keys(0), recovered, BTreeMap::new())
+                .expect("valid");
+        let mut actions = Vec::new();
+        replica.handle(message(1, Message::Fetch { from: 1, to: 10 }), &mut actions);
+        let served: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { to: 1, message: Message::Decided { agreement_id, batch } } => {
+                    assert_eq!(*batch, recent[*agreement_id as usize - 1]);
+                    Some(*agreement_id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(served, vec![8, 9, 10]);
+    }
+
+    #[test]
+    fn crash_mode_accepts_directly_and_decides_on_a_majority() {
+        let config = Config::crash(1);
+        let (mut replicas, ring) = cluster(&config);
+        let batch = Arc::new(Batch { requests: vec![request(&ring, 3, 1)] });
+        let hash = batch.hash();
+        let mut actions = Vec::new();
+        let r = &mut replicas[2];
+        r.handle(message(0, Message::Propose { regency: 0, agreement_id: 1, batch }), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Broadcast {
+                message: Message::Accept { regency: 0, agreement_id: 1, hash }
+            }]
+        );
+        actions.clear();
+        r.handle(message(0, Message::Accept { regency: 0, agreement_id: 1, hash }), &mut actions);
+        assert!(matches!(actions.as_slice(), [Action::Deliver { .. }]));
+    }
+
+    #[test]
+    fn crash_mode_follower_forwards_a_fresh_request_to_the_leader_at_once() {
+        let config = Config::crash(1);
+        let (mut replicas, ring) = cluster(&config);
+        let req = request(&ring, 4, 1);
+        let mut actions = Vec::new();
+        // Replica 1 does not lead regency 0: the request goes to replica 0 now, not
+        // after the request timeout, and stays pending here.
+        replicas[1].handle(event(&req), &mut actions);
+        assert_eq!(
+            actions,
+            vec![Action::Send {
+                to: 0,
+                message: Message::Forward { last_decided: 0, requests: vec![req.clone()] }
+            }]
+        );
+        assert_eq!(replicas[1].pending_requests(), 1);
+        // The same request again (a retransmission) is not forwarded twice.
+        actions.clear();
+        replicas[1].handle(event(&req), &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        // The leader checks the client's MAC for itself in the forwarded request and
+        // proposes it.
+        actions.clear();
+        let forward = Message::Forward { last_decided: 0, requests: vec![req.clone()] };
+        replicas[0].handle(message(1, forward), &mut actions);
+        let batch = Arc::new(Batch { requests: vec![req] });
+        let hash = batch.hash();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Broadcast {
+                    message: Message::Propose { regency: 0, agreement_id: 1, batch }
+                },
+                Action::Broadcast {
+                    message: Message::Accept { regency: 0, agreement_id: 1, hash }
+                },
+            ]
+        );
+        // A request whose MAC for the leader is wrong is not proposed.
+        let mut forged = request(&ring, 5, 1);
+        forged.authenticator[0][0] ^= 1;
+        actions.clear();
+        let forward = Message::Forward { last_decided: 0, requests: vec![forged] };
+        replicas[0].handle(message(1, forward), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Broadcast { .. })), "{actions:?}");
+    }
+
+    #[test]
+    fn bft_follower_does_not_forward_a_fresh_request() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let mut actions = Vec::new();
+        replicas[1].handle(event(&request(&ring, 4, 1)), &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(replicas[1].pending_requests(), 1);
+    }
+
+    fn collect(
+        last_decided: u64,
+        accepted: Option<(u64, Hash)>,
+        writes: &[(Hash, u64)],
+    ) -> CollectData {
+        CollectData {
+            last_decided,
+            decided_hash: (last_decided > 0).then_some([0xDD; 32]),
+            accepted,
+            writes: writes.to_vec(),
+            values: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn choice_rule_forces_a_possibly_decided_value_and_ignores_lone_claims() {
+        let config = Config::bft(1);
+        let (replicas, _) = cluster(&config);
+        let r = &replicas[0];
+        let (h, other) = ([1; 32], [2; 32]);
+        // One correct replica accepted h in regency 2 (two wrote it); a Byzantine one
+        // claims a later ACCEPT of another value, which no one else wrote.
+        let accepted = collect(4, Some((2, h)), &[(h, 2)]);
+        let wrote = collect(4, None, &[(h, 2)]);
+        let liar = collect(4, Some((5, other)), &[(other, 5)]);
+        let silent = collect(4, None, &[]);
+        // With three reports the liar blocks both outcomes: the leader waits for more.
+        assert_eq!(r.choose(&[&accepted, &wrote, &liar], 5), None);
+        // The fourth (correct, silent) report settles it: h is forced, the lie is not.
+        assert_eq!(r.choose(&[&accepted, &wrote, &liar, &silent], 5), Some(Choice::Forced(h)));
+        // Nothing accepted anywhere: the value is free.
+        assert_eq!(r.choose(&[&wrote, &silent, &silent], 5), Some(Choice::Free));
+        // A lone claim with two silent reports: neither forced nor free without more.
+        assert_eq!(r.choose(&[&liar, &silent, &silent], 5), None);
+        // A replica that already decided the agreement reports it as decided, which
+        // counts as an ACCEPT and a WRITE of that value.
+        let dd = [0xDD; 32];
+        let decided = collect(5, None, &[]);
+        let accepted_dd = collect(4, Some((3, dd)), &[(dd, 3)]);
+        assert_eq!(r.choose(&[&decided, &accepted_dd, &silent], 5), Some(Choice::Forced(dd)));
+        // Fewer reports than a quorum decide nothing.
+        assert_eq!(r.choose(&[&accepted, &wrote], 5), None);
+        // A report from a replica ahead of the agreement cannot be used.
+        assert_eq!(r.choose(&[&collect(6, None, &[]), &silent, &silent], 5), None);
+    }
+
+    #[test]
+    fn sync_naming_a_stopdata_this_replica_did_not_receive_waits_and_a_wrong_digest_is_rejected() {
+        let config = Config::bft(1);
+        let (mut replicas, ring) = cluster(&config);
+        let mut actions = Vec::new();
+        // Replicas 1, 2, 3 ask for regency 1: replica 2 installs it.
+        for from in [1, 3] {
+            replicas[2].handle(message(from, Message::Stop { regency: 1 }), &mut actions);
+        }
+        assert_eq!(replicas[2].regency(), 1);
+        let empty = Arc::new(collect(0, None, &[]));
+        for from in [1, 3] {
+            replicas[2].handle(
+                message(from, Message::StopData { regency: 1, collect: empty.clone() }),
+                &mut actions,
+            );
+        }
+        let batch = Arc::new(Batch { requests: vec![request(&ring, 4, 1)] });
+        let digest = empty.digest();
+        // Member 0 never sent replica 2 a STOPDATA: the SYNC waits.
+        let sync = Message::Sync {
+            regency: 1,
+            agreement_id: 1,
+            members: vec![(0, digest), (1, digest), (3, digest)],
+            batch: batch.clone(),
+        };
+        actions.clear();
+        replicas[2].handle(message(1, sync), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::RegencyInstalled { .. })));
+        // A digest that does not match what replica 3 sent: rejected.
+        let bad = Message::Sync {
+            regency: 1,
+            agreement_id: 1,
+            members: vec![(1, digest), (2, digest), (3, [7; 32])],
+            batch: batch.clone(),
+        };
+        replicas[2].handle(message(1, bad), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::RegencyInstalled { .. })));
+        // Consistent members: installed, and the value is written.
+        let good = Message::Sync {
+            regency: 1,
+            agreement_id: 1,
+            members: vec![(1, digest), (2, replicas[2].stopdata[&1][&2].1), (3, digest)],
+            batch: batch.clone(),
+        };
+        replicas[2].handle(message(1, good), &mut actions);
+        assert!(actions.contains(&Action::RegencyInstalled { regency: 1, leader: 1 }));
+        assert!(actions.contains(&Action::Broadcast {
+            message: Message::Write { regency: 1, agreement_id: 1, hash: batch.hash() }
+        }));
+    }
+}

@@ -1,0 +1,184 @@
+//! Restart and recovery: restarting from the durable store, the status query and its
+//! answers, ending recovery (`try_finish_recovery`) and the vote floor it sets.
+
+use std::collections::BTreeMap;
+
+use crate::protocol::auth::ReplicaKeys;
+use crate::protocol::{Action, Config, Mode, ProtocolError, ReplicaId};
+
+use super::{DecidedEntry, HEARTBEAT_NONCE, PeerStatus, Phase, Recovered, Replica};
+
+impl Replica {
+    /// A replica restarted from its durable store: it recovers (see the module docs)
+    /// before it votes again. `recovered.recent` must end at `last_decided`.
+    /// `ordered` gives, per client, the highest sequence number in the recovered
+    /// history (so retransmissions are answered from the reply cache).
+    ///
+    /// The recovery query's nonce is derived from `last_decided`; prefer
+    /// [`Replica::restart_with_nonce`] with a value unique per process start (e.g. the
+    /// wall clock), so that late answers to an earlier incarnation's query are ignored.
+    pub fn restart(
+        config: Config,
+        keys: ReplicaKeys,
+        recovered: Recovered,
+        ordered: BTreeMap<u64, u64>,
+    ) -> Result<Self, ProtocolError> {
+        let nonce = recovered.last_decided;
+        Self::restart_with_nonce(config, keys, recovered, ordered, nonce)
+    }
+
+    /// [`Replica::restart`] with an explicit recovery nonce, unique per incarnation.
+    pub fn restart_with_nonce(
+        config: Config,
+        keys: ReplicaKeys,
+        recovered: Recovered,
+        ordered: BTreeMap<u64, u64>,
+        nonce: u64,
+    ) -> Result<Self, ProtocolError> {
+        let mut replica = Self::new(config, keys)?;
+        if recovered.recent.len() as u64 > recovered.last_decided {
+            return Err(ProtocolError::Config("more recent batches than decided agreements"));
+        }
+        replica.last_decided = recovered.last_decided;
+        replica.vote_floor = recovered.last_decided;
+        let first = recovered.last_decided + 1 - recovered.recent.len() as u64;
+        let skip = recovered.recent.len().saturating_sub(replica.config.decided_window_max);
+        for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
+            replica.window_push(DecidedEntry {
+                agreement_id: first + offset as u64,
+                hash: batch.hash(),
+                batch,
+                regency: None,
+                tick: 0,
+            });
+        }
+        replica.ordered = ordered;
+        // The heartbeat nonce is reserved.
+        let nonce = if nonce == HEARTBEAT_NONCE { 0 } else { nonce };
+        replica.phase = Phase::Recovering { nonce };
+        Ok(replica)
+    }
+
+    pub(super) fn highest_voted(&self) -> u64 {
+        let voted = self
+            .instances
+            .iter()
+            .filter(|(_, inst)| inst.my_write.is_some() || inst.my_accept.is_some())
+            .map(|(&aid, _)| aid)
+            .max()
+            .unwrap_or(0);
+        voted.max(self.last_decided).max(self.vote_floor)
+    }
+
+    /// Whether recovery allows a vote for `agreement_id` in `regency`. Votes are not
+    /// persisted, so a restarted replica must not vote twice, with different values, in
+    /// a (regency, agreement) where its previous incarnation voted: hence the floor. In
+    /// BFT mode a regency above every one the previous incarnation can have voted in
+    /// lifts it: the votes there are new ones, cast after a SYNC that the choice rule
+    /// checked, and the only trace of the lost votes is a STOPDATA that omits them,
+    /// which the rule tolerates as one of f faults. Without this, a leader crash while
+    /// the agreement at the floor is open stalls the cluster for good: it cannot decide
+    /// without this replica's vote (module docs, "Restart").
+    pub(super) fn may_vote_at(&self, regency: u64, agreement_id: u64) -> bool {
+        agreement_id > self.vote_floor
+            || (self.config.mode == Mode::Bft && self.floor_regency.is_some_and(|r| regency > r))
+    }
+
+    pub(super) fn on_status(
+        &mut self,
+        from: ReplicaId,
+        nonce: u64,
+        status: PeerStatus,
+        actions: &mut Vec<Action>,
+    ) {
+        if status.last_decided > self.last_decided {
+            self.mark_behind();
+        }
+        let Phase::Recovering { nonce: expected } = self.phase else { return };
+        if nonce != expected {
+            return;
+        }
+        self.statuses.insert(from, status);
+        self.try_finish_recovery(actions);
+    }
+
+    /// Ends recovery once the answers collected so far are enough (see the module docs).
+    pub(super) fn try_finish_recovery(&mut self, actions: &mut Vec<Action>) {
+        let needed = match self.config.mode {
+            Mode::Crash => self.config.n - self.config.f,
+            Mode::Bft => self.config.n - self.config.f - 1,
+        };
+        let everyone_restarted = self.statuses.values().all(|s| s.recovering);
+        // After a crash of every replica, wait for all of them: only complete
+        // information tells which agreements some replica logged. In BFT mode, after
+        // `recovery_wait_ticks`, n-f answers (with this replica) are enough when every
+        // agreement any of them logged is logged by f+1 of them: an agreement a client
+        // saw complete was logged by f+1 replicas, so one of them is among the answers,
+        // and all of it is fetchable. This lets a cluster start (or restart after a
+        // crash of all) with up to f replicas down or mute.
+        if everyone_restarted && self.statuses.len() < self.config.n - 1 {
+            // Ticks count from this incarnation's start, when recovery began.
+            let waited = self.now_tick;
+            let enough = self.config.mode == Mode::Bft
+                && self.statuses.len() >= needed
+                && waited >= self.config.recovery_wait_ticks()
+                && self.answers_agree_on_what_was_logged();
+            if !enough {
+                return;
+            }
+        } else if self.statuses.len() < needed {
+            return;
+        }
+        let most_decided = self.statuses.values().map(|s| s.last_decided).max().unwrap_or(0);
+        let mut regencies: Vec<u64> = self.statuses.values().map(|s| s.regency).collect();
+        regencies.sort_unstable_by(|a, b| b.cmp(a));
+        let regency = match self.config.mode {
+            Mode::Crash => regencies[0],
+            Mode::Bft => regencies.get(self.config.f).copied().unwrap_or(0),
+        };
+        if everyone_restarted {
+            // All replicas lost their votes: nobody remembers what to abstain from, so
+            // vote again, but only above what can be fetched (logged by a weak quorum)
+            // and only in a fresh regency, reached through a leader change whose
+            // STOPDATA carries each replica's last logged batch.
+            let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
+            decided.push(self.last_decided);
+            decided.sort_unstable_by(|a, b| b.cmp(a));
+            let fetchable = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
+            self.vote_floor = self.last_decided.max(fetchable);
+            self.vote_regency_min = regency + 1;
+            self.awaiting_vote_regency = true;
+        } else {
+            let floor = self.statuses.values().map(|s| s.highest_voted).max().unwrap_or(0);
+            self.vote_floor = self.vote_floor.max(floor);
+            // A regency the previous incarnation voted in was installed through a
+            // quorum of STOPDATAs, so n-f-1 answers include a replica at or above it.
+            self.floor_regency = self.statuses.values().map(|s| s.regency).max();
+        }
+        self.regency = self.regency.max(regency);
+        self.stop_sent = self.stop_sent.max(self.regency);
+        self.phase = Phase::Normal;
+        self.statuses.clear();
+        actions.push(Action::RegencyInstalled {
+            regency: self.regency,
+            leader: self.config.leader_of(self.regency),
+        });
+        if most_decided > self.last_decided {
+            self.mark_behind();
+            self.send_fetch_now();
+        }
+        if self.leads(self.regency) || everyone_restarted {
+            // We may have sent a SYNC we no longer remember: hand the regency on.
+            self.start_stop(self.regency + 1, actions);
+        }
+    }
+
+    /// True when the highest agreement logged by this replica or any answer is also
+    /// logged by a weak quorum (f+1) of them, so nothing logged is lost or unfetchable.
+    fn answers_agree_on_what_was_logged(&self) -> bool {
+        let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
+        decided.push(self.last_decided);
+        decided.sort_unstable_by(|a, b| b.cmp(a));
+        decided.get(self.config.weak_quorum() - 1) == decided.first()
+    }
+}
