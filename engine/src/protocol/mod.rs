@@ -116,6 +116,10 @@ pub struct Config {
     pub decided_window_bytes_max: usize,
     /// Most decided batches sent in answer to one fetch.
     pub fetch_instances_max: u64,
+    /// Largest operation a request may carry: a request over it is dropped, and a
+    /// proposed batch holding one is not voted for (the runtime sets it to what its log
+    /// can hold, so a Byzantine leader cannot make correct replicas fail their log).
+    pub operation_bytes_max: usize,
 }
 
 impl Config {
@@ -143,6 +147,7 @@ impl Config {
             decided_window_max: 4096,
             decided_window_bytes_max: 256 << 20,
             fetch_instances_max: 64,
+            operation_bytes_max: message::OPERATION_BYTES_MAX,
         }
     }
 
@@ -165,6 +170,12 @@ impl Config {
         }
         if self.decided_window_max == 0 || self.fetch_instances_max == 0 {
             return Err(ProtocolError::Config("catch-up bounds must be positive"));
+        }
+        if self.operation_bytes_max == 0 || self.operation_bytes_max > message::OPERATION_BYTES_MAX
+        {
+            return Err(ProtocolError::Config(
+                "operation_bytes_max must be positive and at most OPERATION_BYTES_MAX",
+            ));
         }
         Ok(())
     }

@@ -514,6 +514,7 @@ impl ClusterConfig {
         config.batch_requests_max = self.batch_requests_max as usize;
         config.tick_ms = TICK_MS;
         config.request_timeout_ticks = self.request_timeout_ms.div_ceil(TICK_MS).max(1);
+        config.operation_bytes_max = self.operation_bound().operation_bytes_max;
         config
     }
 

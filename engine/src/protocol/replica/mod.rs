@@ -718,6 +718,27 @@ mod tests {
     }
 
     #[test]
+    fn a_proposal_with_an_operation_over_the_bound_is_not_written_and_such_a_request_is_dropped() {
+        // The runtime sets the bound to what its log can hold: a Byzantine leader must not
+        // make correct replicas log (and fail on) an operation past it.
+        let mut config = Config::bft(1);
+        config.operation_bytes_max = 8;
+        let (mut replicas, ring) = cluster(&config);
+        let within = request(&ring, 1, 1);
+        assert!(within.operation.len() <= 8, "the helper's operation is small");
+        let over = ClientRequest::signed(&ring.client_keys(2), 1, vec![7; 9]);
+        let batch = Arc::new(Batch { requests: vec![within, over.clone()] });
+        let mut actions = Vec::new();
+        replicas[1].handle(
+            message(0, Message::Propose { regency: 0, agreement_id: 1, batch }),
+            &mut actions,
+        );
+        assert!(actions.is_empty(), "no WRITE for a batch over the bound: {actions:?}");
+        replicas[0].handle(event(&over), &mut actions);
+        assert_eq!(replicas[0].pending_requests(), 0, "the oversized request is dropped");
+    }
+
+    #[test]
     fn quorum_of_writes_then_accepts_decides_and_delivers() {
         let config = Config::bft(1);
         let (mut replicas, ring) = cluster(&config);

@@ -19,7 +19,9 @@ impl Replica {
         digest: Option<Hash>,
         actions: &mut Vec<Action>,
     ) {
-        if request.authenticator.len() != self.config.n {
+        if request.authenticator.len() != self.config.n
+            || request.operation.len() > self.config.operation_bytes_max
+        {
             return;
         }
         let digest = match digest {
@@ -119,6 +121,9 @@ impl Replica {
             return None;
         }
         if count > 1 && batch.encoded_len() > self.config.batch_bytes_max + 4 {
+            return None;
+        }
+        if batch.requests.iter().any(|r| r.operation.len() > self.config.operation_bytes_max) {
             return None;
         }
         let digests: Vec<Hash> = batch
