@@ -182,6 +182,11 @@ impl SimStorage {
         self.shared.disk.lock().expect("sim disk lock poisoned")
     }
 
+    /// The faults injected now.
+    pub fn faults(&self) -> SimFaults {
+        self.disk().faults
+    }
+
     /// Sets the faults to inject from now on.
     pub fn set_faults(&self, faults: SimFaults) {
         self.disk().faults = faults;

@@ -348,8 +348,8 @@ impl Coordinator {
     fn check_invariants(&self) {
         assert!(self.last_executed <= self.last_decided);
         assert!(self.last_appended <= self.last_decided);
-        assert!(self.durable_up_to <= self.last_appended.max(self.durable_up_to));
-        assert!(self.held_batches() <= HELD_BATCHES_MAX + 1, "held batches are bounded");
+        assert!(self.durable_up_to <= self.last_appended, "durable only what was appended");
+        assert!(self.held_batches() <= HELD_BATCHES_MAX, "held batches are bounded");
         if self.mode == LogMode::Parallel {
             // Every held batch is executed and not yet durable.
             debug_assert!(self.held.iter().all(|held| held.agreement_id > self.durable_up_to

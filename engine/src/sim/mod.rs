@@ -1185,7 +1185,7 @@ impl<'c> World<'c> {
                             }
                         }
                     }
-                    Output::Release { replies, held_us } => {
+                    Output::Release { replies, .. } => {
                         let node = &self.replicas[id as usize];
                         let synced = durable_agreement_max(&node.disk).unwrap_or(0);
                         for reply in replies {
@@ -1202,7 +1202,6 @@ impl<'c> World<'c> {
                             }
                             self.send_reply(id, reply.client_id, reply.sequence, reply.reply);
                         }
-                        let _ = held_us;
                     }
                     Output::Stop => {
                         if self.config.trace {
@@ -1254,11 +1253,13 @@ impl<'c> World<'c> {
         if let Some((failing, index)) = self.config.failed_write
             && failing == id
         {
-            let writes = node.disk.write_count();
-            if node.writes_issued <= index && index < node.writes_issued + 64 {
+            // Write `index` counted from the replica's first start is write
+            // `index - writes_issued` from now on this boot's count; other armed faults
+            // (a crash armed for recovery) stay.
+            if let Some(ahead) = index.checked_sub(node.writes_issued) {
                 node.disk.set_faults(SimFaults {
-                    fail_at_write: Some(writes + (index - node.writes_issued)),
-                    ..SimFaults::default()
+                    fail_at_write: Some(node.disk.write_count() + ahead),
+                    ..node.disk.faults()
                 });
             }
         }
