@@ -31,7 +31,10 @@ pub use ids::{
 };
 pub use mode::Mode;
 pub use request::{Batch, ClientRequest, Reply};
-pub use service::{OrderedRequest, Service};
+pub use service::{
+    CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError, StateInstaller,
+    StateView,
+};
 
 /// Errors of this crate.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

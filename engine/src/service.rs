@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-pub use dura_core::service::{OrderedRequest, Service};
+pub use dura_core::service::{
+    CHUNK_ALIGN, CHUNK_BYTES_LIMIT, CopiedState, CopiedStateInstaller, OrderedRequest, Service,
+    StateError, StateInstaller, StateView,
+};
 
 /// What the executor did with one ordered request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +121,36 @@ impl<S: Service> Executor<S> {
     }
 }
 
+/// Encodings shared by the engine's test services.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::StateError;
+
+    /// Each entry as a `u32` LE length and its bytes.
+    pub(crate) fn encode_entries(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in entries {
+            out.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+            out.extend_from_slice(entry);
+        }
+        out
+    }
+
+    /// The inverse of [`encode_entries`].
+    pub(crate) fn decode_entries(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, StateError> {
+        let mut entries = Vec::new();
+        while !bytes.is_empty() {
+            let truncated = || StateError::Invalid("a truncated entry".into());
+            let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(truncated)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let entry = rest.get(..len).ok_or_else(truncated)?;
+            entries.push(entry.to_vec());
+            bytes = &rest[len..];
+        }
+        Ok(entries)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +160,9 @@ mod tests {
     struct Journal(Vec<Vec<u8>>);
 
     impl Service for Journal {
+        const NAME: &'static str = "journal";
+        type View = crate::service::CopiedState;
+        type Installer = crate::service::CopiedStateInstaller<Journal>;
         fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
             for request in requests {
                 self.0.push(request.operation.to_vec());
@@ -137,6 +173,14 @@ mod tests {
             let mut digest = [0u8; 32];
             digest[..8].copy_from_slice(&(self.0.len() as u64).to_le_bytes());
             digest
+        }
+        fn view(&self) -> crate::service::CopiedState {
+            crate::service::CopiedState(crate::service::tests_support::encode_entries(&self.0))
+        }
+        fn installer(&self) -> crate::service::CopiedStateInstaller<Journal> {
+            crate::service::CopiedStateInstaller::new(|bytes| {
+                crate::service::tests_support::decode_entries(bytes).map(Journal)
+            })
         }
     }
 

@@ -6,13 +6,19 @@ use std::time::Duration;
 use dura_engine::runtime::{
     Client, ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions, start_replica,
 };
-use dura_engine::service::{OrderedRequest, Service};
+use dura_engine::service::{
+    CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError,
+};
 
 /// Adds each operation's u64 to a running total and replies with the new total.
 #[derive(Debug, Default)]
 struct Counter(u64);
 
 impl Service for Counter {
+    const NAME: &'static str = "counter";
+    type View = CopiedState;
+    type Installer = CopiedStateInstaller<Counter>;
+
     fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
         for request in requests {
             let add = request.operation.try_into().map(u64::from_le_bytes).unwrap_or(0);
@@ -25,6 +31,17 @@ impl Service for Counter {
         let mut digest = [0u8; 32];
         digest[..8].copy_from_slice(&self.0.to_le_bytes());
         digest
+    }
+
+    fn view(&self) -> CopiedState {
+        CopiedState(self.0.to_le_bytes().to_vec())
+    }
+
+    fn installer(&self) -> CopiedStateInstaller<Counter> {
+        CopiedStateInstaller::new(|bytes| {
+            let total = bytes.try_into().map_err(|_| StateError::Invalid("not 8 bytes".into()))?;
+            Ok(Counter(u64::from_le_bytes(total)))
+        })
     }
 }
 

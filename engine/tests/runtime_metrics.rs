@@ -9,19 +9,31 @@ use std::time::{Duration, Instant};
 use dura_engine::runtime::config::free_ports;
 use dura_engine::runtime::metrics::METRICS_REQUEST_BYTES_MAX;
 use dura_engine::runtime::{Client, ClusterConfig, LogMode, Mode, ReplicaOptions, start_replica};
-use dura_engine::service::{OrderedRequest, Service};
+use dura_engine::service::{CopiedState, CopiedStateInstaller, OrderedRequest, Service};
 
 /// Replies with each operation as it came.
 #[derive(Debug, Default)]
 struct Echo;
 
 impl Service for Echo {
+    const NAME: &'static str = "echo";
+    type View = CopiedState;
+    type Installer = CopiedStateInstaller<Echo>;
+
     fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
         replies.extend(requests.iter().map(|request| request.operation.to_vec()));
     }
 
     fn state_digest(&self) -> [u8; 32] {
         [0; 32]
+    }
+
+    fn view(&self) -> CopiedState {
+        CopiedState(Vec::new())
+    }
+
+    fn installer(&self) -> CopiedStateInstaller<Echo> {
+        CopiedStateInstaller::new(|_| Ok(Echo))
     }
 }
 

@@ -1,18 +1,29 @@
-//! The SCKV-Store service: a sorted map (`BTreeMap`) from byte keys to byte values, so
-//! range scans iterate in key order without sorting.
+//! The SCKV-Store service: a persistent ordered map from byte keys to byte values, so
+//! range scans iterate in key order without sorting, and a checkpoint takes an O(1)
+//! view of the whole state ([`KvView`]) that a background thread serialises while
+//! execution goes on.
+//!
+//! The map is `imbl::OrdMap` (a B-tree whose nodes are shared between versions): a
+//! write after a view was taken copies only the path to the key it changes. Keys and
+//! values are `Arc<[u8]>`, so copying a node copies pointers, not 4 KiB values.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use dura_engine::service::{OrderedRequest, Service};
+use dura_engine::service::{StateError, StateInstaller, StateView};
+use imbl::OrdMap;
+use rkyv::rancor;
 use sha2::{Digest, Sha256};
 
 use crate::ops::{KvOp, KvReply, SCAN_ENTRY_OVERHEAD_BYTES, ScanPage, decode_op};
 
+type Bytes = Arc<[u8]>;
+
 /// The replicated key-value state. Reads go through ordering like writes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KvStore {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: OrdMap<Bytes, Bytes>,
 }
 
 impl KvStore {
@@ -33,7 +44,7 @@ impl KvStore {
 
     /// The value under `key`, read locally (not ordered; for tests and tools).
     pub fn get_local(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(Vec::as_slice)
+        self.entries.get(key).map(|value| &value[..])
     }
 
     /// Applies one encoded operation and returns its reply. Malformed input changes
@@ -46,22 +57,19 @@ impl KvStore {
         match op {
             KvOp::Put { key, value } => {
                 match self.entries.get_mut(key) {
-                    Some(slot) => {
-                        slot.clear();
-                        slot.extend_from_slice(value);
-                    }
+                    Some(slot) => *slot = Bytes::from(value),
                     None => {
-                        self.entries.insert(key.to_vec(), value.to_vec());
+                        self.entries.insert(Bytes::from(key), Bytes::from(value));
                     }
                 }
                 KvReply::Done
             }
-            KvOp::Get { key } => KvReply::Value(self.entries.get(key).cloned()),
+            KvOp::Get { key } => KvReply::Value(self.entries.get(key).map(|value| value.to_vec())),
             KvOp::Delete { key } => KvReply::Flag(self.entries.remove(key).is_some()),
             KvOp::Cas { key, expected, new } => {
-                let current = self.entries.get(key).map(Vec::as_slice);
+                let current = self.entries.get(key).map(|value| &value[..]);
                 if current == expected {
-                    self.entries.insert(key.to_vec(), new.to_vec());
+                    self.entries.insert(Bytes::from(key), Bytes::from(new));
                     KvReply::Flag(true)
                 } else {
                     KvReply::Flag(false)
@@ -91,16 +99,16 @@ impl KvStore {
             None => Bound::Unbounded,
         };
         let mut bytes = 0usize;
-        for (key, value) in self.entries.range::<[u8], _>((Bound::Included(start), upper)) {
+        for (key, value) in self.entries.range::<_, [u8]>((Bound::Included(start), upper)) {
             let entry_bytes = SCAN_ENTRY_OVERHEAD_BYTES + key.len() + value.len();
             if page.entries.len() == limit
                 || (!page.entries.is_empty() && bytes + entry_bytes > reply_bytes_max)
             {
-                page.more = Some(key.clone());
+                page.more = Some(key.to_vec());
                 break;
             }
             bytes += entry_bytes;
-            page.entries.push((key.clone(), value.clone()));
+            page.entries.push((key.to_vec(), value.to_vec()));
         }
         assert!(page.entries.len() <= limit, "a scan returns at most its limit");
         page
@@ -108,6 +116,10 @@ impl KvStore {
 }
 
 impl Service for KvStore {
+    const NAME: &'static str = "sckv-store";
+    type View = KvView;
+    type Installer = KvInstaller;
+
     fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
         for request in requests {
             replies.push(self.apply(request.operation).encode());
@@ -127,11 +139,106 @@ impl Service for KvStore {
         }
         hasher.finalize().into()
     }
+
+    fn view(&self) -> KvView {
+        KvView { entries: self.entries.clone() }
+    }
+
+    fn installer(&self) -> KvInstaller {
+        KvInstaller { entries: OrdMap::new(), last_key: None }
+    }
+}
+
+/// One checkpoint chunk of the store: entries in key order, each key greater than every
+/// key of the chunks before it. An rkyv archive (format pinned in the workspace).
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
+struct KvChunk {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Bytes a chunk's entry costs beyond its key and value (two length prefixes and the
+/// tuple), for cutting chunks near their bound.
+const CHUNK_ENTRY_OVERHEAD_BYTES: usize = 16;
+
+/// An O(1) view of a [`KvStore`] (a clone of the persistent map).
+#[derive(Debug, Clone)]
+pub struct KvView {
+    entries: OrdMap<Bytes, Bytes>,
+}
+
+impl StateView for KvView {
+    fn write_chunks(
+        &self,
+        chunk_bytes_max: usize,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut chunk = KvChunk { entries: Vec::new() };
+        let mut chunk_bytes = 0usize;
+        let mut flush = |chunk: &mut KvChunk| -> Result<(), StateError> {
+            let bytes = rkyv::to_bytes::<rancor::Error>(&*chunk)
+                .map_err(|error| StateError::Invalid(format!("archiving a chunk: {error}")))?;
+            assert!(bytes.len() <= dura_engine::service::CHUNK_BYTES_LIMIT, "chunk over the limit");
+            chunk.entries.clear();
+            sink(&bytes)
+        };
+        for (key, value) in &self.entries {
+            let entry_bytes = CHUNK_ENTRY_OVERHEAD_BYTES + key.len() + value.len();
+            if !chunk.entries.is_empty() && chunk_bytes + entry_bytes > chunk_bytes_max {
+                flush(&mut chunk)?;
+                chunk_bytes = 0;
+            }
+            chunk.entries.push((key.to_vec(), value.to_vec()));
+            chunk_bytes += entry_bytes;
+        }
+        if !chunk.entries.is_empty() {
+            flush(&mut chunk)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`KvStore`] from a [`KvView`]'s chunks, checking that keys come in strictly
+/// increasing order across all of them (the canonical form).
+#[derive(Debug)]
+pub struct KvInstaller {
+    entries: OrdMap<Bytes, Bytes>,
+    last_key: Option<Bytes>,
+}
+
+impl StateInstaller for KvInstaller {
+    type Service = KvStore;
+
+    fn chunk(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let chunk = rkyv::access::<ArchivedKvChunk, rancor::Error>(bytes)
+            .map_err(|error| StateError::Invalid(format!("a store chunk: {error}")))?;
+        if chunk.entries.is_empty() {
+            return Err(StateError::Invalid("an empty store chunk".into()));
+        }
+        for entry in chunk.entries.iter() {
+            let (key, value) = (entry.0.as_slice(), entry.1.as_slice());
+            if self.last_key.as_deref().is_some_and(|last| last >= key) {
+                return Err(StateError::Invalid(format!(
+                    "store keys out of order: {:?} after {:?}",
+                    String::from_utf8_lossy(key),
+                    self.last_key.as_deref().map(String::from_utf8_lossy),
+                )));
+            }
+            let key = Bytes::from(key);
+            self.entries.insert(Arc::clone(&key), Bytes::from(value));
+            self.last_key = Some(key);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<KvStore, StateError> {
+        Ok(KvStore { entries: self.entries })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dura_engine::service::StateView;
 
     fn op(op: KvOp<'_>) -> Vec<u8> {
         op.encode().expect("in bounds")
@@ -245,5 +352,101 @@ mod tests {
         three.apply(&op(KvOp::Put { key: b"a1", value: b"" }));
         three.apply(&op(KvOp::Put { key: b"b", value: b"2" }));
         assert_ne!(one.state_digest(), three.state_digest());
+    }
+
+    /// Every chunk a view writes, in order.
+    fn chunks_of(store: &KvStore, chunk_bytes_max: usize) -> Vec<Vec<u8>> {
+        let mut chunks = Vec::new();
+        store
+            .view()
+            .write_chunks(chunk_bytes_max, &mut |chunk| {
+                chunks.push(chunk.to_vec());
+                Ok(())
+            })
+            .expect("in memory");
+        chunks
+    }
+
+    /// Feeds chunks to a fresh installer, each copied to a 16-aligned buffer as the
+    /// checkpoint loader hands them.
+    fn install(chunks: &[Vec<u8>]) -> Result<KvStore, StateError> {
+        let mut installer = KvStore::new().installer();
+        for chunk in chunks {
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(chunk);
+            installer.chunk(&aligned)?;
+        }
+        installer.finish()
+    }
+
+    #[test]
+    fn equal_states_built_by_different_histories_write_identical_chunks() {
+        let mut one = KvStore::new();
+        let mut two = KvStore::new();
+        for i in 0..2_000u32 {
+            let key = format!("key{:05}", (i * 7919) % 2_000);
+            one.apply(&op(KvOp::Put { key: key.as_bytes(), value: &i.to_le_bytes() }));
+        }
+        // The same final map by another route: other values first, deletes, reinserts.
+        for i in (0..2_000u32).rev() {
+            let key = format!("key{:05}", (i * 7919) % 2_000);
+            two.apply(&op(KvOp::Put { key: key.as_bytes(), value: b"stale" }));
+            if i % 3 == 0 {
+                two.apply(&op(KvOp::Delete { key: key.as_bytes() }));
+            }
+        }
+        for i in 0..2_000u32 {
+            let key = format!("key{:05}", (i * 7919) % 2_000);
+            two.apply(&op(KvOp::Put { key: key.as_bytes(), value: &i.to_le_bytes() }));
+        }
+        assert_eq!(one, two);
+        let chunks = chunks_of(&one, 4096);
+        assert!(chunks.len() > 5, "the state spans several chunks");
+        assert_eq!(chunks, chunks_of(&two, 4096));
+    }
+
+    #[test]
+    fn a_view_keeps_its_state_while_the_store_moves_on_and_installs_back() {
+        let mut store = KvStore::new();
+        for i in 0..500u32 {
+            store.apply(&op(KvOp::Put { key: &i.to_be_bytes(), value: &[i as u8; 100] }));
+        }
+        let before = store.clone();
+        let view = store.view();
+        for i in 0..500u32 {
+            store.apply(&op(KvOp::Put { key: &i.to_be_bytes(), value: b"changed" }));
+        }
+        store.apply(&op(KvOp::Delete { key: &7u32.to_be_bytes() }));
+        let mut chunks = Vec::new();
+        view.write_chunks(1024, &mut |chunk| {
+            assert!(chunk.len() <= 1024 + 512, "chunks stay near their bound");
+            chunks.push(chunk.to_vec());
+            Ok(())
+        })
+        .expect("in memory");
+        let installed = install(&chunks).expect("valid chunks");
+        assert_eq!(installed, before);
+        assert_eq!(installed.state_digest(), before.state_digest());
+        assert_ne!(installed.state_digest(), store.state_digest());
+        assert!(install(&[]).expect("no chunks is the empty store").is_empty());
+    }
+
+    #[test]
+    fn an_installer_refuses_chunks_out_of_order_or_not_its_own() {
+        let mut store = KvStore::new();
+        for key in [&b"a"[..], b"b", b"c", b"d"] {
+            store.apply(&op(KvOp::Put { key, value: &[1; 40] }));
+        }
+        let mut chunks = chunks_of(&store, 64);
+        assert!(chunks.len() >= 2);
+        chunks.swap(0, 1);
+        let error = install(&chunks).expect_err("keys out of order");
+        assert!(error.to_string().contains("out of order"), "{error}");
+        let error = install(&[vec![0xAB; 64]]).expect_err("not an archive");
+        assert!(matches!(error, StateError::Invalid(_)), "{error}");
+        // A chunk repeated is refused too: its keys are not greater than the last.
+        let chunks = chunks_of(&store, 64);
+        let error = install(&[chunks[0].clone(), chunks[0].clone()]).expect_err("a repeat");
+        assert!(error.to_string().contains("out of order"), "{error}");
     }
 }

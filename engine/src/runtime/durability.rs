@@ -414,6 +414,9 @@ mod tests {
     #[derive(Default)]
     struct Echo(Vec<Vec<u8>>);
     impl Service for Echo {
+        const NAME: &'static str = "echo";
+        type View = crate::service::CopiedState;
+        type Installer = crate::service::CopiedStateInstaller<Echo>;
         fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
             for r in requests {
                 self.0.push(r.operation.to_vec());
@@ -422,6 +425,14 @@ mod tests {
         }
         fn state_digest(&self) -> [u8; 32] {
             [self.0.len() as u8; 32]
+        }
+        fn view(&self) -> crate::service::CopiedState {
+            crate::service::CopiedState(crate::service::tests_support::encode_entries(&self.0))
+        }
+        fn installer(&self) -> crate::service::CopiedStateInstaller<Echo> {
+            crate::service::CopiedStateInstaller::new(|bytes| {
+                crate::service::tests_support::decode_entries(bytes).map(Echo)
+            })
         }
     }
 

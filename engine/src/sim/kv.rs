@@ -1,11 +1,11 @@
 //! The simulator's service: a tiny key-value store, and a per-key linearizability
 //! checker for the client history.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use crate::service::{OrderedRequest, Service};
+use crate::service::{OrderedRequest, Service, StateError, StateInstaller, StateView};
 
 /// An operation of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +63,18 @@ impl KvOp {
 #[derive(Debug, Default)]
 pub struct KvModel {
     map: BTreeMap<u8, u64>,
-    executed: HashSet<(u64, u64)>,
+    /// Every (client, sequence) executed: part of the state, so a checkpoint carries it
+    /// and a request re-executed after an install is still caught.
+    executed: BTreeSet<(u64, u64)>,
     /// Requests executed more than once (must stay empty).
     pub executed_twice: Vec<(u64, u64)>,
 }
 
 impl Service for KvModel {
+    const NAME: &'static str = "sim-kv";
+    type View = KvModelView;
+    type Installer = KvModelInstaller;
+
     fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
         for request in requests {
             if !self.executed.insert((request.client_id, request.sequence)) {
@@ -93,6 +99,100 @@ impl Service for KvModel {
             sha.update(value.to_le_bytes());
         }
         sha.finalize().into()
+    }
+
+    /// A copy: the model holds at most 256 keys and the simulator's few thousand
+    /// requests, so O(n) here costs nothing; the production store's view is O(1).
+    fn view(&self) -> KvModelView {
+        KvModelView { map: self.map.clone(), executed: self.executed.clone() }
+    }
+
+    fn installer(&self) -> KvModelInstaller {
+        KvModelInstaller { model: KvModel::default() }
+    }
+}
+
+/// A copy of the model's state for a checkpoint.
+#[derive(Debug)]
+pub struct KvModelView {
+    map: BTreeMap<u8, u64>,
+    executed: BTreeSet<(u64, u64)>,
+}
+
+/// Chunk tags of the model's checkpoint: map entries (9 bytes each), executed requests
+/// (16 bytes each).
+const CHUNK_MAP: u8 = 0;
+const CHUNK_EXECUTED: u8 = 1;
+
+impl StateView for KvModelView {
+    fn write_chunks(
+        &self,
+        chunk_bytes_max: usize,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        assert!(chunk_bytes_max >= 17, "a chunk holds at least one entry");
+        let mut chunk = vec![CHUNK_MAP];
+        for (key, value) in &self.map {
+            if chunk.len() + 9 > chunk_bytes_max {
+                sink(&chunk)?;
+                chunk.truncate(1);
+            }
+            chunk.push(*key);
+            chunk.extend_from_slice(&value.to_le_bytes());
+        }
+        if chunk.len() > 1 {
+            sink(&chunk)?;
+        }
+        let mut chunk = vec![CHUNK_EXECUTED];
+        for (client, sequence) in &self.executed {
+            if chunk.len() + 16 > chunk_bytes_max {
+                sink(&chunk)?;
+                chunk.truncate(1);
+            }
+            chunk.extend_from_slice(&client.to_le_bytes());
+            chunk.extend_from_slice(&sequence.to_le_bytes());
+        }
+        if chunk.len() > 1 {
+            sink(&chunk)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`KvModel`] from its chunks.
+#[derive(Debug)]
+pub struct KvModelInstaller {
+    model: KvModel,
+}
+
+impl StateInstaller for KvModelInstaller {
+    type Service = KvModel;
+
+    fn chunk(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let invalid = |why: &str| Err(StateError::Invalid(format!("sim-kv chunk: {why}")));
+        match bytes.split_first() {
+            Some((&CHUNK_MAP, rest)) if rest.len() % 9 == 0 => {
+                for entry in rest.chunks_exact(9) {
+                    let value = u64::from_le_bytes(entry[1..].try_into().expect("8 bytes"));
+                    self.model.map.insert(entry[0], value);
+                }
+                Ok(())
+            }
+            Some((&CHUNK_EXECUTED, rest)) if rest.len() % 16 == 0 => {
+                for entry in rest.chunks_exact(16) {
+                    let client = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+                    let sequence = u64::from_le_bytes(entry[8..].try_into().expect("8 bytes"));
+                    self.model.executed.insert((client, sequence));
+                }
+                Ok(())
+            }
+            Some(_) => invalid("unknown tag or length"),
+            None => invalid("empty"),
+        }
+    }
+
+    fn finish(self) -> Result<KvModel, StateError> {
+        Ok(self.model)
     }
 }
 
