@@ -7,6 +7,9 @@
 //! same replies. The simulator and the real runtime share it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 pub use dura_core::service::{
     CHUNK_ALIGN, CHUNK_BYTES_LIMIT, CopiedState, CopiedStateInstaller, OrderedRequest, Service,
@@ -28,15 +31,61 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Executor<S> {
     service: S,
-    /// client id -> (last executed sequence, its reply). One entry per client.
-    reply_cache: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// client id -> (last executed sequence, its reply). One entry per client. A
+    /// persistent map, so a checkpoint's view of it is O(1).
+    reply_cache: OrdMap<u64, CachedReply>,
     requests_executed: u64,
+}
+
+/// A client's last executed request and its reply, as the reply cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedReply {
+    /// The request's sequence number.
+    pub sequence: u64,
+    /// Its reply.
+    pub reply: Arc<[u8]>,
+}
+
+/// An O(1) view of an executor between two batches, for a checkpoint: the service's
+/// state, the reply cache, and how many requests ran.
+#[derive(Debug)]
+pub struct ExecutorView<V> {
+    /// The service's view.
+    pub service: V,
+    /// The reply cache, in client order.
+    pub reply_cache: OrdMap<u64, CachedReply>,
+    /// Requests the service executed (duplicates excluded).
+    pub requests_executed: u64,
 }
 
 impl<S: Service> Executor<S> {
     /// An executor over `service` with an empty reply cache.
     pub fn new(service: S) -> Self {
-        Self { service, reply_cache: BTreeMap::new(), requests_executed: 0 }
+        Self { service, reply_cache: OrdMap::new(), requests_executed: 0 }
+    }
+
+    /// An executor resumed from a checkpoint: its service, reply cache and count.
+    pub fn from_parts(
+        service: S,
+        reply_cache: OrdMap<u64, CachedReply>,
+        requests_executed: u64,
+    ) -> Self {
+        Self { service, reply_cache, requests_executed }
+    }
+
+    /// The executor's state now, in O(1) (see [`ExecutorView`]).
+    pub fn view(&self) -> ExecutorView<S::View> {
+        ExecutorView {
+            service: self.service.view(),
+            reply_cache: self.reply_cache.clone(),
+            requests_executed: self.requests_executed,
+        }
+    }
+
+    /// The highest sequence executed per client (what ordering needs to drop requests
+    /// already run after a restart from a checkpoint).
+    pub fn last_executed_per_client(&self) -> BTreeMap<u64, u64> {
+        self.reply_cache.iter().map(|(client, cached)| (*client, cached.sequence)).collect()
     }
 
     /// Executes `requests` (in delivery order) and returns one [`Outcome`] per request.
@@ -62,13 +111,13 @@ impl<S: Service> Executor<S> {
                     outcomes.push(Outcome::Cached(Vec::new()));
                     continue;
                 }
-            } else if let Some((last, reply)) = self.reply_cache.get(&request.client_id) {
-                if request.sequence < *last {
+            } else if let Some(cached) = self.reply_cache.get(&request.client_id) {
+                if request.sequence < cached.sequence {
                     outcomes.push(Outcome::Stale);
                     continue;
                 }
-                if request.sequence == *last {
-                    outcomes.push(Outcome::Cached(reply.clone()));
+                if request.sequence == cached.sequence {
+                    outcomes.push(Outcome::Cached(cached.reply.to_vec()));
                     continue;
                 }
             }
@@ -84,7 +133,8 @@ impl<S: Service> Executor<S> {
             outcomes[outcome_at] = Outcome::Cached(replies[original_at].clone());
         }
         for ((request, reply), outcome_at) in fresh.iter().zip(replies).zip(fresh_outcome) {
-            self.reply_cache.insert(request.client_id, (request.sequence, reply.clone()));
+            let cached = CachedReply { sequence: request.sequence, reply: Arc::from(&reply[..]) };
+            self.reply_cache.insert(request.client_id, cached);
             outcomes[outcome_at] = Outcome::Executed(reply);
         }
         self.requests_executed += fresh.len() as u64;
@@ -95,14 +145,14 @@ impl<S: Service> Executor<S> {
     /// executed for that client.
     pub fn cached_reply(&self, client_id: u64, sequence: u64) -> Option<&[u8]> {
         match self.reply_cache.get(&client_id) {
-            Some((seq, reply)) if *seq == sequence => Some(reply),
+            Some(cached) if cached.sequence == sequence => Some(&cached.reply),
             _ => None,
         }
     }
 
     /// The last sequence number executed for `client_id`.
     pub fn last_executed(&self, client_id: u64) -> Option<u64> {
-        self.reply_cache.get(&client_id).map(|(seq, _)| *seq)
+        self.reply_cache.get(&client_id).map(|cached| cached.sequence)
     }
 
     /// Number of requests the service has executed (duplicates excluded).

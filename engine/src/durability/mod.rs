@@ -3,8 +3,9 @@
 //! replies may leave.
 //!
 //! Events in ([`Input`]): a batch decided, a batch executed (with its replies), the log
-//! durable up to an agreement, a cached reply to resend, the log failed. Actions out
-//! ([`Output`]): append a batch, execute a batch, release replies, stop. No threads,
+//! durable up to an agreement, a cached reply to resend, the log failed, a checkpoint
+//! written (or failed). Actions out ([`Output`]): append a batch, cut the log's segment,
+//! execute a batch, take a checkpoint, truncate the log, release replies, stop. No threads,
 //! channels or clocks inside: the runtime's `exec` thread owns one and carries out its
 //! actions (`runtime::durability`), and the simulator drives the same code over its
 //! simulated disk (`sim`). Time enters only as numbers the caller passes in, to report
@@ -44,6 +45,67 @@ pub use record::{
 /// Decided batches the coordinator holds at most (executed and waiting for the log, or
 /// logged and waiting to be executed).
 pub const HELD_BATCHES_MAX: usize = 4_096;
+
+/// When this replica checkpoints and where its log is cut into segments (the paper's
+/// sequential checkpoints, section 3.2), counted in requests ordered since the cluster
+/// began: request k is the k-th request of the decided batches, so every replica agrees
+/// on which agreement holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointSchedule {
+    /// P: requests between two checkpoints of this replica.
+    pub period: u64,
+    /// This replica checkpoints after the batch holding a request k with
+    /// `k % period == offset`.
+    pub offset: u64,
+    /// The log starts a new segment after the batch holding a request k with
+    /// `k % segment == 0` (floor(P/n): the paper's log pieces L_i are whole segments).
+    pub segment: u64,
+}
+
+impl CheckpointSchedule {
+    /// Sequential checkpoints: replica `replica` of `n` at `k mod P = replica * floor(P/n)`,
+    /// so at most one replica of a cluster is checkpointing at a time.
+    pub fn sequential(period: u64, n: usize, replica: usize) -> Self {
+        assert!(replica < n && n >= 1);
+        let segment = period / n as u64;
+        assert!(segment >= 1, "a period of at least n requests");
+        Self { period, offset: replica as u64 * segment, segment }
+    }
+
+    /// Coordinated checkpoints: every replica at `k mod P = 0` (the paper's Figure 2).
+    pub fn coordinated(period: u64, n: usize) -> Self {
+        let segment = period / n as u64;
+        assert!(segment >= 1, "a period of at least n requests");
+        Self { period, offset: 0, segment }
+    }
+
+    /// Whether requests `after+1..=up_to` hold a k with `k % modulus == residue`.
+    fn holds(after: u64, up_to: u64, modulus: u64, residue: u64) -> bool {
+        assert!(modulus > 0 && residue < modulus);
+        // The first k > after with that residue.
+        let next = after + 1 + (residue + modulus - (after + 1) % modulus) % modulus;
+        next <= up_to
+    }
+
+    /// Whether a batch holding requests `after+1..=up_to` ends at a checkpoint.
+    pub fn checkpoint_in(&self, after: u64, up_to: u64) -> bool {
+        Self::holds(after, up_to, self.period, self.offset)
+    }
+
+    /// Whether the log's segment ends after a batch holding requests `after+1..=up_to`.
+    pub fn cut_in(&self, after: u64, up_to: u64) -> bool {
+        Self::holds(after, up_to, self.segment, 0)
+    }
+}
+
+/// Where a replica's checkpoints stand when its coordinator starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckpointStart {
+    /// Requests ordered up to the recovered agreement (since the cluster began).
+    pub ordered_requests: u64,
+    /// The newest durable checkpoint's agreement (0: none).
+    pub last_checkpoint: u64,
+}
 
 /// A batch the ordering protocol decided, shared by the log and the executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +181,18 @@ pub enum Input {
     /// The log failed (a write or sync error): nothing appended since the last report
     /// may be acknowledged, ever.
     LogFailed,
+    /// The checkpoint asked for by [`Output::Checkpoint`] is durable (file synced,
+    /// renamed, directory synced).
+    CheckpointWritten {
+        /// Its agreement.
+        agreement_id: u64,
+    },
+    /// Writing that checkpoint failed; it was abandoned (the log still holds everything
+    /// since the previous one).
+    CheckpointFailed {
+        /// Its agreement.
+        agreement_id: u64,
+    },
 }
 
 /// What the coordinator asks its owner to do, in order.
@@ -129,6 +203,27 @@ pub enum Output {
     Append(Arc<DecidedBatch>),
     /// Execute this batch, then report [`Input::Executed`].
     Execute(Arc<DecidedBatch>),
+    /// End the log's current segment after this agreement (comes before its append).
+    CutSegment {
+        /// The last agreement of the segment.
+        after: u64,
+    },
+    /// Take a view of the executor now (right after the [`Output::Execute`] of this
+    /// agreement, before any later one) and write it as a checkpoint; report
+    /// [`Input::CheckpointWritten`] or [`Input::CheckpointFailed`].
+    Checkpoint {
+        /// The agreement the state is at.
+        agreement_id: u64,
+        /// Requests ordered up to it (for the checkpoint's header).
+        ordered_requests: u64,
+    },
+    /// Remove the log's segments that hold only agreements below `below`: the newest
+    /// checkpoint and the one before it are durable, and the log since the older one is
+    /// kept (a fallback when the newest is corrupt, and what state transfer serves).
+    TruncateLog {
+        /// The first agreement kept.
+        below: u64,
+    },
     /// Send these replies.
     Release {
         /// The replies, in execution order.
@@ -164,6 +259,18 @@ pub struct Coordinator {
     /// `parallel`: executed, released once durable.
     held: VecDeque<Held>,
     failed: bool,
+    schedule: Option<CheckpointSchedule>,
+    /// Requests in the decided batches, since the cluster began.
+    ordered_requests: u64,
+    /// Checkpoint points decided and not yet executed: (agreement, ordered requests up
+    /// to it). Bounded by the held batches.
+    checkpoint_points: VecDeque<(u64, u64)>,
+    /// The checkpoint being written, if any (one at a time).
+    checkpoint_writing: Option<u64>,
+    /// The newest durable checkpoint (0: none).
+    last_checkpoint: u64,
+    /// Checkpoint points passed while another was being written.
+    checkpoints_skipped: u64,
 }
 
 impl Coordinator {
@@ -180,7 +287,43 @@ impl Coordinator {
             awaiting_log: VecDeque::new(),
             held: VecDeque::new(),
             failed: false,
+            schedule: None,
+            ordered_requests: 0,
+            checkpoint_points: VecDeque::new(),
+            checkpoint_writing: None,
+            last_checkpoint: 0,
+            checkpoints_skipped: 0,
         }
+    }
+
+    /// Checkpoints on `schedule`, from where `start` says they stand.
+    pub fn with_checkpoints(mut self, schedule: CheckpointSchedule, start: CheckpointStart) -> Self {
+        assert!(start.last_checkpoint <= self.last_decided, "a checkpoint past the state");
+        self.schedule = Some(schedule);
+        self.ordered_requests = start.ordered_requests;
+        self.last_checkpoint = start.last_checkpoint;
+        self
+    }
+
+    /// Requests ordered up to the last decided agreement (0 unless counting from a
+    /// [`CheckpointStart`]).
+    pub fn ordered_requests(&self) -> u64 {
+        self.ordered_requests
+    }
+
+    /// The newest durable checkpoint (0: none).
+    pub fn last_checkpoint(&self) -> u64 {
+        self.last_checkpoint
+    }
+
+    /// The checkpoint being written, if any.
+    pub fn checkpoint_writing(&self) -> Option<u64> {
+        self.checkpoint_writing
+    }
+
+    /// Checkpoint points passed while the previous checkpoint was still being written.
+    pub fn checkpoints_skipped(&self) -> u64 {
+        self.checkpoints_skipped
     }
 
     /// The log mode.
@@ -234,6 +377,17 @@ impl Coordinator {
                     out.push(Output::Stop);
                 }
             }
+            Input::CheckpointWritten { agreement_id } => {
+                assert_eq!(self.checkpoint_writing.take(), Some(agreement_id));
+                assert!(agreement_id > self.last_checkpoint, "checkpoints move forward");
+                if self.last_checkpoint > 0 && !self.failed && self.mode != LogMode::None {
+                    out.push(Output::TruncateLog { below: self.last_checkpoint + 1 });
+                }
+                self.last_checkpoint = agreement_id;
+            }
+            Input::CheckpointFailed { agreement_id } => {
+                assert_eq!(self.checkpoint_writing.take(), Some(agreement_id));
+            }
         }
         self.check_invariants();
     }
@@ -246,6 +400,16 @@ impl Coordinator {
             "decided batches reach the coordinator in agreement order, with no gap"
         );
         self.last_decided = batch.agreement_id;
+        let after = self.ordered_requests;
+        self.ordered_requests += batch.batch.requests.len() as u64;
+        if let Some(schedule) = self.schedule {
+            if schedule.checkpoint_in(after, self.ordered_requests) {
+                self.checkpoint_points.push_back((batch.agreement_id, self.ordered_requests));
+            }
+            if self.mode != LogMode::None && schedule.cut_in(after, self.ordered_requests) {
+                out.push(Output::CutSegment { after: batch.agreement_id });
+            }
+        }
         match self.mode {
             LogMode::None => self.execute(batch, out),
             LogMode::Async | LogMode::Parallel => {
@@ -273,7 +437,17 @@ impl Coordinator {
             "executions strictly increase"
         );
         self.executing.push_back(batch.agreement_id);
+        let agreement_id = batch.agreement_id;
         out.push(Output::Execute(batch));
+        if self.checkpoint_points.front().is_some_and(|(point, _)| *point == agreement_id) {
+            let (_, ordered_requests) = self.checkpoint_points.pop_front().expect("checked");
+            if self.checkpoint_writing.is_some() || self.failed {
+                self.checkpoints_skipped += 1;
+            } else {
+                self.checkpoint_writing = Some(agreement_id);
+                out.push(Output::Checkpoint { agreement_id, ordered_requests });
+            }
+        }
     }
 
     fn on_executed(
@@ -350,6 +524,9 @@ impl Coordinator {
         assert!(self.last_appended <= self.last_decided);
         assert!(self.durable_up_to <= self.last_appended, "durable only what was appended");
         assert!(self.held_batches() <= HELD_BATCHES_MAX, "held batches are bounded");
+        assert!(self.checkpoint_points.len() <= HELD_BATCHES_MAX, "checkpoint points bounded");
+        assert!(self.last_checkpoint <= self.last_executed, "a checkpoint of executed state");
+        assert!(self.checkpoint_writing.is_none_or(|at| at > self.last_checkpoint));
         if self.mode == LogMode::Parallel {
             // Every held batch is executed and not yet durable.
             debug_assert!(self.held.iter().all(|held| held.agreement_id > self.durable_up_to

@@ -101,6 +101,44 @@ pub enum LogBackendKind {
     File,
 }
 
+/// Which replicas checkpoint when (the paper's section 3.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointScheduleKind {
+    /// Replica i checkpoints after request k where k mod P = i * floor(P/n): one replica
+    /// at a time, so the others keep the service going.
+    #[default]
+    Sequential,
+    /// Every replica at k mod P = 0 (the paper's Figure 2, for its experiment).
+    Coordinated,
+    /// No checkpoints: the log grows without bound and a restart replays all of it.
+    Off,
+}
+
+/// How a checkpoint is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointWrite {
+    /// An O(1) view of the state is taken between two batches and written by a
+    /// background thread while execution goes on.
+    #[default]
+    Background,
+    /// Execution stops until the checkpoint is durable (the paper's replica).
+    StopTheWorld,
+}
+
+fn default_checkpoint_period() -> u64 {
+    CHECKPOINT_PERIOD_DEFAULT
+}
+
+/// Default P: requests between two checkpoints of one replica. With 4 KiB operations a
+/// replica's log then holds about 2P x 4 KiB = 800 MiB at most (it keeps the log since
+/// its previous checkpoint).
+pub const CHECKPOINT_PERIOD_DEFAULT: u64 = 100_000;
+
+/// Largest P accepted.
+pub const CHECKPOINT_PERIOD_MAX: u64 = 1 << 40;
+
 /// One replica's place in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaConfig {
@@ -216,6 +254,17 @@ pub struct ClusterConfig {
     /// `sparse`.
     #[serde(default = "default_wal_preallocate")]
     pub wal_preallocate: String,
+    /// Which replicas checkpoint when: `sequential` (default), `coordinated` or `off`.
+    #[serde(default)]
+    pub checkpoint_schedule: CheckpointScheduleKind,
+    /// P: requests between two checkpoints of one replica (counted from the requests
+    /// ordered, so every replica agrees on the points). At least 2n.
+    #[serde(default = "default_checkpoint_period")]
+    pub checkpoint_period: u64,
+    /// `background` (default: execution goes on while the checkpoint is written) or
+    /// `stop-the-world`.
+    #[serde(default)]
+    pub checkpoint_write: CheckpointWrite,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -275,6 +324,29 @@ impl ClusterConfig {
             field: "replica".into(),
             reason: format!("no [[replica]] with id {id} (ids are 0..{})", self.n()),
         })
+    }
+
+    /// Replica `replica`'s checkpoint schedule, or None when checkpoints are off or the
+    /// log mode keeps nothing to restart from (`none`).
+    pub fn checkpoint_schedule_of(
+        &self,
+        replica: u32,
+        log_mode: LogMode,
+    ) -> Option<crate::durability::CheckpointSchedule> {
+        use crate::durability::CheckpointSchedule;
+        if log_mode == LogMode::None {
+            return None;
+        }
+        let n = self.n() as usize;
+        match self.checkpoint_schedule {
+            CheckpointScheduleKind::Off => None,
+            CheckpointScheduleKind::Sequential => {
+                Some(CheckpointSchedule::sequential(self.checkpoint_period, n, replica as usize))
+            }
+            CheckpointScheduleKind::Coordinated => {
+                Some(CheckpointSchedule::coordinated(self.checkpoint_period, n))
+            }
+        }
     }
 
     /// Replica link key material, decoded.
@@ -353,6 +425,16 @@ impl ClusterConfig {
             return Err(wrong(
                 "wal_preallocate",
                 format!("{:?} is not one of zeroed, fallocate, sparse", self.wal_preallocate),
+            ));
+        }
+        let period_min = 2 * u64::from(self.n().max(1));
+        if !(period_min..=CHECKPOINT_PERIOD_MAX).contains(&self.checkpoint_period) {
+            return Err(wrong(
+                "checkpoint_period",
+                format!(
+                    "{} is outside {period_min}..={CHECKPOINT_PERIOD_MAX} (at least 2n requests)",
+                    self.checkpoint_period
+                ),
             ));
         }
         if !(4..=4096).contains(&self.wal_segment_mib) {
@@ -450,6 +532,9 @@ impl ClusterConfig {
             // zero-filling it doubles the bytes written (measured: parallel/none 0.83-0.88
             // zeroed, 0.97-1.02 fallocate, BFT n=4, 4 KiB values, 2 cores).
             wal_preallocate: "fallocate".into(),
+            checkpoint_schedule: CheckpointScheduleKind::default(),
+            checkpoint_period: CHECKPOINT_PERIOD_DEFAULT,
+            checkpoint_write: CheckpointWrite::default(),
             replicas,
         }
     }

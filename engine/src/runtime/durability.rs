@@ -55,6 +55,54 @@ pub enum ExecInput {
     },
 }
 
+/// What the log stage is asked to do, in the order the coordinator asked.
+#[derive(Debug)]
+pub enum LogInput {
+    /// Append this decided batch.
+    Batch(Arc<DecidedBatch>),
+    /// End the current segment after this agreement (before the batch after it).
+    CutSegment(u64),
+    /// Remove the segments that hold only agreements below this one.
+    Truncate(u64),
+}
+
+/// A checkpoint for the checkpoint stage to write: the executor's state right after
+/// `agreement_id` executed.
+#[derive(Debug)]
+pub struct CheckpointJob<V> {
+    /// The agreement the state is at.
+    pub agreement_id: u64,
+    /// Requests ordered up to it.
+    pub ordered_requests: u64,
+    /// The executor's O(1) view.
+    pub view: crate::service::ExecutorView<V>,
+}
+
+/// The checkpoint stage's answer to a [`CheckpointJob`].
+#[derive(Debug)]
+pub struct CheckpointDone {
+    /// The job's agreement.
+    pub agreement_id: u64,
+    /// Ok once the checkpoint is durable; the error's text otherwise.
+    pub result: Result<(), String>,
+}
+
+/// The exec stage's link to the checkpoint stage.
+#[derive(Debug)]
+pub struct CheckpointLink<V> {
+    /// When to checkpoint.
+    pub schedule: crate::durability::CheckpointSchedule,
+    /// Where checkpoints stood at start.
+    pub start: crate::durability::CheckpointStart,
+    /// Jobs out (a channel of one: one checkpoint is written at a time).
+    pub jobs: Sender<CheckpointJob<V>>,
+    /// Answers back.
+    pub done: Receiver<CheckpointDone>,
+    /// The paper's stop-the-world checkpoint: exec waits for the write to finish before
+    /// executing anything else. Otherwise the write runs while execution goes on.
+    pub stop_the_world: bool,
+}
+
 /// The write-ahead log as the log stage sees it.
 ///
 /// Contract: [`LogBackend::append`] queues a record and returns without waiting for the
@@ -80,6 +128,19 @@ pub trait LogBackend: Send + 'static {
     fn write_stats(&self) -> Option<dura_wal::WriteStats> {
         None
     }
+
+    /// Ends the current segment after `after` (a log without segments ignores it).
+    fn cut_segment(&mut self, after: u64) -> Result<(), RuntimeError> {
+        let _ = after;
+        Ok(())
+    }
+
+    /// Removes what holds only agreements below `below` (a log without segments keeps
+    /// everything).
+    fn truncate_below(&mut self, below: u64) -> Result<(), RuntimeError> {
+        let _ = below;
+        Ok(())
+    }
 }
 
 impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
@@ -94,6 +155,12 @@ impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
     }
     fn write_stats(&self) -> Option<dura_wal::WriteStats> {
         (**self).write_stats()
+    }
+    fn cut_segment(&mut self, after: u64) -> Result<(), RuntimeError> {
+        (**self).cut_segment(after)
+    }
+    fn truncate_below(&mut self, below: u64) -> Result<(), RuntimeError> {
+        (**self).truncate_below(below)
     }
 }
 
@@ -200,7 +267,7 @@ impl BatchAppender {
 pub fn run_log_stage(
     mode: LogMode,
     mut backend: impl LogBackend,
-    input: Receiver<Arc<DecidedBatch>>,
+    input: Receiver<LogInput>,
     reports: Option<DurableReports>,
     metrics: &ReplicaMetrics,
 ) -> Result<(), RuntimeError> {
@@ -215,7 +282,9 @@ pub fn run_log_stage(
         let refresh = Duration::from_millis(LOG_STATS_REFRESH_MS);
         loop {
             match input.recv_timeout(refresh) {
-                Ok(batch) => appender.append(&mut backend, &batch)?,
+                Ok(LogInput::Batch(batch)) => appender.append(&mut backend, &batch)?,
+                Ok(LogInput::CutSegment(after)) => backend.cut_segment(after)?,
+                Ok(LogInput::Truncate(below)) => truncate(&mut backend, below, metrics)?,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
@@ -230,19 +299,26 @@ pub fn run_log_stage(
         let started = Instant::now();
         let bytes_before = appender.bytes_appended;
         group.clear();
-        group.push(first);
-        while group.len() < LOG_GROUP_BATCHES_MAX {
-            match input.try_recv() {
-                Ok(batch) => group.push(batch),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                LogInput::Batch(batch) => {
+                    if mode == LogMode::Sync {
+                        appender.append_synced_per_request(&mut backend, &batch)?;
+                    } else {
+                        appender.append(&mut backend, &batch)?;
+                    }
+                    group.push(batch);
+                }
+                LogInput::CutSegment(after) => backend.cut_segment(after)?,
+                LogInput::Truncate(below) => truncate(&mut backend, below, metrics)?,
+            }
+            if group.len() < LOG_GROUP_BATCHES_MAX {
+                next = input.try_recv().ok();
             }
         }
-        for batch in &group {
-            if mode == LogMode::Sync {
-                appender.append_synced_per_request(&mut backend, batch)?;
-            } else {
-                appender.append(&mut backend, batch)?;
-            }
+        if group.is_empty() {
+            continue;
         }
         match mode {
             LogMode::Async | LogMode::Sync => {}
@@ -261,6 +337,19 @@ pub fn run_log_stage(
     backend.sync()
 }
 
+/// Truncates the log below `below` (after a checkpoint), with a log line.
+fn truncate(
+    backend: &mut impl LogBackend,
+    below: u64,
+    metrics: &ReplicaMetrics,
+) -> Result<(), RuntimeError> {
+    let started = Instant::now();
+    backend.truncate_below(below)?;
+    metrics.record_log_truncated(below);
+    log::debug!("log truncated below agreement {below} in {:?}", started.elapsed());
+    Ok(())
+}
+
 /// The exec stage: owns the durability [`Coordinator`] (starting after `recovered`) and
 /// the executor, and carries out the coordinator's actions: appends go to `log`,
 /// executions run here, released replies go to `sink`. `durable` carries the log's
@@ -277,7 +366,8 @@ pub fn run_exec_stage<S: Service>(
     executor: &mut Executor<S>,
     input: Receiver<ExecInput>,
     durable: Option<Receiver<DurablePoint>>,
-    log: Option<Sender<Arc<DecidedBatch>>>,
+    log: Option<Sender<LogInput>>,
+    checkpoints: Option<CheckpointLink<S::View>>,
     metrics: &ReplicaMetrics,
     mut sink: impl FnMut(ReplyOut),
 ) -> HeldReplies {
@@ -289,6 +379,11 @@ pub fn run_exec_stage<S: Service>(
     let started = Instant::now();
     let now_us = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let mut coordinator = Coordinator::new(mode, recovered);
+    if let Some(link) = &checkpoints {
+        coordinator = coordinator.with_checkpoints(link.schedule, link.start);
+    }
+    let checkpoint_done =
+        checkpoints.as_ref().map_or_else(crossbeam_channel::never, |link| link.done.clone());
     let mut durable = durable.unwrap_or_else(crossbeam_channel::never);
     let mut log = log;
     let closed = crossbeam_channel::never::<ExecInput>();
@@ -318,6 +413,11 @@ pub fn run_exec_stage<S: Service>(
                     Input::LogFailed
                 }
             },
+            recv(checkpoint_done) -> done => match done {
+                Ok(done) => checkpoint_answer(done, metrics),
+                // The checkpoint stage is gone (it ends only with the replica).
+                Err(_) => break,
+            },
         };
         coordinator.handle(event, &mut outputs);
         // Carry out the actions in order; an execution feeds its result back.
@@ -326,11 +426,35 @@ pub fn run_exec_stage<S: Service>(
             for output in work.drain(..) {
                 match output {
                     Output::Append(batch) => {
-                        let sent = log.as_ref().is_some_and(|log| log.send(batch).is_ok());
-                        if !sent {
-                            log = None;
-                            coordinator.handle(Input::LogFailed, &mut outputs);
-                        }
+                        to_log(&mut log, LogInput::Batch(batch), &mut coordinator, &mut outputs)
+                    }
+                    Output::CutSegment { after } => to_log(
+                        &mut log,
+                        LogInput::CutSegment(after),
+                        &mut coordinator,
+                        &mut outputs,
+                    ),
+                    Output::TruncateLog { below } => to_log(
+                        &mut log,
+                        LogInput::Truncate(below),
+                        &mut coordinator,
+                        &mut outputs,
+                    ),
+                    Output::Checkpoint { agreement_id, ordered_requests } => {
+                        let link = checkpoints.as_ref().expect("checkpoints only on a schedule");
+                        metrics.record_checkpoint_started(agreement_id);
+                        let job = CheckpointJob { agreement_id, ordered_requests, view: executor.view() };
+                        let answer = match link.jobs.send(job) {
+                            Err(_) => break,
+                            // Stop-the-world: nothing executes until the checkpoint is
+                            // durable (the paper's checkpoint, kept for its experiment).
+                            Ok(()) if link.stop_the_world => match link.done.recv() {
+                                Ok(done) => checkpoint_answer(done, metrics),
+                                Err(_) => break,
+                            },
+                            Ok(()) => continue,
+                        };
+                        coordinator.handle(answer, &mut outputs);
                     }
                     Output::Execute(batch) => {
                         let replies = execute_batch(executor, &batch);
@@ -360,6 +484,38 @@ pub fn run_exec_stage<S: Service>(
         }
     }
     held
+}
+
+/// Sends `message` to the log stage; a log stage that is gone failed.
+fn to_log(
+    log: &mut Option<Sender<LogInput>>,
+    message: LogInput,
+    coordinator: &mut Coordinator,
+    outputs: &mut Vec<Output>,
+) {
+    let sent = log.as_ref().is_some_and(|log| log.send(message).is_ok());
+    if !sent {
+        *log = None;
+        coordinator.handle(Input::LogFailed, outputs);
+    }
+}
+
+/// The coordinator's event for the checkpoint stage's answer, with its log line.
+fn checkpoint_answer(done: CheckpointDone, metrics: &ReplicaMetrics) -> Input {
+    let agreement_id = done.agreement_id;
+    match done.result {
+        Ok(()) => {
+            metrics.record_checkpoint_written(agreement_id);
+            Input::CheckpointWritten { agreement_id }
+        }
+        Err(error) => {
+            metrics.record_checkpoint_failed();
+            log::error!(
+                "checkpoint at agreement {agreement_id} failed and was abandoned (the log keeps everything since the previous one): {error}"
+            );
+            Input::CheckpointFailed { agreement_id }
+        }
+    }
 }
 
 /// How long executed batches' replies waited for the log in `parallel` mode

@@ -295,4 +295,12 @@ impl LogBackend for WalLog {
     fn write_stats(&self) -> Option<dura_wal::WriteStats> {
         Some(self.writer.write_stats())
     }
+
+    fn cut_segment(&mut self, after: u64) -> Result<(), RuntimeError> {
+        self.writer.cut_segment(after).map_err(RuntimeError::from)
+    }
+
+    fn truncate_below(&mut self, below: u64) -> Result<(), RuntimeError> {
+        self.writer.delete_below(below).map(drop).map_err(RuntimeError::from)
+    }
 }

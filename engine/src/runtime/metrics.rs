@@ -42,6 +42,13 @@ pub struct ReplicaMetrics {
     log_write_bytes: AtomicU64,
     log_write_ns: AtomicU64,
     log_failures: AtomicU64,
+    log_truncated_below: AtomicU64,
+    checkpoints_started: AtomicU64,
+    checkpoints_written: AtomicU64,
+    checkpoints_failed: AtomicU64,
+    /// Agreement of the checkpoint being written (0: none).
+    checkpoint_writing: AtomicU64,
+    last_checkpoint_agreement_id: AtomicU64,
     /// Accepted connections open on the client listener (the net stage's own count).
     client_connections: Arc<AtomicUsize>,
     /// Accepted connections open on the replica listener.
@@ -106,6 +113,40 @@ impl ReplicaMetrics {
     /// The log failed; no reply waiting for it will be released.
     pub fn record_log_failure(&self) {
         self.log_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The log dropped its segments below `below` (after a checkpoint).
+    pub fn record_log_truncated(&self, below: u64) {
+        self.log_truncated_below.fetch_max(below, Ordering::Relaxed);
+    }
+
+    /// A checkpoint of the state at `agreement_id` began.
+    pub fn record_checkpoint_started(&self, agreement_id: u64) {
+        self.checkpoints_started.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_writing.store(agreement_id, Ordering::Relaxed);
+    }
+
+    /// The checkpoint at `agreement_id` is durable.
+    pub fn record_checkpoint_written(&self, agreement_id: u64) {
+        self.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_writing.store(0, Ordering::Relaxed);
+        self.last_checkpoint_agreement_id.fetch_max(agreement_id, Ordering::Relaxed);
+    }
+
+    /// A checkpoint failed and was abandoned.
+    pub fn record_checkpoint_failed(&self) {
+        self.checkpoints_failed.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_writing.store(0, Ordering::Relaxed);
+    }
+
+    /// The newest checkpoint found at start (restart from it).
+    pub fn set_last_checkpoint(&self, agreement_id: u64) {
+        self.last_checkpoint_agreement_id.fetch_max(agreement_id, Ordering::Relaxed);
+    }
+
+    /// Checkpoints written so far (for tests and tools).
+    pub fn checkpoints_written(&self) -> u64 {
+        self.checkpoints_written.load(Ordering::Relaxed)
     }
 
     /// The counter the client listener keeps of its open connections.
@@ -210,6 +251,42 @@ impl ReplicaMetrics {
             "counter",
             "Times the log failed (the replica stops releasing replies that wait for it).",
             load(&self.log_failures).to_string(),
+        );
+        metric(
+            "dura_log_truncated_below_agreement_id",
+            "gauge",
+            "The log holds no segment made only of agreements below this one (0: never truncated).",
+            load(&self.log_truncated_below).to_string(),
+        );
+        metric(
+            "dura_checkpoints_started_total",
+            "counter",
+            "Checkpoints this replica began writing.",
+            load(&self.checkpoints_started).to_string(),
+        );
+        metric(
+            "dura_checkpoints_written_total",
+            "counter",
+            "Checkpoints written durably (synced, renamed, directory synced).",
+            load(&self.checkpoints_written).to_string(),
+        );
+        metric(
+            "dura_checkpoints_failed_total",
+            "counter",
+            "Checkpoints abandoned after an error (the log keeps what they would have covered).",
+            load(&self.checkpoints_failed).to_string(),
+        );
+        metric(
+            "dura_checkpoint_writing_agreement_id",
+            "gauge",
+            "Agreement of the checkpoint being written (0: none).",
+            load(&self.checkpoint_writing).to_string(),
+        );
+        metric(
+            "dura_last_checkpoint_agreement_id",
+            "gauge",
+            "Agreement of the newest durable checkpoint (0: none).",
+            load(&self.last_checkpoint_agreement_id).to_string(),
         );
         metric(
             "dura_client_connections_open",

@@ -18,7 +18,10 @@ pub mod replica;
 
 pub use alloc::tune_allocator;
 pub use client::{Client, ClientOptions, Pending};
-pub use config::{ClusterConfig, LogBackendKind, LogMode, Mode, ReplicaConfig};
+pub use config::{
+    CHECKPOINT_PERIOD_DEFAULT, CheckpointScheduleKind, CheckpointWrite, ClusterConfig,
+    LogBackendKind, LogMode, Mode, ReplicaConfig,
+};
 pub use metrics::{Health, ReplicaMetrics};
 pub use replica::{ReplicaHandle, ReplicaOptions, start_replica};
 

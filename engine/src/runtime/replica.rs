@@ -156,6 +156,7 @@ pub fn start_replica<S: Service>(
             }
         };
     let mut executor = Executor::new(service);
+    let checkpoint_link: Option<durability::CheckpointLink<S::View>> = None;
     let replay_started = Instant::now();
     let restored = crate::durability::restore(
         records.into_iter().map(|r| r.payload),
@@ -401,7 +402,7 @@ pub fn start_replica<S: Service>(
     };
     let log_tx = match backend {
         Some(backend) => {
-            let (log_tx, log_rx) = bounded::<Arc<DecidedBatch>>(STAGE_QUEUE_MAX);
+            let (log_tx, log_rx) = bounded::<durability::LogInput>(STAGE_QUEUE_MAX);
             let fail = fail.clone();
             let metrics = replica_metrics.clone();
             threads.push(spawn(
@@ -437,6 +438,7 @@ pub fn start_replica<S: Service>(
                     exec_rx,
                     durable_to_exec,
                     log_tx,
+                    checkpoint_link,
                     &metrics,
                     |out| {
                         if client_keys.len() >= CLIENT_KEYS_CACHED_MAX {

@@ -1147,6 +1147,9 @@ impl<'c> World<'c> {
                     return Ok(());
                 }
                 match output {
+                    Output::CutSegment { .. } | Output::TruncateLog { .. } | Output::Checkpoint { .. } => {
+                        unreachable!("the simulator sets no checkpoint schedule yet")
+                    }
                     Output::Append(batch) => {
                         if let Err(input) = self.append(id, &batch) {
                             let node = &mut self.replicas[id as usize];
