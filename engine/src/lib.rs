@@ -14,6 +14,7 @@
 //! `Service` trait are `dura_core`'s; they are re-exported here at their old paths.
 //! - [`runtime`]: real replicas: stage threads, TCP transport, durability coordinator.
 
+pub mod checkpoint;
 pub mod durability;
 pub mod protocol;
 pub mod runtime;

@@ -39,7 +39,8 @@ use crate::runtime::LogMode;
 use crate::service::{Executor, Outcome, Service};
 
 pub use record::{
-    BatchPart, RecordError, Restored, decode_batch, encode_batch, reassemble, restore,
+    BatchPart, FromCheckpoint, RecordError, Restored, decode_batch, encode_batch, reassemble,
+    restore,
 };
 
 /// Decided batches the coordinator holds at most (executed and waiting for the log, or
@@ -297,7 +298,11 @@ impl Coordinator {
     }
 
     /// Checkpoints on `schedule`, from where `start` says they stand.
-    pub fn with_checkpoints(mut self, schedule: CheckpointSchedule, start: CheckpointStart) -> Self {
+    pub fn with_checkpoints(
+        mut self,
+        schedule: CheckpointSchedule,
+        start: CheckpointStart,
+    ) -> Self {
         assert!(start.last_checkpoint <= self.last_decided, "a checkpoint past the state");
         self.schedule = Some(schedule);
         self.ordered_requests = start.ordered_requests;
@@ -702,5 +707,128 @@ mod tests {
         let mut c = Coordinator::new(LogMode::Parallel, 0);
         decide_and_run(&mut c, 1, 0);
         step(&mut c, Input::Durable { up_to: 2, now_us: 0 });
+    }
+
+    /// A decided batch of `requests` requests (client 7, sequences from `first_seq`).
+    fn decided_with(agreement_id: u64, requests: u64) -> Arc<DecidedBatch> {
+        let requests = (0..requests)
+            .map(|i| ClientRequest {
+                client_id: 7,
+                sequence: agreement_id * 1000 + i,
+                operation: vec![1],
+                authenticator: vec![[0; 32]],
+            })
+            .collect();
+        Arc::new(DecidedBatch { agreement_id, batch: Arc::new(Batch { requests }) })
+    }
+
+    #[test]
+    fn sequential_points_spread_the_replicas_over_the_period() {
+        // P = 12, n = 4: replica i at k mod 12 = 3i; segments every 3 requests.
+        let points: Vec<Vec<u64>> = (0..4)
+            .map(|i| {
+                let schedule = CheckpointSchedule::sequential(12, 4, i);
+                (0..30).filter(|k| schedule.checkpoint_in(*k, k + 1)).map(|k| k + 1).collect()
+            })
+            .collect();
+        assert_eq!(points, vec![vec![12, 24], vec![3, 15, 27], vec![6, 18, 30], vec![9, 21]]);
+        let coordinated = CheckpointSchedule::coordinated(12, 4);
+        assert!(coordinated.checkpoint_in(11, 12) && !coordinated.checkpoint_in(12, 23));
+        // A batch spanning a point holds it; an empty batch holds none.
+        let schedule = CheckpointSchedule::sequential(12, 4, 1);
+        assert!(schedule.checkpoint_in(0, 5) && !schedule.checkpoint_in(3, 3));
+        assert!(schedule.cut_in(2, 3) && !schedule.cut_in(3, 5) && schedule.cut_in(3, 100));
+    }
+
+    #[test]
+    fn a_checkpoint_is_asked_right_after_its_batch_executes_and_truncation_follows_the_second() {
+        for mode in [LogMode::Parallel, LogMode::Batched] {
+            let schedule = CheckpointSchedule::sequential(8, 2, 1); // k mod 8 = 4, cut every 4
+            let mut c =
+                Coordinator::new(mode, 0).with_checkpoints(schedule, CheckpointStart::default());
+            let mut all = Vec::new();
+            for id in 1..=3 {
+                // Batches of 2 requests: agreement 2 holds request 4, agreement 4 request 8.
+                let mut out = step(&mut c, Input::Decided(decided_with(id, 2)));
+                out.extend(step(&mut c, Input::Durable { up_to: id, now_us: 0 }));
+                for o in out.clone() {
+                    if let Output::Execute(batch) = o {
+                        out.extend(step(
+                            &mut c,
+                            Input::Executed {
+                                agreement_id: batch.agreement_id,
+                                replies: vec![],
+                                now_us: 0,
+                            },
+                        ));
+                    }
+                }
+                all.push(out);
+            }
+            assert!(
+                all[0]
+                    .iter()
+                    .all(|o| !matches!(o, Output::Checkpoint { .. } | Output::CutSegment { .. }))
+            );
+            let cut_at = all[1].iter().position(|o| *o == Output::CutSegment { after: 2 });
+            let append_at =
+                all[1].iter().position(|o| matches!(o, Output::Append(b) if b.agreement_id == 2));
+            assert!(cut_at.expect("cut") < append_at.expect("append"), "{mode}: cut before append");
+            let execute_at =
+                all[1].iter().position(|o| matches!(o, Output::Execute(b) if b.agreement_id == 2));
+            let checkpoint_at = all[1]
+                .iter()
+                .position(|o| *o == Output::Checkpoint { agreement_id: 2, ordered_requests: 4 });
+            assert_eq!(
+                checkpoint_at,
+                Some(execute_at.expect("executes") + 1),
+                "{mode}: the view is taken right after the batch executed"
+            );
+            assert_eq!(c.checkpoint_writing(), Some(2));
+            // The first checkpoint truncates nothing (no older one to fall back to).
+            assert!(step(&mut c, Input::CheckpointWritten { agreement_id: 2 }).is_empty());
+            assert_eq!(c.last_checkpoint(), 2);
+            // Up to request 12 (agreement 6), the next point.
+            let mut outs = Vec::new();
+            for id in 4..=6 {
+                outs.extend(step(&mut c, Input::Decided(decided_with(id, 2))));
+                outs.extend(step(&mut c, Input::Durable { up_to: id, now_us: 0 }));
+                for o in outs.clone() {
+                    if let Output::Execute(batch) = o
+                        && batch.agreement_id == id
+                    {
+                        outs.extend(step(
+                            &mut c,
+                            Input::Executed { agreement_id: id, replies: vec![], now_us: 0 },
+                        ));
+                    }
+                }
+            }
+            assert!(outs.contains(&Output::Checkpoint { agreement_id: 6, ordered_requests: 12 }));
+            assert_eq!(
+                step(&mut c, Input::CheckpointWritten { agreement_id: 6 }),
+                vec![Output::TruncateLog { below: 3 }],
+                "{mode}: the log since the older checkpoint stays"
+            );
+        }
+    }
+
+    #[test]
+    fn a_point_passed_while_a_checkpoint_is_written_is_skipped_and_counted() {
+        let schedule = CheckpointSchedule::coordinated(2, 1);
+        let mut c = Coordinator::new(LogMode::Parallel, 0)
+            .with_checkpoints(schedule, CheckpointStart::default());
+        let out = step(&mut c, Input::Decided(decided_with(1, 2)));
+        assert!(out.contains(&Output::Checkpoint { agreement_id: 1, ordered_requests: 2 }));
+        step(&mut c, Input::Executed { agreement_id: 1, replies: vec![], now_us: 0 });
+        let out = step(&mut c, Input::Decided(decided_with(2, 2)));
+        assert!(!out.iter().any(|o| matches!(o, Output::Checkpoint { .. })));
+        assert_eq!(c.checkpoints_skipped(), 1);
+        step(&mut c, Input::Executed { agreement_id: 2, replies: vec![], now_us: 0 });
+        // A failed checkpoint frees the slot and truncates nothing.
+        assert!(step(&mut c, Input::CheckpointFailed { agreement_id: 1 }).is_empty());
+        assert_eq!(c.last_checkpoint(), 0);
+        let out = step(&mut c, Input::Decided(decided_with(3, 2)));
+        assert!(out.contains(&Output::Checkpoint { agreement_id: 3, ordered_requests: 6 }));
     }
 }

@@ -24,11 +24,14 @@ pub enum RecordError {
     /// Records are out of order or have a gap.
     #[error("log records out of order: {0}")]
     Order(String),
-    /// The log does not start where the state does.
-    #[error("log starts at agreement {first} (no checkpoint to start from)")]
+    /// The log does not start where the state does: agreements between the checkpoint
+    /// (0: none) and the log's first record are missing (state transfer brings them).
+    #[error("log resumes at agreement {first} but the state is at agreement {state} (checkpoint)")]
     StartsLate {
-        /// The first agreement in the log.
+        /// The first agreement in the log after the state's.
         first: u64,
+        /// The agreement the state is at (the checkpoint's; 0 without one).
+        state: u64,
     },
 }
 
@@ -134,42 +137,81 @@ pub fn reassemble(
     Ok(batches)
 }
 
-/// What a replica rebuilt from its log.
+/// Where the state stands before the log is replayed: the checkpoint it was loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FromCheckpoint {
+    /// The checkpoint's agreement (0: no checkpoint, a fresh state).
+    pub agreement_id: u64,
+    /// Requests ordered up to it.
+    pub ordered_requests: u64,
+}
+
+/// What a replica rebuilt from its checkpoint and log.
 #[derive(Debug, Clone)]
 pub struct Restored {
     /// What the ordering protocol restarts from ([`crate::protocol::Replica::restart_with_nonce`]).
     pub recovered: Recovered,
     /// Per client, the highest request sequence the log ordered.
     pub ordered: BTreeMap<u64, u64>,
-    /// Requests replayed through the executor.
+    /// Requests replayed through the executor from the log.
     pub requests: u64,
+    /// Requests ordered up to the recovered agreement (where the checkpoint schedule
+    /// stands).
+    pub ordered_requests: u64,
+    /// Agreements replayed from the log.
+    pub batches_replayed: u64,
 }
 
 /// Recovery, shared by the runtime and the simulator: reassembles `payloads` (the log's
-/// records in order), replays every batch through `executor` (which must be fresh),
-/// and returns what the protocol needs to restart, keeping the last `window` batches
-/// for peers' catch-up.
+/// records in order), skips what the checkpoint `from` already holds, replays every
+/// later batch through `executor` (fresh, or installed from that checkpoint), and
+/// returns what the protocol needs to restart, keeping the last `window` batches for
+/// peers' catch-up. The log must continue the state with no gap: its first batch after
+/// the checkpoint is the checkpoint's agreement + 1 (or there is none).
 pub fn restore<S: Service>(
     payloads: impl IntoIterator<Item = Vec<u8>>,
     executor: &mut Executor<S>,
     window: usize,
+    from: FromCheckpoint,
 ) -> Result<Restored, RecordError> {
-    assert_eq!(executor.requests_executed(), 0, "recovery replays into a fresh executor");
-    let batches = reassemble(payloads)?;
-    if let Some(first) = batches.first()
-        && first.agreement_id != 1
-    {
-        return Err(RecordError::StartsLate { first: first.agreement_id });
+    if from.agreement_id == 0 {
+        assert_eq!(executor.requests_executed(), 0, "recovery replays into a fresh executor");
     }
-    let mut ordered: BTreeMap<u64, u64> = BTreeMap::new();
+    // Records the checkpoint covers are skipped before reassembly: the log may have a
+    // gap below the checkpoint (a checkpoint can be durable before the log records of
+    // its last agreements, which a crash then loses).
+    let mut skip_error = None;
+    let after_checkpoint = payloads.into_iter().filter(|payload| match decode_batch(payload) {
+        Ok(part) => part.agreement_id > from.agreement_id,
+        Err(error) => {
+            skip_error.get_or_insert(error);
+            false
+        }
+    });
+    let batches = reassemble(after_checkpoint.collect::<Vec<_>>())?;
+    if let Some(error) = skip_error {
+        return Err(error);
+    }
+    if let Some(first) = batches.first()
+        && first.agreement_id != from.agreement_id + 1
+    {
+        return Err(RecordError::StartsLate {
+            first: first.agreement_id,
+            state: from.agreement_id,
+        });
+    }
+    let mut ordered: BTreeMap<u64, u64> = executor.last_executed_per_client();
+    let requests_before = executor.requests_executed();
+    let mut ordered_requests = from.ordered_requests;
     for batch in &batches {
         execute_batch(executor, batch);
+        ordered_requests += batch.batch.requests.len() as u64;
         for request in &batch.batch.requests {
             let highest = ordered.entry(request.client_id).or_insert(0);
             *highest = (*highest).max(request.sequence);
         }
     }
-    let last_decided = batches.last().map_or(0, |b| b.agreement_id);
+    let last_decided = batches.last().map_or(from.agreement_id, |b| b.agreement_id);
     let recent: Vec<Arc<Batch>> = batches
         .iter()
         .skip(batches.len().saturating_sub(window))
@@ -178,6 +220,8 @@ pub fn restore<S: Service>(
     Ok(Restored {
         recovered: Recovered { last_decided, recent },
         ordered,
-        requests: executor.requests_executed(),
+        requests: executor.requests_executed() - requests_before,
+        ordered_requests,
+        batches_replayed: batches.len() as u64,
     })
 }

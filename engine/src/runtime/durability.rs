@@ -434,16 +434,14 @@ pub fn run_exec_stage<S: Service>(
                         &mut coordinator,
                         &mut outputs,
                     ),
-                    Output::TruncateLog { below } => to_log(
-                        &mut log,
-                        LogInput::Truncate(below),
-                        &mut coordinator,
-                        &mut outputs,
-                    ),
+                    Output::TruncateLog { below } => {
+                        to_log(&mut log, LogInput::Truncate(below), &mut coordinator, &mut outputs)
+                    }
                     Output::Checkpoint { agreement_id, ordered_requests } => {
                         let link = checkpoints.as_ref().expect("checkpoints only on a schedule");
                         metrics.record_checkpoint_started(agreement_id);
-                        let job = CheckpointJob { agreement_id, ordered_requests, view: executor.view() };
+                        let job =
+                            CheckpointJob { agreement_id, ordered_requests, view: executor.view() };
                         let answer = match link.jobs.send(job) {
                             Err(_) => break,
                             // Stop-the-world: nothing executes until the checkpoint is
@@ -662,6 +660,7 @@ mod tests {
                 exec_rx,
                 durable,
                 Some(to_log),
+                None,
                 &metrics,
                 |reply| {
                     let _ = reply_tx.send(reply);
@@ -854,6 +853,7 @@ mod tests {
                 exec_rx,
                 durable,
                 Some(to_log),
+                None,
                 &ReplicaMetrics::default(),
                 |reply| {
                     let _ = reply_tx.send(reply);

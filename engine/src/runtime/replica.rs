@@ -162,6 +162,7 @@ pub fn start_replica<S: Service>(
         records.into_iter().map(|r| r.payload),
         &mut executor,
         protocol_config.decided_window_max,
+        crate::durability::FromCheckpoint::default(),
     )
     .map_err(|error| RuntimeError::Replay(error.to_string()))?;
     let recovered_agreement_id = restored.recovered.last_decided;

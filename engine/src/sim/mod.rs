@@ -44,7 +44,7 @@ use dura_wal::sim::{SimFaults, SimStorage, durable_agreement_max};
 use dura_wal::{LogWriter, Wal, WalError, WalOptions, WriterThreads};
 
 use crate::durability::{
-    Coordinator, DecidedBatch, Input, Output, encode_batch, execute_batch, restore,
+    Coordinator, DecidedBatch, FromCheckpoint, Input, Output, encode_batch, execute_batch, restore,
 };
 use crate::protocol::{
     Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientRequest, Config,
@@ -1147,7 +1147,9 @@ impl<'c> World<'c> {
                     return Ok(());
                 }
                 match output {
-                    Output::CutSegment { .. } | Output::TruncateLog { .. } | Output::Checkpoint { .. } => {
+                    Output::CutSegment { .. }
+                    | Output::TruncateLog { .. }
+                    | Output::Checkpoint { .. } => {
                         unreachable!("the simulator sets no checkpoint schedule yet")
                     }
                     Output::Append(batch) => {
@@ -1400,9 +1402,13 @@ impl<'c> World<'c> {
         let (wal, recovered) =
             opened.map_err(|error| format!("replica {id}: log open: {error}"))?;
         let mut executor = Executor::new(KvModel::default());
-        let restored =
-            restore(recovered.records.into_iter().map(|r| r.payload), &mut executor, window)
-                .map_err(|error| format!("replica {id}: recovery: {error}"))?;
+        let restored = restore(
+            recovered.records.into_iter().map(|r| r.payload),
+            &mut executor,
+            window,
+            FromCheckpoint::default(),
+        )
+        .map_err(|error| format!("replica {id}: recovery: {error}"))?;
         let last = restored.recovered.last_decided;
         node.executor = executor;
         node.coordinator = Coordinator::new(self.config.log_mode, last);

@@ -1,0 +1,205 @@
+//! What a replica's checkpoint holds beside the service's state, and how the engine
+//! writes and loads checkpoints through `dura-snapshot`.
+//!
+//! A checkpoint at agreement A holds: the service's chunks (its [`StateView`]), the
+//! executor's reply cache as engine chunks (so exactly-once survives a restart from
+//! it), and in the header's engine blob ([`EngineMeta`]) the requests ordered up to A
+//! (where the checkpoint schedule stands) and the requests executed. What the ordering
+//! protocol needs after a restart is A itself (its last decided agreement); its votes
+//! are not persisted (ARCHITECTURE.md) and its recovery asks the peers.
+//!
+//! Both encodings are canonical: the reply cache is written in client order, as rkyv
+//! archives with the workspace's pinned format, so equal states at equal agreements
+//! give byte-identical files on every replica.
+
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use rkyv::rancor;
+
+use crate::service::{CHUNK_BYTES_LIMIT, CachedReply, StateError};
+
+/// Version of [`EngineMeta`]'s encoding.
+pub const ENGINE_META_VERSION: u32 = 1;
+/// Bytes of [`EngineMeta`]'s encoding.
+pub const ENGINE_META_BYTES: usize = 4 + 8 + 8;
+
+/// The executor's and the schedule's place, in a checkpoint's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineMeta {
+    /// Requests in the decided batches up to the checkpoint's agreement.
+    pub ordered_requests: u64,
+    /// Requests the executor ran (duplicates excluded).
+    pub requests_executed: u64,
+}
+
+impl EngineMeta {
+    /// `u32` version, `u64` ordered requests, `u64` requests executed, little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENGINE_META_BYTES);
+        out.extend_from_slice(&ENGINE_META_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.ordered_requests.to_le_bytes());
+        out.extend_from_slice(&self.requests_executed.to_le_bytes());
+        assert_eq!(out.len(), ENGINE_META_BYTES);
+        out
+    }
+
+    /// The inverse of [`EngineMeta::encode`]; an error on any other length or version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+        if bytes.len() != ENGINE_META_BYTES {
+            return Err(StateError::Invalid(format!(
+                "engine metadata of {} bytes, expected {ENGINE_META_BYTES}",
+                bytes.len()
+            )));
+        }
+        let version = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+        if version != ENGINE_META_VERSION {
+            return Err(StateError::Invalid(format!(
+                "engine metadata version {version}, this build reads {ENGINE_META_VERSION}"
+            )));
+        }
+        Ok(Self {
+            ordered_requests: u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")),
+            requests_executed: u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// One engine chunk: reply cache entries (client, sequence, reply) in client order.
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
+struct ReplyCacheChunk {
+    entries: Vec<(u64, u64, Vec<u8>)>,
+}
+
+/// Bytes an entry costs beyond its reply, for cutting chunks near their bound.
+const REPLY_ENTRY_OVERHEAD_BYTES: usize = 32;
+
+/// Streams `cache` as engine chunks of about `chunk_bytes_max` bytes each, in client
+/// order, handing each to `sink`.
+pub fn write_reply_cache(
+    cache: &OrdMap<u64, CachedReply>,
+    chunk_bytes_max: usize,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let mut chunk = ReplyCacheChunk { entries: Vec::new() };
+    let mut chunk_bytes = 0usize;
+    let mut flush = |chunk: &mut ReplyCacheChunk| -> Result<(), StateError> {
+        let bytes = rkyv::to_bytes::<rancor::Error>(&*chunk)
+            .map_err(|error| StateError::Invalid(format!("archiving the reply cache: {error}")))?;
+        assert!(bytes.len() <= CHUNK_BYTES_LIMIT, "a reply cache chunk over the limit");
+        chunk.entries.clear();
+        sink(&bytes)
+    };
+    for (client, cached) in cache {
+        let entry_bytes = REPLY_ENTRY_OVERHEAD_BYTES + cached.reply.len();
+        if !chunk.entries.is_empty() && chunk_bytes + entry_bytes > chunk_bytes_max {
+            flush(&mut chunk)?;
+            chunk_bytes = 0;
+        }
+        chunk.entries.push((*client, cached.sequence, cached.reply.to_vec()));
+        chunk_bytes += entry_bytes;
+    }
+    if !chunk.entries.is_empty() {
+        flush(&mut chunk)?;
+    }
+    Ok(())
+}
+
+/// Rebuilds a reply cache from engine chunks, checking client order across them.
+#[derive(Debug, Default)]
+pub struct ReplyCacheInstaller {
+    cache: OrdMap<u64, CachedReply>,
+    last_client: Option<u64>,
+}
+
+impl ReplyCacheInstaller {
+    /// Takes the next engine chunk (aligned to [`crate::service::CHUNK_ALIGN`], its
+    /// checksum already matched).
+    pub fn chunk(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let chunk = rkyv::access::<ArchivedReplyCacheChunk, rancor::Error>(bytes)
+            .map_err(|error| StateError::Invalid(format!("a reply cache chunk: {error}")))?;
+        if chunk.entries.is_empty() {
+            return Err(StateError::Invalid("an empty reply cache chunk".into()));
+        }
+        for entry in chunk.entries.iter() {
+            let client = entry.0.to_native();
+            if self.last_client.is_some_and(|last| last >= client) {
+                return Err(StateError::Invalid(format!(
+                    "reply cache clients out of order: {client} after {:?}",
+                    self.last_client
+                )));
+            }
+            let cached =
+                CachedReply { sequence: entry.1.to_native(), reply: Arc::from(entry.2.as_slice()) };
+            self.cache.insert(client, cached);
+            self.last_client = Some(client);
+        }
+        Ok(())
+    }
+
+    /// The rebuilt cache.
+    pub fn finish(self) -> OrdMap<u64, CachedReply> {
+        self.cache
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(entries: &[(u64, u64, &[u8])]) -> OrdMap<u64, CachedReply> {
+        entries
+            .iter()
+            .map(|(client, sequence, reply)| {
+                (*client, CachedReply { sequence: *sequence, reply: Arc::from(*reply) })
+            })
+            .collect()
+    }
+
+    fn chunks(cache: &OrdMap<u64, CachedReply>, bound: usize) -> Vec<rkyv::util::AlignedVec<16>> {
+        let mut out = Vec::new();
+        write_reply_cache(cache, bound, &mut |bytes| {
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(bytes);
+            out.push(aligned);
+            Ok(())
+        })
+        .expect("in memory");
+        out
+    }
+
+    #[test]
+    fn the_reply_cache_round_trips_in_chunks_and_refuses_disorder() {
+        let original: OrdMap<u64, CachedReply> = (0..300u64)
+            .map(|c| (c * 3, CachedReply { sequence: c + 9, reply: Arc::from(&[c as u8; 50][..]) }))
+            .collect();
+        let written = chunks(&original, 1024);
+        assert!(written.len() > 5);
+        let mut installer = ReplyCacheInstaller::default();
+        for chunk in &written {
+            installer.chunk(chunk).expect("valid");
+        }
+        assert_eq!(installer.finish(), original);
+        let mut installer = ReplyCacheInstaller::default();
+        installer.chunk(&written[1]).expect("valid alone");
+        assert!(installer.chunk(&written[0]).is_err(), "an earlier chunk after a later one");
+        // Equal caches built in another order give identical chunks.
+        let small = cache(&[(5, 1, b"a"), (1, 2, b"bb")]);
+        let mut other = OrdMap::new();
+        other.insert(1, CachedReply { sequence: 2, reply: Arc::from(&b"bb"[..]) });
+        other.insert(5, CachedReply { sequence: 1, reply: Arc::from(&b"a"[..]) });
+        let one: Vec<Vec<u8>> = chunks(&small, 1024).iter().map(|c| c.to_vec()).collect();
+        let two: Vec<Vec<u8>> = chunks(&other, 1024).iter().map(|c| c.to_vec()).collect();
+        assert_eq!(one, two);
+    }
+
+    #[test]
+    fn engine_meta_round_trips_and_refuses_other_versions() {
+        let meta = EngineMeta { ordered_requests: 12_345, requests_executed: 12_000 };
+        assert_eq!(EngineMeta::decode(&meta.encode()).expect("valid"), meta);
+        let mut bytes = meta.encode();
+        bytes[0] = 9;
+        assert!(EngineMeta::decode(&bytes).is_err());
+        assert!(EngineMeta::decode(&bytes[..10]).is_err());
+    }
+}
