@@ -242,7 +242,9 @@ impl<D: Dir> CheckpointStore<D> {
     /// [`ChunkSink`]; the chunks are fed to it as they are validated, and its
     /// [`ChunkSink::finish`] is called once the content hash matched. A checkpoint that
     /// fails (damaged, unreadable, another service, refused by the sink or by `make`)
-    /// is logged, reported in [`Loaded::skipped`], and the previous one is tried.
+    /// is logged, reported in [`Loaded::skipped`], and the previous one is tried. A
+    /// refusal is [`CheckpointError::Rejected`] at the refused chunk's frame, at offset
+    /// 0 when `make` refused the header, at the file's end when `finish` refused.
     ///
     /// `Ok(None)`: there is no checkpoint. [`CheckpointError::AllInvalid`]: there are
     /// some and none is valid. Another error: the directory could not be listed.
