@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::format::SERVICE_NAME_OFFSET;
 use crate::store::{Skipped, Written};
 
 /// An error a chunk visitor or builder returns to refuse what it was given.
@@ -80,6 +81,14 @@ pub enum Corruption {
     /// A header field is out of bounds although the checksum holds.
     #[error("header field {0} out of bounds")]
     HeaderField(&'static str),
+    /// The header's agreement id is not the one in the file's name (a misnamed file).
+    #[error("header says agreement {header}, the file name says {name}")]
+    AgreementMismatch {
+        /// From the name.
+        name: u64,
+        /// From the header.
+        header: u64,
+    },
     /// The header claims more chunks than the file can hold.
     #[error("{chunk_count} chunks cannot fit in a file of {file_bytes} bytes")]
     ChunkCount {
@@ -162,7 +171,7 @@ pub enum CheckpointError {
         corruption: Corruption,
     },
     /// The checkpoint is of another service.
-    #[error("checkpoint {path} is of service {found:?}, expected {expected:?}")]
+    #[error("checkpoint {path} is of service {found:?} (header offset 80), expected {expected:?}")]
     ServiceMismatch {
         /// The file.
         path: PathBuf,
@@ -268,6 +277,7 @@ impl CheckpointError {
             CheckpointError::Corrupt { offset, .. } | CheckpointError::Rejected { offset, .. } => {
                 Some(*offset)
             }
+            CheckpointError::ServiceMismatch { .. } => Some(SERVICE_NAME_OFFSET as u64),
             _ => None,
         }
     }

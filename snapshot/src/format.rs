@@ -61,7 +61,8 @@
 //! The header checksum covers every header byte but its own field, so every damaged
 //! header byte is caught; a frame's checksum covers its section, reserved bytes and
 //! length, and the payload; padding must be zero; the file must end exactly after
-//! `chunk_count` chunks. The content hash is the last check and catches what chunk
+//! `chunk_count` chunks; the header's agreement id must be the one in the file's name.
+//! The content hash is the last check and catches what chunk
 //! checksums cannot (a chunk dropped, repeated or reordered with its frame).
 
 use dura_core::{AgreementId, Hash};
@@ -104,6 +105,9 @@ pub const HEADER_CHECKSUM_OFFSET: usize = 144;
 /// Offset of `content_sha256` in the header (where a content hash mismatch is reported).
 pub const CONTENT_SHA256_OFFSET: usize = 40;
 
+/// Offset of `agreement_id` in the header.
+pub const AGREEMENT_ID_OFFSET: usize = 16;
+
 /// Offset of `engine_bytes` in the header.
 pub(crate) const ENGINE_BYTES_OFFSET: usize = 12;
 
@@ -113,8 +117,8 @@ pub(crate) const VERSION_OFFSET: usize = 8;
 /// Offset of `service_bytes` in the header.
 pub(crate) const SERVICE_BYTES_OFFSET: usize = 72;
 
-/// Offset of the service name in the header.
-pub(crate) const SERVICE_NAME_OFFSET: usize = 80;
+/// Offset of the service name in the header (where a service mismatch is reported).
+pub const SERVICE_NAME_OFFSET: usize = 80;
 
 const NAME_PREFIX: &str = "checkpoint-";
 const NAME_SUFFIX: &str = ".dck";
@@ -238,7 +242,7 @@ impl CheckpointHeader {
         out[0..8].copy_from_slice(&MAGIC);
         put_u32(&mut out, VERSION_OFFSET, FORMAT_VERSION);
         put_u32(&mut out, ENGINE_BYTES_OFFSET, self.engine.len() as u32);
-        put_u64(&mut out, 16, self.agreement_id);
+        put_u64(&mut out, AGREEMENT_ID_OFFSET, self.agreement_id);
         put_u64(&mut out, 24, self.chunk_count);
         put_u64(&mut out, 32, self.content_bytes);
         out[CONTENT_SHA256_OFFSET..CONTENT_SHA256_OFFSET + 32]
@@ -345,7 +349,7 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<CheckpointHeader, HeaderFaul
     content_sha256.copy_from_slice(&bytes[CONTENT_SHA256_OFFSET..CONTENT_SHA256_OFFSET + 32]);
     Ok(CheckpointHeader {
         service: service.to_owned(),
-        agreement_id: get_u64(bytes, 16),
+        agreement_id: get_u64(bytes, AGREEMENT_ID_OFFSET),
         engine: bytes[HEADER_FIXED_BYTES..engine_end].to_vec(),
         chunk_count,
         content_bytes: get_u64(bytes, 32),

@@ -11,9 +11,9 @@ use crate::aligned::AlignedBytes;
 use crate::dir::{Dir, DirReader};
 use crate::error::{BoxError, CheckpointError, Corruption, IoOp, Result};
 use crate::format::{
-    CHUNK_BYTES_LIMIT, CONTENT_SHA256_OFFSET, CheckpointHeader, ContentHasher, FRAME_BYTES, Frame,
-    FrameFault, HEADER_FIXED_BYTES, HeaderFault, NameKind, Section, classify_name, decode_header,
-    decode_header_bytes, file_name, pad16,
+    AGREEMENT_ID_OFFSET, CHUNK_BYTES_LIMIT, CONTENT_SHA256_OFFSET, CheckpointHeader, ContentHasher,
+    FRAME_BYTES, Frame, FrameFault, HEADER_FIXED_BYTES, HeaderFault, NameKind, Section,
+    classify_name, decode_header, decode_header_bytes, file_name, pad16,
 };
 use crate::writer::CheckpointWriter;
 
@@ -213,7 +213,7 @@ impl<D: Dir> CheckpointStore<D> {
     /// Reads and checks the header of the checkpoint after `agreement_id` (magic,
     /// version, checksum, bounds), nothing else.
     pub fn read_header(&self, agreement_id: AgreementId) -> Result<CheckpointHeader> {
-        let opened = self.open_checkpoint(&file_name(agreement_id), None)?;
+        let opened = self.open_checkpoint(agreement_id, None)?;
         Ok(opened.header)
     }
 
@@ -232,7 +232,7 @@ impl<D: Dir> CheckpointStore<D> {
         service: &str,
         mut visit: impl FnMut(Section, &[u8]) -> Result<(), BoxError>,
     ) -> Result<Verified> {
-        let opened = self.open_checkpoint(&file_name(agreement_id), Some(service))?;
+        let opened = self.open_checkpoint(agreement_id, Some(service))?;
         self.read_chunks(opened, &mut visit)
     }
 
@@ -294,7 +294,8 @@ impl<D: Dir> CheckpointStore<D> {
         service: &str,
         make: &mut impl FnMut(&CheckpointHeader) -> Result<S, BoxError>,
     ) -> Result<(Verified, S::Output)> {
-        let opened = self.open_checkpoint(&entry.file_name, Some(service))?;
+        assert_eq!(entry.file_name, file_name(entry.agreement_id));
+        let opened = self.open_checkpoint(entry.agreement_id, Some(service))?;
         let path = opened.path.clone();
         let mut sink = make(&opened.header).map_err(|source| CheckpointError::Rejected {
             path: path.clone(),
@@ -311,8 +312,14 @@ impl<D: Dir> CheckpointStore<D> {
         Ok((verified, value))
     }
 
-    /// Opens `name` and validates its header (and the service, when given).
-    fn open_checkpoint(&self, name: &str, service: Option<&str>) -> Result<Opened<D::Reader>> {
+    /// Opens the checkpoint after `agreement_id` and validates its header (and the
+    /// service, when given).
+    fn open_checkpoint(
+        &self,
+        agreement_id: AgreementId,
+        service: Option<&str>,
+    ) -> Result<Opened<D::Reader>> {
+        let name = &file_name(agreement_id);
         let path = self.dir.file_path(name);
         let mut reader = self
             .dir
@@ -329,6 +336,13 @@ impl<D: Dir> CheckpointStore<D> {
         read_at(&mut reader, &path, HEADER_FIXED_BYTES as u64, &mut bytes[HEADER_FIXED_BYTES..])?;
         let header = decode_header(&bytes).map_err(|fault| header_corruption(&path, fault))?;
         assert_eq!(header.encoded_bytes(), header_len);
+        if header.agreement_id != agreement_id {
+            return Err(CheckpointError::corrupt(
+                &path,
+                AGREEMENT_ID_OFFSET as u64,
+                Corruption::AgreementMismatch { name: agreement_id, header: header.agreement_id },
+            ));
+        }
         if let Some(expected) = service
             && header.service != expected
         {

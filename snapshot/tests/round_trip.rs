@@ -259,6 +259,19 @@ fn another_services_checkpoint_is_refused_naming_both() {
     }
     let message = error.to_string();
     assert!(message.contains("tuplespace") && message.contains("\"kv\""), "{message}");
+    assert_eq!(error.offset(), Some(80));
+}
+
+#[test]
+fn a_misnamed_checkpoint_is_refused() {
+    let dir = SimDir::new(12);
+    let store = CheckpointStore::open(dir.clone(), StoreOptions::default()).expect("open");
+    common::write_standard(&store, 5).expect("write");
+    dir.rename(&file_name(5), &file_name(10)).expect("rename");
+    let error = store.read_header(10).expect_err("misnamed");
+    assert_eq!(error.corruption(), Some(Corruption::AgreementMismatch { name: 10, header: 5 }));
+    assert_eq!(error.offset(), Some(16));
+    assert!(load(&store).is_err(), "the only checkpoint is misnamed");
 }
 
 #[test]
