@@ -1,0 +1,223 @@
+//! The narrow directory interface checkpoints are written through, and its real
+//! implementation over `std::fs`.
+//!
+//! [`Dir`] is a checkpoint directory, [`DirWriter`] a file being written and
+//! [`DirReader`] a file being read by positioned reads (a checkpoint is never read into
+//! one buffer). [`FsDir`] is the real one; [`crate::sim::SimDir`] the simulated twin the
+//! tests and the engine's simulator crash. The store never touches the file system but
+//! through these traits.
+//!
+//! Contract (what the store relies on, and what the simulated twin enforces):
+//!
+//! * Bytes written to a file are durable only after [`DirWriter::sync`] returned `Ok`.
+//! * A create, rename or remove is durable only after the following
+//!   [`Dir::sync_dir`] returned `Ok`.
+//! * A failed sync leaves the file's durable contents unknown; the caller never retries
+//!   it (fsync error semantics on Linux: the kernel may have dropped the dirty pages).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A file open for writing: appended to, its already written bytes overwritable, synced.
+pub trait DirWriter: Send {
+    /// Appends all of `buf` at the end of what was written.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+
+    /// Overwrites bytes at `offset`; `offset + buf.len()` must not pass what was
+    /// written (panics otherwise: a caller's invariant).
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+
+    /// Makes everything written so far durable (fsync).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A file open for positioned reads.
+pub trait DirReader: Send {
+    /// The file's length when it was opened.
+    fn len_bytes(&self) -> u64;
+
+    /// Fills `buf` with the bytes at `offset`; an error if the file ends first.
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// A checkpoint directory. Cloning gives another handle to the same directory.
+pub trait Dir: Clone + fmt::Debug + Send + Sync + 'static {
+    /// Files being written.
+    type Writer: DirWriter;
+    /// Files being read.
+    type Reader: DirReader;
+
+    /// The directory, for error messages.
+    fn path(&self) -> &Path;
+
+    /// Names of the files in the directory, in no particular order.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// Creates `name` empty for writing (truncating a file of that name).
+    fn create(&self, name: &str) -> io::Result<Self::Writer>;
+
+    /// Opens `name` for reading.
+    fn open_read(&self, name: &str) -> io::Result<Self::Reader>;
+
+    /// Renames `from` to `to`, atomically replacing `to`. Durable after `sync_dir`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Removes `name`. Durable after `sync_dir`.
+    fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+
+    /// Full path of `name`, for messages.
+    fn file_path(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+}
+
+/// Write buffer of [`FsWriter`]: frames and small chunks are gathered, large payloads go
+/// straight through.
+const FS_WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// A real checkpoint directory.
+#[derive(Debug, Clone)]
+pub struct FsDir {
+    path: PathBuf,
+}
+
+impl FsDir {
+    /// The existing directory `path` (an error if it is missing or not a directory).
+    pub fn new(path: impl Into<PathBuf>) -> io::Result<FsDir> {
+        let path = path.into();
+        if !std::fs::metadata(&path)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", path.display()),
+            ));
+        }
+        Ok(FsDir { path })
+    }
+}
+
+/// A file of [`FsDir`] being written.
+#[derive(Debug)]
+pub struct FsWriter {
+    file: BufWriter<File>,
+    written: u64,
+}
+
+impl DirWriter for FsWriter {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        assert!(offset + buf.len() as u64 <= self.written, "write_at past the written end");
+        self.file.flush()?;
+        self.file.get_ref().write_all_at(buf, offset)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()
+    }
+}
+
+/// A file of [`FsDir`] being read.
+#[derive(Debug)]
+pub struct FsReader {
+    file: File,
+    len_bytes: u64,
+}
+
+impl DirReader for FsReader {
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+impl Dir for FsDir {
+    type Writer = FsWriter;
+    type Reader = FsReader;
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path)? {
+            // A name that is not UTF-8 is nobody's checkpoint.
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn create(&self, name: &str) -> io::Result<FsWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.file_path(name))?;
+        Ok(FsWriter { file: BufWriter::with_capacity(FS_WRITE_BUFFER_BYTES, file), written: 0 })
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<FsReader> {
+        let file = File::open(self.file_path(name))?;
+        let len_bytes = file.metadata()?.len();
+        Ok(FsReader { file, len_bytes })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.file_path(from), self.file_path(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.file_path(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.path)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_dir_writes_overwrites_reads_renames_and_removes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = FsDir::new(tmp.path()).expect("dir");
+        let mut writer = dir.create("a").expect("create");
+        writer.write_all(b"hello ").expect("write");
+        writer.write_all(b"world").expect("write");
+        writer.write_at(0, b"J").expect("write_at");
+        writer.sync().expect("sync");
+        drop(writer);
+        dir.rename("a", "b").expect("rename");
+        dir.sync_dir().expect("sync_dir");
+        assert_eq!(dir.list().expect("list"), vec!["b".to_owned()]);
+        let mut reader = dir.open_read("b").expect("open");
+        assert_eq!(reader.len_bytes(), 11);
+        let mut buf = [0u8; 5];
+        reader.read_exact_at(6, &mut buf).expect("read");
+        assert_eq!(&buf, b"world");
+        reader.read_exact_at(0, &mut buf).expect("read");
+        assert_eq!(&buf, b"Jello");
+        assert!(reader.read_exact_at(8, &mut buf).is_err(), "past the end");
+        dir.remove("b").expect("remove");
+        assert!(dir.list().expect("list").is_empty());
+        assert!(FsDir::new(tmp.path().join("missing")).is_err());
+    }
+}
