@@ -14,10 +14,150 @@
 
 use std::sync::Arc;
 
+use dura_snapshot::{
+    BoxError, CheckpointError, CheckpointHeader, CheckpointStore, ChunkSink, Dir, Section, Skipped,
+    Written,
+};
 use imbl::OrdMap;
 use rkyv::rancor;
 
-use crate::service::{CHUNK_BYTES_LIMIT, CachedReply, StateError};
+use crate::durability::FromCheckpoint;
+use crate::service::{
+    CHUNK_BYTES_LIMIT, CachedReply, Executor, ExecutorView, Service, StateError, StateInstaller,
+    StateView,
+};
+
+/// The chunk size the engine asks services and its reply cache for: small next to the
+/// 32 MiB limit (a transfer resumes at chunk granularity), large enough that the
+/// per-chunk frame and checksum cost nothing.
+pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
+const _: () = assert!(CHECKPOINT_CHUNK_BYTES <= CHUNK_BYTES_LIMIT);
+const _: () = assert!(dura_snapshot::CHUNK_BYTES_LIMIT == CHUNK_BYTES_LIMIT);
+
+/// Writes `view` (the executor's state right after agreement `agreement_id`) as a
+/// checkpoint into `store`: the reply cache as engine chunks, then the service's
+/// chunks, streamed one by one; durable when this returns `Ok`.
+pub fn write_checkpoint<D: Dir, V: StateView>(
+    store: &CheckpointStore<D>,
+    service: &str,
+    agreement_id: u64,
+    ordered_requests: u64,
+    view: &ExecutorView<V>,
+) -> Result<Written, CheckpointError> {
+    assert!(agreement_id > 0, "a checkpoint follows an executed agreement");
+    let meta = EngineMeta { ordered_requests, requests_executed: view.requests_executed };
+    let mut writer = store.begin(service, agreement_id, &meta.encode())?;
+    // The writer's own error, kept whole while the service's sink sees an io::Error.
+    let mut failed: Option<CheckpointError> = None;
+    let streamed = (|| -> Result<(), StateError> {
+        write_reply_cache(&view.reply_cache, CHECKPOINT_CHUNK_BYTES, &mut |bytes| {
+            writer.chunk(Section::Engine, bytes).map_err(|error| {
+                let text = error.to_string();
+                failed.get_or_insert(error);
+                StateError::Sink(std::io::Error::other(text))
+            })
+        })?;
+        view.service.write_chunks(CHECKPOINT_CHUNK_BYTES, &mut |bytes| {
+            writer.chunk(Section::Service, bytes).map_err(|error| {
+                let text = error.to_string();
+                failed.get_or_insert(error);
+                StateError::Sink(std::io::Error::other(text))
+            })
+        })
+    })();
+    match (streamed, failed) {
+        (Ok(()), _) => writer.finish(),
+        (Err(_), Some(error)) => {
+            writer.abort();
+            Err(error)
+        }
+        (Err(error), None) => {
+            writer.abort();
+            Err(CheckpointError::Rejected {
+                path: store.dir().path().join(dura_snapshot::format::file_name(agreement_id)),
+                offset: 0,
+                source: Arc::new(error),
+            })
+        }
+    }
+}
+
+/// A replica's state rebuilt from its newest valid checkpoint.
+#[derive(Debug)]
+pub struct LoadedCheckpoint<S> {
+    /// The executor: the service installed, the reply cache, the count.
+    pub executor: Executor<S>,
+    /// Where the log's replay starts.
+    pub from: FromCheckpoint,
+    /// The file used.
+    pub file_name: String,
+    /// Newer checkpoints that failed validation (reported, kept for inspection).
+    pub skipped: Vec<Skipped>,
+}
+
+/// Builds an executor from a checkpoint's chunks (a [`ChunkSink`]): engine chunks first,
+/// then the service's.
+struct ExecutorBuilder<S: Service> {
+    installer: S::Installer,
+    cache: ReplyCacheInstaller,
+    meta: EngineMeta,
+    agreement_id: u64,
+    service_chunks: u64,
+}
+
+impl<S: Service> ChunkSink for ExecutorBuilder<S> {
+    type Output = (Executor<S>, FromCheckpoint);
+
+    fn chunk(&mut self, section: Section, payload: &[u8]) -> Result<(), BoxError> {
+        match section {
+            Section::Engine if self.service_chunks > 0 => {
+                Err("an engine chunk after the service's chunks".into())
+            }
+            Section::Engine => Ok(self.cache.chunk(payload)?),
+            Section::Service => {
+                self.service_chunks += 1;
+                Ok(self.installer.chunk(payload)?)
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Self::Output, BoxError> {
+        let service = self.installer.finish()?;
+        let executor =
+            Executor::from_parts(service, self.cache.finish(), self.meta.requests_executed);
+        let from = FromCheckpoint {
+            agreement_id: self.agreement_id,
+            ordered_requests: self.meta.ordered_requests,
+        };
+        Ok((executor, from))
+    }
+}
+
+/// Loads the newest valid checkpoint of `template`'s service from `store` into a fresh
+/// executor (the live service is not touched). A damaged newer checkpoint is skipped,
+/// logged and reported. `Ok(None)`: there is no checkpoint.
+pub fn load_checkpoint<D: Dir, S: Service>(
+    store: &CheckpointStore<D>,
+    template: &S,
+) -> Result<Option<LoadedCheckpoint<S>>, CheckpointError> {
+    let make = |header: &CheckpointHeader| -> Result<ExecutorBuilder<S>, BoxError> {
+        Ok(ExecutorBuilder {
+            installer: template.installer(),
+            cache: ReplyCacheInstaller::default(),
+            meta: EngineMeta::decode(&header.engine)?,
+            agreement_id: header.agreement_id,
+            service_chunks: 0,
+        })
+    };
+    let Some(loaded) = store.load_newest(S::NAME, make)? else { return Ok(None) };
+    let (executor, from) = loaded.value;
+    Ok(Some(LoadedCheckpoint {
+        executor,
+        from,
+        file_name: loaded.verified.file_name,
+        skipped: loaded.skipped,
+    }))
+}
 
 /// Version of [`EngineMeta`]'s encoding.
 pub const ENGINE_META_VERSION: u32 = 1;

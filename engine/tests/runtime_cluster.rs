@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use dura_engine::runtime::{
-    Client, ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions, start_replica,
+    CheckpointWrite, Client, ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions,
+    start_replica,
 };
 use dura_engine::service::{
     CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError,
@@ -192,4 +193,77 @@ fn a_log_corrupt_before_its_tail_stops_the_replica_with_a_typed_error_and_cuts_n
         .expect_err("a corrupt log must not be replayed");
     assert!(error.is_log_corrupt(), "typed as corruption (repair from peers): {error}");
     assert_eq!(std::fs::read(&segment).expect("segment kept"), bytes, "nothing was cut");
+}
+
+/// Files in `dir` whose name starts with `prefix` and ends with `suffix`.
+fn files(dir: &std::path::Path, prefix: &str, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with(prefix) && name.ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn replicas_checkpoint_on_schedule_truncate_their_logs_and_restart_from_a_checkpoint() {
+    for write in [CheckpointWrite::Background, CheckpointWrite::StopTheWorld] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config =
+            ClusterConfig::local(3, Mode::Crash, LogMode::Parallel, dir.path()).expect("config");
+        config.pin_cores = false;
+        config.request_timeout_ms = 500;
+        // P = 12 over 3 replicas: replica i after request k with k mod 12 = 4i; the log
+        // is cut every 4 requests.
+        config.checkpoint_period = 12;
+        config.checkpoint_write = write;
+        config.wal_segment_mib = 16;
+        let replicas = start(&config);
+        let adds = 100u64;
+        {
+            // One request per agreement: a single client waits for each reply.
+            let client = Client::connect(&config).expect("client");
+            for _ in 0..adds {
+                client.invoke(1u64.to_le_bytes().to_vec()).expect("add");
+            }
+        }
+        for replica in &replicas {
+            let written = replica.metrics().checkpoints_written();
+            assert!(
+                written >= 3,
+                "{write:?}: replica {} wrote {written} checkpoints",
+                replica.id()
+            );
+        }
+        for replica in replicas {
+            replica.stop().expect("clean stop");
+        }
+        for replica in &config.replicas {
+            let checkpoints = files(&replica.data_dir.join("checkpoints"), "checkpoint-", ".dck");
+            assert_eq!(checkpoints.len(), 2, "{write:?}: two kept: {checkpoints:?}");
+            let segments = files(&replica.data_dir.join("log").join("wal"), "0", ".wal");
+            // Without truncation there would be a segment per 4 requests (25 or more).
+            assert!(
+                segments.len() <= 8,
+                "{write:?}: replica {}: the log keeps only what follows the older checkpoint: {segments:?}",
+                replica.id
+            );
+        }
+        let replicas = start(&config);
+        for replica in &replicas {
+            // The restart replays at most about P requests after its checkpoint.
+            let recovered = replica.recovered_agreement_id();
+            assert!(recovered >= adds, "{write:?}: replica {} recovered {recovered}", replica.id());
+        }
+        let client = Client::connect(&config).expect("client");
+        let reply = client.invoke(0u64.to_le_bytes().to_vec()).expect("read");
+        assert_eq!(total(&reply), adds, "{write:?}: every add survives the restart, once");
+        for replica in replicas {
+            replica.stop().expect("clean stop");
+        }
+    }
 }

@@ -75,11 +75,10 @@ pub const MAGIC: [u8; 8] = *b"DURACKPT";
 /// The format version this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Largest chunk payload in bytes.
-///
-/// Must equal `dura_core::service::CHUNK_BYTES_LIMIT` (2 x 16 MiB), which lands on main
-/// in parallel with this crate; the engine asserts the two are equal once both exist.
-pub const CHUNK_BYTES_LIMIT: usize = 32 << 20;
+/// Largest chunk payload in bytes: the limit every service's chunks keep
+/// (`dura_core::service::CHUNK_BYTES_LIMIT`, 2 x 16 MiB).
+pub const CHUNK_BYTES_LIMIT: usize = dura_core::service::CHUNK_BYTES_LIMIT;
+const _: () = assert!(CHUNK_BYTES_LIMIT == 32 << 20, "FORMAT.md states 32 MiB");
 
 /// Largest engine metadata blob in bytes.
 pub const ENGINE_BYTES_LIMIT: usize = 64 << 10;

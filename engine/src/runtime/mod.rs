@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 pub mod alloc;
+pub mod checkpoint;
 pub mod client;
 pub mod config;
 pub mod durability;
@@ -69,6 +70,10 @@ pub enum RuntimeError {
     /// The replica's log holds something this runtime cannot replay.
     #[error("log replay: {0}")]
     Replay(String),
+    /// The checkpoint directory could not be opened or none of its checkpoints is valid
+    /// (the message names each file and the offset where it went wrong).
+    #[error("checkpoints: {0}")]
+    Checkpoint(String),
     /// A client request did not complete in time.
     #[error("request timed out after {waited_ms} ms")]
     Timeout {

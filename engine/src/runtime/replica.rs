@@ -155,29 +155,81 @@ pub fn start_replica<S: Service>(
                 (Some(Box::new(log)), records)
             }
         };
-    let mut executor = Executor::new(service);
-    let checkpoint_link: Option<durability::CheckpointLink<S::View>> = None;
+    // Checkpoints: the newest valid one is the state the log's replay starts from.
+    // Loaded whenever the directory has one (the log may already be truncated below
+    // it, even if checkpoints are now off).
+    let schedule = config.checkpoint_schedule_of(id, log_mode);
+    let checkpoints = if log_mode == LogMode::None {
+        None
+    } else {
+        let dir = me.data_dir.join("checkpoints");
+        std::fs::create_dir_all(&dir).map_err(|error| RuntimeError::Io {
+            operation: "create checkpoint directory",
+            path: dir.clone(),
+            error,
+        })?;
+        let fs_dir = dura_snapshot::FsDir::new(&dir).map_err(|error| RuntimeError::Io {
+            operation: "open checkpoint directory",
+            path: dir.clone(),
+            error,
+        })?;
+        let store = dura_snapshot::CheckpointStore::open(fs_dir, Default::default())
+            .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?;
+        Some(store)
+    };
+    let load_started = Instant::now();
+    let loaded = match &checkpoints {
+        Some(store) => crate::checkpoint::load_checkpoint(store, &service)
+            .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?,
+        None => None,
+    };
+    let (mut executor, from) = match loaded {
+        Some(loaded) => {
+            for skipped in &loaded.skipped {
+                log::error!(
+                    "replica {id}: checkpoint {} is damaged and was skipped (kept for inspection): {}",
+                    skipped.file_name,
+                    skipped.error
+                );
+            }
+            log::info!(
+                "replica {id}: loaded checkpoint {} (agreement {}, {} requests executed) in {} ms",
+                loaded.file_name,
+                loaded.from.agreement_id,
+                loaded.executor.requests_executed(),
+                load_started.elapsed().as_millis()
+            );
+            drop(service);
+            (loaded.executor, loaded.from)
+        }
+        None => (Executor::new(service), crate::durability::FromCheckpoint::default()),
+    };
     let replay_started = Instant::now();
     let restored = crate::durability::restore(
         records.into_iter().map(|r| r.payload),
         &mut executor,
         protocol_config.decided_window_max,
-        crate::durability::FromCheckpoint::default(),
+        from,
     )
     .map_err(|error| RuntimeError::Replay(error.to_string()))?;
     let recovered_agreement_id = restored.recovered.last_decided;
     if backend.is_some() && recovered_agreement_id == 0 {
         log::warn!(
-            "replica {id}: no log records in {}; starting with empty state",
+            "replica {id}: no checkpoint and no log records in {}; starting with empty state",
             log_dir.display()
         );
-    } else if recovered_agreement_id > 0 {
+    } else if recovered_agreement_id > from.agreement_id {
         log::info!(
-            "replica {id}: replayed agreements 1..={recovered_agreement_id} ({} requests) in {} ms",
+            "replica {id}: replayed agreements {}..={recovered_agreement_id} ({} requests) in {} ms",
+            from.agreement_id + 1,
             restored.requests,
             replay_started.elapsed().as_millis()
         );
     }
+    let checkpoint_start = crate::durability::CheckpointStart {
+        ordered_requests: restored.ordered_requests,
+        last_checkpoint: from.agreement_id,
+    };
     let crate::durability::Restored { recovered, ordered, .. } = restored;
     let protocol_error = |error: ProtocolError| RuntimeError::Config {
         field: "protocol".into(),
@@ -420,6 +472,37 @@ pub fn start_replica<S: Service>(
             Some(log_tx)
         }
         None => None,
+    };
+    replica_metrics.set_last_checkpoint(from.agreement_id);
+    let checkpoint_link = match (schedule, checkpoints) {
+        (Some(schedule), Some(store)) => {
+            // One job at a time: the exec stage never has two views alive.
+            let (jobs_tx, jobs_rx) = bounded::<durability::CheckpointJob<S::View>>(1);
+            let (done_tx, done_rx) = bounded::<durability::CheckpointDone>(1);
+            let check = super::checkpoint::PeriodCheck { n, period: schedule.period };
+            threads.push(spawn(
+                "ckpt",
+                None,
+                Box::new(move || {
+                    super::checkpoint::run_checkpoint_stage(
+                        id,
+                        S::NAME,
+                        store,
+                        jobs_rx,
+                        done_tx,
+                        check,
+                    );
+                }),
+            )?);
+            Some(durability::CheckpointLink {
+                schedule,
+                start: checkpoint_start,
+                jobs: jobs_tx,
+                done: done_rx,
+                stop_the_world: config.checkpoint_write == super::CheckpointWrite::StopTheWorld,
+            })
+        }
+        _ => None,
     };
     {
         let network = network.clone();
