@@ -50,7 +50,7 @@ use crate::format::{
     SEGMENT_BYTES_MIN, encode_record, parse_segment_file_name, parse_spare_file_name, record_bytes,
     segment_file_name, spare_file_name,
 };
-use crate::io::{DurabilityMode, Preallocate, ZeroPace};
+use crate::io::{DurabilityMode, Preallocate, ZeroPace, is_fallocate_unsupported};
 use crate::recovery::{
     Chain, LogRecord, ScanWants, SegmentEnd, holds_any_valid_group, scan_segment,
 };
@@ -118,7 +118,9 @@ pub struct WalOptions {
     pub queue_depth_max: usize,
     /// Write path (real storage only).
     pub backend: Backend,
-    /// How new segment files are prepared.
+    /// How new segment files are prepared. Where the file system does not support
+    /// `fallocate`, [`Preallocate::Fallocate`] falls back to [`Preallocate::Zeroed`], with
+    /// one log line, for the rest of the log's life.
     pub preallocate: Preallocate,
     /// Deleted segments kept (renamed) for recycling instead of being removed.
     pub spare_segments_max: usize,
@@ -391,6 +393,9 @@ struct Shared {
     segment_wanted: AtomicBool,
     /// The log is closing (the preparer stops).
     stopping: AtomicBool,
+    /// The file system refused `fallocate` as unsupported: new segments are zero-filled
+    /// instead (see [`prepare_segment`]).
+    fallocate_refused: AtomicBool,
 }
 
 impl Shared {
@@ -589,14 +594,19 @@ impl Wal {
         }
 
         // The active segment: the tail, or a fresh one after the last sealed segment.
+        let fallocate_refused = AtomicBool::new(false);
         let (active_seq, active_name, active_offset) = match tail {
             Some(t) => t,
             None => {
                 let seq = segments.last().map_or(1, |(s, _)| s + 1);
-                let name =
-                    prepare_segment(&*storage, &options, seq, &mut spare_names, &mut || {
-                        ZeroPace::Go
-                    })?;
+                let name = prepare_segment(
+                    &*storage,
+                    &options,
+                    &fallocate_refused,
+                    seq,
+                    &mut spare_names,
+                    &mut || ZeroPace::Go,
+                )?;
                 (seq, name, 0)
             }
         };
@@ -636,6 +646,7 @@ impl Wal {
             write_nanos: AtomicU64::new(0),
             segment_wanted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            fallocate_refused,
         });
 
         let (next_segment, preparer) = match options.writer {
@@ -717,11 +728,16 @@ impl Wal {
     }
 }
 
-/// Makes segment `seq` ready under its name: a recycled spare, or a new pre-zeroed file
-/// prepared under a temporary name and renamed. The directory is synced.
+/// Makes segment `seq` ready under its name: a recycled spare, or a new file prepared as
+/// `options.preallocate` says under a temporary name and renamed. The directory is synced.
+///
+/// Where the file system does not support `fallocate`, [`Preallocate::Fallocate`] is
+/// replaced by [`Preallocate::Zeroed`] (the paced zero-fill): the first refusal sets
+/// `fallocate_refused` and logs it once; later segments zero-fill without asking again.
 fn prepare_segment<S: Storage>(
     storage: &S,
     options: &WalOptions,
+    fallocate_refused: &AtomicBool,
     seq: u64,
     spares: &mut Vec<String>,
     pace: &mut dyn FnMut() -> ZeroPace,
@@ -733,9 +749,27 @@ fn prepare_segment<S: Storage>(
             .map_err(|e| WalError::io(IoOp::Rename, storage.path(&spare), None, e))?;
     } else {
         let temp = format!("prepare-{seq:020}.tmp");
-        storage
-            .create_prepared(&temp, options.segment_bytes, options.preallocate, pace)
-            .map_err(|e| WalError::io(IoOp::Create, storage.path(&temp), None, e))?;
+        let how = match options.preallocate {
+            Preallocate::Fallocate if fallocate_refused.load(Ordering::Acquire) => {
+                Preallocate::Zeroed
+            }
+            how => how,
+        };
+        match storage.create_prepared(&temp, options.segment_bytes, how, pace) {
+            Err(error) if how == Preallocate::Fallocate && is_fallocate_unsupported(&error) => {
+                if !fallocate_refused.swap(true, Ordering::AcqRel) {
+                    log::warn!(
+                        "wal {}: {error}; zero-filling new segments instead (preallocation \
+                         {} for the rest of this log)",
+                        storage.dir().display(),
+                        Preallocate::Zeroed,
+                    );
+                }
+                storage.create_prepared(&temp, options.segment_bytes, Preallocate::Zeroed, pace)
+            }
+            result => result,
+        }
+        .map_err(|e| WalError::io(IoOp::Create, storage.path(&temp), None, e))?;
         storage
             .rename(&temp, &name)
             .map_err(|e| WalError::io(IoOp::Rename, storage.path(&temp), None, e))?;
@@ -762,7 +796,7 @@ fn prepare_and_open<S: Storage>(
     pace: &mut dyn FnMut() -> ZeroPace,
 ) -> Result<Prepared<S::File>> {
     let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
-    let name = prepare_segment(storage, options, seq, &mut spare, pace)?;
+    let name = prepare_segment(storage, options, &shared.fallocate_refused, seq, &mut spare, pace)?;
     let file = storage
         .open_for_write(&name)
         .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
@@ -1274,6 +1308,12 @@ impl<S: Storage> LogWriter<S> {
             bytes: self.shared.bytes_written.load(Ordering::Relaxed),
             busy: Duration::from_nanos(self.shared.write_nanos.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Whether new segments are zero-filled because the file system refused `fallocate`
+    /// (asked for with [`Preallocate::Fallocate`]).
+    pub fn fallocate_refused(&self) -> bool {
+        self.shared.fallocate_refused.load(Ordering::Acquire)
     }
 
     /// The error the writer failed with, if it did.
