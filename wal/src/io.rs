@@ -57,6 +57,12 @@ impl DurabilityMode {
         self == DurabilityMode::DirectDsync
     }
 
+    /// True when a write counts durable because the file was opened with `O_DSYNC`
+    /// (a promise the file system must keep; see [`crate::fs`]).
+    pub fn relies_on_dsync(self) -> bool {
+        self.open_flags() & libc::O_DSYNC != 0
+    }
+
     /// True when each write must be followed by an explicit `fdatasync`.
     pub fn needs_fdatasync(self) -> bool {
         self == DurabilityMode::Fdatasync

@@ -50,6 +50,7 @@ use crate::format::{
     SEGMENT_BYTES_MIN, encode_record, parse_segment_file_name, parse_spare_file_name, record_bytes,
     segment_file_name, spare_file_name,
 };
+use crate::fs::{DsyncDecision, FileSystem, choose_durability};
 use crate::io::{DurabilityMode, Preallocate, ZeroPace, is_fallocate_unsupported};
 use crate::recovery::{
     Chain, LogRecord, ScanWants, SegmentEnd, holds_any_valid_group, scan_segment,
@@ -104,8 +105,16 @@ pub enum WriterThreads {
 /// Options of a log. Sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
-    /// How writes are made durable.
+    /// How writes are made durable. [`Wal::open`] may write with
+    /// [`DurabilityMode::Fdatasync`] instead where the file system is not trusted to
+    /// honour `O_DSYNC` (see [`crate::fs`] and [`trust_dsync`](Self::trust_dsync)).
     pub mode: DurabilityMode,
+    /// Keep a `mode` that relies on `O_DSYNC` even on a file system the log does not
+    /// trust to honour it ([`crate::fs::FileSystem::dsync_doubt`]), where [`Wal::open`]
+    /// otherwise switches to an explicit `fdatasync` after each write. Default `false`.
+    /// Only [`Wal::open`] reads it ([`Wal::open_with_storage`] takes the storage as
+    /// given).
+    pub trust_dsync: bool,
     /// Size of a new segment file (a multiple of 4 KiB; must hold the largest group plus
     /// the seal block).
     pub segment_bytes: u64,
@@ -132,6 +141,7 @@ impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             mode: DurabilityMode::default(),
+            trust_dsync: false,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             group_bytes_max: GROUP_BYTES_MAX_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
@@ -444,6 +454,47 @@ impl std::fmt::Display for WriteStats {
     }
 }
 
+/// The mode a log in `dir` writes with when `configured` was asked for (see
+/// [`crate::fs::choose_durability`]); logs the decision when it is not simply the
+/// configured mode.
+fn durability_on(dir: &Path, configured: DurabilityMode, trust_dsync: bool) -> DurabilityMode {
+    let file_system = match FileSystem::of(dir) {
+        Ok(file_system) => Some(file_system),
+        Err(error) => {
+            if configured.relies_on_dsync() {
+                log::warn!(
+                    "wal {}: cannot tell its file system ({error}); writing with {configured} \
+                     as configured",
+                    dir.display()
+                );
+            }
+            None
+        }
+    };
+    let choice = choose_durability(file_system, configured, trust_dsync);
+    match choice.decision {
+        DsyncDecision::FileSystemUnknown => {}
+        DsyncDecision::AsConfigured => {
+            if let Some(file_system) = file_system {
+                log::info!("wal {}: on {file_system}, writing with {configured}", dir.display());
+            }
+        }
+        DsyncDecision::Switched { file_system, why } => log::warn!(
+            "wal {}: on {file_system}, which may not honour O_DSYNC ({why}): writing with \
+             {} (an explicit fdatasync after each write) instead of {configured}; the \
+             option trust_dsync (wal_trust_dsync in a cluster config) keeps {configured}",
+            dir.display(),
+            choice.mode,
+        ),
+        DsyncDecision::KeptOnRequest { file_system, why } => log::warn!(
+            "wal {}: on {file_system}, which may not honour O_DSYNC ({why}): writing with \
+             {configured} all the same, as trust_dsync asks",
+            dir.display(),
+        ),
+    }
+    choice.mode
+}
+
 /// Entry point: opening a log directory.
 #[derive(Debug)]
 pub struct Wal;
@@ -456,11 +507,17 @@ impl Wal {
     /// every record once reported durable is among them unless the log was corrupted. A
     /// damaged group before the tail is an [`WalError::Corrupt`] naming segment and offset,
     /// and nothing is cut or written then.
+    ///
+    /// The mode written with is [`WalOptions::mode`], unless it relies on `O_DSYNC` and
+    /// the directory's file system is not trusted to honour it: then each write is
+    /// followed by an `fdatasync` ([`crate::fs::choose_durability`]), with a log line
+    /// saying which file system and why.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(LogWriter<FsStorage>, Recovered)> {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io(IoOp::Create, dir, None, e))?;
-        let storage = FsStorage::new(dir, options.mode, options.backend)
+        let mode = durability_on(dir, options.mode, options.trust_dsync);
+        let storage = FsStorage::new(dir, mode, options.backend)
             .map_err(|e| WalError::io(IoOp::Uring, dir, None, e))?;
-        Wal::open_with_storage(storage, options)
+        Wal::open_with_storage(storage, WalOptions { mode, ..options })
     }
 
     /// [`Wal::open`] on any [`Storage`] (the simulated disk in tests).
@@ -1308,6 +1365,13 @@ impl<S: Storage> LogWriter<S> {
             bytes: self.shared.bytes_written.load(Ordering::Relaxed),
             busy: Duration::from_nanos(self.shared.write_nanos.load(Ordering::Relaxed)),
         }
+    }
+
+    /// The storage the log writes to. For the real one, [`FsStorage::mode`] is the
+    /// durability mode in effect, which [`Wal::open`] may have changed from
+    /// [`WalOptions::mode`] (see [`crate::fs`]).
+    pub fn storage(&self) -> &S {
+        &self.storage
     }
 
     /// Whether new segments are zero-filled because the file system refused `fallocate`

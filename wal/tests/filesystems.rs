@@ -1,11 +1,14 @@
 //! The log on file systems that lack what it would rather use: `fallocate` (simulated by a
-//! storage that refuses it, over the real one).
+//! storage that refuses it, over the real one), and `O_DSYNC` it may not trust (the
+//! decision is unit-tested in `dura_wal::fs`; here, that a trusted file system keeps the
+//! configured mode and that the mode in effect is visible).
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dura_wal::fs::FileSystem;
 use dura_wal::io::{DurabilityMode, Preallocate, ZeroPace, fallocate_unsupported};
 use dura_wal::{Backend, FsStorage, IoOp, Storage, Wal, WalError, WalOptions};
 
@@ -166,4 +169,26 @@ fn other_preparation_errors_are_not_taken_for_a_missing_fallocate() {
     };
     assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{error}");
     assert_eq!(calls.zeroed.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_trusted_file_system_keeps_the_configured_mode_and_the_mode_in_effect_is_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file_system = FileSystem::of(dir.path()).expect("statfs");
+    for mode in [DurabilityMode::Dsync, DurabilityMode::Fdatasync] {
+        for trust_dsync in [false, true] {
+            let log = dir.path().join(format!("{mode}-{trust_dsync}"));
+            let options =
+                WalOptions { mode, trust_dsync, preallocate: Preallocate::Sparse, ..options() };
+            let (writer, _) = Wal::open(&log, options).expect("open");
+            let expected = if file_system.dsync_doubt().is_some() && !trust_dsync {
+                DurabilityMode::Fdatasync
+            } else {
+                mode
+            };
+            assert_eq!(writer.storage().mode(), expected, "on {file_system}");
+            writer.append(1, 1, b"x").expect("append").wait().expect("durable");
+            writer.close().expect("close");
+        }
+    }
 }
