@@ -192,3 +192,44 @@ fn a_trusted_file_system_keeps_the_configured_mode_and_the_mode_in_effect_is_vis
         }
     }
 }
+
+/// On a real directory named by `DURA_WAL_TEST_DIR` (e.g. a FUSE mount: `bindfs SRC
+/// MNT` has neither fallocate nor, for the log, a trusted O_DSYNC): the log opens with
+/// `fallocate` and `direct-dsync` asked for, in the mode the file system allows, and keeps
+/// what it acknowledged across a reopen. Ignored without the variable.
+#[test]
+#[ignore = "needs DURA_WAL_TEST_DIR, a directory on the file system to try"]
+fn the_log_works_on_the_file_system_named_by_dura_wal_test_dir() {
+    let Some(root) = std::env::var_os("DURA_WAL_TEST_DIR") else {
+        eprintln!("DURA_WAL_TEST_DIR is not set: nothing to try");
+        return;
+    };
+    let dir = tempfile::tempdir_in(root).expect("tempdir in DURA_WAL_TEST_DIR");
+    let file_system = FileSystem::of(dir.path()).expect("statfs");
+    let options = WalOptions {
+        mode: DurabilityMode::DirectDsync,
+        backend: Backend::Auto,
+        preallocate: Preallocate::Fallocate,
+        ..options()
+    };
+    let (writer, _) = Wal::open(dir.path(), options.clone()).expect("open");
+    let expected = match file_system.dsync_doubt() {
+        Some(_) => DurabilityMode::Fdatasync,
+        None => DurabilityMode::DirectDsync,
+    };
+    assert_eq!(writer.storage().mode(), expected, "on {file_system}");
+    for id in 1..=3u64 {
+        writer.append(id, id, &id.to_le_bytes()).expect("append").wait().expect("durable");
+        writer.cut_segment(id).expect("cut");
+    }
+    eprintln!(
+        "on {file_system}: mode {}, fallocate refused: {}",
+        writer.storage().mode(),
+        writer.fallocate_refused()
+    );
+    writer.close().expect("close");
+    let (writer, recovered) = Wal::open(dir.path(), options).expect("reopen");
+    let ids: Vec<u64> = recovered.records.iter().map(|r| r.first_agreement_id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    writer.close().expect("close");
+}
