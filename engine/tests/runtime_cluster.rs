@@ -62,8 +62,18 @@ fn start(config: &ClusterConfig) -> Vec<dura_engine::runtime::ReplicaHandle> {
 /// A 3-replica crash-mode cluster in `dir` that acknowledged ten adds of 5 (one
 /// agreement each), stopped cleanly; returns its config.
 fn ten_adds_then_stop(log_mode: LogMode, dir: &std::path::Path) -> ClusterConfig {
+    ten_adds_then_stop_with(log_mode, dir, |_| {})
+}
+
+/// [`ten_adds_then_stop`] with the config changed by `adjust` first.
+fn ten_adds_then_stop_with(
+    log_mode: LogMode,
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut ClusterConfig),
+) -> ClusterConfig {
     let mut config = ClusterConfig::local(3, Mode::Crash, log_mode, dir).expect("config");
     config.pin_cores = false;
+    adjust(&mut config);
     config.request_timeout_ms = 500;
     let replicas = start(&config);
     {
@@ -108,20 +118,38 @@ fn every_log_mode_recovers_what_it_acknowledged_after_a_restart() {
     for log_mode in [LogMode::Async, LogMode::Sync, LogMode::Batched, LogMode::Parallel] {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = ten_adds_then_stop(log_mode, dir.path());
-        let replicas = start(&config);
-        assert!(replicas.iter().all(|r| r.recovered_agreement_id() >= 1), "{log_mode}: replayed");
-        let client = Client::connect(&config).expect("client");
-        let pending = client.submit(0u64.to_le_bytes().to_vec());
-        let mut waited = Duration::ZERO;
-        let reply = loop {
-            if let Some(reply) = pending.try_get() {
-                break reply.expect("read");
-            }
-            assert!(waited < Duration::from_secs(30), "{log_mode}: read did not complete");
-            std::thread::sleep(Duration::from_millis(5));
-            waited += Duration::from_millis(5);
-        };
-        assert_eq!(total(&reply), 50, "{log_mode}: state after restart");
+        assert_eq!(total_after_restart(&config, &log_mode.to_string()), 50, "{log_mode}");
+    }
+}
+
+/// Restarts the cluster of `config`, checks every replica replayed its log, and reads
+/// the total through ordering.
+fn total_after_restart(config: &ClusterConfig, label: &str) -> u64 {
+    let replicas = start(config);
+    assert!(replicas.iter().all(|r| r.recovered_agreement_id() >= 1), "{label}: replayed");
+    let client = Client::connect(config).expect("client");
+    let pending = client.submit(0u64.to_le_bytes().to_vec());
+    let mut waited = Duration::ZERO;
+    let reply = loop {
+        if let Some(reply) = pending.try_get() {
+            break reply.expect("read");
+        }
+        assert!(waited < Duration::from_secs(30), "{label}: read did not complete");
+        std::thread::sleep(Duration::from_millis(5));
+        waited += Duration::from_millis(5);
+    };
+    total(&reply)
+}
+
+#[test]
+fn every_wal_durability_of_the_config_recovers_what_it_acknowledged() {
+    // direct-dsync, the default, runs in the test above.
+    for durability in ["dsync", "fdatasync"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ten_adds_then_stop_with(LogMode::Parallel, dir.path(), |config| {
+            config.wal_durability = durability.into();
+        });
+        assert_eq!(total_after_restart(&config, durability), 50, "{durability}");
     }
 }
 

@@ -57,6 +57,12 @@ impl DurabilityMode {
         self == DurabilityMode::DirectDsync
     }
 
+    /// True when a write counts durable because the file was opened with `O_DSYNC`
+    /// (a promise the file system must keep; see [`crate::fs`]).
+    pub fn relies_on_dsync(self) -> bool {
+        self.open_flags() & libc::O_DSYNC != 0
+    }
+
     /// True when each write must be followed by an explicit `fdatasync`.
     pub fn needs_fdatasync(self) -> bool {
         self == DurabilityMode::Fdatasync
@@ -243,12 +249,54 @@ pub fn preallocate_paced(
                 zeroed += chunk as u64;
             }
         }
-        Preallocate::Fallocate => crate::sys::fallocate(&file, len_bytes)?,
+        Preallocate::Fallocate => {
+            crate::sys::fallocate(&file, len_bytes).map_err(|error| {
+                if fallocate_errno_means_unsupported(&error) {
+                    fallocate_unsupported(error)
+                } else {
+                    error
+                }
+            })?;
+        }
         Preallocate::Sparse => file.set_len(len_bytes)?,
     }
     file.sync_all()?;
     sync_parent_dir(path)?;
     Ok(zeroed)
+}
+
+/// Whether an error of `fallocate(fd, 0, 0, len)` with `len > 0` says that the file
+/// system does not offer it: `EOPNOTSUPP` (FUSE, older NFS, ...), `ENOSYS` (no such call:
+/// an old kernel or a seccomp filter) or `EINVAL` (documented for bad arguments, which a
+/// zero offset, mode 0 and a positive length are not; some file systems answer it for
+/// an operation they lack).
+pub fn fallocate_errno_means_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL))
+}
+
+/// `fallocate` failed because the file system does not offer it (see
+/// [`fallocate_errno_means_unsupported`]); the OS error is its source.
+#[derive(Debug, thiserror::Error)]
+#[error("the file system does not support fallocate: {source}")]
+struct FallocateUnsupported {
+    source: io::Error,
+}
+
+/// The error [`preallocate_paced`] returns for [`Preallocate::Fallocate`] when the file
+/// system refuses `fallocate` as unsupported; `source` is the OS error. A [`Storage`]
+/// other than the real one (a test's) returns it to say the same.
+///
+/// [`Storage`]: crate::Storage
+pub fn fallocate_unsupported(source: io::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, FallocateUnsupported { source })
+}
+
+/// True for an error made by [`fallocate_unsupported`]: preparing a file with
+/// [`Preallocate::Fallocate`] failed only because the file system lacks `fallocate`, and
+/// zero-filling it ([`Preallocate::Zeroed`]) may work. Any other failure of the
+/// preparation (open, sync, a full disk) is not this.
+pub fn is_fallocate_unsupported(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<FallocateUnsupported>())
 }
 
 /// `fsync` of a directory, making creates, renames and deletes inside it durable.
@@ -303,6 +351,24 @@ mod tests {
         for how in [Preallocate::Zeroed, Preallocate::Fallocate, Preallocate::Sparse] {
             assert_eq!(how.to_string().parse::<Preallocate>(), Ok(how));
         }
+    }
+
+    #[test]
+    fn only_an_unsupported_fallocate_is_marked_as_such() {
+        for errno in [libc::EOPNOTSUPP, libc::ENOSYS, libc::EINVAL] {
+            let error = io::Error::from_raw_os_error(errno);
+            assert!(fallocate_errno_means_unsupported(&error), "{error}");
+            let marked = fallocate_unsupported(error);
+            assert!(is_fallocate_unsupported(&marked));
+            assert!(marked.to_string().contains("does not support fallocate"), "{marked}");
+        }
+        for errno in [libc::ENOSPC, libc::EIO, libc::EBADF] {
+            let error = io::Error::from_raw_os_error(errno);
+            assert!(!fallocate_errno_means_unsupported(&error), "{error}");
+            assert!(!is_fallocate_unsupported(&error));
+        }
+        let other = io::Error::new(io::ErrorKind::Unsupported, "something else");
+        assert!(!is_fallocate_unsupported(&other));
     }
 
     #[test]

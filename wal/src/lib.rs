@@ -12,10 +12,13 @@
 //!   exactly over [`sim::SimStorage`].
 //! * The on-disk format is described in [`format`](mod@format); the file layer in [`storage`] (real:
 //!   io_uring or `pwrite`) and [`sim`] (simulated faulty disk).
+//! * [`fs`] tells which file system holds the log and whether it is trusted to honour
+//!   `O_DSYNC`; where it is not, [`Wal::open`] writes with an explicit `fdatasync`.
 
 mod aligned;
 mod error;
 pub mod format;
+pub mod fs;
 pub mod io;
 mod recovery;
 pub mod sim;

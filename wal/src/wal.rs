@@ -50,7 +50,8 @@ use crate::format::{
     SEGMENT_BYTES_MIN, encode_record, parse_segment_file_name, parse_spare_file_name, record_bytes,
     segment_file_name, spare_file_name,
 };
-use crate::io::{DurabilityMode, Preallocate, ZeroPace};
+use crate::fs::{DsyncDecision, FileSystem, choose_durability};
+use crate::io::{DurabilityMode, Preallocate, ZeroPace, is_fallocate_unsupported};
 use crate::recovery::{
     Chain, LogRecord, ScanWants, SegmentEnd, holds_any_valid_group, scan_segment,
 };
@@ -104,8 +105,16 @@ pub enum WriterThreads {
 /// Options of a log. Sizes are in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
-    /// How writes are made durable.
+    /// How writes are made durable. [`Wal::open`] may write with
+    /// [`DurabilityMode::Fdatasync`] instead where the file system is not trusted to
+    /// honour `O_DSYNC` (see [`crate::fs`] and [`trust_dsync`](Self::trust_dsync)).
     pub mode: DurabilityMode,
+    /// Keep a `mode` that relies on `O_DSYNC` even on a file system the log does not
+    /// trust to honour it ([`crate::fs::FileSystem::dsync_doubt`]), where [`Wal::open`]
+    /// otherwise switches to an explicit `fdatasync` after each write. Default `false`.
+    /// Only [`Wal::open`] reads it ([`Wal::open_with_storage`] takes the storage as
+    /// given).
+    pub trust_dsync: bool,
     /// Size of a new segment file (a multiple of 4 KiB; must hold the largest group plus
     /// the seal block).
     pub segment_bytes: u64,
@@ -118,7 +127,9 @@ pub struct WalOptions {
     pub queue_depth_max: usize,
     /// Write path (real storage only).
     pub backend: Backend,
-    /// How new segment files are prepared.
+    /// How new segment files are prepared. Where the file system does not support
+    /// `fallocate`, [`Preallocate::Fallocate`] falls back to [`Preallocate::Zeroed`], with
+    /// one log line, for the rest of the log's life.
     pub preallocate: Preallocate,
     /// Deleted segments kept (renamed) for recycling instead of being removed.
     pub spare_segments_max: usize,
@@ -130,6 +141,7 @@ impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             mode: DurabilityMode::default(),
+            trust_dsync: false,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             group_bytes_max: GROUP_BYTES_MAX_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
@@ -391,6 +403,9 @@ struct Shared {
     segment_wanted: AtomicBool,
     /// The log is closing (the preparer stops).
     stopping: AtomicBool,
+    /// The file system refused `fallocate` as unsupported: new segments are zero-filled
+    /// instead (see [`prepare_segment`]).
+    fallocate_refused: AtomicBool,
 }
 
 impl Shared {
@@ -439,6 +454,47 @@ impl std::fmt::Display for WriteStats {
     }
 }
 
+/// The mode a log in `dir` writes with when `configured` was asked for (see
+/// [`crate::fs::choose_durability`]); logs the decision when it is not simply the
+/// configured mode.
+fn durability_on(dir: &Path, configured: DurabilityMode, trust_dsync: bool) -> DurabilityMode {
+    let file_system = match FileSystem::of(dir) {
+        Ok(file_system) => Some(file_system),
+        Err(error) => {
+            if configured.relies_on_dsync() {
+                log::warn!(
+                    "wal {}: cannot tell its file system ({error}); writing with {configured} \
+                     as configured",
+                    dir.display()
+                );
+            }
+            None
+        }
+    };
+    let choice = choose_durability(file_system, configured, trust_dsync);
+    match choice.decision {
+        DsyncDecision::FileSystemUnknown => {}
+        DsyncDecision::AsConfigured => {
+            if let Some(file_system) = file_system {
+                log::info!("wal {}: on {file_system}, writing with {configured}", dir.display());
+            }
+        }
+        DsyncDecision::Switched { file_system, why } => log::warn!(
+            "wal {}: on {file_system}, which may not honour O_DSYNC ({why}): writing with \
+             {} (an explicit fdatasync after each write) instead of {configured}; the \
+             option trust_dsync (wal_trust_dsync in a cluster config) keeps {configured}",
+            dir.display(),
+            choice.mode,
+        ),
+        DsyncDecision::KeptOnRequest { file_system, why } => log::warn!(
+            "wal {}: on {file_system}, which may not honour O_DSYNC ({why}): writing with \
+             {configured} all the same, as trust_dsync asks",
+            dir.display(),
+        ),
+    }
+    choice.mode
+}
+
 /// Entry point: opening a log directory.
 #[derive(Debug)]
 pub struct Wal;
@@ -451,11 +507,17 @@ impl Wal {
     /// every record once reported durable is among them unless the log was corrupted. A
     /// damaged group before the tail is an [`WalError::Corrupt`] naming segment and offset,
     /// and nothing is cut or written then.
+    ///
+    /// The mode written with is [`WalOptions::mode`], unless it relies on `O_DSYNC` and
+    /// the directory's file system is not trusted to honour it: then each write is
+    /// followed by an `fdatasync` ([`crate::fs::choose_durability`]), with a log line
+    /// saying which file system and why.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(LogWriter<FsStorage>, Recovered)> {
         std::fs::create_dir_all(dir).map_err(|e| WalError::io(IoOp::Create, dir, None, e))?;
-        let storage = FsStorage::new(dir, options.mode, options.backend)
+        let mode = durability_on(dir, options.mode, options.trust_dsync);
+        let storage = FsStorage::new(dir, mode, options.backend)
             .map_err(|e| WalError::io(IoOp::Uring, dir, None, e))?;
-        Wal::open_with_storage(storage, options)
+        Wal::open_with_storage(storage, WalOptions { mode, ..options })
     }
 
     /// [`Wal::open`] on any [`Storage`] (the simulated disk in tests).
@@ -589,14 +651,19 @@ impl Wal {
         }
 
         // The active segment: the tail, or a fresh one after the last sealed segment.
+        let fallocate_refused = AtomicBool::new(false);
         let (active_seq, active_name, active_offset) = match tail {
             Some(t) => t,
             None => {
                 let seq = segments.last().map_or(1, |(s, _)| s + 1);
-                let name =
-                    prepare_segment(&*storage, &options, seq, &mut spare_names, &mut || {
-                        ZeroPace::Go
-                    })?;
+                let name = prepare_segment(
+                    &*storage,
+                    &options,
+                    &fallocate_refused,
+                    seq,
+                    &mut spare_names,
+                    &mut || ZeroPace::Go,
+                )?;
                 (seq, name, 0)
             }
         };
@@ -636,6 +703,7 @@ impl Wal {
             write_nanos: AtomicU64::new(0),
             segment_wanted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            fallocate_refused,
         });
 
         let (next_segment, preparer) = match options.writer {
@@ -717,11 +785,16 @@ impl Wal {
     }
 }
 
-/// Makes segment `seq` ready under its name: a recycled spare, or a new pre-zeroed file
-/// prepared under a temporary name and renamed. The directory is synced.
+/// Makes segment `seq` ready under its name: a recycled spare, or a new file prepared as
+/// `options.preallocate` says under a temporary name and renamed. The directory is synced.
+///
+/// Where the file system does not support `fallocate`, [`Preallocate::Fallocate`] is
+/// replaced by [`Preallocate::Zeroed`] (the paced zero-fill): the first refusal sets
+/// `fallocate_refused` and logs it once; later segments zero-fill without asking again.
 fn prepare_segment<S: Storage>(
     storage: &S,
     options: &WalOptions,
+    fallocate_refused: &AtomicBool,
     seq: u64,
     spares: &mut Vec<String>,
     pace: &mut dyn FnMut() -> ZeroPace,
@@ -733,9 +806,27 @@ fn prepare_segment<S: Storage>(
             .map_err(|e| WalError::io(IoOp::Rename, storage.path(&spare), None, e))?;
     } else {
         let temp = format!("prepare-{seq:020}.tmp");
-        storage
-            .create_prepared(&temp, options.segment_bytes, options.preallocate, pace)
-            .map_err(|e| WalError::io(IoOp::Create, storage.path(&temp), None, e))?;
+        let how = match options.preallocate {
+            Preallocate::Fallocate if fallocate_refused.load(Ordering::Acquire) => {
+                Preallocate::Zeroed
+            }
+            how => how,
+        };
+        match storage.create_prepared(&temp, options.segment_bytes, how, pace) {
+            Err(error) if how == Preallocate::Fallocate && is_fallocate_unsupported(&error) => {
+                if !fallocate_refused.swap(true, Ordering::AcqRel) {
+                    log::warn!(
+                        "wal {}: {error}; zero-filling new segments instead (preallocation \
+                         {} for the rest of this log)",
+                        storage.dir().display(),
+                        Preallocate::Zeroed,
+                    );
+                }
+                storage.create_prepared(&temp, options.segment_bytes, Preallocate::Zeroed, pace)
+            }
+            result => result,
+        }
+        .map_err(|e| WalError::io(IoOp::Create, storage.path(&temp), None, e))?;
         storage
             .rename(&temp, &name)
             .map_err(|e| WalError::io(IoOp::Rename, storage.path(&temp), None, e))?;
@@ -762,7 +853,7 @@ fn prepare_and_open<S: Storage>(
     pace: &mut dyn FnMut() -> ZeroPace,
 ) -> Result<Prepared<S::File>> {
     let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
-    let name = prepare_segment(storage, options, seq, &mut spare, pace)?;
+    let name = prepare_segment(storage, options, &shared.fallocate_refused, seq, &mut spare, pace)?;
     let file = storage
         .open_for_write(&name)
         .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
@@ -1274,6 +1365,19 @@ impl<S: Storage> LogWriter<S> {
             bytes: self.shared.bytes_written.load(Ordering::Relaxed),
             busy: Duration::from_nanos(self.shared.write_nanos.load(Ordering::Relaxed)),
         }
+    }
+
+    /// The storage the log writes to. For the real one, [`FsStorage::mode`] is the
+    /// durability mode in effect, which [`Wal::open`] may have changed from
+    /// [`WalOptions::mode`] (see [`crate::fs`]).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Whether new segments are zero-filled because the file system refused `fallocate`
+    /// (asked for with [`Preallocate::Fallocate`]).
+    pub fn fallocate_refused(&self) -> bool {
+        self.shared.fallocate_refused.load(Ordering::Acquire)
     }
 
     /// The error the writer failed with, if it did.

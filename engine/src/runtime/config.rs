@@ -6,6 +6,12 @@
 //! log_mode = "parallel"   # none | async | sync | batched | parallel
 //! replica_key = "00112233..."  # hex, >= 16 bytes: HMAC key material for replica links
 //! client_key = "8899aabb..."   # hex, >= 16 bytes: HMAC key material for client links
+//! # The log (all optional): segment size, how new segments are prepared, how a write is
+//! # made durable, and whether O_DSYNC is kept on FUSE and 9p (see the fields' docs).
+//! wal_segment_mib = 64
+//! wal_preallocate = "zeroed"      # zeroed | fallocate | sparse
+//! wal_durability = "direct-dsync" # direct-dsync | dsync | fdatasync
+//! wal_trust_dsync = false
 //!
 //! [[replica]]
 //! id = 0
@@ -198,6 +204,9 @@ fn default_batch_requests_max() -> u32 {
 fn default_wal_preallocate() -> String {
     "zeroed".into()
 }
+fn default_wal_durability() -> String {
+    dura_wal::io::DurabilityMode::default().name().into()
+}
 fn default_wal_segment_mib() -> u32 {
     64
 }
@@ -246,12 +255,13 @@ pub struct ClusterConfig {
     /// (one file, write + fdatasync). `sync` log mode always uses `file`.
     #[serde(default)]
     pub log_backend: LogBackendKind,
-    /// Size of a `dura-wal` segment file, in MiB.
+    /// Size of a `dura-wal` segment file, in MiB (16..=4096).
     #[serde(default = "default_wal_segment_mib")]
     pub wal_segment_mib: u32,
     /// How `dura-wal` prepares new segment files: `zeroed` (written with zeros and
     /// synced first; later log writes overwrite written blocks), `fallocate` or
-    /// `sparse`.
+    /// `sparse`. Where the file system lacks `fallocate` (FUSE, some network file
+    /// systems), `fallocate` falls back to `zeroed` with a log line.
     #[serde(default = "default_wal_preallocate")]
     pub wal_preallocate: String,
     /// Which replicas checkpoint when: `sequential` (default), `coordinated` or `off`.
@@ -265,6 +275,18 @@ pub struct ClusterConfig {
     /// `stop-the-world`.
     #[serde(default)]
     pub checkpoint_write: CheckpointWrite,
+    /// How `dura-wal` makes a group write durable (`log_backend = "wal"`, durable log
+    /// modes; `log_mode = "async"` never syncs): `direct-dsync` (`O_DIRECT|O_DSYNC`, the
+    /// default), `dsync` (`O_DSYNC` through the page cache) or `fdatasync` (a buffered
+    /// write, then `fdatasync`). On a file system not trusted to honour `O_DSYNC` (FUSE,
+    /// 9p) the first two become `fdatasync`, with a log line, unless `wal_trust_dsync`.
+    #[serde(default = "default_wal_durability")]
+    pub wal_durability: String,
+    /// Keep an `O_DSYNC` `wal_durability` (`direct-dsync`, `dsync`) even on a file
+    /// system the log does not trust to honour it (FUSE, 9p), instead of switching to
+    /// `fdatasync`. Default `false`; for an operator who knows the file system does.
+    #[serde(default)]
+    pub wal_trust_dsync: bool,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -437,8 +459,16 @@ impl ClusterConfig {
                 ),
             ));
         }
-        if !(4..=4096).contains(&self.wal_segment_mib) {
-            return Err(wrong("wal_segment_mib", "must be within 4..=4096".into()));
+        self.wal_durability_mode()?;
+        // A segment holds the largest group (the log's 8 MiB group buffer) plus its seal.
+        if !(16..=4096).contains(&self.wal_segment_mib) {
+            return Err(wrong(
+                "wal_segment_mib",
+                format!(
+                    "{} is outside 16..=4096 (a segment must hold the log's largest group write)",
+                    self.wal_segment_mib
+                ),
+            ));
         }
         if self.frame_bytes_max < 64 * 1024 {
             return Err(wrong("frame_bytes_max", "must be at least 65536".into()));
@@ -453,6 +483,23 @@ impl ClusterConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The log's durability mode, `wal_durability` parsed: one of `direct-dsync`,
+    /// `dsync`, `fdatasync` (the log's never-synced mode is `log_mode = "async"`).
+    pub fn wal_durability_mode(&self) -> Result<dura_wal::io::DurabilityMode, RuntimeError> {
+        use dura_wal::io::DurabilityMode;
+        match self.wal_durability.parse::<DurabilityMode>() {
+            Ok(mode) if mode.is_durable() => Ok(mode),
+            _ => Err(RuntimeError::Config {
+                field: "wal_durability".into(),
+                reason: format!(
+                    "{:?} is not one of direct-dsync, dsync, fdatasync (a log that never \
+                     syncs is log_mode = \"async\")",
+                    self.wal_durability
+                ),
+            }),
+        }
     }
 
     /// Checks what replica `id` needs from the file system: its data directory exists
@@ -535,6 +582,8 @@ impl ClusterConfig {
             checkpoint_schedule: CheckpointScheduleKind::default(),
             checkpoint_period: CHECKPOINT_PERIOD_DEFAULT,
             checkpoint_write: CheckpointWrite::default(),
+            wal_durability: default_wal_durability(),
+            wal_trust_dsync: false,
             replicas,
         }
     }
@@ -781,6 +830,39 @@ mod tests {
         let mut config = sample();
         config.replica_key = "zz".repeat(20);
         assert!(config.validate().expect_err("bad hex").to_string().contains("replica_key"));
+    }
+
+    #[test]
+    fn wal_durability_defaults_parses_each_mode_and_names_the_field_when_wrong() {
+        use dura_wal::io::DurabilityMode;
+        let text: String = sample()
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("wal_durability") && !line.starts_with("wal_trust"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ClusterConfig::from_toml(&text).expect("an old config without the fields");
+        assert_eq!(config.wal_durability_mode().expect("default"), DurabilityMode::DirectDsync);
+        assert!(!config.wal_trust_dsync);
+        for mode in [DurabilityMode::DirectDsync, DurabilityMode::Dsync, DurabilityMode::Fdatasync]
+        {
+            let text = text.replacen(
+                "wal_segment_mib",
+                &format!("wal_durability = \"{mode}\"\nwal_trust_dsync = true\nwal_segment_mib"),
+                1,
+            );
+            let config = ClusterConfig::from_toml(&text).expect("a named mode");
+            assert_eq!(config.wal_durability_mode().expect("valid"), mode);
+            assert!(config.wal_trust_dsync);
+            assert_eq!(ClusterConfig::from_toml(&config.to_toml()).expect("round trip"), config);
+        }
+        for wrong in ["fsync", "async-unsafe", "DSYNC", ""] {
+            let mut config = sample();
+            config.wal_durability = wrong.into();
+            let error = config.validate().expect_err("not a durable mode").to_string();
+            assert!(error.contains("wal_durability"), "{error}");
+            assert!(error.contains("direct-dsync, dsync, fdatasync"), "{error}");
+        }
     }
 
     #[test]

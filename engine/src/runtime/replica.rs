@@ -142,8 +142,9 @@ pub fn start_replica<S: Service>(
                     mode: if log_mode == LogMode::Async {
                         dura_wal::io::DurabilityMode::AsyncUnsafe
                     } else {
-                        dura_wal::io::DurabilityMode::default()
+                        config.wal_durability_mode()?
                     },
+                    trust_dsync: config.wal_trust_dsync,
                     segment_bytes: u64::from(config.wal_segment_mib) * 1024 * 1024,
                     preallocate: config
                         .wal_preallocate
