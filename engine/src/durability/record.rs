@@ -177,21 +177,27 @@ pub fn restore<S: Service>(
     if from.agreement_id == 0 {
         assert_eq!(executor.requests_executed(), 0, "recovery replays into a fresh executor");
     }
-    // Records the checkpoint covers are skipped before reassembly: the log may have a
-    // gap below the checkpoint (a checkpoint can be durable before the log records of
-    // its last agreements, which a crash then loses).
-    let mut skip_error = None;
-    let after_checkpoint = payloads.into_iter().filter(|payload| match decode_batch(payload) {
-        Ok(part) => part.agreement_id > from.agreement_id,
-        Err(error) => {
-            skip_error.get_or_insert(error);
-            false
+    // Records the checkpoint covers are not replayed. They are split off before
+    // reassembly: the log may have a gap below the checkpoint (a checkpoint can be
+    // durable before the log records of its last agreements, which a crash then loses).
+    let mut covered = Vec::new();
+    let mut after = Vec::new();
+    for payload in payloads {
+        if decode_batch(&payload)?.agreement_id > from.agreement_id {
+            after.push(payload);
+        } else {
+            covered.push(payload);
         }
-    });
-    let batches = reassemble(after_checkpoint.collect::<Vec<_>>())?;
-    if let Some(error) = skip_error {
-        return Err(error);
     }
+    let batches = reassemble(after)?;
+    // What the checkpoint covers still serves peers' catch-up when it leads up to the
+    // checkpoint with no gap.
+    let covered: Vec<DecidedBatch> = match reassemble(covered) {
+        Ok(covered) if covered.last().is_some_and(|b| b.agreement_id == from.agreement_id) => {
+            covered
+        }
+        _ => Vec::new(),
+    };
     if let Some(first) = batches.first()
         && first.agreement_id != from.agreement_id + 1
     {
@@ -212,9 +218,10 @@ pub fn restore<S: Service>(
         }
     }
     let last_decided = batches.last().map_or(from.agreement_id, |b| b.agreement_id);
-    let recent: Vec<Arc<Batch>> = batches
+    let recent: Vec<Arc<Batch>> = covered
         .iter()
-        .skip(batches.len().saturating_sub(window))
+        .chain(&batches)
+        .skip((covered.len() + batches.len()).saturating_sub(window))
         .map(|b| b.batch.clone())
         .collect();
     Ok(Restored {
@@ -224,4 +231,86 @@ pub fn restore<S: Service>(
         ordered_requests,
         batches_replayed: batches.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ClientRequest;
+    use crate::service::{CopiedState, CopiedStateInstaller, OrderedRequest};
+
+    /// Sums the first byte of each operation.
+    #[derive(Debug, Default)]
+    struct Sum(u64);
+
+    impl Service for Sum {
+        const NAME: &'static str = "sum";
+        type View = CopiedState;
+        type Installer = CopiedStateInstaller<Sum>;
+        fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+            for request in requests {
+                self.0 += u64::from(request.operation[0]);
+                replies.push(self.0.to_le_bytes().to_vec());
+            }
+        }
+        fn state_digest(&self) -> [u8; 32] {
+            [0; 32]
+        }
+        fn view(&self) -> CopiedState {
+            CopiedState(self.0.to_le_bytes().to_vec())
+        }
+        fn installer(&self) -> CopiedStateInstaller<Sum> {
+            CopiedStateInstaller::new(|_| unreachable!("not installed in these tests"))
+        }
+    }
+
+    /// The record of agreement `id`: one request of client `id` adding `id`.
+    fn record(id: u64) -> Vec<u8> {
+        let request = ClientRequest {
+            client_id: id,
+            sequence: 1,
+            operation: vec![id as u8],
+            authenticator: vec![[0; 32]],
+        };
+        let mut out = Vec::new();
+        encode_batch(id, (0, 1), &Batch { requests: vec![request] }, &mut out);
+        out
+    }
+
+    /// An executor as a checkpoint after agreement 5 (1 + .. + 5 = 15) leaves it.
+    fn at_checkpoint() -> (Executor<Sum>, FromCheckpoint) {
+        let executor = Executor::from_parts(Sum(15), Default::default(), 5);
+        (executor, FromCheckpoint { agreement_id: 5, ordered_requests: 5 })
+    }
+
+    #[test]
+    fn a_restore_from_a_checkpoint_replays_only_what_follows_it() {
+        let (mut executor, from) = at_checkpoint();
+        let log: Vec<Vec<u8>> = (3..=8).map(record).collect();
+        let restored = restore(log, &mut executor, 100, from).expect("continues the checkpoint");
+        assert_eq!(executor.service().0, 15 + 6 + 7 + 8, "3..=5 not applied twice");
+        assert_eq!((restored.recovered.last_decided, restored.requests), (8, 3));
+        assert_eq!((restored.ordered_requests, restored.batches_replayed), (8, 3));
+        // The covered records still serve catch-up: 3..=8, consecutive up to the end.
+        assert_eq!(restored.recovered.recent.len(), 6);
+        assert_eq!(restored.ordered.get(&8), Some(&1));
+    }
+
+    #[test]
+    fn a_gap_below_the_checkpoint_is_fine_and_one_above_it_is_refused() {
+        // The checkpoint was durable before the records of agreements 4 and 5.
+        let (mut executor, from) = at_checkpoint();
+        let log: Vec<Vec<u8>> = [1, 2, 3, 6, 7].into_iter().map(record).collect();
+        let restored = restore(log, &mut executor, 100, from).expect("a gap the checkpoint covers");
+        assert_eq!(restored.recovered.last_decided, 7);
+        assert_eq!(restored.recovered.recent.len(), 2, "only what is consecutive to the end");
+        // Nothing after the checkpoint: the state is the checkpoint's.
+        let (mut executor, from) = at_checkpoint();
+        let restored = restore(vec![record(2)], &mut executor, 100, from).expect("empty after");
+        assert_eq!((restored.recovered.last_decided, restored.ordered_requests), (5, 5));
+        // A gap above the checkpoint: agreement 6 is missing.
+        let (mut executor, from) = at_checkpoint();
+        let error = restore(vec![record(7)], &mut executor, 100, from).expect_err("a gap");
+        assert_eq!(error, RecordError::StartsLate { first: 7, state: 5 });
+    }
 }
