@@ -31,6 +31,11 @@ struct Totals {
     batched: u64,
     disk_writes: u64,
     replies: u64,
+    checkpointing_seeds: u64,
+    checkpoints: u64,
+    checkpoint_crashes: u64,
+    checkpoint_restarts: u64,
+    state_transfer_needed: u64,
 }
 
 impl Totals {
@@ -45,6 +50,11 @@ impl Totals {
         self.batched += u64::from(config.log_mode == LogMode::Batched);
         self.disk_writes += report.disk_writes;
         self.replies += report.replies_released;
+        self.checkpointing_seeds += u64::from(config.checkpoints.is_some());
+        self.checkpoints += report.checkpoints_written;
+        self.checkpoint_crashes += report.checkpoint_crashes;
+        self.checkpoint_restarts += report.checkpoint_restarts;
+        self.state_transfer_needed += report.state_transfer_needed;
     }
 }
 
@@ -185,7 +195,7 @@ fn main() {
     }
     let totals = totals.into_inner().expect("no poisoned lock");
     println!(
-        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released",
+        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; {} replicas left behind their peers' truncated logs (need state transfer)",
         totals.crashes,
         totals.total_crashes,
         totals.torn_writes,
@@ -195,7 +205,12 @@ fn main() {
         totals.byzantine,
         totals.batched,
         totals.disk_writes,
-        totals.replies
+        totals.replies,
+        totals.checkpointing_seeds,
+        totals.checkpoints,
+        totals.checkpoint_crashes,
+        totals.checkpoint_restarts,
+        totals.state_transfer_needed
     );
     println!("{} seeds, {} failed", args.seeds, failures.len());
     if !failures.is_empty() {

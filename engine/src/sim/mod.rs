@@ -43,8 +43,13 @@ use std::sync::Arc;
 use dura_wal::sim::{SimFaults, SimStorage, durable_agreement_max};
 use dura_wal::{LogWriter, Wal, WalError, WalOptions, WriterThreads};
 
+use dura_snapshot::sim::SimDir;
+use dura_snapshot::{CheckpointStore, StoreOptions};
+
+use crate::checkpoint::{load_checkpoint, write_checkpoint};
 use crate::durability::{
-    Coordinator, DecidedBatch, FromCheckpoint, Input, Output, encode_batch, execute_batch, restore,
+    CheckpointSchedule, CheckpointStart, Coordinator, DecidedBatch, FromCheckpoint, Input, Output,
+    encode_batch, execute_batch, restore,
 };
 use crate::protocol::{
     Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientRequest, Config,
@@ -52,8 +57,8 @@ use crate::protocol::{
     open_frame, seal_frame,
 };
 use crate::runtime::LogMode;
-use crate::service::{Executor, Service};
-use kv::{HistoryOp, KvModel, KvOp, check_linearizable};
+use crate::service::{Executor, ExecutorView, Service};
+use kv::{HistoryOp, KvModel, KvModelView, KvOp, check_linearizable};
 use rng::Rng;
 
 /// Client ids start here (client `i` has id `CLIENT_ID_BASE + i`).
@@ -165,6 +170,25 @@ pub struct SimConfig {
     /// Every replica crashes at once at this time and restarts within
     /// `restart_spread_ms` after it.
     pub total_crash: Option<TotalCrashPlan>,
+    /// Replicas checkpoint on this schedule (None: no checkpoints).
+    pub checkpoints: Option<SimCheckpoints>,
+}
+
+/// Checkpoints in a simulated run: each replica writes them into its own simulated
+/// checkpoint directory (`dura_snapshot::sim::SimDir`) through the same code as the
+/// runtime, in the background (the write completes a drawn time after the view was
+/// taken, while execution goes on), and may crash while writing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimCheckpoints {
+    /// P, in requests.
+    pub period: u64,
+    /// Every replica at the same point (else sequential).
+    pub coordinated: bool,
+    /// A checkpoint write takes a time drawn in this range (microseconds).
+    pub write_us: (u64, u64),
+    /// A checkpoint write is cut by a crash of its replica at a drawn step, with this
+    /// probability per mille (the replica restarts later).
+    pub crash_per_mille: u64,
 }
 
 /// A crash of every replica at once.
@@ -213,6 +237,7 @@ impl SimConfig {
             torn_write_per_mille: 0,
             recovery_crash_per_mille: 0,
             total_crash: None,
+            checkpoints: None,
         }
     }
 
@@ -307,7 +332,30 @@ impl SimConfig {
             let id = healthy[rng.range(0, healthy.len() as u64 - 1) as usize];
             config.failed_write = Some((id, rng.range(0, 30)));
         }
+        // Checkpoints, drawn from their own stream so that the draws above stay what
+        // they were for every seed.
+        let mut rng = Rng::new(seed ^ 0xC4EC_4901_7000);
+        if rng.chance(500) {
+            let n = n as u64;
+            config.checkpoints = Some(SimCheckpoints {
+                period: rng.range(2 * n, 2 * n + 24),
+                coordinated: rng.chance(333),
+                write_us: (1_000, rng.range(2_000, 40_000)),
+                crash_per_mille: [0, 100, 300][rng.range(0, 2) as usize],
+            });
+        }
         config
+    }
+
+    /// The checkpoint schedule of replica `id`, if checkpoints are on.
+    fn checkpoint_schedule(&self, id: ReplicaId) -> Option<CheckpointSchedule> {
+        let checkpoints = self.checkpoints?;
+        let n = self.protocol.n;
+        Some(if checkpoints.coordinated {
+            CheckpointSchedule::coordinated(checkpoints.period, n)
+        } else {
+            CheckpointSchedule::sequential(checkpoints.period, n, id as usize)
+        })
     }
 
     /// [`SimConfig::random`] plus, with probability one half, a crash of every replica
@@ -367,6 +415,15 @@ pub struct SimReport {
     pub replies_released: u64,
     /// Crashes of every replica at once.
     pub total_crashes: u64,
+    /// Checkpoints written durably.
+    pub checkpoints_written: u64,
+    /// Crashes that cut a checkpoint write.
+    pub checkpoint_crashes: u64,
+    /// Restarts that loaded a checkpoint.
+    pub checkpoint_restarts: u64,
+    /// Replicas left behind what their peers' logs still hold after checkpoints
+    /// truncated them: catch-up cannot bring them back, state transfer will.
+    pub state_transfer_needed: u64,
 }
 
 /// A violated property.
@@ -427,6 +484,18 @@ enum Ev {
     },
     /// Every replica crashes.
     TotalCrash,
+    /// The replica's checkpoint write (the view taken at `Output::Checkpoint`) runs.
+    CheckpointWrite {
+        id: ReplicaId,
+        generation: u64,
+    },
+}
+
+/// A checkpoint whose view was taken and whose write is scheduled.
+struct PendingCheckpoint {
+    agreement_id: u64,
+    ordered_requests: u64,
+    view: ExecutorView<KvModelView>,
 }
 
 struct ReplicaNode {
@@ -455,6 +524,13 @@ struct ReplicaNode {
     keys: ReplicaKeys,
     /// Restarts so far (makes each recovery query's nonce unique).
     incarnation: u64,
+    /// The replica's checkpoint directory (survives crashes, losing what it did not
+    /// sync).
+    checkpoint_dir: SimDir,
+    /// The checkpoint being written (its view taken), if any.
+    checkpoint_pending: Option<PendingCheckpoint>,
+    /// The newest checkpoint written durably (0: none), for the release check.
+    checkpoint_durable: u64,
 }
 
 struct ClientNode {
@@ -519,7 +595,11 @@ impl<'c> World<'c> {
                 ReplicaNode {
                     core,
                     executor: Executor::new(KvModel::default()),
-                    coordinator: Coordinator::new(config.log_mode, 0),
+                    coordinator: match config.checkpoint_schedule(id) {
+                        Some(schedule) => Coordinator::new(config.log_mode, 0)
+                            .with_checkpoints(schedule, CheckpointStart::default()),
+                        None => Coordinator::new(config.log_mode, 0),
+                    },
                     disk: SimStorage::new(config.seed ^ (u64::from(id) << 40) ^ 0xD15C),
                     wal: None,
                     write_scheduled: false,
@@ -536,6 +616,9 @@ impl<'c> World<'c> {
                     timer_generation: 0,
                     keys,
                     incarnation: 0,
+                    checkpoint_dir: SimDir::new(config.seed ^ (u64::from(id) << 40) ^ 0xC4EC),
+                    checkpoint_pending: None,
+                    checkpoint_durable: 0,
                 }
             })
             .collect();
@@ -716,11 +799,34 @@ impl<'c> World<'c> {
         }
         check_linearizable(&self.history).map_err(|error| format!("linearizability: {error}"))?;
         let decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
+        // Where each correct replica's catch-up window starts (None: down or empty).
+        let windows: Vec<Option<u64>> = self
+            .replicas
+            .iter()
+            .map(|node| {
+                node.core.as_ref().filter(|_| node.byzantine.is_none())?.catch_up_window_first()
+            })
+            .collect();
+        let answers_needed = self.config.protocol.weak_quorum();
         for node in &self.replicas {
             if let Some(core) = &node.core
                 && node.byzantine.is_none()
                 && core.last_decided() < decided_max
             {
+                // Behind what enough correct peers still hold (their logs were truncated
+                // after checkpoints): catch-up cannot serve it, state transfer must.
+                let next = core.last_decided() + 1;
+                let servers = windows
+                    .iter()
+                    .enumerate()
+                    .filter(|(peer, first)| {
+                        *peer != core.id() as usize && first.is_some_and(|f| f <= next)
+                    })
+                    .count();
+                if servers < answers_needed && self.config.checkpoints.is_some() {
+                    self.report.state_transfer_needed += 1;
+                    continue;
+                }
                 return Err(format!(
                     "catch-up: replica {} is at agreement {} of {decided_max} {} ms after faults stopped; replicas: {}",
                     core.id(),
@@ -805,6 +911,7 @@ impl<'c> World<'c> {
                 Ok(())
             }
             Ev::DiskWrite { id, generation } => self.disk_write(id, generation),
+            Ev::CheckpointWrite { id, generation } => self.checkpoint_write(id, generation),
             Ev::TotalCrash => {
                 let total = self.config.total_crash.expect("scheduled only when planned");
                 if self.config.trace {
@@ -1147,10 +1254,35 @@ impl<'c> World<'c> {
                     return Ok(());
                 }
                 match output {
-                    Output::CutSegment { .. }
-                    | Output::TruncateLog { .. }
-                    | Output::Checkpoint { .. } => {
-                        unreachable!("the simulator sets no checkpoint schedule yet")
+                    Output::CutSegment { after } => {
+                        let node = &self.replicas[id as usize];
+                        let cut = node.wal.as_ref().map(|wal| wal.cut_segment(after));
+                        if !matches!(cut, Some(Ok(()))) {
+                            let node = &mut self.replicas[id as usize];
+                            node.coordinator.handle(Input::LogFailed, &mut outputs);
+                        }
+                    }
+                    Output::TruncateLog { below } => {
+                        let node = &self.replicas[id as usize];
+                        let deleted = node.wal.as_ref().map(|wal| wal.delete_below(below));
+                        if !matches!(deleted, Some(Ok(_))) {
+                            let node = &mut self.replicas[id as usize];
+                            node.coordinator.handle(Input::LogFailed, &mut outputs);
+                        }
+                    }
+                    Output::Checkpoint { agreement_id, ordered_requests } => {
+                        let (low, high) =
+                            self.config.checkpoints.expect("checkpoints on a schedule").write_us;
+                        let took = self.rng.range(low, high);
+                        let node = &mut self.replicas[id as usize];
+                        assert!(node.checkpoint_pending.is_none(), "one checkpoint at a time");
+                        node.checkpoint_pending = Some(PendingCheckpoint {
+                            agreement_id,
+                            ordered_requests,
+                            view: node.executor.view(),
+                        });
+                        let generation = node.disk_generation;
+                        self.schedule(self.now_us + took, Ev::CheckpointWrite { id, generation });
                     }
                     Output::Append(batch) => {
                         if let Err(input) = self.append(id, &batch) {
@@ -1192,7 +1324,11 @@ impl<'c> World<'c> {
                     }
                     Output::Release { replies, .. } => {
                         let node = &self.replicas[id as usize];
-                        let synced = durable_agreement_max(&node.disk).unwrap_or(0);
+                        // What survives a crash: the log's synced groups, or a durable
+                        // checkpoint (a restart from it may find the log behind it).
+                        let synced = durable_agreement_max(&node.disk)
+                            .unwrap_or(0)
+                            .max(node.checkpoint_durable);
                         for reply in replies {
                             if reply.agreement_id > synced {
                                 return Err(format!(
@@ -1367,6 +1503,75 @@ impl<'c> World<'c> {
             drop(wal);
         }
         node.disk = node.disk.reboot(reboot_seed);
+        // A checkpoint being written is lost with the process; its directory keeps what
+        // it synced.
+        node.checkpoint_pending = None;
+        node.checkpoint_dir.crash();
+    }
+
+    /// Writes the replica's pending checkpoint, through the runtime's code, into its
+    /// simulated directory; a drawn crash may cut it at any step.
+    fn checkpoint_write(&mut self, id: ReplicaId, generation: u64) -> Result<(), String> {
+        // Only a replica the plan already counts as faulty (one that crashes) may crash
+        // while checkpointing, so faults stay within f at any time; in crash mode not
+        // after a crash of all, where a second replica losing its votes is beyond f.
+        let may_crash = self.config.crashes.iter().any(|c| c.replica == id)
+            && !(self.config.protocol.mode == Mode::Crash && self.config.total_crash.is_some());
+        let crash_per_mille = self.config.checkpoints.map_or(0, |c| c.crash_per_mille);
+        let crash = self.rng.chance(crash_per_mille) && may_crash;
+        let halt_after = self.rng.range(0, 12);
+        let node = &mut self.replicas[id as usize];
+        if node.disk_generation != generation || node.core.is_none() {
+            return Ok(());
+        }
+        let Some(pending) = node.checkpoint_pending.take() else { return Ok(()) };
+        if crash {
+            node.checkpoint_dir.halt_at_op(node.checkpoint_dir.ops() + halt_after);
+        }
+        let written = CheckpointStore::open(node.checkpoint_dir.clone(), StoreOptions::default())
+            .and_then(|store| {
+                write_checkpoint(
+                    &store,
+                    <KvModel as Service>::NAME,
+                    pending.agreement_id,
+                    pending.ordered_requests,
+                    &pending.view,
+                )
+            });
+        if node.checkpoint_dir.is_halted() {
+            // The power went while it wrote: the replica dies here, restarts later.
+            self.report.checkpoint_crashes += 1;
+            if self.config.trace {
+                eprintln!(
+                    "{:>9} us r{id} CRASH while writing checkpoint {}",
+                    self.now_us, pending.agreement_id
+                );
+            }
+            self.crash(id);
+            let after = self.rng.range(10_000, 200_000);
+            self.schedule(self.now_us + after, Ev::Restart { id });
+            return Ok(());
+        }
+        node.checkpoint_dir.clear_faults();
+        let input = match written {
+            Ok(_) => {
+                self.report.checkpoints_written += 1;
+                node.checkpoint_durable = node.checkpoint_durable.max(pending.agreement_id);
+                if self.config.trace {
+                    eprintln!("{:>9} us r{id} CHECKPOINT {}", self.now_us, pending.agreement_id);
+                }
+                Input::CheckpointWritten { agreement_id: pending.agreement_id }
+            }
+            Err(error) => {
+                return Err(format!(
+                    "replica {id}: checkpoint {} failed with no fault drawn: {error}",
+                    pending.agreement_id
+                ));
+            }
+        };
+        let mut outputs = Vec::new();
+        node.coordinator.handle(input, &mut outputs);
+        self.carry_out(id, outputs)
     }
 
     /// Opens the replica's log on its disk and replays it into a fresh executor and
@@ -1401,17 +1606,33 @@ impl<'c> World<'c> {
         // first group write after it (see `write_group`).
         let (wal, recovered) =
             opened.map_err(|error| format!("replica {id}: log open: {error}"))?;
-        let mut executor = Executor::new(KvModel::default());
-        let restored = restore(
-            recovered.records.into_iter().map(|r| r.payload),
-            &mut executor,
-            window,
-            FromCheckpoint::default(),
-        )
-        .map_err(|error| format!("replica {id}: recovery: {error}"))?;
+        let store = CheckpointStore::open(node.checkpoint_dir.clone(), StoreOptions::default())
+            .map_err(|error| format!("replica {id}: checkpoint store: {error}"))?;
+        let loaded = load_checkpoint(&store, &KvModel::default())
+            .map_err(|error| format!("replica {id}: checkpoints: {error}"))?;
+        let (mut executor, from) = match loaded {
+            Some(loaded) => {
+                self.report.checkpoint_restarts += 1;
+                (loaded.executor, loaded.from)
+            }
+            None => (Executor::new(KvModel::default()), FromCheckpoint::default()),
+        };
+        let restored =
+            restore(recovered.records.into_iter().map(|r| r.payload), &mut executor, window, from)
+                .map_err(|error| format!("replica {id}: recovery: {error}"))?;
         let last = restored.recovered.last_decided;
         node.executor = executor;
+        node.checkpoint_durable = from.agreement_id;
         node.coordinator = Coordinator::new(self.config.log_mode, last);
+        if let Some(schedule) = self.config.checkpoint_schedule(id) {
+            let start = CheckpointStart {
+                ordered_requests: restored.ordered_requests,
+                last_checkpoint: from.agreement_id,
+            };
+            node.coordinator =
+                std::mem::replace(&mut node.coordinator, Coordinator::new(self.config.log_mode, 0))
+                    .with_checkpoints(schedule, start);
+        }
         node.last_delivered = last;
         node.wal = Some(wal);
         Ok(Some(restored))
@@ -1573,6 +1794,55 @@ mod tests {
             let report = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
             assert_eq!(report.ops_completed, config.clients * config.ops_per_client);
         }
+    }
+
+    #[test]
+    fn replicas_checkpoint_crash_while_writing_one_and_restart_from_it() {
+        // Small P, both schedules, a crashing replica whose checkpoint writes are cut at
+        // a drawn step, and a crash of all: restarts load the newest valid checkpoint and
+        // replay the log after it; the oracle (nothing acknowledged lost, digests equal at
+        // equal agreements, linearizability) holds throughout.
+        let mut totals = (0, 0, 0);
+        for seed in 0..24 {
+            for mode in [Mode::Crash, Mode::Bft] {
+                let n = if mode == Mode::Crash { 3 } else { 4 };
+                let mut config = SimConfig::quiet(mode, n, seed);
+                config.clients = 3;
+                config.ops_per_client = 14;
+                config.faults_until_ms = 2_500;
+                config.crashes = vec![CrashPlan {
+                    replica: (seed % n as u64) as ReplicaId,
+                    at_ms: 300 + seed * 25,
+                    restart_ms: Some(700 + seed * 25),
+                }];
+                config.checkpoints = Some(SimCheckpoints {
+                    period: 2 * n as u64 + seed % 5,
+                    coordinated: seed % 3 == 0,
+                    write_us: (500, 20_000),
+                    crash_per_mille: 1_000,
+                });
+                if seed % 2 == 1 && mode == Mode::Bft {
+                    config.total_crash =
+                        Some(TotalCrashPlan { at_ms: 1_500, restart_spread_ms: 200 });
+                    config.torn_write_per_mille = 1_000;
+                }
+                let a = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
+                assert_eq!(a.ops_completed, 42);
+                totals.0 += a.checkpoints_written;
+                totals.1 += a.checkpoint_crashes;
+                totals.2 += a.checkpoint_restarts;
+                // A checkpointing run replays exactly.
+                let b = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
+                assert_eq!(
+                    (a.end_ms, a.disk_writes, a.checkpoints_written, a.replica_messages),
+                    (b.end_ms, b.disk_writes, b.checkpoints_written, b.replica_messages)
+                );
+            }
+        }
+        let (written, crashes, restarts) = totals;
+        assert!(written > 100, "checkpoints were written: {written}");
+        assert!(crashes > 10, "crashes struck checkpoint writes: {crashes}");
+        assert!(restarts > 10, "restarts loaded a checkpoint: {restarts}");
     }
 
     #[test]

@@ -369,7 +369,14 @@ impl Replica {
         matches!(self.phase, Phase::Recovering { .. })
     }
 
-    /// Number of requests waiting to be ordered.
+    /// The oldest agreement this replica can still send a lagging peer (the first of
+    /// its in-memory window; None when the window is empty). A peer behind it needs
+    /// state transfer.
+    pub fn catch_up_window_first(&self) -> Option<u64> {
+        self.window.front().map(|entry| entry.agreement_id)
+    }
+
+    /// Requests waiting to be ordered.
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
     }
