@@ -2,6 +2,10 @@
 //! load: every acknowledged put must survive, and no value that was never written may
 //! appear.
 //!
+//! The whole-cluster loops checkpoint every few hundred requests, so kills strike
+//! checkpoints being written and restarts load them; each restart must replay at most
+//! about P requests of log, however long the run.
+//!
 //! `DURA_CRASH_CYCLES=N` runs N full-cluster kill/restart cycles per mode instead of the
 //! CI default (a nightly loop sets it high).
 
@@ -21,6 +25,8 @@ use dura_kvstore::{ClusterConfig, KvClient, LogMode, Mode};
 const WRITERS: usize = 6;
 /// Upper bound on one test's wall time; cycles stop early past it.
 const TEST_TIME_MAX: Duration = Duration::from_secs(100);
+/// P of the test clusters: small, so that every cycle spans checkpoints.
+const CHECKPOINT_PERIOD: u64 = 240;
 
 /// The replica processes of one cluster; kills every one on drop, even on panic.
 struct Cluster {
@@ -38,6 +44,7 @@ impl Cluster {
             .expect("local config");
         config.pin_cores = false;
         config.request_timeout_ms = 400;
+        config.checkpoint_period = CHECKPOINT_PERIOD;
         let config_path = dir.join("cluster.toml");
         config.save(&config_path).expect("write config");
         Cluster {
@@ -58,7 +65,11 @@ impl Cluster {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
-            .env("RUST_LOG", std::env::var("DURA_REPLICA_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("DURA_REPLICA_LOG")
+                    .unwrap_or_else(|_| "warn,dura_engine::runtime::replica=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -97,6 +108,50 @@ impl Cluster {
                 );
             }
         }
+    }
+
+    /// Requests each start of each replica replayed from its log after its checkpoint,
+    /// read from the replicas' own log lines.
+    fn replayed_requests(&self) -> Vec<u64> {
+        let mut replayed = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).expect("cluster dir") {
+            let path = entry.expect("entry").path();
+            if !path.extension().is_some_and(|e| e == "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("replica log");
+            for line in text.lines().filter(|l| l.contains("replayed agreements")) {
+                let count = line
+                    .split(" (")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("a replay line with a count: {line}"));
+                replayed.push(count);
+            }
+        }
+        replayed
+    }
+
+    /// Checkpoint files each replica holds now.
+    fn checkpoint_files(&self) -> Vec<usize> {
+        self.config
+            .replicas
+            .iter()
+            .map(|replica| {
+                std::fs::read_dir(replica.data_dir.join("checkpoints"))
+                    .map(|entries| {
+                        entries
+                            .filter(|e| {
+                                e.as_ref().is_ok_and(|e| {
+                                    e.file_name().to_string_lossy().ends_with(".dck")
+                                })
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 
     fn client(&self) -> KvClient {
@@ -283,6 +338,25 @@ fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32) {
     let client = cluster.client();
     let checked = verify(&client, &history, 1);
     assert_eq!(checked, history.acked.len(), "every acknowledged key checked at the end");
+    // Checkpoints were taken, and no restart replayed much more than P requests: the
+    // log since the newest checkpoint is at most P plus what a checkpoint in flight
+    // (skipped points) and the requests after it add.
+    let files = cluster.checkpoint_files();
+    assert!(
+        history.acked.len() < 4 * CHECKPOINT_PERIOD as usize || files.iter().all(|f| *f >= 1),
+        "replicas checkpointed: {files:?} after {} acknowledged puts",
+        history.acked.len()
+    );
+    let replayed = cluster.replayed_requests();
+    let most = replayed.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "restarts replayed at most {most} requests of log ({} restarts logged)",
+        replayed.len()
+    );
+    assert!(
+        most <= 3 * CHECKPOINT_PERIOD,
+        "a restart replayed {most} requests with P = {CHECKPOINT_PERIOD}: {replayed:?}"
+    );
 }
 
 #[test]
