@@ -24,6 +24,9 @@ pub const RETAIN_DEFAULT: usize = 2;
 /// Most checkpoints a store may be asked to keep.
 pub const RETAIN_MAX: usize = 64;
 
+/// Checked chunks a loader's reader thread keeps ready ahead of the visitor at most.
+pub const READ_AHEAD_CHUNKS: usize = 2;
+
 /// Options of a [`CheckpointStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -367,84 +370,126 @@ impl<D: Dir> CheckpointStore<D> {
 
     /// Reads, checks and hands out every chunk, then checks the file's end, the content
     /// length and the content hash.
+    /// Reads, checks and hashes the chunks on a reader thread while the caller's
+    /// visitor takes the previous ones on this thread (a restart overlaps the disk,
+    /// the checksums and the SHA-256 with building the state). At most
+    /// [`READ_AHEAD_CHUNKS`] checked chunks wait between the two. The visitor sees each
+    /// chunk only after its frame, bounds, padding and checksum held, in file order; the
+    /// content hash is compared once every chunk was read.
     fn read_chunks(&self, opened: Opened<D::Reader>, visit: &mut Visitor<'_>) -> Result<Verified> {
         let Opened { mut reader, path, file_name, file_bytes, header, header_len } = opened;
         let limit = self.options.chunk_bytes_limit;
-        let mut hasher = ContentHasher::new(&header.service, header.agreement_id, &header.engine);
-        let mut buffer = AlignedBytes::new();
-        let mut offset = header_len as u64;
-        let mut content_bytes = 0u64;
-        for _ in 0..header.chunk_count {
-            need(&path, offset, FRAME_BYTES as u64, file_bytes)?;
-            let mut frame_bytes = [0u8; FRAME_BYTES];
-            read_at(&mut reader, &path, offset, &mut frame_bytes)?;
-            let frame = Frame::decode(&frame_bytes).map_err(|fault| match fault {
-                FrameFault::Section(byte) => {
-                    CheckpointError::corrupt(&path, offset, Corruption::Section(byte))
+        let (chunks_tx, chunks_rx) =
+            std::sync::mpsc::sync_channel::<(Section, AlignedBytes, usize, u64)>(READ_AHEAD_CHUNKS);
+        // Buffers go back to the reader for reuse (one per chunk in flight, plus one).
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<AlignedBytes>();
+        let reader_path = path.clone();
+        let header_ref = &header;
+        std::thread::scope(|scope| {
+            let read = scope.spawn(move || -> Result<()> {
+                let path = reader_path;
+                let header = header_ref;
+                let mut hasher =
+                    ContentHasher::new(&header.service, header.agreement_id, &header.engine);
+                let mut offset = header_len as u64;
+                let mut content_bytes = 0u64;
+                for _ in 0..header.chunk_count {
+                    need(&path, offset, FRAME_BYTES as u64, file_bytes)?;
+                    let mut frame_bytes = [0u8; FRAME_BYTES];
+                    read_at(&mut reader, &path, offset, &mut frame_bytes)?;
+                    let frame = Frame::decode(&frame_bytes).map_err(|fault| match fault {
+                        FrameFault::Section(byte) => {
+                            CheckpointError::corrupt(&path, offset, Corruption::Section(byte))
+                        }
+                        FrameFault::Reserved => {
+                            CheckpointError::corrupt(&path, offset + 1, Corruption::FrameReserved)
+                        }
+                    })?;
+                    let payload_bytes = u64::from(frame.payload_bytes);
+                    if payload_bytes > limit as u64 {
+                        return Err(CheckpointError::corrupt(
+                            &path,
+                            offset + 4,
+                            Corruption::ChunkTooLarge { payload_bytes, limit },
+                        ));
+                    }
+                    let payload_offset = offset + FRAME_BYTES as u64;
+                    let padded = pad16(payload_bytes);
+                    // Bounded by the limit and by the file before anything is allocated
+                    // or read.
+                    need(&path, payload_offset, padded, file_bytes)?;
+                    let padded = usize::try_from(padded).expect("bounded by the chunk limit");
+                    let payload_len = frame.payload_bytes as usize;
+                    let mut buffer = spare_rx.try_recv().unwrap_or_default();
+                    read_at(&mut reader, &path, payload_offset, buffer.resize(padded))?;
+                    let bytes = buffer.as_slice();
+                    if let Some(at) = bytes[payload_len..].iter().position(|&b| b != 0) {
+                        let at = payload_offset + (payload_len + at) as u64;
+                        return Err(CheckpointError::corrupt(&path, at, Corruption::Padding));
+                    }
+                    let payload = &bytes[..payload_len];
+                    let computed = frame.checksum_of(payload);
+                    if computed != frame.checksum {
+                        return Err(CheckpointError::corrupt(
+                            &path,
+                            offset,
+                            Corruption::ChunkChecksum { stored: frame.checksum, computed },
+                        ));
+                    }
+                    hasher.chunk(frame.section, payload);
+                    content_bytes += payload_bytes;
+                    if chunks_tx.send((frame.section, buffer, payload_len, offset)).is_err() {
+                        // The visitor refused a chunk: its error is the one reported.
+                        return Ok(());
+                    }
+                    offset = payload_offset + padded as u64;
                 }
-                FrameFault::Reserved => {
-                    CheckpointError::corrupt(&path, offset + 1, Corruption::FrameReserved)
+                if offset != file_bytes {
+                    return Err(CheckpointError::corrupt(
+                        &path,
+                        offset,
+                        Corruption::TrailingBytes { file_bytes },
+                    ));
                 }
-            })?;
-            let payload_bytes = u64::from(frame.payload_bytes);
-            if payload_bytes > limit as u64 {
-                return Err(CheckpointError::corrupt(
-                    &path,
-                    offset + 4,
-                    Corruption::ChunkTooLarge { payload_bytes, limit },
-                ));
+                if content_bytes != header.content_bytes {
+                    return Err(CheckpointError::corrupt(
+                        &path,
+                        32,
+                        Corruption::ContentBytes {
+                            header: header.content_bytes,
+                            chunks: content_bytes,
+                        },
+                    ));
+                }
+                if hasher.finish() != header.content_sha256 {
+                    return Err(CheckpointError::corrupt(
+                        &path,
+                        CONTENT_SHA256_OFFSET as u64,
+                        Corruption::ContentHash,
+                    ));
+                }
+                Ok(())
+            });
+            let mut refused = None;
+            for (section, buffer, payload_len, offset) in chunks_rx.iter() {
+                if let Err(source) = visit(section, &buffer.as_slice()[..payload_len]) {
+                    refused = Some(CheckpointError::Rejected {
+                        path: path.clone(),
+                        offset,
+                        source: Arc::from(source),
+                    });
+                    break;
+                }
+                let _ = spare_tx.send(buffer);
             }
-            let payload_offset = offset + FRAME_BYTES as u64;
-            let padded = pad16(payload_bytes);
-            // Bounded by the limit and by the file before anything is allocated or read.
-            need(&path, payload_offset, padded, file_bytes)?;
-            let padded = usize::try_from(padded).expect("bounded by the chunk limit");
-            let payload_len = frame.payload_bytes as usize;
-            read_at(&mut reader, &path, payload_offset, buffer.resize(padded))?;
-            let bytes = buffer.as_slice();
-            if let Some(at) = bytes[payload_len..].iter().position(|&b| b != 0) {
-                let at = payload_offset + (payload_len + at) as u64;
-                return Err(CheckpointError::corrupt(&path, at, Corruption::Padding));
+            // Unblocks a reader waiting to send after a refusal.
+            drop(chunks_rx);
+            let read = read.join().expect("the checkpoint reader thread panicked");
+            match refused {
+                Some(error) => Err(error),
+                None => read,
             }
-            let payload = &bytes[..payload_len];
-            let computed = frame.checksum_of(payload);
-            if computed != frame.checksum {
-                return Err(CheckpointError::corrupt(
-                    &path,
-                    offset,
-                    Corruption::ChunkChecksum { stored: frame.checksum, computed },
-                ));
-            }
-            hasher.chunk(frame.section, payload);
-            content_bytes += payload_bytes;
-            visit(frame.section, payload).map_err(|source| CheckpointError::Rejected {
-                path: path.clone(),
-                offset,
-                source: Arc::from(source),
-            })?;
-            offset = payload_offset + padded as u64;
-        }
-        if offset != file_bytes {
-            return Err(CheckpointError::corrupt(
-                &path,
-                offset,
-                Corruption::TrailingBytes { file_bytes },
-            ));
-        }
-        if content_bytes != header.content_bytes {
-            return Err(CheckpointError::corrupt(
-                &path,
-                32,
-                Corruption::ContentBytes { header: header.content_bytes, chunks: content_bytes },
-            ));
-        }
-        if hasher.finish() != header.content_sha256 {
-            return Err(CheckpointError::corrupt(
-                &path,
-                CONTENT_SHA256_OFFSET as u64,
-                Corruption::ContentHash,
-            ));
-        }
+        })?;
         Ok(Verified { header, file_name, file_bytes })
     }
 
