@@ -116,7 +116,7 @@ impl Cluster {
         let mut replayed = Vec::new();
         for entry in std::fs::read_dir(&self.dir).expect("cluster dir") {
             let path = entry.expect("entry").path();
-            if !path.extension().is_some_and(|e| e == "log") {
+            if path.extension().is_none_or(|e| e != "log") {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("replica log");
