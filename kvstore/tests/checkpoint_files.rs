@@ -17,7 +17,7 @@ fn batch(id: u64) -> DecidedBatch {
         .map(|client| {
             let key = format!("key{:04}", (id * 37 + client * 101) % 500);
             let value = vec![(id + client) as u8; ((id * 13 + client * 7) % 3000) as usize];
-            let operation = if (id + client) % 9 == 0 {
+            let operation = if (id + client).is_multiple_of(9) {
                 KvOp::Delete { key: key.as_bytes() }.encode()
             } else {
                 KvOp::Put { key: key.as_bytes(), value: &value }.encode()
