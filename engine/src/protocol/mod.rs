@@ -86,6 +86,10 @@ impl From<dura_core::CoreError> for ProtocolError {
 }
 
 /// Cluster configuration shared by every replica (and, for n/f/mode, by clients).
+/// Ticks between the leader's heartbeats (a STATUS to all when it sent nothing else);
+/// followers suspect it after [`Config::leader_silence_ticks`] without a word.
+pub const LEADER_HEARTBEAT_TICKS: u64 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Fault model.
@@ -100,6 +104,11 @@ pub struct Config {
     /// twice this, the replica asks for a leader change (STOP). Doubles on each
     /// consecutive failed leader change, back to this on progress.
     pub request_timeout_ticks: u64,
+    /// A follower that has heard nothing from the leader for this many ticks (the leader
+    /// sends something at least every [`LEADER_HEARTBEAT_TICKS`]) asks for a leader
+    /// change (STOP), whatever it has pending: a dead or paused leader is replaced this
+    /// fast. Doubles with `request_timeout_ticks` on each consecutive failed change.
+    pub leader_silence_ticks: u64,
     /// Most requests in one proposed batch.
     pub batch_requests_max: usize,
     /// Most operation bytes in one proposed batch (a single larger request still goes
@@ -141,6 +150,7 @@ impl Config {
             f,
             tick_ms: 100,
             request_timeout_ticks: 10,
+            leader_silence_ticks: 6,
             batch_requests_max: 1024,
             batch_bytes_max: 4 << 20,
             pending_requests_max: 100_000,
@@ -167,6 +177,11 @@ impl Config {
         }
         if self.request_timeout_ticks == 0 || self.tick_ms == 0 {
             return Err(ProtocolError::Config("timeouts must be positive"));
+        }
+        if self.leader_silence_ticks < 3 * LEADER_HEARTBEAT_TICKS {
+            return Err(ProtocolError::Config(
+                "leader_silence_ticks must cover three leader heartbeats",
+            ));
         }
         if self.decided_window_max == 0 || self.fetch_instances_max == 0 {
             return Err(ProtocolError::Config("catch-up bounds must be positive"));

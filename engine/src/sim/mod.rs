@@ -332,9 +332,10 @@ impl SimConfig {
             let id = healthy[rng.range(0, healthy.len() as u64 - 1) as usize];
             config.failed_write = Some((id, rng.range(0, 30)));
         }
-        // Checkpoints, drawn from their own stream so that the draws above stay what
-        // they were for every seed.
+        // Checkpoints and the leader-silence timeout, drawn from their own stream so
+        // that the draws above stay what they were for every seed.
         let mut rng = Rng::new(seed ^ 0xC4EC_4901_7000);
+        config.protocol.leader_silence_ticks = [6, 10, 25][rng.range(0, 2) as usize];
         if rng.chance(500) {
             let n = n as u64;
             config.checkpoints = Some(SimCheckpoints {

@@ -284,6 +284,9 @@ pub struct Replica {
     fetch_wanted: bool,
     /// Tick of the last decision or regency installation.
     progress_tick: u64,
+    /// Tick at which this replica last heard from the current regency's leader (any
+    /// message), or installed the regency.
+    leader_heard_tick: u64,
 }
 
 impl Replica {
@@ -328,6 +331,7 @@ impl Replica {
             deliveries: Vec::new(),
             fetch_wanted: false,
             progress_tick: 0,
+            leader_heard_tick: 0,
         })
     }
 
@@ -392,6 +396,9 @@ impl Replica {
             }
             Event::Message { from, message } => {
                 if (from as usize) < self.config.n && from != self.id {
+                    if from == self.config.leader_of(self.regency) {
+                        self.leader_heard_tick = self.now_tick;
+                    }
                     self.on_message(from, message, actions);
                 }
             }
@@ -512,7 +519,10 @@ impl Replica {
         }
         let timeout = self.timeout_ticks();
         let resend = self.now_tick.is_multiple_of(RESEND_TICKS);
-        if self.now_tick.is_multiple_of(HEARTBEAT_TICKS) {
+        let leading = self.phase == Phase::Normal && self.leads(self.regency);
+        if self.now_tick.is_multiple_of(HEARTBEAT_TICKS)
+            || (leading && self.now_tick.is_multiple_of(super::LEADER_HEARTBEAT_TICKS))
+        {
             actions.push(Action::Broadcast {
                 message: Message::Status {
                     nonce: HEARTBEAT_NONCE,
@@ -561,7 +571,13 @@ impl Replica {
                             .collect::<std::collections::BTreeSet<_>>();
                         inst.my_write.is_some() || voters.len() > self.config.f
                     });
-                if stop || stuck {
+                // Leader silence: a leader that sends nothing (not even its heartbeat)
+                // is dead or paused; replace it without waiting for request timeouts.
+                let silence = self.config.leader_silence_ticks << self.failed_changes.min(6);
+                let silent = leader != self.id
+                    && self.now_tick.saturating_sub(self.leader_heard_tick.max(self.progress_tick))
+                        >= silence;
+                if stop || stuck || silent {
                     self.start_stop(self.regency + 1, actions);
                 }
                 if resend && let Some(sync) = &self.sync_resend {
