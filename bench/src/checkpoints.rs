@@ -829,6 +829,16 @@ pub fn charts(result: &CheckpointsResult) -> Vec<Chart> {
                 .enumerate()
                 .map(|(slot, ops)| ((slot as f64 + 0.5) * slot_s, *ops as f64 / slot_s))
                 .collect();
+            // The 1 s windows the steady and worst second come from, at their middles.
+            let windows = mode
+                .per_100ms
+                .windows(SLOTS_PER_WINDOW)
+                .enumerate()
+                .map(|(slot, window)| {
+                    let middle = (slot as f64 + SLOTS_PER_WINDOW as f64 / 2.0) * slot_s;
+                    (middle, window.iter().sum::<u64>() as f64 / (SLOTS_PER_WINDOW as f64 * slot_s))
+                })
+                .collect();
             let lanes = (0..result.replicas)
                 .map(|replica| Lane {
                     name: format!("r{replica}"),
@@ -857,7 +867,10 @@ pub fn charts(result: &CheckpointsResult) -> Vec<Chart> {
                 y_label: "ops/s (per 100 ms)".into(),
                 x_axis: XAxis::Linear,
                 markers: false,
-                series: vec![Series { name: "throughput".into(), points }],
+                series: vec![
+                    Series { name: "per 100 ms".into(), points },
+                    Series { name: "1 s window".into(), points: windows },
+                ],
                 lanes,
             }
         })
@@ -987,9 +1000,18 @@ pub fn to_text(result: &CheckpointsResult) -> String {
     if let Some(min) = result.eq1_period_min {
         let _ = writeln!(
             text,
-            "Eq. (1) with the measured C_max (longest sequential checkpoint) and T_max (highest steady rate): P > {min} (P used: {})",
+            "Eq. (1) with the measured C_max (longest sequential checkpoint) and T_max (highest \
+             steady rate): P > {min} (P used: {})",
             result.checkpoint_period
         );
+        if result.checkpoint_period < min {
+            let _ = writeln!(
+                text,
+                "  P is below it: sequential checkpoints of two replicas can overlap (under \
+                 stop-the-world, a quorum may be missing); a longer --seconds, or \
+                 --checkpoint-period above it, respects it"
+            );
+        }
     }
     let _ = writeln!(
         text,

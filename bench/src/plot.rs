@@ -13,8 +13,8 @@ use anyhow::Context as _;
 const FONT_FAMILY: &str = "Noto Sans";
 /// Series colours, in order (colour-blind-safe palette).
 const COLORS: [&str; 6] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"];
-/// Lane colours (each lane its own, distinct from the first series colour).
-const LANE_COLORS: [&str; 6] = ["#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"];
+/// Lane colours (each lane its own, distinct from the first two series colours).
+const LANE_COLORS: [&str; 6] = ["#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000"];
 /// Height of one lane's row in the strip.
 const LANE_HEIGHT: f64 = 14.0;
 /// The percentile axis ends at 99.9999% (1/(1-p) = 10^6).
@@ -401,7 +401,7 @@ mod tests {
         assert!(text.contains(">r0<") && text.contains(">r1<"));
         // Each span: one shading over the plot's height and one bar in its row.
         assert_eq!(text.matches(r#"fill-opacity="0.10""#).count(), 3);
-        assert_eq!(text.matches(r##"fill="#D55E00"/>"##).count(), 2);
+        assert_eq!(text.matches(r##"fill="#E69F00"/>"##).count(), 2);
         assert_eq!(text.matches(r##"fill="#009E73"/>"##).count(), 1);
         // The data stays below the strip: its highest point is lower than the strip.
         let strip_bottom = MARGIN_TOP + 2.0 * LANE_HEIGHT;
