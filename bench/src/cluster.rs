@@ -82,6 +82,19 @@ impl LocalCluster {
         data_dir: Option<&Path>,
         ready: &dyn Fn(&ClusterConfig) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(replicas, mode, log_mode, data_dir, &|_| Ok(()), ready)
+    }
+
+    /// Like [`LocalCluster::start`], with `configure` changing the local config (ports,
+    /// data dirs and keys already chosen) before it is validated and saved.
+    pub fn start_configured(
+        replicas: u32,
+        mode: Mode,
+        log_mode: LogMode,
+        data_dir: Option<&Path>,
+        configure: &dyn Fn(&mut ClusterConfig) -> anyhow::Result<()>,
+        ready: &dyn Fn(&ClusterConfig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let data_dir = match data_dir {
             Some(path) => {
                 std::fs::create_dir_all(path)
@@ -98,7 +111,9 @@ impl LocalCluster {
             ),
         };
         let root = data_dir.path().to_path_buf();
-        let config = ClusterConfig::local(replicas, mode, log_mode, &root)?;
+        let mut config = ClusterConfig::local(replicas, mode, log_mode, &root)?;
+        configure(&mut config)?;
+        config.validate()?;
         let config_path = root.join("cluster.toml");
         config.save(&config_path)?;
         let exe = std::env::current_exe().context("find the dura-bench binary")?;
@@ -185,6 +200,11 @@ impl LocalCluster {
     /// Whether the data folder goes away with the cluster.
     pub fn data_is_temporary(&self) -> bool {
         matches!(self.data_dir, DataDir::Temporary(_))
+    }
+
+    /// The replicas' process ids, by replica id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
     }
 
     /// Each replica's peak resident set so far.

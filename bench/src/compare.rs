@@ -96,6 +96,7 @@ pub fn charts(a: &Loaded, b: &Loaded) -> Vec<Chart> {
             y_label: "latency (ms)".into(),
             x_axis: XAxis::Percentile,
             markers: false,
+            lanes: Vec::new(),
             series: [a, b]
                 .iter()
                 .map(|loaded| Series { name: loaded.label.clone(), points: loaded.latency.clone() })
@@ -107,6 +108,7 @@ pub fn charts(a: &Loaded, b: &Loaded) -> Vec<Chart> {
             y_label: "ops/s".into(),
             x_axis: XAxis::Linear,
             markers: true,
+            lanes: Vec::new(),
             series: vec![timeline(a), timeline(b)],
         },
     ]

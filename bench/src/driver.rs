@@ -57,6 +57,18 @@ pub struct RunSpec {
     pub scan_length_max: u64,
     /// Seed of every client's operation stream.
     pub seed: u64,
+    /// Keep every measured operation's send and completion time in
+    /// [`RunResult::ops`] (for timelines finer than a second).
+    pub trace_ops: bool,
+}
+
+/// One measured operation's span, in microseconds since the measured window began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpSpan {
+    /// When it was sent (open loop: when it was due).
+    pub sent_us: u64,
+    /// When it completed.
+    pub done_us: u64,
 }
 
 /// What a run measured.
@@ -77,6 +89,11 @@ pub struct RunResult {
     /// Seconds the load phase before the run took (0 when there was none); set by
     /// the caller that loaded.
     pub load_s: f64,
+    /// When the measured window began.
+    pub measure_start: Instant,
+    /// Every measured operation that succeeded, when [`RunSpec::trace_ops`] asked for
+    /// them (empty otherwise), in no particular order.
+    pub ops: Vec<OpSpan>,
 }
 
 impl RunResult {
@@ -146,6 +163,7 @@ struct ClientTally {
     by_kind: BTreeMap<OpKind, Histogram<u64>>,
     per_second: Vec<u64>,
     errors: u64,
+    ops: Vec<OpSpan>,
 }
 
 /// Runs `spec` against `factory`. Returns when the warmup and measured window have
@@ -184,7 +202,8 @@ pub fn run(
                     spec.seed ^ (client as u64).wrapping_mul(GOLDEN_GAMMA),
                 );
                 let clients_done = &clients_done;
-                let window = Window { start, measure_start, measure_end, seconds };
+                let window =
+                    Window { start, measure_start, measure_end, seconds, trace: spec.trace_ops };
                 let client_rate = spec.target_rate.map(|rate| rate / spec.clients as f64);
                 let value_bytes = spec.value_bytes;
                 scope.spawn(move || {
@@ -214,6 +233,8 @@ pub fn run(
         measured,
         interrupted,
         load_s: 0.0,
+        measure_start,
+        ops: Vec::new(),
     };
     for tally in tallies {
         for (kind, histogram) in tally.by_kind {
@@ -229,6 +250,7 @@ pub fn run(
             *slot += count;
         }
         result.errors += tally.errors;
+        result.ops.extend(tally.ops);
     }
     if interrupted {
         let whole_seconds = measured.as_secs() as usize;
@@ -243,6 +265,7 @@ struct Window {
     measure_start: Instant,
     measure_end: Instant,
     seconds: usize,
+    trace: bool,
 }
 
 fn client_loop(
@@ -253,8 +276,12 @@ fn client_loop(
     value_bytes: usize,
     done: &AtomicBool,
 ) -> ClientTally {
-    let mut tally =
-        ClientTally { by_kind: BTreeMap::new(), per_second: vec![0; window.seconds], errors: 0 };
+    let mut tally = ClientTally {
+        by_kind: BTreeMap::new(),
+        per_second: vec![0; window.seconds],
+        errors: 0,
+        ops: Vec::new(),
+    };
     let interval = client_rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
     let mut value = Vec::with_capacity(value_bytes);
     let mut sent: u64 = 0;
@@ -293,6 +320,15 @@ fn client_loop(
                 let second = completed.duration_since(window.measure_start).as_secs() as usize;
                 if let Some(slot) = tally.per_second.get_mut(second) {
                     *slot += 1;
+                }
+                if window.trace {
+                    let since_start = |at: Instant| {
+                        at.saturating_duration_since(window.measure_start).as_micros() as u64
+                    };
+                    tally.ops.push(OpSpan {
+                        sent_us: since_start(intended),
+                        done_us: since_start(completed),
+                    });
                 }
             }
             Err(_) => tally.errors += 1,
@@ -352,6 +388,7 @@ mod tests {
             value_bytes: 64,
             scan_length_max: 4,
             seed: 1,
+            trace_ops: false,
         }
     }
 
@@ -383,6 +420,21 @@ mod tests {
                 mix.read_modify_write > 0
             );
         }
+    }
+
+    #[test]
+    fn traced_ops_are_every_measured_operation_in_the_window() {
+        let target = MemoryTarget::new();
+        let stop = AtomicBool::new(false);
+        load(&target, 200, 64, 2, &stop, &mut no_progress).expect("load");
+        let mut traced = spec(WorkloadName::W);
+        traced.trace_ops = true;
+        let result = run(&target, &traced, &stop, &mut no_progress).expect("run");
+        assert_eq!(result.ops.len() as u64, result.all.len());
+        let window_us = result.measured.as_micros() as u64;
+        assert!(result.ops.iter().all(|op| op.sent_us <= op.done_us && op.done_us < window_us));
+        let untraced = run(&target, &spec(WorkloadName::W), &stop, &mut no_progress).expect("run");
+        assert!(untraced.ops.is_empty());
     }
 
     #[test]
@@ -467,6 +519,7 @@ mod tests {
             value_bytes: 8,
             scan_length_max: 1,
             seed: 1,
+            trace_ops: false,
         };
         let result = run(&slow, &spec, &stop, &mut no_progress).expect("run");
         let count = result.all.len();
@@ -498,6 +551,7 @@ mod tests {
             value_bytes: 8,
             scan_length_max: 1,
             seed: 1,
+            trace_ops: false,
         };
         let result = run(&slow, &spec, &stop, &mut no_progress).expect("run");
         assert!(result.all.min() >= 5_000);

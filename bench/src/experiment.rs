@@ -4,7 +4,9 @@
 //!   log modes none, async, sync and parallel (the paper's Table 1, where sync is
 //!   measured on the device under `--data-dir`);
 //! - `fig9`: throughput and latency under rising client counts until throughput stops
-//!   growing, for none, sync, batched and parallel (the paper's Figure 9(a)).
+//!   growing, for none, sync, batched and parallel (the paper's Figure 9(a));
+//! - `checkpoints`: throughput per 100 ms while replicas checkpoint, coordinated and
+//!   sequential (the paper's Figures 2 and 10), in [`crate::checkpoints`].
 //!
 //! Each log mode runs on a fresh local cluster with its data in its own folder.
 
@@ -31,39 +33,47 @@ pub enum ExperimentName {
     Table1,
     /// Figure 9(a): latency-throughput curves per log mode.
     Fig9,
+    /// Figures 2 and 10: throughput over time while replicas checkpoint.
+    Checkpoints,
 }
 
 /// Options of `dura-bench experiment`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentArgs {
-    /// table1 or fig9.
+    /// table1, fig9 or checkpoints.
     #[arg(value_enum)]
     pub name: ExperimentName,
     /// Where the clusters keep their data (the device under test; default: a temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Measured seconds per point.
-    #[arg(long, default_value_t = 10.0)]
-    pub seconds: f64,
+    /// Measured seconds per point (default: 10; checkpoints: 30 per mode).
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// Warmup seconds per point.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Records loaded into each cluster first.
-    #[arg(long, default_value_t = 10_000)]
-    pub records: u64,
+    /// Records loaded into each cluster first (default: 10,000; checkpoints: 262,144,
+    /// a 1 GiB state of 4 KiB values).
+    #[arg(long)]
+    pub records: Option<u64>,
     /// Value size in bytes.
     #[arg(long, default_value_t = 4096)]
     pub value_bytes: usize,
     /// Ordering protocol.
     #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
     pub mode: ModeArg,
-    /// Clients for table1's peak throughput (durable modes need many in flight to hide
-    /// the log's latency).
+    /// Clients for table1's peak throughput and the checkpoints experiment's load
+    /// (durable modes need many in flight to hide the log's latency).
     #[arg(long, default_value_t = 512)]
     pub clients_peak: usize,
     /// fig9 doubles the clients from 1 up to this many at most.
     #[arg(long, default_value_t = 1024)]
     pub clients_max: usize,
+    /// checkpoints: P, the requests between two checkpoints of one replica, the same for
+    /// every mode (default: from a short calibration run, so that each replica
+    /// checkpoints about three times in --seconds).
+    #[arg(long)]
+    pub checkpoint_period: Option<u64>,
     /// Results folder (default: `dura-bench-results/EXPERIMENT-TIME`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -130,18 +140,42 @@ pub struct ExperimentResult {
     pub out_dir: PathBuf,
 }
 
-fn spec(args: &ExperimentArgs, clients: usize) -> RunSpec {
+impl ExperimentArgs {
+    /// Records to load: `--records`, or the experiment's default.
+    pub fn records(&self) -> u64 {
+        self.records.unwrap_or(match self.name {
+            ExperimentName::Checkpoints => CHECKPOINTS_RECORDS_DEFAULT,
+            _ => 10_000,
+        })
+    }
+
+    /// Measured seconds per point: `--seconds`, or the experiment's default.
+    pub fn seconds(&self) -> f64 {
+        self.seconds.unwrap_or(match self.name {
+            ExperimentName::Checkpoints => 30.0,
+            _ => 10.0,
+        })
+    }
+}
+
+/// The checkpoints experiment's default state: 1 GiB of 4 KiB values.
+pub const CHECKPOINTS_RECORDS_DEFAULT: u64 = 262_144;
+
+/// The workload of every experiment: the paper's 100% replace of `value_bytes` values,
+/// uniform keys, closed loop with `clients` clients.
+pub fn spec(args: &ExperimentArgs, clients: usize) -> RunSpec {
     RunSpec {
         workload: WorkloadName::W,
         distribution: Distribution::Uniform,
         clients,
         target_rate: None,
         warmup: Duration::from_secs_f64(args.warmup),
-        duration: Duration::from_secs_f64(args.seconds),
-        records: args.records,
+        duration: Duration::from_secs_f64(args.seconds()),
+        records: args.records(),
         value_bytes: args.value_bytes,
         scan_length_max: 1,
         seed: 1,
+        trace_ops: false,
     }
 }
 
@@ -185,14 +219,17 @@ pub fn run(
     connector: &Connector,
     stop: &AtomicBool,
 ) -> anyhow::Result<ExperimentResult> {
-    anyhow::ensure!(args.seconds > 0.0 && args.warmup >= 0.0, "bad --seconds or --warmup");
-    anyhow::ensure!(args.records > 0 && args.clients_peak > 0 && args.clients_max > 0);
+    anyhow::ensure!(args.seconds() > 0.0 && args.warmup >= 0.0, "bad --seconds or --warmup");
+    anyhow::ensure!(args.records() > 0 && args.clients_peak > 0 && args.clients_max > 0);
     let (name, modes) = match args.name {
         ExperimentName::Table1 => {
             ("table1", [LogMode::None, LogMode::Async, LogMode::Sync, LogMode::Parallel])
         }
         ExperimentName::Fig9 => {
             ("fig9", [LogMode::None, LogMode::Sync, LogMode::Batched, LogMode::Parallel])
+        }
+        ExperimentName::Checkpoints => {
+            anyhow::bail!("the checkpoints experiment runs through crate::checkpoints::run")
         }
     };
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(name));
@@ -214,6 +251,7 @@ pub fn run(
                     points.push(measure(1)?);
                     points.push(measure(args.clients_peak)?);
                 }
+                ExperimentName::Checkpoints => unreachable!("refused above"),
                 ExperimentName::Fig9 => {
                     let mut clients = 1;
                     let mut best = 0.0f64;
@@ -288,6 +326,7 @@ pub fn fig9_chart(result: &ExperimentResult) -> Chart {
         y_label: "mean latency (ms)".into(),
         x_axis: XAxis::Linear,
         markers: true,
+        lanes: Vec::new(),
         series: result
             .modes
             .iter()

@@ -6,6 +6,7 @@
 //! result files, [`plot`] and [`compare`] read them back.
 #![forbid(unsafe_code)]
 
+pub mod checkpoints;
 pub mod cluster;
 pub mod compare;
 pub mod driver;

@@ -6,6 +6,7 @@
 //! dura-bench [RUN OPTIONS]                  the main command (see --help)
 //! dura-bench compare A B [--out DIR]        two result folders side by side, with plots
 //! dura-bench experiment table1|fig9 [...]   the paper's logging experiments
+//! dura-bench experiment checkpoints [...]   throughput while replicas checkpoint
 //! dura-bench cluster --data-dir DIR         a local cluster for `--connect DIR/cluster.toml`
 //! dura-bench wal --dir DIR                  the write-ahead log benchmark
 //! ```
@@ -19,7 +20,7 @@ use std::time::Duration;
 mod kv;
 
 use clap::{Parser, Subcommand};
-use dura_bench::experiment::ExperimentArgs;
+use dura_bench::experiment::{ExperimentArgs, ExperimentName};
 use dura_bench::runner::{LogArg, ModeArg, RunArgs};
 use dura_engine::runtime::Mode;
 
@@ -60,7 +61,7 @@ enum Command {
         #[arg(long)]
         label_b: Option<String>,
     },
-    /// The paper's logging experiments: table1 or fig9.
+    /// The paper's experiments: table1 or fig9 (logging), checkpoints (Figures 2, 10).
     Experiment(ExperimentArgs),
     /// Start a local cluster and keep it running until Ctrl-C (for `--connect`).
     Cluster {
@@ -121,6 +122,16 @@ fn main() -> anyhow::Result<()> {
             print!("{table}");
             for file in files {
                 println!("wrote {}", file.display());
+            }
+            Ok(())
+        }
+        Some(Command::Experiment(args)) if args.name == ExperimentName::Checkpoints => {
+            install_ctrl_c(stop.clone());
+            let result = dura_bench::checkpoints::run(&args, &connector, &stop)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", dura_bench::checkpoints::to_text(&result));
             }
             Ok(())
         }

@@ -13,6 +13,10 @@ use anyhow::Context as _;
 const FONT_FAMILY: &str = "Noto Sans";
 /// Series colours, in order (colour-blind-safe palette).
 const COLORS: [&str; 6] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"];
+/// Lane colours (each lane its own, distinct from the first two series colours).
+const LANE_COLORS: [&str; 6] = ["#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000"];
+/// Height of one lane's row in the strip.
+const LANE_HEIGHT: f64 = 14.0;
 /// The percentile axis ends at 99.9999% (1/(1-p) = 10^6).
 const PERCENTILE_NINES_MAX: f64 = 6.0;
 
@@ -49,6 +53,19 @@ pub struct Chart {
     pub markers: bool,
     /// The lines.
     pub series: Vec<Series>,
+    /// Rows of x intervals drawn as bars in a strip at the top of the plot area, one
+    /// row per lane, each interval also shaded faintly over the whole height (for
+    /// timelines: when each replica was writing a checkpoint). Empty: no strip.
+    pub lanes: Vec<Lane>,
+}
+
+/// One row of intervals in a chart's lane strip.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// Label at the row's left end.
+    pub name: String,
+    /// (start, end) x intervals.
+    pub spans: Vec<(f64, f64)>,
 }
 
 const PANEL_WIDTH: f64 = 640.0;
@@ -135,8 +152,12 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
             x_max = x_min + 1.0;
         }
     }
-    let y_top = if y_max > 0.0 { y_max * 1.05 } else { 1.0 };
-    let y_ticks = nice_ticks(0.0, y_top, 5);
+    // The lane strip takes the top of the plot area; the data keeps the rest.
+    let strip_height = chart.lanes.len() as f64 * LANE_HEIGHT;
+    let data_share = 1.0 - strip_height / plot_height;
+    let y_top = if y_max > 0.0 { y_max * 1.05 / data_share } else { 1.0 };
+    let y_ticks: Vec<f64> =
+        nice_ticks(0.0, y_top, 5).into_iter().filter(|tick| *tick <= y_top * data_share).collect();
     let px = |x: f64| plot_left + (map_x(x).min(x_max) - x_min) / (x_max - x_min) * plot_width;
     let py = |y: f64| plot_top + plot_height - y / y_top * plot_height;
 
@@ -210,6 +231,41 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
         r#"<text x="{label_x:.1}" y="{label_y:.1}" font-size="14" text-anchor="middle" transform="rotate(-90 {label_x:.1} {label_y:.1})">{}</text>"#,
         escape(&chart.y_label)
     );
+    // Lanes: faint shading over the whole height, bars in the strip.
+    let span_x = |x: f64| px(x.clamp(x_min, x_max));
+    for (index, lane) in chart.lanes.iter().enumerate() {
+        let color = LANE_COLORS[index % LANE_COLORS.len()];
+        let row_top = plot_top + index as f64 * LANE_HEIGHT;
+        for &(start, end) in &lane.spans {
+            let (x1, x2) = (span_x(start), span_x(end));
+            let width = (x2 - x1).max(1.0);
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x1:.2}" y="{plot_top:.1}" width="{width:.2}" height="{plot_height:.1}" fill="{color}" fill-opacity="0.10"/>"#
+            );
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x1:.2}" y="{:.1}" width="{width:.2}" height="{:.1}" fill="{color}"/>"#,
+                row_top + 2.0,
+                LANE_HEIGHT - 4.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"#,
+            plot_left - 6.0,
+            row_top + LANE_HEIGHT - 4.0,
+            escape(&lane.name)
+        );
+    }
+    if !chart.lanes.is_empty() {
+        let y = plot_top + strip_height;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{plot_left:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#999999"/>"##,
+            plot_left + plot_width
+        );
+    }
     // Lines and legend.
     for (index, series) in chart.series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
@@ -232,7 +288,7 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
                 );
             }
         }
-        let legend_y = plot_top + 16.0 + index as f64 * 18.0;
+        let legend_y = plot_top + strip_height + 16.0 + index as f64 * 18.0;
         let legend_x = plot_left + 12.0;
         let _ = writeln!(
             svg,
@@ -301,6 +357,7 @@ mod tests {
             y_label: "latency (ms)".into(),
             x_axis: XAxis::Percentile,
             markers: false,
+            lanes: Vec::new(),
             series: vec![Series {
                 name: "a & b".into(),
                 points: vec![(0.0, 1.0), (0.9, 2.0), (0.99, 5.0), (0.999, 9.0), (1.0, 12.0)],
@@ -329,6 +386,32 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         assert_ne!(png(&no_text).expect("renders"), with_text);
+    }
+
+    #[test]
+    fn lanes_draw_a_labelled_bar_per_span_above_the_data() {
+        let mut timeline = chart();
+        timeline.x_axis = XAxis::Linear;
+        timeline.series[0].points = vec![(0.0, 100.0), (5.0, 120.0), (10.0, 90.0)];
+        timeline.lanes = vec![
+            Lane { name: "r0".into(), spans: vec![(1.0, 2.0), (6.0, 7.5)] },
+            Lane { name: "r1".into(), spans: vec![(3.0, 4.0)] },
+        ];
+        let text = svg(&[timeline]);
+        assert!(text.contains(">r0<") && text.contains(">r1<"));
+        // Each span: one shading over the plot's height and one bar in its row.
+        assert_eq!(text.matches(r#"fill-opacity="0.10""#).count(), 3);
+        assert_eq!(text.matches(r##"fill="#E69F00"/>"##).count(), 2);
+        assert_eq!(text.matches(r##"fill="#009E73"/>"##).count(), 1);
+        // The data stays below the strip: its highest point is lower than the strip.
+        let strip_bottom = MARGIN_TOP + 2.0 * LANE_HEIGHT;
+        let line = text.lines().find(|line| line.starts_with("<polyline")).expect("a line");
+        let points = line.split('"').nth(1).expect("points");
+        for point in points.split(' ') {
+            let y: f64 = point.split(',').nth(1).expect("y").parse().expect("number");
+            assert!(y > strip_bottom, "{y} within the strip");
+        }
+        assert!(png(&text).is_ok());
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl RunArgs {
             value_bytes: self.value_bytes,
             scan_length_max: self.scan_length_max,
             seed: self.seed,
+            trace_ops: false,
         })
     }
 
@@ -224,6 +225,30 @@ fn load_bar() -> impl FnMut(Duration, Duration) {
     }
 }
 
+/// Loads the records of `spec` into `factory` (at least [`LOAD_CLIENTS_MIN`] clients);
+/// returns the seconds it took.
+pub fn load_records(
+    factory: &dyn TargetFactory,
+    spec: &RunSpec,
+    stop: &AtomicBool,
+) -> anyhow::Result<f64> {
+    let load_started = std::time::Instant::now();
+    let mut bar = load_bar();
+    let complete = driver::load(
+        factory,
+        spec.records,
+        spec.value_bytes,
+        spec.clients.max(LOAD_CLIENTS_MIN),
+        stop,
+        &mut bar,
+    )?;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    anyhow::ensure!(complete, "interrupted while loading");
+    Ok(load_started.elapsed().as_secs_f64())
+}
+
 /// Loads the records of `spec` (unless `skip`) and runs it against `factory`.
 pub fn load_and_run(
     factory: &dyn TargetFactory,
@@ -232,23 +257,7 @@ pub fn load_and_run(
     stop: &AtomicBool,
     label: &str,
 ) -> anyhow::Result<RunResult> {
-    let load_started = std::time::Instant::now();
-    if !skip_load {
-        let mut bar = load_bar();
-        let complete = driver::load(
-            factory,
-            spec.records,
-            spec.value_bytes,
-            spec.clients.max(LOAD_CLIENTS_MIN),
-            stop,
-            &mut bar,
-        )?;
-        if std::io::stderr().is_terminal() {
-            eprintln!();
-        }
-        anyhow::ensure!(complete, "interrupted while loading");
-    }
-    let load_s = load_started.elapsed().as_secs_f64();
+    let load_s = if skip_load { 0.0 } else { load_records(factory, spec, stop)? };
     let mut bar = progress_bar(label);
     let mut result = driver::run(factory, spec, stop, &mut bar)?;
     result.load_s = load_s;
@@ -317,6 +326,19 @@ pub fn start_cluster(
     data_dir: Option<&Path>,
     connector: &Connector,
 ) -> anyhow::Result<LocalCluster> {
+    start_cluster_configured(replicas, mode, log_mode, data_dir, &|_| Ok(()), connector)
+}
+
+/// [`start_cluster`] with `configure` changing the config before it is saved (see
+/// [`LocalCluster::start_configured`]).
+pub fn start_cluster_configured(
+    replicas: u32,
+    mode: Mode,
+    log_mode: LogMode,
+    data_dir: Option<&Path>,
+    configure: &dyn Fn(&mut ClusterConfig) -> anyhow::Result<()>,
+    connector: &Connector,
+) -> anyhow::Result<LocalCluster> {
     let ready = |config: &ClusterConfig| -> anyhow::Result<()> {
         let factory = connector(config, PROBE_TIMEOUT)?;
         let mut client = factory.connect(0)?;
@@ -325,7 +347,7 @@ pub fn start_cluster(
     };
     // No retry on a fresh cluster: one that does not answer is a bug to report, with
     // the replicas' logs, not to hide.
-    LocalCluster::start(replicas, mode, log_mode, data_dir, &ready)
+    LocalCluster::start_configured(replicas, mode, log_mode, data_dir, configure, &ready)
         .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"))
 }
 

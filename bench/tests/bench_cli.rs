@@ -269,6 +269,71 @@ fn fig9_on_real_clusters_writes_the_curves_and_ratios() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
 
+#[test]
+fn checkpoints_experiment_sees_every_modes_checkpoints_and_writes_the_timeline() {
+    let _turn = cluster_turn();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("checkpoints");
+    let data = dir.path().join("data");
+    let stdout = run_ok(&[
+        "experiment",
+        "checkpoints",
+        "--records",
+        "2000",
+        "--value-bytes",
+        "1024",
+        "--seconds",
+        "3",
+        "--warmup",
+        "0.5",
+        "--checkpoint-period",
+        "2000",
+        "--clients-peak",
+        "32",
+        "--data-dir",
+        path_str(&data),
+        "--json",
+        "--out",
+        path_str(&out),
+    ]);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(result["checkpoint_period"], 2000);
+    let modes = result["modes"].as_array().expect("modes");
+    let names: Vec<(&str, &str)> = modes
+        .iter()
+        .map(|m| (m["schedule"].as_str().expect("schedule"), m["write"].as_str().expect("write")))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("coordinated", "stop-the-world"),
+            ("sequential", "stop-the-world"),
+            ("sequential", "background")
+        ]
+    );
+    for mode in modes {
+        assert!(mode["checkpoints"].as_u64().expect("checkpoints") >= 1, "{mode}");
+        let worst = mode["worst_second_over_steady"].as_f64().expect("worst second");
+        assert!(worst > 0.0 && worst <= 1.0, "{mode}");
+        // Present; null only when no operation overlapped a checkpoint.
+        assert!(mode.get("p99_during_over_outside").is_some(), "{mode}");
+        assert!(mode["p99_during_over_outside"].as_f64().is_some(), "{mode}");
+        assert!(mode["peak_rss_bytes_max"].as_u64().expect("rss") > 0, "{mode}");
+        assert_eq!(mode["replica_rss"].as_array().expect("rss").len(), 4);
+        assert_eq!(mode["per_100ms"].as_array().expect("timeline").len(), 30);
+    }
+    for file in
+        ["checkpoints.json", "checkpoints.txt", "checkpoints-timeline.csv", "checkpoints.svg"]
+    {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let png = std::fs::read(out.join("checkpoints.png")).expect("png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // Each mode's cluster data went away with it.
+    let left: Vec<_> = std::fs::read_dir(&data).expect("data dir").collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Process ids whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
