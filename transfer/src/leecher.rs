@@ -488,6 +488,13 @@ pub struct Leecher {
     next_ticket: Ticket,
     /// Replicas proven faulty: never asked again.
     proven: BTreeSet<ReplicaId>,
+    /// A query waited a whole answer timeout for a quorum without the leader: later
+    /// rounds count the leader's answer at once (their statuses would go stale waiting).
+    leader_counted: bool,
+    /// Replicas that failed in the last round without proof: chosen last to send data.
+    demoted: BTreeSet<ReplicaId>,
+    /// Rounds that ended without a state.
+    failed_rounds: u32,
     phase: Phase,
 }
 
@@ -642,6 +649,9 @@ impl Leecher {
             round: 0,
             next_ticket: 1,
             proven: BTreeSet::new(),
+            leader_counted: false,
+            demoted: BTreeSet::new(),
+            failed_rounds: 0,
             phase: Phase::NotStarted,
         })
     }
@@ -752,7 +762,12 @@ impl Leecher {
             .collect()
     }
 
+    /// Ends the round. The next starts at once after a first truncation (the target
+    /// moves on); otherwise after a backoff that doubles with each failed round (up to
+    /// eight times [`Timeouts::restart_backoff_ticks`]), so a seeder that refuses falsely
+    /// cannot spend the rounds before late replicas catch up.
     fn fail_round(&mut self, reason: RestartReason, out: &mut Vec<Action>) {
+        self.failed_rounds += 1;
         if self.round >= self.config.rounds_max {
             let reason = FailReason::RoundsExhausted { rounds: self.round, last: reason };
             out.push(Action::Failed { reason, faulty: self.proven.iter().copied().collect() });
@@ -763,11 +778,15 @@ impl Leecher {
             round: RoundId { session: self.config.session, round: self.round + 1 },
             reason,
         });
-        if reason == RestartReason::Truncated || self.config.timeouts.restart_backoff_ticks == 0 {
+        let backoff = if reason == RestartReason::Truncated && self.failed_rounds == 1 {
+            0
+        } else {
+            self.config.timeouts.restart_backoff_ticks << (self.failed_rounds - 1).min(3)
+        };
+        if backoff == 0 {
             self.begin_round(out);
         } else {
-            self.phase =
-                Phase::Backoff { until: self.now + self.config.timeouts.restart_backoff_ticks };
+            self.phase = Phase::Backoff { until: self.now + backoff };
         }
     }
 
@@ -809,13 +828,41 @@ impl Leecher {
         if query.statuses.len() >= needed && query.quorum_at.is_none() {
             query.quorum_at = Some(self.now);
         }
-        match query.quorum_at {
-            Some(at) => {
-                query.statuses.len() >= reachable
-                    || self.now >= at + self.config.timeouts.status_grace_ticks
-            }
-            None => false,
+        let Some(at) = query.quorum_at else { return false };
+        let timeouts = self.config.timeouts;
+        let non_leaders = query.statuses.keys().filter(|&&r| !self.is_leader(r)).count();
+        if query.statuses.len() >= reachable {
+            return true;
         }
+        if self.now >= at + timeouts.answer_ticks {
+            self.leader_counted |= non_leaders < needed;
+            return true;
+        }
+        if self.now < at + timeouts.status_grace_ticks {
+            return false;
+        }
+        // Before a whole answer timeout, the quorum must hold without the leader's answer
+        // (else the leader may be the only one to send the state), and "not behind" is
+        // concluded only on all answers (a replica that reports a low id must not end a
+        // transfer that the slower answers would show is needed).
+        let counted = if self.leader_counted { query.statuses.len() } else { non_leaders };
+        counted >= needed && self.target_of(&query.statuses) > self.own_last
+    }
+
+    /// Step 3 over these answers and the leecher's own id. The leader's answer is left
+    /// out when n-f-1 others answered: the target is then one that f+1 replicas other
+    /// than the leader hold (still at least one correct), so they can serve it without
+    /// the leader, which is usually a little ahead.
+    fn target_of(&self, statuses: &BTreeMap<ReplicaId, Status>) -> AgreementId {
+        let needed = self.config.n - self.config.f - 1;
+        let without_leader = statuses.keys().filter(|&&r| !self.is_leader(r)).count() >= needed;
+        let mut reported: Vec<AgreementId> = statuses
+            .iter()
+            .filter(|&(&r, _)| !(without_leader && self.is_leader(r)))
+            .map(|(_, status)| status.last_agreement)
+            .collect();
+        reported.push(self.own_last);
+        freshness::agreed_target(self.config.mode, self.config.f, &reported)
     }
 
     fn is_peer(&self, from: ReplicaId) -> bool {
@@ -824,10 +871,7 @@ impl Leecher {
 
     /// Steps 3-4, then the first attempt.
     fn plan(&mut self, query: Query, out: &mut Vec<Action>) {
-        let mut reported: Vec<AgreementId> =
-            query.statuses.values().map(|status| status.last_agreement).collect();
-        reported.push(self.own_last);
-        let target = freshness::agreed_target(self.config.mode, self.config.f, &reported);
+        let target = self.target_of(&query.statuses);
         if self.own_last >= target {
             self.finish(self.own_last, false, out);
             return;
@@ -863,6 +907,7 @@ impl Leecher {
             Step::RoundFailed(reason) => {
                 let mut transfer = transfer;
                 Self::cancel_attempt(&mut transfer.attempt, out);
+                self.demoted = &transfer.suspected - &self.proven;
                 let reason = if transfer.truncated_seen && reason == RestartReason::NoSeederLeft {
                     RestartReason::Truncated
                 } else {
@@ -1426,13 +1471,17 @@ impl Leecher {
         self.config.leader == Some(replica)
     }
 
-    /// The positions that may send data, non-leaders first (each group in order).
+    /// How reluctantly `replica` is chosen to send data: the leader last, before it
+    /// those that failed in the last round.
+    fn reluctance(&self, replica: ReplicaId) -> (bool, bool) {
+        (self.is_leader(replica), self.demoted.contains(&replica))
+    }
+
+    /// The positions that may send data, least reluctant first (each group in order).
     fn senders(&self, t: &Transfer) -> Vec<usize> {
-        let usable: Vec<usize> = (0..t.order.len()).filter(|&i| self.can_send(t, i)).collect();
-        let (mut others, leader): (Vec<usize>, Vec<usize>) =
-            usable.into_iter().partition(|&i| !self.is_leader(t.order[i].replica));
-        others.extend(leader);
-        others
+        let mut usable: Vec<usize> = (0..t.order.len()).filter(|&i| self.can_send(t, i)).collect();
+        usable.sort_by_key(|&i| self.reluctance(t.order[i].replica));
+        usable
     }
 
     /// Asks `replica` for V = (HC at `checkpoint`, hashes of `pieces`) unless it was
@@ -1503,13 +1552,12 @@ impl Leecher {
     fn start_f1(&mut self, t: &mut Transfer, out: &mut Vec<Action>) -> bool {
         // The two freshest that may send, in freshness order; never the leader (without
         // two others the general protocol, where the leader may send hashes, serves).
-        let senders: Vec<usize> = (0..t.order.len())
-            .filter(|&i| self.can_send(t, i) && !self.is_leader(t.order[i].replica))
-            .collect();
+        let senders: Vec<usize> =
+            self.senders(t).into_iter().filter(|&i| !self.is_leader(t.order[i].replica)).collect();
         if senders.len() < 2 {
             return false;
         }
-        let (first, second) = (senders[0], senders[1]);
+        let (first, second) = (senders[0].min(senders[1]), senders[0].max(senders[1]));
         let b_first = t.order[first].base.agreement_id;
         let b_second = t.order[second].base.agreement_id;
         let piece_1 = Piece::new(b_first, t.target);
@@ -1518,7 +1566,7 @@ impl Leecher {
         // L_2 from a third replica when one that is not the leader can (its base is no
         // newer than the 2nd's, so its log covers L_2), else from the 1st if its log
         // reaches back that far, else from the 2nd.
-        let third = senders.get(2).map(|&i| t.order[i].replica);
+        let third = senders[2..].iter().find(|&&i| i > second).map(|&i| t.order[i].replica);
         let first_covers = t.statuses[&first_replica].log_covers(piece_2);
         let l2_from = third.unwrap_or(if first_covers { first_replica } else { second_replica });
 
@@ -1561,8 +1609,7 @@ impl Leecher {
         let provider = candidates
             .iter()
             .copied()
-            .find(|&p| !self.is_leader(t.order[p].replica))
-            .or_else(|| candidates.first().copied())
+            .min_by_key(|&p| self.reluctance(t.order[p].replica))
             .ok_or(RestartReason::NoSeederLeft)?;
         let replica = t.order[provider].replica;
         t.tried.insert(replica);
@@ -1650,7 +1697,7 @@ impl Leecher {
         let n = self.config.n as ReplicaId;
         let mut seeders: Vec<ReplicaId> =
             (1..n).map(|k| (self.config.me + k) % n).filter(|r| usable.contains(r)).collect();
-        seeders.sort_by_key(|&r| self.is_leader(r));
+        seeders.sort_by_key(|&r| self.reluctance(r));
         let Some(seeder) = seeders.into_iter().find(|r| !t.tried.contains(r)) else {
             return Err(RestartReason::NoSeederLeft);
         };

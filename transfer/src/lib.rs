@@ -51,7 +51,9 @@ pub use message::{
     Unavailable, Want,
 };
 pub use piece::{PieceHasher, piece_hash};
-pub use seeder::{Holdings, JobId, Seeder, SeederAction, SeederConfig, SeederEvent};
+pub use seeder::{
+    Holdings, JobId, STREAMS_PER_LEECHER_MAX, Seeder, SeederAction, SeederConfig, SeederEvent,
+};
 
 use dura_core::{AgreementId, CoreError};
 

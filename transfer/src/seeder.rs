@@ -8,10 +8,12 @@
 //! pieces ([`SeederAction::HashPieces`], answered by [`SeederEvent::PiecesHashed`]) or
 //! stream this payload ([`SeederAction::Serve`], ended by [`SeederEvent::ServeEnded`]).
 //!
-//! Bounds: at most [`SeederConfig::hash_jobs_max`] hash jobs and
-//! [`SeederConfig::serves_max`] streams at once, across all leechers; beyond them it
-//! answers [`Unavailable::Busy`] (the leecher moves to another replica). A request it is
-//! already working on (a leecher's resend) starts nothing new.
+//! Bounds: at most [`SeederConfig::hash_jobs_max`] hash jobs at once, and streams to at
+//! most [`SeederConfig::leechers_max`] leechers at once, each with at most
+//! [`STREAMS_PER_LEECHER_MAX`] streams (a CST provider at position r sends a
+//! checkpoint and r+1 pieces; the engine sends one leecher's streams in order on one
+//! connection). Beyond them it answers [`Unavailable::Busy`] (the leecher moves to
+//! another replica). A request it is already working on (a resend) starts nothing new.
 
 use std::collections::BTreeMap;
 
@@ -19,9 +21,13 @@ use dura_core::{AGREEMENT_ID_NONE, AgreementId, Hash, REPLICAS_MAX, ReplicaId};
 
 use crate::TransferError;
 use crate::message::{
-    Asked, CheckpointClaim, Message, Piece, RoundId, STATUS_CHECKPOINTS_MAX, Status, Unavailable,
-    Want, check_pieces, check_status,
+    Asked, CheckpointClaim, Message, PIECES_MAX, Piece, RoundId, STATUS_CHECKPOINTS_MAX, Status,
+    Unavailable, Want, check_pieces, check_status,
 };
+
+/// Streams one leecher may have from a seeder at once: a checkpoint and a piece per
+/// replica.
+pub const STREAMS_PER_LEECHER_MAX: usize = PIECES_MAX + 1;
 
 /// Names one hash job or stream of a seeder.
 pub type JobId = u64;
@@ -83,14 +89,14 @@ pub struct SeederConfig {
     pub me: ReplicaId,
     /// Hash jobs at once.
     pub hash_jobs_max: usize,
-    /// Streams at once.
-    pub serves_max: usize,
+    /// Leechers streamed to at once.
+    pub leechers_max: usize,
 }
 
 impl SeederConfig {
-    /// Defaults: four hash jobs, two streams.
+    /// Defaults: four hash jobs, two leechers.
     pub fn new(n: usize, me: ReplicaId) -> Self {
-        Self { n, me, hash_jobs_max: 4, serves_max: 2 }
+        Self { n, me, hash_jobs_max: 4, leechers_max: 2 }
     }
 }
 
@@ -179,7 +185,7 @@ impl Seeder {
         if config.n < 2 || config.n > REPLICAS_MAX || config.me as usize >= config.n {
             return Err(TransferError::Config("a seeder is one of 2..=REPLICAS_MAX replicas"));
         }
-        if config.hash_jobs_max == 0 || config.serves_max == 0 {
+        if config.hash_jobs_max == 0 || config.leechers_max == 0 {
             return Err(TransferError::Config("a seeder serves at least one job of each kind"));
         }
         check_holdings(&holdings)?;
@@ -240,7 +246,7 @@ impl Seeder {
             }
         }
         assert!(self.hash_jobs.len() <= self.config.hash_jobs_max);
-        assert!(self.serves.len() <= self.config.serves_max);
+        assert!(self.serves.len() <= self.config.leechers_max * STREAMS_PER_LEECHER_MAX);
     }
 
     fn on_message(&mut self, from: ReplicaId, msg: Message, out: &mut Vec<SeederAction>) {
@@ -304,11 +310,8 @@ impl Seeder {
                     }
                     Want::Log(piece) => self.holdings.log_refusal(piece),
                 };
-                let refusal = refusal.or(if self.serves.len() >= self.config.serves_max {
-                    Some(Unavailable::Busy)
-                } else {
-                    None
-                });
+                let refusal =
+                    refusal.or_else(|| self.is_busy_for(from).then_some(Unavailable::Busy));
                 if let Some(reason) = refusal {
                     out.push(SeederAction::Send {
                         to: from,
@@ -323,6 +326,15 @@ impl Seeder {
             // Answers are the leecher side's business.
             Message::Status { .. } | Message::Hashes { .. } | Message::Unavailable { .. } => {}
         }
+    }
+
+    /// Whether another stream to `leecher` would pass a bound.
+    fn is_busy_for(&self, leecher: ReplicaId) -> bool {
+        let mut leechers: Vec<ReplicaId> = self.serves.values().map(|(to, _, _)| *to).collect();
+        leechers.sort_unstable();
+        leechers.dedup();
+        let own = self.serves.values().filter(|(to, _, _)| *to == leecher).count();
+        own >= STREAMS_PER_LEECHER_MAX || (own == 0 && leechers.len() >= self.config.leechers_max)
     }
 
     fn job(&mut self) -> JobId {
@@ -355,7 +367,7 @@ mod tests {
     }
 
     fn seeder() -> Seeder {
-        Seeder::new(SeederConfig { n: 4, me: 1, hash_jobs_max: 1, serves_max: 1 }, holdings())
+        Seeder::new(SeederConfig { n: 4, me: 1, hash_jobs_max: 1, leechers_max: 1 }, holdings())
             .expect("valid")
     }
 
@@ -457,10 +469,15 @@ mod tests {
         let out = message(&mut s, 0, fetch(want));
         assert!(matches!(out.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{out:?}");
         assert!(message(&mut s, 0, fetch(want)).is_empty(), "a resend of a running stream");
+        // The same leecher's other streams queue; another leecher is one too many.
+        let other = message(&mut s, 0, fetch(Want::Checkpoint { agreement_id: 80 }));
+        assert!(matches!(other.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{other:?}");
         assert_eq!(refusal(&message(&mut s, 2, fetch(want))), Some(Unavailable::Busy));
-        let SeederAction::Serve { job, .. } = out[0] else { unreachable!() };
         let mut ignored = Vec::new();
-        s.handle(SeederEvent::ServeEnded { job }, &mut ignored);
+        for serve in out.iter().chain(&other) {
+            let SeederAction::Serve { job, .. } = serve else { unreachable!() };
+            s.handle(SeederEvent::ServeEnded { job: *job }, &mut ignored);
+        }
         let mut newer = holdings();
         newer.log_first = 81;
         newer.checkpoints.remove(0);
