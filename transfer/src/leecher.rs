@@ -42,8 +42,8 @@
 //!   proves the sender faulty.
 //! - Log pieces: the engine hashes the batches as they arrive ([`crate::PieceHasher`]);
 //!   a truncated or reordered piece does not hash ([`FetchOutcome::Malformed`]).
-//! - General CST (Figure 6, steps 5-13): the provider at position p sends C_p and
-//!   L_1..L_{p+1}... in 0-based terms pieces 0..=p; each position i < p is a validator
+//! - General CST (Figure 6, steps 5-13): the provider at (0-based) position p sends C_p
+//!   and pieces 0..=p (the paper's L_1..L_{p+1}); each position i < p is a validator
 //!   with V_i = (hashes of pieces 0..=i, HC_i), asked by [`Message::HashRequest`] or, for
 //!   a provider that failed earlier in the round, computed from its data (step 9). The
 //!   leecher stages C_p, replays piece p, p-1, ..., asking for the staged state's
@@ -375,7 +375,7 @@ pub enum Action {
         /// The message.
         msg: Message,
     },
-    /// Send `Message::Fetch { round, want }` to `from` on the data path, hash what
+    /// Send `Message::Fetch { round, ticket, want }` to `from` on the data path, hash what
     /// comes back as it arrives, hold it under `ticket`, report [`Event::Progress`] as
     /// bytes arrive and [`Event::Fetched`] at the end.
     Fetch {
@@ -415,12 +415,13 @@ pub enum Action {
     /// Execute the batches fetched under `payload` (the piece `piece`, which starts
     /// where the staged state is) on the staging state; if `hash_after`, compute the
     /// staged state's checkpoint content hash at `piece.up_to` (as the replica that
-    /// checkpointed there would have); report [`Event::Replayed`].
+    /// checkpointed there would have); report [`Event::Replayed`]. An empty piece has no
+    /// payload (nothing is fetched for it) and executes nothing.
     Replay {
         /// Names the replay.
         ticket: Ticket,
-        /// The fetch that holds the piece.
-        payload: Ticket,
+        /// The fetch that holds the piece; `None` exactly for an empty piece.
+        payload: Option<Ticket>,
         /// The piece.
         piece: Piece,
         /// Whether to hash the state after it.
@@ -614,6 +615,8 @@ struct FetchJob {
     want: Want,
     last_progress: u64,
     result: Option<Hash>,
+    /// An empty piece: nothing is fetched, its hash is computed here.
+    local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -807,16 +810,13 @@ impl Leecher {
             {
                 query.statuses.entry(from).or_insert(status);
             }
-            Event::Tick { .. } => {
-                if self.now - query.last_sent >= self.config.timeouts.resend_ticks {
-                    query.last_sent = self.now;
-                    for to in self.others() {
-                        if !query.statuses.contains_key(&to) {
-                            out.push(Action::Send {
-                                to,
-                                msg: Message::Query { round: query.round },
-                            });
-                        }
+            Event::Tick { .. }
+                if self.now - query.last_sent >= self.config.timeouts.resend_ticks =>
+            {
+                query.last_sent = self.now;
+                for to in self.others() {
+                    if !query.statuses.contains_key(&to) {
+                        out.push(Action::Send { to, msg: Message::Query { round: query.round } });
                     }
                 }
             }
@@ -1061,11 +1061,11 @@ impl Leecher {
             Asked::Hashes { checkpoint } => t.asks.get(&from).is_some_and(|ask| {
                 matches!(ask.state, AskState::Pending) && ask.checkpoint == checkpoint
             }),
-            Asked::Fetch(want) => t
+            Asked::Fetch { ticket, want } => t
                 .attempt
                 .fetches
-                .values()
-                .any(|job| job.from == from && job.want == want && job.result.is_none()),
+                .get(&ticket)
+                .is_some_and(|job| job.from == from && job.want == want && job.result.is_none()),
         };
         if relevant {
             if reason == Unavailable::Truncated {
@@ -1188,8 +1188,10 @@ impl Leecher {
     }
 
     fn cancel_attempt(attempt: &mut Attempt, out: &mut Vec<Action>) {
-        for &ticket in attempt.fetches.keys() {
-            out.push(Action::Cancel { ticket });
+        for (&ticket, job) in &attempt.fetches {
+            if !job.local {
+                out.push(Action::Cancel { ticket });
+            }
         }
         *attempt = Attempt::empty();
     }
@@ -1423,10 +1425,12 @@ impl Leecher {
             return;
         }
         let index = t.attempt.pieces.len() - 1 - t.attempt.replayed;
-        let (piece, payload) = t.attempt.pieces[index];
-        if t.attempt.fetches[&payload].result.is_none() {
+        let (piece, fetched) = t.attempt.pieces[index];
+        let job = &t.attempt.fetches[&fetched];
+        if job.result.is_none() {
             return;
         }
+        let payload = (!job.local).then_some(fetched);
         let hash_after = self.hash_wanted(t, piece.up_to);
         let ticket = self.ticket();
         t.attempt.replay_pending = Some(ticket);
@@ -1516,6 +1520,9 @@ impl Leecher {
         );
     }
 
+    /// Fetches `want` from `from`. An empty piece is not fetched (it has no batches, its
+    /// hash is the canonical empty-piece hash): two replicas with the same base give
+    /// two equal empty pieces, which a seeder would take for one request and its resend.
     fn fetch(
         &mut self,
         t: &mut Transfer,
@@ -1524,10 +1531,19 @@ impl Leecher {
         out: &mut Vec<Action>,
     ) -> Ticket {
         let ticket = self.ticket();
-        out.push(Action::Fetch { ticket, from, round: t.round, want });
-        t.attempt
-            .fetches
-            .insert(ticket, FetchJob { from, want, last_progress: self.now, result: None });
+        let empty = match want {
+            Want::Log(piece) if piece.is_empty() => {
+                Some(crate::piece::piece_hash(piece, []).expect("an empty piece is whole"))
+            }
+            _ => None,
+        };
+        if empty.is_none() {
+            out.push(Action::Fetch { ticket, from, round: t.round, want });
+        }
+        t.attempt.fetches.insert(
+            ticket,
+            FetchJob { from, want, last_progress: self.now, result: empty, local: empty.is_some() },
+        );
         assert!(t.attempt.fetches.len() <= PIECES_MAX + 1, "fetches per attempt are bounded");
         ticket
     }

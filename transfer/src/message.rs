@@ -13,13 +13,13 @@
 //! | 0 | `Query` | round |
 //! | 1 | `Status` | round, last_agreement:u64, log_first:u64, count:u32, (agreement_id:u64, content_hash:32)* |
 //! | 2 | `HashRequest` | round, checkpoint:u64, count:u32, (after:u64, up_to:u64)* |
-//! | 3 | `Hashes` | round, checkpoint:u64, flag, [content_hash:32], count:u32, (after:u64, up_to:u64, hash:32)* |
-//! | 4 | `Fetch` | round, want |
+//! | 3 | `Hashes` | round, checkpoint:u64, flag, (content_hash:32 if the flag is 1), count:u32, (after:u64, up_to:u64, hash:32)* |
+//! | 4 | `Fetch` | round, ticket:u64, want |
 //! | 5 | `Unavailable` | round, asked, reason:u8 (0 truncated, 1 not yet, 2 busy) |
 //!
 //! round = session:u64, round:u32; want = 0, agreement_id:u64 (a checkpoint) or
 //! 1, after:u64, up_to:u64 (a log piece); asked = 0, checkpoint:u64 (a hash request)
-//! or 1, want (a fetch).
+//! or 1, ticket:u64, want (a fetch).
 //!
 //! Decoding never panics and allocates nothing beyond its bounds
 //! ([`STATUS_CHECKPOINTS_MAX`], [`PIECES_MAX`]); besides the byte-level checks it
@@ -146,8 +146,13 @@ pub enum Asked {
         /// The request's checkpoint.
         checkpoint: AgreementId,
     },
-    /// The [`Message::Fetch`] of this round for this payload.
-    Fetch(Want),
+    /// The [`Message::Fetch`] with this ticket.
+    Fetch {
+        /// The leecher's ticket for the fetch.
+        ticket: u64,
+        /// What it asked.
+        want: Want,
+    },
 }
 
 /// Why a seeder refuses.
@@ -202,6 +207,9 @@ pub enum Message {
     Fetch {
         /// The leecher's round.
         round: RoundId,
+        /// The leecher's name for this fetch (unique per leecher): the answer's stream
+        /// and refusals carry it, and a duplicate is told from a new request by it.
+        ticket: u64,
         /// The payload.
         want: Want,
     },
@@ -276,9 +284,10 @@ impl Message {
                     w.extend_from_slice(hash);
                 }
             }
-            Message::Fetch { round, want } => {
+            Message::Fetch { round, ticket, want } => {
                 w.push(4);
                 put_round(w, *round);
+                put_u64(w, *ticket);
                 put_want(w, *want);
             }
             Message::Unavailable { round, asked, reason } => {
@@ -289,8 +298,9 @@ impl Message {
                         w.push(0);
                         put_u64(w, *checkpoint);
                     }
-                    Asked::Fetch(want) => {
+                    Asked::Fetch { ticket, want } => {
                         w.push(1);
+                        put_u64(w, *ticket);
                         put_want(w, *want);
                     }
                 }
@@ -362,12 +372,12 @@ impl Message {
                 check_pieces("hashes", checkpoint, &ranges)?;
                 Message::Hashes { round, checkpoint, checkpoint_hash, pieces }
             }
-            4 => Message::Fetch { round: round(&mut r)?, want: want(&mut r)? },
+            4 => Message::Fetch { round: round(&mut r)?, ticket: r.u64()?, want: want(&mut r)? },
             5 => {
                 let round = round(&mut r)?;
                 let asked = match r.u8()? {
                     0 => Asked::Hashes { checkpoint: r.u64()? },
-                    1 => Asked::Fetch(want(&mut r)?),
+                    1 => Asked::Fetch { ticket: r.u64()?, want: want(&mut r)? },
                     _ => return Err(r.error().into()),
                 };
                 let reason = match r.u8()? {
@@ -516,8 +526,8 @@ mod tests {
                 checkpoint_hash: None,
                 pieces: vec![(Piece::new(0, 5), [1; 32])],
             },
-            Message::Fetch { round: ROUND, want: Want::Checkpoint { agreement_id: 80 } },
-            Message::Fetch { round: ROUND, want: Want::Log(Piece::new(80, 90)) },
+            Message::Fetch { round: ROUND, ticket: 1, want: Want::Checkpoint { agreement_id: 80 } },
+            Message::Fetch { round: ROUND, ticket: 2, want: Want::Log(Piece::new(80, 90)) },
             Message::Unavailable {
                 round: ROUND,
                 asked: Asked::Hashes { checkpoint: 60 },
@@ -525,12 +535,12 @@ mod tests {
             },
             Message::Unavailable {
                 round: ROUND,
-                asked: Asked::Fetch(Want::Log(Piece::new(1, 2))),
+                asked: Asked::Fetch { ticket: 3, want: Want::Log(Piece::new(1, 2)) },
                 reason: Unavailable::Busy,
             },
             Message::Unavailable {
                 round: ROUND,
-                asked: Asked::Fetch(Want::Checkpoint { agreement_id: 3 }),
+                asked: Asked::Fetch { ticket: 4, want: Want::Checkpoint { agreement_id: 3 } },
                 reason: Unavailable::NotYet,
             },
         ]
@@ -641,7 +651,8 @@ mod tests {
         }
         // A backwards piece is refused at its own field.
         let mut bytes =
-            Message::Fetch { round: ROUND, want: Want::Log(Piece::new(1, 2)) }.to_bytes();
+            Message::Fetch { round: ROUND, ticket: 5, want: Want::Log(Piece::new(1, 2)) }
+                .to_bytes();
         let len = bytes.len();
         bytes[len - 16..len - 8].copy_from_slice(&3u64.to_le_bytes());
         assert!(matches!(Message::from_bytes(&bytes), Err(TransferError::Invalid { .. })));

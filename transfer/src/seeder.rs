@@ -155,6 +155,8 @@ pub enum SeederAction {
         to: ReplicaId,
         /// Its round.
         round: RoundId,
+        /// The leecher's ticket for the fetch (names the stream on the data path).
+        ticket: u64,
         /// What.
         want: Want,
     },
@@ -176,7 +178,8 @@ pub struct Seeder {
     holdings: Holdings,
     next_job: JobId,
     hash_jobs: BTreeMap<JobId, HashJob>,
-    serves: BTreeMap<JobId, (ReplicaId, RoundId, Want)>,
+    /// Streams under way: the leecher and its ticket.
+    serves: BTreeMap<JobId, (ReplicaId, u64)>,
 }
 
 impl Seeder {
@@ -300,8 +303,9 @@ impl Seeder {
                 self.hash_jobs
                     .insert(job, HashJob { to: from, round, checkpoint, checkpoint_hash, pieces });
             }
-            Message::Fetch { round, want } => {
-                if self.serves.values().any(|serve| *serve == (from, round, want)) {
+            Message::Fetch { round, ticket, want } => {
+                // A duplicate of a request under way (a leecher's tickets are unique).
+                if self.serves.values().any(|serve| *serve == (from, ticket)) {
                     return;
                 }
                 let refusal = match want {
@@ -315,13 +319,17 @@ impl Seeder {
                 if let Some(reason) = refusal {
                     out.push(SeederAction::Send {
                         to: from,
-                        msg: Message::Unavailable { round, asked: Asked::Fetch(want), reason },
+                        msg: Message::Unavailable {
+                            round,
+                            asked: Asked::Fetch { ticket, want },
+                            reason,
+                        },
                     });
                     return;
                 }
                 let job = self.job();
-                self.serves.insert(job, (from, round, want));
-                out.push(SeederAction::Serve { job, to: from, round, want });
+                self.serves.insert(job, (from, ticket));
+                out.push(SeederAction::Serve { job, to: from, round, ticket, want });
             }
             // Answers are the leecher side's business.
             Message::Status { .. } | Message::Hashes { .. } | Message::Unavailable { .. } => {}
@@ -330,10 +338,10 @@ impl Seeder {
 
     /// Whether another stream to `leecher` would pass a bound.
     fn is_busy_for(&self, leecher: ReplicaId) -> bool {
-        let mut leechers: Vec<ReplicaId> = self.serves.values().map(|(to, _, _)| *to).collect();
+        let mut leechers: Vec<ReplicaId> = self.serves.values().map(|(to, _)| *to).collect();
         leechers.sort_unstable();
         leechers.dedup();
-        let own = self.serves.values().filter(|(to, _, _)| *to == leecher).count();
+        let own = self.serves.values().filter(|(to, _)| *to == leecher).count();
         own >= STREAMS_PER_LEECHER_MAX || (own == 0 && leechers.len() >= self.config.leechers_max)
     }
 
@@ -455,24 +463,24 @@ mod tests {
             refusal(&message(&mut s, 0, hashes(0, vec![Piece::new(0, 90)]))),
             Some(Unavailable::Truncated)
         );
-        let fetch = |want| Message::Fetch { round: ROUND, want };
+        let fetch = |ticket, want| Message::Fetch { round: ROUND, ticket, want };
         assert_eq!(
-            refusal(&message(&mut s, 0, fetch(Want::Log(Piece::new(30, 50))))),
+            refusal(&message(&mut s, 0, fetch(1, Want::Log(Piece::new(30, 50))))),
             Some(Unavailable::Truncated)
         );
         assert_eq!(
-            refusal(&message(&mut s, 0, fetch(Want::Checkpoint { agreement_id: 95 }))),
+            refusal(&message(&mut s, 0, fetch(2, Want::Checkpoint { agreement_id: 95 }))),
             Some(Unavailable::NotYet)
         );
         // After a truncation what was served is refused.
         let want = Want::Log(Piece::new(40, 60));
-        let out = message(&mut s, 0, fetch(want));
+        let out = message(&mut s, 0, fetch(3, want));
         assert!(matches!(out.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{out:?}");
-        assert!(message(&mut s, 0, fetch(want)).is_empty(), "a resend of a running stream");
+        assert!(message(&mut s, 0, fetch(3, want)).is_empty(), "a duplicate of a running stream");
         // The same leecher's other streams queue; another leecher is one too many.
-        let other = message(&mut s, 0, fetch(Want::Checkpoint { agreement_id: 80 }));
+        let other = message(&mut s, 0, fetch(4, Want::Checkpoint { agreement_id: 80 }));
         assert!(matches!(other.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{other:?}");
-        assert_eq!(refusal(&message(&mut s, 2, fetch(want))), Some(Unavailable::Busy));
+        assert_eq!(refusal(&message(&mut s, 2, fetch(1, want))), Some(Unavailable::Busy));
         let mut ignored = Vec::new();
         for serve in out.iter().chain(&other) {
             let SeederAction::Serve { job, .. } = serve else { unreachable!() };
@@ -482,7 +490,7 @@ mod tests {
         newer.log_first = 81;
         newer.checkpoints.remove(0);
         s.handle(SeederEvent::Holdings(newer), &mut ignored);
-        assert_eq!(refusal(&message(&mut s, 2, fetch(want))), Some(Unavailable::Truncated));
+        assert_eq!(refusal(&message(&mut s, 2, fetch(2, want))), Some(Unavailable::Truncated));
         assert!(ignored.is_empty());
     }
 }

@@ -613,7 +613,7 @@ impl Sim {
                     self.fetches.insert(ticket, (from, round, want));
                     let stall = if round.round == 1 { self.config.first_round_stall } else { 0 };
                     let delay = stall + self.rng.range(1, self.config.delay_max);
-                    let msg = Message::Fetch { round, want };
+                    let msg = Message::Fetch { round, ticket, want };
                     self.schedule(
                         delay,
                         Delivery::Seeder {
@@ -651,14 +651,24 @@ impl Sim {
                     self.schedule(delay, Delivery::Leecher(Event::Staged { ticket, outcome }));
                 }
                 Action::Replay { ticket, payload, piece, hash_after } => {
-                    let Some(Payload::Log { piece: held, batches }) = self.payloads.get(&payload)
-                    else {
-                        panic!("replayed a payload that is not a fetched piece")
+                    let batches = match payload {
+                        None => {
+                            assert!(piece.is_empty(), "only an empty piece has no payload");
+                            Vec::new()
+                        }
+                        Some(payload) => {
+                            let Some(Payload::Log { piece: held, batches }) =
+                                self.payloads.get(&payload)
+                            else {
+                                panic!("replayed a payload that is not a fetched piece")
+                            };
+                            assert_eq!(*held, piece);
+                            batches.clone()
+                        }
                     };
-                    assert_eq!(*held, piece);
                     let (at, mut digest) = self.staging.expect("replay after a stage");
                     assert_eq!(at, piece.after, "a piece starts where the staged state is");
-                    for (_, batch) in batches {
+                    for (_, batch) in &batches {
                         digest = fold(&digest, batch);
                     }
                     self.staging = Some((piece.up_to, digest));
@@ -705,10 +715,10 @@ impl Sim {
                     self.seeder_send(to, *from, msg);
                     return;
                 }
-                (Some(Byz::FalseTruncated), Message::Fetch { round, want }) => {
+                (Some(Byz::FalseTruncated), Message::Fetch { round, ticket, want }) => {
                     let msg = Message::Unavailable {
                         round: *round,
-                        asked: Asked::Fetch(*want),
+                        asked: Asked::Fetch { ticket: *ticket, want: *want },
                         reason: Unavailable::Truncated,
                     };
                     self.seeder_send(to, *from, msg);
@@ -744,18 +754,13 @@ impl Sim {
                         Delivery::Seeder { to, event: SeederEvent::PiecesHashed { job, result } },
                     );
                 }
-                SeederAction::Serve { job, to: leecher, round, want } => {
+                SeederAction::Serve { job, to: leecher, round, ticket, want } => {
                     assert_eq!(leecher, self.config.leecher);
-                    let ticket = self
-                        .fetches
-                        .iter()
-                        .find(|(_, fetch)| **fetch == (to, round, want))
-                        .map(|(ticket, _)| *ticket);
-                    let Some(ticket) = ticket else {
+                    if self.fetches.get(&ticket) != Some(&(to, round, want)) {
                         // Cancelled meanwhile.
                         self.seeder_event(to, SeederEvent::ServeEnded { job });
                         continue;
-                    };
+                    }
                     let payload = match want {
                         Want::Checkpoint { agreement_id } => {
                             let digest = self.checkpoint_content(to, byz, agreement_id);
@@ -810,10 +815,8 @@ impl Sim {
             }
             (_, msg) => msg,
         };
-        if let Message::Unavailable { round, asked: Asked::Fetch(want), reason } = msg {
-            let ticket =
-                self.fetches.iter().find(|(_, f)| **f == (from, round, want)).map(|(t, _)| *t);
-            if let Some(ticket) = ticket {
+        if let Message::Unavailable { round, asked: Asked::Fetch { ticket, want }, reason } = msg {
+            if self.fetches.get(&ticket) == Some(&(from, round, want)) {
                 let delay = self.rng.range(1, self.config.delay_max);
                 let outcome = FetchOutcome::Unavailable(reason);
                 self.schedule(delay, Delivery::Leecher(Event::Fetched { ticket, outcome }));
@@ -838,8 +841,7 @@ impl Sim {
                     .points
                     .iter()
                     .copied()
-                    .filter(|&p| p < agreement_id)
-                    .next_back()
+                    .rfind(|&p| p < agreement_id)
                     .unwrap_or(0);
                 self.history.digest[older as usize]
             }
