@@ -1878,3 +1878,283 @@ impl Attempt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::CheckpointClaim;
+    use crate::piece::piece_hash;
+
+    const SESSION: u64 = 9;
+    const ROUND_1: RoundId = RoundId { session: SESSION, round: 1 };
+
+    fn status(last: AgreementId, checkpoints: &[(AgreementId, u8)]) -> Status {
+        let log_first = checkpoints.first().map_or(1, |(c, _)| c + 1);
+        Status {
+            last_agreement: last,
+            log_first,
+            checkpoints: checkpoints
+                .iter()
+                .map(|&(agreement_id, h)| CheckpointClaim { agreement_id, content_hash: [h; 32] })
+                .collect(),
+        }
+    }
+
+    fn step(leecher: &mut Leecher, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        leecher.handle(event, &mut out);
+        out
+    }
+
+    fn hashes(piece: Piece, seed: u8) -> Hash {
+        let batches: Vec<(AgreementId, Hash)> =
+            (piece.after + 1..=piece.up_to).map(|k| (k, [seed ^ k as u8; 32])).collect();
+        piece_hash(piece, batches.iter().map(|(k, h)| (*k, h))).expect("whole")
+    }
+
+    /// The f = 1 optimisation, action by action: what the engine sees.
+    #[test]
+    fn an_f1_transfer_emits_exactly_these_actions() {
+        let config = LeecherConfig::new(Mode::Bft, 4, 0, SESSION);
+        let mut leecher = Leecher::new(config, 5).expect("valid");
+        let mut out = Vec::new();
+        leecher.start(0, &mut out);
+        let query = Message::Query { round: ROUND_1 };
+        assert_eq!(
+            out,
+            (1..4).map(|to| Action::Send { to, msg: query.clone() }).collect::<Vec<_>>()
+        );
+        // Replica 1 checkpointed at 90, replica 2 at 80, replica 3 at 70; all at 100.
+        let statuses = [
+            (1, status(100, &[(60, 6), (90, 9)])),
+            (2, status(100, &[(50, 5), (80, 8)])),
+            (3, status(100, &[(40, 4), (70, 7)])),
+        ];
+        let mut out = Vec::new();
+        for (from, status) in statuses {
+            out.extend(step(
+                &mut leecher,
+                Event::Message { from, msg: Message::Status { round: ROUND_1, status } },
+            ));
+        }
+        let (l1, l2) = (Piece::new(90, 100), Piece::new(80, 90));
+        assert_eq!(
+            out,
+            vec![
+                Action::Target { round: ROUND_1, agreement_id: 100 },
+                // The 1st: HL_1 and HC_1; the 2nd: HL_1, HL_2 and HC_2.
+                Action::Send {
+                    to: 1,
+                    msg: Message::HashRequest { round: ROUND_1, checkpoint: 90, pieces: vec![l1] }
+                },
+                Action::Send {
+                    to: 2,
+                    msg: Message::HashRequest {
+                        round: ROUND_1,
+                        checkpoint: 80,
+                        pieces: vec![l1, l2]
+                    }
+                },
+                // C_2 from the 2nd, L_1 from the 1st, L_2 from the 3rd.
+                Action::Fetch {
+                    ticket: 1,
+                    from: 2,
+                    round: ROUND_1,
+                    want: Want::Checkpoint { agreement_id: 80 }
+                },
+                Action::Fetch { ticket: 2, from: 1, round: ROUND_1, want: Want::Log(l1) },
+                Action::Fetch { ticket: 3, from: 3, round: ROUND_1, want: Want::Log(l2) },
+            ]
+        );
+        let (hl1, hl2) = (hashes(l1, 1), hashes(l2, 1));
+        let answers = [
+            (
+                1,
+                Message::Hashes {
+                    round: ROUND_1,
+                    checkpoint: 90,
+                    checkpoint_hash: Some([9; 32]),
+                    pieces: vec![(l1, hl1)],
+                },
+            ),
+            (
+                2,
+                Message::Hashes {
+                    round: ROUND_1,
+                    checkpoint: 80,
+                    checkpoint_hash: Some([8; 32]),
+                    pieces: vec![(l1, hl1), (l2, hl2)],
+                },
+            ),
+        ];
+        for (from, msg) in answers {
+            assert!(step(&mut leecher, Event::Message { from, msg }).is_empty());
+        }
+        // Pieces first: nothing to do until the checkpoint is in.
+        assert!(
+            step(
+                &mut leecher,
+                Event::Fetched { ticket: 2, outcome: FetchOutcome::Received { hash: hl1 } }
+            )
+            .is_empty()
+        );
+        assert!(
+            step(
+                &mut leecher,
+                Event::Fetched { ticket: 3, outcome: FetchOutcome::Received { hash: hl2 } }
+            )
+            .is_empty()
+        );
+        // The checkpoint's bytes hash to the 2nd's claim: staged.
+        assert_eq!(
+            step(
+                &mut leecher,
+                Event::Fetched { ticket: 1, outcome: FetchOutcome::Received { hash: [8; 32] } }
+            ),
+            vec![Action::Stage {
+                ticket: 4,
+                agreement_id: 80,
+                base: StageBase::Fetched { payload: 1, content_hash: [8; 32] }
+            }]
+        );
+        // L_2 then the state's hash at 90, compared with the 1st's HC_1.
+        assert_eq!(
+            step(&mut leecher, Event::Staged { ticket: 4, outcome: StageOutcome::Staged }),
+            vec![Action::Replay { ticket: 5, payload: Some(3), piece: l2, hash_after: true }]
+        );
+        assert_eq!(
+            step(
+                &mut leecher,
+                Event::Replayed {
+                    ticket: 5,
+                    outcome: ReplayOutcome::Replayed { state_hash: Some([9; 32]) }
+                }
+            ),
+            vec![Action::Replay { ticket: 6, payload: Some(2), piece: l1, hash_after: false }]
+        );
+        assert_eq!(
+            step(
+                &mut leecher,
+                Event::Replayed {
+                    ticket: 6,
+                    outcome: ReplayOutcome::Replayed { state_hash: None }
+                }
+            ),
+            vec![
+                Action::Install { agreement_id: 100 },
+                Action::Done { agreement_id: 100, transferred: true }
+            ]
+        );
+        assert_eq!(leecher.outcome(), Some(Outcome::Done { agreement_id: 100, transferred: true }));
+        // Anything later is ignored.
+        assert!(step(&mut leecher, Event::Tick { now: 1_000 }).is_empty());
+    }
+
+    #[test]
+    fn a_wrong_intermediate_hash_installs_nothing_and_falls_back_to_the_general_protocol() {
+        let config = LeecherConfig::new(Mode::Bft, 4, 0, SESSION);
+        let mut leecher = Leecher::new(config, 5).expect("valid");
+        leecher.start(0, &mut Vec::new());
+        for (from, status) in [
+            (1, status(100, &[(60, 6), (90, 9)])),
+            (2, status(100, &[(50, 5), (80, 8)])),
+            (3, status(100, &[(40, 4), (70, 7)])),
+        ] {
+            step(
+                &mut leecher,
+                Event::Message { from, msg: Message::Status { round: ROUND_1, status } },
+            );
+        }
+        let (l1, l2) = (Piece::new(90, 100), Piece::new(80, 90));
+        let (hl1, hl2) = (hashes(l1, 1), hashes(l2, 1));
+        step(
+            &mut leecher,
+            Event::Message {
+                from: 1,
+                msg: Message::Hashes {
+                    round: ROUND_1,
+                    checkpoint: 90,
+                    checkpoint_hash: Some([9; 32]),
+                    pieces: vec![(l1, hl1)],
+                },
+            },
+        );
+        step(
+            &mut leecher,
+            Event::Message {
+                from: 2,
+                msg: Message::Hashes {
+                    round: ROUND_1,
+                    checkpoint: 80,
+                    checkpoint_hash: Some([8; 32]),
+                    pieces: vec![(l1, hl1), (l2, hl2)],
+                },
+            },
+        );
+        step(
+            &mut leecher,
+            Event::Fetched { ticket: 2, outcome: FetchOutcome::Received { hash: hl1 } },
+        );
+        step(
+            &mut leecher,
+            Event::Fetched { ticket: 3, outcome: FetchOutcome::Received { hash: hl2 } },
+        );
+        step(
+            &mut leecher,
+            Event::Fetched { ticket: 1, outcome: FetchOutcome::Received { hash: [8; 32] } },
+        );
+        step(&mut leecher, Event::Staged { ticket: 4, outcome: StageOutcome::Staged });
+        // C_2 + L_2 does not hash to the 1st's HC_1: the optimisation's round fails and
+        // the general protocol takes the state from the 2nd (position f), validated by
+        // the 1st (whose answer is reused): C_2, L_1, L_2 fetched again from the 2nd.
+        let out = step(
+            &mut leecher,
+            Event::Replayed {
+                ticket: 5,
+                outcome: ReplayOutcome::Replayed { state_hash: Some([0xEE; 32]) },
+            },
+        );
+        assert!(!out.iter().any(|a| matches!(a, Action::Install { .. } | Action::Done { .. })));
+        let fetches: Vec<(ReplicaId, Want)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Fetch { from, want, .. } => Some((*from, *want)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            fetches,
+            vec![
+                (2, Want::Checkpoint { agreement_id: 80 }),
+                (2, Want::Log(l1)),
+                (2, Want::Log(l2))
+            ]
+        );
+        assert!(
+            out.contains(&Action::Cancel { ticket: 1 })
+                && out.contains(&Action::Cancel { ticket: 3 })
+        );
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Send { msg: Message::HashRequest { .. }, .. }))
+        );
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        let good = LeecherConfig::new(Mode::Bft, 4, 0, 1);
+        assert!(Leecher::new(good.clone(), 0).is_ok());
+        for bad in [
+            LeecherConfig { n: 1, ..good.clone() },
+            LeecherConfig { f: 2, ..good.clone() },
+            LeecherConfig { me: 4, ..good.clone() },
+            LeecherConfig { leader: Some(7), ..good.clone() },
+            LeecherConfig { rounds_max: 0, ..good.clone() },
+            LeecherConfig {
+                timeouts: Timeouts { answer_ticks: 0, ..Timeouts::default() },
+                ..good.clone()
+            },
+        ] {
+            assert!(matches!(Leecher::new(bad, 0), Err(TransferError::Config(_))));
+        }
+    }
+}

@@ -19,8 +19,8 @@
 //! The oracle ([`check`]): the leecher installs only the state whose digest is the
 //! correct replicas' at the installed agreement, finishes (with at most f faulty), and
 //! never proves a correct replica faulty. A failing seed prints itself; one seed replays
-//! with `DURA_TRANSFER_SEED=<seed>`, and `DURA_TRANSFER_SEEDS=<count>` changes how many
-//! seeds each family runs.
+//! with `DURA_TRANSFER_SEED=<seed>`; `DURA_TRANSFER_SEEDS=<count>` and
+//! `DURA_TRANSFER_FIRST=<seed>` change how many seeds each family runs and from where.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -990,10 +990,9 @@ pub(crate) fn swarm(family: Family, first: u64, count: u64) -> Summary {
     let seeds: Vec<u64> = match std::env::var("DURA_TRANSFER_SEED") {
         Ok(seed) => vec![seed.parse().expect("DURA_TRANSFER_SEED is a number")],
         Err(_) => {
-            let count = std::env::var("DURA_TRANSFER_SEEDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(count);
+            let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+            let count = number("DURA_TRANSFER_SEEDS").unwrap_or(count);
+            let first = number("DURA_TRANSFER_FIRST").unwrap_or(first);
             (first..first + count).collect()
         }
     };
