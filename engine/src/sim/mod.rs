@@ -404,6 +404,8 @@ pub struct SimReport {
     pub replica_messages: u64,
     /// Simulated time at the end.
     pub end_ms: u64,
+    /// Simulated time at which the last client operation completed.
+    pub ops_finished_ms: u64,
     /// Group writes completed on the simulated disks.
     pub disk_writes: u64,
     /// Crashes that tore a group write.
@@ -838,6 +840,8 @@ impl<'c> World<'c> {
             }
         }
         self.report.end_ms = self.now_us / 1000;
+        self.report.ops_finished_ms =
+            self.history.iter().filter_map(|op| op.completed_us).max().unwrap_or(0) / 1000;
         self.report.ops_completed =
             self.history.iter().filter(|op| op.completed_us.is_some()).count();
         self.report.last_decided =
