@@ -62,9 +62,9 @@ pub enum StateError {
 pub trait StateView: Send + 'static {
     /// Streams the state as canonical chunks, in order, handing each to `sink`: equal
     /// states give byte-identical chunks, whatever history built them (ordered
-    /// structures only, never a hash map's iteration order). Each chunk is at most
-    /// `chunk_bytes_max` bytes; `chunk_bytes_max` is at least [`CHUNK_BYTES_MIN`], which
-    /// a service's largest single item must fit in with its framing.
+    /// structures only, never a hash map's iteration order). A chunk holds items up to
+    /// `chunk_bytes_max` bytes; a single item larger than that goes in a chunk of its
+    /// own. No chunk exceeds [`CHUNK_BYTES_LIMIT`].
     fn write_chunks(
         &self,
         chunk_bytes_max: usize,
