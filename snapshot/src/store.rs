@@ -381,8 +381,11 @@ impl<D: Dir> CheckpointStore<D> {
         let limit = self.options.chunk_bytes_limit;
         let (chunks_tx, chunks_rx) =
             std::sync::mpsc::sync_channel::<(Section, AlignedBytes, usize, u64)>(READ_AHEAD_CHUNKS);
-        // Buffers go back to the reader for reuse (one per chunk in flight, plus one).
-        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<AlignedBytes>();
+        // Buffers go back to the reader for reuse: at most the chunks in flight plus the
+        // one being read and the one being visited exist, so the bound is never reached
+        // (a buffer that does not fit is dropped).
+        let (spare_tx, spare_rx) =
+            std::sync::mpsc::sync_channel::<AlignedBytes>(READ_AHEAD_CHUNKS + 2);
         let reader_path = path.clone();
         let header_ref = &header;
         std::thread::scope(|scope| {
@@ -480,7 +483,7 @@ impl<D: Dir> CheckpointStore<D> {
                     });
                     break;
                 }
-                let _ = spare_tx.send(buffer);
+                let _ = spare_tx.try_send(buffer);
             }
             // Unblocks a reader waiting to send after a refusal.
             drop(chunks_rx);

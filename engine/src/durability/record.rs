@@ -183,7 +183,12 @@ pub fn restore<S: Service>(
     let mut covered = Vec::new();
     let mut after = Vec::new();
     for payload in payloads {
-        if decode_batch(&payload)?.agreement_id > from.agreement_id {
+        // Only the agreement id is read here; `reassemble` decodes each record once.
+        let agreement_id =
+            payload.first_chunk::<8>().map(|id| u64::from_le_bytes(*id)).ok_or_else(|| {
+                RecordError::Malformed(format!("a record of {} bytes", payload.len()))
+            })?;
+        if agreement_id > from.agreement_id {
             after.push(payload);
         } else {
             covered.push(payload);
