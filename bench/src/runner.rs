@@ -128,6 +128,14 @@ pub struct RunArgs {
     /// Results folder (default: `dura-bench-results/run-TIME`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Checkpoint period P of the local cluster, in requests (default: the config's).
+    /// A small P makes replicas truncate their logs during the run, so appends go into
+    /// recycled segments.
+    #[arg(long)]
+    pub checkpoint_period: Option<u64>,
+    /// Log segment size of the local cluster, MiB (default: the config's).
+    #[arg(long)]
+    pub wal_segment_mib: Option<u32>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
@@ -295,8 +303,23 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
         (result, labels, Vec::new(), Vec::new())
     } else {
         let replicas = args.replica_count();
-        let mut cluster =
-            start_cluster(replicas, mode, log_mode, args.data_dir.as_deref(), connector)?;
+        let configure = |config: &mut ClusterConfig| -> anyhow::Result<()> {
+            if let Some(period) = args.checkpoint_period {
+                config.checkpoint_period = period;
+            }
+            if let Some(mib) = args.wal_segment_mib {
+                config.wal_segment_mib = mib;
+            }
+            Ok(())
+        };
+        let mut cluster = start_cluster_configured(
+            replicas,
+            mode,
+            log_mode,
+            args.data_dir.as_deref(),
+            &configure,
+            connector,
+        )?;
         let factory = connector(cluster.config(), REQUEST_TIMEOUT)?;
         let result = load_and_run(factory.as_ref(), &spec, args.no_load, stop, "run")?;
         cluster.check_alive()?;

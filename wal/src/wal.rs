@@ -406,6 +406,9 @@ struct Shared {
     /// The file system refused `fallocate` as unsupported: new segments are zero-filled
     /// instead (see [`prepare_segment`]).
     fallocate_refused: AtomicBool,
+    /// Segments prepared since open: new files, recycled spares.
+    segments_created: AtomicU64,
+    segments_recycled: AtomicU64,
 }
 
 impl Shared {
@@ -437,6 +440,11 @@ pub struct WriteStats {
     pub bytes: u64,
     /// Time spent inside the writes (each until it was durable).
     pub busy: Duration,
+    /// Segments made ready since open: newly created files, and recycled spares
+    /// (appends into already-written blocks).
+    pub segments_created: u64,
+    /// See `segments_created`.
+    pub segments_recycled: u64,
 }
 
 impl std::fmt::Display for WriteStats {
@@ -445,11 +453,14 @@ impl std::fmt::Display for WriteStats {
             |total: f64| if self.writes == 0 { 0.0 } else { total / self.writes as f64 };
         write!(
             f,
-            "{} writes, {:.1} MiB ({:.0} KiB each), {:.2} ms per write",
+            "{} writes, {:.1} MiB ({:.0} KiB each), {:.2} ms per write; segments: {} new, {} \
+             recycled",
             self.writes,
             self.bytes as f64 / (1024.0 * 1024.0),
             per_write(self.bytes as f64 / 1024.0),
             per_write(self.busy.as_secs_f64() * 1e3),
+            self.segments_created,
+            self.segments_recycled,
         )
     }
 }
@@ -701,6 +712,8 @@ impl Wal {
             writes_done: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             write_nanos: AtomicU64::new(0),
+            segments_created: AtomicU64::new(0),
+            segments_recycled: AtomicU64::new(0),
             segment_wanted: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             fallocate_refused,
@@ -853,7 +866,10 @@ fn prepare_and_open<S: Storage>(
     pace: &mut dyn FnMut() -> ZeroPace,
 ) -> Result<Prepared<S::File>> {
     let mut spare = shared.lock().spares.pop().into_iter().collect::<Vec<_>>();
+    let counter =
+        if spare.is_empty() { &shared.segments_created } else { &shared.segments_recycled };
     let name = prepare_segment(storage, options, &shared.fallocate_refused, seq, &mut spare, pace)?;
+    counter.fetch_add(1, Ordering::Relaxed);
     let file = storage
         .open_for_write(&name)
         .map_err(|e| WalError::io(IoOp::Open, storage.path(&name), None, e))?;
@@ -1364,6 +1380,8 @@ impl<S: Storage> LogWriter<S> {
             writes: self.shared.writes_done.load(Ordering::Relaxed),
             bytes: self.shared.bytes_written.load(Ordering::Relaxed),
             busy: Duration::from_nanos(self.shared.write_nanos.load(Ordering::Relaxed)),
+            segments_created: self.shared.segments_created.load(Ordering::Relaxed),
+            segments_recycled: self.shared.segments_recycled.load(Ordering::Relaxed),
         }
     }
 

@@ -340,3 +340,28 @@ fn the_durable_agreement_max_waits_for_a_paused_write() {
     assert_eq!(durable_agreement_max(&disk), Some(3));
     writer.close().expect("close");
 }
+
+#[test]
+fn a_deleted_segment_is_recycled_for_the_next_one_and_the_stats_count_it() {
+    let disk = SimStorage::new(8);
+    let (writer, _) = Wal::open_with_storage(disk.clone(), stepped_options()).expect("open");
+    let fresh = writer.write_stats();
+    assert_eq!((fresh.segments_created, fresh.segments_recycled), (0, 0), "open prepares inline");
+    append_one(&writer, 1);
+    writer.cut_segment(1).expect("cut");
+    writer.sync().expect("write record 1, seal segment 1, prepare segment 2");
+    assert_eq!(writer.write_stats().segments_created, 1, "segment 2 is a new file");
+    assert_eq!(writer.delete_below(2).expect("delete"), vec![1]);
+    append_one(&writer, 2);
+    writer.cut_segment(2).expect("cut");
+    writer.sync().expect("write record 2, seal segment 2, prepare segment 3");
+    append_one(&writer, 3);
+    writer.sync().expect("write into segment 3");
+    let stats = writer.write_stats();
+    assert_eq!(
+        (stats.segments_created, stats.segments_recycled),
+        (1, 1),
+        "segment 3 is segment 1's file, renamed: {stats}"
+    );
+    writer.close().expect("close");
+}

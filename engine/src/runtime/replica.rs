@@ -109,6 +109,20 @@ fn mark_member(data_dir: &std::path::Path) -> Result<bool, RuntimeError> {
     Ok(true)
 }
 
+/// Log segments kept as spares for recycling. With checkpoints, each one lets the log
+/// drop about one period's segments at once: n of them (the log is cut at every
+/// floor(P/n) boundary), plus those that filled up in between. Keeping n + 2 lets the
+/// next period's segments all be recycled files (already-written blocks, which this
+/// project measured at 1.6-3x the records/s of fresh extents) at a cost of n + 2
+/// segments of disk. Without checkpoints nothing is truncated: the WAL's default.
+fn spare_segments_for(config: &ClusterConfig, id: u32, log_mode: LogMode) -> usize {
+    if config.checkpoint_schedule_of(id, log_mode).is_some() {
+        config.n() as usize + 2
+    } else {
+        dura_wal::SPARE_SEGMENTS_MAX_DEFAULT
+    }
+}
+
 /// Starts replica `id` of `config` over `service`: opens and replays its log, then
 /// starts serving. Returns once the listeners are bound.
 pub fn start_replica<S: Service>(
@@ -150,6 +164,7 @@ pub fn start_replica<S: Service>(
                         .wal_preallocate
                         .parse()
                         .expect("wal_preallocate is checked by ClusterConfig::validate above"),
+                    spare_segments_max: spare_segments_for(config, id, log_mode),
                     ..dura_wal::WalOptions::default()
                 };
                 let (log, records) = WalLog::open(&log_dir.join("wal"), options)?;
