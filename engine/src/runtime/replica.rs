@@ -109,15 +109,25 @@ fn mark_member(data_dir: &std::path::Path) -> Result<bool, RuntimeError> {
     Ok(true)
 }
 
-/// Log segments kept as spares for recycling. With checkpoints, each one lets the log
-/// drop about one period's segments at once: n of them (the log is cut at every
-/// floor(P/n) boundary), plus those that filled up in between. Keeping n + 2 lets the
-/// next period's segments all be recycled files (already-written blocks, which this
-/// project measured at 1.6-3x the records/s of fresh extents) at a cost of n + 2
-/// segments of disk. Without checkpoints nothing is truncated: the WAL's default.
+/// Disk a replica's log may keep in spare segments (recycled instead of removed)
+/// when it checkpoints: 4 GiB.
+pub const WAL_SPARE_BYTES_MAX: u64 = 4 << 30;
+
+/// Log segments kept as spares for recycling. With checkpoints, each truncation drops
+/// about one period's segments at once (the log is cut at every floor(P/n) boundary,
+/// and more segments fill up in between at large P). Kept as spares, the next period's
+/// appends go into already-written blocks (measured here at 1.6-3x the records/s of
+/// fresh extents) and nothing is freed: on a lent machine's ext4 (`discard`), removing a
+/// period's 2.6 GB of segments at once made every replica's synced writes wait, and the
+/// cluster's throughput fell to a third for half a second after each truncation. Up to
+/// [`WAL_SPARE_BYTES_MAX`] of spares, and at least n + 2; spares are only ever segments
+/// the log itself filled, so they never exceed the log's own peak size. Without
+/// checkpoints nothing is truncated: the WAL's default.
 fn spare_segments_for(config: &ClusterConfig, id: u32, log_mode: LogMode) -> usize {
     if config.checkpoint_schedule_of(id, log_mode).is_some() {
-        config.n() as usize + 2
+        let segment_bytes = u64::from(config.wal_segment_mib) << 20;
+        let by_bytes = usize::try_from(WAL_SPARE_BYTES_MAX / segment_bytes).unwrap_or(usize::MAX);
+        by_bytes.max(config.n() as usize + 2)
     } else {
         dura_wal::SPARE_SEGMENTS_MAX_DEFAULT
     }
