@@ -315,6 +315,35 @@ pub fn seconds_of(slots: &[u64]) -> Seconds {
     Seconds { steady_ops_per_s: median(&windows), worst_ops_per_s: worst, worst_at_slot }
 }
 
+/// The smallest 1 s window (sliding by one slot) during which no replica was
+/// checkpointing (`busy[i]`: some replica checkpointed in slot `i`), ops/s; `None`
+/// when every window saw a checkpoint. In the coordinated mode, where checkpoints are
+/// a few long pauses, this is the machine's own floor: how low a second falls with no
+/// checkpoint anywhere, which the worst second of the other modes is read against.
+pub fn worst_quiet_second(slots: &[u64], busy: &[bool]) -> Option<f64> {
+    assert_eq!(slots.len(), busy.len(), "one busy flag per slot");
+    if slots.len() < SLOTS_PER_WINDOW {
+        return None;
+    }
+    slots
+        .windows(SLOTS_PER_WINDOW)
+        .zip(busy.windows(SLOTS_PER_WINDOW))
+        .filter(|(_, busy)| !busy.iter().any(|&b| b))
+        .map(|(window, _)| window.iter().sum::<u64>() as f64)
+        .reduce(f64::min)
+}
+
+/// Per slot of `slot_count`, whether any of `intervals` overlaps it.
+pub fn busy_slots(intervals: &[Interval], slot_count: usize) -> Vec<bool> {
+    let slot_s = SLOT.as_secs_f64();
+    (0..slot_count)
+        .map(|slot| {
+            let (start, end) = (slot as f64 * slot_s, (slot + 1) as f64 * slot_s);
+            intervals.iter().any(|interval| interval.start_s < end && interval.end_s > start)
+        })
+        .collect()
+}
+
 /// The union of `intervals`, sorted, in µs from the window's start.
 pub fn union_us(intervals: &[Interval]) -> Vec<(u64, u64)> {
     let to_us = |seconds: f64| (seconds.max(0.0) * 1e6) as u64;
@@ -376,6 +405,9 @@ pub struct CheckpointsMode {
     pub worst_second_at_s: f64,
     /// `worst_second_ops_per_s / steady_ops_per_s`.
     pub worst_second_over_steady: f64,
+    /// The smallest 1 s window with no replica checkpointing, over the steady rate
+    /// ([`worst_quiet_second`]); `None` when every window saw a checkpoint.
+    pub worst_quiet_second_over_steady: Option<f64>,
     /// p99 latency of all operations, µs.
     pub p99_us: u64,
     /// Operations whose lifetime overlaps a checkpoint of some replica.
@@ -650,6 +682,11 @@ fn summarise(
         worst_second_ops_per_s: seconds.worst_ops_per_s,
         worst_second_at_s: seconds.worst_at_slot as f64 * SLOT.as_secs_f64(),
         worst_second_over_steady: ratio(seconds.worst_ops_per_s, seconds.steady_ops_per_s),
+        worst_quiet_second_over_steady: worst_quiet_second(
+            &slots,
+            &busy_slots(&intervals, slots.len()),
+        )
+        .map(|quiet| ratio(quiet, seconds.steady_ops_per_s)),
         p99_us: result.all.value_at_quantile(0.99),
         ops_during: during.len(),
         p99_during_us,
@@ -957,6 +994,9 @@ pub fn to_text(result: &CheckpointsResult) -> String {
         format!("{:.0} ({:.1})", m.worst_second_ops_per_s, m.worst_second_at_s)
     });
     row(&mut text, "worst second / steady", &|m| format!("{:.3}", m.worst_second_over_steady));
+    row(&mut text, "worst second, no checkpoint / steady", &|m| {
+        m.worst_quiet_second_over_steady.map(|r| format!("{r:.3}")).unwrap_or_else(|| "-".into())
+    });
     row(&mut text, "p99 ms overall", &|m| ms(Some(m.p99_us)));
     row(&mut text, "p99 ms outside checkpoints (ops)", &|m| {
         format!("{} ({})", ms(m.p99_outside_us), m.ops_outside)
@@ -1044,6 +1084,18 @@ pub fn to_text(result: &CheckpointsResult) -> String {
                 "  {} {bound}: {value} {}",
                 goal.name,
                 if goal.met { "met" } else { "NOT met" }
+            );
+        }
+        let floor = result
+            .modes
+            .iter()
+            .find(|m| m.schedule == "coordinated")
+            .and_then(|m| m.worst_quiet_second_over_steady);
+        if let Some(floor) = floor {
+            let _ = writeln!(
+                text,
+                "  this machine's floor for the first: the worst second with no checkpoint \
+                 anywhere (coordinated mode) / its steady = {floor:.3}"
             );
         }
     }
@@ -1139,6 +1191,31 @@ mod tests {
         assert_eq!(seconds_of(&clean).steady_ops_per_s, 1000.0);
         assert_eq!(seconds_of(&[10, 10]).steady_ops_per_s, 100.0);
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn the_quiet_floor_skips_every_window_that_saw_a_checkpoint() {
+        // 2 s: a dip in slots 2-3 (no checkpoint), a deeper one in 12-13 (checkpoint).
+        let mut slots = vec![100u64; 20];
+        slots[2] = 40;
+        slots[3] = 40;
+        slots[12] = 0;
+        slots[13] = 0;
+        let interval = |start_s: f64, end_s: f64| Interval {
+            replica: 1,
+            start_s,
+            end_s,
+            seen: true,
+            open_at_end: false,
+        };
+        let busy = busy_slots(&[interval(1.22, 1.38)], slots.len());
+        assert_eq!(busy.iter().filter(|&&b| b).count(), 2, "slots 12 and 13 overlap it");
+        assert!(busy[12] && busy[13]);
+        // Windows starting at 0..=2 are clear of slots 3..=12 only up to start 2 (slots
+        // 2..=11): the worst quiet window holds both dipped slots, 1000 - 120.
+        assert_eq!(worst_quiet_second(&slots, &busy), Some(880.0));
+        assert_eq!(worst_quiet_second(&slots, &[true; 20]), None, "every window saw one");
+        assert_eq!(worst_quiet_second(&slots[..5], &busy[..5]), None, "under one window");
     }
 
     #[test]
