@@ -1184,10 +1184,10 @@ pub enum FetchErrorKind {
 }
 
 /// Bytes a fetch reads from its socket at once.
-const RECEIVE_BUFFER_BYTES: usize = 256 * 1024;
+pub const RECEIVE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// How often a blocked read wakes to see the stop flag.
-const RECEIVE_POLL_MS: u64 = 100;
+pub const RECEIVE_POLL_MS: u64 = 100;
 
 /// A fresh nonce: unique per call (a process-wide counter, the time and the process id,
 /// through an HMAC so it reveals none of them).

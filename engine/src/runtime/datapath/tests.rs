@@ -479,3 +479,38 @@ fn a_stopped_server_cuts_its_streams_and_joins_its_threads() {
     assert!(server.stats().bytes_sent < 4 * CHUNK_BYTES as u64);
     server.stop(); // idempotent
 }
+
+#[test]
+fn a_server_bound_from_the_cluster_config_serves_with_the_cluster_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster =
+        ClusterConfig::local(4, dura_core::Mode::Bft, super::super::LogMode::None, dir.path())
+            .expect("local config");
+    let source = Arc::new(DirSource::new(dir.path()));
+    let want = Want::Log(Piece::new(10, 20));
+    let expected = write_random(&source.path_of(want), 4_096, 11);
+    let mut server = DataServer::bind(&cluster, 1, source).expect("bind the transfer port");
+    let addr = cluster.replica(1).expect("replica 1").transfer_addr().expect("a data path");
+    assert_eq!(server.local_addr(), addr);
+    let keys = cluster.replica_keys(2).expect("keys");
+    let request = FetchRequest {
+        seeder: 1,
+        addr,
+        me: 2,
+        link_key: *keys.link(1).expect("link to 1"),
+        round: ROUND,
+        ticket: 5,
+        want,
+        offset: 0,
+    };
+    let (outcome, bytes, _) = fetch_bytes(&request);
+    assert!(matches!(outcome, StreamOutcome::Done { bytes: 4_096 }), "{outcome:?}");
+    assert!(bytes == expected);
+    server.stop();
+
+    let mut old = cluster.clone();
+    old.replicas[1].transfer_port = None;
+    let error = DataServer::bind(&old, 1, Arc::new(DirSource::new(dir.path())))
+        .expect_err("a config without a data path");
+    assert!(error.to_string().contains("replica[1].transfer_port"), "{error}");
+}
