@@ -138,6 +138,40 @@ pub enum Want {
     Log(Piece),
 }
 
+impl Want {
+    /// Bytes of the longest encoding (a log piece: tag, after, up_to).
+    pub const ENCODED_BYTES_MAX: usize = 1 + PIECE_BYTES;
+
+    /// Appends the encoding (`0, agreement_id:u64` or `1, after:u64, up_to:u64`) to
+    /// `w`: the same bytes a [`Message::Fetch`] carries, so the engine's data path can
+    /// name a payload without a codec of its own.
+    pub fn encode(&self, w: &mut Vec<u8>) {
+        match *self {
+            Want::Checkpoint { agreement_id } => {
+                w.push(0);
+                put_u64(w, agreement_id);
+            }
+            Want::Log(piece) => {
+                w.push(1);
+                put_piece(w, piece);
+            }
+        }
+    }
+
+    /// Reads one encoding written by [`Want::encode`] from `r` (a piece that runs
+    /// backwards is [`TransferError::Invalid`]); the caller decides whether bytes may
+    /// follow.
+    pub fn decode(r: &mut Reader<'_>) -> Result<Want, TransferError> {
+        match r.u8()? {
+            0 => Ok(Want::Checkpoint { agreement_id: r.u64()? }),
+            1 => Ok(Want::Log(piece(r)?)),
+            _ => Err(r.error().into()),
+        }
+    }
+}
+
+const _: () = assert!(Want::ENCODED_BYTES_MAX == 17);
+
 /// What an [`Message::Unavailable`] refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Asked {
@@ -455,16 +489,7 @@ fn put_piece(w: &mut Vec<u8>, piece: Piece) {
 }
 
 fn put_want(w: &mut Vec<u8>, want: Want) {
-    match want {
-        Want::Checkpoint { agreement_id } => {
-            w.push(0);
-            put_u64(w, agreement_id);
-        }
-        Want::Log(piece) => {
-            w.push(1);
-            put_piece(w, piece);
-        }
-    }
+    want.encode(w);
 }
 
 fn round(r: &mut Reader<'_>) -> Result<RoundId, TransferError> {
@@ -482,11 +507,7 @@ fn piece(r: &mut Reader<'_>) -> Result<Piece, TransferError> {
 }
 
 fn want(r: &mut Reader<'_>) -> Result<Want, TransferError> {
-    match r.u8()? {
-        0 => Ok(Want::Checkpoint { agreement_id: r.u64()? }),
-        1 => Ok(Want::Log(piece(r)?)),
-        _ => Err(r.error().into()),
-    }
+    Want::decode(r)
 }
 
 #[cfg(test)]
@@ -553,6 +574,23 @@ mod tests {
             assert_eq!(Message::from_bytes(&bytes), Ok(message.clone()), "{message:?}");
             assert_eq!(message.round(), ROUND);
         }
+    }
+
+    #[test]
+    fn a_want_round_trips_alone_within_its_bound_and_rejects_a_backward_piece() {
+        for want in [Want::Checkpoint { agreement_id: 42 }, Want::Log(Piece::new(7, 9))] {
+            let mut bytes = Vec::new();
+            want.encode(&mut bytes);
+            assert!(bytes.len() <= Want::ENCODED_BYTES_MAX);
+            let mut r = Reader::new(&bytes, "want");
+            assert_eq!(Want::decode(&mut r), Ok(want));
+            assert_eq!(r.remaining(), 0);
+        }
+        let mut backward = vec![1];
+        put_u64(&mut backward, 9);
+        put_u64(&mut backward, 7);
+        assert!(Want::decode(&mut Reader::new(&backward, "want")).is_err());
+        assert!(Want::decode(&mut Reader::new(&[2, 0], "want")).is_err(), "unknown tag");
     }
 
     #[test]

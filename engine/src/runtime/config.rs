@@ -12,12 +12,17 @@
 //! wal_preallocate = "zeroed"      # zeroed | fallocate | sparse
 //! wal_durability = "direct-dsync" # direct-dsync | dsync | fdatasync
 //! wal_trust_dsync = false
+//! # State transfer's data path (optional): the rate each seeder streams at, in total
+//! # over its streams, and how many streams it serves at once.
+//! transfer_bytes_per_s_max = 268435456  # 256 MiB/s; >= 1 MiB/s
+//! transfer_streams_max = 2              # 1..=16
 //!
 //! [[replica]]
 //! id = 0
 //! host = "127.0.0.1"
 //! replica_port = 7000
 //! client_port = 7100
+//! transfer_port = 7200   # optional: state transfer's data path (no transfer without it)
 //! data_dir = "/var/lib/dura/r0"
 //! ```
 //!
@@ -160,6 +165,13 @@ pub struct ReplicaConfig {
     /// `host`; absent: no metrics server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_port: Option<u16>,
+    /// Port of state transfer's data path on `host`: seeders stream checkpoints and log
+    /// pieces from it on threads of their own (`runtime::datapath`), so a transfer never
+    /// queues behind ordering. Absent (a config written before the data path): the
+    /// replica can neither serve nor fetch a transfer, and asking for its address
+    /// ([`ReplicaConfig::transfer_addr`]) is an error naming the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_port: Option<u16>,
     /// Directory holding the replica's log.
     pub data_dir: PathBuf,
 }
@@ -178,6 +190,19 @@ impl ReplicaConfig {
     /// The address the metrics server listens on, if it is configured.
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, RuntimeError> {
         self.metrics_port.map(|port| resolve(&self.host, port, self.id, "metrics_port")).transpose()
+    }
+
+    /// The address of the replica's state-transfer data path; an error naming the field
+    /// when the config has none (a config written before the data path existed).
+    pub fn transfer_addr(&self) -> Result<SocketAddr, RuntimeError> {
+        let port = self.transfer_port.ok_or_else(|| RuntimeError::Config {
+            field: format!("replica[{}].transfer_port", self.id),
+            reason: "not set: state transfer needs a data path port on every replica that \
+                     serves or fetches a transfer (add `transfer_port = <port>` to its \
+                     [[replica]] entry)"
+                .into(),
+        })?;
+        resolve(&self.host, port, self.id, "transfer_port")
     }
 }
 
@@ -219,6 +244,40 @@ fn default_frame_bytes_max() -> u32 {
 fn default_connections_max() -> u32 {
     1_024
 }
+fn default_transfer_bytes_per_s_max() -> u64 {
+    TRANSFER_BYTES_PER_S_MAX_DEFAULT
+}
+fn default_transfer_streams_max() -> u32 {
+    TRANSFER_STREAMS_MAX_DEFAULT
+}
+
+/// Default `transfer_bytes_per_s_max`: 256 MiB/s per seeder. A 1 GiB checkpoint then
+/// takes about 4 s from one seeder (CST fetches its parts from several at once), close
+/// to the 0.36-0.41 GB/s recovery rates RAMCloud and SiloR report, while a 10 GbE link
+/// (about 1.16 GiB/s) keeps over three quarters for ordering. Systems that stream
+/// snapshots beside a live log cap lower (TiKV 100 MiB/s, CockroachDB 32 MiB/s) and see
+/// followers fall behind for minutes on large states; the paper's CST measured 60% of
+/// normal throughput during a 1 GB transfer with no cap, so a cap is needed, not a small
+/// one.
+pub const TRANSFER_BYTES_PER_S_MAX_DEFAULT: u64 = 256 << 20;
+
+/// Smallest `transfer_bytes_per_s_max` accepted: one chunk of the data path
+/// ([`super::datapath::CHUNK_BYTES`]) per second, so no chunk waits more than a second
+/// for its tokens.
+pub const TRANSFER_BYTES_PER_S_MIN: u64 = super::datapath::CHUNK_BYTES as u64;
+
+/// Default `transfer_streams_max`: two, the seeder's default `leechers_max` in
+/// `dura-transfer`, so one more recovering replica is told `Busy` rather than slowing
+/// both.
+pub const TRANSFER_STREAMS_MAX_DEFAULT: u32 = 2;
+
+/// Largest `transfer_streams_max` accepted (each stream holds a thread and a socket).
+pub const TRANSFER_STREAMS_MAX_MAX: u32 = 16;
+
+const _: () = assert!(TRANSFER_BYTES_PER_S_MAX_DEFAULT >= TRANSFER_BYTES_PER_S_MIN);
+const _: () = assert!(
+    TRANSFER_STREAMS_MAX_DEFAULT >= 1 && TRANSFER_STREAMS_MAX_DEFAULT <= TRANSFER_STREAMS_MAX_MAX
+);
 
 /// The whole cluster: shared by every replica and client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +354,17 @@ pub struct ClusterConfig {
     /// `fdatasync`. Default `false`; for an operator who knows the file system does.
     #[serde(default)]
     pub wal_trust_dsync: bool,
+    /// Bytes per second one replica streams to recovering replicas, in total over its
+    /// data-path streams (a token bucket shared by them, so ordering keeps the rest of
+    /// the link and the disk). Default 256 MiB/s; at least 1 MiB/s (0 is rejected: a
+    /// seeder that may send nothing would stall every transfer).
+    #[serde(default = "default_transfer_bytes_per_s_max")]
+    pub transfer_bytes_per_s_max: u64,
+    /// Data-path streams one replica serves at once; a request past it is answered
+    /// `Busy` at once (never queued), and the leecher asks another seeder. Default 2,
+    /// within 1..=16.
+    #[serde(default = "default_transfer_streams_max")]
+    pub transfer_streams_max: u32,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -424,6 +494,7 @@ impl ClusterConfig {
                 (Some(replica.replica_port), "replica_port"),
                 (Some(replica.client_port), "client_port"),
                 (replica.metrics_port, "metrics_port"),
+                (replica.transfer_port, "transfer_port"),
             ];
             for (port, name) in ports.into_iter().filter_map(|(port, name)| Some((port?, name))) {
                 if port == 0 {
@@ -500,6 +571,26 @@ impl ClusterConfig {
                 format!("must be within {connections_min}..=65536 (at least n)"),
             ));
         }
+        if self.transfer_bytes_per_s_max < TRANSFER_BYTES_PER_S_MIN {
+            return Err(wrong(
+                "transfer_bytes_per_s_max",
+                format!(
+                    "{} bytes/s is below the minimum of {TRANSFER_BYTES_PER_S_MIN} (1 MiB/s: one \
+                     data-path chunk per second); 0 would stall every state transfer",
+                    self.transfer_bytes_per_s_max
+                ),
+            ));
+        }
+        if !(1..=TRANSFER_STREAMS_MAX_MAX).contains(&self.transfer_streams_max) {
+            return Err(wrong(
+                "transfer_streams_max",
+                format!(
+                    "{} is outside 1..={TRANSFER_STREAMS_MAX_MAX} (each stream holds a thread \
+                     and a socket; 0 would refuse every transfer)",
+                    self.transfer_streams_max
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -555,12 +646,13 @@ impl ClusterConfig {
             });
         }
         let f = f as u32;
-        let ports = free_ports(2 * n as usize)?;
+        let ports = free_ports(3 * n as usize)?;
         Ok(Self::local_with_ports(f, mode, log_mode, data_dir, &ports))
     }
 
     /// Like [`ClusterConfig::local`] with the ports given: replica i uses `ports[2i]`
-    /// for replica links and `ports[2i+1]` for clients.
+    /// for replica links and `ports[2i+1]` for clients, and `ports[2n+i]` for state
+    /// transfer's data path when `ports` holds 3n (with 2n, no replica has a data path).
     pub fn local_with_ports(
         f: u32,
         mode: Mode,
@@ -570,6 +662,9 @@ impl ClusterConfig {
     ) -> Self {
         let n = mode.replicas_min(f as usize) as u32;
         assert!(ports.len() >= 2 * n as usize, "two ports per replica");
+        // A data path for every replica or for none: half a cluster that can transfer
+        // state is a config nobody meant.
+        let transfer_ports = ports.get(2 * n as usize..3 * n as usize);
         let replicas = (0..n)
             .map(|id| ReplicaConfig {
                 id,
@@ -577,6 +672,7 @@ impl ClusterConfig {
                 replica_port: ports[2 * id as usize],
                 client_port: ports[2 * id as usize + 1],
                 metrics_port: None,
+                transfer_port: transfer_ports.map(|ports| ports[id as usize]),
                 data_dir: data_dir.join(format!("r{id}")),
             })
             .collect();
@@ -603,6 +699,8 @@ impl ClusterConfig {
             checkpoint_write: CheckpointWrite::default(),
             wal_durability: default_wal_durability(),
             wal_trust_dsync: false,
+            transfer_bytes_per_s_max: TRANSFER_BYTES_PER_S_MAX_DEFAULT,
+            transfer_streams_max: TRANSFER_STREAMS_MAX_DEFAULT,
             replicas,
         }
     }
@@ -897,6 +995,89 @@ mod tests {
         config.replicas[1].metrics_port = Some(config.replicas[1].client_port);
         let error = config.validate().expect_err("port used twice").to_string();
         assert!(error.contains("replica[1].metrics_port"), "{error}");
+        assert!(error.contains("used twice"), "{error}");
+    }
+
+    #[test]
+    fn transfer_fields_default_when_absent_and_an_old_config_has_no_data_path() {
+        let text: String = sample()
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("transfer_"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ClusterConfig::from_toml(&text).expect("an old config without the fields");
+        assert_eq!(config.transfer_bytes_per_s_max, 256 << 20);
+        assert_eq!(config.transfer_streams_max, 2);
+        assert_eq!(config.replicas[1].transfer_port, None, "two ports per replica: none");
+        let error = config.replicas[1].transfer_addr().expect_err("no data path").to_string();
+        assert!(error.contains("replica[1].transfer_port"), "{error}");
+        assert!(error.contains("not set"), "{error}");
+    }
+
+    #[test]
+    fn transfer_fields_round_trip_through_a_saved_file() {
+        let ports: Vec<u16> = (7000..7012).collect();
+        let mut config = ClusterConfig::local_with_ports(
+            1,
+            Mode::Bft,
+            LogMode::Parallel,
+            Path::new("/x"),
+            &ports,
+        );
+        assert_eq!(config.replicas[3].transfer_port, Some(7011), "ports[2n + i]");
+        config.transfer_bytes_per_s_max = 3 << 20;
+        config.transfer_streams_max = 16;
+        config.replicas[2].transfer_port = None;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cluster.toml");
+        config.save(&path).expect("save");
+        let loaded = ClusterConfig::load(&path).expect("load");
+        assert_eq!(loaded, config);
+        assert_eq!(loaded.replicas[0].transfer_addr().expect("set").port(), 7008);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("transfer_bytes_per_s_max = 3145728"), "{text}");
+        assert!(text.contains("transfer_streams_max = 16"), "{text}");
+    }
+
+    #[test]
+    fn local_config_gives_every_replica_its_own_free_transfer_port() {
+        let config =
+            ClusterConfig::local(4, Mode::Bft, LogMode::None, Path::new("/x")).expect("free ports");
+        let mut seen = BTreeSet::new();
+        for replica in &config.replicas {
+            let port = replica.transfer_port.expect("local clusters have a data path");
+            assert!(seen.insert(port), "{port} given twice");
+            assert!(port != replica.replica_port && port != replica.client_port);
+        }
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn transfer_fields_out_of_range_are_rejected_naming_the_field() {
+        let mut config = sample();
+        config.transfer_bytes_per_s_max = 0;
+        let error = config.validate().expect_err("0 bytes/s").to_string();
+        assert!(error.contains("transfer_bytes_per_s_max"), "{error}");
+        assert!(error.contains("would stall"), "{error}");
+        config.transfer_bytes_per_s_max = TRANSFER_BYTES_PER_S_MIN - 1;
+        assert!(config.validate().is_err());
+        config.transfer_bytes_per_s_max = TRANSFER_BYTES_PER_S_MIN;
+        config.validate().expect("the minimum is accepted");
+        for streams in [0, TRANSFER_STREAMS_MAX_MAX + 1] {
+            config.transfer_streams_max = streams;
+            let error = config.validate().expect_err("out of range").to_string();
+            assert!(error.contains("transfer_streams_max"), "{error}");
+            assert!(error.contains("1..=16"), "{error}");
+        }
+        config.transfer_streams_max = TRANSFER_STREAMS_MAX_MAX;
+        config.validate().expect("the maximum is accepted");
+        config.replicas[1].transfer_port = Some(0);
+        let error = config.validate().expect_err("port 0").to_string();
+        assert!(error.contains("replica[1].transfer_port"), "{error}");
+        config.replicas[1].transfer_port = Some(config.replicas[1].replica_port);
+        let error = config.validate().expect_err("port used twice").to_string();
+        assert!(error.contains("replica[1].transfer_port"), "{error}");
         assert!(error.contains("used twice"), "{error}");
     }
 

@@ -3,7 +3,8 @@
 //! A replica is a fixed set of stage threads (DESIGN.md, "Stages"): `net` (one reader and
 //! one writer thread per connection, see [`net`]), `order` (the protocol state machine),
 //! `exec` (the [`crate::service::Executor`]) and `log` (the write-ahead log). They share no
-//! mutable state and talk over bounded channels.
+//! mutable state and talk over bounded channels. State transfer's bulk bytes travel on a
+//! port and threads of their own ([`datapath`]).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ pub mod alloc;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
+pub mod datapath;
 pub mod durability;
 pub mod filelog;
 pub mod metrics;
