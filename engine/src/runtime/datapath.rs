@@ -26,6 +26,13 @@
 //!   it is what a request that failed authentication gets, and a forged one can do no
 //!   more than cut the connection, which anyone on the path can.
 //! - **Payload**: for `Ok`, the bytes `offset..total` of the payload, unframed.
+//! - **Control exchange** (state transfer's small messages: query, status, hash
+//!   request, hashes): the same length prefix, at most [`CONTROL_BYTES_MAX`], then
+//!   `b"DTCM"`, the requester's id, a fresh nonce, one `dura-transfer` [`Message`] and
+//!   an HMAC over everything before it; the answer is a `u32` length, then the
+//!   messages the seeder sends back (each a `u32` length and the message), and an
+//!   HMAC over the request's nonce and those bytes. The source's
+//!   [`StreamSource::control`] answers (a source without one refuses).
 //!
 //! The MAC key is derived from the link key the two replicas share
 //! ([`ReplicaKeys::link`], itself from the cluster's `replica_key`) with a label of its
@@ -88,7 +95,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dura_core::ReplicaId;
 use dura_core::auth::{Key, MAC_BYTES, ReplicaKeys, mac, verify_mac};
 use dura_core::codec::{Reader, put_u32, put_u64};
-use dura_transfer::{RoundId, Unavailable, Want};
+use dura_transfer::{Message, RoundId, Unavailable, Want};
 
 use super::RuntimeError;
 use super::config::ClusterConfig;
@@ -115,6 +122,22 @@ pub const REQUEST_BYTES_MAX: usize = 128;
 
 /// Bytes of an answer: tag, value, MAC.
 pub const ANSWER_BYTES: usize = 1 + 8 + MAC_BYTES;
+
+const CONTROL_MAGIC: [u8; 4] = *b"DTCM";
+
+/// Largest control request or answer body. Control messages are small by construction
+/// (a status names at most `STATUS_CHECKPOINTS_MAX` checkpoints, a hash request at most
+/// `PIECES_MAX` pieces); a longer length prefix is refused before anything is read.
+pub const CONTROL_BYTES_MAX: usize = 16 << 10;
+
+/// Messages one control answer carries at most.
+pub const CONTROL_ANSWERS_MAX: usize = 4;
+
+/// Smallest control request body: magic, requester, nonce, a one-byte message, MAC.
+const CONTROL_BYTES_MIN: usize = 4 + 4 + NONCE_BYTES + 1 + MAC_BYTES;
+
+const _: () = assert!(CONTROL_BYTES_MAX > REQUEST_BYTES_MAX);
+const _: () = assert!(CONTROL_BYTES_MIN < REQUEST_BYTES_MIN);
 
 const _: () = assert!(REQUEST_FIXED_BYTES + Want::ENCODED_BYTES_MAX <= REQUEST_BYTES_MAX);
 const _: () = assert!(REQUEST_BYTES_MIN <= REQUEST_FIXED_BYTES + Want::ENCODED_BYTES_MAX);
@@ -206,6 +229,14 @@ impl fmt::Debug for Opened {
 pub trait StreamSource: Send + Sync {
     /// Opens `request.want`. An `Err` is logged and the request refused.
     fn open(&self, request: &StreamRequest) -> io::Result<Opened>;
+
+    /// Answers a control message from replica `from` (authenticated) with the
+    /// messages to send back to it (at most [`CONTROL_ANSWERS_MAX`]); `None`: this
+    /// source takes no control messages, and the request is refused.
+    fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
+        let _ = (from, message);
+        None
+    }
 }
 
 /// Log pieces up to this size are read into memory by [`DirSource`]; larger ones are
@@ -405,6 +436,8 @@ pub struct DataServerStats {
     pub unavailable: u64,
     /// Streams sent to their end.
     pub completed: u64,
+    /// Control messages answered.
+    pub controls: u64,
     /// Payload bytes sent.
     pub bytes_sent: u64,
     /// File chunks sent by `pread` and `write` because the kernel refused `sendfile`
@@ -420,6 +453,7 @@ struct Counters {
     busy: AtomicU64,
     unavailable: AtomicU64,
     completed: AtomicU64,
+    controls: AtomicU64,
     bytes_sent: AtomicU64,
     sendfile_refused: AtomicU64,
 }
@@ -585,6 +619,7 @@ impl DataServer {
             busy: get(&c.busy),
             unavailable: get(&c.unavailable),
             completed: get(&c.completed),
+            controls: get(&c.controls),
             bytes_sent: get(&c.bytes_sent),
             sendfile_refused: get(&c.sendfile_refused),
         }
@@ -770,20 +805,51 @@ struct Authenticated {
     key: Key,
 }
 
-fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Authenticated, Refusal> {
+/// A control request read and authenticated.
+struct ControlRequest {
+    from: ReplicaId,
+    nonce: [u8; NONCE_BYTES],
+    key: Key,
+    message: Message,
+}
+
+/// What a connection asked.
+enum Request {
+    Stream(Authenticated),
+    Control(ControlRequest),
+}
+
+fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refusal> {
     let mut length = [0u8; 4];
     stream.read_exact(&mut length).map_err(Refusal::Io)?;
     let length = u32::from_le_bytes(length);
-    if !(REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&(length as usize)) {
+    if !(CONTROL_BYTES_MIN..=CONTROL_BYTES_MAX).contains(&(length as usize)) {
         return Err(Refusal::Length(length));
     }
-    let mut buffer = [0u8; REQUEST_BYTES_MAX];
-    let body = &mut buffer[..length as usize];
-    stream.read_exact(body).map_err(Refusal::Io)?;
+    let mut body = vec![0u8; length as usize];
+    stream.read_exact(&mut body).map_err(Refusal::Io)?;
     let (signed, tag) = body.split_at(body.len() - MAC_BYTES);
     let malformed = |error: &dyn fmt::Display| Refusal::Malformed(error.to_string());
     let mut r = Reader::new(signed, "transfer request");
-    if r.take(4).map_err(|e| malformed(&e))? != REQUEST_MAGIC {
+    let magic = r.take(4).map_err(|e| malformed(&e))?;
+    if magic == CONTROL_MAGIC {
+        let from = r.u32().map_err(|e| malformed(&e))?;
+        let Some(key) = shared.keys.get(from as usize).copied().flatten() else {
+            return Err(Refusal::UnknownReplica(from));
+        };
+        if !verify_mac(&key, &[signed], tag) {
+            return Err(Refusal::BadMac(from));
+        }
+        let nonce: [u8; NONCE_BYTES] =
+            r.take(NONCE_BYTES).map_err(|e| malformed(&e))?.try_into().expect("NONCE_BYTES");
+        let rest = r.take(r.remaining()).map_err(|e| malformed(&e))?;
+        let message = Message::from_bytes(rest).map_err(|e| malformed(&e))?;
+        return Ok(Request::Control(ControlRequest { from, nonce, key, message }));
+    }
+    if !(REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&(length as usize)) {
+        return Err(Refusal::Length(length));
+    }
+    if magic != REQUEST_MAGIC {
         return Err(Refusal::Malformed("not a transfer request (magic)".into()));
     }
     let from = r.u32().map_err(|e| malformed(&e))?;
@@ -803,7 +869,57 @@ fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Authenticated
         r.take(NONCE_BYTES).map_err(|e| malformed(&e))?.try_into().expect("NONCE_BYTES taken");
     let want = Want::decode(&mut r).map_err(|e| malformed(&e))?;
     r.finish().map_err(|e| malformed(&e))?;
-    Ok(Authenticated { request: StreamRequest { from, round, ticket, want, offset }, nonce, key })
+    Ok(Request::Stream(Authenticated {
+        request: StreamRequest { from, round, ticket, want, offset },
+        nonce,
+        key,
+    }))
+}
+
+/// The framed answer to a control request: the messages, MACed over the request's
+/// nonce.
+fn encode_control_answer(key: &Key, nonce: &[u8; NONCE_BYTES], messages: &[Message]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_u32(&mut body, 0); // the length, set below
+    for message in messages {
+        let bytes = message.to_bytes();
+        put_u32(&mut body, bytes.len() as u32);
+        body.extend_from_slice(&bytes);
+    }
+    let code = mac(key, &[b"control-answer", nonce, &body[4..]]);
+    body.extend_from_slice(&code);
+    let length = body.len() - 4;
+    body[..4].copy_from_slice(&(length as u32).to_le_bytes());
+    body
+}
+
+fn serve_control(shared: &Shared, stream: &mut TcpStream, peer: &str, control: ControlRequest) {
+    let ControlRequest { from, nonce, key, message } = control;
+    let answers = match shared.source.control(from, message) {
+        Some(answers) => answers,
+        None => {
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            shared.refusal_log.warn(format_args!(
+                "replica {}: refused a control message from {peer}: no seeder here",
+                shared.me
+            ));
+            let _ = stream.write_all(&u32::MAX.to_le_bytes());
+            return;
+        }
+    };
+    assert!(answers.len() <= CONTROL_ANSWERS_MAX, "{} control answers", answers.len());
+    let framed = encode_control_answer(&key, &nonce, &answers);
+    if framed.len() - 4 > CONTROL_BYTES_MAX {
+        log::error!(
+            "replica {}: a control answer of {} bytes is over the bound",
+            shared.me,
+            framed.len()
+        );
+        let _ = stream.write_all(&u32::MAX.to_le_bytes());
+        return;
+    }
+    shared.counters.controls.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.write_all(&framed);
 }
 
 fn encode_answer(key: &Key, nonce: &[u8; NONCE_BYTES], tag: u8, value: u64) -> [u8; ANSWER_BYTES] {
@@ -821,7 +937,12 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)));
     let _ = stream.set_write_timeout(Some(Duration::from_millis(SEND_TIMEOUT_MS)));
     let Authenticated { request, nonce, key } = match read_request(shared, &mut stream) {
-        Ok(authenticated) => authenticated,
+        Ok(Request::Stream(authenticated)) => authenticated,
+        Ok(Request::Control(control)) => {
+            serve_control(shared, &mut stream, &peer, control);
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
         Err(refusal) => {
             shared.counters.refused.fetch_add(1, Ordering::Relaxed);
             if !shared.is_stopping() {
@@ -1225,6 +1346,75 @@ fn encode_request(
     assert!((REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&length), "request of {length}");
     body[..4].copy_from_slice(&(length as u32).to_le_bytes());
     body
+}
+
+/// Sends one state-transfer control `message` to `seeder` at `addr` on its transfer
+/// port and returns the messages it answers with, authenticated with the data-path key
+/// from `link_key`. One connection, one exchange; no retry (the leecher's protocol has
+/// its own timeouts and asks again). Gives up after `timeout`.
+pub fn control_call(
+    addr: SocketAddr,
+    me: ReplicaId,
+    seeder: ReplicaId,
+    link_key: &Key,
+    message: &Message,
+    timeout: Duration,
+) -> Result<Vec<Message>, FetchError> {
+    assert!(me != seeder, "a replica does not ask itself");
+    let fail = |kind| FetchError { seeder, addr, kind };
+    let broken = |error: io::Error| {
+        fail(FetchErrorKind::Disconnected { attempts: 1, last: error.to_string() })
+    };
+    let key = datapath_key(link_key);
+    let nonce = fresh_nonce(&key);
+    let mut body = Vec::with_capacity(64);
+    put_u32(&mut body, 0); // the length, set below
+    body.extend_from_slice(&CONTROL_MAGIC);
+    put_u32(&mut body, me);
+    body.extend_from_slice(&nonce);
+    body.extend_from_slice(&message.to_bytes());
+    let code = mac(&key, &[&body[4..]]);
+    body.extend_from_slice(&code);
+    let length = body.len() - 4;
+    assert!(length <= CONTROL_BYTES_MAX, "a control message of {length} bytes");
+    body[..4].copy_from_slice(&(length as u32).to_le_bytes());
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
+    stream.set_nodelay(true).map_err(broken)?;
+    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+    stream.write_all(&body).map_err(broken)?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).map_err(broken)?;
+    let length = u32::from_le_bytes(length);
+    // `u32::MAX`: the server refused the control message; a request it could not
+    // authenticate gets the stream answer `Refused`, whose first bytes read as a length
+    // below a MAC's.
+    if !(MAC_BYTES..=CONTROL_BYTES_MAX).contains(&(length as usize)) {
+        return Err(fail(FetchErrorKind::Refused));
+    }
+    let mut answer = vec![0u8; length as usize];
+    stream.read_exact(&mut answer).map_err(broken)?;
+    let (signed, tag) = answer.split_at(answer.len() - MAC_BYTES);
+    if !verify_mac(&key, &[b"control-answer", &nonce, signed], tag) {
+        return Err(fail(FetchErrorKind::Refused));
+    }
+    let mut r = Reader::new(signed, "control answer");
+    let mut messages = Vec::new();
+    while r.remaining() > 0 {
+        let malformed = |e: &dyn fmt::Display| {
+            fail(FetchErrorKind::Disconnected {
+                attempts: 1,
+                last: format!("malformed answer: {e}"),
+            })
+        };
+        if messages.len() == CONTROL_ANSWERS_MAX {
+            return Err(malformed(&"too many messages"));
+        }
+        let size = r.u32().map_err(|e| malformed(&e))? as usize;
+        let bytes = r.take(size).map_err(|e| malformed(&e))?;
+        messages.push(Message::from_bytes(bytes).map_err(|e| malformed(&e))?);
+    }
+    Ok(messages)
 }
 
 /// What one attempt came to.

@@ -18,6 +18,7 @@ pub mod filelog;
 pub mod metrics;
 pub mod net;
 pub mod replica;
+pub mod transfer;
 
 pub use alloc::tune_allocator;
 pub use client::{Client, ClientOptions, Pending};

@@ -514,3 +514,80 @@ fn a_server_bound_from_the_cluster_config_serves_with_the_cluster_keys() {
         .expect_err("a config without a data path");
     assert!(error.to_string().contains("replica[1].transfer_port"), "{error}");
 }
+
+/// A source that answers every control message with a status naming the sender.
+struct Echo;
+
+impl StreamSource for Echo {
+    fn open(&self, _request: &StreamRequest) -> io::Result<Opened> {
+        Ok(Opened::Unavailable(Unavailable::NotYet))
+    }
+
+    fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
+        let Message::Query { round } = message else { return Some(Vec::new()) };
+        let status = dura_transfer::Status {
+            last_agreement: u64::from(from) + 100,
+            log_first: 1,
+            checkpoints: Vec::new(),
+        };
+        Some(vec![Message::Status { round, status }])
+    }
+}
+
+#[test]
+fn a_control_message_gets_the_sources_answers_authenticated_both_ways() {
+    let mut server = start_server(Arc::new(Echo), 2);
+    let addr = server.local_addr();
+    let timeout = Duration::from_secs(5);
+    let link = |me: ReplicaId| *ring().replica_keys(me).link(0).expect("in the ring");
+    let answers =
+        control_call(addr, 2, 0, &link(2), &Message::Query { round: ROUND }, timeout).expect("ok");
+    match answers.as_slice() {
+        [Message::Status { round, status }] => {
+            assert_eq!(*round, ROUND);
+            assert_eq!(status.last_agreement, 102, "the server saw the authenticated sender");
+        }
+        other => panic!("{other:?}"),
+    }
+    let none = control_call(
+        addr,
+        1,
+        0,
+        &link(1),
+        &Message::Status {
+            round: ROUND,
+            status: dura_transfer::Status {
+                last_agreement: 0,
+                log_first: 1,
+                checkpoints: Vec::new(),
+            },
+        },
+        timeout,
+    )
+    .expect("an empty answer is an answer");
+    assert!(none.is_empty());
+    // Replica 3 signing with replica 2's key: refused, and nothing answered.
+    let forged = control_call(addr, 3, 0, &link(2), &Message::Query { round: ROUND }, timeout);
+    assert!(matches!(forged, Err(FetchError { kind: FetchErrorKind::Refused, .. })), "{forged:?}");
+    let stats = server.stats();
+    assert_eq!(stats.controls, 2);
+    assert_eq!(stats.refused, 1);
+    server.stop();
+}
+
+#[test]
+fn a_source_without_control_refuses_control_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_server(Arc::new(DirSource::new(dir.path())), 2);
+    let link = *ring().replica_keys(1).link(0).expect("in the ring");
+    let answer = control_call(
+        server.local_addr(),
+        1,
+        0,
+        &link,
+        &Message::Query { round: ROUND },
+        Duration::from_secs(5),
+    );
+    assert!(matches!(answer, Err(FetchError { kind: FetchErrorKind::Refused, .. })), "{answer:?}");
+    server.stop();
+}
