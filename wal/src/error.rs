@@ -162,6 +162,48 @@ pub enum WalError {
         /// The asked sequence number.
         segment_seq: u64,
     },
+    /// A read of agreements up to `up_to` ([`crate::LogReader::read_agreements`]) asked
+    /// beyond the durable point: the log never serves an agreement that is not durable.
+    /// Ask again once the durable point passed `up_to`.
+    #[error(
+        "agreements up to {up_to} asked for, but the log is durable only up to agreement {durable}"
+    )]
+    NotYetDurable {
+        /// The last agreement id asked for.
+        up_to: u64,
+        /// The durable point's agreement id when the read was made.
+        durable: u64,
+    },
+    /// A read of agreements ([`crate::LogReader::read_agreements`]) starts below what the
+    /// log still holds: the segments that held them were deleted
+    /// ([`crate::LogWriter::delete_below`]), before the read or while it ran. The caller
+    /// needs a checkpoint at or after `first_held - 1` (or another replica's log).
+    #[error(
+        "agreement {asked} asked for, but the log holds agreements only from {first_held} on \
+         (older segments were deleted)"
+    )]
+    Truncated {
+        /// The lowest agreement id the log can still serve (see
+        /// [`crate::LogReader::held_range`]; one past the durable point when it holds no
+        /// record).
+        first_held: u64,
+        /// The first agreement id asked for (`after + 1`).
+        asked: u64,
+    },
+    /// The records of a read of agreements ([`crate::LogReader::read_agreements`]) hold
+    /// more payload bytes than the caller allowed; nothing is returned. Ask for a
+    /// smaller range.
+    #[error(
+        "the records asked for hold more than {max} payload bytes (at least {bytes}): ask for a \
+         smaller range"
+    )]
+    RangeTooLarge {
+        /// Payload bytes gathered when the bound was crossed (a lower bound of the
+        /// range's total).
+        bytes: u64,
+        /// The bound the caller passed.
+        max: u64,
+    },
     /// Options that cannot work together.
     #[error("invalid log options: {0}")]
     InvalidOptions(String),

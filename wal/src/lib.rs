@@ -7,6 +7,8 @@
 //!   waiting when the previous write completes goes out in one aligned write (group
 //!   commit); a [`Ticket`] or the [`LogWriter::durable_notifications`] channel says when
 //!   it is durable.
+//! * [`LogReader::read_agreements`] ([`LogWriter::reader`]) reads the durable records of
+//!   a range of agreements back from the live log, from another thread (state transfer).
 //! * [`WriterThreads::Stepped`] runs the same writer without threads, one
 //!   [`LogWriter::write_step`] at a time, so the deterministic simulator replays a seed
 //!   exactly over [`sim::SimStorage`].
@@ -31,7 +33,7 @@ pub use error::{IoOp, Result, WalError};
 pub use recovery::LogRecord;
 pub use storage::{Backend, FsStorage, ResolvedBackend, Storage, StorageFile, probe_io_uring};
 pub use wal::{
-    CutTail, DurablePoint, GROUP_BYTES_MAX_DEFAULT, LogWriter, QUEUE_DEPTH_MAX_DEFAULT,
+    CutTail, DurablePoint, GROUP_BYTES_MAX_DEFAULT, LogReader, LogWriter, QUEUE_DEPTH_MAX_DEFAULT,
     RECORD_BYTES_MAX_DEFAULT, Recovered, SEGMENT_BYTES_DEFAULT, SPARE_SEGMENTS_MAX_DEFAULT,
     SegmentInfo, Ticket, Wal, WalOptions, WriteStats, WriterThreads,
 };

@@ -46,6 +46,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Reads the whole file `name` (through the page cache).
     fn read_all(&self, name: &str) -> io::Result<Vec<u8>>;
 
+    /// Reads the first `len_bytes` bytes of file `name` (through the page cache), or the
+    /// whole file when it is shorter. The log reads the part of the active segment that
+    /// is durable with it while the writer writes further on; it never looks at the
+    /// bytes past `len_bytes`. The default reads the whole file and drops the rest.
+    fn read_prefix(&self, name: &str, len_bytes: u64) -> io::Result<Vec<u8>> {
+        let mut bytes = self.read_all(name)?;
+        bytes.truncate(usize::try_from(len_bytes).unwrap_or(usize::MAX));
+        Ok(bytes)
+    }
+
     /// Opens the existing file `name` for writing with the storage's durability mode.
     fn open_for_write(&self, name: &str) -> io::Result<Self::File>;
 
@@ -210,6 +220,16 @@ impl Storage for FsStorage {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
         let mut bytes = Vec::with_capacity(len);
         file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn read_prefix(&self, name: &str, len_bytes: u64) -> io::Result<Vec<u8>> {
+        let file = File::open(self.path(name))?;
+        let len = file.metadata()?.len().min(len_bytes);
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+        let mut bytes = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut bytes)?;
         Ok(bytes)
     }
 

@@ -27,6 +27,17 @@
 //! The same operations then give the same storage operations in the same order, so a
 //! seeded [`crate::sim::SimStorage`] replays exactly.
 //!
+//! ## Reading back
+//!
+//! A [`LogReader`] ([`LogWriter::reader`]) serves the durable records of a range of
+//! agreements from any thread while the writer runs (state transfer): closed segments
+//! are read and verified whole; of the active segment only the bytes before the durable
+//! point's group end are read, since the bytes after it may be mid-write. The writer
+//! publishes where those bytes end together with the durable point, under one lock, and
+//! [`LogWriter::delete_below`] takes segments off the list before it renames or removes
+//! their files, so a read that loses a segment under its feet knows it was deleted
+//! ([`WalError::Truncated`]) rather than damaged.
+//!
 //! ## Failure
 //!
 //! Any write or sync error (or a directory sync error while preparing or deleting
@@ -376,8 +387,34 @@ struct State {
     closing: bool,
     writer_exited: bool,
     closed_segments: Vec<SegmentInfo>,
+    /// The segment being written, as far as it is durable: updated with `durable`, under
+    /// the same lock, so a reader sees the two agree. `None` from the moment the writer
+    /// sealed a segment (it joined `closed_segments`) until its next write published a
+    /// durable point: the next segment holds no durable record meanwhile.
+    active: Option<ActiveSegment>,
     spares: Vec<String>,
     next_spare: u64,
+}
+
+/// The agreement ids and record count of a segment's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SegmentIds {
+    first_agreement_id: Option<u64>,
+    last_agreement_id: Option<u64>,
+    record_count: u64,
+}
+
+/// The durable part of the segment being written: what a [`LogReader`] may read of it.
+/// Its file is `segment_file_name(segment_seq)` (names are strict, see
+/// [`parse_segment_file_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ActiveSegment {
+    segment_seq: u64,
+    /// Where its durable groups end (a block boundary): every byte before is a completed
+    /// write, never rewritten; the bytes from here on may be mid-write.
+    durable_bytes: u64,
+    /// Of the records before `durable_bytes`.
+    ids: SegmentIds,
 }
 
 #[derive(Debug)]
@@ -566,7 +603,9 @@ impl Wal {
         let mut chain = Chain::default();
         let mut records = Vec::new();
         let mut closed_segments = Vec::new();
-        let mut tail: Option<(u64, String, u64)> = None;
+        // The unsealed segment the log ends in: its sequence number, file name, the offset
+        // where its verified groups end, and the ids and count of its records.
+        let mut tail: Option<(u64, String, u64, SegmentIds)> = None;
         let mut cut = None;
         let mut index = 0;
         while index < segments.len() {
@@ -637,14 +676,19 @@ impl Wal {
                             reason: reason.to_owned(),
                         });
                     }
-                    tail = Some((*seq, name.clone(), offset));
+                    let ids = SegmentIds {
+                        first_agreement_id: scan.first_agreement_id,
+                        last_agreement_id: scan.last_agreement_id,
+                        record_count: scan.record_count,
+                    };
+                    tail = Some((*seq, name.clone(), offset, ids));
                     break;
                 }
             }
         }
         // Segments after the tail held nothing: recycle them as spares.
         let trailing: Vec<(u64, String)> = match &tail {
-            Some((seq, _, _)) => segments.iter().filter(|(s, _)| s > seq).cloned().collect(),
+            Some((seq, ..)) => segments.iter().filter(|(s, _)| s > seq).cloned().collect(),
             None => Vec::new(),
         };
         let mut next_spare = spares.last().map_or(1, |(n, _)| n + 1);
@@ -663,7 +707,7 @@ impl Wal {
 
         // The active segment: the tail, or a fresh one after the last sealed segment.
         let fallocate_refused = AtomicBool::new(false);
-        let (active_seq, active_name, active_offset) = match tail {
+        let (active_seq, active_name, active_offset, active_ids) = match tail {
             Some(t) => t,
             None => {
                 let seq = segments.last().map_or(1, |(s, _)| s + 1);
@@ -675,7 +719,7 @@ impl Wal {
                     &mut spare_names,
                     &mut || ZeroPace::Go,
                 )?;
-                (seq, name, 0)
+                (seq, name, 0, SegmentIds::default())
             }
         };
         let active_file = storage
@@ -685,6 +729,12 @@ impl Wal {
             .len_bytes()
             .map_err(|e| WalError::io(IoOp::Read, storage.path(&active_name), None, e))?;
         let active_has_records = active_offset > 0;
+        assert_eq!(active_name, segment_file_name(active_seq), "segment names are strict");
+        assert_eq!(
+            active_has_records,
+            active_ids.record_count > 0,
+            "the tail's verified groups hold records exactly when they end past its start"
+        );
 
         let capacity = options.group_buffer_bytes();
         let durable =
@@ -701,6 +751,11 @@ impl Wal {
                 closing: false,
                 writer_exited: false,
                 closed_segments: closed_segments.clone(),
+                active: Some(ActiveSegment {
+                    segment_seq: active_seq,
+                    durable_bytes: active_offset,
+                    ids: active_ids,
+                }),
                 spares: spare_names,
                 next_spare,
             }),
@@ -740,7 +795,7 @@ impl Wal {
         let (writer, stepper) = {
             let storage = Arc::clone(&storage);
             let shared = Arc::clone(&shared);
-            let mut state = WriterState {
+            let state = WriterState {
                 storage,
                 shared,
                 file: active_file,
@@ -748,9 +803,10 @@ impl Wal {
                 segment_name: active_name,
                 segment_len: active_len,
                 offset: active_offset,
-                segment_first_agreement_id: None,
-                segment_last_agreement_id: None,
-                segment_record_count: 0,
+                // The tail segment's ids so far (for its SegmentInfo when sealed).
+                segment_first_agreement_id: active_ids.first_agreement_id,
+                segment_last_agreement_id: active_ids.last_agreement_id,
+                segment_record_count: active_ids.record_count,
                 segment_has_records: active_has_records,
                 next_segment,
                 spare: Some(Group::new(capacity)),
@@ -758,22 +814,6 @@ impl Wal {
                 durable_tx,
                 durable_rx_drain: durable_rx.clone(),
             };
-            // The tail segment's ids so far (for its SegmentInfo when sealed).
-            if active_has_records {
-                let bytes = state.storage.read_all(&state.segment_name).map_err(|e| {
-                    WalError::io(IoOp::Read, state.storage.path(&state.segment_name), None, e)
-                })?;
-                let mut any = Chain::default();
-                let scan = scan_segment(
-                    &bytes,
-                    active_seq,
-                    &mut any,
-                    ScanWants { payloads: false, sha256: false },
-                );
-                state.segment_first_agreement_id = scan.first_agreement_id;
-                state.segment_last_agreement_id = scan.last_agreement_id;
-                state.segment_record_count = scan.record_count;
-            }
             match options.writer {
                 WriterThreads::Background => {
                     let writer = thread::Builder::new()
@@ -1009,6 +1049,7 @@ impl<S: Storage> WriterState<S> {
         match self.write_group(&mut group) {
             Ok(()) => {
                 let point = if group.record_count > 0 {
+                    let active = self.active_segment();
                     let point = {
                         let mut state = self.shared.lock();
                         assert!(
@@ -1023,6 +1064,7 @@ impl<S: Storage> WriterState<S> {
                             record_seq: group.last_record_seq,
                             agreement_id: group.last_agreement_id,
                         };
+                        state.active = Some(active);
                         state.durable
                     };
                     self.shared.durable_cv.notify_all();
@@ -1041,6 +1083,20 @@ impl<S: Storage> WriterState<S> {
                 self.shared.durable_cv.notify_all();
                 Err(error)
             }
+        }
+    }
+
+    /// The segment being written as far as it is written: every write before `offset`
+    /// completed (durably).
+    fn active_segment(&self) -> ActiveSegment {
+        ActiveSegment {
+            segment_seq: self.segment_seq,
+            durable_bytes: self.offset,
+            ids: SegmentIds {
+                first_agreement_id: self.segment_first_agreement_id,
+                last_agreement_id: self.segment_last_agreement_id,
+                record_count: self.segment_record_count,
+            },
         }
     }
 
@@ -1147,7 +1203,12 @@ impl<S: Storage> WriterState<S> {
             record_count: self.segment_record_count,
             sha256: Arc::new(OnceLock::new()),
         };
-        self.shared.lock().closed_segments.push(info);
+        {
+            let mut state = self.shared.lock();
+            state.closed_segments.push(info);
+            // Every durable record of the active segment is in the closed one now.
+            state.active = None;
+        }
         let next_seq = self.segment_seq + 1;
         let prepared = match &self.next_segment {
             NextSegment::FromPreparer(prepared_rx) => {
@@ -1211,6 +1272,8 @@ const _: () = {
     const fn send_and_sync<T: Send + Sync>() {}
     send_and_sync::<LogWriter<FsStorage>>();
     send_and_sync::<LogWriter<crate::sim::SimStorage>>();
+    send_and_sync::<LogReader<FsStorage>>();
+    send_and_sync::<LogReader<crate::sim::SimStorage>>();
 };
 
 /// What one step of a stepped writer did.
@@ -1515,6 +1578,27 @@ impl<S: Storage> LogWriter<S> {
         }
     }
 
+    /// A handle that reads the log's durable agreements back from any thread while this
+    /// writer runs (see [`LogReader`]).
+    pub fn reader(&self) -> LogReader<S> {
+        LogReader { storage: Arc::clone(&self.storage), shared: Arc::clone(&self.shared) }
+    }
+
+    /// [`LogReader::held_range`].
+    pub fn held_range(&self) -> Option<(u64, u64)> {
+        self.reader().held_range()
+    }
+
+    /// [`LogReader::read_agreements`].
+    pub fn read_agreements(
+        &self,
+        after: u64,
+        up_to: u64,
+        bytes_max: u64,
+    ) -> Result<Vec<LogRecord>> {
+        self.reader().read_agreements(after, up_to, bytes_max)
+    }
+
     /// Snapshot of the closed (sealed) segments, oldest first.
     pub fn closed_segments(&self) -> Vec<SegmentInfo> {
         self.shared.lock().closed_segments.clone()
@@ -1528,7 +1612,7 @@ impl<S: Storage> LogWriter<S> {
         if let Some(digest) = info.sha256.get() {
             return Ok(*digest);
         }
-        let (_, digest) = self.read_verified(&info, false)?;
+        let (_, digest) = read_closed_segment(&*self.storage, &info, false)?;
         Ok(*info.sha256.get_or_init(|| digest))
     }
 
@@ -1536,7 +1620,7 @@ impl<S: Storage> LogWriter<S> {
     /// transfer). Fails with [`WalError::Corrupt`] if the file no longer verifies.
     pub fn read_segment(&self, segment_seq: u64) -> Result<Vec<LogRecord>> {
         let info = self.closed_segment(segment_seq)?;
-        let (records, digest) = self.read_verified(&info, true)?;
+        let (records, digest) = read_closed_segment(&*self.storage, &info, true)?;
         let _ = info.sha256.get_or_init(|| digest);
         Ok(records)
     }
@@ -1549,42 +1633,6 @@ impl<S: Storage> LogWriter<S> {
             .find(|s| s.segment_seq == segment_seq)
             .cloned()
             .ok_or(WalError::NoSuchSegment { segment_seq })
-    }
-
-    fn read_verified(
-        &self,
-        info: &SegmentInfo,
-        payloads: bool,
-    ) -> Result<(Vec<LogRecord>, [u8; 32])> {
-        let bytes = self
-            .storage
-            .read_all(&info.file_name)
-            .map_err(|e| WalError::io(IoOp::Read, &info.path, None, e))?;
-        let corrupt = |offset: u64, reason: String| WalError::Corrupt {
-            segment_seq: info.segment_seq,
-            path: info.path.clone(),
-            offset,
-            reason,
-        };
-        if bytes.len() < SEGMENT_BYTES_MIN {
-            return Err(corrupt(0, "segment file shorter than the minimum".into()));
-        }
-        let mut chain = Chain::default();
-        let scan = scan_segment(
-            &bytes,
-            info.segment_seq,
-            &mut chain,
-            ScanWants { payloads, sha256: true },
-        );
-        match scan.end {
-            SegmentEnd::Sealed { .. } if scan.record_count == info.record_count => {
-                Ok((scan.records, scan.sha256.expect("asked for")))
-            }
-            SegmentEnd::Sealed { offset } => Err(corrupt(offset, "record count changed".into())),
-            SegmentEnd::Open { offset, reason, .. } => {
-                Err(corrupt(offset, format!("closed segment: {reason}")))
-            }
-        }
     }
 
     /// Deletes every closed segment whose last agreement id is below `agreement_id`
@@ -1689,6 +1737,276 @@ impl<S: Storage> LogWriter<S> {
         match self.error() {
             Some(error) => Err(WalError::WriterFailed(error)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Reads closed segment `info` and verifies it (every group and record, sealed, the record
+/// count it was sealed with); returns its records (payloads only if asked for) and its
+/// SHA-256 (see [`LogWriter::segment_sha256`]).
+fn read_closed_segment<S: Storage>(
+    storage: &S,
+    info: &SegmentInfo,
+    payloads: bool,
+) -> Result<(Vec<LogRecord>, [u8; 32])> {
+    let bytes = storage
+        .read_all(&info.file_name)
+        .map_err(|e| WalError::io(IoOp::Read, &info.path, None, e))?;
+    let corrupt = |offset: u64, reason: String| WalError::Corrupt {
+        segment_seq: info.segment_seq,
+        path: info.path.clone(),
+        offset,
+        reason,
+    };
+    if bytes.len() < SEGMENT_BYTES_MIN {
+        return Err(corrupt(0, "segment file shorter than the minimum".into()));
+    }
+    let mut chain = Chain::default();
+    let scan =
+        scan_segment(&bytes, info.segment_seq, &mut chain, ScanWants { payloads, sha256: true });
+    match scan.end {
+        SegmentEnd::Sealed { .. } if scan.record_count == info.record_count => {
+            Ok((scan.records, scan.sha256.expect("asked for")))
+        }
+        SegmentEnd::Sealed { offset } => Err(corrupt(offset, "record count changed".into())),
+        SegmentEnd::Open { offset, reason, .. } => {
+            Err(corrupt(offset, format!("closed segment: {reason}")))
+        }
+    }
+}
+
+/// Reads the durable part of the active segment `active` (the bytes before
+/// `durable_bytes`, never a byte after: those may be mid-write) and verifies it: its
+/// groups must end exactly there and hold the records the writer counted.
+fn read_active_segment<S: Storage>(storage: &S, active: &ActiveSegment) -> Result<Vec<LogRecord>> {
+    let name = segment_file_name(active.segment_seq);
+    let path = storage.path(&name);
+    let durable_bytes = usize::try_from(active.durable_bytes).expect("a segment fits in memory");
+    assert!(durable_bytes.is_multiple_of(BLOCK_BYTES), "groups end on block boundaries");
+    let mut bytes = storage
+        .read_prefix(&name, active.durable_bytes)
+        .map_err(|e| WalError::io(IoOp::Read, &path, None, e))?;
+    let corrupt = |offset: u64, reason: String| WalError::Corrupt {
+        segment_seq: active.segment_seq,
+        path: path.clone(),
+        offset,
+        reason,
+    };
+    if bytes.len() != durable_bytes {
+        return Err(corrupt(
+            bytes.len() as u64,
+            format!("active segment shorter than its durable part ({durable_bytes} bytes)"),
+        ));
+    }
+    // Zeros after the durable part, and a block for the seal the scanner reserves: the
+    // scan stops where the durable groups end and never sees a byte written later.
+    bytes.resize((durable_bytes + BLOCK_BYTES).max(SEGMENT_BYTES_MIN), 0);
+    let scan = scan_segment(
+        &bytes,
+        active.segment_seq,
+        &mut Chain::default(),
+        ScanWants { payloads: true, sha256: false },
+    );
+    match scan.end {
+        SegmentEnd::Open { offset, .. }
+            if offset == active.durable_bytes && scan.record_count == active.ids.record_count =>
+        {
+            assert_eq!(scan.first_agreement_id, active.ids.first_agreement_id);
+            assert_eq!(scan.last_agreement_id, active.ids.last_agreement_id);
+            Ok(scan.records)
+        }
+        SegmentEnd::Open { offset, reason, .. } => Err(corrupt(
+            offset,
+            format!(
+                "active segment: {reason} ({} of {} durable records verified, ending at {})",
+                scan.record_count, active.ids.record_count, active.durable_bytes
+            ),
+        )),
+        SegmentEnd::Sealed { offset } => {
+            Err(corrupt(offset, "active segment: a seal inside its durable part".into()))
+        }
+    }
+}
+
+/// Whether records `[first, last]` (`None` for a segment without records) intersect
+/// agreements `(after, up_to]`.
+fn intersects(first: Option<u64>, last: Option<u64>, after: u64, up_to: u64) -> bool {
+    matches!((first, last), (Some(first), Some(last)) if first <= up_to && last > after)
+}
+
+impl State {
+    /// The first agreement id of the oldest record the log holds (see
+    /// [`LogReader::held_range`]), if it holds any.
+    fn first_held_record(&self) -> Option<u64> {
+        self.closed_segments
+            .iter()
+            .find_map(|s| s.first_agreement_id)
+            .or_else(|| self.active.and_then(|a| a.ids.first_agreement_id))
+    }
+
+    /// The lowest agreement id the log can serve: the first held record's, or one past
+    /// the durable point when it holds no record.
+    fn first_held(&self) -> u64 {
+        self.first_held_record().unwrap_or(self.durable.agreement_id.saturating_add(1))
+    }
+
+    /// Whether segment `segment_seq` left the log ([`LogWriter::delete_below`] takes a
+    /// segment off the list before it renames or removes its file).
+    fn deleted(&self, segment_seq: u64) -> bool {
+        !self.closed_segments.iter().any(|s| s.segment_seq == segment_seq)
+            && self.active.is_none_or(|a| a.segment_seq != segment_seq)
+    }
+}
+
+/// A handle for reading a live log's decided agreements back (state transfer), from any
+/// thread, while its [`LogWriter`] appends, cuts and deletes segments in another. Cheap
+/// to clone (two `Arc`s); obtained with [`LogWriter::reader`]. It reads files only
+/// through the [`Storage`] trait, read-only, and keeps working after the writer closed
+/// or failed (what was durable stays readable).
+#[derive(Debug)]
+pub struct LogReader<S: Storage = FsStorage> {
+    storage: Arc<S>,
+    shared: Arc<Shared>,
+}
+
+impl<S: Storage> Clone for LogReader<S> {
+    fn clone(&self) -> Self {
+        LogReader { storage: Arc::clone(&self.storage), shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<S: Storage> LogReader<S> {
+    /// The agreements the log holds now: `(first, last)`, where `first` is the first
+    /// agreement id of the oldest record the log still holds and `last` the durable
+    /// point's agreement id ([`LogWriter::durable_point`]). `None` when it holds no
+    /// durable record.
+    ///
+    /// "Holds" means: the durable records of the closed segments not deleted, and of the
+    /// segment being written. [`LogWriter::delete_below`]`(x)` deletes whole segments
+    /// only, those whose last agreement id is below `x`, so after it `first` is the first
+    /// id of the oldest segment left, which may be well below `x` (those agreements can
+    /// still be read). A segment leaves the held range the moment `delete_below` takes it
+    /// off the list, before its file is renamed or removed. Records appended but not yet
+    /// durable are not held. Agreement ids may have gaps (ids no record covers); the
+    /// range says nothing about them.
+    pub fn held_range(&self) -> Option<(u64, u64)> {
+        let state = self.shared.lock();
+        let last = state.durable.agreement_id;
+        // A record can sit in a sealed segment a moment before the durable point that
+        // covers it is published (a cut right after its write): not held yet.
+        state.first_held_record().filter(|&first| first <= last).map(|first| (first, last))
+    }
+
+    /// Every durable record whose agreement ids `[first_agreement_id,
+    /// last_agreement_id]` intersect `(after, up_to]`, in log order: the "log pieces" of
+    /// state transfer. A record may cover several agreements, so the first and last
+    /// records returned may cover agreements outside the range (at or below `after`,
+    /// above `up_to`); the caller passes the records' payloads on as they are. Ids with
+    /// no record (gaps) simply yield nothing.
+    ///
+    /// Reads the closed segments that intersect the range, each verified as
+    /// [`LogWriter::read_segment`] does (setting the digest [`SegmentInfo`] caches, as
+    /// that does), and the durable part of the segment being written: the bytes before
+    /// the durable point's group end, read through [`Storage::read_prefix`] and scanned
+    /// like any segment; the bytes after it may be mid-write and are never looked at, so
+    /// no record that is not durable is ever returned. Safe to call from any thread while
+    /// the writer appends, cuts and deletes.
+    ///
+    /// Memory: the records returned hold at most `bytes_max` payload bytes; while a
+    /// segment is read, its file (the durable part of the active one) and the copies of
+    /// its payloads are held as well.
+    ///
+    /// Errors (nothing is returned with them):
+    /// * [`WalError::NotYetDurable`] when `up_to` is beyond the durable point
+    ///   ([`LogWriter::durable_point`]'s agreement id when the read starts);
+    /// * [`WalError::Truncated`] when `after + 1` is below the first agreement the log
+    ///   holds ([`held_range`](Self::held_range)), or a segment the read needed was
+    ///   deleted by [`LogWriter::delete_below`] while it ran;
+    /// * [`WalError::RangeTooLarge`] when the records' payloads exceed `bytes_max`
+    ///   (checked as each segment is read, before the next one is);
+    /// * [`WalError::Io`] or [`WalError::Corrupt`] when a segment still held cannot be
+    ///   read or no longer verifies.
+    ///
+    /// Panics unless `after < up_to`.
+    pub fn read_agreements(
+        &self,
+        after: u64,
+        up_to: u64,
+        bytes_max: u64,
+    ) -> Result<Vec<LogRecord>> {
+        assert!(after < up_to, "read_agreements: an empty range ({after}, {up_to}]");
+        let asked = after + 1;
+        // One snapshot: the durable point, the closed segments and the durable part of
+        // the active segment agree with each other (the writer updates them together).
+        let (closed, active) = {
+            let state = self.shared.lock();
+            let durable = state.durable.agreement_id;
+            if up_to > durable {
+                return Err(WalError::NotYetDurable { up_to, durable });
+            }
+            let first_held = state.first_held();
+            if asked < first_held {
+                return Err(WalError::Truncated { first_held, asked });
+            }
+            let closed: Vec<SegmentInfo> = state
+                .closed_segments
+                .iter()
+                .filter(|s| intersects(s.first_agreement_id, s.last_agreement_id, after, up_to))
+                .cloned()
+                .collect();
+            let active = state.active.filter(|a| {
+                intersects(a.ids.first_agreement_id, a.ids.last_agreement_id, after, up_to)
+            });
+            (closed, active)
+        };
+        let mut records = Vec::new();
+        let mut bytes = 0u64;
+        let mut keep = |segment: Vec<LogRecord>, records: &mut Vec<LogRecord>| -> Result<()> {
+            for record in segment {
+                if record.first_agreement_id > up_to || record.last_agreement_id <= after {
+                    continue;
+                }
+                // Every record up to the snapshot's durable point is durable, and a record
+                // starting at or below `up_to` ends at or below it (ids strictly increase).
+                bytes += record.payload.len() as u64;
+                if bytes > bytes_max {
+                    return Err(WalError::RangeTooLarge { bytes, max: bytes_max });
+                }
+                records.push(record);
+            }
+            Ok(())
+        };
+        for info in &closed {
+            let segment = match read_closed_segment(&*self.storage, info, true) {
+                Ok((segment, digest)) => {
+                    let _ = info.sha256.get_or_init(|| digest);
+                    segment
+                }
+                Err(error) => return Err(self.deleted_or(info.segment_seq, asked, error)),
+            };
+            keep(segment, &mut records)?;
+        }
+        if let Some(active) = &active {
+            let segment = read_active_segment(&*self.storage, active)
+                .map_err(|error| self.deleted_or(active.segment_seq, asked, error))?;
+            keep(segment, &mut records)?;
+        }
+        assert!(
+            records.windows(2).all(|w| w[0].last_agreement_id < w[1].first_agreement_id),
+            "records come back in log order"
+        );
+        Ok(records)
+    }
+
+    /// The error for a segment the read could not read or verify: [`WalError::Truncated`]
+    /// if it was deleted meanwhile (its file renamed, removed, or recycled and
+    /// overwritten), else `error`.
+    fn deleted_or(&self, segment_seq: u64, asked: u64, error: WalError) -> WalError {
+        let state = self.shared.lock();
+        if state.deleted(segment_seq) {
+            WalError::Truncated { first_held: state.first_held(), asked }
+        } else {
+            error
         }
     }
 }
