@@ -296,3 +296,71 @@ fn replicas_checkpoint_on_schedule_truncate_their_logs_and_restart_from_a_checkp
         }
     }
 }
+
+#[test]
+fn a_replica_whose_data_dir_was_wiped_takes_the_state_from_its_peers_and_rejoins() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("config");
+    config.pin_cores = false;
+    config.request_timeout_ms = 500;
+    // Checkpoints every 16 requests per replica, so the log pieces after them are short
+    // and the base of the transfer is a checkpoint, not the genesis.
+    config.checkpoint_period = 16;
+    config.wal_segment_mib = 16;
+    let mut replicas: Vec<Option<dura_engine::runtime::ReplicaHandle>> =
+        start(&config).into_iter().map(Some).collect();
+    let client = Client::connect(&config).expect("client");
+    let mut adds = 0u64;
+    for _ in 0..60 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add");
+        adds += 1;
+    }
+    // Replica 3 loses its disk.
+    replicas[3].take().expect("running").stop().expect("clean stop");
+    let wiped = config.replicas[3].data_dir.clone();
+    std::fs::remove_dir_all(&wiped).expect("wipe");
+    for _ in 0..20 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add while it is down");
+        adds += 1;
+    }
+    let back = start_replica(&config, 3, Counter::default(), ReplicaOptions::default())
+        .expect("the wiped replica starts through state transfer");
+    assert!(
+        back.recovered_agreement_id() >= adds,
+        "it starts at the cluster's state, not empty: {} of {adds}",
+        back.recovered_agreement_id()
+    );
+    // The transferred state is a checkpoint of its own now, and holds every add.
+    let store = dura_snapshot::CheckpointStore::open(
+        dura_snapshot::FsDir::new(wiped.join("checkpoints")).expect("dir"),
+        Default::default(),
+    )
+    .expect("store");
+    let loaded = dura_engine::checkpoint::load_checkpoint(&store, &Counter::default())
+        .expect("valid")
+        .expect("a checkpoint");
+    assert_eq!(
+        loaded.executor.service().0,
+        loaded.from.agreement_id,
+        "one add of 1 per agreement: the state at agreement A totals A"
+    );
+    assert!(loaded.from.agreement_id >= adds);
+    replicas[3] = Some(back);
+    // It takes part again: with replica 0 (the first leader) stopped, the cluster needs
+    // it for a quorum.
+    replicas[0].take().expect("running").stop().expect("clean stop");
+    for _ in 0..10 {
+        client
+            .invoke(1u64.to_le_bytes().to_vec())
+            .expect("add with the wiped replica in the quorum");
+        adds += 1;
+    }
+    let reply = client.invoke(0u64.to_le_bytes().to_vec()).expect("read");
+    assert_eq!(total(&reply), adds, "every add once");
+    drop(client);
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().expect("clean stop");
+    }
+}

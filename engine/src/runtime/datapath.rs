@@ -753,10 +753,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
         let connection_shared = shared.clone();
         let spawned =
             thread::Builder::new().name(format!("xfer-{}-{id}", shared.me)).spawn(move || {
-                let slot = Slot { taken: &connection_shared.connections };
+                // Both released on the way out, a panic of the source's included, so the
+                // bounds keep holding.
+                let _slot = Slot { taken: &connection_shared.connections };
+                let _registered = Registered { shared: &connection_shared, id };
                 serve_connection(&connection_shared, stream);
-                connection_shared.open.lock().expect("data server lock poisoned").remove(&id);
-                drop(slot);
             });
         match spawned {
             Ok(thread) => threads.push(thread),
@@ -770,6 +771,19 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
     }
     for thread in threads {
         let _ = thread.join();
+    }
+}
+
+/// A connection's entry in [`Shared::open`], removed when dropped.
+struct Registered<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut open = self.shared.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.remove(&self.id);
     }
 }
 

@@ -141,6 +141,12 @@ pub trait LogBackend: Send + 'static {
         let _ = below;
         Ok(())
     }
+
+    /// A handle that reads decided batches back while the log runs, for serving state
+    /// transfer; `None` for a log that cannot (it then serves no log pieces).
+    fn pieces(&self) -> Option<Arc<dyn super::transfer::LogPieces>> {
+        None
+    }
 }
 
 impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
@@ -161,6 +167,9 @@ impl<T: LogBackend + ?Sized> LogBackend for Box<T> {
     }
     fn truncate_below(&mut self, below: u64) -> Result<(), RuntimeError> {
         (**self).truncate_below(below)
+    }
+    fn pieces(&self) -> Option<Arc<dyn super::transfer::LogPieces>> {
+        (**self).pieces()
     }
 }
 

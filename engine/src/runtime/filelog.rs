@@ -303,4 +303,53 @@ impl LogBackend for WalLog {
     fn truncate_below(&mut self, below: u64) -> Result<(), RuntimeError> {
         self.writer.delete_below(below).map(drop).map_err(RuntimeError::from)
     }
+
+    fn pieces(&self) -> Option<std::sync::Arc<dyn super::transfer::LogPieces>> {
+        Some(std::sync::Arc::new(WalPieces(self.writer.reader())))
+    }
+}
+
+/// The decided batches a live `dura-wal` log holds, read back for state transfer.
+#[derive(Debug, Clone)]
+pub struct WalPieces(pub dura_wal::LogReader);
+
+impl super::transfer::LogPieces for WalPieces {
+    fn held(&self) -> Option<(u64, u64)> {
+        self.0.held_range()
+    }
+
+    fn read(
+        &self,
+        after: u64,
+        up_to: u64,
+        bytes_max: u64,
+    ) -> std::io::Result<Result<Vec<crate::durability::DecidedBatch>, dura_transfer::Unavailable>>
+    {
+        use dura_transfer::Unavailable;
+        let records = match self.0.read_agreements(after, up_to, bytes_max) {
+            Ok(records) => records,
+            Err(dura_wal::WalError::NotYetDurable { .. }) => return Ok(Err(Unavailable::NotYet)),
+            Err(dura_wal::WalError::Truncated { .. }) => return Ok(Err(Unavailable::Truncated)),
+            Err(error @ dura_wal::WalError::RangeTooLarge { .. }) => {
+                log::warn!("log piece ({after}, {up_to}] not served: {error}");
+                return Ok(Err(Unavailable::Truncated));
+            }
+            Err(error) => return Err(std::io::Error::other(error.to_string())),
+        };
+        let batches = crate::durability::record::reassemble(records.into_iter().map(|r| r.payload))
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let batches: Vec<_> = batches
+            .into_iter()
+            .filter(|batch| batch.agreement_id > after && batch.agreement_id <= up_to)
+            .collect();
+        // A log restarted from a checkpoint may hold no record of agreements its
+        // checkpoint covers: such a gap is served as not held.
+        let whole = batches.first().is_some_and(|b| b.agreement_id == after + 1)
+            && batches.last().is_some_and(|b| b.agreement_id == up_to)
+            && batches.len() as u64 == up_to - after;
+        if !whole {
+            return Ok(Err(Unavailable::Truncated));
+        }
+        Ok(Ok(batches))
+    }
 }

@@ -17,6 +17,7 @@ pub mod durability;
 pub mod filelog;
 pub mod metrics;
 pub mod net;
+pub mod recovery;
 pub mod replica;
 pub mod transfer;
 
@@ -77,6 +78,10 @@ pub enum RuntimeError {
     /// (the message names each file and the offset where it went wrong).
     #[error("checkpoints: {0}")]
     Checkpoint(String),
+    /// State transfer could not bring the replica's state from its peers (the message
+    /// says why and names the replicas proven faulty).
+    #[error("state transfer: {0}")]
+    Transfer(String),
     /// A client request did not complete in time.
     #[error("request timed out after {waited_ms} ms")]
     Timeout {

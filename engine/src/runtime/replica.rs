@@ -76,6 +76,8 @@ pub struct ReplicaHandle {
     recovered_agreement_id: u64,
     metrics: Arc<ReplicaMetrics>,
     metrics_addr: Option<SocketAddr>,
+    /// State transfer's server (checkpoints and log pieces for peers), if configured.
+    data_server: Option<super::datapath::DataServer>,
 }
 
 /// Name of the file that records, in a replica's data dir, that a replica process has
@@ -203,6 +205,68 @@ pub fn start_replica<S: Service>(
             .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?;
         Some(store)
     };
+    // State transfer's seeder side: every replica with checkpoints and a transfer port
+    // serves its state to peers that lost theirs, on threads and a port of its own.
+    let data_server = match (&checkpoints, me.transfer_port) {
+        (Some(store), Some(_)) => {
+            let log_pieces: Arc<dyn super::transfer::LogPieces> = backend
+                .as_ref()
+                .and_then(|log| log.pieces())
+                .unwrap_or_else(|| Arc::new(super::transfer::NoPieces));
+            let host = super::transfer::SeederHost::new(
+                config.n() as usize,
+                id,
+                store.clone(),
+                log_pieces,
+            )
+            .map_err(|error| RuntimeError::Transfer(error.to_string()))?;
+            Some(super::datapath::DataServer::bind(config, id, Arc::new(host))?)
+        }
+        _ => None,
+    };
+    // A replica with neither checkpoint nor log (a new disk, a wiped data dir) in a
+    // cluster whose replicas hold decided agreements does not start empty: it takes the
+    // state from its peers first (CST), then starts from that checkpoint like any
+    // restart.
+    if let Some(store) = &checkpoints
+        && data_server.is_some()
+        && records.is_empty()
+        && store.list().map_err(|error| RuntimeError::Checkpoint(error.to_string()))?.is_empty()
+    {
+        let peers = super::recovery::peers_hold_state(config, id, &keys);
+        if let Some(peer) = peers.iter().max_by_key(|peer| peer.last_agreement)
+            && peer.last_agreement > 0
+        {
+            log::warn!(
+                "replica {id}: no checkpoint and no log in {}, but replica {} holds agreements \
+                 up to {}: taking the state from the peers (state transfer)",
+                me.data_dir.display(),
+                peer.replica,
+                peer.last_agreement
+            );
+            let transferred = super::recovery::transfer_state(
+                config,
+                id,
+                &keys,
+                &service,
+                store,
+                &me.data_dir.join(super::recovery::STAGING_DIR),
+                &AtomicBool::new(false),
+            )?;
+            log::info!(
+                "replica {id}: state transfer brought agreement {} in {} ms ({} bytes, {} rounds{})",
+                transferred.agreement_id,
+                transferred.elapsed.as_millis(),
+                transferred.bytes,
+                transferred.rounds,
+                if transferred.faulty.is_empty() {
+                    String::new()
+                } else {
+                    format!(", replicas proven faulty: {:?}", transferred.faulty)
+                }
+            );
+        }
+    }
     let load_started = Instant::now();
     let loaded = match &checkpoints {
         Some(store) => crate::checkpoint::load_checkpoint(store, &service)
@@ -619,6 +683,7 @@ pub fn start_replica<S: Service>(
         recovered_agreement_id,
         metrics: replica_metrics,
         metrics_addr,
+        data_server,
     })
 }
 
@@ -798,6 +863,9 @@ impl ReplicaHandle {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(server) = &mut self.data_server {
+            server.stop();
+        }
         self.network.stop();
         for addr in &self.listen_addrs {
             Network::wake_listener(*addr);

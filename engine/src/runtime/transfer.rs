@@ -95,7 +95,7 @@ pub enum PieceError {
 
 /// Decodes the wire bytes of `piece`: exactly its agreements, in order, each once.
 pub fn decode_piece(piece: Piece, bytes: &[u8]) -> Result<Vec<DecidedBatch>, PieceError> {
-    assert!(piece.after < piece.up_to, "a piece holds at least one agreement");
+    assert!(piece.after <= piece.up_to, "a piece's range is in order");
     let malformed = |offset: usize, what: String| PieceError::Malformed {
         after: piece.after,
         up_to: piece.up_to,
@@ -179,6 +179,38 @@ pub trait LogPieces: Send + Sync {
     ) -> io::Result<Result<Vec<DecidedBatch>, Unavailable>>;
 }
 
+/// The batches of `piece` from `log`: none for an empty piece (nothing to read).
+fn read_piece(
+    log: &dyn LogPieces,
+    piece: Piece,
+) -> io::Result<Result<Vec<DecidedBatch>, Unavailable>> {
+    assert!(piece.after <= piece.up_to, "a piece's range is in order");
+    if piece.after == piece.up_to {
+        return Ok(Ok(Vec::new()));
+    }
+    log.read(piece.after, piece.up_to, PIECE_BYTES_MAX)
+}
+
+/// A log that serves no pieces (no log, or one that cannot read back): its replica
+/// offers its checkpoints only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPieces;
+
+impl LogPieces for NoPieces {
+    fn held(&self) -> Option<(AgreementId, AgreementId)> {
+        None
+    }
+
+    fn read(
+        &self,
+        _after: AgreementId,
+        _up_to: AgreementId,
+        _bytes_max: u64,
+    ) -> io::Result<Result<Vec<DecidedBatch>, Unavailable>> {
+        Ok(Err(Unavailable::Truncated))
+    }
+}
+
 /// Serves state transfer from a replica's checkpoints and log (see the module docs).
 pub struct SeederHost {
     me: ReplicaId,
@@ -254,7 +286,7 @@ impl SeederHost {
     fn hash_pieces(&self, pieces: &[Piece]) -> Result<Vec<Hash>, Unavailable> {
         let mut hashes = Vec::with_capacity(pieces.len());
         for &piece in pieces {
-            let batches = match self.log.read(piece.after, piece.up_to, PIECE_BYTES_MAX) {
+            let batches = match read_piece(self.log.as_ref(), piece) {
                 Ok(Ok(batches)) => batches,
                 Ok(Err(reason)) => return Err(reason),
                 Err(error) => {
@@ -290,7 +322,7 @@ impl StreamSource for SeederHost {
                     Err(error) => Err(error),
                 }
             }
-            Want::Log(piece) => match self.log.read(piece.after, piece.up_to, PIECE_BYTES_MAX)? {
+            Want::Log(piece) => match read_piece(self.log.as_ref(), piece)? {
                 Ok(batches) => Ok(Opened::Memory(Arc::from(encode_piece(&batches)))),
                 Err(reason) => Ok(Opened::Unavailable(reason)),
             },
