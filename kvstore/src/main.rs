@@ -144,12 +144,13 @@ enum Command_ {
         /// Replica hosts in id order, HOST or HOST:PORT ([V6ADDR]:PORT), comma-separated
         /// or repeated (--host a --host b). A HOST without a port gets --base-port, plus
         /// one for each earlier replica on the same host.
-        #[arg(long, alias = "host", value_delimiter = ',', conflicts_with = "replicas")]
+        #[arg(long, visible_alias = "host", value_delimiter = ',', conflicts_with = "replicas")]
         hosts: Vec<String>,
         /// Number of replicas on 127.0.0.1 (default: what --mode and --f need).
         #[arg(long)]
         replicas: Option<u32>,
-        /// First replica port: replica i on 127.0.0.1 uses base port + i.
+        /// First replica port: replica i on 127.0.0.1 uses base port + i; a --hosts entry
+        /// without a port uses it too.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
         /// A replica's client port is its replica port plus this.
@@ -165,7 +166,7 @@ enum Command_ {
         #[arg(long)]
         no_metrics: bool,
         /// Root of the replicas' data directories (replica i's is DATA_DIR/r<i>).
-        #[arg(long, alias = "data-root", default_value = "/var/lib/dura")]
+        #[arg(long, visible_alias = "data-root", default_value = "/var/lib/dura")]
         data_dir: PathBuf,
         /// none, async, sync, batched or parallel.
         #[arg(long, default_value = "parallel")]
