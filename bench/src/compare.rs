@@ -135,7 +135,11 @@ pub fn labels_by_difference(a: &Loaded, b: &Loaded) -> (String, String) {
         ]
     };
     let (fa, fb) = (fields(&a.summary), fields(&b.summary));
-    let differing: Vec<usize> = (0..fa.len()).filter(|&i| fa[i].1 != fb[i].1).collect();
+    let differs = |name: &str| fa.iter().zip(&fb).any(|(x, y)| x.0 == name && x.1 != y.1);
+    // Each workload has its own default distribution: named only beside the same workload.
+    let implied = |name: &str| name == "distribution" && differs("workload");
+    let differing: Vec<usize> =
+        (0..fa.len()).filter(|&i| fa[i].1 != fb[i].1 && !implied(fa[i].0)).collect();
     if differing.is_empty() {
         return distinct_path_ends(&a.label, &b.label);
     }
@@ -251,6 +255,11 @@ mod tests {
                 "log=none, mode=crash, clients=16, replicas=3".into()
             )
         );
+        let mut c = run_in("/s/res");
+        c.summary.distribution = "zipfian".into();
+        assert_eq!(labels(&a, &c), ("distribution=uniform".into(), "distribution=zipfian".into()));
+        c.summary.workload = "a".into();
+        assert_eq!(labels(&a, &c), ("workload=w".into(), "workload=a".into()), "implied");
         let mut c = run_in("/s/res");
         c.summary.target_rate = Some(400.0);
         c.summary.value_bytes = 1024;
