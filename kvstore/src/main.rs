@@ -126,7 +126,7 @@ enum Command_ {
     /// replicas on the given hosts, or on 127.0.0.1 from --base-port. Replica i listens
     /// on its port P for replicas, P + --client-port-offset for clients,
     /// P + --transfer-port-offset for state transfer and P + --metrics-port-offset for
-    /// metrics and health; it keeps its log in DATA_DIR/r<i>.
+    /// metrics and health; it keeps its log in DATA_DIR/r0, DATA_DIR/r1, ...
     Init {
         /// Where to write the config (created with mode 0600: it holds the keys);
         /// stdout when not given.
@@ -141,9 +141,9 @@ enum Command_ {
         /// Faults tolerated (default: from the number of hosts, or 1).
         #[arg(long)]
         f: Option<u32>,
-        /// Replica hosts in id order, HOST or HOST:PORT ([V6ADDR]:PORT), comma-separated
-        /// or repeated (--host a --host b). A HOST without a port gets --base-port, plus
-        /// one for each earlier replica on the same host.
+        /// Replica hosts in id order, HOST or HOST:PORT (an IPv6 address in brackets
+        /// before :PORT), comma-separated or repeated (--host a --host b). A HOST without
+        /// a port gets --base-port, plus one for each earlier replica on the same host.
         #[arg(long, visible_alias = "host", value_delimiter = ',', conflicts_with = "replicas")]
         hosts: Vec<String>,
         /// Number of replicas on 127.0.0.1 (default: what --mode and --f need).
@@ -165,7 +165,7 @@ enum Command_ {
         /// Write no metrics port (no replica serves metrics or health).
         #[arg(long)]
         no_metrics: bool,
-        /// Root of the replicas' data directories (replica i's is DATA_DIR/r<i>).
+        /// Root of the replicas' data directories (DATA_DIR/r0 for replica 0, ...).
         #[arg(long, visible_alias = "data-root", default_value = "/var/lib/dura")]
         data_dir: PathBuf,
         /// none, async, sync, batched or parallel.
