@@ -111,12 +111,16 @@ fn pseudo_random_bytes(length: usize, seed: u64) -> Vec<u8> {
 fn multi_mib_values_go_in_through_stdin_and_a_file_and_come_back_byte_for_byte() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = Cluster::start(dir.path());
+    // A debug build hashes MiBs slowly, and tests share the machine: a long client timeout.
     let config = cluster.config_arg();
+    fn patient<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [args, &["--timeout-ms", "120000"]].concat()
+    }
 
     let from_stdin = pseudo_random_bytes(6 * MIB, 1);
-    let put = dura_kv(&["put", "--config", config, "big", "-"], &from_stdin);
+    let put = dura_kv(&patient(&["put", "--config", config, "big", "-"]), &from_stdin);
     assert!(put.status.success(), "put from stdin: {}", stderr(&put));
-    let get = dura_kv(&["get", "--config", config, "big", "--raw"], b"");
+    let get = dura_kv(&patient(&["get", "--config", config, "big", "--raw"]), b"");
     assert!(get.status.success(), "get --raw: {}", stderr(&get));
     assert!(get.stdout == from_stdin, "stdin value came back as {} bytes", get.stdout.len());
 
@@ -125,10 +129,10 @@ fn multi_mib_values_go_in_through_stdin_and_a_file_and_come_back_byte_for_byte()
     let out_path = dir.path().join("out.bin");
     std::fs::write(&in_path, &from_file).expect("write value file");
     let in_arg = in_path.to_str().expect("utf-8 path");
-    let put = dura_kv(&["put", "--config", config, "file", "--value-file", in_arg], b"");
+    let put = dura_kv(&patient(&["put", "--config", config, "file", "--value-file", in_arg]), b"");
     assert!(put.status.success(), "put --value-file: {}", stderr(&put));
     let out_arg = out_path.to_str().expect("utf-8 path");
-    let get = dura_kv(&["get", "--config", config, "file", "--value-file", out_arg], b"");
+    let get = dura_kv(&patient(&["get", "--config", config, "file", "--value-file", out_arg]), b"");
     assert!(get.status.success(), "get --value-file: {}", stderr(&get));
     assert!(std::fs::read(&out_path).expect("read back") == from_file, "file value differs");
 }
