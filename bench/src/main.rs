@@ -53,8 +53,9 @@ enum Command {
         /// Where to write compare.svg and compare.png (default: `dura-bench-results/compare-TIME`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Label of the first run (default: what differs between the two runs: storage,
-        /// log mode, mode, workload, clients, ...).
+        /// Label of the first run (default: what differs between the two runs: storage
+        /// (file system and device of the data dir), log mode, mode, workload, clients,
+        /// ...; when nothing recorded differs, the ends of the folders' paths that do).
         #[arg(long)]
         label_a: Option<String>,
         /// Label of the second run.

@@ -9,7 +9,8 @@
 //! dura-kv scan --config cluster.toml START END [--limit N]          (END "": to the last key)
 //! dura-kv del --config cluster.toml KEY
 //! dura-kv cas --config cluster.toml KEY NEW [--expected OLD]   (no --expected: key must be absent)
-//! dura-kv init --hosts 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000,10.0.0.4:7000 --out cluster.toml
+//! dura-kv init --hosts 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --out cluster.toml
+//! dura-kv init --hosts a:7000 --host b:7000 --host c:7000 --mode crash --f 1 --out c.toml
 //! dura-kv init --replicas 3 --mode crash --base-port 7000 --data-dir /tmp/dura > cluster.toml
 //! dura-kv local --dir DIR                                      (4 BFT replicas on loopback)
 //! ```
@@ -26,18 +27,20 @@ use dura_kvstore::client::value_bytes_max;
 use dura_kvstore::ops::SCAN_LIMIT_MAX;
 use dura_kvstore::{KvClient, KvError};
 
+/// The exit statuses, for `--help` of dura-kv and of each client command.
+const EXIT_STATUS: &str = "Exit status:
+  0   done (del of an absent key too: it prints `absent`)
+  1   error (bad config or input, value over the cluster's bound, I/O)
+  2   get: the key is absent
+  3   cas: the key did not hold the expected value; nothing changed
+  4   cluster unreachable: too few replicas accept a connection, or no answer within --timeout-ms
+  64  command-line usage error";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dura-kv",
     about = "SCKV-Store: a durable replicated key-value store",
-    after_help = "Exit status:\n  \
-        0   done\n  \
-        1   error (bad config or input, value over the cluster's bound, I/O)\n  \
-        2   get: the key is absent\n  \
-        3   cas: the key did not hold the expected value; nothing changed\n  \
-        4   cluster unreachable: too few replicas accept a connection, or no answer \
-            within --timeout-ms\n  \
-        64  command-line usage error"
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +65,7 @@ enum Command_ {
     /// it from a file. Values up to the cluster's bound are accepted (several MiB with
     /// the default config); a longer one is refused before anything is sent, with the
     /// limit and the config field that sets it.
+    #[command(after_help = EXIT_STATUS)]
     Put {
         #[command(flatten)]
         target: Target,
@@ -75,6 +79,7 @@ enum Command_ {
     },
     /// Print the value under KEY (as UTF-8 text with a newline, unless --raw or
     /// --value-file).
+    #[command(after_help = EXIT_STATUS)]
     Get {
         #[command(flatten)]
         target: Target,
@@ -90,6 +95,7 @@ enum Command_ {
     /// (values as UTF-8 text). An empty END ("") scans to the last key. Each page of
     /// the scan is read through ordering (linearizable); a scan longer than one page
     /// (a reply holds up to 4 MiB) is several reads.
+    #[command(after_help = EXIT_STATUS)]
     Scan {
         #[command(flatten)]
         target: Target,
@@ -100,12 +106,14 @@ enum Command_ {
         limit: u64,
     },
     /// Remove KEY.
+    #[command(after_help = EXIT_STATUS)]
     Del {
         #[command(flatten)]
         target: Target,
         key: String,
     },
     /// Set KEY to NEW if it holds EXPECTED (or is absent when --expected is not given).
+    #[command(after_help = EXIT_STATUS)]
     Cas {
         #[command(flatten)]
         target: Target,
@@ -114,10 +122,11 @@ enum Command_ {
         #[arg(long)]
         expected: Option<String>,
     },
-    /// Write a cluster config with fresh random keys: replicas on the given hosts, or
-    /// on 127.0.0.1 from --base-port. Each replica listens on its port for replicas
-    /// and on port + --client-port-offset for clients, and keeps its log in
-    /// DATA_DIR/r0, DATA_DIR/r1, ...
+    /// Write a cluster config with fresh random keys (from the OS's random source):
+    /// replicas on the given hosts, or on 127.0.0.1 from --base-port. Replica i listens
+    /// on its port P for replicas, P + --client-port-offset for clients,
+    /// P + --transfer-port-offset for state transfer and P + --metrics-port-offset for
+    /// metrics and health; it keeps its log in DATA_DIR/r0, DATA_DIR/r1, ...
     Init {
         /// Where to write the config (created with mode 0600: it holds the keys);
         /// stdout when not given.
@@ -132,20 +141,32 @@ enum Command_ {
         /// Faults tolerated (default: from the number of hosts, or 1).
         #[arg(long)]
         f: Option<u32>,
-        /// Replica addresses HOST:PORT, comma-separated, in id order.
-        #[arg(long, value_delimiter = ',', conflicts_with_all = ["replicas", "base_port"])]
+        /// Replica hosts in id order, HOST or HOST:PORT (an IPv6 address in brackets
+        /// before :PORT), comma-separated or repeated (--host a --host b). A HOST without
+        /// a port gets --base-port, plus one for each earlier replica on the same host.
+        #[arg(long, visible_alias = "host", value_delimiter = ',', conflicts_with = "replicas")]
         hosts: Vec<String>,
         /// Number of replicas on 127.0.0.1 (default: what --mode and --f need).
         #[arg(long)]
         replicas: Option<u32>,
-        /// First replica port on 127.0.0.1; replica i uses base port + i.
+        /// First replica port: replica i on 127.0.0.1 uses base port + i; a --hosts entry
+        /// without a port uses it too.
         #[arg(long, default_value_t = 7000)]
         base_port: u16,
         /// A replica's client port is its replica port plus this.
         #[arg(long, default_value_t = 100)]
         client_port_offset: u16,
-        /// Root of the replicas' data directories.
-        #[arg(long, default_value = "/var/lib/dura")]
+        /// A replica's state-transfer port is its replica port plus this.
+        #[arg(long, default_value_t = 200)]
+        transfer_port_offset: u16,
+        /// A replica's metrics and health port (HTTP) is its replica port plus this.
+        #[arg(long, default_value_t = 300)]
+        metrics_port_offset: u16,
+        /// Write no metrics port (no replica serves metrics or health).
+        #[arg(long)]
+        no_metrics: bool,
+        /// Root of the replicas' data directories (DATA_DIR/r0 for replica 0, ...).
+        #[arg(long, visible_alias = "data-root", default_value = "/var/lib/dura")]
         data_dir: PathBuf,
         /// none, async, sync, batched or parallel.
         #[arg(long, default_value = "parallel")]
@@ -403,31 +424,26 @@ fn run(cli: Cli) -> Result<i32> {
             replicas,
             base_port,
             client_port_offset,
+            transfer_port_offset,
+            metrics_port_offset,
+            no_metrics,
             data_dir,
             log_mode,
         } => {
+            let mode: Mode = mode.parse()?;
             let endpoints = if hosts.is_empty() {
-                let mode: Mode = mode.parse()?;
                 let n =
                     replicas.unwrap_or_else(|| mode.replicas_min(f.unwrap_or(1) as usize) as u32);
-                (0..n)
-                    .map(|i| {
-                        let port = u16::try_from(u32::from(base_port) + i)
-                            .context("--base-port + replica count is over 65535")?;
-                        Ok(("127.0.0.1".to_owned(), port))
-                    })
-                    .collect::<Result<Vec<_>>>()?
+                loopback_endpoints(n, base_port)?
             } else {
-                hosts.iter().map(|host| parse_endpoint(host)).collect::<Result<Vec<_>>>()?
+                host_endpoints(&hosts, base_port)?
             };
-            let config = init_config(
-                &endpoints,
-                mode.parse()?,
-                f,
-                log_mode.parse()?,
-                client_port_offset,
-                &data_dir,
-            )?;
+            let offsets = PortOffsets {
+                client: client_port_offset,
+                transfer: transfer_port_offset,
+                metrics: (!no_metrics).then_some(metrics_port_offset),
+            };
+            let config = init_config(&endpoints, mode, f, log_mode.parse()?, offsets, &data_dir)?;
             match out {
                 Some(path) => {
                     write_config(&config, &path, force)?;
@@ -461,18 +477,76 @@ fn fresh_key_hex() -> Result<String> {
     Ok(key.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
-/// Parses `HOST:PORT` (`[V6ADDR]:PORT` for IPv6) into host and replica port.
-fn parse_endpoint(text: &str) -> Result<(String, u16)> {
-    let (host, port) = text
-        .trim()
-        .rsplit_once(':')
-        .with_context(|| format!("--hosts: {text:?} is not HOST:PORT"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+/// `n` replicas on 127.0.0.1 at `base_port`, `base_port + 1`, ...
+fn loopback_endpoints(n: u32, base_port: u16) -> Result<Vec<(String, u16)>> {
+    (0..n)
+        .map(|i| {
+            let port = u16::try_from(u32::from(base_port) + i)
+                .context("--base-port + replica count is over 65535")?;
+            Ok(("127.0.0.1".to_owned(), port))
+        })
+        .collect()
+}
+
+/// The `--hosts` entries as (host, replica port): a bare host gets `base_port` plus the
+/// number of earlier entries on the same host, so distinct machines share one port and
+/// replicas on one machine get consecutive ones.
+fn host_endpoints(hosts: &[String], base_port: u16) -> Result<Vec<(String, u16)>> {
+    let mut endpoints: Vec<(String, u16)> = Vec::with_capacity(hosts.len());
+    for text in hosts {
+        let (host, port) = parse_endpoint(text)?;
+        let port = match port {
+            Some(port) => port,
+            None => {
+                let earlier = endpoints.iter().filter(|(other, _)| *other == host).count();
+                u16::try_from(usize::from(base_port) + earlier)
+                    .with_context(|| format!("--hosts: {text:?}: --base-port + {earlier}"))?
+            }
+        };
+        endpoints.push((host, port));
+    }
+    Ok(endpoints)
+}
+
+/// Parses `HOST`, `HOST:PORT`, `V6ADDR` or `[V6ADDR]:PORT` into host and replica port.
+fn parse_endpoint(text: &str) -> Result<(String, Option<u16>)> {
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) =
+            rest.split_once(']').with_context(|| format!("--hosts: {text:?} lacks `]`"))?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => bail!("--hosts: {text:?} is not [V6ADDR]:PORT"),
+        };
+        (host, port)
+    } else if text.matches(':').count() > 1 {
+        (text, None) // a bare IPv6 address
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
     if host.is_empty() {
         bail!("--hosts: {text:?} has no host");
     }
-    let port = port.parse::<u16>().with_context(|| format!("--hosts: port of {text:?}"))?;
+    let port = port
+        .map(|port| port.parse::<u16>().with_context(|| format!("--hosts: port of {text:?}")))
+        .transpose()?;
+    if port == Some(0) {
+        bail!("--hosts: {text:?}: port 0");
+    }
     Ok((host.to_owned(), port))
+}
+
+/// Each replica's other ports, as offsets from its replica port.
+#[derive(Debug, Clone, Copy)]
+struct PortOffsets {
+    client: u16,
+    transfer: u16,
+    /// None: no metrics server.
+    metrics: Option<u16>,
 }
 
 /// A validated cluster config for replicas at `endpoints` (host, replica port) in id
@@ -482,7 +556,7 @@ fn init_config(
     mode: Mode,
     f: Option<u32>,
     log_mode: LogMode,
-    client_port_offset: u16,
+    offsets: PortOffsets,
     data_dir: &Path,
 ) -> Result<ClusterConfig> {
     let n = u32::try_from(endpoints.len()).context("too many replicas")?;
@@ -493,26 +567,39 @@ fn init_config(
                 || format!("{n} replicas do not fit mode {mode} (3f+1 for bft, 2f+1 for crash)"),
             )?,
         };
+    if f == 0 {
+        bail!("--f must be at least 1");
+    }
     if mode.replicas_min(f as usize) != n as usize {
         bail!(
             "mode {mode} with f = {f} needs {} replicas, {n} given",
             mode.replicas_min(f as usize)
         );
     }
-    let mut ports = Vec::with_capacity(2 * endpoints.len());
+    let offset_port = |host: &str, port: u16, offset: u16, flag: &str| {
+        port.checked_add(offset)
+            .with_context(|| format!("{host}:{port}: port + {flag} is over 65535"))
+    };
+    // local_with_ports' layout: replica and client port of replica i at 2i and 2i+1,
+    // its transfer port at 2n+i.
+    let mut ports = Vec::with_capacity(3 * endpoints.len());
     for (host, port) in endpoints {
-        let client_port = port
-            .checked_add(client_port_offset)
-            .with_context(|| format!("{host}:{port}: port + --client-port-offset is over 65535"))?;
-        ports.extend([*port, client_port]);
+        ports.extend([*port, offset_port(host, *port, offsets.client, "--client-port-offset")?]);
+    }
+    for (host, port) in endpoints {
+        ports.push(offset_port(host, *port, offsets.transfer, "--transfer-port-offset")?);
     }
     let mut config = ClusterConfig::local_with_ports(f, mode, log_mode, data_dir, &ports);
-    for (replica, (host, _)) in config.replicas.iter_mut().zip(endpoints) {
+    for (replica, (host, port)) in config.replicas.iter_mut().zip(endpoints) {
         replica.host.clone_from(host);
+        replica.metrics_port = offsets
+            .metrics
+            .map(|offset| offset_port(host, *port, offset, "--metrics-port-offset"))
+            .transpose()?;
     }
     config.replica_key = fresh_key_hex()?;
     config.client_key = fresh_key_hex()?;
-    config.validate()?;
+    config.validate().context("init would write an invalid config (ports or hosts collide?)")?;
     Ok(config)
 }
 
@@ -612,4 +699,173 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
         let _ = child.wait();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFSETS: PortOffsets = PortOffsets { client: 100, transfer: 200, metrics: Some(300) };
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|host| (*host).to_owned()).collect()
+    }
+
+    #[test]
+    fn init_config_validates_and_loads_back_identically_from_the_written_text() {
+        let endpoints = host_endpoints(&hosts(&["h1", "h2", "h3", "h4"]), 7000).expect("hosts");
+        let config =
+            init_config(&endpoints, Mode::Bft, None, LogMode::Parallel, OFFSETS, Path::new("/d"))
+                .expect("config");
+        config.validate().expect("valid");
+        let text = config_text(&config);
+        assert!(text.starts_with("# dura cluster config."), "{text}");
+        assert_eq!(ClusterConfig::from_toml(&text).expect("parses"), config);
+
+        // And through a file, as `--out` writes it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cluster.toml");
+        write_config(&config, &path, false).expect("write");
+        assert_eq!(ClusterConfig::load(&path).expect("loads"), config);
+        let error = error_text(&write_config(&config, &path, false).expect_err("exists"));
+        assert!(error.contains("--force"), "{error}");
+        write_config(&config, &path, true).expect("--force overwrites");
+    }
+
+    #[test]
+    fn init_config_gives_each_replica_its_four_ports_data_dir_and_fresh_keys() {
+        let endpoints = host_endpoints(&hosts(&["h1", "h2", "h3", "h4"]), 7000).expect("hosts");
+        let config =
+            init_config(&endpoints, Mode::Bft, None, LogMode::Parallel, OFFSETS, Path::new("/d"))
+                .expect("config");
+        assert_eq!((config.f, config.n()), (1, 4));
+        for (id, replica) in config.replicas.iter().enumerate() {
+            assert_eq!(replica.host, format!("h{}", id + 1));
+            let ports = (
+                replica.replica_port,
+                replica.client_port,
+                replica.transfer_port,
+                replica.metrics_port,
+            );
+            assert_eq!(ports, (7000, 7100, Some(7200), Some(7300)));
+            assert_eq!(replica.data_dir, Path::new("/d").join(format!("r{id}")));
+        }
+        let again =
+            init_config(&endpoints, Mode::Bft, None, LogMode::Parallel, OFFSETS, Path::new("/d"))
+                .expect("config");
+        assert_ne!(config.replica_key, again.replica_key, "fresh keys each time");
+        assert_ne!(config.client_key, again.client_key);
+        assert_ne!(config.replica_key, config.client_key);
+        let fixed = ClusterConfig::local_with_ports(
+            1,
+            Mode::Bft,
+            LogMode::Parallel,
+            Path::new("/d"),
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+        );
+        assert_ne!(config.replica_key, fixed.replica_key, "not the test keys");
+
+        let no_metrics = PortOffsets { metrics: None, ..OFFSETS };
+        let config = init_config(
+            &endpoints,
+            Mode::Bft,
+            None,
+            LogMode::Parallel,
+            no_metrics,
+            Path::new("/d"),
+        )
+        .expect("config");
+        assert!(config.replicas.iter().all(|replica| replica.metrics_port.is_none()));
+    }
+
+    #[test]
+    fn init_config_checks_n_against_the_mode_and_f() {
+        let endpoints = |n: u32| loopback_endpoints(n, 7000).expect("endpoints");
+        let init = |n: u32, mode: Mode, f: Option<u32>| {
+            init_config(&endpoints(n), mode, f, LogMode::Parallel, OFFSETS, Path::new("/d"))
+                .map(|config| (config.f, config.n()))
+                .map_err(|error| error_text(&error))
+        };
+        assert_eq!(init(4, Mode::Bft, Some(1)), Ok((1, 4)));
+        assert_eq!(init(7, Mode::Bft, None), Ok((2, 7)));
+        assert_eq!(init(3, Mode::Crash, Some(1)), Ok((1, 3)));
+        assert_eq!(init(5, Mode::Crash, None), Ok((2, 5)));
+        let error = init(3, Mode::Bft, None).expect_err("3 is not 3f+1");
+        assert!(error.contains("3 replicas do not fit mode bft"), "{error}");
+        let error = init(4, Mode::Crash, Some(1)).expect_err("4 is not 2f+1");
+        assert!(error.contains("mode crash with f = 1 needs 3 replicas, 4 given"), "{error}");
+        let error = init(4, Mode::Bft, Some(0)).expect_err("f = 0");
+        assert!(error.contains("at least 1"), "{error}");
+    }
+
+    #[test]
+    fn colliding_ports_are_refused_naming_the_field() {
+        // 150 replicas on one host: replica ports 7000..7150 run into the client ports.
+        let endpoints = loopback_endpoints(151, 7000).expect("endpoints");
+        let error =
+            init_config(&endpoints, Mode::Crash, None, LogMode::Parallel, OFFSETS, Path::new("/d"))
+                .expect_err("collision");
+        let error = error_text(&error);
+        assert!(error.contains("field `replica[") && error.contains("is used twice"), "{error}");
+        let endpoints = [("h".to_owned(), 65_300)];
+        let error = init_config(
+            &endpoints,
+            Mode::Crash,
+            Some(1),
+            LogMode::Parallel,
+            OFFSETS,
+            Path::new("/d"),
+        );
+        assert!(error.is_err());
+    }
+
+    #[test]
+    fn hosts_take_a_port_or_the_base_port_counted_per_host() {
+        let parsed = host_endpoints(
+            &hosts(&["a", "b:7005", "a", "[::1]:9000", "::1", "[fe80::1]", "a"]),
+            7000,
+        )
+        .expect("hosts");
+        let expected = [
+            ("a", 7000),
+            ("b", 7005),
+            ("a", 7001),
+            ("::1", 9000),
+            ("::1", 7001),
+            ("fe80::1", 7000),
+            ("a", 7002),
+        ];
+        let parsed: Vec<_> = parsed.iter().map(|(host, port)| (host.as_str(), *port)).collect();
+        assert_eq!(parsed, expected);
+        for bad in ["d:x", ":7000", "a:0", "[::1", "[::1]x", "a:70000"] {
+            let error = host_endpoints(&hosts(&[bad]), 7000).expect_err(bad);
+            assert!(error_text(&error).contains(bad), "{bad}: {}", error_text(&error));
+        }
+    }
+
+    #[test]
+    fn error_text_prints_a_cause_the_message_already_ends_with_once() {
+        let doubled = anyhow::Error::new(DoubleShown(std::io::Error::from_raw_os_error(2)))
+            .context("read cluster config /x");
+        assert_eq!(format!("{doubled:#}").matches("os error 2").count(), 2, "what {{:#}} does");
+        let text = error_text(&doubled);
+        assert_eq!(text.matches("(os error 2)").count(), 1, "{text}");
+        assert_eq!(text, "read cluster config /x: open: No such file or directory (os error 2)");
+    }
+
+    /// An error that shows its source in its own message and chains it too.
+    #[derive(Debug)]
+    struct DoubleShown(std::io::Error);
+
+    impl std::fmt::Display for DoubleShown {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(formatter, "open: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for DoubleShown {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
 }

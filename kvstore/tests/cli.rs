@@ -111,12 +111,16 @@ fn pseudo_random_bytes(length: usize, seed: u64) -> Vec<u8> {
 fn multi_mib_values_go_in_through_stdin_and_a_file_and_come_back_byte_for_byte() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = Cluster::start(dir.path());
+    // A debug build hashes MiBs slowly, and tests share the machine: a long client timeout.
     let config = cluster.config_arg();
+    fn patient<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [args, &["--timeout-ms", "120000"]].concat()
+    }
 
     let from_stdin = pseudo_random_bytes(6 * MIB, 1);
-    let put = dura_kv(&["put", "--config", config, "big", "-"], &from_stdin);
+    let put = dura_kv(&patient(&["put", "--config", config, "big", "-"]), &from_stdin);
     assert!(put.status.success(), "put from stdin: {}", stderr(&put));
-    let get = dura_kv(&["get", "--config", config, "big", "--raw"], b"");
+    let get = dura_kv(&patient(&["get", "--config", config, "big", "--raw"]), b"");
     assert!(get.status.success(), "get --raw: {}", stderr(&get));
     assert!(get.stdout == from_stdin, "stdin value came back as {} bytes", get.stdout.len());
 
@@ -125,10 +129,10 @@ fn multi_mib_values_go_in_through_stdin_and_a_file_and_come_back_byte_for_byte()
     let out_path = dir.path().join("out.bin");
     std::fs::write(&in_path, &from_file).expect("write value file");
     let in_arg = in_path.to_str().expect("utf-8 path");
-    let put = dura_kv(&["put", "--config", config, "file", "--value-file", in_arg], b"");
+    let put = dura_kv(&patient(&["put", "--config", config, "file", "--value-file", in_arg]), b"");
     assert!(put.status.success(), "put --value-file: {}", stderr(&put));
     let out_arg = out_path.to_str().expect("utf-8 path");
-    let get = dura_kv(&["get", "--config", config, "file", "--value-file", out_arg], b"");
+    let get = dura_kv(&patient(&["get", "--config", config, "file", "--value-file", out_arg]), b"");
     assert!(get.status.success(), "get --value-file: {}", stderr(&get));
     assert!(std::fs::read(&out_path).expect("read back") == from_file, "file value differs");
 }
@@ -196,6 +200,11 @@ fn help_documents_the_exit_statuses() {
     {
         assert!(text.contains(line), "--help lacks {line:?}:\n{text}");
     }
+    for command in ["get", "put", "del", "cas", "scan"] {
+        let help = dura_kv(&[command, "--help"], b"");
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(text.contains("2   get: the key is absent"), "{command} --help:\n{text}");
+    }
 }
 
 #[test]
@@ -260,6 +269,8 @@ fn init_writes_a_valid_config_with_fresh_keys_for_the_given_hosts() {
     let hosts: Vec<_> = config.replicas.iter().map(|r| (r.host.as_str(), r.replica_port)).collect();
     assert_eq!(hosts, [("10.0.0.1", 7000), ("10.0.0.2", 7000), ("db3.example", 7010)]);
     assert_eq!(config.replicas[2].client_port, 7110);
+    assert_eq!(config.replicas[2].transfer_port, Some(7210));
+    assert_eq!(config.replicas[2].metrics_port, Some(7310));
     assert_eq!(config.replicas[1].data_dir, Path::new("/srv/dura/r1"));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out).expect("stat").permissions().mode();
@@ -291,8 +302,28 @@ fn init_on_loopback_prints_the_config_and_refuses_counts_that_do_not_fit_the_mod
     let text = String::from_utf8(init.stdout).expect("utf-8");
     let config = ClusterConfig::from_toml(&text).expect("stdout parses and validates");
     assert_eq!((config.mode, config.f), (Mode::Bft, 1));
-    let ports: Vec<_> = config.replicas.iter().map(|r| (r.replica_port, r.client_port)).collect();
-    assert_eq!(ports, [(7300, 7400), (7301, 7401), (7302, 7402), (7303, 7403)]);
+    let ports: Vec<_> = config
+        .replicas
+        .iter()
+        .map(|r| (r.replica_port, r.client_port, r.transfer_port, r.metrics_port))
+        .collect();
+    let expected = (0..4).map(|i| (7300 + i, 7400 + i, Some(7500 + i), Some(7600 + i)));
+    assert_eq!(ports, expected.collect::<Vec<_>>());
+
+    // Repeated --host, bare hosts on the default base port, no metrics.
+    let args = ["init", "--host", "m1", "--host", "m2", "--host", "m3", "--mode", "crash"];
+    let init = dura_kv(&[&args[..], &["--f", "1", "--no-metrics"]].concat(), b"");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let config = ClusterConfig::from_toml(&String::from_utf8_lossy(&init.stdout)).expect("valid");
+    let replicas: Vec<_> = config
+        .replicas
+        .iter()
+        .map(|r| (r.host.as_str(), r.replica_port, r.client_port, r.metrics_port))
+        .collect();
+    assert_eq!(
+        replicas,
+        [("m1", 7000, 7100, None), ("m2", 7000, 7100, None), ("m3", 7000, 7100, None)]
+    );
 
     let bad = dura_kv(&["init", "--hosts", "a:1,b:1,c:1"], b"");
     assert_eq!(bad.status.code(), Some(1));
@@ -321,6 +352,24 @@ fn a_missing_config_file_prints_the_os_error_once_and_a_bad_field_is_named() {
     let get = dura_kv(&["get", "--config", cluster.config_arg(), "k"], b"");
     assert_eq!(get.status.code(), Some(1));
     assert!(stderr(&get).contains("field `request_timeout_ms`"), "{}", stderr(&get));
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_made_is_named_with_its_os_error_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::configure(dir.path());
+    // replica 0's data dir would have to be made inside a regular file
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").expect("write");
+    let mut config = cluster.config.clone();
+    config.replicas[0].data_dir = file.join("r0");
+    config.save(&cluster.config_path).expect("write config");
+    let serve = dura_kv(&["serve", "--config", cluster.config_arg(), "--id", "0"], b"");
+    assert_eq!(serve.status.code(), Some(1), "{}", stderr(&serve));
+    let text = stderr(&serve);
+    assert!(text.contains("field `replica[0].data_dir`"), "{text}");
+    assert!(text.contains(&format!("{}", file.join("r0").display())), "{text}");
+    assert_eq!(text.matches("Not a directory (os error 20)").count(), 1, "{text}");
 }
 
 #[test]
