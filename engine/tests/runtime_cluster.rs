@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use dura_engine::runtime::{
-    CheckpointWrite, Client, ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions,
-    start_replica,
+    CheckpointScheduleKind, CheckpointWrite, Client, ClientOptions, ClusterConfig, LogMode, Mode,
+    ReplicaOptions, TransferProtocol, start_replica,
 };
 use dura_engine::service::{
     CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError,
@@ -300,10 +300,19 @@ fn replicas_checkpoint_on_schedule_truncate_their_logs_and_restart_from_a_checkp
 #[test]
 fn a_replica_whose_data_dir_was_wiped_takes_the_state_from_its_peers_and_rejoins() {
     let _ = env_logger::builder().is_test(true).try_init();
+    // CST over sequential checkpoints; the PBFT-like baseline needs a checkpoint a weak
+    // quorum holds with one hash, so coordinated ones.
+    wiped_replica_rejoins(TransferProtocol::Cst, CheckpointScheduleKind::Sequential);
+    wiped_replica_rejoins(TransferProtocol::PbftLike, CheckpointScheduleKind::Coordinated);
+}
+
+fn wiped_replica_rejoins(protocol: TransferProtocol, schedule: CheckpointScheduleKind) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config =
         ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("config");
     config.pin_cores = false;
+    config.transfer_protocol = protocol;
+    config.checkpoint_schedule = schedule;
     config.request_timeout_ms = 500;
     // Checkpoints every 16 requests per replica, so the log pieces after them are short
     // and the base of the transfer is a checkpoint, not the genesis.

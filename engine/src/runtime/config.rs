@@ -16,6 +16,7 @@
 //! # over its streams, and how many streams it serves at once.
 //! transfer_bytes_per_s_max = 268435456  # 256 MiB/s; >= 1 MiB/s
 //! transfer_streams_max = 2              # 1..=16
+//! transfer_protocol = "cst"             # cst | pbft-like (the baseline)
 //!
 //! [[replica]]
 //! id = 0
@@ -136,6 +137,28 @@ pub enum CheckpointWrite {
     Background,
     /// Execution stops until the checkpoint is durable (the paper's replica).
     StopTheWorld,
+}
+
+/// How a replica that lost its state takes it from its peers (`transfer_protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransferProtocol {
+    /// Collaborative state transfer (the paper's Figure 6; with f = 1 its optimisation
+    /// first): checkpoint and log pieces from different replicas, validated by hashes
+    /// from f others.
+    #[default]
+    Cst,
+    /// The baseline: one replica sends checkpoint and log, the others only hashes.
+    PbftLike,
+}
+
+impl fmt::Display for TransferProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransferProtocol::Cst => "cst",
+            TransferProtocol::PbftLike => "pbft-like",
+        })
+    }
 }
 
 fn default_checkpoint_period() -> u64 {
@@ -365,6 +388,10 @@ pub struct ClusterConfig {
     /// within 1..=16.
     #[serde(default = "default_transfer_streams_max")]
     pub transfer_streams_max: u32,
+    /// How a replica that starts without its state takes it from its peers: `cst`
+    /// (default) or `pbft-like` (the baseline, for the recovery experiment).
+    #[serde(default)]
+    pub transfer_protocol: TransferProtocol,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -701,6 +728,7 @@ impl ClusterConfig {
             wal_trust_dsync: false,
             transfer_bytes_per_s_max: TRANSFER_BYTES_PER_S_MAX_DEFAULT,
             transfer_streams_max: TRANSFER_STREAMS_MAX_DEFAULT,
+            transfer_protocol: TransferProtocol::Cst,
             replicas,
         }
     }

@@ -25,7 +25,7 @@ pub use alloc::tune_allocator;
 pub use client::{Client, ClientOptions, Pending};
 pub use config::{
     CHECKPOINT_PERIOD_DEFAULT, CheckpointScheduleKind, CheckpointWrite, ClusterConfig,
-    LogBackendKind, LogMode, Mode, ReplicaConfig,
+    LogBackendKind, LogMode, Mode, ReplicaConfig, TransferProtocol,
 };
 pub use metrics::{Health, ReplicaMetrics};
 pub use replica::{ReplicaHandle, ReplicaOptions, start_replica};

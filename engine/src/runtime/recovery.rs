@@ -157,7 +157,11 @@ pub fn transfer_state<S: Service>(
     let session = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |elapsed| elapsed.as_nanos() as u64);
-    let leecher_config = LeecherConfig::new(config.mode, n, me, session);
+    let mut leecher_config = LeecherConfig::new(config.mode, n, me, session);
+    leecher_config.variant = match config.transfer_protocol {
+        super::config::TransferProtocol::Cst => dura_transfer::Variant::Cst,
+        super::config::TransferProtocol::PbftLike => dura_transfer::Variant::PbftLike,
+    };
     let mut leecher = Leecher::new(leecher_config, 0)
         .map_err(|error| RuntimeError::Transfer(error.to_string()))?;
     let _ = std::fs::remove_dir_all(staging_root);
