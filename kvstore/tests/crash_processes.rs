@@ -39,12 +39,17 @@ struct Cluster {
 
 impl Cluster {
     fn new(mode: Mode, dir: &Path) -> Cluster {
+        Cluster::new_with(mode, dir, |_| {})
+    }
+
+    fn new_with(mode: Mode, dir: &Path, adjust: impl FnOnce(&mut ClusterConfig)) -> Cluster {
         let n = mode.replicas_min(1) as u32;
         let mut config = ClusterConfig::local(n, mode, LogMode::Parallel, &dir.join("data"))
             .expect("local config");
         config.pin_cores = false;
         config.request_timeout_ms = 400;
         config.checkpoint_period = CHECKPOINT_PERIOD;
+        adjust(&mut config);
         let config_path = dir.join("cluster.toml");
         config.save(&config_path).expect("write config");
         Cluster {
@@ -411,6 +416,116 @@ fn killing_one_replica_and_then_the_leader_keeps_the_cluster_serving() {
     let history = history.lock().expect("lock");
     let checked = verify(&client, &history, 1);
     assert_eq!(checked, history.acked.len());
+}
+
+/// The agreement replica `id`'s log says state transfer brought it to, once it has.
+fn transferred_to(dir: &Path, id: u32) -> Option<u64> {
+    for entry in std::fs::read_dir(dir).expect("cluster dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("a name").to_string_lossy().into_owned();
+        if !name.starts_with(&format!("replica{id}-")) || !name.ends_with(".log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("replica log");
+        if let Some(line) = text.lines().find(|l| l.contains("state transfer brought agreement")) {
+            let rest = line.split("state transfer brought agreement ").nth(1).expect("a count");
+            return rest.split(' ').next().and_then(|n| n.parse().ok());
+        }
+    }
+    None
+}
+
+/// Checkpoint files (name, bytes) in replica `id`'s data dir.
+fn checkpoints_of(cluster: &Cluster, id: u32) -> BTreeMap<String, Vec<u8>> {
+    let dir = cluster.config.replicas[id as usize].data_dir.join("checkpoints");
+    std::fs::read_dir(&dir)
+        .expect("checkpoint dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "dck"))
+        .map(|path| {
+            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            (name, std::fs::read(&path).expect("read checkpoint"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_whose_data_dir_is_wiped_under_load_rejoins_through_state_transfer() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = temp_dir();
+    // Coordinated checkpoints: every replica writes one at the same agreements, and
+    // the files are canonical, so the rejoined replica's own checkpoints after the
+    // transfer can be compared byte for byte with its peers'.
+    let mut cluster = Cluster::new_with(Mode::Bft, dir.path(), |config| {
+        config.checkpoint_schedule = dura_engine::runtime::CheckpointScheduleKind::Coordinated;
+    });
+    let history = Arc::new(Mutex::new(History::default()));
+    cluster.start_all();
+    let client = cluster.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "wipe", &stop, &history);
+    let acked = || history.lock().expect("lock").acked.len();
+    let wait_for_progress = |what: &str, acks: usize| {
+        let before = acked();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked() < before + acks {
+            assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_progress("at start", 2 * CHECKPOINT_PERIOD as usize);
+    // Replica 2 loses its disk while the load goes on.
+    cluster.kill(2);
+    let wiped = cluster.config.replicas[2].data_dir.clone();
+    std::fs::remove_dir_all(&wiped).expect("wipe");
+    wait_for_progress("with replica 2 down", 100);
+    cluster.start(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let transferred = loop {
+        if let Some(agreement) = transferred_to(dir.path(), 2) {
+            break agreement;
+        }
+        cluster.assert_running();
+        assert!(Instant::now() < deadline, "replica 2 never finished state transfer");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(transferred > 0, "it took a state, it did not start empty");
+    // The cluster served throughout, and goes on long enough for two checkpoints of the
+    // rejoined replica's own.
+    wait_for_progress("after replica 2 restarted", 3 * CHECKPOINT_PERIOD as usize);
+    // Replica 2 is a working member: without replica 1, no quorum exists without it.
+    cluster.kill(1);
+    wait_for_progress("with replica 1 down and replica 2 rejoined", 50);
+    cluster.assert_running();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    let history = history.lock().expect("lock");
+    let checked = verify(&client, &history, 1);
+    assert_eq!(checked, history.acked.len());
+    drop(client);
+    cluster.kill_all();
+    // Replica 2's own checkpoints after the transfer hold exactly its peers' states.
+    let rejoined = checkpoints_of(&cluster, 2);
+    let mut compared = 0;
+    for peer in [0, 3] {
+        let theirs = checkpoints_of(&cluster, peer);
+        for (name, bytes) in &rejoined {
+            if let Some(their_bytes) = theirs.get(name) {
+                assert!(bytes == their_bytes, "{name} of replica 2 differs from replica {peer}'s");
+                compared += 1;
+            }
+        }
+    }
+    let newest = rejoined.keys().next_back().expect("replica 2 checkpointed").clone();
+    let newest_at: u64 = newest
+        .trim_start_matches("checkpoint-")
+        .trim_end_matches(".dck")
+        .parse()
+        .expect("a checkpoint name");
+    assert!(newest_at > transferred, "a checkpoint of its own after the transfer: {newest}");
+    assert!(compared > 0, "no checkpoint of replica 2 to compare: {:?}", rejoined.keys());
 }
 
 #[test]
