@@ -302,11 +302,30 @@ fn a_replica_whose_data_dir_was_wiped_takes_the_state_from_its_peers_and_rejoins
     let _ = env_logger::builder().is_test(true).try_init();
     // CST over sequential checkpoints; the PBFT-like baseline needs a checkpoint a weak
     // quorum holds with one hash, so coordinated ones.
-    wiped_replica_rejoins(TransferProtocol::Cst, CheckpointScheduleKind::Sequential);
-    wiped_replica_rejoins(TransferProtocol::PbftLike, CheckpointScheduleKind::Coordinated);
+    wiped_replica_rejoins(TransferProtocol::Cst, CheckpointScheduleKind::Sequential, None);
+    wiped_replica_rejoins(TransferProtocol::PbftLike, CheckpointScheduleKind::Coordinated, None);
 }
 
-fn wiped_replica_rejoins(protocol: TransferProtocol, schedule: CheckpointScheduleKind) {
+#[test]
+fn a_leecher_rejects_a_corrupting_seeder_names_it_and_completes_from_the_others() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    for corrupting in [0, 1, 2] {
+        wiped_replica_rejoins(
+            TransferProtocol::Cst,
+            CheckpointScheduleKind::Sequential,
+            Some(corrupting),
+        );
+    }
+}
+
+/// A BFT cluster of 4 adds 1 sixty times; replica 3 loses its data dir, twenty more
+/// adds, it restarts through state transfer (from peers of which `corrupting`, if
+/// any, corrupts what it streams) and then serves in a quorum.
+fn wiped_replica_rejoins(
+    protocol: TransferProtocol,
+    schedule: CheckpointScheduleKind,
+    corrupting: Option<u32>,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config =
         ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("config");
@@ -318,8 +337,15 @@ fn wiped_replica_rejoins(protocol: TransferProtocol, schedule: CheckpointSchedul
     // and the base of the transfer is a checkpoint, not the genesis.
     config.checkpoint_period = 16;
     config.wal_segment_mib = 16;
-    let mut replicas: Vec<Option<dura_engine::runtime::ReplicaHandle>> =
-        start(&config).into_iter().map(Some).collect();
+    let mut replicas: Vec<Option<dura_engine::runtime::ReplicaHandle>> = (0..config.n())
+        .map(|id| {
+            let options = ReplicaOptions {
+                corrupt_transfers: corrupting == Some(id),
+                ..ReplicaOptions::default()
+            };
+            Some(start_replica(&config, id, Counter::default(), options).expect("start"))
+        })
+        .collect();
     let client = Client::connect(&config).expect("client");
     let mut adds = 0u64;
     for _ in 0..60 {
@@ -341,6 +367,18 @@ fn wiped_replica_rejoins(protocol: TransferProtocol, schedule: CheckpointSchedul
         "it starts at the cluster's state, not empty: {} of {adds}",
         back.recovered_agreement_id()
     );
+    let transferred = back.transferred().expect("it ran state transfer");
+    match corrupting {
+        // A corrupting seeder that served bulk data is proven faulty and named; one
+        // that only sent hashes may go unnoticed, harmlessly (nothing of it was used).
+        Some(bad) => assert!(
+            transferred.faulty.iter().all(|&r| r == bad),
+            "only the corrupting replica {bad} is named: {:?}",
+            transferred.faulty
+        ),
+        None => assert!(transferred.faulty.is_empty(), "{:?}", transferred.faulty),
+    }
+    eprintln!("{protocol:?} corrupting {corrupting:?}: {transferred:?}");
     // The transferred state is a checkpoint of its own now, and holds every add.
     let store = dura_snapshot::CheckpointStore::open(
         dura_snapshot::FsDir::new(wiped.join("checkpoints")).expect("dir"),

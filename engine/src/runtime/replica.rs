@@ -62,6 +62,12 @@ enum OrderInput {
 pub struct ReplicaOptions {
     /// Overrides the config's log mode.
     pub log_mode: Option<LogMode>,
+    /// Test fault: this replica, as a state-transfer seeder, flips one byte in the
+    /// middle of everything it streams (checkpoint files, log pieces), behind correct
+    /// headers and hashes: a Byzantine seeder the leecher must catch and name. Compiled
+    /// only with the `fault-hooks` feature, which only the engine's own tests enable.
+    #[cfg(feature = "fault-hooks")]
+    pub corrupt_transfers: bool,
 }
 
 /// A replica running in this process. Dropping it stops it.
@@ -78,6 +84,8 @@ pub struct ReplicaHandle {
     metrics_addr: Option<SocketAddr>,
     /// State transfer's server (checkpoints and log pieces for peers), if configured.
     data_server: Option<super::datapath::DataServer>,
+    /// The state transfer this start ran, if it ran one.
+    transferred: Option<super::recovery::Transferred>,
 }
 
 /// Name of the file that records, in a replica's data dir, that a replica process has
@@ -220,7 +228,15 @@ pub fn start_replica<S: Service>(
                 log_pieces,
             )
             .map_err(|error| RuntimeError::Transfer(error.to_string()))?;
-            Some(super::datapath::DataServer::bind(config, id, Arc::new(host))?)
+            let source: Arc<dyn super::datapath::StreamSource> = Arc::new(host);
+            #[cfg(feature = "fault-hooks")]
+            let source: Arc<dyn super::datapath::StreamSource> = if options.corrupt_transfers {
+                log::warn!("replica {id}: test fault: corrupting what it streams to leechers");
+                Arc::new(super::transfer::CorruptingSource(source))
+            } else {
+                source
+            };
+            Some(super::datapath::DataServer::bind(config, id, source)?)
         }
         _ => None,
     };
@@ -228,6 +244,7 @@ pub fn start_replica<S: Service>(
     // cluster whose replicas hold decided agreements does not start empty: it takes the
     // state from its peers first (CST), then starts from that checkpoint like any
     // restart.
+    let mut transferred_state = None;
     if let Some(store) = &checkpoints
         && data_server.is_some()
         && records.is_empty()
@@ -265,6 +282,7 @@ pub fn start_replica<S: Service>(
                     format!(", replicas proven faulty: {:?}", transferred.faulty)
                 }
             );
+            transferred_state = Some(transferred);
         }
     }
     let load_started = Instant::now();
@@ -684,6 +702,7 @@ pub fn start_replica<S: Service>(
         metrics: replica_metrics,
         metrics_addr,
         data_server,
+        transferred: transferred_state,
     })
 }
 
@@ -829,6 +848,12 @@ impl ReplicaHandle {
     /// This replica's id.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The state transfer this start ran (it started without state while its peers
+    /// held some), if it ran one.
+    pub fn transferred(&self) -> Option<&super::recovery::Transferred> {
+        self.transferred.as_ref()
     }
 
     /// The last agreement id replayed from the log at start (0: none).

@@ -211,6 +211,44 @@ impl LogPieces for NoPieces {
     }
 }
 
+/// A Byzantine seeder for tests: streams what the source opens with one byte flipped
+/// in the middle (a checkpoint file read whole first), answers control messages
+/// faithfully.
+#[cfg(feature = "fault-hooks")]
+pub struct CorruptingSource(pub Arc<dyn StreamSource>);
+
+#[cfg(feature = "fault-hooks")]
+impl std::fmt::Debug for CorruptingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CorruptingSource")
+    }
+}
+
+#[cfg(feature = "fault-hooks")]
+impl StreamSource for CorruptingSource {
+    fn open(&self, request: &StreamRequest) -> io::Result<Opened> {
+        let mut bytes = match self.0.open(request)? {
+            Opened::File { file, start, len } => {
+                use std::os::unix::fs::FileExt as _;
+                let mut bytes = vec![0u8; usize::try_from(len).expect("a test file")];
+                file.read_exact_at(&mut bytes, start)?;
+                bytes
+            }
+            Opened::Memory(bytes) => bytes.to_vec(),
+            unavailable => return Ok(unavailable),
+        };
+        if !bytes.is_empty() {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+        }
+        Ok(Opened::Memory(Arc::from(bytes)))
+    }
+
+    fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
+        self.0.control(from, message)
+    }
+}
+
 /// Serves state transfer from a replica's checkpoints and log (see the module docs).
 pub struct SeederHost {
     me: ReplicaId,
