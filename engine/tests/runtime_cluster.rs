@@ -411,3 +411,68 @@ fn wiped_replica_rejoins(
         replica.stop().expect("clean stop");
     }
 }
+
+#[test]
+fn a_log_corrupt_before_its_tail_is_set_aside_and_repaired_from_the_peers() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        ClusterConfig::local(3, Mode::Crash, LogMode::Parallel, dir.path()).expect("config");
+    config.pin_cores = false;
+    config.request_timeout_ms = 500;
+    let mut replicas: Vec<Option<dura_engine::runtime::ReplicaHandle>> =
+        start(&config).into_iter().map(Some).collect();
+    let client = Client::connect(&config).expect("client");
+    let mut adds = 0u64;
+    for _ in 0..30 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add");
+        adds += 1;
+    }
+    replicas[2].take().expect("running").stop().expect("clean stop");
+    // Damage the first group of its log: later groups follow it, so this is corruption
+    // in the middle, not a torn tail.
+    let log_dir = config.replicas[2].data_dir.join("log");
+    let segment = std::fs::read_dir(log_dir.join("wal"))
+        .expect("wal dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            std::fs::read(path).is_ok_and(|bytes| bytes.iter().take(8192).any(|b| *b != 0))
+        })
+        .min()
+        .expect("a segment with data");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    bytes[100] ^= 0x5a;
+    std::fs::write(&segment, &bytes).expect("write segment");
+    for _ in 0..10 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add while it is down");
+        adds += 1;
+    }
+    let back = start_replica(&config, 2, Counter::default(), ReplicaOptions::default())
+        .expect("a replica with a corrupt log repairs from its peers");
+    let transferred = back.transferred().expect("it took the state by state transfer");
+    assert!(transferred.agreement_id >= 30, "{transferred:?}");
+    // The damaged log is kept, byte for byte, beside the new one.
+    let aside: Vec<std::path::PathBuf> = std::fs::read_dir(&log_dir)
+        .expect("log dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("wal.corrupt-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = aside[0].join(segment.file_name().expect("a name"));
+    assert_eq!(std::fs::read(&kept).expect("kept segment"), bytes, "nothing was cut");
+    replicas[2] = Some(back);
+    // It serves: without replica 1, no majority exists without it.
+    replicas[1].take().expect("running").stop().expect("clean stop");
+    for _ in 0..10 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add with the repaired replica");
+        adds += 1;
+    }
+    let reply = client.invoke(0u64.to_le_bytes().to_vec()).expect("read");
+    assert_eq!(total(&reply), adds, "every add once");
+    drop(client);
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().expect("clean stop");
+    }
+}

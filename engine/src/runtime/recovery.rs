@@ -433,7 +433,7 @@ impl<S: Service> Driver<'_, S> {
         let staged = match base {
             StageBase::Genesis => {
                 assert_eq!(agreement_id, 0, "the genesis is before agreement 1");
-                match self.template.installer().finish() {
+                match copy_of(self.template) {
                     Ok(service) => Staged {
                         executor: Executor::new(service),
                         agreement_id: 0,
@@ -543,6 +543,20 @@ impl<S: Service> Driver<'_, S> {
         self.installed = Some(agreement_id);
         Ok(())
     }
+}
+
+/// A fresh copy of `template` (the state before agreement 1, as the replica was given
+/// it), through its own view and installer, as a checkpoint would carry it.
+fn copy_of<S: Service>(template: &S) -> Result<S, crate::service::StateError> {
+    use crate::service::StateView as _;
+    let mut installer = template.installer();
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    template.view().write_chunks(crate::checkpoint::CHECKPOINT_CHUNK_BYTES, &mut |chunk| {
+        aligned.clear();
+        aligned.extend_from_slice(chunk);
+        installer.chunk(&aligned)
+    })?;
+    installer.finish()
 }
 
 fn drop_held_files(held: &Held) {

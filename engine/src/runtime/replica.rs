@@ -143,6 +143,44 @@ fn spare_segments_for(config: &ClusterConfig, id: u32, log_mode: LogMode) -> usi
     }
 }
 
+/// A log damaged before its tail (`error`) is repaired from the peers when one of them
+/// holds decided agreements: the log directory is renamed aside (kept for inspection,
+/// never cut or deleted), with the time in its name, and the replica starts with an
+/// empty log and takes the state by state transfer. When no peer holds any state the
+/// error is returned as it is and nothing is moved.
+fn set_log_aside(
+    config: &ClusterConfig,
+    id: u32,
+    keys: &dura_core::auth::ReplicaKeys,
+    log_dir: &std::path::Path,
+    wal_dir: &std::path::Path,
+    error: RuntimeError,
+) -> Result<(), RuntimeError> {
+    let peers = super::recovery::peers_hold_state(config, id, keys);
+    if !peers.iter().any(|peer| peer.last_agreement > 0) {
+        log::error!("replica {id}: {error}; no peer holds a state to repair it from");
+        return Err(error);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let aside = log_dir.join(format!("wal.corrupt-{stamp}"));
+    let io = |operation: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |error| RuntimeError::Io { operation, path, error }
+    };
+    std::fs::rename(wal_dir, &aside).map_err(io("set the damaged log aside", wal_dir))?;
+    std::fs::File::open(log_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io("sync the log directory", log_dir))?;
+    log::error!(
+        "replica {id}: {error}; the damaged log is kept as {} for inspection, and the state \
+         comes from the peers",
+        aside.display()
+    );
+    Ok(())
+}
+
 /// Starts replica `id` of `config` over `service`: opens and replays its log, then
 /// starts serving. Returns once the listeners are bound.
 pub fn start_replica<S: Service>(
@@ -161,6 +199,8 @@ pub fn start_replica<S: Service>(
 
     // Log first: replay before anything is served.
     let log_dir = me.data_dir.join("log");
+    // The log was damaged before its tail and set aside: the state comes from peers.
+    let mut log_corrupt = false;
     let (backend, records): (Option<Box<dyn LogBackend>>, Vec<LogRecord>) =
         match (log_mode, config.log_backend) {
             (LogMode::None, _) => {
@@ -187,7 +227,16 @@ pub fn start_replica<S: Service>(
                     spare_segments_max: spare_segments_for(config, id, log_mode),
                     ..dura_wal::WalOptions::default()
                 };
-                let (log, records) = WalLog::open(&log_dir.join("wal"), options)?;
+                let wal_dir = log_dir.join("wal");
+                let (log, records) = match WalLog::open(&wal_dir, options.clone()) {
+                    Ok(opened) => opened,
+                    Err(error) if error.is_log_corrupt() && me.transfer_port.is_some() => {
+                        set_log_aside(config, id, &keys, &log_dir, &wal_dir, error)?;
+                        log_corrupt = true;
+                        WalLog::open(&wal_dir, options)?
+                    }
+                    Err(error) => return Err(error),
+                };
                 (Some(Box::new(log)), records)
             }
         };
@@ -248,15 +297,20 @@ pub fn start_replica<S: Service>(
     if let Some(store) = &checkpoints
         && data_server.is_some()
         && records.is_empty()
-        && store.list().map_err(|error| RuntimeError::Checkpoint(error.to_string()))?.is_empty()
+        && (log_corrupt
+            || store
+                .list()
+                .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
+                .is_empty())
     {
         let peers = super::recovery::peers_hold_state(config, id, &keys);
         if let Some(peer) = peers.iter().max_by_key(|peer| peer.last_agreement)
             && peer.last_agreement > 0
         {
             log::warn!(
-                "replica {id}: no checkpoint and no log in {}, but replica {} holds agreements \
-                 up to {}: taking the state from the peers (state transfer)",
+                "replica {id}: {} in {}, but replica {} holds agreements up to {}: taking the \
+                 state from the peers (state transfer)",
+                if log_corrupt { "a damaged log" } else { "no checkpoint and no log" },
                 me.data_dir.display(),
                 peer.replica,
                 peer.last_agreement
