@@ -5,7 +5,7 @@
 //! `dura-transfer`'s [`Seeder`] decides the answers; [`SeederHost`] feeds it what the
 //! replica holds (its checkpoint files and the range of its log) and carries out its
 //! actions: control answers go back on the same data-path exchange, log pieces are
-//! read from the log and hashed ([`piece_hash`]), checkpoint files and encoded log
+//! read from the log and hashed ([`dura_transfer::piece_hash`]), checkpoint files and encoded log
 //! pieces are streamed by the data server. Streams do not go through the [`Seeder`]'s
 //! own bookkeeping: the data server bounds them (`transfer_streams_max`, `Busy`
 //! beyond) and answers `Truncated`/`NotYet` from what the host opens.
@@ -16,7 +16,7 @@
 //! `u32` little-endian length and the batch's log record ([`encode_batch`], one part):
 //! the same bytes whatever the seeder's log framing or segment boundaries, so the
 //! leecher's [`decode_piece`] checks the ids are exactly the range and its hash is the
-//! [`piece_hash`] every replica computes from its own log.
+//! [`dura_transfer::piece_hash`] every replica computes from its own log.
 
 use std::io;
 use std::path::PathBuf;
