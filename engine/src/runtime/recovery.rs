@@ -44,11 +44,14 @@ use crate::service::{Executor, Service, StateInstaller};
 /// The driver's tick: the leecher's timeouts count these.
 pub const TICK: Duration = Duration::from_millis(50);
 
+/// Ticks without an answer or a byte after which a seeder counts as mute (10 s).
+pub const SEEDER_SILENCE_TICKS: u64 = 200;
+
 /// How long [`peers_hold_state`] waits for a peer's answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// How long one control exchange may take.
-pub const CONTROL_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// How long one control exchange may take (a hash request reads the log first).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_millis(10_000);
 
 /// Events the workers may queue before the driver takes them.
 const EVENTS_MAX: usize = 4096;
@@ -158,6 +161,11 @@ pub fn transfer_state<S: Service>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |elapsed| elapsed.as_nanos() as u64);
     let mut leecher_config = LeecherConfig::new(config.mode, n, me, session);
+    // A seeder answers a hash request and opens a log piece by reading (and verifying)
+    // whole log segments, which can take seconds for a large piece on a busy machine:
+    // a seeder is mute only after 10 s without an answer or a byte.
+    leecher_config.timeouts.answer_ticks = SEEDER_SILENCE_TICKS;
+    leecher_config.timeouts.fetch_idle_ticks = SEEDER_SILENCE_TICKS;
     leecher_config.variant = match config.transfer_protocol {
         super::config::TransferProtocol::Cst => dura_transfer::Variant::Cst,
         super::config::TransferProtocol::PbftLike => dura_transfer::Variant::PbftLike,
