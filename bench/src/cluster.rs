@@ -181,6 +181,17 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Kills replica `id` (SIGKILL: a crash, nothing finished) and reaps it; the others
+    /// keep running. Its data stays.
+    pub fn kill_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = self.children.get_mut(id as usize).context("no such replica")?;
+        let mut child = slot.take().with_context(|| format!("replica {id} is not running"))?;
+        let _ = child.kill();
+        let _ = child.wait();
+        unregister(child.id());
+        Ok(())
+    }
+
     /// Starts replica `id` again (after [`LocalCluster::stop_replica`]) with the same
     /// config; its log file is appended to. Returns at once: the replica recovers on
     /// its own (see its metrics endpoint's `/health`).
