@@ -222,7 +222,7 @@ impl IntervalTracker {
 }
 
 /// `GET path` over HTTP/1.0 from `addr`: the body of a 200 response.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)?;
     stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
     stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;

@@ -62,7 +62,8 @@ impl DataDir {
 pub struct LocalCluster {
     config: ClusterConfig,
     config_path: PathBuf,
-    children: Vec<Child>,
+    /// By replica id; `None` while that replica is stopped ([`LocalCluster::stop_replica`]).
+    children: Vec<Option<Child>>,
     /// Dropped after the children (field order), so the data is removed only once no
     /// replica writes it any more.
     data_dir: DataDir,
@@ -116,23 +117,10 @@ impl LocalCluster {
         config.validate()?;
         let config_path = root.join("cluster.toml");
         config.save(&config_path)?;
-        let exe = std::env::current_exe().context("find the dura-bench binary")?;
         let mut cluster = Self { config, config_path, children: Vec::new(), data_dir };
         for id in 0..replicas {
-            let log_path = root.join(format!("replica-{id}.log"));
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("create {}", log_path.display()))?;
-            let child = Command::new(&exe)
-                .args(["replica", "--config"])
-                .arg(&cluster.config_path)
-                .args(["--id", &id.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("start replica {id}"))?;
-            register(child.id());
-            cluster.children.push(child);
+            let child = cluster.spawn(id, false)?;
+            cluster.children.push(Some(child));
         }
         let deadline = Instant::now() + STARTUP_WAIT_MAX;
         loop {
@@ -152,11 +140,87 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts the process of replica `id`, its standard error into `replica-<id>.log`
+    /// (appended to when `append`: a restarted replica's log keeps its first life).
+    fn spawn(&self, id: u32, append: bool) -> anyhow::Result<Child> {
+        let exe = std::env::current_exe().context("find the dura-bench binary")?;
+        let log_path = self.data_dir.path().join(format!("replica-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log_path)
+            .with_context(|| format!("create {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .args(["replica", "--config"])
+            .arg(&self.config_path)
+            .args(["--id", &id.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start replica {id}"))?;
+        register(child.id());
+        Ok(child)
+    }
+
+    /// Stops replica `id` as an operator would (SIGTERM, SIGKILL after
+    /// [`STOP_WAIT_MAX`]) and reaps it; the others keep running. Its data stays.
+    pub fn stop_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = self.children.get_mut(id as usize).context("no such replica")?;
+        let mut child = slot.take().with_context(|| format!("replica {id} is not running"))?;
+        signal(child.id(), "-TERM");
+        let deadline = Instant::now() + STOP_WAIT_MAX;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        unregister(child.id());
+        Ok(())
+    }
+
+    /// Kills replica `id` (SIGKILL: a crash, nothing finished) and reaps it; the others
+    /// keep running. Its data stays.
+    pub fn kill_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = self.children.get_mut(id as usize).context("no such replica")?;
+        let mut child = slot.take().with_context(|| format!("replica {id} is not running"))?;
+        let _ = child.kill();
+        let _ = child.wait();
+        unregister(child.id());
+        Ok(())
+    }
+
+    /// Starts replica `id` again (after [`LocalCluster::stop_replica`]) with the same
+    /// config; its log file is appended to. Returns at once: the replica recovers on
+    /// its own (see its metrics endpoint's `/health`).
+    pub fn start_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        anyhow::ensure!((id as usize) < self.children.len(), "no such replica {id}");
+        anyhow::ensure!(self.children[id as usize].is_none(), "replica {id} is running");
+        let child = self.spawn(id, true)?;
+        self.children[id as usize] = Some(child);
+        Ok(())
+    }
+
+    /// Replica `id`'s data folder (its log and checkpoints), from the config.
+    pub fn replica_data_dir(&self, id: u32) -> anyhow::Result<PathBuf> {
+        Ok(self.config.replica(id)?.data_dir.clone())
+    }
+
+    /// Replica `id`'s standard error so far (both lives of a restarted replica).
+    pub fn replica_log(&self, id: u32) -> String {
+        let path = self.data_dir.path().join(format!("replica-{id}.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// Fails if a replica has exited (with the end of its log in the error, since a
-    /// temporary data folder goes away with the cluster).
+    /// temporary data folder goes away with the cluster); a replica stopped with
+    /// [`LocalCluster::stop_replica`] is not checked.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for id in 0..self.children.len() {
-            if let Some(status) = self.children[id].try_wait().context("poll a replica")? {
+            let Some(child) = self.children[id].as_mut() else { continue };
+            if let Some(status) = child.try_wait().context("poll a replica")? {
                 anyhow::bail!(
                     "replica {id} exited with {status}; its log ends:\n{}",
                     self.log_tail(id as u32)
@@ -202,9 +266,9 @@ impl LocalCluster {
         matches!(self.data_dir, DataDir::Temporary(_))
     }
 
-    /// The replicas' process ids, by replica id.
+    /// The running replicas' process ids, by replica id (a stopped one is left out).
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.children.iter().flatten().map(Child::id).collect()
     }
 
     /// Each replica's peak resident set so far.
@@ -214,7 +278,7 @@ impl LocalCluster {
             .enumerate()
             .map(|(id, child)| ReplicaRss {
                 id: id as u32,
-                peak_rss_bytes: peak_rss_bytes(child.id()),
+                peak_rss_bytes: child.as_ref().and_then(|child| peak_rss_bytes(child.id())),
             })
             .collect()
     }
@@ -232,16 +296,29 @@ impl LocalCluster {
     /// log write and exits), kills any still running after [`STOP_WAIT_MAX`], and
     /// returns what each said about its log, `replica N: ...` per line.
     pub fn stop(mut self) -> Vec<String> {
-        for child in &self.children {
+        self.stop_all()
+        // Drop removes a temporary data folder.
+    }
+
+    /// Like [`LocalCluster::stop`], but keeps the cluster value and so its data folder
+    /// (to read the replicas' durable state after a clean stop); every replica is
+    /// reaped when this returns.
+    pub fn stop_all(&mut self) -> Vec<String> {
+        for child in self.children.iter().flatten() {
             signal(child.id(), "-TERM");
         }
         let deadline = Instant::now() + STOP_WAIT_MAX;
-        for child in &mut self.children {
+        for child in self.children.iter_mut().flatten() {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        // Drop kills and reaps whatever is left.
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            unregister(child.id());
+        }
         let mut report = Vec::new();
         for id in 0..self.children.len() {
             let path = self.data_dir.path().join(format!("replica-{id}.log"));
@@ -273,7 +350,8 @@ fn signal(pid: u32, signal: &str) {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
             unregister(child.id());

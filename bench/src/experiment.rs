@@ -6,7 +6,10 @@
 //! - `fig9`: throughput and latency under rising client counts until throughput stops
 //!   growing, for none, sync, batched and parallel (the paper's Figure 9(a));
 //! - `checkpoints`: throughput per 100 ms while replicas checkpoint, coordinated and
-//!   sequential (the paper's Figures 2 and 10), in [`crate::checkpoints`].
+//!   sequential (the paper's Figures 2 and 10), in [`crate::checkpoints`];
+//! - `recovery`: throughput while a wiped replica takes the state from its peers, the
+//!   PBFT-like baseline against CST (the paper's Figures 3 and 11), in
+//!   [`crate::recovery`].
 //!
 //! Each log mode runs on a fresh local cluster with its data in its own folder.
 
@@ -35,25 +38,29 @@ pub enum ExperimentName {
     Fig9,
     /// Figures 2 and 10: throughput over time while replicas checkpoint.
     Checkpoints,
+    /// Figures 3 and 11: throughput over time while a wiped replica recovers by state
+    /// transfer (PBFT-like, then CST).
+    Recovery,
 }
 
 /// Options of `dura-bench experiment`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentArgs {
-    /// table1, fig9 or checkpoints.
+    /// table1, fig9, checkpoints or recovery.
     #[arg(value_enum)]
     pub name: ExperimentName,
     /// Where the clusters keep their data (the device under test; default: a temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Measured seconds per point (default: 10; checkpoints: 30 per mode).
+    /// Measured seconds per point (default: 10; checkpoints: 30 per mode; recovery: 60
+    /// per protocol).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Warmup seconds per point.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Records loaded into each cluster first (default: 10,000; checkpoints: 262,144,
-    /// a 1 GiB state of 4 KiB values).
+    /// Records loaded into each cluster first (default: 10,000; checkpoints and
+    /// recovery: 262,144, a 1 GiB state of 4 KiB values).
     #[arg(long)]
     pub records: Option<u64>,
     /// Value size in bytes.
@@ -62,6 +69,9 @@ pub struct ExperimentArgs {
     /// Ordering protocol.
     #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
     pub mode: ModeArg,
+    /// recovery: replicas per cluster (default: 4 for bft, 3 for crash; 3f+1 or 2f+1).
+    #[arg(long)]
+    pub replicas: Option<u32>,
     /// Clients for table1's peak throughput and the checkpoints experiment's load
     /// (durable modes need many in flight to hide the log's latency).
     #[arg(long, default_value_t = 512)]
@@ -71,7 +81,8 @@ pub struct ExperimentArgs {
     pub clients_max: usize,
     /// checkpoints: P, the requests between two checkpoints of one replica, the same for
     /// every mode (default: from a short calibration run, so that each replica
-    /// checkpoints about three times in --seconds).
+    /// checkpoints about three times in --seconds). recovery: the same for both
+    /// protocols (default: half of --records, so replicas checkpoint while loading).
     #[arg(long)]
     pub checkpoint_period: Option<u64>,
     /// Results folder (default: `dura-bench-results/EXPERIMENT-TIME`).
@@ -144,7 +155,7 @@ impl ExperimentArgs {
     /// Records to load: `--records`, or the experiment's default.
     pub fn records(&self) -> u64 {
         self.records.unwrap_or(match self.name {
-            ExperimentName::Checkpoints => CHECKPOINTS_RECORDS_DEFAULT,
+            ExperimentName::Checkpoints | ExperimentName::Recovery => CHECKPOINTS_RECORDS_DEFAULT,
             _ => 10_000,
         })
     }
@@ -153,6 +164,7 @@ impl ExperimentArgs {
     pub fn seconds(&self) -> f64 {
         self.seconds.unwrap_or(match self.name {
             ExperimentName::Checkpoints => 30.0,
+            ExperimentName::Recovery => 60.0,
             _ => 10.0,
         })
     }
@@ -231,6 +243,9 @@ pub fn run(
         ExperimentName::Checkpoints => {
             anyhow::bail!("the checkpoints experiment runs through crate::checkpoints::run")
         }
+        ExperimentName::Recovery => {
+            anyhow::bail!("the recovery experiment runs through crate::recovery::run")
+        }
     };
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(name));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
@@ -251,7 +266,9 @@ pub fn run(
                     points.push(measure(1)?);
                     points.push(measure(args.clients_peak)?);
                 }
-                ExperimentName::Checkpoints => unreachable!("refused above"),
+                ExperimentName::Checkpoints | ExperimentName::Recovery => {
+                    unreachable!("refused above")
+                }
                 ExperimentName::Fig9 => {
                     let mut clients = 1;
                     let mut best = 0.0f64;

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod driver;
 pub mod experiment;
 pub mod plot;
+pub mod recovery;
 pub mod results;
 pub mod runner;
 pub mod target;

@@ -7,6 +7,7 @@
 //! dura-bench compare A B [--out DIR]        two result folders side by side, with plots
 //! dura-bench experiment table1|fig9 [...]   the paper's logging experiments
 //! dura-bench experiment checkpoints [...]   throughput while replicas checkpoint
+//! dura-bench experiment recovery [...]      a wiped replica's state transfer under load
 //! dura-bench cluster --data-dir DIR         a local cluster for `--connect DIR/cluster.toml`
 //! dura-bench wal --dir DIR                  the write-ahead log benchmark
 //! ```
@@ -62,7 +63,8 @@ enum Command {
         #[arg(long)]
         label_b: Option<String>,
     },
-    /// The paper's experiments: table1 or fig9 (logging), checkpoints (Figures 2, 10).
+    /// The paper's experiments: table1 or fig9 (logging), checkpoints (Figures 2, 10),
+    /// recovery (Figures 3, 11).
     Experiment(ExperimentArgs),
     /// Start a local cluster and keep it running until Ctrl-C (for `--connect`).
     Cluster {
@@ -133,6 +135,19 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 print!("{}", dura_bench::checkpoints::to_text(&result));
+            }
+            Ok(())
+        }
+        Some(Command::Experiment(args)) if args.name == ExperimentName::Recovery => {
+            install_ctrl_c(stop.clone());
+            let read_state = |config: &dura_engine::runtime::ClusterConfig, id: u32| {
+                dura_bench::recovery::durable_state(config, id, dura_kvstore::KvStore::new())
+            };
+            let result = dura_bench::recovery::run(&args, &connector, &read_state, &stop)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", dura_bench::recovery::to_text(&result));
             }
             Ok(())
         }
