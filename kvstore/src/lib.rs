@@ -30,7 +30,14 @@ pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, R
 }
 
 /// Runs replica `replica_id` of `config` until SIGTERM or SIGINT, then shuts down
-/// gracefully (the in-flight log write completes). The body of `dura-kv serve`.
+/// gracefully (the in-flight log write completes). The body of `dura-kv serve`. With an
+/// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`] for
+/// its peers to say whether the cluster holds a state (it takes it from them if so).
 pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError> {
-    start(config, replica_id)?.run_until_signal()
+    let options = ReplicaOptions {
+        peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS,
+        ..ReplicaOptions::default()
+    };
+    dura_engine::runtime::start_replica(config, replica_id, KvStore::new(), options)?
+        .run_until_signal()
 }

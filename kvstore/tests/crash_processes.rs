@@ -529,6 +529,62 @@ fn a_replica_whose_data_dir_is_wiped_under_load_rejoins_through_state_transfer()
 }
 
 #[test]
+fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_replica_rejoins() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(Mode::Bft, dir.path());
+    let history = Arc::new(Mutex::new(History::default()));
+    cluster.start_all();
+    let client = cluster.client();
+    let acked = || history.lock().expect("lock").acked.len();
+    let wait_for_progress = |what: &str, acks: usize| {
+        let before = acked();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked() < before + acks {
+            assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "before", &stop, &history);
+    wait_for_progress("before the crash", 2 * CHECKPOINT_PERIOD as usize);
+    // Every replica killed at once; replica 2's disk is lost with it.
+    cluster.kill_all();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    std::fs::remove_dir_all(&cluster.config.replicas[2].data_dir).expect("wipe");
+    // All restarted together: the wiped one must not take the others' silence while
+    // they start for a new cluster.
+    cluster.start_all();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let transferred = loop {
+        if let Some(agreement) = transferred_to(dir.path(), 2) {
+            break agreement;
+        }
+        cluster.assert_running();
+        assert!(Instant::now() < deadline, "replica 2 never finished state transfer");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(transferred > 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "after", &stop, &history);
+    wait_for_progress("after the restart", 100);
+    // Replica 2 is a working member: without replica 1, no quorum exists without it.
+    cluster.kill(1);
+    wait_for_progress("with replica 1 down and replica 2 rejoined", 50);
+    cluster.assert_running();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    let history = history.lock().expect("lock");
+    let checked = verify(&client, &history, 1);
+    assert_eq!(checked, history.acked.len());
+}
+
+#[test]
 fn a_fresh_crash_mode_client_reaches_a_moved_leader_without_waiting_out_the_timeout() {
     let dir = temp_dir();
     let mut cluster = Cluster::new(Mode::Crash, dir.path());

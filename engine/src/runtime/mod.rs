@@ -28,7 +28,7 @@ pub use config::{
     LogBackendKind, LogMode, Mode, ReplicaConfig, TransferProtocol,
 };
 pub use metrics::{Health, ReplicaMetrics};
-pub use replica::{ReplicaHandle, ReplicaOptions, start_replica};
+pub use replica::{PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, start_replica};
 
 /// Everything that can go wrong running a replica or a client.
 #[derive(Debug, thiserror::Error)]

@@ -68,7 +68,18 @@ pub struct ReplicaOptions {
     /// only with the `fault-hooks` feature, which only the engine's own tests enable.
     #[cfg(feature = "fault-hooks")]
     pub corrupt_transfers: bool,
+    /// How long a replica that starts with an empty data dir waits for every peer to
+    /// say whether it holds a state, before it concludes the cluster is new and starts
+    /// empty. Zero (the default) asks once: in-process tests start replicas one by one.
+    /// A replica process started with the rest of its cluster (a whole cluster
+    /// restarted after a crash, one of its data dirs lost) should wait, or it may ask
+    /// before its peers listen and start empty: `dura-kv serve` waits
+    /// [`PEERS_WAIT_PROCESS`].
+    pub peers_wait: Duration,
 }
+
+/// What `dura-kv serve` (a replica process) gives [`ReplicaOptions::peers_wait`].
+pub const PEERS_WAIT_PROCESS: Duration = Duration::from_secs(5);
 
 /// A replica running in this process. Dropping it stops it.
 #[derive(Debug)]
@@ -303,7 +314,24 @@ pub fn start_replica<S: Service>(
                 .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
                 .is_empty())
     {
-        let peers = super::recovery::peers_hold_state(config, id, &keys);
+        let asked = Instant::now();
+        let peers = loop {
+            let peers = super::recovery::peers_hold_state(config, id, &keys);
+            let everyone = peers.len() + 1 == config.n() as usize;
+            if everyone
+                || peers.iter().any(|peer| peer.last_agreement > 0)
+                || asked.elapsed() >= options.peers_wait
+            {
+                break peers;
+            }
+            log::info!(
+                "replica {id}: empty data dir; {} of {} peers answered, none holds a state: \
+                 asking again",
+                peers.len(),
+                config.n() - 1
+            );
+            thread::sleep(Duration::from_millis(200));
+        };
         if let Some(peer) = peers.iter().max_by_key(|peer| peer.last_agreement)
             && peer.last_agreement > 0
         {
