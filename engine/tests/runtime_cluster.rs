@@ -275,8 +275,12 @@ fn replicas_checkpoint_on_schedule_truncate_their_logs_and_restart_from_a_checkp
             assert_eq!(checkpoints.len(), 2, "{write:?}: two kept: {checkpoints:?}");
             let segments = files(&replica.data_dir.join("log").join("wal"), "0", ".wal");
             // Without truncation there would be a segment per 4 requests (25 or more).
+            // With it: the log since the older retained checkpoint (2 periods, 6
+            // segments), one more period when a point passed while the previous
+            // checkpoint was still being written (it is skipped, one at a time), the
+            // active segment and the one prepared next.
             assert!(
-                segments.len() <= 8,
+                segments.len() <= 11,
                 "{write:?}: replica {}: the log keeps only what follows the older checkpoint: {segments:?}",
                 replica.id
             );
