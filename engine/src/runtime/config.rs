@@ -734,10 +734,33 @@ impl ClusterConfig {
     }
 }
 
-/// `count` distinct free TCP ports on 127.0.0.1 (bound together, then released).
+/// Where [`free_ports`] looks first: below Linux's default ephemeral range
+/// (32768-60999), from which outgoing connections take their source ports. A port
+/// picked there by binding port 0 and released could be taken by any process's next
+/// connection before the replica binds it (tests in parallel processes saw
+/// `AddrInUse`); ports here are taken only by an explicit bind.
+pub const LOCAL_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// `count` distinct free TCP ports on 127.0.0.1 (bound together, then released):
+/// random ones in [`LOCAL_PORTS`], each checked by binding it; ports the OS picks when
+/// too few are found there.
 pub fn free_ports(count: usize) -> Result<Vec<u16>, RuntimeError> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut rng = dura_core::rng::Rng::new(seed);
+    let span = u64::from(LOCAL_PORTS.end - LOCAL_PORTS.start);
     let mut listeners = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut tries = 0;
+    while listeners.len() < count && tries < 64 * count {
+        tries += 1;
+        let port = LOCAL_PORTS.start + rng.below(span) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    while listeners.len() < count {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|error| RuntimeError::Net {
             operation: "bind a free port",
             peer: "127.0.0.1:0".into(),
