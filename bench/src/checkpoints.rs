@@ -515,11 +515,15 @@ fn configure(
 
 /// A folder for one cluster: inside `--data-dir` (removed when dropped: checkpoints
 /// and logs of a large state fill a disk), or None for the cluster's own temp dir.
-fn mode_dir(args: &ExperimentArgs, name: &str) -> anyhow::Result<Option<tempfile::TempDir>> {
+pub(crate) fn mode_dir(
+    args: &ExperimentArgs,
+    experiment: &str,
+    name: &str,
+) -> anyhow::Result<Option<tempfile::TempDir>> {
     let Some(root) = &args.data_dir else { return Ok(None) };
     std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
     let dir = tempfile::Builder::new()
-        .prefix(&format!("checkpoints-{name}-"))
+        .prefix(&format!("{experiment}-{name}-"))
         .tempdir_in(root)
         .with_context(|| format!("create a folder in {}", root.display()))?;
     Ok(Some(dir))
@@ -533,7 +537,7 @@ fn calibrate(
     stop: &AtomicBool,
 ) -> anyhow::Result<f64> {
     let mode: Mode = args.mode.into();
-    let dir = mode_dir(args, "calibration")?;
+    let dir = mode_dir(args, "checkpoints", "calibration")?;
     let off = configure(CheckpointScheduleKind::Off, CheckpointWrite::Background, 1 << 20);
     let cluster = crate::runner::start_cluster_configured(
         mode.replicas_min(1) as u32,
@@ -579,7 +583,7 @@ fn run_mode(
 ) -> anyhow::Result<CheckpointsMode> {
     let mode: Mode = args.mode.into();
     let name = format!("{}-{}", schedule_name(schedule), write_name(write));
-    let dir = mode_dir(args, &name)?;
+    let dir = mode_dir(args, "checkpoints", &name)?;
     let mut cluster = crate::runner::start_cluster_configured(
         mode.replicas_min(1) as u32,
         mode,

@@ -440,18 +440,6 @@ fn configure(
     }
 }
 
-/// A folder for one cluster inside `--data-dir` (removed when dropped), or None for
-/// the cluster's own temp dir.
-fn run_dir(args: &ExperimentArgs, name: &str) -> anyhow::Result<Option<tempfile::TempDir>> {
-    let Some(root) = &args.data_dir else { return Ok(None) };
-    std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("recovery-{name}-"))
-        .tempdir_in(root)
-        .with_context(|| format!("create a folder in {}", root.display()))?;
-    Ok(Some(dir))
-}
-
 /// The default P: half the records (at least 2n), so every replica checkpoints while
 /// the state is loaded.
 pub fn default_period(records: u64, replicas: u32) -> u64 {
@@ -470,7 +458,7 @@ fn run_protocol(
 ) -> anyhow::Result<RecoveryRun> {
     let mode: Mode = args.mode.into();
     let name = protocol_name(protocol);
-    let dir = run_dir(args, name)?;
+    let dir = crate::checkpoints::mode_dir(args, "recovery", name)?;
     let mut cluster = crate::runner::start_cluster_configured(
         replicas,
         mode,

@@ -510,12 +510,13 @@ impl<S: Service> Driver<'_, S> {
         Ok(ReplayOutcome::Replayed { state_hash: Some(hash) })
     }
 
-    /// The staged state's checkpoint content hash, by writing it as a checkpoint into a
-    /// staging directory of its own (what a replica that checkpointed there wrote).
+    /// The staged state's checkpoint content hash: the checkpoint writer run over a
+    /// directory that keeps no bytes (the writer hashes what it writes), so the hash is
+    /// what a replica that checkpointed there wrote, with no disk write.
     fn state_hash(&self) -> Result<Hash, RuntimeError> {
         let staged = self.staged.as_ref().expect("a state is staged");
-        let dir = self.staging_root.join(format!("hash-{}", staged.agreement_id));
-        let store = staging_store(&dir)?;
+        let store = CheckpointStore::open(HashOnlyDir::default(), StoreOptions::default())
+            .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?;
         let written = crate::checkpoint::write_checkpoint(
             &store,
             S::NAME,
@@ -524,7 +525,6 @@ impl<S: Service> Driver<'_, S> {
             &staged.executor.view(),
         )
         .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?;
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(written.content_sha256)
     }
 
@@ -565,6 +565,91 @@ fn copy_of<S: Service>(template: &S) -> Result<S, crate::service::StateError> {
         installer.chunk(&aligned)
     })?;
     installer.finish()
+}
+
+/// A checkpoint directory that keeps names but no bytes: writing a checkpoint into it
+/// computes the checkpoint's content hash (the writer hashes as it writes) without a
+/// disk write. Nothing can be read back.
+#[derive(Debug, Clone, Default)]
+struct HashOnlyDir {
+    names: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// A file of [`HashOnlyDir`]: its length only.
+struct Discarding {
+    written: u64,
+}
+
+impl dura_snapshot::DirWriter for Discarding {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        assert!(offset + buf.len() as u64 <= self.written, "write_at past the written end");
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`HashOnlyDir`] has nothing to read; this reader is never made.
+enum NoReader {}
+
+impl dura_snapshot::DirReader for NoReader {
+    fn len_bytes(&self) -> u64 {
+        match *self {}
+    }
+
+    fn read_exact_at(&mut self, _offset: u64, _buf: &mut [u8]) -> std::io::Result<()> {
+        match *self {}
+    }
+}
+
+impl dura_snapshot::Dir for HashOnlyDir {
+    type Writer = Discarding;
+    type Reader = NoReader;
+
+    fn path(&self) -> &Path {
+        Path::new("(hash only)")
+    }
+
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        Ok(self.names.lock().expect("names lock").iter().cloned().collect())
+    }
+
+    fn create(&self, name: &str) -> std::io::Result<Discarding> {
+        self.names.lock().expect("names lock").insert(name.to_owned());
+        Ok(Discarding { written: 0 })
+    }
+
+    fn open_read(&self, name: &str) -> std::io::Result<NoReader> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{name}: a hash-only directory keeps no bytes"),
+        ))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        let mut names = self.names.lock().expect("names lock");
+        if !names.remove(from) {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        names.insert(to.to_owned());
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.names.lock().expect("names lock").remove(name);
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn drop_held_files(held: &Held) {
@@ -684,10 +769,9 @@ fn fetch_one(
                 let _ = std::fs::remove_dir_all(dir);
                 return fetched(outcome);
             }
-            if file.sync_all().is_err() {
-                let _ = std::fs::remove_dir_all(dir);
-                return fetched(FetchOutcome::Disconnected);
-            }
+            // Not synced: a staging file is read back by this process only (the page
+            // cache serves it) and removed at the end; what is installed is written
+            // again, durably, as a checkpoint of the replica's own.
             drop(file);
             // Checked here, on the fetch's thread: every check of a load but decoding.
             let hash = match checkpoint_hash(dir, agreement_id, service) {
@@ -740,5 +824,28 @@ fn fetch_one(
             let _ = tx.send(Report::Held { ticket, held: Held::Piece(batches), bytes: size });
             Report::Event(Event::Fetched { ticket, outcome: FetchOutcome::Received { hash } })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kv::KvModel;
+
+    #[test]
+    fn a_hash_only_directory_gives_the_content_hash_a_written_checkpoint_has() {
+        let executor = Executor::new(KvModel::default());
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let on_disk = staging_store(tmp.path()).expect("store");
+        let written =
+            crate::checkpoint::write_checkpoint(&on_disk, KvModel::NAME, 7, 9, &executor.view())
+                .expect("write");
+        let hashed =
+            CheckpointStore::open(HashOnlyDir::default(), StoreOptions::default()).expect("store");
+        let hashed =
+            crate::checkpoint::write_checkpoint(&hashed, KvModel::NAME, 7, 9, &executor.view())
+                .expect("hash");
+        assert_eq!(hashed.content_sha256, written.content_sha256);
+        assert_eq!(hashed.file_bytes, written.file_bytes);
     }
 }
