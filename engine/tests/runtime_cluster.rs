@@ -480,3 +480,138 @@ fn a_log_corrupt_before_its_tail_is_set_aside_and_repaired_from_the_peers() {
         replica.stop().expect("clean stop");
     }
 }
+
+#[test]
+fn a_replica_behind_every_window_restarts_through_state_transfer_and_rejoins() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    behind_replica_rejoins(Mode::Bft, 4);
+    behind_replica_rejoins(Mode::Crash, 3);
+}
+
+/// Replica `n-1`, run by `serve_replica` as a replica process is, stops after twenty
+/// adds; the others decide far more agreements than their catch-up windows (16) hold;
+/// it restarts with its own log, finds itself behind every window (GONE from enough
+/// peers), restarts through state transfer and then serves in a quorum.
+fn behind_replica_rejoins(mode: Mode, n: u32) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = ClusterConfig::local(n, mode, LogMode::Parallel, dir.path()).expect("config");
+    config.pin_cores = false;
+    config.request_timeout_ms = 500;
+    config.checkpoint_period = 16;
+    config.decided_window_max = 16;
+    config.wal_segment_mib = 16;
+    let late = n - 1;
+    let metrics_port = dura_engine::runtime::config::free_ports(1).expect("a port")[0];
+    config.replicas[late as usize].metrics_port = Some(metrics_port);
+    let serve = |config: &ClusterConfig| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (config, stop) = (config.clone(), stop.clone());
+            std::thread::spawn(move || {
+                dura_engine::runtime::serve_replica(
+                    &config,
+                    late,
+                    Counter::default,
+                    ReplicaOptions::default(),
+                    &stop,
+                )
+            })
+        };
+        (stop, thread)
+    };
+    let mut replicas: Vec<Option<dura_engine::runtime::ReplicaHandle>> = (0..late)
+        .map(|id| {
+            Some(
+                start_replica(&config, id, Counter::default(), ReplicaOptions::default())
+                    .expect("start"),
+            )
+        })
+        .collect();
+    let (stop, thread) = serve(&config);
+    let client = Client::connect(&config).expect("client");
+    let mut adds = 0u64;
+    for _ in 0..20 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add");
+        adds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let served = thread.join().expect("joined").expect("clean stop");
+    assert_eq!(served.behind_restarts, 0, "{mode}: it kept up while it ran");
+    for _ in 0..100 {
+        client.invoke(1u64.to_le_bytes().to_vec()).expect("add while it is down");
+        adds += 1;
+    }
+    let (stop, thread) = serve(&config);
+    // Its own metrics say when it has caught up (120 agreements decided) and no longer
+    // recovers; only then is the first leader stopped.
+    let caught_up = std::time::Instant::now();
+    loop {
+        let metrics = scrape(metrics_port);
+        let value = |name: &str| {
+            metrics.lines().find_map(|line| {
+                line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+        };
+        if value("dura_last_decided_agreement_id ").is_some_and(|v| v >= 120.0)
+            && value("dura_recovering ") == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            caught_up.elapsed() < Duration::from_secs(60),
+            "{mode}: the late replica did not catch up: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It takes part again: with replica 0 (the first leader) stopped, the cluster needs
+    // it for a quorum.
+    replicas[0].take().expect("running").stop().expect("clean stop");
+    for _ in 0..10 {
+        client
+            .invoke(1u64.to_le_bytes().to_vec())
+            .expect("add with the late replica in the quorum");
+        adds += 1;
+    }
+    let reply = client.invoke(0u64.to_le_bytes().to_vec()).expect("read");
+    assert_eq!(total(&reply), adds, "{mode}: every add once");
+    drop(client);
+    stop.store(true, Ordering::Relaxed);
+    let served = thread.join().expect("joined").expect("clean stop");
+    assert!(served.behind_restarts >= 1, "{mode}: it restarted through state transfer: {served:?}");
+    // Its own newest checkpoint is the transferred state or a later one of its own, and
+    // holds every add up to its agreement.
+    let store = dura_snapshot::CheckpointStore::open(
+        dura_snapshot::FsDir::new(config.replicas[late as usize].data_dir.join("checkpoints"))
+            .expect("dir"),
+        Default::default(),
+    )
+    .expect("store");
+    let loaded = dura_engine::checkpoint::load_checkpoint(&store, &Counter::default())
+        .expect("valid")
+        .expect("a checkpoint");
+    // At most one add per agreement (a leader change may decide an empty batch).
+    let (total_there, at) = (loaded.executor.service().0, loaded.from.agreement_id);
+    assert!(at >= 120 && total_there <= at && total_there >= 100, "{mode}: {total_there} at {at}");
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().expect("clean stop");
+    }
+}
+
+/// The text of `GET /metrics` from a replica's metrics port on this host ("" while it
+/// does not answer).
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut text = String::new();
+    if stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() {
+        return text;
+    }
+    let _ = stream.read_to_string(&mut text);
+    text
+}

@@ -38,6 +38,6 @@ pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError
         peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS,
         ..ReplicaOptions::default()
     };
-    dura_engine::runtime::start_replica(config, replica_id, KvStore::new(), options)?
-        .run_until_signal()
+    dura_engine::runtime::serve_replica_until_signal(config, replica_id, KvStore::new, options)
+        .map(|_| ())
 }

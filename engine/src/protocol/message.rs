@@ -175,6 +175,14 @@ pub enum Message {
         /// The decided batch.
         batch: Arc<Batch>,
     },
+    /// Answer to a [`Message::Fetch`] for agreements this replica no longer holds in
+    /// its catch-up window: the first one it can still send (its checkpoint covers the
+    /// rest). Enough of these tell the asker it is behind beyond every window and must
+    /// transfer state ([`crate::protocol::Action::TransferNeeded`]).
+    Gone {
+        /// The first agreement id this replica can still send.
+        first_held: u64,
+    },
     /// A restarted replica asks how far the others are.
     StatusQuery {
         /// Echoed in the answer.
@@ -207,6 +215,7 @@ const TAG_FETCH: u8 = 8;
 const TAG_DECIDED: u8 = 9;
 const TAG_STATUS_QUERY: u8 = 10;
 const TAG_STATUS: u8 = 11;
+const TAG_GONE: u8 = 12;
 
 impl Message {
     /// Appends the encoding of this message to `w`.
@@ -267,6 +276,10 @@ impl Message {
                 w.push(TAG_DECIDED);
                 put_u64(w, *agreement_id);
                 batch.encode(w);
+            }
+            Message::Gone { first_held } => {
+                w.push(TAG_GONE);
+                put_u64(w, *first_held);
             }
             Message::StatusQuery { nonce } => {
                 w.push(TAG_STATUS_QUERY);
@@ -336,6 +349,7 @@ impl Message {
                 agreement_id: r.u64()?,
                 batch: Arc::new(Batch::decode_from(&mut r)?),
             },
+            TAG_GONE => Message::Gone { first_held: r.u64()? },
             TAG_STATUS_QUERY => Message::StatusQuery { nonce: r.u64()? },
             TAG_STATUS => Message::Status {
                 nonce: r.u64()?,
@@ -395,6 +409,7 @@ mod tests {
             },
             Message::Fetch { from: 15, to: 16 },
             Message::Decided { agreement_id: 17, batch },
+            Message::Gone { first_held: 23 },
             Message::StatusQuery { nonce: 18 },
             Message::Status {
                 nonce: 19,

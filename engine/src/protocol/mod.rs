@@ -85,11 +85,14 @@ impl From<dura_core::CoreError> for ProtocolError {
     }
 }
 
-/// Cluster configuration shared by every replica (and, for n/f/mode, by clients).
 /// Ticks between the leader's heartbeats (a STATUS to all when it sent nothing else);
 /// followers suspect it after [`Config::leader_silence_ticks`] without a word.
 pub const LEADER_HEARTBEAT_TICKS: u64 = 2;
 
+/// Decided agreements kept for catch-up unless configured otherwise.
+pub const DECIDED_WINDOW_MAX_DEFAULT: usize = 4096;
+
+/// Cluster configuration shared by every replica (and, for n/f/mode, by clients).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Fault model.
@@ -154,7 +157,7 @@ impl Config {
             batch_requests_max: 1024,
             batch_bytes_max: 4 << 20,
             pending_requests_max: 100_000,
-            decided_window_max: 4096,
+            decided_window_max: DECIDED_WINDOW_MAX_DEFAULT,
             decided_window_bytes_max: 256 << 20,
             fetch_instances_max: 64,
             operation_bytes_max: message::OPERATION_BYTES_MAX,
@@ -300,6 +303,17 @@ pub enum Action {
         timer: TimerKind,
         /// Delay.
         after_ms: u64,
+    },
+    /// This replica is behind beyond every peer's catch-up window: enough peers (f+1
+    /// in BFT mode, one in crash mode) answered its FETCH for `last_decided + 1` with
+    /// GONE. Only a state transfer (a checkpoint and the log after it) brings it back;
+    /// the host stops this core, transfers, and restarts it from the installed state.
+    /// Emitted once per `last_decided`.
+    TransferNeeded {
+        /// What this replica has decided.
+        last_decided: u64,
+        /// The lowest first-held agreement among the answers.
+        first_held: u64,
     },
     /// A new regency is installed (informational: logs, client leader hints).
     RegencyInstalled {

@@ -249,6 +249,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_leader_timeout_ms() -> u64 {
     500
 }
+fn default_decided_window_max() -> usize {
+    crate::protocol::DECIDED_WINDOW_MAX_DEFAULT
+}
 fn default_batch_requests_max() -> u32 {
     1_024
 }
@@ -327,6 +330,11 @@ pub struct ClusterConfig {
     /// leader is replaced about this fast. Default 500; at least 300.
     #[serde(default = "default_leader_timeout_ms")]
     pub leader_timeout_ms: u64,
+    /// Decided agreements each replica keeps in memory to answer a lagging peer's
+    /// catch-up (FETCH). A peer behind all of the others' windows takes the state by
+    /// state transfer instead. Default 4,096; 16..=1,048,576.
+    #[serde(default = "default_decided_window_max")]
+    pub decided_window_max: usize,
     /// Requests per agreement batch at most.
     #[serde(default = "default_batch_requests_max")]
     pub batch_requests_max: u32,
@@ -556,6 +564,12 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if !(16..=1 << 20).contains(&self.decided_window_max) {
+            return Err(wrong(
+                "decided_window_max",
+                format!("{} is outside 16..=1048576", self.decided_window_max),
+            ));
+        }
         if self.batch_requests_max == 0 {
             return Err(wrong("batch_requests_max", "must be at least 1".into()));
         }
@@ -712,6 +726,7 @@ impl ClusterConfig {
             client_key: "64757261206c6f63616c20636c69656e74206b6579".into(),
             request_timeout_ms: default_request_timeout_ms(),
             leader_timeout_ms: default_leader_timeout_ms(),
+            decided_window_max: default_decided_window_max(),
             batch_requests_max: default_batch_requests_max(),
             frame_bytes_max: default_frame_bytes_max(),
             connections_max: default_connections_max(),
@@ -817,6 +832,7 @@ impl ClusterConfig {
         config.tick_ms = TICK_MS;
         config.request_timeout_ticks = self.request_timeout_ms.div_ceil(TICK_MS).max(1);
         config.leader_silence_ticks = self.leader_timeout_ms.div_ceil(TICK_MS);
+        config.decided_window_max = self.decided_window_max;
         config.operation_bytes_max = self.operation_bound().operation_bytes_max;
         config
     }

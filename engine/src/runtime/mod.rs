@@ -28,7 +28,10 @@ pub use config::{
     LogBackendKind, LogMode, Mode, ReplicaConfig, TransferProtocol,
 };
 pub use metrics::{Health, ReplicaMetrics};
-pub use replica::{PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, start_replica};
+pub use replica::{
+    BEHIND_RESTARTS_MAX, PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, Served, serve_replica,
+    serve_replica_until_signal, start_replica,
+};
 
 /// Everything that can go wrong running a replica or a client.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,20 @@ pub enum RuntimeError {
     /// says why and names the replicas proven faulty).
     #[error("state transfer: {0}")]
     Transfer(String),
+    /// This replica fell behind every peer's catch-up window (enough peers answered its
+    /// FETCH with GONE): only a state transfer brings it back. A replica run by
+    /// [`serve_replica`] restarts at once with [`ReplicaOptions::behind_peers`] and
+    /// takes the state from its peers.
+    #[error(
+        "behind every peer's catch-up window: decided up to {last_decided}, peers hold \
+         agreements from {first_held} on only; a state transfer is needed"
+    )]
+    BehindPeers {
+        /// What this replica had decided.
+        last_decided: u64,
+        /// The lowest first agreement the peers still hold.
+        first_held: u64,
+    },
     /// A client request did not complete in time.
     #[error("request timed out after {waited_ms} ms")]
     Timeout {

@@ -76,6 +76,100 @@ pub struct ReplicaOptions {
     /// before its peers listen and start empty: `dura-kv serve` waits
     /// [`PEERS_WAIT_PROCESS`].
     pub peers_wait: Duration,
+    /// The previous incarnation stopped with [`RuntimeError::BehindPeers`]: take the
+    /// state from the peers (state transfer) before starting, although this replica has
+    /// a log and checkpoints. Its log is kept: the installed checkpoint covers all of
+    /// it, and the log goes on after the checkpoint (a gap below the checkpoint is
+    /// allowed, as after any restart from a checkpoint newer than the log's end).
+    /// [`serve_replica`] sets it.
+    pub behind_peers: bool,
+}
+
+/// Restarts through state transfer that [`serve_replica`] makes in a row, each after an
+/// incarnation that served less than [`BEHIND_SERVED_MIN`], before it gives up: a replica
+/// that falls behind again at once (a disk or link far slower than its peers') stops
+/// with the error instead of transferring forever.
+pub const BEHIND_RESTARTS_MAX: u32 = 8;
+/// An incarnation that served this long resets the count of [`BEHIND_RESTARTS_MAX`].
+pub const BEHIND_SERVED_MIN: Duration = Duration::from_secs(60);
+
+/// How a replica run by [`serve_replica`] ended (it stopped when asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Served {
+    /// Restarts through state transfer after falling behind every peer's window.
+    pub behind_restarts: u32,
+}
+
+/// Runs replica `id` until `stop` is set: starts it ([`start_replica`], with a fresh
+/// service from `make_service`), and when it stops because it fell behind every peer's
+/// catch-up window ([`RuntimeError::BehindPeers`]) starts it again at once with
+/// [`ReplicaOptions::behind_peers`], so that it takes the state from its peers and
+/// rejoins. Any other error is returned. The body of a replica process.
+pub fn serve_replica<S: Service>(
+    config: &ClusterConfig,
+    id: u32,
+    mut make_service: impl FnMut() -> S,
+    options: ReplicaOptions,
+    stop: &AtomicBool,
+) -> Result<Served, RuntimeError> {
+    let mut options = options;
+    let mut served = Served::default();
+    let mut in_a_row = 0u32;
+    loop {
+        let started = Instant::now();
+        let handle = start_replica(config, id, make_service(), options.clone())?;
+        while !stop.load(Ordering::Relaxed) && !handle.stop.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        match handle.stop() {
+            Err(RuntimeError::BehindPeers { last_decided, first_held })
+                if !stop.load(Ordering::Relaxed) =>
+            {
+                if started.elapsed() >= BEHIND_SERVED_MIN {
+                    in_a_row = 0;
+                }
+                in_a_row += 1;
+                if in_a_row > BEHIND_RESTARTS_MAX {
+                    log::error!(
+                        "replica {id}: fell behind every peer's window {in_a_row} times in a \
+                         row: giving up"
+                    );
+                    return Err(RuntimeError::BehindPeers { last_decided, first_held });
+                }
+                log::warn!(
+                    "replica {id}: decided up to {last_decided}, peers hold agreements from \
+                     {first_held} on only: restarting through state transfer"
+                );
+                served.behind_restarts += 1;
+                options.behind_peers = true;
+            }
+            Err(error) => return Err(error),
+            Ok(()) => return Ok(served),
+        }
+    }
+}
+
+/// [`serve_replica`] until SIGTERM or SIGINT (or a stage failure), then a graceful
+/// stop: the body of `dura-kv serve`.
+pub fn serve_replica_until_signal<S: Service>(
+    config: &ClusterConfig,
+    id: u32,
+    make_service: impl FnMut() -> S,
+    options: ReplicaOptions,
+) -> Result<Served, RuntimeError> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, signalled.clone()).map_err(|error| {
+            RuntimeError::Io {
+                operation: "install signal handler",
+                path: std::path::PathBuf::from("signal"),
+                error,
+            }
+        })?;
+    }
+    let served = serve_replica(config, id, make_service, options, &signalled);
+    log::info!("replica {id}: shut down");
+    served
 }
 
 /// What `dura-kv serve` (a replica process) gives [`ReplicaOptions::peers_wait`].
@@ -307,12 +401,13 @@ pub fn start_replica<S: Service>(
     let mut transferred_state = None;
     if let Some(store) = &checkpoints
         && data_server.is_some()
-        && records.is_empty()
-        && (log_corrupt
-            || store
-                .list()
-                .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
-                .is_empty())
+        && (options.behind_peers
+            || records.is_empty()
+                && (log_corrupt
+                    || store
+                        .list()
+                        .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
+                        .is_empty()))
     {
         let asked = Instant::now();
         let peers = loop {
@@ -338,7 +433,13 @@ pub fn start_replica<S: Service>(
             log::warn!(
                 "replica {id}: {} in {}, but replica {} holds agreements up to {}: taking the \
                  state from the peers (state transfer)",
-                if log_corrupt { "a damaged log" } else { "no checkpoint and no log" },
+                if options.behind_peers {
+                    "behind every peer's catch-up window"
+                } else if log_corrupt {
+                    "a damaged log"
+                } else {
+                    "no checkpoint and no log"
+                },
                 me.data_dir.display(),
                 peer.replica,
                 peer.last_agreement
@@ -745,6 +846,8 @@ pub fn start_replica<S: Service>(
         let network = network.clone();
         let stop = stop.clone();
         let mut order = OrderStage {
+            fail: Box::new(fail.clone()),
+            can_transfer: me.transfer_port.is_some(),
             id,
             n,
             keys: keys.clone(),
@@ -789,6 +892,10 @@ pub fn start_replica<S: Service>(
 }
 
 struct OrderStage {
+    /// Records a stage failure and stops the replica.
+    fail: Box<dyn Fn(RuntimeError) + Send>,
+    /// This replica has a transfer port, so a restart can take the state from peers.
+    can_transfer: bool,
     id: u32,
     n: u32,
     keys: Arc<ReplicaKeys>,
@@ -915,6 +1022,18 @@ impl OrderStage {
                 }
                 Action::SetTimer { timer: TimerKind::Tick, after_ms } => {
                     self.tick_at = Some(Instant::now() + Duration::from_millis(after_ms));
+                }
+                Action::TransferNeeded { last_decided, first_held } => {
+                    if !self.can_transfer {
+                        log::error!(
+                            "replica {}: behind every peer's catch-up window (decided up to \
+                             {last_decided}, peers from {first_held} on) and no transfer_port \
+                             is configured: it cannot catch up",
+                            self.id
+                        );
+                    }
+                    (self.fail)(RuntimeError::BehindPeers { last_decided, first_held });
+                    return false;
                 }
                 Action::RegencyInstalled { regency, leader } => {
                     self.regency.store(regency, Ordering::Relaxed);

@@ -418,6 +418,8 @@ pub struct SimReport {
     pub replies_released: u64,
     /// Crashes of every replica at once.
     pub total_crashes: u64,
+    /// Times a replica found itself behind every peer's catch-up window.
+    pub transfer_requests: u64,
     /// Checkpoints written durably.
     pub checkpoints_written: u64,
     /// Crashes that cut a checkpoint write.
@@ -1071,6 +1073,15 @@ impl<'c> World<'c> {
                         eprintln!("{:>9} us r{id} DELIVER {ids:?}", self.now_us);
                     }
                     self.deliver(id, decisions)?
+                }
+                Action::TransferNeeded { last_decided, first_held } => {
+                    if self.config.trace {
+                        eprintln!(
+                            "{:>9} us r{id} TRANSFER NEEDED at {last_decided}, peers from {first_held}",
+                            self.now_us
+                        );
+                    }
+                    self.report.transfer_requests += 1;
                 }
                 Action::ReplyFromCache { client_id, sequence } => {
                     let node = &self.replicas[id as usize];

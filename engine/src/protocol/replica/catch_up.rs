@@ -89,6 +89,12 @@ impl Replica {
         actions: &mut Vec<Action>,
     ) {
         let last = last.min(first.saturating_add(self.config.fetch_instances_max - 1));
+        // What the window no longer holds (a checkpoint covers it): say so, so that a
+        // replica behind every window knows to transfer state instead of asking forever.
+        let first_held = self.window.front().map_or(self.last_decided + 1, |e| e.agreement_id);
+        if first < first_held && first <= self.last_decided {
+            actions.push(Action::Send { to, message: Message::Gone { first_held } });
+        }
         let mut aid = first;
         while aid <= last {
             match self.window_get(aid) {
@@ -134,5 +140,33 @@ impl Replica {
         let batch = slot.batches[&hash].clone();
         self.decide(agreement_id, None, hash, batch, proof);
         true
+    }
+
+    /// A peer no longer holds `first_held - 1` and below. When enough peers say so about
+    /// the agreement this replica needs next (f+1 in BFT mode, so f liars cannot cause
+    /// it; one in crash mode), no FETCH can bring it: ask the host for a state transfer,
+    /// once per agreement this replica is stuck at.
+    pub(super) fn on_gone(&mut self, from: ReplicaId, first_held: u64, actions: &mut Vec<Action>) {
+        let needed = self.last_decided + 1;
+        if first_held <= needed {
+            return;
+        }
+        if self.gone_at != self.last_decided {
+            self.gone_at = self.last_decided;
+            self.gone.clear();
+            self.transfer_asked = false;
+        }
+        // Bounded: one entry per replica of the cluster.
+        self.gone.insert(from, first_held);
+        debug_assert!(self.gone.len() < self.config.n);
+        if !self.transfer_asked && self.gone.len() >= self.config.weak_quorum() {
+            self.transfer_asked = true;
+            let mut held: Vec<u64> = self.gone.values().copied().collect();
+            held.sort_unstable();
+            actions.push(Action::TransferNeeded {
+                last_decided: self.last_decided,
+                first_held: held[0],
+            });
+        }
     }
 }

@@ -284,6 +284,12 @@ pub struct Replica {
     fetch_wanted: bool,
     /// Tick of the last decision or regency installation.
     progress_tick: u64,
+    /// Peers that answered a FETCH with GONE while this replica was at `gone_at`:
+    /// the first agreement each still holds.
+    gone: BTreeMap<ReplicaId, u64>,
+    gone_at: u64,
+    /// [`Action::TransferNeeded`] was emitted at `gone_at`.
+    transfer_asked: bool,
     /// Tick at which this replica last heard from the current regency's leader (any
     /// message), or installed the regency.
     leader_heard_tick: u64,
@@ -330,6 +336,9 @@ impl Replica {
             awaiting_vote_regency: false,
             deliveries: Vec::new(),
             fetch_wanted: false,
+            gone: BTreeMap::new(),
+            gone_at: 0,
+            transfer_asked: false,
             progress_tick: 0,
             leader_heard_tick: 0,
         })
@@ -485,6 +494,7 @@ impl Replica {
             }
             Message::Fetch { from: first, to } => self.on_fetch(from, first, to, actions),
             Message::Decided { agreement_id, batch } => self.on_decided(from, agreement_id, batch),
+            Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce } => {
                 let message = Message::Status {
                     nonce,
@@ -835,6 +845,47 @@ mod tests {
             })
             .collect();
         assert_eq!(served, vec![8, 9, 10]);
+        // What the window no longer holds is answered with GONE, naming the first it has.
+        assert!(
+            actions.contains(&Action::Send { to: 1, message: Message::Gone { first_held: 8 } })
+        );
+    }
+
+    #[test]
+    fn a_replica_behind_every_window_asks_for_state_transfer_on_a_weak_quorum_of_gone() {
+        for (config, needed) in [(Config::bft(1), 2), (Config::crash(1), 1)] {
+            let (mut replicas, _ring) = cluster(&config);
+            let r = &mut replicas[3.min(config.n - 1)];
+            let asked = |actions: &[Action]| {
+                actions.iter().filter(|a| matches!(a, Action::TransferNeeded { .. })).count()
+            };
+            let mut actions = Vec::new();
+            // A GONE that still holds what this replica needs next proves nothing.
+            r.handle(message(0, Message::Gone { first_held: 1 }), &mut actions);
+            // Byzantine or not, f GONEs are not enough in BFT mode; one is in crash mode.
+            for from in 0..needed as ReplicaId - 1 {
+                r.handle(message(from, Message::Gone { first_held: 40 }), &mut actions);
+            }
+            assert_eq!(asked(&actions), 0, "{}", config.mode);
+            // The same peer twice counts once.
+            if needed > 1 {
+                r.handle(message(0, Message::Gone { first_held: 40 }), &mut actions);
+                assert_eq!(asked(&actions), 0);
+            }
+            r.handle(
+                message(needed as ReplicaId - 1, Message::Gone { first_held: 30 }),
+                &mut actions,
+            );
+            let wanted = Action::TransferNeeded { last_decided: 0, first_held: 30 };
+            assert_eq!(actions.iter().filter(|a| **a == wanted).count(), 1, "{}", config.mode);
+            // Asked once per agreement it is stuck at.
+            let mut again = Vec::new();
+            r.handle(
+                message(needed as ReplicaId - 1, Message::Gone { first_held: 50 }),
+                &mut again,
+            );
+            assert_eq!(asked(&again), 0);
+        }
     }
 
     #[test]
