@@ -28,8 +28,10 @@
 //! - state: correct replicas' state digests agree after the same agreement id;
 //! - durability: no replica releases a reply before the log record of its agreement
 //!   is synced on that replica's disk (checked against the simulated disk's own record
-//!   of completed writes), and every agreement a client saw complete is decided the same
-//!   way after every crash, a crash of all replicas included;
+//!   of completed writes); a client completes a request only once f+1 disks hold it
+//!   (so it survives the loss of any f of them); and every agreement a client saw
+//!   complete is decided the same way after every crash, a crash of all replicas
+//!   included;
 //! - linearizability of the client history, per key, against a register model;
 //! - liveness: all operations complete once faults stop.
 
@@ -44,7 +46,7 @@ use dura_wal::sim::{SimFaults, SimStorage, durable_agreement_max};
 use dura_wal::{LogWriter, Wal, WalError, WalOptions, WriterThreads};
 
 use crate::durability::{
-    Coordinator, DecidedBatch, Input, Output, encode_batch, execute_batch, restore,
+    Coordinator, DecidedBatch, Input, Output, ReplyOut, encode_batch, execute_batch, restore,
 };
 use crate::protocol::{
     Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientRequest, Config,
@@ -397,6 +399,9 @@ enum Ev {
     Packet {
         from: Endpoint,
         to: Endpoint,
+        /// The receiving replica's life when it was sent, if it was up: only that life
+        /// receives it.
+        to_life: Option<u64>,
         bytes: Vec<u8>,
     },
     ReplicaTick {
@@ -455,6 +460,23 @@ struct ReplicaNode {
     keys: ReplicaKeys,
     /// Restarts so far (makes each recovery query's nonce unique).
     incarnation: u64,
+    /// Bumped at each crash. Links are TCP connections, which die with either process:
+    /// a packet sent to a running replica reaches that life of it only (one sent while
+    /// it is down waits for its next life, as the runtime parks frames for a peer not
+    /// connected yet). Without this, a packet from before a crash of every replica
+    /// reached a restarted one, which no connection of the runtime can do.
+    life: u64,
+    /// The last agreement its log held when it was last opened: a write that a crash
+    /// struck may still have landed whole, and is on the disk from then on though the
+    /// disk's record of completed writes does not count it.
+    reopened_with: u64,
+}
+
+impl ReplicaNode {
+    /// The highest agreement its disk holds for sure.
+    fn logged_max(&self) -> u64 {
+        durable_agreement_max(&self.disk).unwrap_or(0).max(self.reopened_with)
+    }
 }
 
 struct ClientNode {
@@ -536,6 +558,8 @@ impl<'c> World<'c> {
                     timer_generation: 0,
                     keys,
                     incarnation: 0,
+                    life: 0,
+                    reopened_with: 0,
                 }
             })
             .collect();
@@ -620,7 +644,17 @@ impl<'c> World<'c> {
                 self.rng.range(200, 2000)
             };
             let _ = copy;
-            self.schedule(self.now_us + delay_us, Ev::Packet { from, to, bytes: bytes.clone() });
+            let to_life = match to {
+                Endpoint::Replica(id) => {
+                    let node = &self.replicas[id as usize];
+                    node.core.is_some().then_some(node.life)
+                }
+                Endpoint::Client(_) => None,
+            };
+            self.schedule(
+                self.now_us + delay_us,
+                Ev::Packet { from, to, to_life, bytes: bytes.clone() },
+            );
         }
     }
 
@@ -765,13 +799,18 @@ impl<'c> World<'c> {
 
     fn dispatch(&mut self, event: Ev) -> Result<(), String> {
         match event {
-            Ev::Packet { from, to, bytes } => match to {
-                Endpoint::Replica(id) => self.replica_receive(id, from, &bytes),
+            Ev::Packet { from, to, to_life, bytes } => match to {
+                Endpoint::Replica(id) => {
+                    if to_life.is_some_and(|life| life != self.replicas[id as usize].life) {
+                        return Ok(()); // its connection died with that life
+                    }
+                    self.replica_receive(id, from, &bytes)
+                }
                 Endpoint::Client(client) => {
                     if let Ok(reply) = Reply::from_bytes(&bytes) {
                         let mut actions = Vec::new();
                         self.clients[client].core.handle(ClientEvent::Reply(reply), &mut actions);
-                        self.apply_client_actions(client, actions);
+                        self.apply_client_actions(client, actions)?;
                     }
                     Ok(())
                 }
@@ -792,14 +831,11 @@ impl<'c> World<'c> {
                     self.report.client_retransmissions += 1;
                     let mut actions = Vec::new();
                     self.clients[client].core.handle(ClientEvent::TimerFired, &mut actions);
-                    self.apply_client_actions(client, actions);
+                    self.apply_client_actions(client, actions)?;
                 }
                 Ok(())
             }
-            Ev::ClientNext { client } => {
-                self.client_next(client);
-                Ok(())
-            }
+            Ev::ClientNext { client } => self.client_next(client),
             Ev::Crash { id } => {
                 self.crash(id);
                 Ok(())
@@ -822,12 +858,7 @@ impl<'c> World<'c> {
                 // Decisions that no disk holds and no client saw complete are gone with
                 // the replicas' memory; the cluster may decide those agreements anew.
                 // Any other one must come back exactly as it was.
-                let survives = self
-                    .replicas
-                    .iter()
-                    .filter_map(|node| durable_agreement_max(&node.disk))
-                    .max()
-                    .unwrap_or(0);
+                let survives = self.replicas.iter().map(ReplicaNode::logged_max).max().unwrap_or(0);
                 let accepted = &self.accepted;
                 self.decided.retain(|id, _| *id <= survives || accepted.contains(id));
                 self.digests.retain(|id, _| *id <= survives || accepted.contains(id));
@@ -838,10 +869,10 @@ impl<'c> World<'c> {
         }
     }
 
-    fn client_next(&mut self, client: usize) {
+    fn client_next(&mut self, client: usize) -> Result<(), String> {
         let node = &mut self.clients[client];
         if node.current.is_some() || node.issued >= self.config.ops_per_client {
-            return;
+            return Ok(());
         }
         let key = self.rng.range(0, u64::from(self.config.keys.max(1)) - 1) as u8;
         let op = if self.rng.chance(500) {
@@ -863,10 +894,14 @@ impl<'c> World<'c> {
             op,
             result: None,
         });
-        self.apply_client_actions(client, actions);
+        self.apply_client_actions(client, actions)
     }
 
-    fn apply_client_actions(&mut self, client: usize, actions: Vec<ClientAction>) {
+    fn apply_client_actions(
+        &mut self,
+        client: usize,
+        actions: Vec<ClientAction>,
+    ) -> Result<(), String> {
         for action in actions {
             match action {
                 ClientAction::Send { to, request } => self.send_packet(
@@ -899,10 +934,23 @@ impl<'c> World<'c> {
                     let Some((current, index)) = node.current else { continue };
                     assert_eq!(current, sequence, "the client completes its outstanding request");
                     node.current = None;
-                    if let Some(agreement_id) =
+                    if let Some(&agreement_id) =
                         self.released_in.get(&(CLIENT_ID_BASE + client as u64, sequence))
                     {
-                        self.accepted.insert(*agreement_id);
+                        // The promise of a completed request: f+1 disks hold it, so it
+                        // survives a crash of every replica and the loss of any f disks.
+                        let holding = self
+                            .replicas
+                            .iter()
+                            .filter(|node| node.logged_max() >= agreement_id)
+                            .count();
+                        let f = self.config.protocol.f;
+                        if holding <= f {
+                            return Err(format!(
+                                "durability: client {client} saw request {sequence} complete while {holding} disks hold its agreement {agreement_id} (f = {f}): losing them loses it"
+                            ));
+                        }
+                        self.accepted.insert(agreement_id);
                     }
                     let op = &mut self.history[index];
                     op.completed_us = Some(self.now_us);
@@ -912,6 +960,7 @@ impl<'c> World<'c> {
                 }
             }
         }
+        Ok(())
     }
 
     fn replica_receive(
@@ -961,10 +1010,19 @@ impl<'c> World<'c> {
                     self.deliver(id, decisions)?
                 }
                 Action::ReplyFromCache { client_id, sequence } => {
-                    let node = &self.replicas[id as usize];
+                    // Through the coordinator, as the runtime's exec stage does: a cached
+                    // reply leaves once the log holds everything executed before it.
+                    let node = &mut self.replicas[id as usize];
                     if let Some(result) = node.executor.cached_reply(client_id, sequence) {
-                        let result = result.to_vec();
-                        self.send_reply(id, client_id, sequence, result);
+                        let reply = ReplyOut {
+                            client_id,
+                            sequence,
+                            agreement_id: node.coordinator.last_executed(),
+                            reply: result.to_vec(),
+                        };
+                        let mut outputs = Vec::new();
+                        node.coordinator.handle(Input::CachedReply(reply), &mut outputs);
+                        self.carry_out(id, outputs)?;
                     }
                 }
                 Action::SetTimer { after_ms, .. } => {
@@ -1187,7 +1245,7 @@ impl<'c> World<'c> {
                     }
                     Output::Release { replies, .. } => {
                         let node = &self.replicas[id as usize];
-                        let synced = durable_agreement_max(&node.disk).unwrap_or(0);
+                        let synced = node.logged_max();
                         for reply in replies {
                             if reply.agreement_id > synced {
                                 return Err(format!(
@@ -1197,8 +1255,12 @@ impl<'c> World<'c> {
                             }
                             self.report.replies_released += 1;
                             if correct {
+                                // The first agreement that ordered it (a retransmission
+                                // ordered again is answered from the reply cache).
                                 self.released_in
-                                    .insert((reply.client_id, reply.sequence), reply.agreement_id);
+                                    .entry((reply.client_id, reply.sequence))
+                                    .and_modify(|at| *at = (*at).min(reply.agreement_id))
+                                    .or_insert(reply.agreement_id);
                             }
                             self.send_reply(id, reply.client_id, reply.sequence, reply.reply);
                         }
@@ -1341,6 +1403,7 @@ impl<'c> World<'c> {
         let reboot_seed = self.rng.next_u64();
         let node = &mut self.replicas[id as usize];
         node.core = None;
+        node.life += 1;
         node.crashed_before = true;
         node.timer_generation += 1;
         node.disk_generation += 1;
@@ -1401,6 +1464,7 @@ impl<'c> World<'c> {
             restore(recovered.records.into_iter().map(|r| r.payload), &mut executor, window)
                 .map_err(|error| format!("replica {id}: recovery: {error}"))?;
         let last = restored.recovered.last_decided;
+        node.reopened_with = node.reopened_with.max(last);
         node.executor = executor;
         node.coordinator = Coordinator::new(self.config.log_mode, last);
         node.last_delivered = last;
