@@ -16,7 +16,9 @@
 //! boundary. Restart opens the log and replays it with [`restore`], the runtime's
 //! recovery. Disk faults drawn from the seed: torn writes at crashes, a crash during
 //! recovery, a failed write on one replica (it stops for good: an fsync error is
-//! fatal, and its failed group is never acknowledged). Faults stop at [`SimConfig::faults_until_ms`];
+//! fatal, and its failed group is never acknowledged), and, after a crash of every
+//! replica, the loss of up to f replicas' disks (they stay down; the others restart
+//! with them declared lost, [`Config::lost_replicas`]). Faults stop at [`SimConfig::faults_until_ms`];
 //! from then on the cluster must finish every client operation within
 //! [`SimConfig::liveness_ms`].
 //!
@@ -30,8 +32,8 @@
 //!   is synced on that replica's disk (checked against the simulated disk's own record
 //!   of completed writes); a client completes a request only once f+1 disks hold it
 //!   (so it survives the loss of any f of them); and every agreement a client saw
-//!   complete is decided the same way after every crash, a crash of all replicas
-//!   included;
+//!   complete is decided the same way after every crash, a crash of all replicas and
+//!   the loss of f disks included;
 //! - linearizability of the client history, per key, against a register model;
 //! - liveness: all operations complete once faults stop.
 
@@ -170,12 +172,15 @@ pub struct SimConfig {
 }
 
 /// A crash of every replica at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotalCrashPlan {
     /// When every replica crashes.
     pub at_ms: u64,
     /// Each restarts at a time drawn in `at_ms + 1 .. at_ms + restart_spread_ms`.
     pub restart_spread_ms: u64,
+    /// These replicas' disks are lost in the crash (at most f): they never restart, and
+    /// the others restart with them declared lost ([`Config::lost_replicas`]).
+    pub lost: Vec<ReplicaId>,
 }
 
 impl SimConfig {
@@ -314,8 +319,10 @@ impl SimConfig {
 
     /// [`SimConfig::random`] plus, with probability one half, a crash of every replica
     /// at once (torn writes included) during the faulty period. In crash mode it is
-    /// drawn only where every other crash restarts and no replica stops for good:
-    /// recovery after a crash of all needs every replica back there.
+    /// drawn only where every other crash restarts and no replica stops for good, and
+    /// in two draws of three up to f replicas lose their disks in it for good: with the
+    /// replicas that crash after it, at most f (the others restart with the lost ones
+    /// declared, and must go on with n-f).
     pub fn random_with_total_crash(mode: Mode, n: usize, seed: u64) -> Self {
         let mut config = Self::random(mode, n, seed);
         let mut rng = Rng::new(seed ^ 0x70_7A1C_4A54);
@@ -323,18 +330,59 @@ impl SimConfig {
             && config.failed_write.is_none()
             && config.byzantine.is_empty();
         if rng.chance(500) && (mode == Mode::Bft || all_come_back) {
+            let at_ms = rng.range(100, config.faults_until_ms - 600);
             config.total_crash = Some(TotalCrashPlan {
-                at_ms: rng.range(100, config.faults_until_ms - 600),
+                at_ms,
                 restart_spread_ms: rng.range(1, 400),
+                lost: Vec::new(),
             });
             config.torn_write_per_mille = config.torn_write_per_mille.max(500);
             if mode == Mode::Crash {
                 // A crash during recovery on top of another replica's crash after the
                 // crash of all makes two replicas that lost their votes: beyond f there.
                 config.recovery_crash_per_mille = 0;
+                // Drawn from a stream of its own, so the runs above are unchanged.
+                let lost = Self::draw_lost_disks(&config, at_ms, seed);
+                if let Some(total) = config.total_crash.as_mut() {
+                    total.lost = lost;
+                }
             }
         }
         config
+    }
+
+    /// Up to f replicas whose disks a crash of all at `at_ms` loses (in two draws of
+    /// three), fewer where replicas that survive it crash again later: those count
+    /// against f too.
+    fn draw_lost_disks(config: &SimConfig, at_ms: u64, seed: u64) -> Vec<ReplicaId> {
+        let mut rng = Rng::new(seed ^ 0x1057_D15C);
+        let n = config.protocol.n;
+        if !rng.chance(667) {
+            return Vec::new();
+        }
+        let mut ids: Vec<ReplicaId> = (0..n as ReplicaId).collect();
+        for i in (1..ids.len()).rev() {
+            let j = rng.range(0, i as u64) as usize;
+            ids.swap(i, j);
+        }
+        let mut lost: Vec<ReplicaId> =
+            ids[..rng.range(1, config.protocol.f as u64) as usize].to_vec();
+        let crashing_later = |lost: &[ReplicaId]| {
+            let mut ids: Vec<ReplicaId> = config
+                .crashes
+                .iter()
+                .filter(|c| c.at_ms >= at_ms && !lost.contains(&c.replica))
+                .map(|c| c.replica)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len()
+        };
+        while !lost.is_empty() && lost.len() + crashing_later(&lost) > config.protocol.f {
+            lost.pop();
+        }
+        lost.sort_unstable();
+        lost
     }
 }
 
@@ -369,6 +417,8 @@ pub struct SimReport {
     pub replies_released: u64,
     /// Crashes of every replica at once.
     pub total_crashes: u64,
+    /// Disks lost for good in a crash of every replica.
+    pub lost_disks: u64,
 }
 
 /// A violated property.
@@ -460,6 +510,8 @@ struct ReplicaNode {
     keys: ReplicaKeys,
     /// Restarts so far (makes each recovery query's nonce unique).
     incarnation: u64,
+    /// Its disk was lost in a crash of every replica: it never runs again.
+    lost: bool,
     /// Bumped at each crash. Links are TCP connections, which die with either process:
     /// a packet sent to a running replica reaches that life of it only (one sent while
     /// it is down waits for its next life, as the runtime parks frames for a peer not
@@ -558,8 +610,9 @@ impl<'c> World<'c> {
                     timer_generation: 0,
                     keys,
                     incarnation: 0,
-                    life: 0,
+                    lost: false,
                     reopened_with: 0,
+                    life: 0,
                 }
             })
             .collect();
@@ -671,7 +724,7 @@ impl<'c> World<'c> {
                 assert!(restored.is_some_and(|r| r.recovered.last_decided == 0), "a new disk");
             }
         }
-        if let Some(total) = self.config.total_crash {
+        if let Some(total) = &self.config.total_crash {
             self.schedule(total.at_ms * 1000, Ev::TotalCrash);
         }
         for id in 0..self.replicas.len() as ReplicaId {
@@ -842,12 +895,22 @@ impl<'c> World<'c> {
             }
             Ev::DiskWrite { id, generation } => self.disk_write(id, generation),
             Ev::TotalCrash => {
-                let total = self.config.total_crash.expect("scheduled only when planned");
+                let total = self.config.total_crash.clone().expect("scheduled only when planned");
                 if self.config.trace {
-                    eprintln!("{:>9} us TOTAL CRASH", self.now_us);
+                    eprintln!("{:>9} us TOTAL CRASH, disks lost: {:?}", self.now_us, total.lost);
                 }
                 self.report.total_crashes += 1;
                 for id in 0..self.replicas.len() as ReplicaId {
+                    if total.lost.contains(&id) {
+                        // Its disk is gone: it never runs again (a replacement would join
+                        // as a new member with an empty disk).
+                        if self.replicas[id as usize].core.is_some() {
+                            self.crash(id);
+                        }
+                        self.replicas[id as usize].lost = true;
+                        self.report.lost_disks += 1;
+                        continue;
+                    }
                     if self.replicas[id as usize].core.is_none() {
                         continue;
                     }
@@ -855,10 +918,16 @@ impl<'c> World<'c> {
                     let after_us = self.rng.range(1_000, total.restart_spread_ms * 1000 + 1_000);
                     self.schedule(self.now_us + after_us, Ev::Restart { id });
                 }
-                // Decisions that no disk holds and no client saw complete are gone with
-                // the replicas' memory; the cluster may decide those agreements anew.
-                // Any other one must come back exactly as it was.
-                let survives = self.replicas.iter().map(ReplicaNode::logged_max).max().unwrap_or(0);
+                // Decisions that no remaining disk holds and no client saw complete are
+                // gone with the replicas' memory; the cluster may decide those agreements
+                // anew. Any other one must come back exactly as it was.
+                let survives = self
+                    .replicas
+                    .iter()
+                    .filter(|node| !node.lost)
+                    .map(ReplicaNode::logged_max)
+                    .max()
+                    .unwrap_or(0);
                 let accepted = &self.accepted;
                 self.decided.retain(|id, _| *id <= survives || accepted.contains(id));
                 self.digests.retain(|id, _| *id <= survives || accepted.contains(id));
@@ -1472,9 +1541,19 @@ impl<'c> World<'c> {
         Ok(Some(restored))
     }
 
+    /// The protocol configuration a replica starts with: the cluster's, with the disks
+    /// lost in a crash of all declared, as an operator restarting the others would.
+    fn protocol_config(&self) -> Config {
+        let mut config = self.config.protocol.clone();
+        config.lost_replicas = (0..self.replicas.len() as ReplicaId)
+            .filter(|&id| self.replicas[id as usize].lost)
+            .collect();
+        config
+    }
+
     fn start_fresh(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
-        if node.core.is_some() || node.stopped {
+        if node.core.is_some() || node.stopped || node.lost {
             return Ok(());
         }
         if self.config.trace {
@@ -1486,8 +1565,9 @@ impl<'c> World<'c> {
             return Ok(());
         };
         assert_eq!(restored.recovered.last_decided, 0, "a fresh replica has an empty log");
+        let protocol = self.protocol_config();
         let node = &mut self.replicas[id as usize];
-        let mut core = Replica::new(self.config.protocol.clone(), node.keys.clone())
+        let mut core = Replica::new(protocol, node.keys.clone())
             .map_err(|error| format!("start of replica {id} failed: {error}"))?;
         let mut actions = Vec::new();
         core.start(&mut actions);
@@ -1497,7 +1577,7 @@ impl<'c> World<'c> {
 
     fn restart(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
-        if node.core.is_some() || node.stopped {
+        if node.core.is_some() || node.stopped || node.lost {
             return Ok(());
         }
         let Some(restored) = self.open_log(id)? else {
@@ -1514,11 +1594,12 @@ impl<'c> World<'c> {
                 self.now_us, restored.recovered.last_decided
             );
         }
+        let protocol = self.protocol_config();
         let node = &mut self.replicas[id as usize];
         node.incarnation += 1;
         let nonce = (u64::from(id) << 32) | node.incarnation;
         let mut core = Replica::restart_with_nonce(
-            self.config.protocol.clone(),
+            protocol,
             node.keys.clone(),
             restored.recovered,
             restored.ordered,
@@ -1586,6 +1667,10 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             highest_voted: small(rng),
             regency: small(rng),
             recovering: rng.chance(500),
+            incarnation: rng.next_u64(),
+            vouch: rng
+                .chance(500)
+                .then(|| crate::protocol::Vouch { floor: small(rng), regency_min: small(rng) }),
         },
     }
 }
@@ -1605,7 +1690,8 @@ mod tests {
         assert_eq!((a.disk_writes, a.replies_released), (b.disk_writes, b.replies_released));
         // A run with a crash of every replica and torn writes replays exactly too.
         let mut config = SimConfig::random_with_total_crash(Mode::Crash, 3, 11);
-        config.total_crash = Some(TotalCrashPlan { at_ms: 400, restart_spread_ms: 200 });
+        config.total_crash =
+            Some(TotalCrashPlan { at_ms: 400, restart_spread_ms: 200, lost: Vec::new() });
         config.torn_write_per_mille = 1_000;
         let a = run(&config).expect("seed 11 passes");
         let b = run(&config).expect("seed 11 passes");
@@ -1641,8 +1727,11 @@ mod tests {
             config.ops_per_client = 12;
             config.faults_until_ms = 2_000;
             config.torn_write_per_mille = 1_000;
-            config.total_crash =
-                Some(TotalCrashPlan { at_ms: 150 + seed * 20, restart_spread_ms: 300 });
+            config.total_crash = Some(TotalCrashPlan {
+                at_ms: 150 + seed * 20,
+                restart_spread_ms: 300,
+                lost: Vec::new(),
+            });
             let report = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
             assert_eq!(report.total_crashes, 1);
             assert_eq!(report.ops_completed, 36);
