@@ -32,5 +32,16 @@ pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, R
 /// Runs replica `replica_id` of `config` until SIGTERM or SIGINT, then shuts down
 /// gracefully (the in-flight log write completes). The body of `dura-kv serve`.
 pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError> {
-    start(config, replica_id)?.run_until_signal()
+    serve_with(config, replica_id, ReplicaOptions::default())
+}
+
+/// [`serve`] with options (`dura-kv serve --lost`: replicas declared gone for good,
+/// which recovery after a crash of every replica does not wait for).
+pub fn serve_with(
+    config: &ClusterConfig,
+    replica_id: u32,
+    options: ReplicaOptions,
+) -> Result<(), RuntimeError> {
+    dura_engine::runtime::start_replica(config, replica_id, KvStore::new(), options)?
+        .run_until_signal()
 }
