@@ -20,10 +20,12 @@ cargo nextest run --workspace --cargo-profile ci --no-fail-fast
 # durability coordinator and a real dura-wal per replica over a simulated disk - with
 # loss, duplication, delay, partitions, crash/restart, torn writes, crashes during
 # recovery, a failed write, a slow disk and up to f Byzantine replicas; crash mode also
-# with crashes of every replica at once (--total-crash). Any failing seed prints the
-# command that replays it. Nightly: the same with --seeds 100000 per line.
+# with crashes of every replica at once (--total-crash), in which up to f replicas lose
+# their disks for good (5 replicas: up to 2). Any failing seed prints the command that
+# replays it. Nightly: the same with --seeds 100000 per line.
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2000 --mode bft --replicas 4
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 500 --mode bft --replicas 7
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode crash --replicas 3
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 300 --mode crash --replicas 5
-cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode crash --replicas 3 --total-crash
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 800 --mode crash --replicas 3 --total-crash
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 150 --mode crash --replicas 5 --total-crash

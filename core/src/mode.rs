@@ -4,13 +4,16 @@
 //! |---|---|---|
 //! | replicas for f faults ([`Mode::replicas_min`]) | 3f+1 | 2f+1 |
 //! | agreement quorum ([`Mode::quorum`]) | ceil((n+f+1)/2) | n/2+1 (majority) |
-//! | weak quorum ([`Mode::weak_quorum`], [`Mode::reply_quorum`]) | f+1 | 1 |
+//! | weak quorum ([`Mode::weak_quorum`]) | f+1 | 1 |
+//! | replies a client accepts ([`Mode::reply_quorum`]) | f+1 | f+1 |
 //!
 //! Why these numbers: two BFT quorums share at least f+1 replicas (2q > n+f), so at
 //! least one correct replica is in both, and a quorum exists without the f faulty ones
 //! (q <= n-f). Two crash-mode quorums intersect (2q > n) and a quorum exists without
 //! the f crashed ones. [`Mode::quorum`] asserts these on every call; the unit tests
-//! check them for every size up to [`REPLICAS_MAX`].
+//! check them for every size up to [`REPLICAS_MAX`]. A client accepts a result on f+1
+//! matching replies in both modes: each replica replies only once its log holds the
+//! request, so an accepted result is on f+1 disks and survives the loss of any f.
 
 use std::fmt;
 use std::str::FromStr;
@@ -93,10 +96,13 @@ impl Mode {
         }
     }
 
-    /// Matching replies a client needs before it accepts a result: a
-    /// [`Mode::weak_quorum`], since one correct replica's reply is the decided result.
+    /// Matching replies a client needs before it accepts a result: f+1 in both modes.
+    /// In BFT mode f+1 include a correct replica, so the result is the decided one; in
+    /// crash mode one reply would tell the result, but a replica replies only once its
+    /// log holds the request, so f+1 replies mean f+1 disks: the result survives a crash
+    /// of every replica followed by the loss of any f disks.
     pub const fn reply_quorum(self, f: usize) -> usize {
-        self.weak_quorum(f)
+        f + 1
     }
 }
 
@@ -122,7 +128,7 @@ const _: () = assert!(Mode::Crash.replicas_min(1) <= REPLICAS_MAX);
 // The textbook sizes: 4 replicas, quorum 3; 3 replicas, quorum 2; f+1 = 2 replies.
 const _: () = assert!(Mode::Bft.quorum(4, 1) == 3);
 const _: () = assert!(Mode::Crash.quorum(3, 1) == 2);
-const _: () = assert!(Mode::Bft.reply_quorum(1) == 2 && Mode::Crash.reply_quorum(1) == 1);
+const _: () = assert!(Mode::Bft.reply_quorum(1) == 2 && Mode::Crash.reply_quorum(1) == 2);
 const _: () = assert!(Mode::Bft.f_max(REPLICAS_MAX) >= 1);
 
 #[cfg(test)]
@@ -141,6 +147,8 @@ mod tests {
                         Mode::Crash => assert!(2 * q > n, "{mode} n={n} f={f}"),
                     }
                     assert!(mode.weak_quorum(f) <= q, "a weak quorum is never larger");
+                    // Replies come from n-f replicas without the faulty ones.
+                    assert!(mode.reply_quorum(f) <= n - f, "{mode} n={n} f={f}");
                 }
             }
         }
@@ -154,7 +162,7 @@ mod tests {
             assert_eq!(Mode::Bft.quorum(3 * f + 1, f), 2 * f + 1);
             assert_eq!(Mode::Crash.quorum(2 * f + 1, f), f + 1);
             assert_eq!(Mode::Bft.reply_quorum(f), f + 1);
-            assert_eq!(Mode::Crash.reply_quorum(f), 1);
+            assert_eq!(Mode::Crash.reply_quorum(f), f + 1);
         }
     }
 

@@ -302,6 +302,34 @@ fn replicas_checkpoint_on_schedule_truncate_their_logs_and_restart_from_a_checkp
 }
 
 #[test]
+fn crash_mode_cluster_resumes_with_n_minus_f_replicas_once_a_lost_disk_is_declared() {
+    // Every replica stops (as after a power loss), and replica 2's disk is lost. The
+    // other two restart with it declared lost (`dura-kv serve --lost 2`): they do not
+    // wait for it, and every acknowledged add is there (each was on f+1 = 2 disks).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ten_adds_then_stop(LogMode::Parallel, dir.path());
+    std::fs::remove_dir_all(&config.replicas[2].data_dir).expect("lose replica 2's disk");
+    let options = ReplicaOptions { lost_replicas: vec![2], ..ReplicaOptions::default() };
+    let refused = start_replica(&config, 2, Counter::default(), options.clone())
+        .expect_err("a replica declared lost does not start");
+    assert!(refused.to_string().contains("declared lost"), "{refused}");
+    let survivors: Vec<_> = (0..2)
+        .map(|id| start_replica(&config, id, Counter::default(), options.clone()).expect("starts"))
+        .collect();
+    let client = Client::connect_with(
+        &config,
+        ClientOptions { request_timeout: Duration::from_secs(20), ..ClientOptions::new() },
+    )
+    .expect("client");
+    let reply = client.invoke(5u64.to_le_bytes().to_vec()).expect("the two go on");
+    assert_eq!(total(&reply), 55, "ten acknowledged adds of 5, then this one");
+    drop(client);
+    for replica in survivors {
+        replica.stop().expect("clean stop");
+    }
+}
+
+#[test]
 fn a_replica_whose_data_dir_was_wiped_takes_the_state_from_its_peers_and_rejoins() {
     let _ = env_logger::builder().is_test(true).try_init();
     // CST over sequential checkpoints; the PBFT-like baseline needs a checkpoint a weak

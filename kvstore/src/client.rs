@@ -1,7 +1,7 @@
 //! [`KvClient`]: typed SCKV-Store operations over the runtime's client.
 
 use dura_engine::runtime::config::OperationBound;
-use dura_engine::runtime::{Client, ClientOptions, ClusterConfig, Mode, Pending, RuntimeError};
+use dura_engine::runtime::{Client, ClientOptions, ClusterConfig, Pending, RuntimeError};
 
 use crate::ops::{
     CodecError, KvOp, KvReply, PUT_OVERHEAD_BYTES, SCAN_REPLY_BYTES_MAX, ScanPage, VALUE_BYTES_MAX,
@@ -60,10 +60,7 @@ impl KvClient {
             client: Client::connect_with(config, options)?,
             bound: config.operation_bound(),
             n: config.n(),
-            replies_needed: match config.mode {
-                Mode::Bft => config.f as usize + 1,
-                Mode::Crash => 1,
-            },
+            replies_needed: config.mode.reply_quorum(config.f as usize),
         })
     }
 
@@ -78,8 +75,8 @@ impl KvClient {
     }
 
     /// Replicas with an open connection, and how many [`KvClient::connect`] needs for
-    /// a reply to be possible at all (f+1 matching replies in BFT mode, one in crash
-    /// mode): the caller can tell an unreachable cluster from a slow one.
+    /// a reply to be possible at all (f+1 matching replies, in both modes): the caller
+    /// can tell an unreachable cluster from a slow one.
     pub fn connected_replicas(&self) -> (usize, usize) {
         (self.client.connected_replicas(self.n), self.replies_needed)
     }

@@ -34,10 +34,18 @@ pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, R
 /// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`] for
 /// its peers to say whether the cluster holds a state (it takes it from them if so).
 pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError> {
-    let options = ReplicaOptions {
-        peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS,
-        ..ReplicaOptions::default()
-    };
+    serve_with(config, replica_id, ReplicaOptions::default())
+}
+
+/// [`serve`] with options (`dura-kv serve --lost`: replicas declared gone for good,
+/// which recovery after a crash of every replica does not wait for).
+pub fn serve_with(
+    config: &ClusterConfig,
+    replica_id: u32,
+    options: ReplicaOptions,
+) -> Result<(), RuntimeError> {
+    let options =
+        ReplicaOptions { peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS, ..options };
     dura_engine::runtime::serve_replica_until_signal(config, replica_id, KvStore::new, options)
         .map(|_| ())
 }

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode, RuntimeError};
+use dura_engine::runtime::{
+    ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions, RuntimeError,
+};
 use dura_kvstore::client::value_bytes_max;
 use dura_kvstore::ops::SCAN_LIMIT_MAX;
 use dura_kvstore::{KvClient, KvError};
@@ -60,6 +62,12 @@ enum Command_ {
         /// Override the config's log mode (none, async, sync, batched, parallel).
         #[arg(long)]
         log_mode: Option<String>,
+        /// Replicas whose disks are lost for good (comma-separated ids, at most f): after
+        /// a crash of every replica, this start's recovery does not wait for them, so the
+        /// other n-f resume. Give it to each replica restarted then. A lost replica comes
+        /// back only with an empty data dir, once no running replica names it here.
+        #[arg(long, value_delimiter = ',')]
+        lost: Vec<u32>,
     },
     /// Store VALUE under KEY. VALUE `-` reads the value from stdin; --value-file reads
     /// it from a file. Values up to the cluster's bound are accepted (several MiB with
@@ -327,12 +335,13 @@ fn read_value(
 /// Runs one command; the exit status for an outcome that is not an error.
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command_::Serve { config, id, log_mode } => {
+        Command_::Serve { config, id, log_mode, lost } => {
             let mut config = ClusterConfig::load(&config)?;
             if let Some(mode) = log_mode {
                 config.log_mode = mode.parse()?;
             }
-            dura_kvstore::serve(&config, id)?;
+            let options = ReplicaOptions { lost_replicas: lost, ..ReplicaOptions::default() };
+            dura_kvstore::serve_with(&config, id, options)?;
         }
         Command_::Put { target, key, value, value_file } => {
             let config = load(&target)?;

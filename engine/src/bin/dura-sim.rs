@@ -4,7 +4,8 @@
 //! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--threads t] [--verbose] [--trace]
 //! ```
 //! Runs seeds S..S+N (each a full cluster run with faults drawn from the seed; with
-//! `--total-crash`, half of them also crash every replica at once), prints every failing
+//! `--total-crash`, half of them also crash every replica at once, and in crash mode two
+//! of three of those lose up to f replicas' disks in it for good), prints every failing
 //! seed with the command that replays it alone, a line counting the faults drawn, and
 //! `N seeds, F failed` as its last line. Exits 1 if any seed failed, 2 on bad usage.
 
@@ -23,6 +24,7 @@ use dura_engine::sim::{SimConfig, SimReport, run};
 struct Totals {
     crashes: u64,
     total_crashes: u64,
+    lost_disks: u64,
     torn_writes: u64,
     recovery_crashes: u64,
     log_failures: u64,
@@ -36,12 +38,19 @@ struct Totals {
     checkpoint_crashes: u64,
     checkpoint_restarts: u64,
     state_transfer_needed: u64,
+    transfers: u64,
+    transfers_failed: u64,
+    transfer_bytes: u64,
+    faulty_seeders_proven: u64,
+    wiped: u64,
+    byzantine_seeders_met: u64,
 }
 
 impl Totals {
     fn add(&mut self, config: &SimConfig, report: &SimReport) {
         self.crashes += config.crashes.len() as u64;
         self.total_crashes += report.total_crashes;
+        self.lost_disks += report.lost_disks;
         self.torn_writes += report.torn_writes;
         self.recovery_crashes += report.recovery_crashes;
         self.log_failures += report.log_failures;
@@ -55,6 +64,14 @@ impl Totals {
         self.checkpoint_crashes += report.checkpoint_crashes;
         self.checkpoint_restarts += report.checkpoint_restarts;
         self.state_transfer_needed += report.state_transfer_needed;
+        self.transfers += report.transfers_done;
+        self.transfers_failed += report.transfers_failed;
+        self.transfer_bytes += report.transfer_bytes;
+        self.faulty_seeders_proven += report.transfer_faulty_proven;
+        self.wiped += report.disks_wiped;
+        if report.transfers_started > 0 {
+            self.byzantine_seeders_met += config.byzantine.len() as u64;
+        }
     }
 }
 
@@ -189,15 +206,17 @@ fn main() {
     for (seed, reason) in &failures {
         println!("FAILED {reason}");
         println!(
-            "  replay: cargo run --release -p dura-engine --bin dura-sim -- --seeds 1 --seed-start {seed} --mode {mode_name} --replicas {} --verbose",
-            args.replicas
+            "  replay: cargo run --release -p dura-engine --bin dura-sim -- --seeds 1 --seed-start {seed} --mode {mode_name} --replicas {}{} --verbose",
+            args.replicas,
+            if args.total_crash { " --total-crash" } else { "" }
         );
     }
     let totals = totals.into_inner().expect("no poisoned lock");
     println!(
-        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; {} replicas left behind their peers' truncated logs (need state transfer)",
+        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} disks lost in them, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; state transfer: {} done ({} disks wiped), {} failed and retried, {} bytes, {} Byzantine seeders present, {} proven faulty; {} replicas left behind at the end",
         totals.crashes,
         totals.total_crashes,
+        totals.lost_disks,
         totals.torn_writes,
         totals.recovery_crashes,
         totals.log_failures,
@@ -210,6 +229,12 @@ fn main() {
         totals.checkpoints,
         totals.checkpoint_crashes,
         totals.checkpoint_restarts,
+        totals.transfers,
+        totals.wiped,
+        totals.transfers_failed,
+        totals.transfer_bytes,
+        totals.byzantine_seeders_met,
+        totals.faulty_seeders_proven,
         totals.state_transfer_needed
     );
     println!("{} seeds, {} failed", args.seeds, failures.len());

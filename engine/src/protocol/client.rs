@@ -1,5 +1,8 @@
 //! The sans-IO client: one outstanding request at a time, completed on f+1 matching
-//! replies (BFT) or one reply (crash mode), retransmitted to every replica on timeout.
+//! replies from distinct replicas (both modes, [`Mode::reply_quorum`]), retransmitted to
+//! every replica on timeout. In crash mode the request goes to the leader only, yet
+//! every replica replies once it has executed and logged it: f+1 replies mean the
+//! result is on f+1 disks (ARCHITECTURE.md, "Crash mode: a reply means f+1 disks").
 //!
 //! Contract: the runtime delivers every [`Reply`] it receives with
 //! [`ClientEvent::Reply`] (the client verifies the MAC), fires
@@ -137,8 +140,7 @@ impl Client {
         self.regency_hint = self.regency_hint.max(regency);
     }
 
-    /// Replies needed to accept a result: f+1 (BFT) or 1 (crash), see
-    /// [`Mode::reply_quorum`].
+    /// Replies needed to accept a result: f+1 in both modes, see [`Mode::reply_quorum`].
     pub fn replies_needed(&self) -> usize {
         self.config.mode.reply_quorum(self.config.f)
     }
@@ -290,13 +292,39 @@ mod tests {
     }
 
     #[test]
+    fn crash_client_completes_on_f_plus_one_replies_from_distinct_replicas() {
+        // One reply tells the result in crash mode, but only f+1 tell that f+1 logs hold
+        // the request: the acknowledgement must survive the loss of any f disks.
+        let (mut client, ring) = client(Mode::Crash, 5, 2);
+        assert_eq!(client.replies_needed(), 3);
+        let mut actions = Vec::new();
+        let sequence = client.invoke(b"put".to_vec(), &mut actions).expect("idle");
+        actions.clear();
+        client.handle(reply(&ring, 0, sequence, b"ok"), &mut actions);
+        client.handle(reply(&ring, 0, sequence, b"ok"), &mut actions);
+        client.handle(reply(&ring, 3, sequence, b"ok"), &mut actions);
+        assert!(actions.is_empty(), "two distinct replicas of five are not f+1: {actions:?}");
+        client.handle(reply(&ring, 4, sequence, b"ok"), &mut actions);
+        assert_eq!(
+            actions,
+            [
+                ClientAction::CancelTimer,
+                ClientAction::Completed { sequence, result: b"ok".to_vec() }
+            ]
+        );
+        assert!(!client.is_busy());
+    }
+
+    #[test]
     fn crash_client_follows_the_regency_hint_of_replies() {
         let (mut client, ring) = client(Mode::Crash, 3, 1);
         let mut actions = Vec::new();
         let sequence = client.invoke(b"a".to_vec(), &mut actions).expect("idle");
-        let key = ring.replica_keys(1).client_key(7);
-        let reply = Reply::signed(&key, 1, 7, sequence, 4, b"ok".to_vec());
-        client.handle(ClientEvent::Reply(reply), &mut actions);
+        for replica in [1, 2] {
+            let key = ring.replica_keys(replica).client_key(7);
+            let reply = Reply::signed(&key, replica, 7, sequence, 4, b"ok".to_vec());
+            client.handle(ClientEvent::Reply(reply), &mut actions);
+        }
         assert!(actions.contains(&ClientAction::Completed { sequence, result: b"ok".to_vec() }));
         actions.clear();
         client.invoke(b"b".to_vec(), &mut actions).expect("idle");

@@ -27,6 +27,18 @@ pub const COLLECT_VALUES_MAX: usize = 3;
 /// Most client requests in one FORWARD.
 pub const FORWARD_REQUESTS_MAX: usize = 4096;
 
+/// Crash mode: a replica's word, in a status answer, that the asker's incarnation was
+/// counted as restarted and not voting when the replica resumed after a crash of every
+/// replica. The asker's lost votes then predate every vote cast since: it joins the
+/// resumed cluster as the replicas that resumed did, under the same bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouch {
+    /// Never vote at or below this agreement: what the resumption found logged.
+    pub floor: u64,
+    /// Never vote in a regency below this: the resumption's first.
+    pub regency_min: u64,
+}
+
 /// What a replica reports in STOPDATA about its last decided agreement and the open
 /// one (the agreement after it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,6 +213,13 @@ pub enum Message {
         /// True while the sender is itself recovering after a restart (its
         /// `highest_voted` is then only what it logged).
         recovering: bool,
+        /// With `recovering`: the sender's own recovery nonce, which names its
+        /// incarnation (0 otherwise).
+        incarnation: u64,
+        /// Crash mode: the asker's incarnation (the query's nonce) was recovering, with no
+        /// vote cast, when the sender resumed after a crash of every replica (see
+        /// [`Vouch`]).
+        vouch: Option<Vouch>,
     },
 }
 
@@ -285,13 +304,30 @@ impl Message {
                 w.push(TAG_STATUS_QUERY);
                 put_u64(w, *nonce);
             }
-            Message::Status { nonce, last_decided, highest_voted, regency, recovering } => {
+            Message::Status {
+                nonce,
+                last_decided,
+                highest_voted,
+                regency,
+                recovering,
+                incarnation,
+                vouch,
+            } => {
                 w.push(TAG_STATUS);
                 put_u64(w, *nonce);
                 put_u64(w, *last_decided);
                 put_u64(w, *highest_voted);
                 put_u64(w, *regency);
                 w.push(u8::from(*recovering));
+                put_u64(w, *incarnation);
+                match vouch {
+                    None => w.push(0),
+                    Some(Vouch { floor, regency_min }) => {
+                        w.push(1);
+                        put_u64(w, *floor);
+                        put_u64(w, *regency_min);
+                    }
+                }
             }
         }
     }
@@ -357,6 +393,11 @@ impl Message {
                 highest_voted: r.u64()?,
                 regency: r.u64()?,
                 recovering: r.flag()?,
+                incarnation: r.u64()?,
+                vouch: match r.flag()? {
+                    false => None,
+                    true => Some(Vouch { floor: r.u64()?, regency_min: r.u64()? }),
+                },
             },
             _ => return Err(r.error().into()),
         };
@@ -417,6 +458,17 @@ mod tests {
                 highest_voted: 21,
                 regency: 22,
                 recovering: true,
+                incarnation: 23,
+                vouch: Some(Vouch { floor: 24, regency_min: 25 }),
+            },
+            Message::Status {
+                nonce: 19,
+                last_decided: 20,
+                highest_voted: 21,
+                regency: 22,
+                recovering: false,
+                incarnation: 0,
+                vouch: None,
             },
         ]
     }

@@ -28,6 +28,9 @@
 //!   asks it to resend the cached reply of an already ordered request
 //!   (`service::Executor::cached_reply`); if the request is ordered but not yet
 //!   executed, the runtime does nothing: its reply goes out at execution.
+//! - **A restart gets a nonce unique to that process start** (the runtime: the wall
+//!   clock), and messages reach only the process they were sent to (links are
+//!   connections that die with either end): a crash-mode vouch names one incarnation.
 //! - Timers: [`Action::SetTimer`] replaces an earlier timer of the same kind.
 //!
 //! # Authentication scheme (HMAC-SHA256 only, no signatures)
@@ -49,7 +52,7 @@ use std::sync::Arc;
 pub use auth::{ClientKeys, Key, KeyRing, ReplicaKeys, open_frame, seal_frame, seal_frames};
 pub use client::{Client, ClientAction, ClientConfig, ClientError, ClientEvent};
 pub use dura_core::{Hash, Mode, REPLICAS_MAX, ReplicaId};
-pub use message::{Batch, ClientRequest, CollectData, Message, Reply};
+pub use message::{Batch, ClientRequest, CollectData, Message, Reply, Vouch};
 pub use replica::{Recovered, Replica};
 
 /// Errors of this module.
@@ -132,6 +135,13 @@ pub struct Config {
     /// proposed batch holding one is not voted for (the runtime sets it to what its log
     /// can hold, so a Byzantine leader cannot make correct replicas fail their log).
     pub operation_bytes_max: usize,
+    /// Crash mode: replicas an operator declared gone for good (their disks lost), at
+    /// most f. After a crash of every replica, recovery does not wait for them, so the
+    /// other n-f resume. Each must come back only with an empty data dir, as a new
+    /// member: its log may hold a decision no other replica logged, which the others
+    /// then decide anew. (Without a declaration recovery waits for every replica: it
+    /// cannot tell a lost disk from a slow one.)
+    pub lost_replicas: Vec<ReplicaId>,
 }
 
 impl Config {
@@ -161,6 +171,7 @@ impl Config {
             decided_window_bytes_max: 256 << 20,
             fetch_instances_max: 64,
             operation_bytes_max: message::OPERATION_BYTES_MAX,
+            lost_replicas: Vec::new(),
         }
     }
 
@@ -195,6 +206,24 @@ impl Config {
                 "operation_bytes_max must be positive and at most OPERATION_BYTES_MAX",
             ));
         }
+        if self.mode == Mode::Bft && !self.lost_replicas.is_empty() {
+            // A lone BFT log proves nothing, and a replica cannot tell which of the f
+            // faults a declaration spends: see ARCHITECTURE.md, "votes are not persisted".
+            return Err(ProtocolError::Config(
+                "lost_replicas is for crash mode (BFT resumes with n-f after recovery_wait_ticks when what they logged is logged by f+1 of them)",
+            ));
+        }
+        let mut lost = self.lost_replicas.clone();
+        lost.sort_unstable();
+        lost.dedup();
+        if lost.len() != self.lost_replicas.len()
+            || lost.len() > self.f
+            || lost.iter().any(|&id| id as usize >= self.n)
+        {
+            return Err(ProtocolError::Config(
+                "lost_replicas must name at most f distinct replicas of the cluster",
+            ));
+        }
         Ok(())
     }
 
@@ -205,7 +234,8 @@ impl Config {
     }
 
     /// Ticks a replica recovering from a crash of every replica waits for all n-1
-    /// answers before it settles for n-f (BFT mode only; see [`crate::protocol::Replica`]).
+    /// answers before it settles for n-f (BFT mode only; crash mode waits for every
+    /// replica not in [`Config::lost_replicas`]; see [`crate::protocol::Replica`]).
     pub fn recovery_wait_ticks(&self) -> u64 {
         2 * self.request_timeout_ticks
     }
@@ -342,6 +372,20 @@ mod tests {
             assert!(2 * crash.quorum() > crash.n);
             assert!(crash.quorum() <= crash.n - f);
         }
+    }
+
+    #[test]
+    fn lost_replicas_are_at_most_f_distinct_members_and_only_in_crash_mode() {
+        let mut config = Config::crash(2);
+        config.lost_replicas = vec![4, 0];
+        assert_eq!(config.validate(), Ok(()));
+        for lost in [vec![1, 1], vec![0, 1, 2], vec![5]] {
+            config.lost_replicas = lost.clone();
+            assert!(config.validate().is_err(), "{lost:?}");
+        }
+        let mut bft = Config::bft(1);
+        bft.lost_replicas = vec![3];
+        assert!(bft.validate().is_err(), "a BFT replica cannot trust a lone log");
     }
 
     #[test]

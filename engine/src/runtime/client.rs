@@ -262,8 +262,8 @@ impl Client {
         pending
     }
 
-    /// Orders `operation` and waits for its result (f+1 matching replies in BFT mode,
-    /// one in crash mode).
+    /// Orders `operation` and waits for its result (f+1 matching replies, in both modes:
+    /// in crash mode they mean f+1 logs hold it).
     pub fn invoke(&self, operation: Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
         self.submit(operation).wait()
     }

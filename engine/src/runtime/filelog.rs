@@ -311,9 +311,9 @@ impl LogBackend for WalLog {
 
 /// The decided batches a live `dura-wal` log holds, read back for state transfer.
 #[derive(Debug, Clone)]
-pub struct WalPieces(pub dura_wal::LogReader);
+pub struct WalPieces<S: dura_wal::Storage = dura_wal::FsStorage>(pub dura_wal::LogReader<S>);
 
-impl super::transfer::LogPieces for WalPieces {
+impl<S: dura_wal::Storage + Send + Sync> super::transfer::LogPieces for WalPieces<S> {
     fn held(&self) -> Option<(u64, u64)> {
         self.0.held_range()
     }

@@ -571,12 +571,12 @@ fn copy_of<S: Service>(template: &S) -> Result<S, crate::service::StateError> {
 /// computes the checkpoint's content hash (the writer hashes as it writes) without a
 /// disk write. Nothing can be read back.
 #[derive(Debug, Clone, Default)]
-struct HashOnlyDir {
+pub(crate) struct HashOnlyDir {
     names: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// A file of [`HashOnlyDir`]: its length only.
-struct Discarding {
+pub(crate) struct Discarding {
     written: u64,
 }
 
@@ -597,7 +597,7 @@ impl dura_snapshot::DirWriter for Discarding {
 }
 
 /// [`HashOnlyDir`] has nothing to read; this reader is never made.
-enum NoReader {}
+pub(crate) enum NoReader {}
 
 impl dura_snapshot::DirReader for NoReader {
     fn len_bytes(&self) -> u64 {

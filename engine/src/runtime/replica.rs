@@ -83,6 +83,11 @@ pub struct ReplicaOptions {
     /// allowed, as after any restart from a checkpoint newer than the log's end).
     /// [`serve_replica`] sets it.
     pub behind_peers: bool,
+    /// Replicas an operator declares gone for good (their disks lost), at most f: this
+    /// start's recovery after a crash of every replica does not wait for them
+    /// ([`crate::protocol::Config::lost_replicas`]; `dura-kv serve --lost`). Each may
+    /// come back only with an empty data dir, once no running replica declares it.
+    pub lost_replicas: Vec<u32>,
 }
 
 /// Restarts through state transfer that [`serve_replica`] makes in a row, each after an
@@ -300,7 +305,20 @@ pub fn start_replica<S: Service>(
     let log_mode = options.log_mode.unwrap_or(config.log_mode);
     let me = config.replica(id)?.clone();
     let keys = Arc::new(config.replica_keys(id)?);
-    let protocol_config = config.protocol_config();
+    let mut protocol_config = config.protocol_config();
+    protocol_config.lost_replicas = options.lost_replicas.clone();
+    protocol_config.validate().map_err(|error| RuntimeError::Config {
+        field: "lost_replicas".into(),
+        reason: error.to_string(),
+    })?;
+    if options.lost_replicas.contains(&id) {
+        return Err(RuntimeError::Config {
+            field: "lost_replicas".into(),
+            reason: format!(
+                "replica {id} is declared lost: it comes back only with an empty data dir, started without that declaration"
+            ),
+        });
+    }
 
     // Log first: replay before anything is served.
     let log_dir = me.data_dir.join("log");

@@ -180,7 +180,7 @@ pub trait LogPieces: Send + Sync {
 }
 
 /// The batches of `piece` from `log`: none for an empty piece (nothing to read).
-fn read_piece(
+pub(crate) fn read_piece(
     log: &dyn LogPieces,
     piece: Piece,
 ) -> io::Result<Result<Vec<DecidedBatch>, Unavailable>> {
@@ -249,6 +249,77 @@ impl StreamSource for CorruptingSource {
     }
 }
 
+/// What a replica holds for state transfer: its log's range and its checkpoints with
+/// their content hashes (read from each file's validated header; a file removed
+/// meanwhile by retention, or damaged, is left out). The runtime's seeder and the
+/// simulator's share it.
+pub(crate) fn holdings_of<D: dura_snapshot::Dir>(
+    me: ReplicaId,
+    store: &CheckpointStore<D>,
+    log: &dyn LogPieces,
+) -> Holdings {
+    let mut checkpoints = Vec::new();
+    match store.list() {
+        Ok(entries) => {
+            for entry in entries {
+                match store.read_header(entry.agreement_id) {
+                    Ok(header) => checkpoints.push(CheckpointClaim {
+                        agreement_id: entry.agreement_id,
+                        content_hash: header.content_sha256,
+                    }),
+                    Err(error) => log::debug!(
+                        "replica {}: checkpoint {} not offered: {error}",
+                        me,
+                        entry.file_name
+                    ),
+                }
+            }
+        }
+        Err(error) => log::warn!("replica {}: listing checkpoints: {error}", me),
+    }
+    checkpoints.sort_by_key(|claim| claim.agreement_id);
+    let (log_first, last_agreement) = match log.held() {
+        Some((first, last)) => (first, last),
+        None => {
+            let newest = checkpoints.last().map_or(0, |claim| claim.agreement_id);
+            (newest + 1, newest)
+        }
+    };
+    // The state reaches at least the newest checkpoint even if the log was cut
+    // below it.
+    let last_agreement =
+        last_agreement.max(checkpoints.last().map_or(0, |claim| claim.agreement_id));
+    Holdings { last_agreement, log_first: log_first.min(last_agreement + 1), checkpoints }
+}
+
+/// The hashes of `pieces` from the log, in order; `Err` when the log does not hold
+/// one of them.
+pub(crate) fn hash_pieces_of(
+    me: ReplicaId,
+    log: &dyn LogPieces,
+    pieces: &[Piece],
+) -> Result<Vec<Hash>, Unavailable> {
+    let mut hashes = Vec::with_capacity(pieces.len());
+    for &piece in pieces {
+        let batches = match read_piece(log, piece) {
+            Ok(Ok(batches)) => batches,
+            Ok(Err(reason)) => return Err(reason),
+            Err(error) => {
+                log::error!("replica {}: reading log piece {piece:?}: {error}", me);
+                return Err(Unavailable::Truncated);
+            }
+        };
+        match piece_hash_of(piece, &batches) {
+            Ok(hash) => hashes.push(hash),
+            Err(error) => {
+                log::error!("replica {}: its own log piece does not hash: {error}", me);
+                return Err(Unavailable::Truncated);
+            }
+        }
+    }
+    Ok(hashes)
+}
+
 /// Serves state transfer from a replica's checkpoints and log (see the module docs).
 pub struct SeederHost {
     me: ReplicaId,
@@ -285,62 +356,13 @@ impl SeederHost {
     /// content hashes (read from each file's validated header; a file removed meanwhile
     /// by retention, or damaged, is left out).
     pub fn holdings(&self) -> Holdings {
-        let mut checkpoints = Vec::new();
-        match self.checkpoints.list() {
-            Ok(entries) => {
-                for entry in entries {
-                    match self.checkpoints.read_header(entry.agreement_id) {
-                        Ok(header) => checkpoints.push(CheckpointClaim {
-                            agreement_id: entry.agreement_id,
-                            content_hash: header.content_sha256,
-                        }),
-                        Err(error) => log::debug!(
-                            "replica {}: checkpoint {} not offered: {error}",
-                            self.me,
-                            entry.file_name
-                        ),
-                    }
-                }
-            }
-            Err(error) => log::warn!("replica {}: listing checkpoints: {error}", self.me),
-        }
-        checkpoints.sort_by_key(|claim| claim.agreement_id);
-        let (log_first, last_agreement) = match self.log.held() {
-            Some((first, last)) => (first, last),
-            None => {
-                let newest = checkpoints.last().map_or(0, |claim| claim.agreement_id);
-                (newest + 1, newest)
-            }
-        };
-        // The state reaches at least the newest checkpoint even if the log was cut
-        // below it.
-        let last_agreement =
-            last_agreement.max(checkpoints.last().map_or(0, |claim| claim.agreement_id));
-        Holdings { last_agreement, log_first: log_first.min(last_agreement + 1), checkpoints }
+        holdings_of(self.me, &self.checkpoints, self.log.as_ref())
     }
 
     /// The hashes of `pieces` from the log, in order; `Err` when the log does not hold
     /// one of them.
     fn hash_pieces(&self, pieces: &[Piece]) -> Result<Vec<Hash>, Unavailable> {
-        let mut hashes = Vec::with_capacity(pieces.len());
-        for &piece in pieces {
-            let batches = match read_piece(self.log.as_ref(), piece) {
-                Ok(Ok(batches)) => batches,
-                Ok(Err(reason)) => return Err(reason),
-                Err(error) => {
-                    log::error!("replica {}: reading log piece {piece:?}: {error}", self.me);
-                    return Err(Unavailable::Truncated);
-                }
-            };
-            match piece_hash_of(piece, &batches) {
-                Ok(hash) => hashes.push(hash),
-                Err(error) => {
-                    log::error!("replica {}: its own log piece does not hash: {error}", self.me);
-                    return Err(Unavailable::Truncated);
-                }
-            }
-        }
-        Ok(hashes)
+        hash_pieces_of(self.me, self.log.as_ref(), pieces)
     }
 }
 

@@ -16,7 +16,9 @@
 //! boundary. Restart opens the log and replays it with [`restore`], the runtime's
 //! recovery. Disk faults drawn from the seed: torn writes at crashes, a crash during
 //! recovery, a failed write on one replica (it stops for good: an fsync error is
-//! fatal, and its failed group is never acknowledged). Faults stop at [`SimConfig::faults_until_ms`];
+//! fatal, and its failed group is never acknowledged), and, after a crash of every
+//! replica, the loss of up to f replicas' disks (they stay down; the others restart
+//! with them declared lost, [`Config::lost_replicas`]). Faults stop at [`SimConfig::faults_until_ms`];
 //! from then on the cluster must finish every client operation within
 //! [`SimConfig::liveness_ms`].
 //!
@@ -28,13 +30,16 @@
 //! - state: correct replicas' state digests agree after the same agreement id;
 //! - durability: no replica releases a reply before the log record of its agreement
 //!   is synced on that replica's disk (checked against the simulated disk's own record
-//!   of completed writes), and every agreement a client saw complete is decided the same
-//!   way after every crash, a crash of all replicas included;
+//!   of completed writes); a client completes a request only once f+1 disks hold it
+//!   (so it survives the loss of any f of them); and every agreement a client saw
+//!   complete is decided the same way after every crash, a crash of all replicas and
+//!   the loss of f disks included;
 //! - linearizability of the client history, per key, against a register model;
 //! - liveness: all operations complete once faults stop.
 
 pub mod kv;
 pub mod rng;
+pub mod transfer;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -49,7 +54,7 @@ use dura_snapshot::{CheckpointStore, StoreOptions};
 use crate::checkpoint::{load_checkpoint, write_checkpoint};
 use crate::durability::{
     CheckpointSchedule, CheckpointStart, Coordinator, DecidedBatch, FromCheckpoint, Input, Output,
-    encode_batch, execute_batch, restore,
+    ReplyOut, encode_batch, execute_batch, restore,
 };
 use crate::protocol::{
     Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientRequest, Config,
@@ -172,6 +177,10 @@ pub struct SimConfig {
     pub total_crash: Option<TotalCrashPlan>,
     /// Replicas checkpoint on this schedule (None: no checkpoints).
     pub checkpoints: Option<SimCheckpoints>,
+    /// This replica's disk (log and checkpoints) is wiped while it is down, as when a
+    /// disk is replaced: at its planned restart it takes the state from its peers by
+    /// state transfer first ([`transfer`]).
+    pub wiped: Option<ReplicaId>,
 }
 
 /// Checkpoints in a simulated run: each replica writes them into its own simulated
@@ -192,12 +201,15 @@ pub struct SimCheckpoints {
 }
 
 /// A crash of every replica at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotalCrashPlan {
     /// When every replica crashes.
     pub at_ms: u64,
     /// Each restarts at a time drawn in `at_ms + 1 .. at_ms + restart_spread_ms`.
     pub restart_spread_ms: u64,
+    /// These replicas' disks are lost in the crash (at most f): they never restart, and
+    /// the others restart with them declared lost ([`Config::lost_replicas`]).
+    pub lost: Vec<ReplicaId>,
 }
 
 impl SimConfig {
@@ -238,6 +250,7 @@ impl SimConfig {
             recovery_crash_per_mille: 0,
             total_crash: None,
             checkpoints: None,
+            wiped: None,
         }
     }
 
@@ -345,6 +358,22 @@ impl SimConfig {
                 crash_per_mille: [0, 100, 300][rng.range(0, 2) as usize],
             });
         }
+        // State transfer, from its own stream: a replaced disk on a replica that
+        // crashes and restarts, and small catch-up windows (so that a replica that was
+        // down falls behind every peer's window and must transfer).
+        let mut rng = Rng::new(seed ^ 0x57A7_E7AA_45F3);
+        if rng.chance(300)
+            && let Some(plan) = config.crashes.iter().find(|c| c.restart_ms.is_some())
+        {
+            config.wiped = Some(plan.replica);
+        }
+        // Small windows only in BFT mode: a replica that restarts to transfer loses its
+        // votes (as the runtime's does), and in crash mode a second replica that lost
+        // its votes (one that crashed) can block an agreement for good (ARCHITECTURE.md,
+        // "State transfer of a running replica").
+        if rng.chance(300) && mode == Mode::Bft {
+            config.protocol.decided_window_max = rng.range(2, 12) as usize;
+        }
         config
     }
 
@@ -361,8 +390,10 @@ impl SimConfig {
 
     /// [`SimConfig::random`] plus, with probability one half, a crash of every replica
     /// at once (torn writes included) during the faulty period. In crash mode it is
-    /// drawn only where every other crash restarts and no replica stops for good:
-    /// recovery after a crash of all needs every replica back there.
+    /// drawn only where every other crash restarts and no replica stops for good, and
+    /// in two draws of three up to f replicas lose their disks in it for good: with the
+    /// replicas that crash after it, at most f (the others restart with the lost ones
+    /// declared, and must go on with n-f).
     pub fn random_with_total_crash(mode: Mode, n: usize, seed: u64) -> Self {
         let mut config = Self::random(mode, n, seed);
         let mut rng = Rng::new(seed ^ 0x70_7A1C_4A54);
@@ -370,18 +401,61 @@ impl SimConfig {
             && config.failed_write.is_none()
             && config.byzantine.is_empty();
         if rng.chance(500) && (mode == Mode::Bft || all_come_back) {
+            let at_ms = rng.range(100, config.faults_until_ms - 600);
             config.total_crash = Some(TotalCrashPlan {
-                at_ms: rng.range(100, config.faults_until_ms - 600),
+                at_ms,
                 restart_spread_ms: rng.range(1, 400),
+                lost: Vec::new(),
             });
             config.torn_write_per_mille = config.torn_write_per_mille.max(500);
+            // A replaced disk on top of a crash of all is a lost disk, drawn there.
+            config.wiped = None;
             if mode == Mode::Crash {
                 // A crash during recovery on top of another replica's crash after the
                 // crash of all makes two replicas that lost their votes: beyond f there.
                 config.recovery_crash_per_mille = 0;
+                // Drawn from a stream of its own, so the runs above are unchanged.
+                let lost = Self::draw_lost_disks(&config, at_ms, seed);
+                if let Some(total) = config.total_crash.as_mut() {
+                    total.lost = lost;
+                }
             }
         }
         config
+    }
+
+    /// Up to f replicas whose disks a crash of all at `at_ms` loses (in two draws of
+    /// three), fewer where replicas that survive it crash again later: those count
+    /// against f too.
+    fn draw_lost_disks(config: &SimConfig, at_ms: u64, seed: u64) -> Vec<ReplicaId> {
+        let mut rng = Rng::new(seed ^ 0x1057_D15C);
+        let n = config.protocol.n;
+        if !rng.chance(667) {
+            return Vec::new();
+        }
+        let mut ids: Vec<ReplicaId> = (0..n as ReplicaId).collect();
+        for i in (1..ids.len()).rev() {
+            let j = rng.range(0, i as u64) as usize;
+            ids.swap(i, j);
+        }
+        let mut lost: Vec<ReplicaId> =
+            ids[..rng.range(1, config.protocol.f as u64) as usize].to_vec();
+        let crashing_later = |lost: &[ReplicaId]| {
+            let mut ids: Vec<ReplicaId> = config
+                .crashes
+                .iter()
+                .filter(|c| c.at_ms >= at_ms && !lost.contains(&c.replica))
+                .map(|c| c.replica)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len()
+        };
+        while !lost.is_empty() && lost.len() + crashing_later(&lost) > config.protocol.f {
+            lost.pop();
+        }
+        lost.sort_unstable();
+        lost
     }
 }
 
@@ -420,6 +494,22 @@ pub struct SimReport {
     pub total_crashes: u64,
     /// Times a replica found itself behind every peer's catch-up window.
     pub transfer_requests: u64,
+    /// State transfers started, ended with a state (or none needed), and failed (then
+    /// started again).
+    pub transfers_started: u64,
+    /// See `transfers_started`.
+    pub transfers_done: u64,
+    /// See `transfers_started`.
+    pub transfers_failed: u64,
+    /// Payload bytes leechers received.
+    pub transfer_bytes: u64,
+    /// Byzantine seeders a leecher proved faulty.
+    pub transfer_faulty_proven: u64,
+    /// Installed states at an agreement no correct replica's execution recorded (only
+    /// replayed after restarts), so not compared at install.
+    pub transfer_unchecked: u64,
+    /// Disks wiped while their replica was down.
+    pub disks_wiped: u64,
     /// Checkpoints written durably.
     pub checkpoints_written: u64,
     /// Crashes that cut a checkpoint write.
@@ -429,6 +519,8 @@ pub struct SimReport {
     /// Replicas left behind what their peers' logs still hold after checkpoints
     /// truncated them: catch-up cannot bring them back, state transfer will.
     pub state_transfer_needed: u64,
+    /// Disks lost for good in a crash of every replica.
+    pub lost_disks: u64,
 }
 
 /// A violated property.
@@ -459,6 +551,9 @@ enum Ev {
     Packet {
         from: Endpoint,
         to: Endpoint,
+        /// The receiving replica's life when it was sent, if it was up: only that life
+        /// receives it.
+        to_life: Option<u64>,
         bytes: Vec<u8>,
     },
     ReplicaTick {
@@ -478,6 +573,8 @@ enum Ev {
     Restart {
         id: ReplicaId,
     },
+    /// State transfer (see [`transfer`]).
+    Transfer(transfer::TransferEv),
     /// First start of a replica of a new cluster (a staggered fresh start).
     Start {
         id: ReplicaId,
@@ -536,6 +633,29 @@ struct ReplicaNode {
     checkpoint_pending: Option<PendingCheckpoint>,
     /// The newest checkpoint written durably (0: none), for the release check.
     checkpoint_durable: u64,
+    /// Its disk was lost in a crash of every replica: it never runs again.
+    lost: bool,
+    /// Bumped at each crash. Links are TCP connections, which die with either process:
+    /// a packet sent to a running replica reaches that life of it only (one sent while
+    /// it is down waits for its next life, as the runtime parks frames for a peer not
+    /// connected yet). Without this, a packet from before a crash of every replica
+    /// reached a restarted one, which no connection of the runtime can do.
+    life: u64,
+    /// The last agreement its log held when it was last opened: a write that a crash
+    /// struck may still have landed whole, and is on the disk from then on though the
+    /// disk's record of completed writes does not count it.
+    reopened_with: u64,
+    /// State transfers started since its last one that ended (bounded).
+    transfer_attempts: u32,
+    /// Its disk was wiped (once, at the restart after its planned crash).
+    wiped_done: bool,
+}
+
+impl ReplicaNode {
+    /// The highest agreement its disk holds for sure.
+    fn logged_max(&self) -> u64 {
+        durable_agreement_max(&self.disk).unwrap_or(0).max(self.reopened_with)
+    }
 }
 
 struct ClientNode {
@@ -566,6 +686,10 @@ struct World<'c> {
     accepted: std::collections::BTreeSet<u64>,
     report: SimReport,
     next_value: u64,
+    /// State transfers in progress, by leecher.
+    transfers: BTreeMap<ReplicaId, transfer::Transfer>,
+    /// Each running replica's seeder (reset when it crashes).
+    seeders: BTreeMap<ReplicaId, dura_transfer::Seeder>,
 }
 
 /// Runs one simulation; `Ok` if every oracle held.
@@ -624,6 +748,11 @@ impl<'c> World<'c> {
                     checkpoint_dir: SimDir::new(config.seed ^ (u64::from(id) << 40) ^ 0xC4EC),
                     checkpoint_pending: None,
                     checkpoint_durable: 0,
+                    lost: false,
+                    reopened_with: 0,
+                    transfer_attempts: 0,
+                    wiped_done: false,
+                    life: 0,
                 }
             })
             .collect();
@@ -662,6 +791,8 @@ impl<'c> World<'c> {
             accepted: std::collections::BTreeSet::new(),
             report: SimReport::default(),
             next_value: 1,
+            transfers: BTreeMap::new(),
+            seeders: BTreeMap::new(),
         }
     }
 
@@ -708,7 +839,17 @@ impl<'c> World<'c> {
                 self.rng.range(200, 2000)
             };
             let _ = copy;
-            self.schedule(self.now_us + delay_us, Ev::Packet { from, to, bytes: bytes.clone() });
+            let to_life = match to {
+                Endpoint::Replica(id) => {
+                    let node = &self.replicas[id as usize];
+                    node.core.is_some().then_some(node.life)
+                }
+                Endpoint::Client(_) => None,
+            };
+            self.schedule(
+                self.now_us + delay_us,
+                Ev::Packet { from, to, to_life, bytes: bytes.clone() },
+            );
         }
     }
 
@@ -725,7 +866,7 @@ impl<'c> World<'c> {
                 assert!(restored.is_some_and(|r| r.recovered.last_decided == 0), "a new disk");
             }
         }
-        if let Some(total) = self.config.total_crash {
+        if let Some(total) = &self.config.total_crash {
             self.schedule(total.at_ms * 1000, Ev::TotalCrash);
         }
         for id in 0..self.replicas.len() as ReplicaId {
@@ -803,6 +944,14 @@ impl<'c> World<'c> {
             ));
         }
         check_linearizable(&self.history).map_err(|error| format!("linearizability: {error}"))?;
+        if let Some((id, _)) = self.transfers.iter().next() {
+            return Err(format!(
+                "state transfer: replica {id} is still transferring {} ms after faults stopped; \
+                 replicas: {}",
+                DRAIN_US / 1000,
+                self.describe_replicas()
+            ));
+        }
         let decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
         // Where each correct replica's catch-up window starts (None: down or empty).
         let windows: Vec<Option<u64>> = self
@@ -878,13 +1027,18 @@ impl<'c> World<'c> {
 
     fn dispatch(&mut self, event: Ev) -> Result<(), String> {
         match event {
-            Ev::Packet { from, to, bytes } => match to {
-                Endpoint::Replica(id) => self.replica_receive(id, from, &bytes),
+            Ev::Packet { from, to, to_life, bytes } => match to {
+                Endpoint::Replica(id) => {
+                    if to_life.is_some_and(|life| life != self.replicas[id as usize].life) {
+                        return Ok(()); // its connection died with that life
+                    }
+                    self.replica_receive(id, from, &bytes)
+                }
                 Endpoint::Client(client) => {
                     if let Ok(reply) = Reply::from_bytes(&bytes) {
                         let mut actions = Vec::new();
                         self.clients[client].core.handle(ClientEvent::Reply(reply), &mut actions);
-                        self.apply_client_actions(client, actions);
+                        self.apply_client_actions(client, actions)?;
                     }
                     Ok(())
                 }
@@ -905,14 +1059,11 @@ impl<'c> World<'c> {
                     self.report.client_retransmissions += 1;
                     let mut actions = Vec::new();
                     self.clients[client].core.handle(ClientEvent::TimerFired, &mut actions);
-                    self.apply_client_actions(client, actions);
+                    self.apply_client_actions(client, actions)?;
                 }
                 Ok(())
             }
-            Ev::ClientNext { client } => {
-                self.client_next(client);
-                Ok(())
-            }
+            Ev::ClientNext { client } => self.client_next(client),
             Ev::Crash { id } => {
                 self.crash(id);
                 Ok(())
@@ -920,12 +1071,22 @@ impl<'c> World<'c> {
             Ev::DiskWrite { id, generation } => self.disk_write(id, generation),
             Ev::CheckpointWrite { id, generation } => self.checkpoint_write(id, generation),
             Ev::TotalCrash => {
-                let total = self.config.total_crash.expect("scheduled only when planned");
+                let total = self.config.total_crash.clone().expect("scheduled only when planned");
                 if self.config.trace {
-                    eprintln!("{:>9} us TOTAL CRASH", self.now_us);
+                    eprintln!("{:>9} us TOTAL CRASH, disks lost: {:?}", self.now_us, total.lost);
                 }
                 self.report.total_crashes += 1;
                 for id in 0..self.replicas.len() as ReplicaId {
+                    if total.lost.contains(&id) {
+                        // Its disk is gone: it never runs again (a replacement would join
+                        // as a new member with an empty disk).
+                        if self.replicas[id as usize].core.is_some() {
+                            self.crash(id);
+                        }
+                        self.replicas[id as usize].lost = true;
+                        self.report.lost_disks += 1;
+                        continue;
+                    }
                     if self.replicas[id as usize].core.is_none() {
                         continue;
                     }
@@ -933,13 +1094,14 @@ impl<'c> World<'c> {
                     let after_us = self.rng.range(1_000, total.restart_spread_ms * 1000 + 1_000);
                     self.schedule(self.now_us + after_us, Ev::Restart { id });
                 }
-                // Decisions that no disk holds and no client saw complete are gone with
-                // the replicas' memory; the cluster may decide those agreements anew.
-                // Any other one must come back exactly as it was.
+                // Decisions that no remaining disk holds and no client saw complete are
+                // gone with the replicas' memory; the cluster may decide those agreements
+                // anew. Any other one must come back exactly as it was.
                 let survives = self
                     .replicas
                     .iter()
-                    .filter_map(|node| durable_agreement_max(&node.disk))
+                    .filter(|node| !node.lost)
+                    .map(ReplicaNode::logged_max)
                     .max()
                     .unwrap_or(0);
                 let accepted = &self.accepted;
@@ -948,14 +1110,15 @@ impl<'c> World<'c> {
                 Ok(())
             }
             Ev::Restart { id } => self.restart(id),
+            Ev::Transfer(event) => self.transfer_event(event),
             Ev::Start { id } => self.start_fresh(id),
         }
     }
 
-    fn client_next(&mut self, client: usize) {
+    fn client_next(&mut self, client: usize) -> Result<(), String> {
         let node = &mut self.clients[client];
         if node.current.is_some() || node.issued >= self.config.ops_per_client {
-            return;
+            return Ok(());
         }
         let key = self.rng.range(0, u64::from(self.config.keys.max(1)) - 1) as u8;
         let op = if self.rng.chance(500) {
@@ -977,10 +1140,14 @@ impl<'c> World<'c> {
             op,
             result: None,
         });
-        self.apply_client_actions(client, actions);
+        self.apply_client_actions(client, actions)
     }
 
-    fn apply_client_actions(&mut self, client: usize, actions: Vec<ClientAction>) {
+    fn apply_client_actions(
+        &mut self,
+        client: usize,
+        actions: Vec<ClientAction>,
+    ) -> Result<(), String> {
         for action in actions {
             match action {
                 ClientAction::Send { to, request } => self.send_packet(
@@ -1013,10 +1180,23 @@ impl<'c> World<'c> {
                     let Some((current, index)) = node.current else { continue };
                     assert_eq!(current, sequence, "the client completes its outstanding request");
                     node.current = None;
-                    if let Some(agreement_id) =
+                    if let Some(&agreement_id) =
                         self.released_in.get(&(CLIENT_ID_BASE + client as u64, sequence))
                     {
-                        self.accepted.insert(*agreement_id);
+                        // The promise of a completed request: f+1 disks hold it, so it
+                        // survives a crash of every replica and the loss of any f disks.
+                        let holding = self
+                            .replicas
+                            .iter()
+                            .filter(|node| node.logged_max() >= agreement_id)
+                            .count();
+                        let f = self.config.protocol.f;
+                        if holding <= f {
+                            return Err(format!(
+                                "durability: client {client} saw request {sequence} complete while {holding} disks hold its agreement {agreement_id} (f = {f}): losing them loses it"
+                            ));
+                        }
+                        self.accepted.insert(agreement_id);
                     }
                     let op = &mut self.history[index];
                     op.completed_us = Some(self.now_us);
@@ -1026,6 +1206,7 @@ impl<'c> World<'c> {
                 }
             }
         }
+        Ok(())
     }
 
     fn replica_receive(
@@ -1082,12 +1263,29 @@ impl<'c> World<'c> {
                         );
                     }
                     self.report.transfer_requests += 1;
+                    let node = &self.replicas[id as usize];
+                    if node.byzantine.is_none() && !self.transfers.contains_key(&id) {
+                        // As the runtime: the replica stops (cleanly: nothing is torn)
+                        // and takes the state from its peers; what it still had to do is
+                        // dropped with its core.
+                        self.crash_with(id, false);
+                        return self.start_transfer(id);
+                    }
                 }
                 Action::ReplyFromCache { client_id, sequence } => {
-                    let node = &self.replicas[id as usize];
+                    // Through the coordinator, as the runtime's exec stage does: a cached
+                    // reply leaves once the log holds everything executed before it.
+                    let node = &mut self.replicas[id as usize];
                     if let Some(result) = node.executor.cached_reply(client_id, sequence) {
-                        let result = result.to_vec();
-                        self.send_reply(id, client_id, sequence, result);
+                        let reply = ReplyOut {
+                            client_id,
+                            sequence,
+                            agreement_id: node.coordinator.last_executed(),
+                            reply: result.to_vec(),
+                        };
+                        let mut outputs = Vec::new();
+                        node.coordinator.handle(Input::CachedReply(reply), &mut outputs);
+                        self.carry_out(id, outputs)?;
                     }
                 }
                 Action::SetTimer { after_ms, .. } => {
@@ -1342,9 +1540,7 @@ impl<'c> World<'c> {
                         let node = &self.replicas[id as usize];
                         // What survives a crash: the log's synced groups, or a durable
                         // checkpoint (a restart from it may find the log behind it).
-                        let synced = durable_agreement_max(&node.disk)
-                            .unwrap_or(0)
-                            .max(node.checkpoint_durable);
+                        let synced = node.logged_max().max(node.checkpoint_durable);
                         for reply in replies {
                             if reply.agreement_id > synced {
                                 return Err(format!(
@@ -1354,8 +1550,12 @@ impl<'c> World<'c> {
                             }
                             self.report.replies_released += 1;
                             if correct {
+                                // The first agreement that ordered it (a retransmission
+                                // ordered again is answered from the reply cache).
                                 self.released_in
-                                    .insert((reply.client_id, reply.sequence), reply.agreement_id);
+                                    .entry((reply.client_id, reply.sequence))
+                                    .and_modify(|at| *at = (*at).min(reply.agreement_id))
+                                    .or_insert(reply.agreement_id);
                             }
                             self.send_reply(id, reply.client_id, reply.sequence, reply.reply);
                         }
@@ -1490,14 +1690,23 @@ impl<'c> World<'c> {
     /// The replica's process dies: what its disk did not sync is lost; a group write in
     /// flight may land torn.
     fn crash(&mut self, id: ReplicaId) {
+        self.crash_with(id, true);
+    }
+
+    /// A crash; a write in flight may tear only if `may_tear` (a stop for state
+    /// transfer lets it land).
+    fn crash_with(&mut self, id: ReplicaId, may_tear: bool) {
         if self.config.trace {
             eprintln!("{:>9} us r{id} CRASH", self.now_us);
         }
+        self.end_transfers_of(id);
         let tear = self.replicas[id as usize].write_scheduled
-            && self.rng.chance(self.config.torn_write_per_mille);
+            && self.rng.chance(self.config.torn_write_per_mille)
+            && may_tear;
         let reboot_seed = self.rng.next_u64();
         let node = &mut self.replicas[id as usize];
         node.core = None;
+        node.life += 1;
         node.crashed_before = true;
         node.timer_generation += 1;
         node.disk_generation += 1;
@@ -1637,6 +1846,7 @@ impl<'c> World<'c> {
             restore(recovered.records.into_iter().map(|r| r.payload), &mut executor, window, from)
                 .map_err(|error| format!("replica {id}: recovery: {error}"))?;
         let last = restored.recovered.last_decided;
+        node.reopened_with = node.reopened_with.max(last);
         node.executor = executor;
         node.checkpoint_durable = from.agreement_id;
         node.coordinator = Coordinator::new(self.config.log_mode, last);
@@ -1654,9 +1864,19 @@ impl<'c> World<'c> {
         Ok(Some(restored))
     }
 
+    /// The protocol configuration a replica starts with: the cluster's, with the disks
+    /// lost in a crash of all declared, as an operator restarting the others would.
+    fn protocol_config(&self) -> Config {
+        let mut config = self.config.protocol.clone();
+        config.lost_replicas = (0..self.replicas.len() as ReplicaId)
+            .filter(|&id| self.replicas[id as usize].lost)
+            .collect();
+        config
+    }
+
     fn start_fresh(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
-        if node.core.is_some() || node.stopped {
+        if node.core.is_some() || node.stopped || node.lost {
             return Ok(());
         }
         if self.config.trace {
@@ -1668,8 +1888,9 @@ impl<'c> World<'c> {
             return Ok(());
         };
         assert_eq!(restored.recovered.last_decided, 0, "a fresh replica has an empty log");
+        let protocol = self.protocol_config();
         let node = &mut self.replicas[id as usize];
-        let mut core = Replica::new(self.config.protocol.clone(), node.keys.clone())
+        let mut core = Replica::new(protocol, node.keys.clone())
             .map_err(|error| format!("start of replica {id} failed: {error}"))?;
         let mut actions = Vec::new();
         core.start(&mut actions);
@@ -1679,8 +1900,23 @@ impl<'c> World<'c> {
 
     fn restart(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
-        if node.core.is_some() || node.stopped {
+        if node.core.is_some() || node.stopped || node.lost || self.transfers.contains_key(&id) {
             return Ok(());
+        }
+        if self.config.wiped == Some(id) && !node.wiped_done {
+            // The disk was replaced while it was down: empty log, no checkpoint.
+            node.wiped_done = true;
+            let seed = self.rng.next_u64();
+            let node = &mut self.replicas[id as usize];
+            node.disk = SimStorage::new(seed);
+            node.checkpoint_dir = SimDir::new(seed ^ 0xC4EC);
+            node.reopened_with = 0;
+            node.checkpoint_durable = 0;
+            self.report.disks_wiped += 1;
+            if self.config.trace {
+                eprintln!("{:>9} us r{id} DISK WIPED", self.now_us);
+            }
+            return self.start_transfer(id);
         }
         let Some(restored) = self.open_log(id)? else {
             if self.config.trace {
@@ -1696,11 +1932,12 @@ impl<'c> World<'c> {
                 self.now_us, restored.recovered.last_decided
             );
         }
+        let protocol = self.protocol_config();
         let node = &mut self.replicas[id as usize];
         node.incarnation += 1;
         let nonce = (u64::from(id) << 32) | node.incarnation;
         let mut core = Replica::restart_with_nonce(
-            self.config.protocol.clone(),
+            protocol,
             node.keys.clone(),
             restored.recovered,
             restored.ordered,
@@ -1768,6 +2005,10 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             highest_voted: small(rng),
             regency: small(rng),
             recovering: rng.chance(500),
+            incarnation: rng.next_u64(),
+            vouch: rng
+                .chance(500)
+                .then(|| crate::protocol::Vouch { floor: small(rng), regency_min: small(rng) }),
         },
     }
 }
@@ -1787,7 +2028,8 @@ mod tests {
         assert_eq!((a.disk_writes, a.replies_released), (b.disk_writes, b.replies_released));
         // A run with a crash of every replica and torn writes replays exactly too.
         let mut config = SimConfig::random_with_total_crash(Mode::Crash, 3, 11);
-        config.total_crash = Some(TotalCrashPlan { at_ms: 400, restart_spread_ms: 200 });
+        config.total_crash =
+            Some(TotalCrashPlan { at_ms: 400, restart_spread_ms: 200, lost: Vec::new() });
         config.torn_write_per_mille = 1_000;
         let a = run(&config).expect("seed 11 passes");
         let b = run(&config).expect("seed 11 passes");
@@ -1838,8 +2080,11 @@ mod tests {
                     crash_per_mille: 1_000,
                 });
                 if seed % 2 == 1 && mode == Mode::Bft {
-                    config.total_crash =
-                        Some(TotalCrashPlan { at_ms: 1_500, restart_spread_ms: 200 });
+                    config.total_crash = Some(TotalCrashPlan {
+                        at_ms: 1_500,
+                        restart_spread_ms: 200,
+                        lost: Vec::new(),
+                    });
                     config.torn_write_per_mille = 1_000;
                 }
                 let a = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
@@ -1872,8 +2117,11 @@ mod tests {
             config.ops_per_client = 12;
             config.faults_until_ms = 2_000;
             config.torn_write_per_mille = 1_000;
-            config.total_crash =
-                Some(TotalCrashPlan { at_ms: 150 + seed * 20, restart_spread_ms: 300 });
+            config.total_crash = Some(TotalCrashPlan {
+                at_ms: 150 + seed * 20,
+                restart_spread_ms: 300,
+                lost: Vec::new(),
+            });
             let report = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
             assert_eq!(report.total_crashes, 1);
             assert_eq!(report.ops_completed, 36);

@@ -85,24 +85,37 @@
 //! there, a report that omits an ACCEPT can free a decided value.
 //!
 //! If every answer comes from a replica that is itself recovering (all replicas
-//! crashed), it waits for all n-1, abstains only up to the highest agreement that a
-//! weak quorum logged (fetchable), and votes again only in a new regency reached by a
-//! leader change, whose leader prefers, when the rule leaves the value free, a batch a
-//! member logged as decided. In BFT mode it waits for all n-1 only
-//! [`Config::recovery_wait_ticks`]: then n-f answers (with its own) are enough if the
-//! highest agreement any of them logged is logged by f+1 of them. A client saw an
-//! agreement complete only when f+1 replicas had logged it, so one of them is among
-//! any n-f; and then every logged agreement among the answers is fetchable. So up to f
-//! replicas that stay down or mute cannot keep the cluster from restarting. Until it
-//! installs such a regency it has cast no vote since its restart, so it still answers
-//! status queries as recovering: a replica that finishes its own recovery later then
-//! takes the same path instead of voting at once in the old regency. In crash mode
-//! this recovers every logged agreement, but needs every replica back. In BFT mode a
-//! crash of all replicas is beyond f: an agreement that fewer than f+1 replicas logged
-//! may be decided anew (the replicas that logged it then diverge) or stall the
-//! cluster; clients never saw such an agreement complete (they need f+1 replies, each
-//! released after logging). Persisting votes would close this; it is not done, to keep
-//! the hot path free of synchronous writes.
+//! crashed), it waits for every replica not declared lost
+//! ([`Config::lost_replicas`], crash mode), abstains only up to the highest agreement
+//! that a weak quorum logged (fetchable), and votes again only in a new regency reached
+//! by a leader change, whose leader prefers, when the rule leaves the value free, a
+//! batch a member logged as decided. Crash mode waits for all of them because a replica
+//! that is only slow may have logged a decision no other one did: deciding that
+//! agreement anew without it would make it diverge. A client's request completes on f+1
+//! replies, each sent once that replica logged it, so n-f replicas hold every completed
+//! request: once the operator declares the disks of up to f replicas lost, the other
+//! n-f resume. In BFT mode it waits for all n-1 only [`Config::recovery_wait_ticks`]:
+//! then n-f answers (with its own) are enough if the highest agreement any of them
+//! logged is logged by f+1 of them (a lone BFT log proves nothing). So up to f replicas
+//! that stay down or mute cannot keep a BFT cluster from restarting. Until it installs
+//! such a regency it has cast no vote since its restart, so it still answers status
+//! queries as recovering: a replica that finishes its own recovery later then takes the
+//! same path instead of voting at once in the old regency.
+//!
+//! Crash mode: a replica that resumed this way remembers which incarnation of each peer
+//! (its recovery nonce) it counted as restarted. Once it votes, it answers that same
+//! incarnation, if it is still recovering, with a vouch ([`Vouch`]): that incarnation's
+//! lost votes all predate the crash of all, so it joins under the resumption's floor
+//! and first regency instead of taking its floor from votes cast since (a lone
+//! restart's rule, absolute in crash mode, which stalled the cluster when the only
+//! other replica able to vote was down). The nonce must be unique per incarnation.
+//!
+//! In crash mode this recovers every logged agreement of the replicas that come back. In
+//! BFT mode a crash of all replicas is beyond f: an agreement that fewer than f+1
+//! replicas logged may be decided anew (the replicas that logged it then diverge) or
+//! stall the cluster; clients never saw such an agreement complete (they need f+1
+//! replies, each released after logging). Persisting votes would close this; it is not
+//! done, to keep the hot path free of synchronous writes.
 //!
 //! A replica that has never run before has no votes to lose: it starts with
 //! [`Replica::new`] (the runtime keeps a marker file in the data dir to tell a first
@@ -112,7 +125,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::auth::ReplicaKeys;
-use super::message::{Batch, ClientRequest, CollectData, FORWARD_REQUESTS_MAX, Message};
+use super::message::{Batch, ClientRequest, CollectData, FORWARD_REQUESTS_MAX, Message, Vouch};
 use super::{Action, Config, Decision, Event, Hash, Mode, ProtocolError, ReplicaId, TimerKind};
 
 mod catch_up;
@@ -207,6 +220,10 @@ struct PeerStatus {
     highest_voted: u64,
     regency: u64,
     recovering: bool,
+    /// The peer's recovery nonce, while `recovering`.
+    incarnation: u64,
+    /// The peer vouches that this incarnation's lost votes predate its own.
+    vouch: Option<Vouch>,
 }
 
 /// One decision kept in memory to help lagging peers.
@@ -293,6 +310,13 @@ pub struct Replica {
     /// Tick at which this replica last heard from the current regency's leader (any
     /// message), or installed the regency.
     leader_heard_tick: u64,
+    /// This incarnation's recovery nonce (0 for a replica that never ran before).
+    incarnation: u64,
+    /// Set when this replica resumed after a crash of every replica: per peer, the
+    /// incarnation (recovery nonce) whose "recovering" answer it counted then. While a
+    /// peer still asks with that nonce, its previous incarnation died before anything
+    /// voted since, and this replica tells it so (`vouch` in its status answers).
+    vouched: BTreeMap<ReplicaId, u64>,
 }
 
 impl Replica {
@@ -301,6 +325,11 @@ impl Replica {
         config.validate()?;
         if keys.id as usize >= config.n || keys.links.len() != config.n {
             return Err(ProtocolError::Config("keys do not match n"));
+        }
+        if config.lost_replicas.contains(&keys.id) {
+            return Err(ProtocolError::Config(
+                "this replica is declared lost: it rejoins only with an empty data dir, once the declaration is withdrawn",
+            ));
         }
         Ok(Self {
             id: keys.id,
@@ -341,6 +370,8 @@ impl Replica {
             transfer_asked: false,
             progress_tick: 0,
             leader_heard_tick: 0,
+            incarnation: 0,
+            vouched: BTreeMap::new(),
         })
     }
 
@@ -496,17 +527,35 @@ impl Replica {
             Message::Decided { agreement_id, batch } => self.on_decided(from, agreement_id, batch),
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce } => {
+                let recovering = self.is_recovering() || self.awaiting_vote_regency;
                 let message = Message::Status {
                     nonce,
                     last_decided: self.last_decided,
                     highest_voted: self.highest_voted(),
                     regency: self.regency,
-                    recovering: self.is_recovering() || self.awaiting_vote_regency,
+                    recovering,
+                    incarnation: if recovering { self.incarnation } else { 0 },
+                    vouch: self.vouch_for(from, nonce, recovering),
                 };
                 actions.push(Action::Send { to: from, message });
             }
-            Message::Status { nonce, last_decided, highest_voted, regency, recovering } => {
-                let status = PeerStatus { last_decided, highest_voted, regency, recovering };
+            Message::Status {
+                nonce,
+                last_decided,
+                highest_voted,
+                regency,
+                recovering,
+                incarnation,
+                vouch,
+            } => {
+                let status = PeerStatus {
+                    last_decided,
+                    highest_voted,
+                    regency,
+                    recovering,
+                    incarnation,
+                    vouch,
+                };
                 self.on_status(from, nonce, status, actions)
             }
         }
@@ -540,6 +589,8 @@ impl Replica {
                     highest_voted: self.highest_voted(),
                     regency: self.regency,
                     recovering: false,
+                    incarnation: 0,
+                    vouch: None,
                 },
             });
         }
@@ -656,6 +707,8 @@ mod tests {
             highest_voted: 0,
             regency,
             recovering: true,
+            incarnation: 0,
+            vouch: None,
         };
         for from in 1..4 {
             replica.handle(message(from, status(0)), &mut actions);
@@ -684,6 +737,156 @@ mod tests {
         }
         assert!(!late.is_recovering());
         assert_eq!(answer(&mut late, 0), Some(true));
+    }
+
+    /// Replica `id` restarted with agreements up to `logged` in its log.
+    fn restarted(
+        config: &Config,
+        ring: &KeyRing,
+        id: ReplicaId,
+        logged: u64,
+        nonce: u64,
+    ) -> Replica {
+        let recovered = Recovered { last_decided: logged, recent: Vec::new() };
+        let keys = ring.replica_keys(id);
+        Replica::restart_with_nonce(config.clone(), keys, recovered, BTreeMap::new(), nonce)
+            .expect("valid")
+    }
+
+    fn answer(
+        nonce: u64,
+        last_decided: u64,
+        regency: u64,
+        recovering: bool,
+        incarnation: u64,
+        vouch: Option<Vouch>,
+    ) -> Message {
+        Message::Status {
+            nonce,
+            last_decided,
+            highest_voted: last_decided,
+            regency,
+            recovering,
+            incarnation,
+            vouch,
+        }
+    }
+
+    fn ticks(replica: &mut Replica, count: u64) {
+        let mut actions = Vec::new();
+        for _ in 0..count {
+            replica.handle(Event::TimerFired(TimerKind::Tick), &mut actions);
+        }
+    }
+
+    /// What `replica` answers to a status query from `asker` with `nonce`.
+    fn status_answer(replica: &mut Replica, asker: ReplicaId, nonce: u64) -> Message {
+        let mut actions = Vec::new();
+        replica.handle(message(asker, Message::StatusQuery { nonce }), &mut actions);
+        actions
+            .into_iter()
+            .find_map(|action| match action {
+                Action::Send { to, message } if to == asker => Some(message),
+                _ => None,
+            })
+            .expect("a status answer")
+    }
+
+    #[test]
+    fn crash_mode_after_a_crash_of_all_waits_for_every_replica_not_declared_lost() {
+        let ring = KeyRing::new([5; 32], 3);
+        // Replica 1 logged two agreements more than replica 0; replica 2 does not answer.
+        let mut config = Config::crash(1);
+        let mut replica = restarted(&config, &ring, 0, 5, 11);
+        let mut actions = Vec::new();
+        replica.handle(message(1, answer(11, 7, 0, true, 21, None)), &mut actions);
+        ticks(&mut replica, 10 * config.recovery_wait_ticks());
+        assert!(replica.is_recovering(), "replica 2 may be slow, not gone: it may hold more");
+        // Declared lost, replica 2 is not waited for, nor heard.
+        config.lost_replicas = vec![2];
+        let mut replica = restarted(&config, &ring, 0, 5, 11);
+        replica.handle(message(2, answer(11, 9, 0, true, 31, None)), &mut actions);
+        assert!(replica.is_recovering(), "a lost replica's answer does not count");
+        replica.handle(message(1, answer(11, 7, 0, true, 21, None)), &mut actions);
+        assert!(!replica.is_recovering());
+        // Crash mode trusts one log: what replica 1 logged is fetched, never voted anew.
+        assert_eq!(replica.vote_floor, 7);
+        assert_eq!(replica.vote_regency_min, 1);
+        assert_eq!(replica.last_decided(), 5);
+        // A replica cannot be started declared lost.
+        let keys = ring.replica_keys(2);
+        assert!(Replica::new(config, keys).is_err());
+    }
+
+    #[test]
+    fn bft_after_a_crash_of_all_resumes_with_n_minus_f_only_where_f_plus_1_logged_the_most() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], 4);
+        // Replica 1 alone logged agreement 9: with MACs its log is only its word.
+        let mut replica = restarted(&config, &ring, 0, 5, 11);
+        let mut actions = Vec::new();
+        replica.handle(message(1, answer(11, 9, 0, true, 21, None)), &mut actions);
+        replica.handle(message(2, answer(11, 5, 0, true, 31, None)), &mut actions);
+        ticks(&mut replica, 10 * config.recovery_wait_ticks());
+        assert!(replica.is_recovering(), "a lone log is not enough to resume without replica 3");
+        // Two of the three logged it: one is correct, and it is fetchable.
+        let mut replica = restarted(&config, &ring, 0, 5, 11);
+        replica.handle(message(1, answer(11, 9, 0, true, 21, None)), &mut actions);
+        replica.handle(message(2, answer(11, 9, 0, true, 31, None)), &mut actions);
+        assert!(replica.is_recovering(), "first, it waits for every replica");
+        ticks(&mut replica, config.recovery_wait_ticks());
+        assert!(!replica.is_recovering());
+        assert_eq!(replica.vote_floor, 9);
+    }
+
+    #[test]
+    fn crash_mode_replica_counted_in_a_resumption_after_a_crash_of_all_is_vouched_for() {
+        let config = Config::crash(1);
+        let ring = KeyRing::new([5; 32], 3);
+        let mut actions = Vec::new();
+        // Replica 1 resumes after a crash of all, counting replicas 0 and 2 (nonces 200
+        // and 300) as restarted and not voting.
+        let mut resumed = restarted(&config, &ring, 1, 6, 100);
+        resumed.handle(message(0, answer(100, 6, 0, true, 200, None)), &mut actions);
+        resumed.handle(message(2, answer(100, 4, 0, true, 300, None)), &mut actions);
+        assert!(!resumed.is_recovering());
+        // Until it votes in a regency of its own it answers as recovering, vouching for
+        // nobody: an asker then takes the path it took.
+        let Message::Status { recovering, vouch, .. } = status_answer(&mut resumed, 2, 300) else {
+            unreachable!()
+        };
+        assert!(recovering && vouch.is_none());
+        // It installs regency 1 and votes there (as a SYNC would have it).
+        resumed.regency = 1;
+        resumed.awaiting_vote_regency = false;
+        let expected = Some(Vouch { floor: 6, regency_min: 1 });
+        let Message::Status { recovering, vouch, .. } = status_answer(&mut resumed, 2, 300) else {
+            unreachable!()
+        };
+        assert!(!recovering);
+        assert_eq!(vouch, expected, "replica 2's incarnation 300 was counted");
+        let Message::Status { vouch, .. } = status_answer(&mut resumed, 2, 301) else {
+            unreachable!()
+        };
+        assert_eq!(vouch, None, "a later incarnation may have voted since: no vouch");
+        // Replica 2, still in the recovery it started as incarnation 300, hears only from
+        // replica 1, which voted since. Without the vouch that is a lone restart: too
+        // few answers, and a floor taken from votes cast since would never lift.
+        let mut late = restarted(&config, &ring, 2, 4, 300);
+        late.handle(message(1, answer(300, 6, 1, false, 0, None)), &mut actions);
+        assert!(late.is_recovering());
+        // With it, replica 2 joins as the resumed replicas did.
+        let mut late = restarted(&config, &ring, 2, 4, 300);
+        late.handle(message(1, answer(300, 6, 1, false, 0, expected)), &mut actions);
+        assert!(!late.is_recovering());
+        assert_eq!((late.vote_floor, late.vote_regency_min, late.regency()), (6, 1, 1));
+        assert!(late.floor_regency.is_none());
+        // BFT: one replica's vouch is only its word.
+        let bft = Config::bft(1);
+        let ring = KeyRing::new([5; 32], 4);
+        let mut replica = restarted(&bft, &ring, 0, 4, 300);
+        replica.handle(message(1, answer(300, 6, 1, false, 0, expected)), &mut actions);
+        assert!(replica.is_recovering());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::protocol::auth::ReplicaKeys;
+use crate::protocol::message::Vouch;
 use crate::protocol::{Action, Config, Mode, ProtocolError, ReplicaId};
 
 use super::{DecidedEntry, HEARTBEAT_NONCE, PeerStatus, Phase, Recovered, Replica};
@@ -16,7 +17,8 @@ impl Replica {
     ///
     /// The recovery query's nonce is derived from `last_decided`; prefer
     /// [`Replica::restart_with_nonce`] with a value unique per process start (e.g. the
-    /// wall clock), so that late answers to an earlier incarnation's query are ignored.
+    /// wall clock), so that late answers to an earlier incarnation's query are ignored
+    /// and a crash-mode vouch ([`crate::protocol::Vouch`]) names this incarnation only.
     pub fn restart(
         config: Config,
         keys: ReplicaKeys,
@@ -56,6 +58,7 @@ impl Replica {
         // The heartbeat nonce is reserved.
         let nonce = if nonce == HEARTBEAT_NONCE { 0 } else { nonce };
         replica.phase = Phase::Recovering { nonce };
+        replica.incarnation = nonce;
         Ok(replica)
     }
 
@@ -95,7 +98,9 @@ impl Replica {
             self.mark_behind();
         }
         let Phase::Recovering { nonce: expected } = self.phase else { return };
-        if nonce != expected {
+        if nonce != expected || self.config.lost_replicas.contains(&from) {
+            // A replica declared lost rejoins only with an empty data dir; what it says
+            // before that is not waited for, nor used.
             return;
         }
         self.statuses.insert(from, status);
@@ -104,25 +109,38 @@ impl Replica {
 
     /// Ends recovery once the answers collected so far are enough (see the module docs).
     pub(super) fn try_finish_recovery(&mut self, actions: &mut Vec<Action>) {
+        let (n, f) = (self.config.n, self.config.f);
+        if self.config.mode == Mode::Crash
+            && let Some(vouch) = self.statuses.values().find_map(|s| s.vouch)
+        {
+            self.finish_recovery_vouched(vouch, actions);
+            return;
+        }
+        // A replica that restarted alone must hear from enough others that one of them
+        // voted in whatever it may have voted in: a majority without it (crash mode), or
+        // n-f with it, counting it as one of the f (BFT).
         let needed = match self.config.mode {
-            Mode::Crash => self.config.n - self.config.f,
-            Mode::Bft => self.config.n - self.config.f - 1,
+            Mode::Crash => n - f,
+            Mode::Bft => n - f - 1,
         };
         let everyone_restarted = self.statuses.values().all(|s| s.recovering);
-        // After a crash of every replica, wait for all of them: only complete
-        // information tells which agreements some replica logged. In BFT mode, after
+        // After a crash of every replica, wait for every replica not declared lost: only
+        // complete information tells which agreements some replica logged (a replica that
+        // is merely slow may have logged a decision no other one did, and would diverge
+        // if the others decided that agreement anew without it). In BFT mode, after
         // `recovery_wait_ticks`, n-f answers (with this replica) are enough when every
         // agreement any of them logged is logged by f+1 of them: an agreement a client
         // saw complete was logged by f+1 replicas, so one of them is among the answers,
-        // and all of it is fetchable. This lets a cluster start (or restart after a
+        // and all of it is fetchable. This lets a BFT cluster start (or restart after a
         // crash of all) with up to f replicas down or mute.
-        if everyone_restarted && self.statuses.len() < self.config.n - 1 {
+        if everyone_restarted {
             // Ticks count from this incarnation's start, when recovery began.
             let waited = self.now_tick;
-            let enough = self.config.mode == Mode::Bft
-                && self.statuses.len() >= needed
-                && waited >= self.config.recovery_wait_ticks()
-                && self.answers_agree_on_what_was_logged();
+            let enough = self.statuses.len() >= self.awaited_after_crash_of_all()
+                || (self.config.mode == Mode::Bft
+                    && self.statuses.len() >= needed
+                    && waited >= self.config.recovery_wait_ticks()
+                    && self.answers_agree_on_what_was_logged());
             if !enough {
                 return;
             }
@@ -148,6 +166,14 @@ impl Replica {
             self.vote_floor = self.last_decided.max(fetchable);
             self.vote_regency_min = regency + 1;
             self.awaiting_vote_regency = true;
+            if self.config.mode == Mode::Crash {
+                // Each incarnation counted here had cast no vote since its restart, and
+                // its previous one died before any vote counted from now on: when it
+                // asks again with the same nonce, tell it (crash mode only: a BFT
+                // replica's word alone cannot lift another's floor).
+                self.vouched =
+                    self.statuses.iter().map(|(&id, status)| (id, status.incarnation)).collect();
+            }
         } else {
             let floor = self.statuses.values().map(|s| s.highest_voted).max().unwrap_or(0);
             self.vote_floor = self.vote_floor.max(floor);
@@ -171,6 +197,60 @@ impl Replica {
             // We may have sent a SYNC we no longer remember: hand the regency on.
             self.start_stop(self.regency + 1, actions);
         }
+    }
+
+    /// The vouch for `asker`'s incarnation `nonce` (see [`Vouch`]), once this replica
+    /// votes in the cluster it resumed (`recovering` false): until then it answers as
+    /// recovering, and the asker takes the same path it took.
+    pub(super) fn vouch_for(
+        &self,
+        asker: ReplicaId,
+        nonce: u64,
+        recovering: bool,
+    ) -> Option<Vouch> {
+        (!recovering && self.vouched.get(&asker) == Some(&nonce))
+            .then_some(Vouch { floor: self.vote_floor, regency_min: self.vote_regency_min })
+    }
+
+    /// Crash mode: a peer that resumed after a crash of every replica counted this very
+    /// incarnation as restarted and not voting. This replica's lost votes are then all
+    /// from before that crash, which nobody remembers and no message outlives: it joins
+    /// the resumed cluster as if it had resumed with it, under the same floor and first
+    /// regency, and not under a floor from its peers' votes, which are all cast since.
+    /// (Taking that floor, absolute in crash mode, stalled the cluster when the only
+    /// other replica able to vote was down: `dura-sim --mode crash --total-crash`,
+    /// seeds 5373 and 9948 among others.)
+    fn finish_recovery_vouched(&mut self, vouch: Vouch, actions: &mut Vec<Action>) {
+        let most_decided = self.statuses.values().map(|s| s.last_decided).max().unwrap_or(0);
+        let regency = self.statuses.values().map(|s| s.regency).max().unwrap_or(0);
+        self.vote_floor = self.last_decided.max(vouch.floor);
+        self.floor_regency = None;
+        self.vote_regency_min = vouch.regency_min;
+        self.regency = self.regency.max(regency);
+        self.awaiting_vote_regency = self.regency < self.vote_regency_min;
+        self.stop_sent = self.stop_sent.max(self.regency);
+        self.phase = Phase::Normal;
+        self.statuses.clear();
+        actions.push(Action::RegencyInstalled {
+            regency: self.regency,
+            leader: self.config.leader_of(self.regency),
+        });
+        if most_decided > self.last_decided {
+            self.mark_behind();
+            self.send_fetch_now();
+        }
+        if self.leads(self.regency) || self.awaiting_vote_regency {
+            // Others may wait for a SYNC of this regency that this incarnation never
+            // sent: hand the regency on.
+            self.start_stop(self.regency + 1, actions);
+        }
+    }
+
+    /// Answers awaited from the others after a crash of every replica: every replica but
+    /// this one and those declared lost ([`Config::lost_replicas`]).
+    fn awaited_after_crash_of_all(&self) -> usize {
+        let lost = &self.config.lost_replicas;
+        self.config.n - 1 - lost.iter().filter(|&&id| id != self.id).count()
     }
 
     /// True when the highest agreement logged by this replica or any answer is also
