@@ -15,6 +15,7 @@ pub mod config;
 pub mod datapath;
 pub mod durability;
 pub mod filelog;
+pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod recovery;
@@ -27,6 +28,7 @@ pub use config::{
     CHECKPOINT_PERIOD_DEFAULT, CheckpointScheduleKind, CheckpointWrite, ClusterConfig,
     LogBackendKind, LogMode, Mode, ReplicaConfig, TransferProtocol,
 };
+pub use membership::{Bootstrap, StateLoss};
 pub use metrics::{Health, ReplicaMetrics};
 pub use replica::{PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, start_replica};
 
@@ -82,6 +84,12 @@ pub enum RuntimeError {
     /// says why and names the replicas proven faulty).
     #[error("state transfer: {0}")]
     Transfer(String),
+    /// A replica without a state of its own found no replica holding one and was not
+    /// told to begin a new cluster (or the cluster existed and its state is lost): it
+    /// refuses to start rather than serve an empty state. The message says which
+    /// replicas answered, what they lost, and how to proceed.
+    #[error("{0}")]
+    NoState(Box<membership::StateLoss>),
     /// A client request did not complete in time.
     #[error("request timed out after {waited_ms} ms")]
     Timeout {

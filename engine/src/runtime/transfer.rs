@@ -247,6 +247,10 @@ impl StreamSource for CorruptingSource {
     fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
         self.0.control(from, message)
     }
+
+    fn member_report(&self) -> Option<Vec<u8>> {
+        self.0.member_report()
+    }
 }
 
 /// Serves state transfer from a replica's checkpoints and log (see the module docs).
@@ -256,6 +260,8 @@ pub struct SeederHost {
     checkpoints: CheckpointStore<FsDir>,
     checkpoints_dir: PathBuf,
     log: Arc<dyn LogPieces>,
+    /// The replica's membership, for the member exchange (none: refused).
+    member: Option<Arc<super::membership::MemberState>>,
 }
 
 impl std::fmt::Debug for SeederHost {
@@ -278,7 +284,20 @@ impl SeederHost {
     ) -> Result<SeederHost, dura_transfer::TransferError> {
         let checkpoints_dir = checkpoints.dir().path().to_path_buf();
         let seeder = Seeder::new(SeederConfig::new(n, me), Holdings::empty())?;
-        Ok(SeederHost { me, seeder: Mutex::new(seeder), checkpoints, checkpoints_dir, log })
+        Ok(SeederHost {
+            me,
+            seeder: Mutex::new(seeder),
+            checkpoints,
+            checkpoints_dir,
+            log,
+            member: None,
+        })
+    }
+
+    /// Answers the member exchange from `member` (with the last agreement it holds).
+    pub fn with_member(mut self, member: Arc<super::membership::MemberState>) -> SeederHost {
+        self.member = Some(member);
+        self
     }
 
     /// What the replica holds now: its log's range and its checkpoints with their
@@ -365,6 +384,11 @@ impl StreamSource for SeederHost {
                 Err(reason) => Ok(Opened::Unavailable(reason)),
             },
         }
+    }
+
+    fn member_report(&self) -> Option<Vec<u8>> {
+        let member = self.member.as_ref()?;
+        Some(member.report(self.holdings().last_agreement).encode())
     }
 
     fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
