@@ -13,7 +13,7 @@ pub mod store;
 
 pub use client::{KvClient, KvError};
 pub use dura_engine::runtime::{
-    ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
+    Bootstrap, ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
 };
 pub use ops::{CodecError, KvOp, KvReply, ScanPage};
 pub use store::KvStore;
@@ -32,10 +32,17 @@ pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, R
 /// Runs replica `replica_id` of `config` until SIGTERM or SIGINT, then shuts down
 /// gracefully (the in-flight log write completes). The body of `dura-kv serve`. With an
 /// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`] for
-/// its peers to say whether the cluster holds a state (it takes it from them if so).
-pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError> {
+/// its peers to say whether the cluster holds a state (it takes it from them if so);
+/// `bootstrap` says whether it may begin a new cluster when none does
+/// ([`Bootstrap::Existing`]: it refuses to start with [`RuntimeError::NoState`]).
+pub fn serve(
+    config: &ClusterConfig,
+    replica_id: u32,
+    bootstrap: Bootstrap,
+) -> Result<(), RuntimeError> {
     let options = ReplicaOptions {
         peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS,
+        bootstrap,
         ..ReplicaOptions::default()
     };
     dura_engine::runtime::start_replica(config, replica_id, KvStore::new(), options)?
