@@ -31,8 +31,9 @@ pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, R
 
 /// Runs replica `replica_id` of `config` until SIGTERM or SIGINT, then shuts down
 /// gracefully (the in-flight log write completes). The body of `dura-kv serve`. With an
-/// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`] for
-/// its peers to say whether the cluster holds a state (it takes it from them if so);
+/// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`]
+/// (a first start, [`Bootstrap::New`]) or [`dura_engine::runtime::PEERS_WAIT_EXISTING`]
+/// for its peers to say whether the cluster holds a state (it takes it from them if so);
 /// `bootstrap` says whether it may begin a new cluster when none does
 /// ([`Bootstrap::Existing`]: it refuses to start with [`RuntimeError::NoState`]).
 pub fn serve(
@@ -41,7 +42,10 @@ pub fn serve(
     bootstrap: Bootstrap,
 ) -> Result<(), RuntimeError> {
     let options = ReplicaOptions {
-        peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS,
+        peers_wait: match bootstrap {
+            Bootstrap::New => dura_engine::runtime::PEERS_WAIT_PROCESS,
+            Bootstrap::Existing | Bootstrap::ForceNew => dura_engine::runtime::PEERS_WAIT_EXISTING,
+        },
         bootstrap,
         ..ReplicaOptions::default()
     };

@@ -1,7 +1,8 @@
 //! `dura-kv`: run SCKV-Store replicas and talk to them.
 //!
 //! ```text
-//! dura-kv serve --config cluster.toml --id 0
+//! dura-kv serve --config cluster.toml --id 0 --new-cluster       (a cluster's first start)
+//! dura-kv serve --config cluster.toml --id 0                     (any later start)
 //! dura-kv put --config cluster.toml KEY VALUE
 //! dura-kv put --config cluster.toml KEY - < value.bin             (value from stdin)
 //! dura-kv put --config cluster.toml KEY --value-file value.bin

@@ -468,7 +468,7 @@ fn serve_on_an_empty_data_dir_refuses_unless_told_to_begin_a_new_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cluster = Cluster::configure(dir.path());
     // No peer runs, so none holds a state: without --new-cluster the replica refuses
-    // (after asking its peers for up to 5 s) and says how to proceed.
+    // (after asking its peers for up to 20 s) and says how to proceed.
     let refused = dura_kv(&["serve", "--config", cluster.config_arg(), "--id", "0"], b"");
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     let text = stderr(&refused);

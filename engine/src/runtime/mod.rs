@@ -30,7 +30,9 @@ pub use config::{
 };
 pub use membership::{Bootstrap, StateLoss};
 pub use metrics::{Health, ReplicaMetrics};
-pub use replica::{PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, start_replica};
+pub use replica::{
+    PEERS_WAIT_EXISTING, PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, start_replica,
+};
 
 /// Everything that can go wrong running a replica or a client.
 #[derive(Debug, thiserror::Error)]

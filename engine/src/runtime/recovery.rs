@@ -114,6 +114,11 @@ pub fn leader_of(config: &ClusterConfig, answers: &[PeerState]) -> Option<Replic
     agreed_leader(&reports, config.n(), config.protocol_config().weak_quorum())
 }
 
+/// The log target of a start without state: the replica's start, as before this
+/// module decided it (operators filter `dura_engine::runtime::replica=info` for the
+/// `state transfer brought agreement ...` line).
+const START_LOG: &str = "dura_engine::runtime::replica";
+
 /// How long a replica without a state of its own waits between two rounds of asking
 /// its peers ([`StartWithoutState::run`]).
 const PEERS_ASK_AGAIN: Duration = Duration::from_millis(200);
@@ -169,6 +174,7 @@ impl StartWithoutState<'_> {
                 break answers;
             }
             log::info!(
+                target: START_LOG,
                 "replica {me}: no state of its own; {} of {} peers answered, none holds a \
                  state: asking again",
                 answers.len(),
@@ -187,11 +193,13 @@ impl StartWithoutState<'_> {
         match decide(me, self.data_dir, n, self.own, &answers, self.bootstrap) {
             StartDecision::Transfer { from, last_agreement } => {
                 log::warn!(
+                    target: START_LOG,
                     "replica {me}: {what} in {dir}, but replica {from} holds agreements up to \
                      {last_agreement}: taking the state from the peers (state transfer)"
                 );
                 if self.bootstrap != Bootstrap::Existing {
                     log::warn!(
+                        target: START_LOG,
                         "replica {me}: told to begin a new cluster, but the cluster holds a \
                          state: it joins it instead (a state that exists is never replaced \
                          by an empty one)"
@@ -209,6 +217,7 @@ impl StartWithoutState<'_> {
                     leader,
                 )?;
                 log::info!(
+                    target: START_LOG,
                     "replica {me}: state transfer brought agreement {} in {} ms ({} bytes, {} \
                      rounds{})",
                     transferred.agreement_id,
@@ -225,17 +234,22 @@ impl StartWithoutState<'_> {
             }
             StartDecision::Empty(EmptyStart::JoinEmptyCluster) => {
                 log::info!(
+                    target: START_LOG,
                     "replica {me}: {what} in {dir}; its peers are members and hold no \
                      agreement yet: joining the cluster with an empty state"
                 );
                 Ok(None)
             }
             StartDecision::Empty(EmptyStart::OwnEmptyState) => {
-                log::info!("replica {me}: {what} in {dir}, and no peer holds a state");
+                log::info!(
+                    target: START_LOG,
+                    "replica {me}: {what} in {dir}, and no peer holds a state"
+                );
                 Ok(None)
             }
             StartDecision::Empty(EmptyStart::NewCluster) => {
                 log::info!(
+                    target: START_LOG,
                     "replica {me}: {what} in {dir}; no replica that answered ({:?}) holds a \
                      state or has been a member: beginning a new cluster, as told",
                     answers.iter().map(|a| a.replica).collect::<Vec<_>>()
@@ -245,12 +259,14 @@ impl StartWithoutState<'_> {
             StartDecision::Empty(EmptyStart::ForcedNew { lost }) => {
                 if lost {
                     log::error!(
+                        target: START_LOG,
                         "replica {me}: {what} in {dir}; members of this cluster lost their \
                          state and none that answered holds one: beginning an EMPTY cluster \
                          as told (force new cluster); what the cluster decided is gone"
                     );
                 } else {
                     log::warn!(
+                        target: START_LOG,
                         "replica {me}: {what} in {dir}; beginning an empty cluster as told \
                          (force new cluster)"
                     );
@@ -258,7 +274,10 @@ impl StartWithoutState<'_> {
                 Ok(None)
             }
             StartDecision::Refuse(loss) => {
-                log::error!("replica {me}: refusing to start: {loss}");
+                log::error!(
+                    target: START_LOG,
+                    "replica {me}: refusing to start: {loss}"
+                );
                 Err(RuntimeError::NoState(loss))
             }
         }

@@ -84,8 +84,16 @@ pub struct ReplicaOptions {
     pub bootstrap: Bootstrap,
 }
 
-/// What `dura-kv serve` (a replica process) gives [`ReplicaOptions::peers_wait`].
+/// What `dura-kv serve` (a replica process) gives [`ReplicaOptions::peers_wait`] on a
+/// cluster's first start ([`Bootstrap::New`]).
 pub const PEERS_WAIT_PROCESS: Duration = Duration::from_secs(5);
+
+/// What `dura-kv serve` gives [`ReplicaOptions::peers_wait`] when it may not begin a
+/// cluster empty on its own word ([`Bootstrap::Existing`], [`Bootstrap::ForceNew`]):
+/// its peers, restarted with it, may replay long logs before they answer, and giving
+/// up early only means refusing (or, forced, beginning empty beside a silent peer
+/// that holds the state).
+pub const PEERS_WAIT_EXISTING: Duration = Duration::from_secs(20);
 
 /// A replica running in this process. Dropping it stops it.
 #[derive(Debug)]
