@@ -584,6 +584,65 @@ mod tests {
     }
 
     #[test]
+    fn a_seeder_host_answers_the_member_exchange_with_its_standing_and_regency_only() {
+        use crate::runtime::datapath::member_call;
+        use crate::runtime::membership::{MemberState, PeerReport, Standing};
+        use crate::runtime::metrics::ReplicaMetrics;
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ring = KeyRing::new([9; 32], 4);
+        let metrics = Arc::new(ReplicaMetrics::default());
+        let member = Arc::new(MemberState::new(Standing::Lost, metrics.clone()));
+        let serve = |host: SeederHost| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let config = DataServerConfig { me: 0, bytes_per_s_max: 1 << 30, streams_max: 4 };
+            DataServer::start(
+                listener,
+                config,
+                &ring.replica_keys(0),
+                Arc::new(host),
+                Arc::new(MonotonicClock::new()),
+            )
+            .expect("server")
+        };
+        let (host, _) = host_with_checkpoint(tmp.path(), 0);
+        let mut server = serve(host.with_member(member.clone()));
+        let link_key = *ring.replica_keys(2).link(0).expect("link");
+        let ask = |addr| {
+            member_call(addr, 2, 0, &link_key, Duration::from_secs(5))
+                .map(|bytes| PeerReport::decode(&bytes).expect("a report"))
+        };
+        // Starting, its state lost: no regency (it does not serve).
+        metrics.record_order_state(0, 5, false, false);
+        let report = ask(server.local_addr()).expect("answers");
+        assert_eq!(
+            report,
+            PeerReport {
+                standing: Standing::Lost,
+                serving: false,
+                last_agreement: 20,
+                regency: None
+            }
+        );
+        // Serving, not recovering: its regency; recovering: none.
+        member.set_standing(Standing::Member);
+        member.set_serving();
+        assert_eq!(ask(server.local_addr()).expect("answers").regency, Some(5));
+        metrics.record_order_state(0, 6, false, true);
+        assert_eq!(ask(server.local_addr()).expect("answers").regency, None);
+        // A key the server does not share is refused.
+        let stranger = *KeyRing::new([8; 32], 4).replica_keys(2).link(0).expect("link");
+        assert!(member_call(server.local_addr(), 2, 0, &stranger, Duration::from_secs(5)).is_err());
+        server.stop();
+        // A host without membership refuses the exchange.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (host, _) = host_with_checkpoint(other.path(), 0);
+        let mut server = serve(host);
+        assert!(ask(server.local_addr()).is_err());
+        server.stop();
+    }
+
+    #[test]
     fn a_seeder_host_serves_its_checkpoint_file_and_pieces_over_the_data_path() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (host, content_hash) = host_with_checkpoint(tmp.path(), 0);
