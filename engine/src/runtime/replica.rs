@@ -197,7 +197,7 @@ pub fn start_replica<S: Service>(
     // Log first: replay before anything is served.
     let log_dir = me.data_dir.join("log");
     // A member without its log: flagged before the log below is created empty.
-    if marker.is_some() && !log_dir.exists() {
+    if marker.is_some() && log_mode != LogMode::None && !log_dir.exists() {
         membership::flag_lost(&me.data_dir)?;
     }
     // The log was damaged before its tail and set aside: the state comes from peers.
