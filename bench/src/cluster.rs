@@ -118,6 +118,8 @@ impl LocalCluster {
         let config_path = root.join("cluster.toml");
         config.save(&config_path)?;
         let mut cluster = Self { config, config_path, children: Vec::new(), data_dir };
+        // The cluster's first start: the replicas may begin it empty. A restart
+        // ([`LocalCluster::start_replica`]) must find its state or a peer's.
         for id in 0..replicas {
             let child = cluster.spawn(id, false)?;
             cluster.children.push(Some(child));
@@ -141,7 +143,9 @@ impl LocalCluster {
     }
 
     /// Starts the process of replica `id`, its standard error into `replica-<id>.log`
-    /// (appended to when `append`: a restarted replica's log keeps its first life).
+    /// (appended to when `append`: a restarted replica's log keeps its first life). A
+    /// first start (not `append`) is told it may begin a new cluster; a restart is not,
+    /// so one whose data was lost takes the state from its peers or refuses to start.
     fn spawn(&self, id: u32, append: bool) -> anyhow::Result<Child> {
         let exe = std::env::current_exe().context("find the dura-bench binary")?;
         let log_path = self.data_dir.path().join(format!("replica-{id}.log"));
@@ -156,6 +160,7 @@ impl LocalCluster {
             .args(["replica", "--config"])
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
+            .args((!append).then_some("--new-cluster"))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)

@@ -96,11 +96,14 @@ pub fn connector(
 }
 
 /// Runs replica `id` of the cluster in `config_path` until it is shut down or the
-/// parent benchmark goes away (its standard input closes).
-pub fn serve_replica(config_path: &Path, id: u32) -> anyhow::Result<()> {
+/// parent benchmark goes away (its standard input closes). `new_cluster`: the
+/// cluster's first start (it may begin empty); a restart must not pass it.
+pub fn serve_replica(config_path: &Path, id: u32, new_cluster: bool) -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     dura_bench::cluster::exit_when_parent_goes();
     let config = ClusterConfig::load(config_path)?;
-    dura_kvstore::serve(&config, id)?;
+    let bootstrap =
+        if new_cluster { dura_kvstore::Bootstrap::New } else { dura_kvstore::Bootstrap::Existing };
+    dura_kvstore::serve(&config, id, bootstrap)?;
     Ok(())
 }

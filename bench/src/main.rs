@@ -90,6 +90,9 @@ enum Command {
         /// This replica's id.
         #[arg(long)]
         id: u32,
+        /// The cluster's first start: with no state anywhere, begin a new cluster.
+        #[arg(long)]
+        new_cluster: bool,
     },
 }
 
@@ -118,7 +121,9 @@ fn main() -> anyhow::Result<()> {
     let connector = kv::connector;
     match cli.command {
         Some(Command::Wal(args)) => dura_bench::wal_bench::run(&args),
-        Some(Command::Replica { config, id }) => kv::serve_replica(&config, id),
+        Some(Command::Replica { config, id, new_cluster }) => {
+            kv::serve_replica(&config, id, new_cluster)
+        }
         Some(Command::Compare { a, b, out, label_a, label_b }) => {
             let out = out.unwrap_or_else(|| dura_bench::runner::default_out_dir("compare"));
             let (table, files) = dura_bench::compare::run(&a, &b, &out, (label_a, label_b))?;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use dura_engine::runtime::{
-    CheckpointScheduleKind, CheckpointWrite, Client, ClientOptions, ClusterConfig, LogMode, Mode,
-    ReplicaOptions, TransferProtocol, start_replica,
+    Bootstrap, CheckpointScheduleKind, CheckpointWrite, Client, ClientOptions, ClusterConfig,
+    LogMode, Mode, ReplicaOptions, RuntimeError, TransferProtocol, start_replica,
 };
 use dura_engine::service::{
     CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError,
@@ -408,7 +408,15 @@ fn wiped_replica_rejoins(
             "only the corrupting replica {bad} is named: {:?}",
             transferred.faulty
         ),
-        None => assert!(transferred.faulty.is_empty(), "{:?}", transferred.faulty),
+        None => {
+            assert!(transferred.faulty.is_empty(), "{:?}", transferred.faulty);
+            // Replica 0 leads regency 0: f+1 seeders said so, and with two others able
+            // to serve, the leecher asked it for no checkpoint and no log piece.
+            assert_eq!(transferred.leader, Some(0), "{transferred:?}");
+            assert!(!transferred.fetches_from.contains_key(&0), "{transferred:?}");
+            assert!(!transferred.bytes_from.contains_key(&0), "{transferred:?}");
+            assert_eq!(transferred.bytes_from.values().sum::<u64>(), transferred.bytes);
+        }
     }
     eprintln!("{protocol:?} corrupting {corrupting:?}: {transferred:?}");
     // The transferred state is a checkpoint of its own now, and holds every add.
@@ -628,6 +636,72 @@ fn behind_replica_rejoins(mode: Mode, n: u32) {
     }
 }
 
+/// Starts replica `id` of `config` with `bootstrap`; the error if it refused.
+fn start_with(
+    config: &ClusterConfig,
+    id: u32,
+    bootstrap: Bootstrap,
+) -> Result<dura_engine::runtime::ReplicaHandle, RuntimeError> {
+    start_replica(
+        config,
+        id,
+        Counter::default(),
+        ReplicaOptions { bootstrap, ..ReplicaOptions::default() },
+    )
+}
+
+/// Removes every replica's log and checkpoints; with `markers`, their member markers
+/// too (the data dirs lost whole).
+fn wipe_states(config: &ClusterConfig, markers: bool) {
+    for replica in &config.replicas {
+        let dir = &replica.data_dir;
+        assert!(dir.join("member").exists(), "replica {} has a member marker", replica.id);
+        if markers {
+            std::fs::remove_dir_all(dir).expect("wipe the data dir");
+        } else {
+            std::fs::remove_dir_all(dir.join("log")).expect("wipe the log");
+            std::fs::remove_dir_all(dir.join("checkpoints")).expect("wipe the checkpoints");
+        }
+    }
+}
+
+#[test]
+fn a_cluster_whose_every_state_was_lost_refuses_to_start_unless_forced_and_says_so() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ten_adds_then_stop(LogMode::Parallel, dir.path());
+    // Every log and checkpoint is gone; the member markers survived.
+    wipe_states(&config, false);
+    for bootstrap in [Bootstrap::Existing, Bootstrap::New] {
+        for id in 0..config.n() {
+            let error = start_with(&config, id, bootstrap).expect_err("refuses");
+            let RuntimeError::NoState(loss) = &error else { panic!("{error}") };
+            assert!(loss.own_lost && loss.cluster_existed(), "{bootstrap:?}: {error}");
+            assert_eq!(loss.replica, id);
+            let message = error.to_string();
+            assert!(message.contains("STATE LOST"), "{message}");
+            assert!(message.contains("--force-new-cluster"), "{message}");
+        }
+    }
+    // A refused start leaves an empty log behind, which a later start does not take
+    // for the member's own state: asked again, every replica still refuses.
+    for id in 0..config.n() {
+        assert!(config.replicas[id as usize].data_dir.join("log").exists());
+        let error = start_with(&config, id, Bootstrap::New).expect_err("still refuses");
+        assert!(matches!(&error, RuntimeError::NoState(loss) if loss.own_lost), "{error}");
+    }
+    // Told to force a new cluster: every replica starts empty and the cluster serves.
+    let replicas: Vec<_> = (0..config.n())
+        .map(|id| start_with(&config, id, Bootstrap::ForceNew).expect("forced"))
+        .collect();
+    let client = Client::connect(&config).expect("client");
+    assert_eq!(total(&client.invoke(5u64.to_le_bytes().to_vec()).expect("add")), 5, "empty");
+    drop(client);
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+}
+
 /// The text of `GET /metrics` from a replica's metrics port on this host ("" while it
 /// does not answer).
 fn scrape(port: u16) -> String {
@@ -642,4 +716,58 @@ fn scrape(port: u16) -> String {
     }
     let _ = stream.read_to_string(&mut text);
     text
+}
+
+#[test]
+fn a_cluster_whose_every_data_dir_was_lost_starts_only_as_a_new_cluster() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ten_adds_then_stop(LogMode::Parallel, dir.path());
+    // The data dirs are gone whole, markers too: nothing tells this from a new cluster,
+    // so only the explicit intent starts it.
+    wipe_states(&config, true);
+    for id in 0..config.n() {
+        let error = start_with(&config, id, Bootstrap::Existing).expect_err("refuses");
+        let RuntimeError::NoState(loss) = &error else { panic!("{error}") };
+        assert!(!loss.cluster_existed(), "{error}");
+        assert!(error.to_string().contains("--new-cluster"), "{error}");
+        assert!(!config.replicas[id as usize].data_dir.join("member").exists(), "not marked");
+    }
+    let replicas: Vec<_> = (0..config.n())
+        .map(|id| start_with(&config, id, Bootstrap::New).expect("a new cluster"))
+        .collect();
+    let client = Client::connect(&config).expect("client");
+    assert_eq!(total(&client.invoke(5u64.to_le_bytes().to_vec()).expect("add")), 5, "empty");
+    drop(client);
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+    // Its members are marked now: a restart is an ordinary one, with no flag.
+    let replicas: Vec<_> = (0..config.n())
+        .map(|id| start_with(&config, id, Bootstrap::Existing).expect("a restart"))
+        .collect();
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+}
+
+#[test]
+fn a_member_whose_log_was_wiped_takes_the_state_from_a_peer_even_when_told_new() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ten_adds_then_stop(LogMode::Parallel, dir.path());
+    let replicas: Vec<_> =
+        (0..2).map(|id| start_with(&config, id, Bootstrap::Existing).expect("restart")).collect();
+    // Replica 2 lost its log and checkpoints; its marker survived.
+    let lost = &config.replicas[2].data_dir;
+    std::fs::remove_dir_all(lost.join("log")).expect("wipe the log");
+    std::fs::remove_dir_all(lost.join("checkpoints")).expect("wipe the checkpoints");
+    let back = start_with(&config, 2, Bootstrap::ForceNew).expect("transfers");
+    let transferred = back.transferred().expect("it ran state transfer");
+    assert!(transferred.agreement_id >= 10, "{transferred:?}");
+    assert!(back.recovered_agreement_id() >= 10);
+    drop(back);
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
 }

@@ -100,7 +100,7 @@ fn run_mode(args: &Args, log_mode: LogMode) -> Result<(f64, Vec<Duration>)> {
             Command::new(&args.bin)
                 .args(["serve", "--config"])
                 .arg(&config_path)
-                .args(["--id", &id.to_string()])
+                .args(["--id", &id.to_string(), "--new-cluster"])
                 .env(
                     "RUST_LOG",
                     std::env::var("DURA_REPLICA_LOG").unwrap_or_else(|_| "warn".into()),

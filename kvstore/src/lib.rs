@@ -13,7 +13,7 @@ pub mod store;
 
 pub use client::{KvClient, KvError};
 pub use dura_engine::runtime::{
-    ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
+    Bootstrap, ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
 };
 pub use ops::{CodecError, KvOp, KvReply, ScanPage};
 pub use store::KvStore;
@@ -31,10 +31,19 @@ pub fn start(config: &ClusterConfig, replica_id: u32) -> Result<ReplicaHandle, R
 
 /// Runs replica `replica_id` of `config` until SIGTERM or SIGINT, then shuts down
 /// gracefully (the in-flight log write completes). The body of `dura-kv serve`. With an
-/// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`] for
-/// its peers to say whether the cluster holds a state (it takes it from them if so).
-pub fn serve(config: &ClusterConfig, replica_id: u32) -> Result<(), RuntimeError> {
-    serve_with(config, replica_id, ReplicaOptions::default())
+/// empty data dir it first waits up to [`dura_engine::runtime::PEERS_WAIT_PROCESS`]
+/// (a first start, [`Bootstrap::New`]) or [`dura_engine::runtime::PEERS_WAIT_EXISTING`]
+/// for its peers to say whether the cluster holds a state (it takes it from them if so);
+/// `bootstrap` says whether it may begin a new cluster when none does
+/// ([`Bootstrap::Existing`]: it refuses to start with [`RuntimeError::NoState`]). A
+/// replica that falls behind every peer's catch-up window restarts through state
+/// transfer ([`dura_engine::runtime::serve_replica`]).
+pub fn serve(
+    config: &ClusterConfig,
+    replica_id: u32,
+    bootstrap: Bootstrap,
+) -> Result<(), RuntimeError> {
+    serve_with(config, replica_id, ReplicaOptions { bootstrap, ..ReplicaOptions::default() })
 }
 
 /// [`serve`] with options (`dura-kv serve --lost`: replicas declared gone for good,
@@ -44,8 +53,13 @@ pub fn serve_with(
     replica_id: u32,
     options: ReplicaOptions,
 ) -> Result<(), RuntimeError> {
-    let options =
-        ReplicaOptions { peers_wait: dura_engine::runtime::PEERS_WAIT_PROCESS, ..options };
+    let options = ReplicaOptions {
+        peers_wait: match options.bootstrap {
+            Bootstrap::New => dura_engine::runtime::PEERS_WAIT_PROCESS,
+            Bootstrap::Existing | Bootstrap::ForceNew => dura_engine::runtime::PEERS_WAIT_EXISTING,
+        },
+        ..options
+    };
     dura_engine::runtime::serve_replica_until_signal(config, replica_id, KvStore::new, options)
         .map(|_| ())
 }

@@ -1,7 +1,8 @@
 //! `dura-kv`: run SCKV-Store replicas and talk to them.
 //!
 //! ```text
-//! dura-kv serve --config cluster.toml --id 0
+//! dura-kv serve --config cluster.toml --id 0 --new-cluster       (a cluster's first start)
+//! dura-kv serve --config cluster.toml --id 0                     (any later start)
 //! dura-kv put --config cluster.toml KEY VALUE
 //! dura-kv put --config cluster.toml KEY - < value.bin             (value from stdin)
 //! dura-kv put --config cluster.toml KEY --value-file value.bin
@@ -23,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dura_engine::runtime::{
-    ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions, RuntimeError,
+    Bootstrap, ClientOptions, ClusterConfig, LogMode, Mode, ReplicaOptions, RuntimeError,
 };
 use dura_kvstore::client::value_bytes_max;
 use dura_kvstore::ops::SCAN_LIMIT_MAX;
@@ -68,6 +69,17 @@ enum Command_ {
         /// back only with an empty data dir, once no running replica names it here.
         #[arg(long, value_delimiter = ',')]
         lost: Vec<u32>,
+        /// The first start of a new cluster: with no state of its own, begin empty when
+        /// no replica that answers holds a state or has been a member. Without it (or
+        /// --force-new-cluster) a replica without a state only joins an existing
+        /// cluster, and refuses to start when no replica holds a state.
+        #[arg(long, conflicts_with = "force_new_cluster")]
+        new_cluster: bool,
+        /// Begin an EMPTY cluster even though its replicas were members and lost their
+        /// state (every data dir lost): what the cluster decided is gone. A replica
+        /// that holds a state is still transferred from, never replaced.
+        #[arg(long)]
+        force_new_cluster: bool,
     },
     /// Store VALUE under KEY. VALUE `-` reads the value from stdin; --value-file reads
     /// it from a file. Values up to the cluster's bound are accepted (several MiB with
@@ -335,12 +347,18 @@ fn read_value(
 /// Runs one command; the exit status for an outcome that is not an error.
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command_::Serve { config, id, log_mode, lost } => {
+        Command_::Serve { config, id, log_mode, lost, new_cluster, force_new_cluster } => {
             let mut config = ClusterConfig::load(&config)?;
             if let Some(mode) = log_mode {
                 config.log_mode = mode.parse()?;
             }
-            let options = ReplicaOptions { lost_replicas: lost, ..ReplicaOptions::default() };
+            let bootstrap = match (new_cluster, force_new_cluster) {
+                (_, true) => Bootstrap::ForceNew,
+                (true, false) => Bootstrap::New,
+                (false, false) => Bootstrap::Existing,
+            };
+            let options =
+                ReplicaOptions { lost_replicas: lost, bootstrap, ..ReplicaOptions::default() };
             dura_kvstore::serve_with(&config, id, options)?;
         }
         Command_::Put { target, key, value, value_file } => {
@@ -457,8 +475,9 @@ fn run(cli: Cli) -> Result<i32> {
                 Some(path) => {
                     write_config(&config, &path, force)?;
                     eprintln!(
-                        "wrote {}: {} replicas, mode {}, f = {}; start replica <id> on its host \
-                         with: dura-kv serve --config {} --id <id>",
+                        "wrote {}: {} replicas, mode {}, f = {}; the first start of replica \
+                         <id>, on its host: dura-kv serve --config {} --id <id> --new-cluster \
+                         (later starts without --new-cluster)",
                         path.display(),
                         config.n(),
                         config.mode,
@@ -662,14 +681,20 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
     let dir = dir.canonicalize().with_context(|| format!("resolve {}", dir.display()))?;
     let mut config = ClusterConfig::local(n, mode, log_mode, &dir.join("data"))?;
     let config_path = dir.join("cluster.toml");
-    // A restart over the same DIR keeps the keys its logs were written under.
-    match ClusterConfig::load(&config_path) {
-        Ok(old) => (config.replica_key, config.client_key) = (old.replica_key, old.client_key),
+    // A restart over the same DIR keeps the keys its logs were written under; only the
+    // first start (no config yet) begins a new cluster: a restart whose data was lost
+    // refuses rather than serve an empty store.
+    let first_start = match ClusterConfig::load(&config_path) {
+        Ok(old) => {
+            (config.replica_key, config.client_key) = (old.replica_key, old.client_key);
+            false
+        }
         Err(_) => {
             config.replica_key = fresh_key_hex()?;
             config.client_key = fresh_key_hex()?;
+            true
         }
-    }
+    };
     write_config(&config, &config_path, true)?;
     let exe = std::env::current_exe().context("find the dura-kv binary")?;
     let mut children = Children(Vec::new());
@@ -678,6 +703,7 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
             .args(["serve", "--config"])
             .arg(&config_path)
             .args(["--id", &id.to_string()])
+            .args(first_start.then_some("--new-cluster"))
             .spawn()
             .with_context(|| format!("start replica {id}"))?;
         children.0.push(child);

@@ -39,7 +39,7 @@ impl Cluster {
             let child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
                 .args(["serve", "--config"])
                 .arg(&cluster.config_path)
-                .args(["--id", &id.to_string()])
+                .args(["--id", &id.to_string(), "--new-cluster"])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -461,4 +461,41 @@ fn scan_reads_a_range_in_key_order_in_pages_cut_by_limit_and_reply_bytes() {
     let text = String::from_utf8_lossy(&scan.stdout);
     let keys: Vec<_> = text.lines().map(|line| line.split('\t').next().unwrap_or("")).collect();
     assert_eq!(keys, ["big1", "big2", "big3", "c"]);
+}
+
+#[test]
+fn serve_on_an_empty_data_dir_refuses_unless_told_to_begin_a_new_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::configure(dir.path());
+    // No peer runs, so none holds a state: without --new-cluster the replica refuses
+    // (after asking its peers for up to 20 s) and says how to proceed.
+    let refused = dura_kv(&["serve", "--config", cluster.config_arg(), "--id", "0"], b"");
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let text = stderr(&refused);
+    assert!(text.contains("replica 0 has no state"), "{text}");
+    assert!(text.contains("no replica that answered holds one"), "{text}");
+    assert!(text.contains("--new-cluster"), "{text}");
+    assert!(!cluster.config.replicas[0].data_dir.join("member").exists(), "not a member");
+    // With --new-cluster every replica begins the cluster, and it serves.
+    for id in 0..cluster.config.n() {
+        let log = std::fs::File::create(dir.path().join(format!("replica{id}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
+            .args(["serve", "--config", cluster.config_arg(), "--id", &id.to_string()])
+            .arg("--new-cluster")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dura-kv serve");
+        cluster.children.push(child);
+    }
+    let client = KvClient::connect(&cluster.config).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.put(b"new", b"cluster").is_err() {
+        assert!(Instant::now() < deadline, "no answer; logs in {}", dir.path().display());
+    }
+    assert_eq!(client.get(b"new").expect("get").as_deref(), Some(&b"cluster"[..]));
+    for replica in &cluster.config.replicas {
+        assert!(replica.data_dir.join("member").exists(), "replica {} is marked", replica.id);
+    }
 }

@@ -35,6 +35,9 @@ struct Cluster {
     dir: PathBuf,
     children: Vec<Option<Child>>,
     starts: u32,
+    /// Replicas started at least once: only a replica's first start begins the cluster
+    /// (`--new-cluster`); a restart must find its state or a peer's.
+    started: Vec<bool>,
 }
 
 impl Cluster {
@@ -58,6 +61,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             children: (0..n).map(|_| None).collect(),
             starts: 0,
+            started: vec![false; n as usize],
         }
     }
 
@@ -66,10 +70,12 @@ impl Cluster {
         self.starts += 1;
         let log = File::create(self.dir.join(format!("replica{id}-{}.log", self.starts)))
             .expect("log file");
+        let first = !std::mem::replace(&mut self.started[id as usize], true);
         let child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
+            .args(first.then_some("--new-cluster"))
             .env(
                 "RUST_LOG",
                 std::env::var("DURA_REPLICA_LOG")

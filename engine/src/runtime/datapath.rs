@@ -33,6 +33,12 @@
 //!   messages the seeder sends back (each a `u32` length and the message), and an
 //!   HMAC over the request's nonce and those bytes. The source's
 //!   [`StreamSource::control`] answers (a source without one refuses).
+//! - **Member exchange** (the runtime's own, not `dura-transfer`'s: a replica's
+//!   membership, the last agreement it holds and its regency): the same length prefix,
+//!   then `b"DTMB"`, the requester's id, a fresh nonce, a version byte and an HMAC over
+//!   everything before it; the answer is a `u32` length, the report's bytes
+//!   ([`StreamSource::member_report`]) and an HMAC over a label, the request's nonce
+//!   and those bytes ([`member_call`]).
 //!
 //! The MAC key is derived from the link key the two replicas share
 //! ([`ReplicaKeys::link`], itself from the cluster's `replica_key`) with a label of its
@@ -124,6 +130,14 @@ pub const REQUEST_BYTES_MAX: usize = 128;
 pub const ANSWER_BYTES: usize = 1 + 8 + MAC_BYTES;
 
 const CONTROL_MAGIC: [u8; 4] = *b"DTCM";
+
+const MEMBER_MAGIC: [u8; 4] = *b"DTMB";
+
+/// The member exchange's version byte.
+const MEMBER_VERSION: u8 = 1;
+
+/// Largest member report a server sends or a caller reads.
+pub const MEMBER_REPORT_BYTES_MAX: usize = 256;
 
 /// Largest control request or answer body. Control messages are small by construction
 /// (a status names at most `STATUS_CHECKPOINTS_MAX` checkpoints, a hash request at most
@@ -235,6 +249,12 @@ pub trait StreamSource: Send + Sync {
     /// source takes no control messages, and the request is refused.
     fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
         let _ = (from, message);
+        None
+    }
+
+    /// The replica's member report (see `super::membership::PeerReport`), encoded, at
+    /// most [`MEMBER_REPORT_BYTES_MAX`]; `None`: the member query is refused.
+    fn member_report(&self) -> Option<Vec<u8>> {
         None
     }
 }
@@ -831,6 +851,7 @@ struct ControlRequest {
 enum Request {
     Stream(Authenticated),
     Control(ControlRequest),
+    Member { nonce: [u8; NONCE_BYTES], key: Key },
 }
 
 fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refusal> {
@@ -859,6 +880,22 @@ fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refu
         let rest = r.take(r.remaining()).map_err(|e| malformed(&e))?;
         let message = Message::from_bytes(rest).map_err(|e| malformed(&e))?;
         return Ok(Request::Control(ControlRequest { from, nonce, key, message }));
+    }
+    if magic == MEMBER_MAGIC {
+        let from = r.u32().map_err(|e| malformed(&e))?;
+        let Some(key) = shared.keys.get(from as usize).copied().flatten() else {
+            return Err(Refusal::UnknownReplica(from));
+        };
+        if !verify_mac(&key, &[signed], tag) {
+            return Err(Refusal::BadMac(from));
+        }
+        let nonce: [u8; NONCE_BYTES] =
+            r.take(NONCE_BYTES).map_err(|e| malformed(&e))?.try_into().expect("NONCE_BYTES");
+        if r.u8().map_err(|e| malformed(&e))? != MEMBER_VERSION {
+            return Err(Refusal::Malformed("member query of an unknown version".into()));
+        }
+        r.finish().map_err(|e| malformed(&e))?;
+        return Ok(Request::Member { nonce, key });
     }
     if !(REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&(length as usize)) {
         return Err(Refusal::Length(length));
@@ -936,6 +973,22 @@ fn serve_control(shared: &Shared, stream: &mut TcpStream, peer: &str, control: C
     let _ = stream.write_all(&framed);
 }
 
+fn serve_member(shared: &Shared, stream: &mut TcpStream, key: &Key, nonce: &[u8; NONCE_BYTES]) {
+    let Some(report) = shared.source.member_report() else {
+        shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.write_all(&u32::MAX.to_le_bytes());
+        return;
+    };
+    assert!(report.len() <= MEMBER_REPORT_BYTES_MAX, "a member report of {}", report.len());
+    let mut body = Vec::with_capacity(4 + report.len() + MAC_BYTES);
+    put_u32(&mut body, (report.len() + MAC_BYTES) as u32);
+    body.extend_from_slice(&report);
+    let code = mac(key, &[b"member-answer", nonce, &report]);
+    body.extend_from_slice(&code);
+    shared.counters.controls.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.write_all(&body);
+}
+
 fn encode_answer(key: &Key, nonce: &[u8; NONCE_BYTES], tag: u8, value: u64) -> [u8; ANSWER_BYTES] {
     let mut answer = [0u8; ANSWER_BYTES];
     answer[0] = tag;
@@ -954,6 +1007,11 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         Ok(Request::Stream(authenticated)) => authenticated,
         Ok(Request::Control(control)) => {
             serve_control(shared, &mut stream, &peer, control);
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        Ok(Request::Member { nonce, key }) => {
+            serve_member(shared, &mut stream, &key, &nonce);
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
@@ -1429,6 +1487,54 @@ pub fn control_call(
         messages.push(Message::from_bytes(bytes).map_err(|e| malformed(&e))?);
     }
     Ok(messages)
+}
+
+/// Asks `peer` at `addr` for its member report (the member exchange, see the module
+/// docs) and returns the report's bytes, authenticated with the data-path key from
+/// `link_key`. One connection, one exchange, no retry; gives up after `timeout`.
+pub fn member_call(
+    addr: SocketAddr,
+    me: ReplicaId,
+    peer: ReplicaId,
+    link_key: &Key,
+    timeout: Duration,
+) -> Result<Vec<u8>, FetchError> {
+    assert!(me != peer, "a replica does not ask itself");
+    let fail = |kind| FetchError { seeder: peer, addr, kind };
+    let broken = |error: io::Error| {
+        fail(FetchErrorKind::Disconnected { attempts: 1, last: error.to_string() })
+    };
+    let key = datapath_key(link_key);
+    let nonce = fresh_nonce(&key);
+    let mut body = Vec::with_capacity(64);
+    put_u32(&mut body, 0); // the length, set below
+    body.extend_from_slice(&MEMBER_MAGIC);
+    put_u32(&mut body, me);
+    body.extend_from_slice(&nonce);
+    body.push(MEMBER_VERSION);
+    let code = mac(&key, &[&body[4..]]);
+    body.extend_from_slice(&code);
+    let length = body.len() - 4;
+    assert!((CONTROL_BYTES_MIN..=CONTROL_BYTES_MAX).contains(&length), "member query {length}");
+    body[..4].copy_from_slice(&(length as u32).to_le_bytes());
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
+    stream.set_nodelay(true).map_err(broken)?;
+    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+    stream.write_all(&body).map_err(broken)?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).map_err(broken)?;
+    let length = u32::from_le_bytes(length) as usize;
+    if !(MAC_BYTES..=MEMBER_REPORT_BYTES_MAX + MAC_BYTES).contains(&length) {
+        return Err(fail(FetchErrorKind::Refused));
+    }
+    let mut answer = vec![0u8; length];
+    stream.read_exact(&mut answer).map_err(broken)?;
+    let (report, tag) = answer.split_at(answer.len() - MAC_BYTES);
+    if !verify_mac(&key, &[b"member-answer", &nonce, report], tag) {
+        return Err(fail(FetchErrorKind::Refused));
+    }
+    Ok(report.to_vec())
 }
 
 /// What one attempt came to.

@@ -77,6 +77,12 @@ impl ReplicaMetrics {
         self.recovering.store(recovering, Ordering::Relaxed);
     }
 
+    /// The regency and whether the protocol was recovering, as the order stage last
+    /// recorded them (state transfer's seeders report them to a leecher).
+    pub fn regency_view(&self) -> (u64, bool) {
+        (self.regency.load(Ordering::Relaxed), self.recovering.load(Ordering::Relaxed))
+    }
+
     /// Whether the protocol was recovering when the order stage last looked.
     pub fn is_recovering(&self) -> bool {
         self.recovering.load(Ordering::Relaxed)

@@ -15,6 +15,7 @@ pub mod config;
 pub mod datapath;
 pub mod durability;
 pub mod filelog;
+pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod recovery;
@@ -27,10 +28,11 @@ pub use config::{
     CHECKPOINT_PERIOD_DEFAULT, CheckpointScheduleKind, CheckpointWrite, ClusterConfig,
     LogBackendKind, LogMode, Mode, ReplicaConfig, TransferProtocol,
 };
+pub use membership::{Bootstrap, StateLoss};
 pub use metrics::{Health, ReplicaMetrics};
 pub use replica::{
-    BEHIND_RESTARTS_MAX, PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions, Served, serve_replica,
-    serve_replica_until_signal, start_replica,
+    BEHIND_RESTARTS_MAX, PEERS_WAIT_EXISTING, PEERS_WAIT_PROCESS, ReplicaHandle, ReplicaOptions,
+    Served, serve_replica, serve_replica_until_signal, start_replica,
 };
 
 /// Everything that can go wrong running a replica or a client.
@@ -99,6 +101,12 @@ pub enum RuntimeError {
         /// The lowest first agreement the peers still hold.
         first_held: u64,
     },
+    /// A replica without a state of its own found no replica holding one and was not
+    /// told to begin a new cluster (or the cluster existed and its state is lost): it
+    /// refuses to start rather than serve an empty state. The message says which
+    /// replicas answered, what they lost, and how to proceed.
+    #[error("{0}")]
+    NoState(Box<membership::StateLoss>),
     /// A client request did not complete in time.
     #[error("request timed out after {waited_ms} ms")]
     Timeout {

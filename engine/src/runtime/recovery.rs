@@ -1,7 +1,9 @@
 //! The leecher's side of state transfer in a replica that starts without its state.
 //!
-//! [`peers_hold_state`] asks every other replica on its transfer port what it holds;
-//! when one holds decided agreements, [`transfer_state`] runs `dura-transfer`'s
+//! [`peers_hold_state`] asks every other replica on its transfer port what it holds and
+//! how it stands ([`super::membership`]); [`StartWithoutState`] decides from the answers
+//! whether the replica takes the state, starts empty or refuses. When one holds
+//! decided agreements, [`transfer_state`] runs `dura-transfer`'s
 //! [`Leecher`] to the end and leaves a valid checkpoint of the validated state in the
 //! replica's own checkpoint directory. The replica's start then loads it as it loads
 //! any checkpoint, and the ordering protocol catches up from there. Nothing touches the
@@ -17,7 +19,7 @@
 //! into memory (bounded by [`PIECE_BYTES_MAX`]), decoded to exactly their agreements
 //! and hashed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +38,13 @@ use dura_transfer::{
 
 use super::RuntimeError;
 use super::config::ClusterConfig;
-use super::datapath::{FetchOptions, FetchRequest, StreamOutcome, control_call, fetch};
+use super::datapath::{
+    FetchOptions, FetchRequest, StreamOutcome, control_call, fetch, member_call,
+};
+use super::membership::{
+    Answer, Bootstrap, EmptyStart, OwnState, PeerReport, Standing, StartDecision, agreed_leader,
+    decide,
+};
 use super::transfer::{PIECE_BYTES_MAX, decode_piece, piece_hash_of};
 use crate::durability::{DecidedBatch, execute_batch};
 use crate::service::{Executor, Service, StateInstaller};
@@ -46,6 +54,9 @@ pub const TICK: Duration = Duration::from_millis(50);
 
 /// Ticks without an answer or a byte after which a seeder counts as mute (10 s).
 pub const SEEDER_SILENCE_TICKS: u64 = 200;
+
+/// Ticks between two probes of the peers' leader during a transfer (2 s).
+pub const LEADER_PROBE_TICKS: u64 = 40;
 
 /// How long [`peers_hold_state`] waits for a peer's answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -65,24 +76,18 @@ pub const CHECKPOINT_FILE_BYTES_MAX: u64 = 256 << 30;
 /// The directory under a replica's data dir where fetched checkpoints are staged.
 pub const STAGING_DIR: &str = "transfer";
 
-/// How a peer answered the probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerState {
-    /// The peer.
-    pub replica: ReplicaId,
-    /// The last agreement it holds.
-    pub last_agreement: AgreementId,
-}
+/// How a peer answered the probe: its member report.
+pub type PeerState = Answer;
 
-/// Asks every other replica (on its transfer port, one exchange each, in parallel,
-/// each within [`PROBE_TIMEOUT`]) what it holds; returns the answers of those that
-/// answered. A replica without a transfer port, or not up, does not answer.
+/// Asks every other replica (on its transfer port, one member exchange each, in
+/// parallel, each within [`PROBE_TIMEOUT`]) what it holds and how it stands; returns the
+/// answers of those that answered. A replica without a transfer port, or not up, does
+/// not answer.
 pub fn peers_hold_state(
     config: &ClusterConfig,
     me: ReplicaId,
     keys: &ReplicaKeys,
 ) -> Vec<PeerState> {
-    let round = RoundId { session: 0, round: 0 };
     let mut asks = Vec::new();
     for peer in config.replicas.iter().filter(|r| r.id != me) {
         let (Ok(addr), Some(link)) = (peer.transfer_addr(), keys.link(peer.id).copied()) else {
@@ -90,18 +95,193 @@ pub fn peers_hold_state(
         };
         let replica = peer.id;
         asks.push(thread::spawn(move || {
-            let answers =
-                control_call(addr, me, replica, &link, &Message::Query { round }, PROBE_TIMEOUT)
-                    .ok()?;
-            answers.into_iter().find_map(|answer| match answer {
-                Message::Status { status, .. } => {
-                    Some(PeerState { replica, last_agreement: status.last_agreement })
+            let bytes = member_call(addr, me, replica, &link, PROBE_TIMEOUT).ok()?;
+            match PeerReport::decode(&bytes) {
+                Ok(report) => Some(Answer { replica, report }),
+                Err(error) => {
+                    log::warn!("replica {me}: replica {replica}'s member report: {error}");
+                    None
                 }
-                _ => None,
-            })
+            }
         }));
     }
     asks.into_iter().filter_map(|ask| ask.join().ok().flatten()).collect()
+}
+
+/// The leader f+1 (BFT; one in crash mode) of `answers` agree on, if any.
+pub fn leader_of(config: &ClusterConfig, answers: &[PeerState]) -> Option<ReplicaId> {
+    let reports: Vec<PeerReport> = answers.iter().map(|a| a.report).collect();
+    agreed_leader(&reports, config.n(), config.protocol_config().weak_quorum())
+}
+
+/// The log target of a start without state: the replica's start, as before this
+/// module decided it (operators filter `dura_engine::runtime::replica=info` for the
+/// `state transfer brought agreement ...` line).
+const START_LOG: &str = "dura_engine::runtime::replica";
+
+/// How long a replica without a state of its own waits between two rounds of asking
+/// its peers ([`StartWithoutState::run`]).
+const PEERS_ASK_AGAIN: Duration = Duration::from_millis(200);
+
+/// The start of a replica that has neither checkpoint nor log (or whose damaged log
+/// was set aside): it asks its peers and takes the state from them, starts empty, or
+/// refuses, as [`decide`] says (`super::membership`'s docs).
+#[derive(Debug)]
+pub struct StartWithoutState<'a> {
+    /// The cluster.
+    pub config: &'a ClusterConfig,
+    /// This replica.
+    pub me: ReplicaId,
+    /// Its keys.
+    pub keys: &'a ReplicaKeys,
+    /// Its data dir.
+    pub data_dir: &'a Path,
+    /// Its marker and whether its state is lost.
+    pub own: OwnState,
+    /// Whether it can ask its peers (it has a transfer port).
+    pub can_ask: bool,
+    /// Whether it may begin a new cluster.
+    pub bootstrap: Bootstrap,
+    /// How long it asks again while peers are silent and none holds a state.
+    pub peers_wait: Duration,
+}
+
+impl StartWithoutState<'_> {
+    /// Asks the peers (again for up to `peers_wait` while some are silent and none
+    /// holds a state or is a member with its state), then decides. `Some`: the state
+    /// transfer that brought the state, installed as a checkpoint in `live`; `None`:
+    /// the replica starts with an empty state.
+    pub fn run<S: Service>(
+        &self,
+        template: &S,
+        live: &CheckpointStore<FsDir>,
+    ) -> Result<Option<Transferred>, RuntimeError> {
+        let me = self.me;
+        let n = self.config.n();
+        let asked = Instant::now();
+        let answers = loop {
+            if !self.can_ask {
+                break Vec::new();
+            }
+            let answers = peers_hold_state(self.config, me, self.keys);
+            let everyone = answers.len() + 1 == n as usize;
+            let settled = answers.iter().any(|a| {
+                a.report.last_agreement > 0
+                    || a.report.serving
+                    || a.report.standing == Standing::Member
+            });
+            if everyone || settled || asked.elapsed() >= self.peers_wait {
+                break answers;
+            }
+            log::info!(
+                target: START_LOG,
+                "replica {me}: no state of its own; {} of {} peers answered, none holds a \
+                 state: asking again",
+                answers.len(),
+                n - 1
+            );
+            thread::sleep(PEERS_ASK_AGAIN);
+        };
+        let what = if self.own.lost {
+            "its log and checkpoints are gone but its member marker survived"
+        } else if self.own.marker {
+            "its log is empty and it has no checkpoint"
+        } else {
+            "no checkpoint, no log and no member marker"
+        };
+        let dir = self.data_dir.display();
+        match decide(me, self.data_dir, n, self.own, &answers, self.bootstrap) {
+            StartDecision::Transfer { from, last_agreement } => {
+                log::warn!(
+                    target: START_LOG,
+                    "replica {me}: {what} in {dir}, but replica {from} holds agreements up to \
+                     {last_agreement}: taking the state from the peers (state transfer)"
+                );
+                if self.bootstrap != Bootstrap::Existing {
+                    log::warn!(
+                        target: START_LOG,
+                        "replica {me}: told to begin a new cluster, but the cluster holds a \
+                         state: it joins it instead (a state that exists is never replaced \
+                         by an empty one)"
+                    );
+                }
+                let leader = leader_of(self.config, &answers);
+                let transferred = transfer_state(
+                    self.config,
+                    me,
+                    self.keys,
+                    template,
+                    live,
+                    &self.data_dir.join(STAGING_DIR),
+                    &AtomicBool::new(false),
+                    leader,
+                )?;
+                log::info!(
+                    target: START_LOG,
+                    "replica {me}: state transfer brought agreement {} in {} ms ({} bytes, {} \
+                     rounds{})",
+                    transferred.agreement_id,
+                    transferred.elapsed.as_millis(),
+                    transferred.bytes,
+                    transferred.rounds,
+                    if transferred.faulty.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", replicas proven faulty: {:?}", transferred.faulty)
+                    }
+                );
+                Ok(Some(transferred))
+            }
+            StartDecision::Empty(EmptyStart::JoinEmptyCluster) => {
+                log::info!(
+                    target: START_LOG,
+                    "replica {me}: {what} in {dir}; its peers are members and hold no \
+                     agreement yet: joining the cluster with an empty state"
+                );
+                Ok(None)
+            }
+            StartDecision::Empty(EmptyStart::OwnEmptyState) => {
+                log::info!(
+                    target: START_LOG,
+                    "replica {me}: {what} in {dir}, and no peer holds a state"
+                );
+                Ok(None)
+            }
+            StartDecision::Empty(EmptyStart::NewCluster) => {
+                log::info!(
+                    target: START_LOG,
+                    "replica {me}: {what} in {dir}; no replica that answered ({:?}) holds a \
+                     state or has been a member: beginning a new cluster, as told",
+                    answers.iter().map(|a| a.replica).collect::<Vec<_>>()
+                );
+                Ok(None)
+            }
+            StartDecision::Empty(EmptyStart::ForcedNew { lost }) => {
+                if lost {
+                    log::error!(
+                        target: START_LOG,
+                        "replica {me}: {what} in {dir}; members of this cluster lost their \
+                         state and none that answered holds one: beginning an EMPTY cluster \
+                         as told (force new cluster); what the cluster decided is gone"
+                    );
+                } else {
+                    log::warn!(
+                        target: START_LOG,
+                        "replica {me}: {what} in {dir}; beginning an empty cluster as told \
+                         (force new cluster)"
+                    );
+                }
+                Ok(None)
+            }
+            StartDecision::Refuse(loss) => {
+                log::error!(
+                    target: START_LOG,
+                    "replica {me}: refusing to start: {loss}"
+                );
+                Err(RuntimeError::NoState(loss))
+            }
+        }
+    }
 }
 
 /// What a finished transfer left.
@@ -118,6 +298,13 @@ pub struct Transferred {
     pub faulty: Vec<ReplicaId>,
     /// Time from start to the durable checkpoint.
     pub elapsed: Duration,
+    /// The leader the leecher was last told (f+1 seeders agreed on it), which it
+    /// keeps from sending bulk data while another replica can.
+    pub leader: Option<ReplicaId>,
+    /// Fetches (checkpoints and log pieces) asked of each seeder.
+    pub fetches_from: BTreeMap<ReplicaId, u32>,
+    /// Bytes fetched and kept from each seeder.
+    pub bytes_from: BTreeMap<ReplicaId, u64>,
 }
 
 /// A fetched payload, held under its ticket.
@@ -131,7 +318,14 @@ enum Held {
 /// What a fetch thread reports.
 enum Report {
     Event(Event),
-    Held { ticket: Ticket, held: Held, bytes: u64 },
+    Held {
+        ticket: Ticket,
+        held: Held,
+        bytes: u64,
+        seeder: ReplicaId,
+    },
+    /// The peers' member reports from a periodic probe (the leader may have changed).
+    Peers(Vec<PeerState>),
 }
 
 /// The staging state: an executor at an agreement, with the requests ordered up to it.
@@ -144,8 +338,11 @@ struct Staged<S: Service> {
 /// Runs state transfer for replica `me` until a validated state is installed as a
 /// durable checkpoint in `live` (its own checkpoint directory), and returns where it
 /// stands. `template` builds fresh states (its installer); `staging_root` holds fetched
-/// checkpoints while the transfer runs (removed at the end). Fails when the leecher
-/// gives up, or `stop` is raised.
+/// checkpoints while the transfer runs (removed at the end). `leader` is the leader f+1
+/// peers agree on ([`leader_of`]); the driver asks the peers again every
+/// [`LEADER_PROBE_TICKS`] and tells the leecher when the agreed leader changes. Fails
+/// when the leecher gives up, or `stop` is raised.
+#[allow(clippy::too_many_arguments)]
 pub fn transfer_state<S: Service>(
     config: &ClusterConfig,
     me: ReplicaId,
@@ -154,6 +351,7 @@ pub fn transfer_state<S: Service>(
     live: &CheckpointStore<FsDir>,
     staging_root: &Path,
     stop: &AtomicBool,
+    leader: Option<ReplicaId>,
 ) -> Result<Transferred, RuntimeError> {
     let started = Instant::now();
     let n = config.n() as usize;
@@ -161,6 +359,11 @@ pub fn transfer_state<S: Service>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |elapsed| elapsed.as_nanos() as u64);
     let mut leecher_config = LeecherConfig::new(config.mode, n, me, session);
+    let leader = leader.filter(|&leader| (leader as usize) < n && leader != me);
+    leecher_config.leader = leader;
+    if let Some(leader) = leader {
+        log::info!("replica {me}: state transfer: replica {leader} leads; it sends no bulk data");
+    }
     // A seeder answers a hash request and opens a log piece by reading (and verifying)
     // whole log segments, which can take seconds for a large piece on a busy machine:
     // a seeder is mute only after 10 s without an answer or a byte.
@@ -193,7 +396,14 @@ pub fn transfer_state<S: Service>(
         controls: Arc::new(AtomicUsize::new(0)),
         bytes: 0,
         installed: None,
+        leader,
+        fetches_from: BTreeMap::new(),
+        bytes_from: BTreeMap::new(),
     };
+    let probe_config = Arc::new(config.clone());
+    let probe_keys = Arc::new(keys.clone());
+    let probing = Arc::new(AtomicBool::new(false));
+    let mut next_probe = LEADER_PROBE_TICKS;
     let mut actions = Vec::new();
     leecher.start(0, &mut actions);
     let mut now = 0u64;
@@ -226,6 +436,21 @@ pub fn transfer_state<S: Service>(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 now = (started.elapsed().as_millis() / TICK.as_millis()) as u64;
                 leecher.handle(Event::Tick { now }, &mut actions);
+                if now >= next_probe && !probing.swap(true, Ordering::AcqRel) {
+                    next_probe = now + LEADER_PROBE_TICKS;
+                    let (config, keys, in_flight) =
+                        (probe_config.clone(), probe_keys.clone(), probing.clone());
+                    let tx = driver.tx.clone();
+                    let spawned =
+                        thread::Builder::new().name(format!("cst-probe-{me}")).spawn(move || {
+                            let answers = peers_hold_state(&config, me, &keys);
+                            let _ = tx.try_send(Report::Peers(answers));
+                            in_flight.store(false, Ordering::Release);
+                        });
+                    if spawned.is_err() {
+                        probing.store(false, Ordering::Release);
+                    }
+                }
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 unreachable!("the driver holds a sender")
@@ -246,6 +471,9 @@ pub fn transfer_state<S: Service>(
                 bytes: driver.bytes,
                 faulty,
                 elapsed: started.elapsed(),
+                leader: driver.leader,
+                fetches_from: driver.fetches_from,
+                bytes_from: driver.bytes_from,
             })
         }
         Outcome::Failed(reason) => Err(RuntimeError::Transfer(format!(
@@ -268,6 +496,12 @@ struct Driver<'a, S: Service> {
     controls: Arc<AtomicUsize>,
     bytes: u64,
     installed: Option<AgreementId>,
+    /// The leader the leecher was last told.
+    leader: Option<ReplicaId>,
+    /// Fetches asked of each seeder (at most n entries).
+    fetches_from: BTreeMap<ReplicaId, u32>,
+    /// Bytes kept from each seeder (at most n entries).
+    bytes_from: BTreeMap<ReplicaId, u64>,
 }
 
 impl<S: Service> Driver<'_, S> {
@@ -370,6 +604,7 @@ impl<S: Service> Driver<'_, S> {
         };
         let cancel = Arc::new(AtomicBool::new(false));
         self.cancels.insert(ticket, cancel.clone());
+        *self.fetches_from.entry(from).or_default() += 1;
         let request = FetchRequest {
             seeder: from,
             addr,
@@ -408,15 +643,30 @@ impl<S: Service> Driver<'_, S> {
                 }
                 Some(event)
             }
-            Report::Held { ticket, held, bytes } => {
+            Report::Held { ticket, held, bytes, seeder } => {
                 if self.cancels.remove(&ticket).is_none() {
                     // Cancelled meanwhile (the leecher ignores its result): drop it.
                     drop_held_files(&held);
                     return None;
                 }
                 self.bytes += bytes;
+                *self.bytes_from.entry(seeder).or_default() += bytes;
                 self.held.insert(ticket, held);
                 None
+            }
+            Report::Peers(answers) => {
+                // A leader f+1 agree on replaces the one the leecher knows; without
+                // agreement (a regency change under way) it keeps the last one.
+                let leader = leader_of(self.config, &answers).filter(|&l| l != self.me);
+                if leader.is_none() || leader == self.leader {
+                    return None;
+                }
+                log::info!(
+                    "replica {}: state transfer: the leader is now replica {leader:?}",
+                    self.me
+                );
+                self.leader = leader;
+                Some(Event::Leader { leader })
             }
         }
     }
@@ -786,7 +1036,8 @@ fn fetch_one(
                 }
             };
             let held = Held::Checkpoint { dir: dir.to_path_buf(), agreement_id };
-            let _ = tx.send(Report::Held { ticket, held, bytes: written });
+            let seeder = request.seeder;
+            let _ = tx.send(Report::Held { ticket, held, bytes: written, seeder });
             Report::Event(Event::Fetched { ticket, outcome: FetchOutcome::Received { hash } })
         }
         Want::Log(piece) => {
@@ -821,7 +1072,8 @@ fn fetch_one(
             };
             // The piece and its event travel together: the driver keeps the batches
             // and hands the leecher the hash.
-            let _ = tx.send(Report::Held { ticket, held: Held::Piece(batches), bytes: size });
+            let (held, seeder) = (Held::Piece(batches), request.seeder);
+            let _ = tx.send(Report::Held { ticket, held, bytes: size, seeder });
             Report::Event(Event::Fetched { ticket, outcome: FetchOutcome::Received { hash } })
         }
     }

@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use super::durability::{self, DecidedBatch, ExecInput, LogBackend};
 use super::filelog::{FileLog, LogRecord, WalLog};
+use super::membership::{self, Bootstrap, Marker, MemberState, OwnState, Standing};
 use super::metrics::{self, Health, ReplicaMetrics};
 use super::net::{FrameSink, Network, Peer, SinkVerdict};
 use super::{ClusterConfig, LogMode, RuntimeError, config::LogBackendKind};
@@ -88,6 +89,11 @@ pub struct ReplicaOptions {
     /// ([`crate::protocol::Config::lost_replicas`]; `dura-kv serve --lost`). Each may
     /// come back only with an empty data dir, once no running replica declares it.
     pub lost_replicas: Vec<u32>,
+    /// Whether a replica without a state may begin a new, empty cluster when no peer
+    /// holds a state ([`super::membership`]). In-process starts default to
+    /// [`Bootstrap::New`]; `dura-kv serve` passes [`Bootstrap::Existing`] unless told
+    /// `--new-cluster` or `--force-new-cluster`.
+    pub bootstrap: Bootstrap,
 }
 
 /// Restarts through state transfer that [`serve_replica`] makes in a row, each after an
@@ -177,8 +183,16 @@ pub fn serve_replica_until_signal<S: Service>(
     served
 }
 
-/// What `dura-kv serve` (a replica process) gives [`ReplicaOptions::peers_wait`].
+/// What `dura-kv serve` (a replica process) gives [`ReplicaOptions::peers_wait`] on a
+/// cluster's first start ([`Bootstrap::New`]).
 pub const PEERS_WAIT_PROCESS: Duration = Duration::from_secs(5);
+
+/// What `dura-kv serve` gives [`ReplicaOptions::peers_wait`] when it may not begin a
+/// cluster empty on its own word ([`Bootstrap::Existing`], [`Bootstrap::ForceNew`]):
+/// its peers, restarted with it, may replay long logs before they answer, and giving
+/// up early only means refusing (or, forced, beginning empty beside a silent peer
+/// that holds the state).
+pub const PEERS_WAIT_EXISTING: Duration = Duration::from_secs(20);
 
 /// A replica running in this process. Dropping it stops it.
 #[derive(Debug)]
@@ -196,37 +210,6 @@ pub struct ReplicaHandle {
     data_server: Option<super::datapath::DataServer>,
     /// The state transfer this start ran, if it ran one.
     transferred: Option<super::recovery::Transferred>,
-}
-
-/// Name of the file that records, in a replica's data dir, that a replica process has
-/// run there (and so may have voted).
-const MEMBER_MARKER: &str = "member";
-
-/// Returns true, after creating the marker durably, when no replica process has run in
-/// `data_dir` before: such a replica has never voted and starts with
-/// [`Replica::new`]. Otherwise it may have voted in an earlier incarnation and lost
-/// those votes, so it recovers first ([`Replica::restart_with_nonce`]). The marker is
-/// written before the protocol starts, so a crash before it leaves nothing to recover.
-fn mark_member(data_dir: &std::path::Path) -> Result<bool, RuntimeError> {
-    let io = |operation: &'static str, path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |error| RuntimeError::Io { operation, path, error }
-    };
-    let marker = data_dir.join(MEMBER_MARKER);
-    match std::fs::symlink_metadata(&marker) {
-        Ok(_) => return Ok(false),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io("inspect member marker", &marker)(error)),
-    }
-    std::fs::create_dir_all(data_dir).map_err(io("create data dir", data_dir))?;
-    let mut file = std::fs::File::create(&marker).map_err(io("create member marker", &marker))?;
-    std::io::Write::write_all(&mut file, b"a dura replica has run in this directory\n")
-        .and_then(|()| file.sync_all())
-        .map_err(io("write member marker", &marker))?;
-    std::fs::File::open(data_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io("sync data dir", data_dir))?;
-    Ok(true)
 }
 
 /// Disk a replica's log may keep in spare segments (recycled instead of removed)
@@ -267,7 +250,7 @@ fn set_log_aside(
     error: RuntimeError,
 ) -> Result<(), RuntimeError> {
     let peers = super::recovery::peers_hold_state(config, id, keys);
-    if !peers.iter().any(|peer| peer.last_agreement > 0) {
+    if !peers.iter().any(|peer| peer.report.last_agreement > 0) {
         log::error!("replica {id}: {error}; no peer holds a state to repair it from");
         return Err(error);
     }
@@ -320,8 +303,15 @@ pub fn start_replica<S: Service>(
         });
     }
 
+    // Membership: the marker says whether this data dir has been a member's.
+    let identity = membership::cluster_identity(config)?;
+    let marker = membership::read_marker(&me.data_dir, &identity, id)?;
     // Log first: replay before anything is served.
     let log_dir = me.data_dir.join("log");
+    // A member without its log: flagged before the log below is created empty.
+    if marker.is_some() && log_mode != LogMode::None && !log_dir.exists() {
+        membership::flag_lost(&me.data_dir)?;
+    }
     // The log was damaged before its tail and set aside: the state comes from peers.
     let mut log_corrupt = false;
     let (backend, records): (Option<Box<dyn LogBackend>>, Vec<LogRecord>) =
@@ -385,6 +375,30 @@ pub fn start_replica<S: Service>(
             .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?;
         Some(store)
     };
+    // Without checkpoint and log (a new disk, a wiped data dir, a damaged log set aside)
+    // the replica has no state of its own; with its marker it was a member and lost it.
+    let no_state = match &checkpoints {
+        Some(store) => {
+            records.is_empty()
+                && (log_corrupt
+                    || store
+                        .list()
+                        .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
+                        .is_empty())
+        }
+        None => false,
+    };
+    let own = OwnState {
+        marker: marker.is_some(),
+        lost: marker.is_some()
+            && no_state
+            && (log_corrupt || membership::is_flagged_lost(&me.data_dir)),
+    };
+    let replica_metrics = Arc::new(ReplicaMetrics::default());
+    let member_state = Arc::new(MemberState::new(
+        if no_state { own.standing() } else { Standing::Member },
+        replica_metrics.clone(),
+    ));
     // State transfer's seeder side: every replica with checkpoints and a transfer port
     // serves its state to peers that lost theirs, on threads and a port of its own.
     let data_server = match (&checkpoints, me.transfer_port) {
@@ -399,7 +413,8 @@ pub fn start_replica<S: Service>(
                 store.clone(),
                 log_pieces,
             )
-            .map_err(|error| RuntimeError::Transfer(error.to_string()))?;
+            .map_err(|error| RuntimeError::Transfer(error.to_string()))?
+            .with_member(member_state.clone());
             let source: Arc<dyn super::datapath::StreamSource> = Arc::new(host);
             #[cfg(feature = "fault-hooks")]
             let source: Arc<dyn super::datapath::StreamSource> = if options.corrupt_transfers {
@@ -412,80 +427,24 @@ pub fn start_replica<S: Service>(
         }
         _ => None,
     };
-    // A replica with neither checkpoint nor log (a new disk, a wiped data dir) in a
-    // cluster whose replicas hold decided agreements does not start empty: it takes the
-    // state from its peers first (CST), then starts from that checkpoint like any
-    // restart.
-    let mut transferred_state = None;
-    if let Some(store) = &checkpoints
-        && data_server.is_some()
-        && (options.behind_peers
-            || records.is_empty()
-                && (log_corrupt
-                    || store
-                        .list()
-                        .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
-                        .is_empty()))
-    {
-        let asked = Instant::now();
-        let peers = loop {
-            let peers = super::recovery::peers_hold_state(config, id, &keys);
-            let everyone = peers.len() + 1 == config.n() as usize;
-            if everyone
-                || peers.iter().any(|peer| peer.last_agreement > 0)
-                || asked.elapsed() >= options.peers_wait
-            {
-                break peers;
-            }
-            log::info!(
-                "replica {id}: empty data dir; {} of {} peers answered, none holds a state: \
-                 asking again",
-                peers.len(),
-                config.n() - 1
-            );
-            thread::sleep(Duration::from_millis(200));
-        };
-        if let Some(peer) = peers.iter().max_by_key(|peer| peer.last_agreement)
-            && peer.last_agreement > 0
-        {
-            log::warn!(
-                "replica {id}: {} in {}, but replica {} holds agreements up to {}: taking the \
-                 state from the peers (state transfer)",
-                if options.behind_peers {
-                    "behind every peer's catch-up window"
-                } else if log_corrupt {
-                    "a damaged log"
-                } else {
-                    "no checkpoint and no log"
-                },
-                me.data_dir.display(),
-                peer.replica,
-                peer.last_agreement
-            );
-            let transferred = super::recovery::transfer_state(
-                config,
-                id,
-                &keys,
-                &service,
-                store,
-                &me.data_dir.join(super::recovery::STAGING_DIR),
-                &AtomicBool::new(false),
-            )?;
-            log::info!(
-                "replica {id}: state transfer brought agreement {} in {} ms ({} bytes, {} rounds{})",
-                transferred.agreement_id,
-                transferred.elapsed.as_millis(),
-                transferred.bytes,
-                transferred.rounds,
-                if transferred.faulty.is_empty() {
-                    String::new()
-                } else {
-                    format!(", replicas proven faulty: {:?}", transferred.faulty)
-                }
-            );
-            transferred_state = Some(transferred);
+    // A replica without a state of its own asks its peers: it takes their state (CST)
+    // and starts from that checkpoint like any restart, starts empty, or refuses
+    // (`super::membership`). So does one that stopped behind every peer's catch-up
+    // window (`behind_peers`): its peers hold agreements, so it takes their state.
+    let transferred_state = match &checkpoints {
+        Some(store) if no_state || options.behind_peers => super::recovery::StartWithoutState {
+            config,
+            me: id,
+            keys: &keys,
+            data_dir: &me.data_dir,
+            own,
+            can_ask: data_server.is_some(),
+            bootstrap: options.bootstrap,
+            peers_wait: options.peers_wait,
         }
-    }
+        .run(&service, store)?,
+        _ => None,
+    };
     let load_started = Instant::now();
     let loaded = match &checkpoints {
         Some(store) => crate::checkpoint::load_checkpoint(store, &service)
@@ -523,7 +482,8 @@ pub fn start_replica<S: Service>(
     .map_err(|error| RuntimeError::Replay(error.to_string()))?;
     let recovered_agreement_id = restored.recovered.last_decided;
     if backend.is_some() && recovered_agreement_id == 0 {
-        log::warn!(
+        // Only after the membership decision allowed it (`super::membership`).
+        log::info!(
             "replica {id}: no checkpoint and no log records in {}; starting with empty state",
             log_dir.display()
         );
@@ -544,8 +504,15 @@ pub fn start_replica<S: Service>(
         field: "protocol".into(),
         reason: error.to_string(),
     };
-    // A log without the marker (written by an older version) still means votes.
-    let first_start = mark_member(&me.data_dir)? && recovered.last_decided == 0;
+    // A member now (a new cluster, a joined one, a transferred state): durably marked
+    // before the protocol starts. A log without the marker (an older version) still
+    // means votes.
+    if marker != Some(Marker::Current) {
+        membership::write_marker(&me.data_dir, &identity, id)?;
+    }
+    membership::clear_lost(&me.data_dir)?;
+    member_state.set_standing(Standing::Member);
+    let first_start = marker.is_none() && recovered.last_decided == 0;
     let mut replica = if first_start {
         log::info!(
             "replica {id}: first start in {}: joining as a new member",
@@ -641,7 +608,6 @@ pub fn start_replica<S: Service>(
             }
         })
     };
-    let replica_metrics = Arc::new(ReplicaMetrics::default());
     let io_error = |operation: &'static str| {
         move |error| RuntimeError::Net { operation, peer: format!("replica {id}"), error }
     };
@@ -885,6 +851,7 @@ pub fn start_replica<S: Service>(
             }),
         )?);
     }
+    member_state.set_serving();
     log::info!(
         "replica {id}: serving ({} mode, log mode {log_mode}) replicas on {}, clients on {}",
         config.mode,

@@ -247,6 +247,10 @@ impl StreamSource for CorruptingSource {
     fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
         self.0.control(from, message)
     }
+
+    fn member_report(&self) -> Option<Vec<u8>> {
+        self.0.member_report()
+    }
 }
 
 /// What a replica holds for state transfer: its log's range and its checkpoints with
@@ -327,6 +331,8 @@ pub struct SeederHost {
     checkpoints: CheckpointStore<FsDir>,
     checkpoints_dir: PathBuf,
     log: Arc<dyn LogPieces>,
+    /// The replica's membership, for the member exchange (none: refused).
+    member: Option<Arc<super::membership::MemberState>>,
 }
 
 impl std::fmt::Debug for SeederHost {
@@ -349,7 +355,20 @@ impl SeederHost {
     ) -> Result<SeederHost, dura_transfer::TransferError> {
         let checkpoints_dir = checkpoints.dir().path().to_path_buf();
         let seeder = Seeder::new(SeederConfig::new(n, me), Holdings::empty())?;
-        Ok(SeederHost { me, seeder: Mutex::new(seeder), checkpoints, checkpoints_dir, log })
+        Ok(SeederHost {
+            me,
+            seeder: Mutex::new(seeder),
+            checkpoints,
+            checkpoints_dir,
+            log,
+            member: None,
+        })
+    }
+
+    /// Answers the member exchange from `member` (with the last agreement it holds).
+    pub fn with_member(mut self, member: Arc<super::membership::MemberState>) -> SeederHost {
+        self.member = Some(member);
+        self
     }
 
     /// What the replica holds now: its log's range and its checkpoints with their
@@ -387,6 +406,11 @@ impl StreamSource for SeederHost {
                 Err(reason) => Ok(Opened::Unavailable(reason)),
             },
         }
+    }
+
+    fn member_report(&self) -> Option<Vec<u8>> {
+        let member = self.member.as_ref()?;
+        Some(member.report(self.holdings().last_agreement).encode())
     }
 
     fn control(&self, from: ReplicaId, message: Message) -> Option<Vec<Message>> {
@@ -579,6 +603,65 @@ mod tests {
             assert_eq!(*hash, piece_hash_of(*piece, &batches).expect("hash"));
         }
         assert_eq!(hashed.iter().map(|(p, _)| *p).collect::<Vec<_>>(), pieces);
+    }
+
+    #[test]
+    fn a_seeder_host_answers_the_member_exchange_with_its_standing_and_regency_only() {
+        use crate::runtime::datapath::member_call;
+        use crate::runtime::membership::{MemberState, PeerReport, Standing};
+        use crate::runtime::metrics::ReplicaMetrics;
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ring = KeyRing::new([9; 32], 4);
+        let metrics = Arc::new(ReplicaMetrics::default());
+        let member = Arc::new(MemberState::new(Standing::Lost, metrics.clone()));
+        let serve = |host: SeederHost| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let config = DataServerConfig { me: 0, bytes_per_s_max: 1 << 30, streams_max: 4 };
+            DataServer::start(
+                listener,
+                config,
+                &ring.replica_keys(0),
+                Arc::new(host),
+                Arc::new(MonotonicClock::new()),
+            )
+            .expect("server")
+        };
+        let (host, _) = host_with_checkpoint(tmp.path(), 0);
+        let mut server = serve(host.with_member(member.clone()));
+        let link_key = *ring.replica_keys(2).link(0).expect("link");
+        let ask = |addr| {
+            member_call(addr, 2, 0, &link_key, Duration::from_secs(5))
+                .map(|bytes| PeerReport::decode(&bytes).expect("a report"))
+        };
+        // Starting, its state lost: no regency (it does not serve).
+        metrics.record_order_state(0, 5, false, false);
+        let report = ask(server.local_addr()).expect("answers");
+        assert_eq!(
+            report,
+            PeerReport {
+                standing: Standing::Lost,
+                serving: false,
+                last_agreement: 20,
+                regency: None
+            }
+        );
+        // Serving, not recovering: its regency; recovering: none.
+        member.set_standing(Standing::Member);
+        member.set_serving();
+        assert_eq!(ask(server.local_addr()).expect("answers").regency, Some(5));
+        metrics.record_order_state(0, 6, false, true);
+        assert_eq!(ask(server.local_addr()).expect("answers").regency, None);
+        // A key the server does not share is refused.
+        let stranger = *KeyRing::new([8; 32], 4).replica_keys(2).link(0).expect("link");
+        assert!(member_call(server.local_addr(), 2, 0, &stranger, Duration::from_secs(5)).is_err());
+        server.stop();
+        // A host without membership refuses the exchange.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (host, _) = host_with_checkpoint(other.path(), 0);
+        let mut server = serve(host);
+        assert!(ask(server.local_addr()).is_err());
+        server.stop();
     }
 
     #[test]
