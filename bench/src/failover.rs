@@ -433,6 +433,9 @@ pub struct FaultFigures {
     pub new_leader: Option<u32>,
     /// When it was resumed (SIGCONT) or started again.
     pub ended_at_s: Option<f64>,
+    /// Writes resumed while the replica was still paused or down (false: the gap ran
+    /// past its return and is not a failover figure).
+    pub resumed_while_failed: bool,
     /// When it had caught up (serving, decided what its peers had).
     pub caught_up_at_s: Option<f64>,
 }
@@ -684,6 +687,10 @@ fn summarise(result: &RunResult, controlled: &Controlled, shift: f64) -> Failove
                 new_regency: events.new_regency,
                 new_leader: events.new_leader,
                 ended_at_s: events.ended_at_s.map(|s| s - shift),
+                resumed_while_failed: match (gap.gap_s, events.ended_at_s) {
+                    (Some(gap), Some(ended)) => at_s + gap <= ended - shift,
+                    _ => false,
+                },
                 caught_up_at_s: events.caught_up_at_s.map(|s| s - shift),
             }
         })
@@ -1016,7 +1023,11 @@ pub fn to_text(result: &FailoverResult) -> String {
                     fault.replica
                 ),
                 fault.at_s,
-                opt(fault.gap_s, 2),
+                format!(
+                    "{}{}",
+                    opt(fault.gap_s, 2),
+                    if fault.resumed_while_failed { "" } else { "!" }
+                ),
                 fault.zero_s,
                 fault.no_write_s,
                 format!("{}->{}", fault.regency_before, opt_u64(fault.new_regency)),
@@ -1024,6 +1035,12 @@ pub fn to_text(result: &FailoverResult) -> String {
                 opt(fault.new_regency_after_s, 2),
                 opt(fault.replicas_resumed_after_s, 2),
                 opt(fault.ended_at_s, 1)
+            );
+        }
+        if run.faults.iter().any(|fault| !fault.resumed_while_failed) {
+            let _ = writeln!(
+                text,
+                "  !: writes did not resume before the replica was back (not a failover figure)"
             );
         }
         if let Some(failure) = &run.failure {

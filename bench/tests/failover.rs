@@ -88,6 +88,7 @@ fn failover_experiment_replaces_a_paused_and_a_killed_leader_twice() {
                 run["fault"], fault["replica"], fault["no_write_s"], fault["new_regency_after_s"]
             );
             assert!(gap.is_finite() && gap > 0.0, "{fault}");
+            assert_eq!(fault["resumed_while_failed"], true, "{fault}");
             let before = fault["regency_before"].as_u64().expect("regency before");
             assert!(fault["new_regency"].as_u64().expect("new regency") > before, "{fault}");
             let new_leader = fault["new_leader"].as_u64().expect("a new leader");
