@@ -11,8 +11,10 @@
 //!   machine), SIGCONT after the measurement;
 //! - `kill`: SIGKILL, started again (with its data) after the measurement.
 //!
-//! The leader is the replica whose own metrics say `dura_leader 1` at a regency f+1
-//! replicas report, never guessed from the regency. A fault ends [`AFTER_RESUMED`]
+//! The leader is the replica whose own metrics say `dura_leader 1` while every replica
+//! reports the same regency and the leader's decided agreement grows (a settled,
+//! working cluster; the bench waits for one before each fault), never guessed from the
+//! regency. A fault ends [`AFTER_RESUMED`]
 //! after the other replicas' metrics show writes resumed (f+1 of them at a higher
 //! regency and past the agreement they had decided at the fault), or after
 //! [`HOLD_MAX`]; the next fault comes [`SETTLE`] after the failed replica has caught up
@@ -24,8 +26,9 @@
 //! existed; left out with `--no-baseline`), then with the default settings.
 //!
 //! **Gap** (the client's view, from every operation's completion time): from the fault
-//! to the start of the first 100 ms after it in which at least [`RESUMED_SHARE`] of
-//! the steady rate (the median 1 s window before the first fault) completed. Beside
+//! to the start of the first 100 ms in which at least [`RESUMED_SHARE`] of the steady
+//! rate (the median 1 s window before the first fault) completed again, after the
+//! first 100 ms below it ([`gap_of`]). Beside
 //! it, the zero slots in between and the longest time with no completed write at all.
 //! **The replicas' view** (their metrics, scraped every [`SCRAPE_PERIOD`]): when f+1
 //! of the others reported a new regency, and when they had decided past the fault.
@@ -71,11 +74,14 @@ pub const CATCH_UP_MAX: Duration = Duration::from_secs(30);
 pub const SETTLE: Duration = Duration::from_secs(2);
 /// Load after the last fault ended and its replica caught up.
 pub const TAIL: Duration = Duration::from_secs(1);
-/// How long the bench looks for a leader that f+1 replicas agree on.
-pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long the bench waits for a settled leader before a fault.
+pub const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Writes have resumed in the first 100 ms slot with at least this share of the
 /// steady rate.
 pub const RESUMED_SHARE: f64 = 0.5;
+/// After a fault, writes must fall below [`RESUMED_SHARE`] of the steady rate within
+/// this for the fault to count as having stopped them.
+pub const DROP_WITHIN: Duration = Duration::from_secs(2);
 /// Faults per run: the leader, then the next leader.
 pub const FAULTS_PER_RUN: usize = 2;
 /// The issue's goal: writes resume within this after the leader fails.
@@ -170,33 +176,40 @@ fn pause_until(at: Instant, quit: &dyn Fn() -> bool) -> bool {
     !quit()
 }
 
-/// The leader: the replica whose metrics say it leads, at a regency at least
-/// `agreeing` replicas report. Returns its id and that regency.
-fn find_leader(
-    metrics: &[SocketAddr],
-    agreeing: usize,
-    quit: &dyn Fn() -> bool,
-) -> anyhow::Result<(u32, u64)> {
+/// The leader of a settled cluster: every replica answers with the same regency, one
+/// of them says it leads, and it decided something in the last [`SCRAPE_PERIOD`]s
+/// (so no leader change is under way and the cluster is not stalled). Returns its id
+/// and that regency; waits up to [`LEADER_WAIT_MAX`].
+fn find_leader(metrics: &[SocketAddr], quit: &dyn Fn() -> bool) -> anyhow::Result<(u32, u64)> {
     let deadline = Instant::now() + LEADER_WAIT_MAX;
+    let mut previous: Option<(u32, u64, u64)> = None;
     loop {
         let views: Vec<Option<View>> = metrics.iter().map(|&addr| view(addr)).collect();
-        let leader = views
+        let settled = views.iter().all(Option::is_some)
+            && views.iter().flatten().all(|view| Some(view.regency) == views[0].map(|v| v.regency));
+        let leaders: Vec<(usize, View)> = views
             .iter()
             .enumerate()
-            .filter_map(|(id, view)| view.filter(|view| view.leader).map(|view| (id, view.regency)))
-            .max_by_key(|(_, regency)| *regency);
-        if let Some((id, regency)) = leader {
-            let agree = views.iter().flatten().filter(|view| view.regency == regency).count();
-            if agree >= agreeing {
-                return Ok((id as u32, regency));
-            }
+            .filter_map(|(id, view)| view.filter(|view| view.leader).map(|view| (id, view)))
+            .collect();
+        let now = match (settled, leaders.as_slice()) {
+            (true, [(id, view)]) => Some((*id as u32, view.regency, view.last_decided)),
+            _ => None,
+        };
+        if let (Some(now), Some(before)) = (now, previous)
+            && now.0 == before.0
+            && now.1 == before.1
+            && now.2 > before.2
+        {
+            return Ok((now.0, now.1));
         }
+        previous = now;
         anyhow::ensure!(
             Instant::now() < deadline && !quit(),
-            "no leader that {agreeing} replicas agree on within {} s: {views:?}",
+            "no settled leader within {} s: {views:?}",
             LEADER_WAIT_MAX.as_secs()
         );
-        std::thread::sleep(SCRAPE_PERIOD);
+        std::thread::sleep(SCRAPE_PERIOD * 4);
     }
 }
 
@@ -263,7 +276,7 @@ fn control_faults(
     let mut next_fault = origin + warmup + steady;
     for ordinal in 0..FAULTS_PER_RUN {
         anyhow::ensure!(pause_until(next_fault, quit), "the run ended before fault {ordinal}");
-        let (leader, regency_before) = find_leader(metrics, f + 1, quit)?;
+        let (leader, regency_before) = find_leader(metrics, quit)?;
         let others: Vec<usize> = (0..metrics.len()).filter(|&id| id != leader as usize).collect();
         let decided_before =
             others.iter().filter_map(|&id| last_decided(metrics[id])).max().unwrap_or(0);
@@ -373,14 +386,25 @@ pub struct Gap {
 }
 
 /// The gap after a fault at `at_s` (window seconds) in `slots` (completions per
-/// [`SLOT`]): writes resumed in the first slot after the fault's own with at least
-/// `threshold` completions.
+/// [`SLOT`]): writes stopped in the first slot after the fault's own with fewer than
+/// `threshold` completions (looked for within [`DROP_WITHIN`]: what was ordered
+/// before the fault still completes for a while), and resumed in the first slot after
+/// that with at least `threshold`. No such drop: the gap is 0.
 pub fn gap_of(slots: &[u64], threshold: f64, at_s: f64) -> Gap {
     let slot_s = SLOT.as_secs_f64();
     let first = (at_s.max(0.0) / slot_s) as usize + 1;
-    let resumed_slot = (first..slots.len()).find(|&slot| slots[slot] as f64 >= threshold);
+    let drop_end = (first + (DROP_WITHIN.as_secs_f64() / slot_s) as usize).min(slots.len());
+    let Some(dropped) = (first..drop_end).find(|&slot| (slots[slot] as f64) < threshold) else {
+        let seen = drop_end > first;
+        return Gap {
+            resumed_slot: seen.then_some(first),
+            gap_s: seen.then_some(0.0),
+            zero_s: 0.0,
+        };
+    };
+    let resumed_slot = (dropped..slots.len()).find(|&slot| slots[slot] as f64 >= threshold);
     let end = resumed_slot.unwrap_or(slots.len());
-    let zeros = slots.get(first..end).map_or(0, |range| range.iter().filter(|&&n| n == 0).count());
+    let zeros = slots[first..end].iter().filter(|&&n| n == 0).count();
     Gap {
         resumed_slot,
         gap_s: resumed_slot.map(|slot| slot as f64 * slot_s - at_s),
@@ -414,6 +438,9 @@ pub struct FaultFigures {
     pub regency_before: u64,
     /// When it was paused or killed.
     pub at_s: f64,
+    /// Writes completed in the second before the fault over the steady rate (well
+    /// below 1: the fault met a cluster that had not recovered from the last one).
+    pub before_over_steady: Option<f64>,
     /// The client's gap: from the fault to the first 100 ms with at least half the
     /// steady rate (None: not within the run).
     pub gap_s: Option<f64>,
@@ -679,6 +706,12 @@ fn summarise(result: &RunResult, controlled: &Controlled, shift: f64) -> Failove
                 replica: events.replica,
                 regency_before: events.regency_before,
                 at_s,
+                before_over_steady: {
+                    let end = ((at_s.max(0.0) / slot_s) as usize).min(slots.len());
+                    let second = &slots[end.saturating_sub(SLOTS_PER_WINDOW)..end];
+                    (steady > 0.0 && second.len() == SLOTS_PER_WINDOW)
+                        .then(|| second.iter().sum::<u64>() as f64 / steady)
+                },
                 gap_s: gap.gap_s,
                 zero_s: gap.zero_s,
                 no_write_s: longest_silence(&result.ops, at_us, end_us),
@@ -977,8 +1010,9 @@ pub fn to_text(result: &FailoverResult) -> String {
     );
     let _ = writeln!(
         text,
-        "gap = from the fault to the first 100 ms with >= {RESUMED_SHARE} of the steady rate \
-         (client's view); replicas' view = from the fault until f+1 others report a new \
+        "gap = from the fault past the drop to the first 100 ms with >= {RESUMED_SHARE} of the \
+         steady rate (client's view; before = the second before the fault over steady); \
+         replicas' view = from the fault until f+1 others report a new \
          regency / have decided in it (their metrics every {} ms)",
         SCRAPE_PERIOD.as_millis()
     );
@@ -1001,9 +1035,10 @@ pub fn to_text(result: &FailoverResult) -> String {
         );
         let _ = writeln!(
             text,
-            "  {:<12} {:>7} {:>7} {:>7} {:>10} {:>9} {:>10} {:>11} {:>10} {:>10}",
+            "  {:<12} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>10} {:>11} {:>10} {:>10}",
             "fault",
             "at s",
+            "before",
             "gap s",
             "zero s",
             "no write s",
@@ -1016,13 +1051,14 @@ pub fn to_text(result: &FailoverResult) -> String {
         for fault in &run.faults {
             let _ = writeln!(
                 text,
-                "  {:<12} {:>7.2} {:>7} {:>7.1} {:>10.2} {:>9} {:>10} {:>11} {:>10} {:>10}",
+                "  {:<12} {:>7.2} {:>7} {:>7} {:>7.1} {:>10.2} {:>9} {:>10} {:>11} {:>10} {:>10}",
                 format!(
                     "{} r{}",
                     if fault.ordinal == 0 { "leader" } else { "next" },
                     fault.replica
                 ),
                 fault.at_s,
+                opt(fault.before_over_steady, 2),
                 format!(
                     "{}{}",
                     opt(fault.gap_s, 2),
@@ -1101,11 +1137,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gap_runs_from_the_fault_to_the_first_slot_back_at_the_threshold() {
-        // 100 per slot, a fault at 1.03 s, nothing from 1.1 to 1.6 s, 30 at 1.6 s, 80 at
-        // 1.7 s.
-        let mut slots = vec![100u64; 30];
-        for slot in &mut slots[11..16] {
+    fn the_gap_runs_from_the_fault_past_the_drop_to_the_first_slot_back_at_the_threshold() {
+        // 100 per slot, a fault at 1.03 s, what was ordered before it completing until
+        // 1.2 s, nothing from 1.2 to 1.6 s, 30 at 1.6 s, 80 at 1.7 s.
+        let mut slots = vec![100u64; 40];
+        for slot in &mut slots[12..16] {
             *slot = 0;
         }
         slots[16] = 30;
@@ -1113,11 +1149,17 @@ mod tests {
         let gap = gap_of(&slots, 50.0, 1.03);
         assert_eq!(gap.resumed_slot, Some(17));
         assert!((gap.gap_s.expect("resumed") - 0.67).abs() < 1e-9);
-        assert!((gap.zero_s - 0.5).abs() < 1e-9);
+        assert!((gap.zero_s - 0.4).abs() < 1e-9);
         // Never back: no gap figure, every zero slot to the end counted.
         let gap = gap_of(&slots[..16], 50.0, 1.03);
         assert_eq!(gap.gap_s, None);
-        assert!((gap.zero_s - 0.5).abs() < 1e-9);
+        assert!((gap.zero_s - 0.4).abs() < 1e-9);
+        // No drop within DROP_WITHIN of the fault (a later one is another matter): 0.
+        let mut late = vec![100u64; 60];
+        late[45] = 0;
+        let gap = gap_of(&late, 50.0, 1.03);
+        assert_eq!(gap.gap_s, Some(0.0));
+        assert_eq!(gap.zero_s, 0.0);
     }
 
     #[test]
