@@ -654,7 +654,7 @@ fn run_faults(
             control(cluster, plan, &quit, run_done)
         });
         let mut bar = progress_bar(&name);
-        let result = crate::driver::run(factory.as_ref(), &run_spec, &run_done, &mut bar);
+        let result = crate::driver::run(factory.as_ref(), &run_spec, run_done, &mut bar);
         driver_ended.store(true, Ordering::Relaxed);
         (result, controller.join().expect("the controller panicked"))
     });

@@ -83,9 +83,14 @@ fn failover_experiment_replaces_a_paused_and_a_killed_leader_twice() {
         let mut failed = Vec::new();
         for fault in faults {
             let gap = fault["gap_s"].as_f64().unwrap_or_else(|| panic!("no resume: {fault}"));
+            let seconds =
+                |name: &str| fault[name].as_f64().map_or("-".into(), |s| format!("{s:.2}"));
             println!(
-                "{} r{}: gap {gap:.2} s, no write {:.2} s, new regency after {} s",
-                run["fault"], fault["replica"], fault["no_write_s"], fault["new_regency_after_s"]
+                "{} r{}: gap {gap:.2} s, no write {} s, new regency after {} s",
+                run["fault"],
+                fault["replica"],
+                seconds("no_write_s"),
+                seconds("new_regency_after_s")
             );
             assert!(gap.is_finite() && gap > 0.0, "{fault}");
             assert_eq!(fault["resumed_while_failed"], true, "{fault}");
