@@ -499,16 +499,7 @@ fn configure(
         if schedule == CheckpointScheduleKind::Off {
             return Ok(());
         }
-        let taken: BTreeSet<u16> =
-            config.replicas.iter().flat_map(|r| [r.replica_port, r.client_port]).collect();
-        let ports: Vec<u16> = dura_engine::runtime::config::free_ports(2 * config.replicas.len())?
-            .into_iter()
-            .filter(|port| !taken.contains(port))
-            .collect();
-        anyhow::ensure!(ports.len() >= config.replicas.len(), "not enough free ports");
-        for (replica, port) in config.replicas.iter_mut().zip(ports) {
-            replica.metrics_port = Some(port);
-        }
+        crate::cluster::add_metrics_ports(config)?;
         Ok(())
     }
 }
@@ -592,12 +583,7 @@ fn run_mode(
         &configure(schedule, write, period),
         connector,
     )?;
-    let metrics: Vec<SocketAddr> = cluster
-        .config()
-        .replicas
-        .iter()
-        .map(|replica| replica.metrics_addr()?.context("no metrics port"))
-        .collect::<anyhow::Result<_>>()?;
+    let metrics = crate::cluster::metrics_addrs(cluster.config())?;
     let factory = connector(cluster.config(), crate::runner::REQUEST_TIMEOUT)?;
     let mut run_spec = spec(args, args.clients_peak);
     run_spec.trace_ops = true;

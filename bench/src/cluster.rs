@@ -197,6 +197,27 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Pauses replica `id` (SIGSTOP: a process that stops answering but keeps its
+    /// sockets open, as a stalled machine or a long GC pause would);
+    /// [`LocalCluster::resume_replica`] lets it run again.
+    pub fn pause_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        let pid = self.running_pid(id)?;
+        signal(pid, "-STOP");
+        Ok(())
+    }
+
+    /// Resumes replica `id` after [`LocalCluster::pause_replica`] (SIGCONT).
+    pub fn resume_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        let pid = self.running_pid(id)?;
+        signal(pid, "-CONT");
+        Ok(())
+    }
+
+    fn running_pid(&self, id: u32) -> anyhow::Result<u32> {
+        let slot = self.children.get(id as usize).context("no such replica")?;
+        Ok(slot.as_ref().with_context(|| format!("replica {id} is not running"))?.id())
+    }
+
     /// Starts replica `id` again (after [`LocalCluster::stop_replica`]) with the same
     /// config; its log file is appended to. Returns at once: the replica recovers on
     /// its own (see its metrics endpoint's `/health`).
@@ -311,6 +332,8 @@ impl LocalCluster {
     pub fn stop_all(&mut self) -> Vec<String> {
         for child in self.children.iter().flatten() {
             signal(child.id(), "-TERM");
+            // A paused replica would hold its SIGTERM until resumed.
+            signal(child.id(), "-CONT");
         }
         let deadline = Instant::now() + STOP_WAIT_MAX;
         for child in self.children.iter_mut().flatten() {
@@ -343,6 +366,36 @@ impl LocalCluster {
         }
         report
     }
+}
+
+/// Gives every replica of `config` a metrics port (free ones, below the ephemeral
+/// range, none of the config's other ports), so the bench can read the replicas' own
+/// view (`/metrics`, `/health`) while it runs.
+pub fn add_metrics_ports(config: &mut ClusterConfig) -> anyhow::Result<()> {
+    let taken: std::collections::BTreeSet<u16> = config
+        .replicas
+        .iter()
+        .flat_map(|r| [Some(r.replica_port), Some(r.client_port), r.transfer_port])
+        .flatten()
+        .collect();
+    let ports: Vec<u16> = dura_engine::runtime::config::free_ports(3 * config.replicas.len())?
+        .into_iter()
+        .filter(|port| !taken.contains(port))
+        .collect();
+    anyhow::ensure!(ports.len() >= config.replicas.len(), "not enough free ports");
+    for (replica, port) in config.replicas.iter_mut().zip(ports) {
+        replica.metrics_port = Some(port);
+    }
+    Ok(())
+}
+
+/// Every replica's metrics address, by id (an error when one has no metrics port).
+pub fn metrics_addrs(config: &ClusterConfig) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    config
+        .replicas
+        .iter()
+        .map(|replica| replica.metrics_addr()?.context("no metrics port"))
+        .collect()
 }
 
 fn signal(pid: u32, signal: &str) {

@@ -9,7 +9,9 @@
 //!   sequential (the paper's Figures 2 and 10), in [`crate::checkpoints`];
 //! - `recovery`: throughput while a wiped replica takes the state from its peers, the
 //!   PBFT-like baseline against CST (the paper's Figures 3 and 11), in
-//!   [`crate::recovery`].
+//!   [`crate::recovery`];
+//! - `failover`: how long writes stop when the leader is paused or killed, with the
+//!   default leader timeout against request timeouts alone, in [`crate::failover`].
 //!
 //! Each log mode runs on a fresh local cluster with its data in its own folder.
 
@@ -41,26 +43,29 @@ pub enum ExperimentName {
     /// Figures 3 and 11: throughput over time while a wiped replica recovers by state
     /// transfer (PBFT-like, then CST).
     Recovery,
+    /// How long writes stop when the leader (then the next one) is paused or killed,
+    /// with the default leader timeout and with request timeouts alone.
+    Failover,
 }
 
 /// Options of `dura-bench experiment`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentArgs {
-    /// table1, fig9, checkpoints or recovery.
+    /// table1, fig9, checkpoints, recovery or failover.
     #[arg(value_enum)]
     pub name: ExperimentName,
     /// Where the clusters keep their data (the device under test; default: a temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Measured seconds per point (default: 10; checkpoints: 30 per mode; recovery: 60
-    /// per protocol).
+    /// per protocol; failover: 5, the steady part before the first fault of each run).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Warmup seconds per point.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Records loaded into each cluster first (default: 10,000; checkpoints and
-    /// recovery: 262,144, a 1 GiB state of 4 KiB values).
+    /// Records loaded into each cluster first (default: 10,000 (failover too);
+    /// checkpoints and recovery: 262,144, a 1 GiB state of 4 KiB values).
     #[arg(long)]
     pub records: Option<u64>,
     /// Value size in bytes.
@@ -69,12 +74,14 @@ pub struct ExperimentArgs {
     /// Ordering protocol.
     #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
     pub mode: ModeArg,
-    /// recovery: replicas per cluster (default: 4 for bft, 3 for crash; 3f+1 or 2f+1).
+    /// recovery, failover: replicas per cluster (default: 4 for bft, 3 for crash; 3f+1
+    /// or 2f+1).
     #[arg(long)]
     pub replicas: Option<u32>,
-    /// Clients for table1's peak throughput and the checkpoints experiment's load
-    /// (durable modes need many in flight to hide the log's latency).
-    #[arg(long, default_value_t = 512)]
+    /// Clients for table1's peak throughput and the load of the checkpoints, recovery
+    /// and failover experiments (durable modes need many in flight to hide the log's
+    /// latency).
+    #[arg(long, visible_alias = "clients", default_value_t = 512)]
     pub clients_peak: usize,
     /// fig9 doubles the clients from 1 up to this many at most.
     #[arg(long, default_value_t = 1024)]
@@ -85,6 +92,14 @@ pub struct ExperimentArgs {
     /// protocols (default: half of --records, so replicas checkpoint while loading).
     #[arg(long)]
     pub checkpoint_period: Option<u64>,
+    /// failover: seconds of load on a fresh cluster with default settings and no fault,
+    /// over which every replica's regency must not move (0: no such phase).
+    #[arg(long, default_value_t = 60.0)]
+    pub quiet_seconds: f64,
+    /// failover: leave out the runs with request timeouts alone (the behaviour before
+    /// the leader timeout), so only the default settings are measured.
+    #[arg(long)]
+    pub no_baseline: bool,
     /// Results folder (default: `dura-bench-results/EXPERIMENT-TIME`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -165,6 +180,7 @@ impl ExperimentArgs {
         self.seconds.unwrap_or(match self.name {
             ExperimentName::Checkpoints => 30.0,
             ExperimentName::Recovery => 60.0,
+            ExperimentName::Failover => crate::failover::STEADY_SECONDS_DEFAULT,
             _ => 10.0,
         })
     }
@@ -246,6 +262,9 @@ pub fn run(
         ExperimentName::Recovery => {
             anyhow::bail!("the recovery experiment runs through crate::recovery::run")
         }
+        ExperimentName::Failover => {
+            anyhow::bail!("the failover experiment runs through crate::failover::run")
+        }
     };
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(name));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
@@ -266,7 +285,9 @@ pub fn run(
                     points.push(measure(1)?);
                     points.push(measure(args.clients_peak)?);
                 }
-                ExperimentName::Checkpoints | ExperimentName::Recovery => {
+                ExperimentName::Checkpoints
+                | ExperimentName::Recovery
+                | ExperimentName::Failover => {
                     unreachable!("refused above")
                 }
                 ExperimentName::Fig9 => {

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod compare;
 pub mod driver;
 pub mod experiment;
+pub mod failover;
 pub mod plot;
 pub mod recovery;
 pub mod results;

@@ -8,6 +8,7 @@
 //! dura-bench experiment table1|fig9 [...]   the paper's logging experiments
 //! dura-bench experiment checkpoints [...]   throughput while replicas checkpoint
 //! dura-bench experiment recovery [...]      a wiped replica's state transfer under load
+//! dura-bench experiment failover [...]      writes stopped by a paused or killed leader
 //! dura-bench cluster --data-dir DIR         a local cluster for `--connect DIR/cluster.toml`
 //! dura-bench wal --dir DIR                  the write-ahead log benchmark
 //! ```
@@ -64,7 +65,7 @@ enum Command {
         label_b: Option<String>,
     },
     /// The paper's experiments: table1 or fig9 (logging), checkpoints (Figures 2, 10),
-    /// recovery (Figures 3, 11).
+    /// recovery (Figures 3, 11); failover (a paused or killed leader).
     Experiment(ExperimentArgs),
     /// Start a local cluster and keep it running until Ctrl-C (for `--connect`).
     Cluster {
@@ -153,6 +154,16 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 print!("{}", dura_bench::recovery::to_text(&result));
+            }
+            Ok(())
+        }
+        Some(Command::Experiment(args)) if args.name == ExperimentName::Failover => {
+            install_ctrl_c(stop.clone());
+            let result = dura_bench::failover::run(&args, &connector, &stop)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", dura_bench::failover::to_text(&result));
             }
             Ok(())
         }

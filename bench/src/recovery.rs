@@ -43,7 +43,6 @@
 //! its digest while running, and comparing checkpoint files needs them at the same
 //! agreement, which sequential checkpoints never are.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,7 +144,7 @@ pub fn metric_value(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-fn last_decided(addr: SocketAddr) -> Option<u64> {
+pub(crate) fn last_decided(addr: SocketAddr) -> Option<u64> {
     let text = http_get(addr, "/metrics").ok()?;
     metric_value(&text, "dura_last_decided_agreement_id")
 }
@@ -226,7 +225,7 @@ struct Events {
 }
 
 /// Sleeps until `at` or until `done`; false when `done` came first.
-fn sleep_until(at: Instant, done: &AtomicBool) -> bool {
+pub(crate) fn sleep_until(at: Instant, done: &AtomicBool) -> bool {
     while Instant::now() < at {
         if done.load(Ordering::Relaxed) {
             return false;
@@ -422,20 +421,7 @@ fn configure(
             config.replicas.iter().all(|replica| replica.transfer_port.is_some()),
             "the local config has no transfer ports"
         );
-        let taken: BTreeSet<u16> = config
-            .replicas
-            .iter()
-            .flat_map(|r| [Some(r.replica_port), Some(r.client_port), r.transfer_port])
-            .flatten()
-            .collect();
-        let ports: Vec<u16> = dura_engine::runtime::config::free_ports(3 * config.replicas.len())?
-            .into_iter()
-            .filter(|port| !taken.contains(port))
-            .collect();
-        anyhow::ensure!(ports.len() >= config.replicas.len(), "not enough free ports");
-        for (replica, port) in config.replicas.iter_mut().zip(ports) {
-            replica.metrics_port = Some(port);
-        }
+        crate::cluster::add_metrics_ports(config)?;
         Ok(())
     }
 }
@@ -467,12 +453,7 @@ fn run_protocol(
         &configure(protocol, schedule, period),
         connector,
     )?;
-    let metrics: Vec<SocketAddr> = cluster
-        .config()
-        .replicas
-        .iter()
-        .map(|replica| replica.metrics_addr()?.context("no metrics port"))
-        .collect::<anyhow::Result<_>>()?;
+    let metrics = crate::cluster::metrics_addrs(cluster.config())?;
     let victim = replicas - 1;
     let factory = connector(cluster.config(), crate::runner::REQUEST_TIMEOUT)?;
     let mut run_spec = spec(args, args.clients_peak);

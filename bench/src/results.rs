@@ -141,6 +141,31 @@ pub struct Summary {
     /// when this run started the cluster; absent in results written before it existed.
     #[serde(default)]
     pub storage: Option<String>,
+    /// The replicas' own view of the run, from their metrics endpoints (when this run
+    /// started the cluster).
+    #[serde(default)]
+    pub replica_view: Option<ReplicaView>,
+}
+
+/// What the replicas' metrics said during a run: the requests they decided (ordered)
+/// per second beside the client's completed operations, and their regency. Scraped
+/// every [`crate::runner::VIEW_SCRAPE_PERIOD`]; each second's count is the difference
+/// of the scrapes nearest its ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Each replica's metrics address (`/metrics`, `/health`).
+    pub metrics: Vec<String>,
+    /// Requests decided in each measured second, by the replica that decided most
+    /// (`dura_batch_requests_decided_total`; None: not scraped around that second).
+    pub decided_per_second: Vec<Option<u64>>,
+    /// Requests decided in the measured window over its length, same replica, per s.
+    pub decided_per_s: Option<f64>,
+    /// Every replica's regency at the measured window's start (None: not read).
+    pub regency_start: Vec<Option<u64>>,
+    /// And at its end.
+    pub regency_end: Vec<Option<u64>>,
+    /// Leader changes in the window (the largest regency move of a replica).
+    pub leader_changes: Option<u64>,
 }
 
 /// The file system and device holding `path` (`FSTYPE on SOURCE`), from the longest
@@ -226,6 +251,7 @@ impl Summary {
             interrupted: result.interrupted,
             out_dir: out_dir.to_path_buf(),
             storage: labels.storage.clone(),
+            replica_view: None,
         }
     }
 
@@ -258,9 +284,25 @@ impl Summary {
                  --scan-length-max keys)"
             );
         }
-        let _ = writeln!(text, "throughput per second (ops/s):");
-        for (second, ops) in self.per_second.iter().enumerate() {
-            let _ = writeln!(text, "  {:>4} s  {ops:>9}", second + 1);
+        match &self.replica_view {
+            None => {
+                let _ = writeln!(text, "throughput per second (ops/s):");
+                for (second, ops) in self.per_second.iter().enumerate() {
+                    let _ = writeln!(text, "  {:>4} s  {ops:>9}", second + 1);
+                }
+            }
+            Some(view) => {
+                let _ = writeln!(
+                    text,
+                    "throughput per second: ops/s completed (client) and requests decided \
+                     (replicas' metrics):"
+                );
+                for (second, ops) in self.per_second.iter().enumerate() {
+                    let decided = view.decided_per_second.get(second).copied().flatten();
+                    let decided = decided.map_or("-".into(), |count| count.to_string());
+                    let _ = writeln!(text, "  {:>4} s  {ops:>9}  {decided:>9}", second + 1);
+                }
+            }
         }
         let _ = writeln!(
             text,
@@ -271,6 +313,23 @@ impl Summary {
             self.errors,
             if self.interrupted { " (interrupted)" } else { "" }
         );
+        if let Some(view) = &self.replica_view {
+            let regencies = |values: &[Option<u64>]| {
+                let values: Vec<String> = values
+                    .iter()
+                    .map(|value| value.map_or("-".into(), |value| value.to_string()))
+                    .collect();
+                values.join(" ")
+            };
+            let _ = writeln!(
+                text,
+                "replicas' view: {} requests decided per s; regency {} -> {} (leader changes {})",
+                view.decided_per_s.map_or("-".into(), |rate| format!("{rate:.0}")),
+                regencies(&view.regency_start),
+                regencies(&view.regency_end),
+                view.leader_changes.map_or("-".into(), |changes| changes.to_string())
+            );
+        }
         let _ = writeln!(
             text,
             "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (ms)",

@@ -2,16 +2,17 @@
 //! and print the results.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
 
 use crate::cluster::LocalCluster;
 use crate::driver::{self, RunResult, RunSpec};
-use crate::results::{self, ReplicaRss, RunLabels, Summary};
+use crate::results::{self, ReplicaRss, ReplicaView, RunLabels, Summary};
 use crate::target::{MemoryTarget, TargetFactory};
 use crate::workload::{Distribution, WorkloadName};
 
@@ -28,6 +29,8 @@ pub const LOAD_CLIENTS_MIN: usize = 64;
 /// Request timeout of the start-up probe: short, so that a first request the fresh
 /// cluster lost is retried by a new client instead of waited for.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the main command reads its replicas' metrics during a run.
+pub const VIEW_SCRAPE_PERIOD: Duration = Duration::from_millis(100);
 
 /// Log modes on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -278,6 +281,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir("run"));
     let mode: Mode = args.mode.into();
     let log_mode: LogMode = args.log.into();
+    let mut replica_view = None;
     let (result, labels, rss, replica_log) = if args.memory {
         let target = MemoryTarget::new();
         let result = load_and_run(&target, &spec, args.no_load, stop, "memory")?;
@@ -310,7 +314,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             if let Some(mib) = args.wal_segment_mib {
                 config.wal_segment_mib = mib;
             }
-            Ok(())
+            crate::cluster::add_metrics_ports(config)
         };
         let mut cluster = start_cluster_configured(
             replicas,
@@ -320,8 +324,28 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             &configure,
             connector,
         )?;
+        let metrics = crate::cluster::metrics_addrs(cluster.config())?;
+        let addresses: Vec<String> =
+            metrics.iter().enumerate().map(|(id, addr)| format!("r{id} {addr}")).collect();
+        eprintln!(
+            "replicas' metrics and health (curl http://ADDR/metrics, /health): {}",
+            addresses.join(", ")
+        );
         let factory = connector(cluster.config(), REQUEST_TIMEOUT)?;
-        let result = load_and_run(factory.as_ref(), &spec, args.no_load, stop, "run")?;
+        let load_s = if args.no_load { 0.0 } else { load_records(factory.as_ref(), &spec, stop)? };
+        let origin = Instant::now();
+        let done = AtomicBool::new(false);
+        let (result, samples) = std::thread::scope(|scope| {
+            let scraper = scope.spawn(|| scrape_view(&metrics, origin, &done));
+            let mut bar = progress_bar("run");
+            let result = driver::run(factory.as_ref(), &spec, stop, &mut bar);
+            done.store(true, Ordering::Relaxed);
+            (result, scraper.join().expect("the metrics scraper panicked"))
+        });
+        let mut result = result?;
+        result.load_s = load_s;
+        let shift = result.measure_start.saturating_duration_since(origin).as_secs_f64();
+        replica_view = Some(view_of(&samples, shift, &result, &metrics));
         cluster.check_alive()?;
         let labels = RunLabels {
             target: "cluster".into(),
@@ -337,8 +361,100 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
     let mut summary = Summary::new(&result, &spec, &labels, &out_dir);
     summary.replica_rss = rss;
     summary.replica_log = replica_log;
+    summary.replica_view = replica_view;
     results::write_all(&summary, &result)?;
     Ok(summary)
+}
+
+/// One read of every replica's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewSample {
+    /// When, in milliseconds since the origin.
+    pub at_ms: u64,
+    /// Each replica's `dura_batch_requests_decided_total` (None: not read).
+    pub decided: Vec<Option<u64>>,
+    /// Each replica's `dura_regency`.
+    pub regency: Vec<Option<u64>>,
+}
+
+/// Reads every replica's metrics each [`VIEW_SCRAPE_PERIOD`] until `done`.
+fn scrape_view(metrics: &[SocketAddr], origin: Instant, done: &AtomicBool) -> Vec<ViewSample> {
+    let mut samples = Vec::new();
+    let mut next = Instant::now();
+    loop {
+        let last_round = done.load(Ordering::Relaxed);
+        let at_ms = origin.elapsed().as_millis() as u64;
+        let pages: Vec<Option<String>> = metrics
+            .iter()
+            .map(|&addr| crate::checkpoints::http_get(addr, "/metrics").ok())
+            .collect();
+        let read = |name: &str| -> Vec<Option<u64>> {
+            pages.iter().map(|page| crate::recovery::metric_value(page.as_ref()?, name)).collect()
+        };
+        samples.push(ViewSample {
+            at_ms,
+            decided: read("dura_batch_requests_decided_total"),
+            regency: read("dura_regency"),
+        });
+        if last_round {
+            return samples;
+        }
+        next += VIEW_SCRAPE_PERIOD;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+/// The replicas' view of a run from its `samples` (`shift`: seconds from their origin
+/// to the measured window's start): each measured second's requests decided by the
+/// replica that decided most, between the samples nearest its ends (within half a
+/// second), and the regencies at the window's ends.
+pub fn view_of(
+    samples: &[ViewSample],
+    shift: f64,
+    result: &RunResult,
+    metrics: &[SocketAddr],
+) -> ReplicaView {
+    let nearest = |window_s: f64| -> Option<&ViewSample> {
+        let at_ms = ((window_s + shift).max(0.0) * 1000.0) as u64;
+        samples
+            .iter()
+            .min_by_key(|sample| sample.at_ms.abs_diff(at_ms))
+            .filter(|sample| sample.at_ms.abs_diff(at_ms) <= 500)
+    };
+    let decided_between = |from: &ViewSample, to: &ViewSample| -> Option<u64> {
+        from.decided
+            .iter()
+            .zip(&to.decided)
+            .filter_map(|(from, to)| Some(to.as_ref()?.saturating_sub(*from.as_ref()?)))
+            .max()
+    };
+    let decided_per_second = (0..result.per_second.len())
+        .map(|second| {
+            let (from, to) = (nearest(second as f64)?, nearest(second as f64 + 1.0)?);
+            decided_between(from, to)
+        })
+        .collect();
+    let (start, end) = (nearest(0.0), nearest(result.measured.as_secs_f64()));
+    let decided_per_s = match (start, end) {
+        (Some(start), Some(end)) if end.at_ms > start.at_ms => decided_between(start, end)
+            .map(|count| count as f64 * 1000.0 / (end.at_ms - start.at_ms) as f64),
+        _ => None,
+    };
+    let regency_start = start.map_or_else(|| vec![None; metrics.len()], |s| s.regency.clone());
+    let regency_end = end.map_or_else(|| vec![None; metrics.len()], |s| s.regency.clone());
+    ReplicaView {
+        metrics: metrics.iter().map(ToString::to_string).collect(),
+        decided_per_second,
+        decided_per_s,
+        leader_changes: crate::failover::regency_moves(&regency_start, &regency_end),
+        regency_start,
+        regency_end,
+    }
 }
 
 /// Starts a local cluster and waits until a client can write to it.

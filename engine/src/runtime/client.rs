@@ -17,7 +17,7 @@ use dura_core::rng::{GOLDEN_GAMMA, mix64};
 
 use super::net::{Network, Peer, SinkVerdict};
 use super::{ClusterConfig, RuntimeError};
-use crate::protocol::{Client as ProtocolClient, ClientAction, ClientEvent, Reply};
+use crate::protocol::{Client as ProtocolClient, ClientAction, ClientEvent, Mode, Reply};
 
 /// Requests queued for the driver at most.
 pub const COMMAND_QUEUE_MAX: usize = 4_096;
@@ -212,6 +212,10 @@ impl Client {
             })?;
         }
         let (commands, command_rx) = bounded(COMMAND_QUEUE_MAX);
+        // Crash mode only: BFT clients broadcast every request already, so every replica
+        // holds it and the new leader orders it without the client's help.
+        let stall_after =
+            (config.mode == Mode::Crash).then(|| Duration::from_millis(config.leader_timeout_ms));
         let mut driver = Driver {
             config: config.clone(),
             options,
@@ -224,6 +228,8 @@ impl Client {
             open_sessions: 0,
             regency_hint: 0,
             actions: Vec::new(),
+            stall_after,
+            last_reply_at: Instant::now(),
         };
         driver.next_client_id = driver.options.client_id_base;
         thread::Builder::new()
@@ -279,6 +285,9 @@ struct Session {
     /// The caller waiting for the outstanding request, and when it started.
     waiting: Option<(Completion, Instant)>,
     retransmit_at: Option<Instant>,
+    /// The outstanding request was already broadcast early because no reply came
+    /// from anyone (see [`Driver::stall_after`]).
+    stall_resent: bool,
 }
 
 struct Driver {
@@ -295,6 +304,25 @@ struct Driver {
     /// The highest regency any session learned from an authentic reply: every session
     /// starts its next request there, so a leader learned once is remembered by all.
     regency_hint: u64,
+    /// Crash mode: when no reply at all has come for this long (the cluster's
+    /// `leader_timeout_ms`, after which followers replace a silent leader), every
+    /// request outstanding for as long is broadcast once, before its retransmission
+    /// timer (`request_timeout_ms`). A crash-mode request goes to the leader alone, so
+    /// after the leader died or stopped no other replica holds it, and the new leader,
+    /// elected in about `leader_timeout_ms`, would otherwise have nothing to order until
+    /// the clients' timers fired. Replies stopping for every session at once is what a
+    /// dead leader looks like; a merely slow one still answers someone, so a loaded
+    /// cluster sees no extra traffic.
+    stall_after: Option<Duration>,
+    /// When the last reply (of any session) arrived.
+    last_reply_at: Instant,
+}
+
+/// Whether a request started at `started` is stalled at `now`: outstanding for
+/// `stall_after` or more while no reply of any session came for as long.
+fn stalled(now: Instant, started: Instant, last_reply_at: Instant, stall_after: Duration) -> bool {
+    now.saturating_duration_since(started) >= stall_after
+        && now.saturating_duration_since(last_reply_at) >= stall_after
 }
 
 impl Driver {
@@ -366,6 +394,7 @@ impl Driver {
             .invoke(command.operation, &mut self.actions)
             .expect("an idle session is not busy");
         session.waiting = Some((command.done, Instant::now()));
+        session.stall_resent = false;
         self.execute_actions(index);
     }
 
@@ -375,7 +404,12 @@ impl Driver {
         let keys = self.config.client_keys(client_id)?;
         let protocol = ProtocolClient::new(self.config.client_config(), keys, 1);
         let index = self.sessions.len();
-        self.sessions.push(Some(Session { protocol, waiting: None, retransmit_at: None }));
+        self.sessions.push(Some(Session {
+            protocol,
+            waiting: None,
+            retransmit_at: None,
+            stall_resent: false,
+        }));
         self.by_client_id.insert(client_id, index);
         self.open_sessions += 1;
         Ok(index)
@@ -384,6 +418,9 @@ impl Driver {
     fn on_reply(&mut self, reply: Reply) {
         let Some(&index) = self.by_client_id.get(&reply.client_id) else { return };
         let Some(session) = self.sessions[index].as_mut() else { return };
+        // Unverified here (the session checks the MAC): a forged reply can only delay
+        // a stalled request's early broadcast to its own retransmission timer.
+        self.last_reply_at = Instant::now();
         self.actions.clear();
         session.protocol.handle(ClientEvent::Reply(reply), &mut self.actions);
         self.regency_hint = self.regency_hint.max(session.protocol.regency_hint());
@@ -408,7 +445,14 @@ impl Driver {
                 self.open_sessions -= 1;
                 continue;
             }
-            if session.retransmit_at.is_some_and(|at| at <= now) {
+            let stall = self.stall_after.is_some_and(|after| {
+                !session.stall_resent
+                    && session.waiting.as_ref().is_some_and(|(_, started)| {
+                        stalled(now, *started, self.last_reply_at, after)
+                    })
+            });
+            if stall || session.retransmit_at.is_some_and(|at| at <= now) {
+                session.stall_resent = true;
                 session.retransmit_at = None;
                 self.actions.clear();
                 session.protocol.handle(ClientEvent::TimerFired, &mut self.actions);
@@ -461,6 +505,19 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_stalled_only_when_no_reply_came_for_as_long_as_it_waited() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let after = Duration::from_millis(500);
+        // Replies keep coming (a slow leader): never stalled, however old the request.
+        assert!(!stalled(at(5_000), at(0), at(4_900), after));
+        // Silence for 500 ms, the request as old: stalled.
+        assert!(stalled(at(1_000), at(400), at(500), after));
+        // Silence, but the request is younger than the bound: not yet.
+        assert!(!stalled(at(1_000), at(700), at(0), after));
+    }
 
     #[test]
     fn a_waiting_caller_gets_the_result_sent_from_another_thread() {
