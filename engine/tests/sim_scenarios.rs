@@ -365,3 +365,81 @@ fn no_replica_diverges_after_a_crash_of_every_replica_in_bft_mode() {
         must_pass(&config);
     }
 }
+
+/// A BFT cluster with one Byzantine replica (as seeder: each of the drawn seeder faults)
+/// and a replica whose disk is replaced while it is down: the wiped replica takes the
+/// state by state transfer (the real dura-transfer leecher and seeders over the
+/// simulated checkpoints and logs), installs only the correct replicas' state, never
+/// proves a correct replica faulty, and the run's oracle holds.
+#[test]
+fn a_wiped_replica_transfers_the_state_past_each_kind_of_byzantine_seeder() {
+    use dura_engine::sim::SimCheckpoints;
+    use dura_engine::sim::transfer::SeederFault;
+    let mut faults_seen = Vec::new();
+    for kind in [Byzantine::Mute, Byzantine::Garbage, Byzantine::WrongVote, Byzantine::Equivocate] {
+        for seed in 0..4u64 {
+            let mut config = SimConfig::quiet(Mode::Bft, 4, seed);
+            config.ops_per_client = 16;
+            config.byzantine.push((1, kind));
+            config.crashes.push(CrashPlan { replica: 3, at_ms: 150, restart_ms: Some(900) });
+            config.wiped = Some(3);
+            config.faults_until_ms = 900;
+            config.checkpoints = Some(SimCheckpoints {
+                period: 8,
+                coordinated: seed % 2 == 0,
+                write_us: (1_000, 5_000),
+                crash_per_mille: 0,
+            });
+            let report = must_pass(&config);
+            assert_eq!(report.ops_completed, all_ops(&config), "{kind:?} seed {seed}");
+            assert_eq!(report.disks_wiped, 1);
+            assert!(report.transfers_done >= 1, "{kind:?} seed {seed}: {report:?}");
+            faults_seen.push(SeederFault::of(kind, seed));
+        }
+    }
+    for fault in [
+        SeederFault::Mute,
+        SeederFault::CorruptBytes,
+        SeederFault::StaleCheckpoint,
+        SeederFault::TruncatedPiece,
+        SeederFault::ReorderedPiece,
+        SeederFault::WrongHashes,
+        SeederFault::Disconnect,
+    ] {
+        assert!(faults_seen.contains(&fault), "{fault:?} was drawn");
+    }
+}
+
+/// Crash mode, 3 replicas, catch-up windows of 4 agreements: a replica that was down
+/// comes back behind every peer's window, stops, transfers, and goes on from the
+/// installed state with its protocol core (its votes kept), so the cluster finishes.
+#[test]
+fn a_replica_behind_every_window_transfers_and_goes_on_with_its_votes() {
+    use dura_engine::sim::SimCheckpoints;
+    for mode in [Mode::Crash, Mode::Bft] {
+        for seed in 0..6u64 {
+            let n = if mode == Mode::Crash { 3 } else { 4 };
+            let mut config = SimConfig::quiet(mode, n, seed);
+            config.ops_per_client = 16;
+            config.protocol.decided_window_max = 4;
+            config.crashes.push(CrashPlan {
+                replica: n as u32 - 1,
+                at_ms: 100,
+                restart_ms: Some(1_200),
+            });
+            config.faults_until_ms = 1_200;
+            config.checkpoints = Some(SimCheckpoints {
+                period: 6,
+                coordinated: false,
+                write_us: (1_000, 5_000),
+                crash_per_mille: 0,
+            });
+            let report = must_pass(&config);
+            assert_eq!(report.ops_completed, all_ops(&config), "{mode} seed {seed}");
+            eprintln!(
+                "{mode} seed {seed}: {} transfers, {} asked",
+                report.transfers_done, report.transfer_requests
+            );
+        }
+    }
+}

@@ -84,6 +84,13 @@ pub struct ReplicaOptions {
     /// allowed, as after any restart from a checkpoint newer than the log's end).
     /// [`serve_replica`] sets it.
     pub behind_peers: bool,
+    /// With `behind_peers`: the previous incarnation's protocol core (same process), so
+    /// that after the transfer it goes on with its votes and leader change state instead
+    /// of recovering as after a crash (a restart forgets its votes; in crash mode a
+    /// second replica that forgot them can block an agreement for good). The core jumps
+    /// to the installed state ([`Replica::install_transferred`]). [`serve_replica`]
+    /// passes it.
+    pub previous_core: Option<Arc<Mutex<Option<Replica>>>>,
     /// Replicas an operator declares gone for good (their disks lost), at most f: this
     /// start's recovery after a crash of every replica does not wait for them
     /// ([`crate::protocol::Config::lost_replicas`]; `dura-kv serve --lost`). Each may
@@ -132,6 +139,7 @@ pub fn serve_replica<S: Service>(
         while !stop.load(Ordering::Relaxed) && !handle.stop.load(Ordering::Acquire) {
             thread::sleep(Duration::from_millis(20));
         }
+        let core_slot = handle.core_cell.clone();
         match handle.stop() {
             Err(RuntimeError::BehindPeers { last_decided, first_held })
                 if !stop.load(Ordering::Relaxed) =>
@@ -153,6 +161,7 @@ pub fn serve_replica<S: Service>(
                 );
                 served.behind_restarts += 1;
                 options.behind_peers = true;
+                options.previous_core = Some(core_slot);
             }
             Err(error) => return Err(error),
             Ok(()) => return Ok(served),
@@ -210,6 +219,9 @@ pub struct ReplicaHandle {
     data_server: Option<super::datapath::DataServer>,
     /// The state transfer this start ran, if it ran one.
     transferred: Option<super::recovery::Transferred>,
+    /// The protocol core once the order stage ended (for a restart through state
+    /// transfer in this process, [`ReplicaOptions::previous_core`]).
+    core_cell: Arc<Mutex<Option<Replica>>>,
 }
 
 /// Disk a replica's log may keep in spare segments (recycled instead of removed)
@@ -513,7 +525,16 @@ pub fn start_replica<S: Service>(
     membership::clear_lost(&me.data_dir)?;
     member_state.set_standing(Standing::Member);
     let first_start = marker.is_none() && recovered.last_decided == 0;
-    let mut replica = if first_start {
+    let previous_core =
+        options.previous_core.as_ref().and_then(|slot| slot.lock().expect("core slot lock").take());
+    let mut replica = if let Some(mut core) = previous_core {
+        log::info!(
+            "replica {id}: its protocol core goes on from agreement {} (it kept its votes)",
+            recovered.last_decided
+        );
+        core.install_transferred(recovered, ordered);
+        core
+    } else if first_start {
         log::info!(
             "replica {id}: first start in {}: joining as a new member",
             me.data_dir.display()
@@ -696,6 +717,7 @@ pub fn start_replica<S: Service>(
     let core =
         |index: usize| cores.as_ref().map(|c| c[(id as usize * STAGES_PINNED + index) % c.len()]);
     let (exec_tx, exec_rx) = bounded::<ExecInput>(STAGE_QUEUE_MAX);
+    let core_cell: Arc<Mutex<Option<Replica>>> = Arc::new(Mutex::new(None));
     let spawn =
         |name: &str, core: Option<core_affinity::CoreId>, body: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()
@@ -829,6 +851,7 @@ pub fn start_replica<S: Service>(
     {
         let network = network.clone();
         let stop = stop.clone();
+        let core_slot = core_cell.clone();
         let mut order = OrderStage {
             fail: Box::new(fail.clone()),
             can_transfer: me.transfer_port.is_some(),
@@ -848,6 +871,8 @@ pub fn start_replica<S: Service>(
                 let mut actions = Vec::new();
                 replica.start(&mut actions);
                 order.run(&mut replica, &order_rx, &stop, actions);
+                // Kept for a restart through state transfer in this process.
+                *core_slot.lock().expect("core slot lock") = Some(replica);
             }),
         )?);
     }
@@ -873,6 +898,7 @@ pub fn start_replica<S: Service>(
         metrics_addr,
         data_server,
         transferred: transferred_state,
+        core_cell,
     })
 }
 

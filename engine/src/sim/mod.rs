@@ -367,11 +367,7 @@ impl SimConfig {
         {
             config.wiped = Some(plan.replica);
         }
-        // Small windows only in BFT mode: a replica that restarts to transfer loses its
-        // votes (as the runtime's does), and in crash mode a second replica that lost
-        // its votes (one that crashed) can block an agreement for good (ARCHITECTURE.md,
-        // "State transfer of a running replica").
-        if rng.chance(300) && mode == Mode::Bft {
+        if rng.chance(300) {
             config.protocol.decided_window_max = rng.range(2, 12) as usize;
         }
         config
@@ -649,6 +645,9 @@ struct ReplicaNode {
     transfer_attempts: u32,
     /// Its disk was wiped (once, at the restart after its planned crash).
     wiped_done: bool,
+    /// Its protocol core while it transfers state after falling behind every window (the
+    /// process lives on; a crash loses it).
+    paused_core: Option<Replica>,
 }
 
 impl ReplicaNode {
@@ -752,6 +751,7 @@ impl<'c> World<'c> {
                     reopened_with: 0,
                     transfer_attempts: 0,
                     wiped_done: false,
+                    paused_core: None,
                     life: 0,
                 }
             })
@@ -1190,8 +1190,15 @@ impl<'c> World<'c> {
                             .iter()
                             .filter(|node| node.logged_max() >= agreement_id)
                             .count();
+                        // A disk already replaced (wiped) is one of the f the promise
+                        // allows to lose.
+                        let wiped = self
+                            .replicas
+                            .iter()
+                            .filter(|node| node.wiped_done && node.logged_max() < agreement_id)
+                            .count();
                         let f = self.config.protocol.f;
-                        if holding <= f {
+                        if holding + wiped <= f {
                             return Err(format!(
                                 "durability: client {client} saw request {sequence} complete while {holding} disks hold its agreement {agreement_id} (f = {f}): losing them loses it"
                             ));
@@ -1266,9 +1273,16 @@ impl<'c> World<'c> {
                     let node = &self.replicas[id as usize];
                     if node.byzantine.is_none() && !self.transfers.contains_key(&id) {
                         // As the runtime: the replica stops (cleanly: nothing is torn)
-                        // and takes the state from its peers; what it still had to do is
-                        // dropped with its core.
-                        self.crash_with(id, false);
+                        // and takes the state from its peers; its protocol core is kept
+                        // (same process) and goes on from the installed state with its
+                        // votes. What it still had to do is dropped.
+                        // Its log stays open (it serves other leechers from it meanwhile,
+                        // as the runtime's data server does); it is closed cleanly when
+                        // the transfer ends ([`World::resume_after_transfer`]).
+                        let node = &mut self.replicas[id as usize];
+                        node.paused_core = node.core.take();
+                        node.life += 1;
+                        node.timer_generation += 1;
                         return self.start_transfer(id);
                     }
                 }
@@ -1700,6 +1714,7 @@ impl<'c> World<'c> {
             eprintln!("{:>9} us r{id} CRASH", self.now_us);
         }
         self.end_transfers_of(id);
+        self.replicas[id as usize].paused_core = None;
         let tear = self.replicas[id as usize].write_scheduled
             && self.rng.chance(self.config.torn_write_per_mille)
             && may_tear;
@@ -1898,6 +1913,21 @@ impl<'c> World<'c> {
         self.apply_replica_actions(id, actions)
     }
 
+    /// A state transfer ended: a replica whose core was paused closes its log (a stop,
+    /// not a crash fault: nothing tears, and it does not become a replica that may crash
+    /// in recovery) and restarts from the installed state with that core.
+    fn resume_after_transfer(&mut self, id: ReplicaId) -> Result<(), String> {
+        let node = &mut self.replicas[id as usize];
+        if let Some(core) = node.paused_core.take() {
+            let crashed_before = node.crashed_before;
+            self.crash_with(id, false);
+            let node = &mut self.replicas[id as usize];
+            node.crashed_before = crashed_before;
+            node.paused_core = Some(core);
+        }
+        self.restart(id)
+    }
+
     fn restart(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
         if node.core.is_some() || node.stopped || node.lost || self.transfers.contains_key(&id) {
@@ -1934,6 +1964,15 @@ impl<'c> World<'c> {
         }
         let protocol = self.protocol_config();
         let node = &mut self.replicas[id as usize];
+        if let Some(mut core) = node.paused_core.take() {
+            // Back from a state transfer in the same process: the core jumps to the
+            // installed state and keeps its votes.
+            core.install_transferred(restored.recovered, restored.ordered);
+            let mut actions = Vec::new();
+            core.start(&mut actions);
+            node.core = Some(core);
+            return self.apply_replica_actions(id, actions);
+        }
         node.incarnation += 1;
         let nonce = (u64::from(id) << 32) | node.incarnation;
         let mut core = Replica::restart_with_nonce(

@@ -1,13 +1,13 @@
 //! State transfer in the simulator: the real `dura-transfer` [`Leecher`] and [`Seeder`]
 //! state machines, run over each replica's simulated checkpoint directory and `dura-wal`
-//! log, with the runtime's own seeder code ([`holdings_of`], [`hash_pieces_of`],
-//! [`read_piece`], [`encode_piece`]) and leecher checks (a fetched checkpoint verified
+//! log, with the runtime's own seeder code (holdings, piece hashes and pieces read from
+//! the log, [`encode_piece`]) and leecher checks (a fetched checkpoint verified
 //! before it is decoded, a piece decoded and hashed as the data path does).
 //!
 //! Triggers, as in the runtime: a replica whose protocol core finds itself behind every
 //! peer's catch-up window ([`crate::protocol::Action::TransferNeeded`]) stops, transfers
 //! and restarts from the installed checkpoint; a replica whose disk was wiped
-//! ([`super::CrashPlan::wipe`]) transfers before its restart. Control messages and
+//! ([`super::SimConfig::wiped`]) transfers before its restart. Control messages and
 //! payloads take drawn network delays; a seeder that is down does not answer.
 //!
 //! Byzantine seeders: a replica drawn Byzantine also misbehaves as a seeder
@@ -35,7 +35,8 @@ use crate::protocol::ReplicaId;
 use crate::runtime::filelog::WalPieces;
 use crate::runtime::recovery::HashOnlyDir;
 use crate::runtime::transfer::{
-    LogPieces, decode_piece, encode_piece, hash_pieces_of, holdings_of, piece_hash_of, read_piece,
+    LogPieces, NoPieces, decode_piece, encode_piece, hash_pieces_of, holdings_of, piece_hash_of,
+    read_piece,
 };
 use crate::service::{Executor, Service};
 use crate::sim::kv::KvModel;
@@ -371,7 +372,7 @@ impl World<'_> {
                         );
                     }
                     self.replicas[id as usize].transfer_attempts = 0;
-                    return self.restart(id);
+                    return self.resume_after_transfer(id);
                 }
                 LAction::Failed { reason, faulty } => {
                     self.transfers.remove(&id);
@@ -407,18 +408,23 @@ impl World<'_> {
         msg: TMessage,
     ) -> Result<(), String> {
         let node = &self.replicas[to as usize];
-        if node.core.is_none() || self.transfers.contains_key(&to) {
-            return Ok(()); // down, or transferring itself
+        // A replica that runs, or transfers itself (its data server answers from what
+        // it holds, as the runtime's does); a crashed one does not.
+        if node.core.is_none() && !self.transfers.contains_key(&to) {
+            return Ok(());
         }
         let fault = node.byzantine.map(|kind| SeederFault::of(kind, self.config.seed));
         if fault == Some(SeederFault::Mute) {
             return Ok(());
         }
-        let Some(wal) = node.wal.as_ref() else { return Ok(()) };
-        let log = WalPieces(wal.reader());
+        let log: Box<dyn LogPieces> = match node.wal.as_ref() {
+            Some(wal) => Box::new(WalPieces(wal.reader())),
+            None => Box::new(NoPieces),
+        };
+        let log = log.as_ref();
         let store = CheckpointStore::open(node.checkpoint_dir.clone(), StoreOptions::default())
             .map_err(|e| format!("replica {to}: checkpoint store: {e}"))?;
-        let holdings = holdings_of(to, &store, &log);
+        let holdings = holdings_of(to, &store, log);
         let n = self.config.protocol.n;
         let seeder = match self.seeders.get_mut(&to) {
             Some(seeder) => seeder,
@@ -439,11 +445,11 @@ impl World<'_> {
                     self.seeder_send(to, leecher, msg, fault)
                 }
                 SeederAction::HashPieces { job, pieces } => {
-                    let result = hash_pieces_of(to, &log, &pieces);
+                    let result = hash_pieces_of(to, log, &pieces);
                     events.push(SeederEvent::PiecesHashed { job, result });
                 }
                 SeederAction::Serve { job, to: leecher, round, ticket, want } => {
-                    let bytes = serve(&store, &log, want, fault);
+                    let bytes = serve(&store, log, want, fault);
                     let Some(session) = self.transfers.get(&leecher).map(|run| run.session) else {
                         events.push(SeederEvent::ServeEnded { job });
                         continue;

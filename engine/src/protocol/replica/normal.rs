@@ -88,7 +88,7 @@ impl Replica {
         true
     }
 
-    fn remove_ordered_pending(&mut self, client_id: u64, sequence: u64) {
+    pub(super) fn remove_ordered_pending(&mut self, client_id: u64, sequence: u64) {
         if let Some(&at) = self.pending_by_client.get(&client_id)
             && self.pending[&at].request.sequence <= sequence
         {

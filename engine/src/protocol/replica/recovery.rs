@@ -62,6 +62,54 @@ impl Replica {
         Ok(replica)
     }
 
+    /// The host installed a transferred state at `recovered.last_decided` (a checkpoint
+    /// validated by state transfer, and what its log held after it) while this core was
+    /// stopped, in the same process. The core jumps there and goes on with everything it
+    /// remembers: its votes (so no recovery and no vote floor is needed: it forgot
+    /// nothing), its regency and leader change state. Decided agreements up to the new
+    /// point leave its instances, its catch-up window becomes the recovered batches, the
+    /// requests they ordered leave its pending set. A state at or below what it decided
+    /// changes nothing. `recovered.recent` must end at `recovered.last_decided`.
+    pub fn install_transferred(&mut self, recovered: Recovered, ordered: BTreeMap<u64, u64>) {
+        let at = recovered.last_decided;
+        if at <= self.last_decided {
+            return;
+        }
+        assert!(recovered.recent.len() as u64 <= at, "more recent batches than decided");
+        self.last_decided = at;
+        self.instances.retain(|&aid, _| aid > at);
+        self.fetch.retain(|&aid, _| aid > at);
+        self.window.clear();
+        self.window_bytes = 0;
+        let first = at + 1 - recovered.recent.len() as u64;
+        let skip = recovered.recent.len().saturating_sub(self.config.decided_window_max);
+        for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
+            self.window_push(DecidedEntry {
+                agreement_id: first + offset as u64,
+                hash: batch.hash(),
+                batch,
+                regency: None,
+                tick: self.now_tick,
+            });
+        }
+        for (client, sequence) in ordered {
+            let entry = self.ordered.entry(client).or_insert(0);
+            *entry = (*entry).max(sequence);
+            let sequence = *entry;
+            self.remove_ordered_pending(client, sequence);
+        }
+        self.gone.clear();
+        self.gone_at = at;
+        self.transfer_asked = false;
+        self.behind_mark = None;
+        self.fetch_sent_tick = None;
+        self.fetch_wanted = false;
+        self.helped.clear();
+        self.progress_tick = self.now_tick;
+        assert!(self.deliveries.is_empty(), "nothing is delivered between two events");
+        assert!(self.highest_voted() >= at, "what is decided is at or below the votes' floor");
+    }
+
     pub(super) fn highest_voted(&self) -> u64 {
         let voted = self
             .instances
