@@ -381,6 +381,16 @@ pub fn wal_segment() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Sync mode's file logs: whole batches, and a batch in parts as sync mode writes it.
+pub fn file_log() -> Vec<Vec<u8>> {
+    use dura_engine::runtime::filelog::fuzzing::encode;
+    vec![
+        encode(&[batch_record(1, (0, 1)), batch_record(2, (0, 1))]),
+        encode(&[batch_record(1, (0, 2)), batch_record(1, (1, 2)), batch_record(2, (0, 3))]),
+        encode(&[]),
+    ]
+}
+
 /// An executor of the KV store after a few operations from two clients.
 fn kv_executor() -> Executor<KvStore> {
     let mut executor = Executor::new(KvStore::new());

@@ -76,6 +76,7 @@ targets! {
     wal_record: "a log record (dura-wal::format::decode_record)",
     wal_group_header: "a log group header (dura-wal::format::GroupHeader::decode)",
     wal_segment: "a log segment scanned on reopen, its records replayed as batches",
+    file_log: "sync mode's plain file log read back on reopen, replayed as batches",
     checkpoint_file: "a checkpoint file: header, chunk frames, engine and KV store state",
     reply_cache_chunk: "an engine checkpoint chunk: the reply cache (rkyv)",
     kv_state_chunk: "a KV store checkpoint chunk (rkyv)",
@@ -438,8 +439,39 @@ pub fn wal_segment(data: &[u8]) -> bool {
     accepted
 }
 
+/// Most records `file_log` fixes up.
+const FILE_LOG_RECORDS_MAX: usize = 4096;
+
+/// Sync mode's `replica.log` as reopening reads it: as is, then with each record's
+/// checksum fixed up. The records kept are replayed as batches.
+pub fn file_log(data: &[u8]) -> bool {
+    replay_payloads(dura_engine::runtime::filelog::fuzzing::records(data));
+    let mut fixed = data.to_vec();
+    let mut at = 0;
+    for _ in 0..FILE_LOG_RECORDS_MAX {
+        if at + 20 > fixed.len() {
+            break;
+        }
+        let body_end = at + 20 + u32_at(&fixed, at) as usize;
+        if body_end + 8 > fixed.len() {
+            break;
+        }
+        let checksum = xxh3_64(&fixed[at..body_end]);
+        put_u64_at(&mut fixed, body_end, checksum);
+        at = body_end + 8;
+    }
+    let payloads = dura_engine::runtime::filelog::fuzzing::records(&fixed);
+    let accepted = !payloads.is_empty();
+    replay_payloads(payloads);
+    accepted
+}
+
 fn replay(records: Vec<dura_wal::LogRecord>) {
-    if let Ok(batches) = reassemble(records.into_iter().map(|r| r.payload)) {
+    replay_payloads(records.into_iter().map(|r| r.payload).collect());
+}
+
+fn replay_payloads(payloads: Vec<Vec<u8>>) {
+    if let Ok(batches) = reassemble(payloads) {
         for pair in batches.windows(2) {
             assert_eq!(pair[0].agreement_id + 1, pair[1].agreement_id, "consecutive batches");
         }
