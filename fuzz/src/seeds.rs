@@ -177,6 +177,18 @@ pub fn net_frames() -> Vec<Vec<u8>> {
     seeds
 }
 
+/// HTTP request heads, as a scraper and a person send them.
+pub fn metrics_request() -> Vec<Vec<u8>> {
+    [
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:7300\r\nAccept: */*\r\n\r\n",
+        "GET /health?verbose=1 HTTP/1.0\n\n",
+        "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    ]
+    .iter()
+    .map(|head| head.as_bytes().to_vec())
+    .collect()
+}
+
 fn transfer_messages() -> Vec<TransferMessage> {
     let round = RoundId { session: 7, round: 3 };
     let status = Status {

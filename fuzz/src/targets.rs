@@ -16,6 +16,7 @@ use dura_engine::protocol::{
 };
 use dura_engine::runtime::datapath::fuzzing as datapath;
 use dura_engine::runtime::datapath::{ANSWER_BYTES, NONCE_BYTES};
+use dura_engine::runtime::metrics::parse_request;
 use dura_engine::runtime::net::{Peer, read_frame};
 use dura_engine::runtime::transfer::{decode_piece, encode_piece, piece_hash_of};
 use dura_engine::service::{StateInstaller, StateView};
@@ -68,6 +69,7 @@ targets! {
     protocol_message: "a protocol message (engine::protocol::message)",
     protocol_frame: "a MAC'd replica link frame (engine::protocol::auth::open_frame)",
     net_frames: "a connection's length-prefixed frames and hello (engine::runtime::net)",
+    metrics_request: "an HTTP request head to /metrics and /health (engine::runtime::metrics)",
     datapath_request: "a data-path stream or control request body (engine::runtime::datapath)",
     datapath_answer: "a data-path answer to a stream request (engine::runtime::datapath)",
     datapath_control_answer: "a data-path control answer (engine::runtime::datapath)",
@@ -290,6 +292,19 @@ pub fn net_frames(data: &[u8]) -> bool {
         }
     }
     accepted
+}
+
+/// An HTTP request head to the metrics endpoint: what parses names a method of
+/// uppercase letters and a path from the request line, without its query.
+pub fn metrics_request(data: &[u8]) -> bool {
+    assert!(parse_request(data, false).is_err(), "an incomplete head is refused");
+    let Ok(line) = parse_request(data, true) else { return false };
+    assert!(!line.method.is_empty() && line.method.bytes().all(|b| b.is_ascii_uppercase()));
+    assert!(line.path.starts_with('/') && !line.path.contains('?'), "{line:?}");
+    let end = data.iter().position(|&b| b == b'\n').expect("a parsed head has a line");
+    let text = std::str::from_utf8(&data[..end]).expect("a parsed request line is UTF-8");
+    assert!(text.starts_with(&format!("{} {}", line.method, line.path)), "{line:?}");
+    true
 }
 
 /// A data-path request body as replica 0's server reads it: as is, then with a valid
