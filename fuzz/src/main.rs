@@ -241,15 +241,8 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 fn write_seeds(dir: &Path) -> Result<ExitCode, String> {
-    for target in TARGETS {
-        let folder = dir.join(target.name);
-        std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
-        let seeds = (target.seeds)();
-        for (i, seed) in seeds.iter().enumerate() {
-            let path = folder.join(format!("seed-{i:03}"));
-            std::fs::write(&path, seed).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        println!("{}: {} seeds", folder.display(), seeds.len());
+    for (folder, count) in dura_fuzz::seeds::write_all(dir)? {
+        println!("{}: {count} seeds", folder.display());
     }
     Ok(ExitCode::SUCCESS)
 }

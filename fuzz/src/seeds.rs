@@ -22,9 +22,27 @@ use dura_transfer::{
 };
 use dura_tuplespace::{ExecCtx, Op, TupleSpace, parse_template, parse_tuple};
 use dura_wal::format::{BLOCK_BYTES, GROUP_FLAG_SEAL, GroupHeader, encode_record, record_bytes};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::targets::{CLIENT_ID, NONCE, datapath_keys, ring};
+use crate::targets::{CLIENT_ID, NONCE, TARGETS, datapath_keys, ring};
+
+/// Writes every target's seeds to `dir/NAME/seed-NNN` (AFL++'s input corpora); returns
+/// each folder with its count, or what failed.
+pub fn write_all(dir: &Path) -> Result<Vec<(PathBuf, usize)>, String> {
+    let mut written = Vec::new();
+    for target in TARGETS {
+        let folder = dir.join(target.name);
+        std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        let seeds = (target.seeds)();
+        for (i, seed) in seeds.iter().enumerate() {
+            let path = folder.join(format!("seed-{i:03}"));
+            std::fs::write(&path, seed).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        written.push((folder, seeds.len()));
+    }
+    Ok(written)
+}
 
 fn request(client_id: u64, sequence: u64, operation: &[u8]) -> ClientRequest {
     ClientRequest::signed(&ring().client_keys(client_id), sequence, operation.to_vec())
