@@ -16,6 +16,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 # Tests run optimised with debug assertions on (profile `ci` in Cargo.toml).
 cargo nextest run --workspace --cargo-profile ci --no-fail-fast
 
+# Fuzz targets (fuzz/, README.md "Fuzzing"): every decoder of bytes from outside, on its
+# seeds and on deterministic mutations, at most 100,000 inputs and 2 s per target (about
+# 50 s in all); prints the inputs run per target, and any failing input as hex with the
+# command that replays it. The test build above linked this binary (cargo builds a
+# package's binaries for its integration tests); `cargo run -p dura-fuzz` would build the
+# engine once more, with other features.
+[ -x target/ci/dura-fuzz ] || cargo build --profile ci -q -p dura-fuzz
+target/ci/dura-fuzz run --iterations 100000 --seconds 2
+
 # Simulation swarm (engine/src/sim): every seed runs a whole cluster - ordering protocol,
 # durability coordinator and a real dura-wal per replica over a simulated disk - with
 # loss, duplication, delay, partitions, crash/restart, torn writes, crashes during

@@ -114,7 +114,7 @@ pub struct Status {
 impl Status {
     /// Whether the log holds every agreement of `piece`.
     pub fn log_covers(&self, piece: Piece) -> bool {
-        self.log_first <= piece.after + 1 && piece.up_to <= self.last_agreement
+        self.log_first <= piece.after.saturating_add(1) && piece.up_to <= self.last_agreement
     }
 
     /// The claimed content hash of the checkpoint at `agreement_id`, if listed.

@@ -30,7 +30,9 @@ const DOMAIN: &[u8] = b"dura-cst-log-piece";
 #[derive(Debug, Clone)]
 pub struct PieceHasher {
     piece: Piece,
-    next: AgreementId,
+    /// Agreements pushed so far: the next is `after + 1 + pushed` (counted, so that a
+    /// range ending at `u64::MAX` hashes without overflow).
+    pushed: u64,
     sha: Sha256,
 }
 
@@ -41,7 +43,7 @@ impl PieceHasher {
         sha.update(DOMAIN);
         sha.update(piece.after.to_le_bytes());
         sha.update(piece.up_to.to_le_bytes());
-        Self { piece, next: piece.after + 1, sha }
+        Self { piece, pushed: 0, sha }
     }
 
     /// Adds agreement `agreement_id`'s batch hash; it must be the next agreement.
@@ -50,27 +52,29 @@ impl PieceHasher {
         agreement_id: AgreementId,
         batch_hash: &Hash,
     ) -> Result<(), TransferError> {
-        if agreement_id != self.next || agreement_id > self.piece.up_to {
+        // `pushed <= up_to - after`, so `after + pushed` never overflows.
+        let last = self.piece.after + self.pushed;
+        if last == self.piece.up_to || agreement_id != last + 1 {
             return Err(TransferError::PieceOutOfOrder {
                 after: self.piece.after,
                 up_to: self.piece.up_to,
-                expected: self.next,
+                expected: last.saturating_add(1),
                 got: agreement_id,
             });
         }
         self.sha.update(agreement_id.to_le_bytes());
         self.sha.update(batch_hash);
-        self.next += 1;
+        self.pushed += 1;
         Ok(())
     }
 
     /// The piece's hash, if every agreement of it was pushed.
     pub fn finish(self) -> Result<Hash, TransferError> {
-        if self.next != self.piece.up_to + 1 {
+        if self.pushed != self.piece.up_to - self.piece.after {
             return Err(TransferError::PieceIncomplete {
                 after: self.piece.after,
                 up_to: self.piece.up_to,
-                last: self.next - 1,
+                last: self.piece.after + self.pushed,
             });
         }
         Ok(self.sha.finalize().into())
@@ -95,6 +99,32 @@ mod tests {
 
     fn batches(piece: Piece) -> Vec<(AgreementId, Hash)> {
         (piece.after + 1..=piece.up_to).map(|k| (k, [k as u8; 32])).collect()
+    }
+
+    /// The hasher of a range ending at the largest agreement id counts without
+    /// overflow (the fuzz target `transfer_piece` found the decoder's twin of this).
+    #[test]
+    fn a_piece_ending_at_the_largest_agreement_id_hashes_without_overflow() {
+        let max = AgreementId::MAX;
+        assert!(piece_hash(Piece::new(max, max), []).is_ok());
+        let piece = Piece::new(max - 2, max);
+        let good = batches(piece);
+        assert!(piece_hash(piece, good.iter().map(|(k, h)| (*k, h))).is_ok());
+        let mut longer = good.clone();
+        longer.push((max, [0; 32]));
+        assert_eq!(
+            piece_hash(piece, longer.iter().map(|(k, h)| (*k, h))),
+            Err(TransferError::PieceOutOfOrder {
+                after: max - 2,
+                up_to: max,
+                expected: max,
+                got: max
+            })
+        );
+        assert_eq!(
+            piece_hash(piece, good[..1].iter().map(|(k, h)| (*k, h))),
+            Err(TransferError::PieceIncomplete { after: max - 2, up_to: max, last: max - 1 })
+        );
     }
 
     #[test]

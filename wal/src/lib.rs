@@ -21,6 +21,9 @@ mod aligned;
 mod error;
 pub mod format;
 pub mod fs;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 mod recovery;
 pub mod sim;

@@ -171,7 +171,10 @@ fn verify_group(
     header: &GroupHeader,
     mut chain: Chain,
 ) -> Result<Vec<(u64, u64, u64, usize, usize)>, &'static str> {
-    let mut parsed = Vec::with_capacity(header.record_count as usize);
+    // The count is the header's claim: the records' bytes bound what it can hold (a
+    // header with a valid checksum may still claim billions).
+    let records_max = records.len() / crate::format::RECORD_HEADER_BYTES;
+    let mut parsed = Vec::with_capacity((header.record_count as usize).min(records_max));
     let mut at = 0usize;
     while at < records.len() {
         let (record, payload) = decode_record(&records[at..]).map_err(|defect| match defect {
@@ -315,6 +318,41 @@ mod tests {
                 scan_segment(&bytes, 3, &mut chain, ScanWants { payloads: true, sha256: true });
             assert!(scan.records.len() <= records.len());
             assert_eq!(&records[..scan.records.len()], &scan.records[..], "round {round}");
+        }
+    }
+
+    /// Found by the fuzz target `wal_segment` (seed 1, input 2859): a group header with
+    /// a valid checksum claiming 16,711,681 records over 380 bytes made the scan reserve
+    /// room for all of them (668 MB); with `u32::MAX` the allocation fails and aborts
+    /// the process. The records' bytes bound the reservation now.
+    #[test]
+    fn a_group_claiming_billions_of_records_reserves_for_what_its_bytes_hold() {
+        for record_count in [0x00ff_0001, u32::MAX] {
+            let mut bytes = vec![0u8; SEGMENT];
+            let checksum = encode_record(&mut bytes[GROUP_HEADER_BYTES..], 4, 4, 0, &[7; 332]);
+            GroupHeader {
+                flags: 0,
+                record_count,
+                segment_seq: 1,
+                group_offset: 0,
+                records_bytes: 380,
+                first_agreement_id: 4,
+                last_agreement_id: 4,
+            }
+            .encode(&mut bytes);
+            assert_ne!(checksum, 0);
+            let scan = scan_segment(
+                &bytes,
+                1,
+                &mut Chain::default(),
+                ScanWants { payloads: true, sha256: false },
+            );
+            assert!(scan.records.is_empty(), "the count does not match: nothing verified");
+            assert!(matches!(
+                scan.end,
+                SegmentEnd::Open { offset: 0, damaged: true, reason }
+                    if reason == "record count differs from the group header"
+            ));
         }
     }
 

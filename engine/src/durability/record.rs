@@ -89,7 +89,9 @@ pub fn reassemble(
     let mut open: Option<BatchPart> = None;
     for payload in payloads {
         let part = decode_batch(&payload)?;
-        let expected_id = batches.last().map(|b| b.agreement_id + 1);
+        // The agreement the next batch must be, once there is a batch: none follows
+        // `u64::MAX` (a log that claims one is refused, not an overflow).
+        let expected_id = batches.last().map(|b| b.agreement_id.checked_add(1));
         match open.take() {
             Some(mut partial) => {
                 if part.agreement_id != partial.agreement_id
@@ -110,9 +112,16 @@ pub fn reassemble(
                 open = Some(partial);
             }
             None => {
-                if part.part_index != 0 || expected_id.is_some_and(|id| id != part.agreement_id) {
+                if part.part_index != 0
+                    || expected_id.is_some_and(|id| id != Some(part.agreement_id))
+                {
+                    let expected = match expected_id {
+                        None => "any agreement".to_owned(),
+                        Some(Some(id)) => format!("agreement {id}"),
+                        Some(None) => "no agreement (the last was u64::MAX)".to_owned(),
+                    };
                     return Err(RecordError::Order(format!(
-                        "agreement {} part {} where agreement {expected_id:?} part 0 was expected",
+                        "agreement {} part {} where {expected} part 0 was expected",
                         part.agreement_id, part.part_index
                     )));
                 }
@@ -286,6 +295,24 @@ mod tests {
     fn at_checkpoint() -> (Executor<Sum>, FromCheckpoint) {
         let executor = Executor::from_parts(Sum(15), Default::default(), 5);
         (executor, FromCheckpoint { agreement_id: 5, ordered_requests: 5 })
+    }
+
+    /// Found by the fuzz target `file_log` (AFL++): a log whose batch of agreement
+    /// `u64::MAX` was followed by another record made replay compute the agreement
+    /// after it, which overflowed (a panic with overflow checks on, as in the ci
+    /// profile). Such a log is refused as out of order now.
+    #[test]
+    fn a_record_after_agreement_u64_max_is_out_of_order_not_an_overflow() {
+        let last = record(u64::MAX);
+        assert_eq!(reassemble(vec![last.clone()]).expect("the last agreement").len(), 1);
+        for next in [record(0), record(1), last.clone()] {
+            let error = reassemble(vec![last.clone(), next]).expect_err("nothing follows it");
+            assert!(
+                matches!(&error, RecordError::Order(text) if text.contains("no agreement")),
+                "{error}"
+            );
+        }
+        assert!(matches!(reassemble(vec![record(3), record(5)]), Err(RecordError::Order(_))));
     }
 
     #[test]

@@ -863,13 +863,24 @@ fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refu
     }
     let mut body = vec![0u8; length as usize];
     stream.read_exact(&mut body).map_err(Refusal::Io)?;
+    decode_request(&shared.keys, &body)
+}
+
+/// Authenticates and decodes a request body (what follows the length prefix, whose
+/// bound [`read_request`] checked), with `keys` the data-path key of each replica by id.
+/// Pure: the fuzz target `datapath_request` runs it on any bytes.
+fn decode_request(keys: &[Option<Key>], body: &[u8]) -> Result<Request, Refusal> {
+    let length = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    if !(CONTROL_BYTES_MIN..=CONTROL_BYTES_MAX).contains(&body.len()) {
+        return Err(Refusal::Length(length));
+    }
     let (signed, tag) = body.split_at(body.len() - MAC_BYTES);
     let malformed = |error: &dyn fmt::Display| Refusal::Malformed(error.to_string());
     let mut r = Reader::new(signed, "transfer request");
     let magic = r.take(4).map_err(|e| malformed(&e))?;
     if magic == CONTROL_MAGIC {
         let from = r.u32().map_err(|e| malformed(&e))?;
-        let Some(key) = shared.keys.get(from as usize).copied().flatten() else {
+        let Some(key) = keys.get(from as usize).copied().flatten() else {
             return Err(Refusal::UnknownReplica(from));
         };
         if !verify_mac(&key, &[signed], tag) {
@@ -883,7 +894,7 @@ fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refu
     }
     if magic == MEMBER_MAGIC {
         let from = r.u32().map_err(|e| malformed(&e))?;
-        let Some(key) = shared.keys.get(from as usize).copied().flatten() else {
+        let Some(key) = keys.get(from as usize).copied().flatten() else {
             return Err(Refusal::UnknownReplica(from));
         };
         if !verify_mac(&key, &[signed], tag) {
@@ -897,14 +908,14 @@ fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refu
         r.finish().map_err(|e| malformed(&e))?;
         return Ok(Request::Member { nonce, key });
     }
-    if !(REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&(length as usize)) {
+    if !(REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&body.len()) {
         return Err(Refusal::Length(length));
     }
     if magic != REQUEST_MAGIC {
         return Err(Refusal::Malformed("not a transfer request (magic)".into()));
     }
     let from = r.u32().map_err(|e| malformed(&e))?;
-    let Some(key) = shared.keys.get(from as usize).copied().flatten() else {
+    let Some(key) = keys.get(from as usize).copied().flatten() else {
         return Err(Refusal::UnknownReplica(from));
     };
     if !verify_mac(&key, &[signed], tag) {
@@ -1420,6 +1431,27 @@ fn encode_request(
     body
 }
 
+/// The framed control request carrying `message` from `me`, under the data-path `key`.
+fn encode_control_request(
+    me: ReplicaId,
+    key: &Key,
+    nonce: &[u8; NONCE_BYTES],
+    message: &Message,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64);
+    put_u32(&mut body, 0); // the length, set below
+    body.extend_from_slice(&CONTROL_MAGIC);
+    put_u32(&mut body, me);
+    body.extend_from_slice(nonce);
+    body.extend_from_slice(&message.to_bytes());
+    let code = mac(key, &[&body[4..]]);
+    body.extend_from_slice(&code);
+    let length = body.len() - 4;
+    assert!(length <= CONTROL_BYTES_MAX, "a control message of {length} bytes");
+    body[..4].copy_from_slice(&(length as u32).to_le_bytes());
+    body
+}
+
 /// Sends one state-transfer control `message` to `seeder` at `addr` on its transfer
 /// port and returns the messages it answers with, authenticated with the data-path key
 /// from `link_key`. One connection, one exchange; no retry (the leecher's protocol has
@@ -1439,17 +1471,7 @@ pub fn control_call(
     };
     let key = datapath_key(link_key);
     let nonce = fresh_nonce(&key);
-    let mut body = Vec::with_capacity(64);
-    put_u32(&mut body, 0); // the length, set below
-    body.extend_from_slice(&CONTROL_MAGIC);
-    put_u32(&mut body, me);
-    body.extend_from_slice(&nonce);
-    body.extend_from_slice(&message.to_bytes());
-    let code = mac(&key, &[&body[4..]]);
-    body.extend_from_slice(&code);
-    let length = body.len() - 4;
-    assert!(length <= CONTROL_BYTES_MAX, "a control message of {length} bytes");
-    body[..4].copy_from_slice(&(length as u32).to_le_bytes());
+    let body = encode_control_request(me, &key, &nonce, message);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
     stream.set_nodelay(true).map_err(broken)?;
     stream.set_read_timeout(Some(timeout)).map_err(broken)?;
@@ -1466,19 +1488,32 @@ pub fn control_call(
     }
     let mut answer = vec![0u8; length as usize];
     stream.read_exact(&mut answer).map_err(broken)?;
+    decode_control_answer(&key, &nonce, &answer).map_err(|refusal| match refusal {
+        None => fail(FetchErrorKind::Refused),
+        Some(last) => fail(FetchErrorKind::Disconnected { attempts: 1, last }),
+    })
+}
+
+/// Authenticates and decodes a control answer's body (what follows its length prefix)
+/// to the request that carried `nonce`: the messages, or `Err(None)` when its MAC
+/// fails, `Err(Some(why))` when it is malformed. Pure: the fuzz target
+/// `datapath_control_answer` runs it on any bytes.
+fn decode_control_answer(
+    key: &Key,
+    nonce: &[u8; NONCE_BYTES],
+    answer: &[u8],
+) -> Result<Vec<Message>, Option<String>> {
+    if answer.len() < MAC_BYTES {
+        return Err(None);
+    }
     let (signed, tag) = answer.split_at(answer.len() - MAC_BYTES);
-    if !verify_mac(&key, &[b"control-answer", &nonce, signed], tag) {
-        return Err(fail(FetchErrorKind::Refused));
+    if !verify_mac(key, &[b"control-answer", nonce, signed], tag) {
+        return Err(None);
     }
     let mut r = Reader::new(signed, "control answer");
     let mut messages = Vec::new();
+    let malformed = |e: &dyn fmt::Display| Some(format!("malformed answer: {e}"));
     while r.remaining() > 0 {
-        let malformed = |e: &dyn fmt::Display| {
-            fail(FetchErrorKind::Disconnected {
-                attempts: 1,
-                last: format!("malformed answer: {e}"),
-            })
-        };
         if messages.len() == CONTROL_ANSWERS_MAX {
             return Err(malformed(&"too many messages"));
         }
@@ -1666,23 +1701,12 @@ fn attempt(
             return failed(FetchErrorKind::Refused);
         }
     }
-    let (head, code) = answer.split_at(9);
-    if !verify_mac(key, &[b"answer", &nonce, head], code) {
-        return Attempt::Broken("the answer failed its MAC".into());
-    }
-    let value = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
-    let answered = match (head[0], value) {
-        (ANSWER_OK, length) => length,
-        (ANSWER_UNAVAILABLE, 0) => {
-            return Attempt::Over(StreamOutcome::Unavailable(Unavailable::Truncated));
-        }
-        (ANSWER_UNAVAILABLE, 1) => {
-            return Attempt::Over(StreamOutcome::Unavailable(Unavailable::NotYet));
-        }
-        (ANSWER_BUSY, _) => return Attempt::Over(StreamOutcome::Busy),
-        (tag, value) => {
-            return Attempt::Broken(format!("an answer {tag}/{value} of no known kind"));
-        }
+    let answered = match decode_answer(key, &nonce, &answer) {
+        Ok(Answer::Ok(length)) => length,
+        Ok(Answer::Unavailable(why)) => return Attempt::Over(StreamOutcome::Unavailable(why)),
+        Ok(Answer::Busy) => return Attempt::Over(StreamOutcome::Busy),
+        Ok(Answer::Refused) => return failed(FetchErrorKind::Refused),
+        Err(why) => return Attempt::Broken(why),
     };
     match *total {
         Some(was) if was != answered => {
@@ -1712,6 +1736,43 @@ fn attempt(
         }
     }
     Attempt::Over(StreamOutcome::Done { bytes: answered })
+}
+
+/// A seeder's answer to a stream request, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The payload follows: its total length.
+    Ok(u64),
+    /// The seeder does not hold what was asked.
+    Unavailable(Unavailable),
+    /// The seeder serves as many streams as it may.
+    Busy,
+    /// The seeder refused the request (no MAC on this one).
+    Refused,
+}
+
+/// Authenticates and decodes an answer to the request that carried `nonce`; an error
+/// says why it is not one. Pure: the fuzz target `datapath_answer` runs it on any bytes.
+fn decode_answer(
+    key: &Key,
+    nonce: &[u8; NONCE_BYTES],
+    answer: &[u8; ANSWER_BYTES],
+) -> Result<Answer, String> {
+    if answer[0] == ANSWER_REFUSED {
+        return Ok(Answer::Refused);
+    }
+    let (head, code) = answer.split_at(9);
+    if !verify_mac(key, &[b"answer", nonce, head], code) {
+        return Err("the answer failed its MAC".into());
+    }
+    let value = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
+    match (head[0], value) {
+        (ANSWER_OK, length) => Ok(Answer::Ok(length)),
+        (ANSWER_UNAVAILABLE, 0) => Ok(Answer::Unavailable(Unavailable::Truncated)),
+        (ANSWER_UNAVAILABLE, 1) => Ok(Answer::Unavailable(Unavailable::NotYet)),
+        (ANSWER_BUSY, _) => Ok(Answer::Busy),
+        (tag, value) => Err(format!("an answer {tag}/{value} of no known kind")),
+    }
 }
 
 /// One read into `buffer`, waiting through read timeouts: `Ok(None)` when `stop` was
@@ -1744,6 +1805,113 @@ fn read_some(
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
+    }
+}
+
+/// The data path's pure decoders, for the fuzz targets of `dura-fuzz` (feature
+/// `fuzzing`). Each decodes like the server or the fetch does and, where the bytes are
+/// accepted, checks that encoding what was decoded gives the same bytes back (panics
+/// otherwise). Not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A request body as the server reads it (after the length prefix), with `keys` the
+    /// data-path key of each replica by id. True when it was accepted.
+    pub fn request(keys: &[Option<Key>], body: &[u8]) -> bool {
+        match decode_request(keys, body) {
+            Ok(Request::Stream(Authenticated { request, nonce, key })) => {
+                let fetch = FetchRequest {
+                    seeder: 0,
+                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    me: request.from,
+                    link_key: [0; 32],
+                    round: request.round,
+                    ticket: request.ticket,
+                    want: request.want,
+                    offset: 0,
+                };
+                let encoded = encode_request(&fetch, &key, request.offset, &nonce);
+                assert_eq!(&encoded[4..], body, "a stream request encodes back to its bytes");
+                true
+            }
+            Ok(Request::Control(ControlRequest { from, nonce, key, message })) => {
+                let encoded = encode_control_request(from, &key, &nonce, &message);
+                assert_eq!(&encoded[4..], body, "a control request encodes back to its bytes");
+                true
+            }
+            Ok(Request::Member { .. }) => {
+                let fixed = 4 + 4 + NONCE_BYTES + 1 + MAC_BYTES;
+                assert_eq!(body.len(), fixed, "a member query has one layout");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// An answer to a stream request that carried `nonce`. True when it was accepted.
+    pub fn answer(key: &Key, nonce: &[u8; NONCE_BYTES], bytes: &[u8; ANSWER_BYTES]) -> bool {
+        let Ok(answer) = decode_answer(key, nonce, bytes) else { return false };
+        let (tag, value) = match answer {
+            Answer::Refused => return true,
+            Answer::Ok(length) => (ANSWER_OK, length),
+            Answer::Unavailable(Unavailable::Truncated) => (ANSWER_UNAVAILABLE, 0),
+            Answer::Unavailable(Unavailable::NotYet) => (ANSWER_UNAVAILABLE, 1),
+            Answer::Unavailable(Unavailable::Busy) => unreachable!("never decoded"),
+            Answer::Busy => (ANSWER_BUSY, u64::from_le_bytes(bytes[1..9].try_into().unwrap())),
+        };
+        assert_eq!(&encode_answer(key, nonce, tag, value), bytes, "an answer encodes back");
+        true
+    }
+
+    /// The body of a stream request for `want` from `from` (seed inputs).
+    pub fn sample_request(key: &Key, from: ReplicaId, want: Want, offset: u64) -> Vec<u8> {
+        let fetch = FetchRequest {
+            seeder: 0,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            me: from,
+            link_key: [0; 32],
+            round: RoundId { session: 7, round: 2 },
+            ticket: 3,
+            want,
+            offset: 0,
+        };
+        encode_request(&fetch, key, offset, &[5; NONCE_BYTES])[4..].to_vec()
+    }
+
+    /// The body of a control request carrying `message` from `from` (seed inputs).
+    pub fn sample_control_request(key: &Key, from: ReplicaId, message: &Message) -> Vec<u8> {
+        encode_control_request(from, key, &[6; NONCE_BYTES], message)[4..].to_vec()
+    }
+
+    /// An answer with `tag` (`0` Ok, `1` Unavailable, `2` Busy, `3` Refused) and
+    /// `value` (seed inputs).
+    pub fn sample_answer(
+        key: &Key,
+        nonce: &[u8; NONCE_BYTES],
+        tag: u8,
+        value: u64,
+    ) -> [u8; ANSWER_BYTES] {
+        encode_answer(key, nonce, tag, value)
+    }
+
+    /// The body of a control answer carrying `messages` (seed inputs).
+    pub fn sample_control_answer(
+        key: &Key,
+        nonce: &[u8; NONCE_BYTES],
+        messages: &[Message],
+    ) -> Vec<u8> {
+        encode_control_answer(key, nonce, messages)[4..].to_vec()
+    }
+
+    /// A control answer's body (after its length prefix) to the request that carried
+    /// `nonce`. True when it was accepted.
+    pub fn control_answer(key: &Key, nonce: &[u8; NONCE_BYTES], body: &[u8]) -> bool {
+        let Ok(messages) = decode_control_answer(key, nonce, body) else { return false };
+        let encoded = encode_control_answer(key, nonce, &messages);
+        assert_eq!(&encoded[4..], body, "a control answer encodes back to its bytes");
+        true
     }
 }
 

@@ -73,12 +73,7 @@ impl FileLog {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io("read log", &path))?;
-        let mut records = Vec::new();
-        let mut at = 0usize;
-        while let Some((record, length)) = parse_record(&bytes[at..]) {
-            records.push(record);
-            at += length;
-        }
+        let (records, at) = parse_records(&bytes);
         if at < bytes.len() {
             log::warn!(
                 "{}: cutting a torn tail of {} bytes at offset {at}",
@@ -115,6 +110,59 @@ impl FileLog {
     }
 }
 
+/// The valid records at the start of `bytes`, and where they end (the torn tail, if
+/// any, starts there).
+fn parse_records(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while let Some((record, length)) = parse_record(&bytes[at..]) {
+        records.push(record);
+        at += length;
+    }
+    (records, at)
+}
+
+/// Appends the encoding of one record to `out`.
+fn encode_record(out: &mut Vec<u8>, first: u64, last: u64, payload: &[u8]) {
+    assert!(first <= last, "record agreement range is ordered");
+    assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX, "record payload over the bound");
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&last.to_le_bytes());
+    out.extend_from_slice(payload);
+    let checksum = xxh3_64(&out[start..]);
+    out.extend_from_slice(&checksum.to_le_bytes());
+}
+
+/// Recovery's parse of `replica.log`, for the fuzz target `file_log` of `dura-fuzz`
+/// (feature `fuzzing`). Not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `bytes` as recovery does and checks that the records it keeps encode
+    /// back to the bytes before the cut; returns their payloads.
+    pub fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let (records, at) = super::parse_records(bytes);
+        let mut encoded = Vec::with_capacity(at);
+        for record in &records {
+            let (first, last) = (record.first_agreement_id, record.last_agreement_id);
+            super::encode_record(&mut encoded, first, last, &record.payload);
+        }
+        assert_eq!(encoded, bytes[..at], "the records kept encode back to their bytes");
+        records.into_iter().map(|record| record.payload).collect()
+    }
+
+    /// A file log holding records of `payloads` (agreements 1, 2, ...), for seeds.
+    pub fn encode(payloads: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (id, payload) in (1..).zip(payloads) {
+            super::encode_record(&mut out, id, id, payload);
+        }
+        out
+    }
+}
+
 fn parse_record(bytes: &[u8]) -> Option<(LogRecord, usize)> {
     if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
         return None;
@@ -143,15 +191,7 @@ fn parse_record(bytes: &[u8]) -> Option<(LogRecord, usize)> {
 
 impl LogBackend for FileLog {
     fn append(&mut self, first: u64, last: u64, payload: &[u8]) -> Result<(), RuntimeError> {
-        assert!(first <= last, "record agreement range is ordered");
-        assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX, "record payload over the bound");
-        let start = self.buffer.len();
-        self.buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.buffer.extend_from_slice(&first.to_le_bytes());
-        self.buffer.extend_from_slice(&last.to_le_bytes());
-        self.buffer.extend_from_slice(payload);
-        let checksum = xxh3_64(&self.buffer[start..]);
-        self.buffer.extend_from_slice(&checksum.to_le_bytes());
+        encode_record(&mut self.buffer, first, last, payload);
         if self.buffer.len() >= WRITE_BUFFER_BYTES {
             self.write_buffer()?;
         }

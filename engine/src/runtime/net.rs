@@ -43,7 +43,8 @@ pub const SEND_BLOCK_MS_MAX: u64 = 2_000;
 pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 
 const HELLO_MAGIC: &[u8; 4] = b"DURA";
-const HELLO_BYTES: usize = 4 + 1 + 8;
+/// Bytes of a hello frame's body.
+pub const HELLO_BYTES: usize = 4 + 1 + 8;
 
 /// Who is on the other end of a connection, from its hello frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,7 +56,9 @@ pub enum Peer {
 }
 
 impl Peer {
-    fn encode(self) -> [u8; HELLO_BYTES] {
+    /// The hello frame's body that names this peer: `b"DURA"`, a kind byte (`0`
+    /// replica, `1` client) and the id as a little-endian `u64`.
+    pub fn encode(self) -> [u8; HELLO_BYTES] {
         let mut hello = [0u8; HELLO_BYTES];
         hello[..4].copy_from_slice(HELLO_MAGIC);
         let (kind, id) = match self {
@@ -67,7 +70,9 @@ impl Peer {
         hello
     }
 
-    fn decode(body: &[u8]) -> Option<Peer> {
+    /// The peer a hello frame's body names; `None` for anything but a well-formed hello
+    /// (a replica id must fit a `u32`).
+    pub fn decode(body: &[u8]) -> Option<Peer> {
         if body.len() != HELLO_BYTES || &body[..4] != HELLO_MAGIC {
             return None;
         }

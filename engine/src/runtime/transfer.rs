@@ -104,7 +104,9 @@ pub fn decode_piece(piece: Piece, bytes: &[u8]) -> Result<Vec<DecidedBatch>, Pie
     };
     let mut batches = Vec::new();
     let mut offset = 0usize;
-    let mut expected = piece.after + 1;
+    // The next agreement: `after + 1`, with no next one past `u64::MAX` (a range that
+    // ends there is still decoded, without overflow).
+    let mut expected = piece.after.checked_add(1);
     while offset < bytes.len() {
         let Some(length) = bytes.get(offset..offset + PIECE_LENGTH_BYTES) else {
             return Err(malformed(offset, "a length cut short".into()));
@@ -116,23 +118,31 @@ pub fn decode_piece(piece: Piece, bytes: &[u8]) -> Result<Vec<DecidedBatch>, Pie
             return Err(malformed(offset, format!("a batch of {length} bytes past the end")));
         };
         let part = decode_batch(body).map_err(|error| malformed(body_start, error.to_string()))?;
-        if part.part_count != 1 || part.agreement_id != expected || expected > piece.up_to {
+        let Some(next) = expected.filter(|&next| next <= piece.up_to) else {
             return Err(PieceError::OutOfRange {
                 after: piece.after,
                 up_to: piece.up_to,
-                expected,
+                expected: piece.up_to.saturating_add(1),
+                got: Some(part.agreement_id),
+            });
+        };
+        if part.part_count != 1 || part.agreement_id != next {
+            return Err(PieceError::OutOfRange {
+                after: piece.after,
+                up_to: piece.up_to,
+                expected: next,
                 got: Some(part.agreement_id),
             });
         }
         batches.push(DecidedBatch { agreement_id: part.agreement_id, batch: Arc::new(part.batch) });
-        expected += 1;
+        expected = next.checked_add(1);
         offset = body_start + length;
     }
-    if expected != piece.up_to + 1 {
+    if batches.len() as u64 != piece.up_to - piece.after {
         return Err(PieceError::OutOfRange {
             after: piece.after,
             up_to: piece.up_to,
-            expected,
+            expected: expected.unwrap_or(u64::MAX),
             got: None,
         });
     }
@@ -153,7 +163,7 @@ pub fn piece_hash_of(piece: Piece, batches: &[DecidedBatch]) -> Result<Hash, Pie
             }
         })?;
     }
-    let expected = piece.up_to + 1;
+    let expected = piece.up_to.saturating_add(1);
     hasher.finish().map_err(|_| PieceError::OutOfRange {
         after: piece.after,
         up_to: piece.up_to,
@@ -518,6 +528,32 @@ mod tests {
                 .cloned()
                 .collect()))
         }
+    }
+
+    /// Found by the fuzz target `transfer_piece` (seed 1, input 2884: the piece
+    /// (u64::MAX, u64::MAX] and the bytes `00 02 00 00`): computing the agreement after
+    /// `after` overflowed (a panic with overflow checks on). Ranges that end at the
+    /// largest agreement id decode and hash without overflow now.
+    #[test]
+    fn a_piece_at_the_largest_agreement_id_decodes_without_overflow() {
+        let max = u64::MAX;
+        let empty = Piece { after: max, up_to: max };
+        assert!(matches!(
+            decode_piece(empty, &[0x00, 0x02, 0x00, 0x00]),
+            Err(PieceError::Malformed { offset: 0, .. })
+        ));
+        assert_eq!(decode_piece(empty, &[]), Ok(vec![]));
+        let last = vec![DecidedBatch { agreement_id: max, batch: batch(7).batch }];
+        let bytes = encode_piece(&last);
+        assert!(matches!(
+            decode_piece(empty, &bytes),
+            Err(PieceError::OutOfRange { expected: u64::MAX, got: Some(u64::MAX), .. })
+        ));
+        let piece = Piece { after: max - 1, up_to: max };
+        assert_eq!(decode_piece(piece, &bytes).expect("decodes"), last);
+        let hash = piece_hash_of(piece, &last).expect("hashes");
+        assert_eq!(piece_hash(piece, [(max, &last[0].batch.hash())]), Ok(hash));
+        assert!(piece_hash_of(empty, &[]).is_ok());
     }
 
     #[test]
