@@ -14,7 +14,14 @@
 //!
 //! Writes are batched: each connection has one writer thread draining a bounded queue
 //! into a buffered stream and flushing when the queue runs empty, so many small frames
-//! leave in few system calls.
+//! leave in few system calls (and, with TLS, in few records).
+//!
+//! With TLS ([`super::tls`]) a listener runs the handshake before the hello, on the
+//! connection's own thread and within the same [`HELLO_TIMEOUT_MS`]; a replica link's
+//! certificate must name the replica its hello claims. A plaintext peer of a TLS
+//! listener is sent one plaintext frame, [`TLS_REQUIRED_NOTICE`], and closed; a
+//! plaintext process that receives it records the refusal ([`Network::refusals`]) so
+//! its client can fail with a clear error instead of a timeout.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -25,6 +32,9 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::tls;
 
 /// Frames queued for one connection's writer at most.
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 4_096;
@@ -44,6 +54,62 @@ pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 
 const HELLO_MAGIC: &[u8; 4] = b"DURA";
 const HELLO_BYTES: usize = 4 + 1 + 8;
+
+/// The one plaintext frame a TLS listener sends a plaintext peer before it closes the
+/// connection.
+pub const TLS_REQUIRED_NOTICE: &[u8] = b"DURA-TLS-REQUIRED: this replica accepts TLS only";
+
+/// A connected socket, plain or after a finished TLS handshake.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over the socket; the handshake is done.
+    Tls(TcpStream, Box<rustls::Connection>),
+}
+
+impl Transport {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(socket) | Transport::Tls(socket, _) => socket,
+        }
+    }
+}
+
+enum ReadHalf {
+    Plain(TcpStream),
+    Tls(tls::Reader),
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ReadHalf::Plain(socket) => socket.read(buf),
+            ReadHalf::Tls(reader) => reader.read(buf),
+        }
+    }
+}
+
+enum WriteHalf {
+    Plain(Arc<TcpStream>),
+    Tls(tls::Writer),
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Plain(socket) => (&**socket).write(buf),
+            WriteHalf::Tls(writer) => writer.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            WriteHalf::Plain(socket) => (&**socket).flush(),
+            WriteHalf::Tls(writer) => writer.flush(),
+        }
+    }
+}
 
 /// Who is on the other end of a connection, from its hello frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,11 +235,27 @@ pub struct Network {
     stopping: AtomicBool,
     frame_bytes_max: u32,
     me: Peer,
+    /// TLS for the connections this process dials; None: plain TCP.
+    dial_tls: Option<Arc<ClientConfig>>,
+    /// Why a replica refused this process (it requires TLS, or the TLS handshake
+    /// failed on a certificate or protocol error), by replica; cleared when a frame
+    /// from it arrives. At most one entry per replica.
+    refusals: Mutex<HashMap<Peer, String>>,
 }
 
 impl Network {
-    /// A network with no connection yet, for the process named `me`.
+    /// A network with no connection yet, for the process named `me`, on plain TCP.
     pub fn new(me: Peer, frame_bytes_max: u32) -> Arc<Self> {
+        Self::with_tls(me, frame_bytes_max, None)
+    }
+
+    /// A network whose dialed connections use TLS with `dial_tls` (None: plain TCP).
+    /// Listeners choose for themselves ([`Network::serve_counted`]).
+    pub fn with_tls(
+        me: Peer,
+        frame_bytes_max: u32,
+        dial_tls: Option<Arc<ClientConfig>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             links: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -181,7 +263,27 @@ impl Network {
             stopping: AtomicBool::new(false),
             frame_bytes_max,
             me,
+            dial_tls,
+            refusals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replicas that refused this process and why (see [`TLS_REQUIRED_NOTICE`]), for a
+    /// clear error: a cluster with TLS on, a client without, or certificates from
+    /// another CA.
+    pub fn refusals(&self) -> Vec<(Peer, String)> {
+        let refusals = self.refusals.lock().expect("network lock poisoned");
+        let mut list: Vec<_> = refusals.iter().map(|(p, why)| (*p, why.clone())).collect();
+        list.sort_by_key(|(peer, _)| format!("{peer:?}"));
+        list
+    }
+
+    fn record_refusal(&self, peer: Peer, why: String) {
+        let mut refusals = self.refusals.lock().expect("network lock poisoned");
+        if refusals.get(&peer) != Some(&why) {
+            log::error!("{:?}: {why}", self.me);
+        }
+        refusals.insert(peer, why);
     }
 
     /// Whether [`Network::stop`] was called.
@@ -243,16 +345,16 @@ impl Network {
         }
     }
 
-    /// Registers `stream` (hello already exchanged) as the link to `peer`, replacing an
-    /// older one, and starts its reader and writer threads. Frames read go to `inbound`.
-    /// Returns a receiver that is disconnected when the connection ends.
+    /// Registers `transport` (hello already exchanged) as the link to `peer`, replacing
+    /// an older one, and starts its reader and writer threads. Frames read go to
+    /// `inbound`. Returns a receiver that is disconnected when the connection ends.
     pub fn attach(
         self: &Arc<Self>,
         peer: Peer,
-        stream: TcpStream,
+        transport: Transport,
         inbound: FrameSink,
     ) -> io::Result<Receiver<()>> {
-        self.attach_holding(peer, stream, inbound, ())
+        self.attach_holding(peer, transport, inbound, ())
     }
 
     /// [`Network::attach`], with `held` kept alive by the reader thread until the
@@ -260,13 +362,25 @@ impl Network {
     fn attach_holding(
         self: &Arc<Self>,
         peer: Peer,
-        stream: TcpStream,
+        transport: Transport,
         inbound: FrameSink,
         held: impl Send + 'static,
     ) -> io::Result<Receiver<()>> {
-        stream.set_nodelay(true)?;
-        let read_half = stream.try_clone()?;
-        let stream = Arc::new(stream);
+        transport.socket().set_nodelay(true)?;
+        transport.socket().set_read_timeout(None)?;
+        transport.socket().set_write_timeout(None)?;
+        let is_tls = matches!(transport, Transport::Tls(..));
+        let (stream, read_half, write_half) = match transport {
+            Transport::Plain(stream) => {
+                let read_half = ReadHalf::Plain(stream.try_clone()?);
+                let stream = Arc::new(stream);
+                (stream.clone(), read_half, WriteHalf::Plain(stream))
+            }
+            Transport::Tls(stream, connection) => {
+                let (reader, writer) = tls::split(*connection, &stream)?;
+                (Arc::new(stream), ReadHalf::Tls(reader), WriteHalf::Tls(writer))
+            }
+        };
         let (queue_tx, queue_rx) = bounded::<Arc<[u8]>>(WRITE_QUEUE_FRAMES_MAX);
         let (closed_tx, closed_rx) = bounded::<()>(0);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
@@ -293,7 +407,7 @@ impl Network {
         let me = self.me;
         thread::Builder::new().name(format!("net-w-{peer:?}")).spawn(move || {
             let _closed = closed_tx;
-            if let Err(error) = run_writer(&writer_stream, &queue_rx) {
+            if let Err(error) = run_writer(write_half, &queue_rx) {
                 log::debug!("{me:?}: writer to {peer:?} ended: {error}");
             }
             let _ = writer_stream.shutdown(Shutdown::Both);
@@ -304,10 +418,26 @@ impl Network {
             let _held = held;
             let mut reader = BufReader::with_capacity(WRITE_BUFFER_BYTES, read_half);
             let mut body = Vec::new();
+            let mut first = true;
             loop {
                 match read_frame(&mut reader, &mut body, frame_bytes_max) {
+                    Ok(Some(length)) if first && !is_tls && &body[..length] == TLS_REQUIRED_NOTICE => {
+                        network.record_refusal(
+                            peer,
+                            format!(
+                                "{peer:?} requires TLS: its cluster config has a [tls] section, \
+                                 and the one this process read has none"
+                            ),
+                        );
+                        break;
+                    }
                     Ok(Some(length)) => match inbound(peer, &body[..length]) {
-                        SinkVerdict::Continue => {}
+                        SinkVerdict::Continue => {
+                            if first {
+                                first = false;
+                                network.clear_refusal(peer);
+                            }
+                        }
                         SinkVerdict::Reject => {
                             log::warn!("{me:?}: dropping connection from {peer:?}: a frame failed to decode or authenticate");
                             break;
@@ -331,6 +461,10 @@ impl Network {
         Ok(closed_rx)
     }
 
+    fn clear_refusal(&self, peer: Peer) {
+        self.refusals.lock().expect("network lock poisoned").remove(&peer);
+    }
+
     fn detach(&self, peer: Peer, generation: u64) {
         let mut links = self.links.lock().expect("network lock poisoned");
         if links.get(&peer).is_some_and(|l| l.generation == generation) {
@@ -351,11 +485,14 @@ impl Network {
         accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
         inbound: FrameSink,
     ) -> io::Result<thread::JoinHandle<()>> {
-        self.serve_counted(listener, connections_max, accept, inbound, Arc::default())
+        self.serve_counted(listener, connections_max, accept, inbound, Arc::default(), None)
     }
 
     /// [`Network::serve`], counting the open connections in `open` (which must start at
-    /// 0 and is not shared with another listener), for the replica's metrics.
+    /// 0 and is not shared with another listener), for the replica's metrics, and with
+    /// TLS when `tls` is given: each connection's handshake comes before its hello, a
+    /// plaintext peer is refused, and a replica's certificate must name the replica
+    /// its hello claims.
     pub fn serve_counted(
         self: &Arc<Self>,
         listener: TcpListener,
@@ -363,6 +500,7 @@ impl Network {
         accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
         inbound: FrameSink,
         open: Arc<AtomicUsize>,
+        tls: Option<Arc<ServerConfig>>,
     ) -> io::Result<thread::JoinHandle<()>> {
         assert!(connections_max > 0, "a listener must accept at least one connection");
         assert_eq!(open.load(Ordering::Relaxed), 0, "a fresh connection count");
@@ -393,9 +531,12 @@ impl Network {
                 let handshaker = network.clone();
                 let accept = accept.clone();
                 let inbound = inbound.clone();
+                let tls = tls.clone();
                 let spawned = thread::Builder::new()
                     .name(format!("net-hello-{}", local.port()))
-                    .spawn(move || handshaker.handshake(stream, local, &*accept, inbound, slot));
+                    .spawn(move || {
+                        handshaker.handshake(stream, local, &*accept, inbound, slot, tls)
+                    });
                 if let Err(error) = spawned {
                     log::warn!("{:?}: no thread for a connection on {local}: {error}", network.me);
                 }
@@ -412,22 +553,71 @@ impl Network {
         accept: &(dyn Fn(Peer) -> bool + Send + Sync),
         inbound: FrameSink,
         slot: ConnectionSlot,
+        tls: Option<Arc<ServerConfig>>,
     ) {
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)));
+        let timeout = Duration::from_millis(HELLO_TIMEOUT_MS);
+        let _ = stream.set_read_timeout(Some(timeout));
+        let _ = stream.set_write_timeout(Some(timeout));
+        let from = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         let mut body = Vec::new();
-        let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
-            Ok(Some(length)) => Peer::decode(&body[..length]),
-            _ => None,
+        let (transport, peer) = match tls {
+            None => {
+                let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
+                    Ok(Some(length)) => Peer::decode(&body[..length]),
+                    _ => None,
+                };
+                (Transport::Plain(stream), peer)
+            }
+            Some(config) => {
+                let mut first = [0u8; 1];
+                if matches!(stream.peek(&mut first), Ok(1) if first[0] != tls::TLS_HANDSHAKE_RECORD)
+                {
+                    log::warn!(
+                        "{:?}: refused a plaintext connection on {local} from {from}: TLS is on ([tls] in the cluster config)",
+                        self.me
+                    );
+                    let _ = write_frame(&mut stream, TLS_REQUIRED_NOTICE);
+                    let _ = stream.shutdown(Shutdown::Write);
+                    return;
+                }
+                let connection = match tls::accept(&mut stream, config, timeout) {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        log::warn!(
+                            "{:?}: refused a connection on {local} from {from}: TLS handshake failed: {error}",
+                            self.me
+                        );
+                        return;
+                    }
+                };
+                let mut connection = Box::new(connection);
+                let peer = {
+                    let mut tls_stream = tls::Blocking::new(&mut *connection, &mut stream);
+                    match read_frame(&mut tls_stream, &mut body, HELLO_BYTES as u32) {
+                        Ok(Some(length)) => Peer::decode(&body[..length]),
+                        _ => None,
+                    }
+                };
+                if let Some(Peer::Replica(id)) = peer
+                    && let Err(why) = tls::check_peer_is_replica(&connection, id)
+                {
+                    log::warn!(
+                        "{:?}: refused a connection on {local} from {from}: its hello claims replica {id}, but its certificate {why}",
+                        self.me
+                    );
+                    return;
+                }
+                (Transport::Tls(stream, connection), peer)
+            }
         };
         let Some(peer) = peer.filter(|p| accept(*p)) else {
             log::warn!(
-                "{:?}: refused a connection on {local} with a bad or missing hello",
+                "{:?}: refused a connection on {local} from {from} with a bad or missing hello",
                 self.me
             );
             return;
         };
-        let _ = stream.set_read_timeout(None);
-        if let Err(error) = self.attach_holding(peer, stream, inbound, slot) {
+        if let Err(error) = self.attach_holding(peer, transport, inbound, slot) {
             log::debug!("{:?}: could not attach {peer:?}: {error}", self.me);
         }
     }
@@ -437,12 +627,28 @@ impl Network {
         let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
     }
 
-    /// Dials `addr` as `me`, sends the hello. One attempt.
-    pub fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+    /// Dials `peer` at `addr` as `me` (with TLS when this network has it: the peer's
+    /// certificate must name `peer`), sends the hello. One attempt. A failed TLS
+    /// handshake is an error of kind `InvalidData` (a certificate or protocol error)
+    /// or of the socket's.
+    pub fn dial(&self, peer: Peer, addr: SocketAddr) -> io::Result<Transport> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         stream.set_nodelay(true)?;
-        write_frame(&mut stream, &self.me.encode())?;
-        Ok(stream)
+        let Some(config) = &self.dial_tls else {
+            write_frame(&mut stream, &self.me.encode())?;
+            return Ok(Transport::Plain(stream));
+        };
+        let Peer::Replica(id) = peer else {
+            return Err(io::Error::other("TLS connections are dialed to replicas only"));
+        };
+        let timeout = Duration::from_millis(HELLO_TIMEOUT_MS);
+        let mut connection = tls::connect(&mut stream, config.clone(), id, timeout)?;
+        {
+            let mut tls_stream = tls::Blocking::new(&mut connection, &mut stream);
+            write_frame(&mut tls_stream, &self.me.encode())?;
+            tls_stream.flush()?;
+        }
+        Ok(Transport::Tls(stream, Box::new(connection)))
     }
 
     /// Keeps a connection to `peer` at `addr` open until [`Network::stop`]: dials,
@@ -457,7 +663,20 @@ impl Network {
         thread::Builder::new().name(format!("net-dial-{peer:?}")).spawn(move || {
             let mut backoff_ms = 10;
             while !network.is_stopping() {
-                match network.dial(addr).and_then(|s| network.attach(peer, s, inbound.clone())) {
+                let dialed = network.dial(peer, addr);
+                if let Err(error) = &dialed
+                    && error.kind() == io::ErrorKind::InvalidData
+                {
+                    network.record_refusal(
+                        peer,
+                        format!(
+                            "TLS handshake with {peer:?} at {addr} failed: {error} (is its \
+                             certificate signed by this config's [tls] ca_file, and does it \
+                             name {peer:?} as dura-replica-<id>?)"
+                        ),
+                    );
+                }
+                match dialed.and_then(|s| network.attach(peer, s, inbound.clone())) {
                     Ok(closed) => {
                         backoff_ms = 10;
                         let _ = closed.recv();
@@ -497,7 +716,7 @@ impl Drop for ConnectionSlot {
     }
 }
 
-fn run_writer(stream: &TcpStream, queue: &Receiver<Arc<[u8]>>) -> io::Result<()> {
+fn run_writer(stream: WriteHalf, queue: &Receiver<Arc<[u8]>>) -> io::Result<()> {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
     while let Ok(frame) = queue.recv() {
         write_frame(&mut writer, &frame)?;
@@ -553,7 +772,7 @@ mod tests {
         server
             .serve(listener, 16, |p| matches!(p, Peer::Client(_)), channel_sink(server_tx))
             .expect("serve");
-        let stream = client.dial(addr).expect("dial");
+        let stream = client.dial(Peer::Replica(0), addr).expect("dial");
         let closed =
             client.attach(Peer::Replica(0), stream, channel_sink(client_tx)).expect("attach");
         assert!(client.send(Peer::Replica(0), Arc::from(&b"ping"[..])));
@@ -619,7 +838,7 @@ mod tests {
     /// the hello was written (a refusal can be that quick).
     fn try_connect_client(id: u64, addr: SocketAddr) -> Option<(Arc<Network>, Receiver<()>)> {
         let client = Network::new(Peer::Client(id), 1024);
-        let stream = client.dial(addr).ok()?;
+        let stream = client.dial(Peer::Replica(0), addr).ok()?;
         let (unused_tx, _unused_rx) = bounded(16);
         let closed = client.attach(Peer::Replica(0), stream, channel_sink(unused_tx)).ok()?;
         Some((client, closed))

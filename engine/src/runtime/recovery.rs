@@ -36,7 +36,7 @@ use dura_transfer::{
 
 use super::RuntimeError;
 use super::config::ClusterConfig;
-use super::datapath::{FetchOptions, FetchRequest, StreamOutcome, control_call, fetch};
+use super::datapath::{FetchOptions, FetchRequest, StreamOutcome, control_call_tls, fetch};
 use super::transfer::{PIECE_BYTES_MAX, decode_piece, piece_hash_of};
 use crate::durability::{DecidedBatch, execute_batch};
 use crate::service::{Executor, Service, StateInstaller};
@@ -83,15 +83,26 @@ pub fn peers_hold_state(
     keys: &ReplicaKeys,
 ) -> Vec<PeerState> {
     let round = RoundId { session: 0, round: 0 };
+    // A config whose TLS files do not load fails the replica's start with the reason;
+    // here it only means no peer can be asked.
+    let tls = match super::tls::ReplicaTls::load(config, me) {
+        Ok(tls) => tls.map(|tls| tls.dial),
+        Err(error) => {
+            log::warn!("replica {me}: cannot ask peers for their state: {error}");
+            return Vec::new();
+        }
+    };
     let mut asks = Vec::new();
     for peer in config.replicas.iter().filter(|r| r.id != me) {
         let (Ok(addr), Some(link)) = (peer.transfer_addr(), keys.link(peer.id).copied()) else {
             continue;
         };
         let replica = peer.id;
+        let tls = tls.clone();
         asks.push(thread::spawn(move || {
+            let query = Message::Query { round };
             let answers =
-                control_call(addr, me, replica, &link, &Message::Query { round }, PROBE_TIMEOUT)
+                control_call_tls(addr, me, replica, &link, &query, PROBE_TIMEOUT, tls.as_ref())
                     .ok()?;
             answers.into_iter().find_map(|answer| match answer {
                 Message::Status { status, .. } => {
@@ -193,6 +204,7 @@ pub fn transfer_state<S: Service>(
         controls: Arc::new(AtomicUsize::new(0)),
         bytes: 0,
         installed: None,
+        tls: super::tls::ReplicaTls::load(config, me)?.map(|tls| tls.dial),
     };
     let mut actions = Vec::new();
     leecher.start(0, &mut actions);
@@ -268,6 +280,8 @@ struct Driver<'a, S: Service> {
     controls: Arc<AtomicUsize>,
     bytes: u64,
     installed: Option<AgreementId>,
+    /// TLS with the seeders (the cluster's `[tls]`); None: plain TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<S: Service> Driver<'_, S> {
@@ -340,8 +354,9 @@ impl<S: Service> Driver<'_, S> {
             return;
         }
         let (me, tx, controls) = (self.me, self.tx.clone(), self.controls.clone());
+        let tls = self.tls.clone();
         let spawned = thread::Builder::new().name(format!("cst-ctl-{me}-{to}")).spawn(move || {
-            match control_call(addr, me, to, &link, &msg, CONTROL_TIMEOUT) {
+            match control_call_tls(addr, me, to, &link, &msg, CONTROL_TIMEOUT, tls.as_ref()) {
                 Ok(answers) => {
                     for answer in answers {
                         let _ =
@@ -379,6 +394,7 @@ impl<S: Service> Driver<'_, S> {
             ticket,
             want,
             offset: 0,
+            tls: self.tls.clone(),
         };
         let tx = self.tx.clone();
         let dir = self.staging_root.join(format!("ticket-{ticket}"));

@@ -596,6 +596,7 @@ mod tests {
             ticket,
             want,
             offset: 0,
+            tls: None,
         };
         let stop = AtomicBool::new(false);
         let fetch_all = |request: &FetchRequest| {

@@ -44,6 +44,7 @@ fn request_from(server: &DataServer, me: ReplicaId, want: Want, offset: u64) -> 
         ticket: 77,
         want,
         offset,
+        tls: None,
     }
 }
 
@@ -366,6 +367,7 @@ fn a_seeder_that_is_not_there_fails_after_its_attempts_and_stop_is_honoured() {
         ticket: 1,
         want: Want::Checkpoint { agreement_id: 1 },
         offset: 0,
+        tls: None,
     };
     let stop = AtomicBool::new(false);
     let outcome = fetch(&request, &quick(), &mut |_| Ok(()), &mut |_| {}, &stop);
@@ -502,6 +504,7 @@ fn a_server_bound_from_the_cluster_config_serves_with_the_cluster_keys() {
         ticket: 5,
         want,
         offset: 0,
+        tls: None,
     };
     let (outcome, bytes, _) = fetch_bytes(&request);
     assert!(matches!(outcome, StreamOutcome::Done { bytes: 4_096 }), "{outcome:?}");
