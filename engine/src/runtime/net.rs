@@ -908,4 +908,181 @@ mod tests {
         }
         Network::wake_listener(addr);
     }
+
+    /// Replica `id`'s TLS settings from a CA's certificate for `names`.
+    fn replica_tls(
+        ca: &tls::testing::TestCa,
+        id: u32,
+        names: &[String],
+    ) -> tls::ReplicaTls {
+        let dir = ca.ca_file.parent().expect("CA dir");
+        let mut config = super::super::ClusterConfig::local_with_ports(
+            1,
+            super::super::Mode::Bft,
+            super::super::LogMode::None,
+            dir,
+            &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+        );
+        ca.secure(&mut config);
+        let (cert, key) = ca.issue(&format!("custom-{id}"), names);
+        config.replicas[id as usize].tls_cert_file = Some(cert);
+        config.replicas[id as usize].tls_key_file = Some(key);
+        tls::ReplicaTls::load(&config, id).expect("loads").expect("TLS is on")
+    }
+
+    /// Replica 0 listening with TLS for replicas; its frames come out of the receiver.
+    fn serve_replicas_with_tls(
+        ca: &tls::testing::TestCa,
+    ) -> (Arc<Network>, SocketAddr, Receiver<Inbound>) {
+        let server_tls = replica_tls(ca, 0, &[tls::replica_name(0)]);
+        let server = Network::with_tls(Peer::Replica(0), 1024, Some(server_tls.dial.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (server_tx, server_rx) = bounded(16);
+        server
+            .serve_counted(
+                listener,
+                16,
+                |p| matches!(p, Peer::Replica(_)),
+                channel_sink(server_tx),
+                Arc::default(),
+                Some(server_tls.peers.clone()),
+            )
+            .expect("serve");
+        (server, addr, server_rx)
+    }
+
+    #[test]
+    fn a_mutual_tls_link_carries_frames_both_ways_and_batches_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        let client_tls = replica_tls(&ca, 1, &[tls::replica_name(1)]);
+        let client = Network::with_tls(Peer::Replica(1), 1024, Some(client_tls.dial));
+        let (client_tx, client_rx) = bounded(4096);
+        client.keep_dialing(Peer::Replica(0), addr, channel_sink(client_tx)).expect("dial");
+        // Many small frames, queued at once: they leave batched, and all arrive in order.
+        for i in 0..1000u32 {
+            assert!(client.send(Peer::Replica(0), Arc::from(&i.to_le_bytes()[..])));
+        }
+        for i in 0..1000u32 {
+            let got = server_rx.recv_timeout(Duration::from_secs(10)).expect("frame arrives");
+            assert_eq!((got.from, got.body.as_slice()), (Peer::Replica(1), &i.to_le_bytes()[..]));
+        }
+        // A frame larger than a TLS record and than a write chunk, back the other way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !server.is_connected(Peer::Replica(1)) {
+            assert!(std::time::Instant::now() < deadline, "the link registers");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let big: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+        assert!(server.send(Peer::Replica(1), Arc::from(big.clone())));
+        let got = client_rx.recv_timeout(Duration::from_secs(10)).expect("frame arrives");
+        assert_eq!((got.from, got.body), (Peer::Replica(0), big));
+        client.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let other = tls::testing::TestCa::new(dir.path(), "other-ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        // Its own CA trusts the server, but the server does not trust its certificate.
+        let stranger_tls = replica_tls(&other, 1, &[tls::replica_name(1)]);
+        let stranger = Network::with_tls(Peer::Replica(1), 1024, Some(stranger_tls.dial));
+        let outcome = stranger.dial(Peer::Replica(0), addr);
+        let error = outcome.expect_err("the server's certificate is from an unknown CA");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        // Trusting the right CA but holding a certificate of the other: the server ends
+        // the handshake and nothing is delivered.
+        let mixed = {
+            let mut config = super::super::ClusterConfig::local_with_ports(
+                1,
+                super::super::Mode::Bft,
+                super::super::LogMode::None,
+                dir.path(),
+                &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+            );
+            other.secure(&mut config);
+            config.tls.as_mut().expect("on").ca_file = ca.ca_file.clone();
+            tls::ReplicaTls::load(&config, 1).expect("loads").expect("on")
+        };
+        let impostor = Network::with_tls(Peer::Replica(1), 1024, Some(mixed.dial));
+        if let Ok(transport) = impostor.dial(Peer::Replica(0), addr) {
+            let (unused_tx, _unused_rx) = bounded(16);
+            let closed = impostor
+                .attach(Peer::Replica(0), transport, channel_sink(unused_tx))
+                .expect("attach");
+            let _ = impostor.send(Peer::Replica(0), Arc::from(&b"forged"[..]));
+            assert!(closed.recv_timeout(Duration::from_secs(10)).is_err(), "closed by the server");
+        }
+        assert!(server_rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing delivered");
+        for network in [stranger, impostor, server] {
+            network.stop();
+        }
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn a_replica_certificate_must_name_the_replica_its_hello_claims() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        // Replica 2's certificate, a hello claiming replica 1.
+        let tls_2 = replica_tls(&ca, 2, &[tls::replica_name(2)]);
+        let liar = Network::with_tls(Peer::Replica(1), 1024, Some(tls_2.dial));
+        if let Ok(transport) = liar.dial(Peer::Replica(0), addr) {
+            let (unused_tx, _unused_rx) = bounded(16);
+            let closed =
+                liar.attach(Peer::Replica(0), transport, channel_sink(unused_tx)).expect("attach");
+            let _ = liar.send(Peer::Replica(0), Arc::from(&b"as replica 1"[..]));
+            assert!(closed.recv_timeout(Duration::from_secs(10)).is_err(), "closed by the server");
+        }
+        assert!(server_rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing delivered");
+        // A certificate naming only another replica is refused at load.
+        let mut config = super::super::ClusterConfig::local_with_ports(
+            1,
+            super::super::Mode::Bft,
+            super::super::LogMode::None,
+            dir.path(),
+            &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+        );
+        ca.secure(&mut config);
+        config.replicas[1].tls_cert_file = config.replicas[2].tls_cert_file.clone();
+        config.replicas[1].tls_key_file = config.replicas[2].tls_key_file.clone();
+        let error = tls::ReplicaTls::load(&config, 1).expect_err("another replica's certificate");
+        assert!(error.to_string().contains("replica[1].tls_cert_file"), "{error}");
+        assert!(error.to_string().contains("dura-replica-1"), "{error}");
+        liar.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn a_plaintext_client_of_a_tls_listener_learns_that_tls_is_required() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        let plain = Network::new(Peer::Replica(1), 1024);
+        let (unused_tx, _unused_rx) = bounded(16);
+        plain.keep_dialing(Peer::Replica(0), addr, channel_sink(unused_tx)).expect("dial");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let refusals = loop {
+            let refusals = plain.refusals();
+            if !refusals.is_empty() {
+                break refusals;
+            }
+            assert!(std::time::Instant::now() < deadline, "no refusal recorded");
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(refusals[0].0, Peer::Replica(0));
+        assert!(refusals[0].1.contains("requires TLS"), "{}", refusals[0].1);
+        assert!(server_rx.try_recv().is_err(), "nothing delivered");
+        plain.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
 }

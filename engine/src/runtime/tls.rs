@@ -556,3 +556,95 @@ pub(crate) mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ClusterConfig, LogMode, Mode};
+    use super::testing::TestCa;
+    use super::*;
+
+    fn secured(dir: &Path) -> (TestCa, ClusterConfig) {
+        let ca = TestCa::new(dir, "ca");
+        let mut config = ClusterConfig::local_with_ports(
+            1,
+            Mode::Bft,
+            LogMode::None,
+            dir,
+            &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+        );
+        ca.secure(&mut config);
+        (ca, config)
+    }
+
+    fn load_error(config: &ClusterConfig) -> String {
+        ReplicaTls::load(config, 0).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn missing_or_invalid_files_are_errors_naming_the_field_and_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_ca, config) = secured(dir.path());
+        assert!(ReplicaTls::load(&config, 0).expect("loads").is_some());
+        assert!(load_client(&config).expect("loads").is_some());
+
+        let mut missing_ca = config.clone();
+        missing_ca.tls.as_mut().expect("on").ca_file = dir.path().join("nope.pem");
+        let error = load_error(&missing_ca);
+        assert!(error.contains("tls.ca_file") && error.contains("nope.pem"), "{error}");
+        assert!(error.contains("cannot read"), "{error}");
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate
+").expect("write");
+        let mut bad_cert = config.clone();
+        bad_cert.replicas[0].tls_cert_file = Some(garbage.clone());
+        let error = load_error(&bad_cert);
+        assert!(error.contains("replica[0].tls_cert_file"), "{error}");
+        assert!(error.contains("garbage.pem"), "{error}");
+
+        let mut bad_key = config.clone();
+        bad_key.replicas[0].tls_key_file = Some(garbage);
+        let error = load_error(&bad_key);
+        assert!(error.contains("replica[0].tls_key_file"), "{error}");
+
+        let mut wrong_key = config.clone();
+        wrong_key.replicas[0].tls_key_file = config.replicas[1].tls_key_file.clone();
+        let error = load_error(&wrong_key);
+        assert!(error.contains("replica[0].tls_key_file"), "{error}");
+        assert!(error.contains("does not go with"), "{error}");
+
+        let mut unset = config.clone();
+        unset.replicas[2].tls_cert_file = None;
+        let error = unset.validate().expect_err("a replica without a certificate").to_string();
+        assert!(error.contains("replica[2].tls_cert_file"), "{error}");
+
+        let mut half_client = config.clone();
+        half_client.tls.as_mut().expect("on").client_cert_file = Some(dir.path().join("c.pem"));
+        let error = half_client.validate().expect_err("a certificate without a key").to_string();
+        assert!(error.contains("tls.client_key_file"), "{error}");
+
+        let mut required = config.clone();
+        required.tls.as_mut().expect("on").client_cert_auth = true;
+        let error = load_client(&required).expect_err("no client certificate").to_string();
+        assert!(error.contains("tls.client_cert_file"), "{error}");
+    }
+
+    #[test]
+    fn a_tls_section_round_trips_through_toml_and_is_off_by_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_ca, config) = secured(dir.path());
+        let text = config.to_toml();
+        assert!(text.contains("[tls]") && text.contains("tls_cert_file"), "{text}");
+        assert_eq!(ClusterConfig::from_toml(&text).expect("valid"), config);
+        let mut plain = config.clone();
+        plain.tls = None;
+        for replica in &mut plain.replicas {
+            replica.tls_cert_file = None;
+            replica.tls_key_file = None;
+        }
+        assert!(!plain.to_toml().contains("tls"), "{}", plain.to_toml());
+        assert!(ReplicaTls::load(&plain, 0).expect("off").is_none());
+        assert!(load_client(&plain).expect("off").is_none());
+    }
+}
+
