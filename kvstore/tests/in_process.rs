@@ -64,8 +64,8 @@ fn state_survives_a_restart_of_every_replica_from_its_log() {
 fn a_tls_cluster_serves_and_a_plaintext_client_is_told_why_it_is_refused() {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path())
-        .expect("local config");
+    let mut config =
+        ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("local config");
     config.pin_cores = false;
     dura_kvstore::pki::generate_tls(&mut config, &dir.path().join("tls")).expect("certificates");
     let replicas: Vec<_> =

@@ -25,6 +25,14 @@
 //! client_port = 7100
 //! transfer_port = 7200   # optional: state transfer's data path (no transfer without it)
 //! data_dir = "/var/lib/dura/r0"
+//! tls_cert_file = "/etc/dura/tls/replica-0.pem"     # with [tls]: names dura-replica-0
+//! tls_key_file = "/etc/dura/tls/replica-0-key.pem"
+//!
+//! [tls]                   # optional: TLS on every connection (see `TlsConfig`)
+//! ca_file = "/etc/dura/tls/ca.pem"
+//! client_cert_file = "/etc/dura/tls/client.pem"     # optional, for clients
+//! client_key_file = "/etc/dura/tls/client-key.pem"
+//! client_cert_auth = false                          # true: replicas require it
 //! ```
 //!
 //! [`ClusterConfig::validate`] checks it at start and names the field that is wrong.
@@ -578,9 +586,10 @@ impl ClusterConfig {
                 return Err(wrong(&format!("replica[{}].data_dir", replica.id), "is empty".into()));
             }
             if self.tls.is_some() {
-                for (file, name) in
-                    [(&replica.tls_cert_file, "tls_cert_file"), (&replica.tls_key_file, "tls_key_file")]
-                {
+                for (file, name) in [
+                    (&replica.tls_cert_file, "tls_cert_file"),
+                    (&replica.tls_key_file, "tls_key_file"),
+                ] {
                     if file.as_ref().is_none_or(|path| path.as_os_str().is_empty()) {
                         return Err(wrong(
                             &format!("replica[{}].{name}", replica.id),

@@ -1065,9 +1065,7 @@ fn serve_connection(shared: &Shared, mut socket: TcpStream) {
                     .map_err(|error| format!("a connection whose TLS handshake failed: {error}"))
             };
             match accepted {
-                Ok(connection) => {
-                    DataStream::Tls(Box::new(tls::Blocking::new(connection, socket)))
-                }
+                Ok(connection) => DataStream::Tls(Box::new(tls::Blocking::new(connection, socket))),
                 Err(why) => {
                     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
                     if !shared.is_stopping() {

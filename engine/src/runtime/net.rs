@@ -910,11 +910,7 @@ mod tests {
     }
 
     /// Replica `id`'s TLS settings from a CA's certificate for `names`.
-    fn replica_tls(
-        ca: &tls::testing::TestCa,
-        id: u32,
-        names: &[String],
-    ) -> tls::ReplicaTls {
+    fn replica_tls(ca: &tls::testing::TestCa, id: u32, names: &[String]) -> tls::ReplicaTls {
         let dir = ca.ca_file.parent().expect("CA dir");
         let mut config = super::super::ClusterConfig::local_with_ports(
             1,

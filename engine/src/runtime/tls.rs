@@ -73,7 +73,8 @@ fn wrong(field: impl Into<String>, path: &Path, reason: impl std::fmt::Display) 
 /// The certificates of a PEM file; an error naming `field` when it cannot be read or
 /// holds none.
 pub fn load_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|error| wrong(field, path, format!("cannot read: {error}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|error| wrong(field, path, format!("cannot read: {error}")))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| wrong(field, path, format!("not PEM certificates: {error}")))?;
@@ -86,7 +87,8 @@ pub fn load_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static
 /// The private key of a PEM file; an error naming `field` when it cannot be read or
 /// holds none.
 pub fn load_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|error| wrong(field, path, format!("cannot read: {error}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|error| wrong(field, path, format!("cannot read: {error}")))?;
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|error| wrong(field, path, format!("no PEM private key: {error}")))
 }
@@ -94,9 +96,9 @@ pub fn load_key(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, Runt
 fn load_roots(tls: &TlsConfig) -> Result<Arc<RootCertStore>, RuntimeError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(&tls.ca_file, "tls.ca_file")? {
-        roots
-            .add(cert)
-            .map_err(|error| wrong("tls.ca_file", &tls.ca_file, format!("not a CA certificate: {error}")))?;
+        roots.add(cert).map_err(|error| {
+            wrong("tls.ca_file", &tls.ca_file, format!("not a CA certificate: {error}"))
+        })?;
     }
     Ok(Arc::new(roots))
 }
@@ -594,8 +596,12 @@ mod tests {
         assert!(error.contains("cannot read"), "{error}");
 
         let garbage = dir.path().join("garbage.pem");
-        std::fs::write(&garbage, "not a certificate
-").expect("write");
+        std::fs::write(
+            &garbage,
+            "not a certificate
+",
+        )
+        .expect("write");
         let mut bad_cert = config.clone();
         bad_cert.replicas[0].tls_cert_file = Some(garbage.clone());
         let error = load_error(&bad_cert);
@@ -647,4 +653,3 @@ mod tests {
         assert!(load_client(&plain).expect("off").is_none());
     }
 }
-
