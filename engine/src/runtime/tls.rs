@@ -22,7 +22,7 @@
 //! produced it, so every socket write happens under a second mutex, `out`, taken
 //! before the connection's (always in that order). The reader sometimes has bytes to
 //! send (a key update's answer): it only tries `out`, and when the writer holds it the
-//! writer sends them as it lets go ([`Shared::flush_deferred`]), so a reader never
+//! writer sends them as it lets go (`Shared::flush_deferred`), so a reader never
 //! waits for a writer.
 
 use std::borrow::BorrowMut;
