@@ -173,9 +173,10 @@ enum Command_ {
         #[arg(long, default_value = "parallel")]
         log_mode: String,
         /// Turn TLS on: write a fresh CA, a certificate per replica and one for
-        /// clients into this folder (ca.pem, replica-<id>.pem and -key.pem, client.pem
-        /// and -key.pem, ca-key.pem to issue more), and a [tls] section naming them by
-        /// absolute path. Copy the folder to the same path on every host.
+        /// clients into this folder (`ca.pem`, `replica-<id>.pem` and `-key.pem`,
+        /// `client.pem` and `-key.pem`, `ca-key.pem` to issue more), and a `[tls]`
+        /// section naming them by absolute path. Copy the folder to the same path on
+        /// every host.
         #[arg(long)]
         tls_dir: Option<PathBuf>,
     },
