@@ -301,6 +301,13 @@ fn client(target: &Target, config: &ClusterConfig) -> Result<KvClient> {
     let client = KvClient::connect_with(config, options)?;
     let (connected, needed) = client.connected_replicas();
     if connected < needed {
+        // A replica that refused this client (TLS on there, off here) said why before
+        // it closed the connection: that is the error, not "unreachable".
+        let refusals = client.raw().refusals();
+        if !refusals.is_empty() {
+            let reasons: Vec<String> = refusals.into_iter().map(|(_, why)| why).collect();
+            return Err(KvError::Runtime(RuntimeError::Refused(reasons.join("; "))).into());
+        }
         return Err(Unreachable {
             connected,
             needed,

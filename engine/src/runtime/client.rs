@@ -272,6 +272,20 @@ impl Client {
         self.submit(operation).wait()
     }
 
+    /// Why replicas refused this client (TLS required, or a certificate error), by
+    /// replica id; empty when none did.
+    pub fn refusals(&self) -> Vec<(u32, String)> {
+        self.inner
+            .network
+            .refusals()
+            .into_iter()
+            .filter_map(|(peer, why)| match peer {
+                Peer::Replica(id) => Some((id, why)),
+                Peer::Client(_) => None,
+            })
+            .collect()
+    }
+
     /// Number of replicas with an open connection.
     pub fn connected_replicas(&self, n: u32) -> usize {
         (0..n).filter(|id| self.inner.network.is_connected(Peer::Replica(*id))).count()

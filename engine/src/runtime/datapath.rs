@@ -1056,13 +1056,18 @@ fn serve_connection(shared: &Shared, mut socket: TcpStream) {
         Some(config) => {
             let _ = socket.set_read_timeout(Some(request_timeout));
             let mut first = [0u8; 1];
-            let plaintext =
-                matches!(socket.peek(&mut first), Ok(1) if first[0] != tls::TLS_HANDSHAKE_RECORD);
-            let accepted = if plaintext {
-                Err("a plaintext connection: TLS is on ([tls] in the cluster config)".to_string())
-            } else {
-                tls::accept(&mut socket, config.clone(), request_timeout)
-                    .map_err(|error| format!("a connection whose TLS handshake failed: {error}"))
+            let accepted = match socket.peek(&mut first) {
+                Ok(1) if first[0] == tls::TLS_HANDSHAKE_RECORD => {
+                    tls::accept(&mut socket, config.clone(), request_timeout).map_err(|error| {
+                        format!("a connection whose TLS handshake failed: {error}")
+                    })
+                }
+                Ok(1) => {
+                    Err("a plaintext connection: TLS is on ([tls] in the cluster config)"
+                        .to_string())
+                }
+                Ok(_) => Err("a connection closed before its TLS handshake".to_string()),
+                Err(error) => Err(format!("a connection silent before its TLS handshake: {error}")),
             };
             match accepted {
                 Ok(connection) => DataStream::Tls(Box::new(tls::Blocking::new(connection, socket))),

@@ -570,15 +570,19 @@ impl Network {
             }
             Some(config) => {
                 let mut first = [0u8; 1];
-                if matches!(stream.peek(&mut first), Ok(1) if first[0] != tls::TLS_HANDSHAKE_RECORD)
-                {
-                    log::warn!(
-                        "{:?}: refused a plaintext connection on {local} from {from}: TLS is on ([tls] in the cluster config)",
-                        self.me
-                    );
-                    let _ = write_frame(&mut stream, TLS_REQUIRED_NOTICE);
-                    let _ = stream.shutdown(Shutdown::Write);
-                    return;
+                match stream.peek(&mut first) {
+                    Ok(1) if first[0] == tls::TLS_HANDSHAKE_RECORD => {}
+                    Ok(1) => {
+                        log::warn!(
+                            "{:?}: refused a plaintext connection on {local} from {from}: TLS is on ([tls] in the cluster config)",
+                            self.me
+                        );
+                        let _ = write_frame(&mut stream, TLS_REQUIRED_NOTICE);
+                        let _ = stream.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    // Closed, or silent for the whole hello timeout.
+                    _ => return,
                 }
                 let connection = match tls::accept(&mut stream, config, timeout) {
                     Ok(connection) => connection,
