@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Log segment size of the local cluster, MiB (default: the config's).
     #[arg(long)]
     pub wal_segment_mib: Option<u32>,
+    /// TLS on every connection of the local cluster (replica links, clients, state
+    /// transfer), with a fresh CA and certificates in its data folder.
+    #[arg(long)]
+    pub tls: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
@@ -314,6 +318,14 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             if let Some(mib) = args.wal_segment_mib {
                 config.wal_segment_mib = mib;
             }
+            if args.tls {
+                let root = config.replicas[0]
+                    .data_dir
+                    .parent()
+                    .context("a local replica's data dir is in the cluster's folder")?
+                    .to_path_buf();
+                dura_kvstore::pki::generate_tls(config, &root.join("tls"))?;
+            }
             crate::cluster::add_metrics_ports(config)
         };
         let mut cluster = start_cluster_configured(
@@ -348,7 +360,7 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
         replica_view = Some(view_of(&samples, shift, &result, &metrics));
         cluster.check_alive()?;
         let labels = RunLabels {
-            target: "cluster".into(),
+            target: if args.tls { "cluster (TLS)".into() } else { "cluster".into() },
             mode: mode.to_string(),
             log_mode: log_mode.to_string(),
             replicas,

@@ -125,6 +125,19 @@ fn main_command_on_a_real_cluster_reports_sane_figures_and_replica_memory() {
 }
 
 #[test]
+fn main_command_with_tls_runs_its_cluster_over_tls_and_reports_sane_figures() {
+    let _turn = cluster_turn();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let stdout = run_ok(&small_run(path_str(&out), &["--log", "parallel", "--tls"]));
+    let summary: Summary = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_sane(&summary);
+    assert_eq!(summary.target, "cluster (TLS)");
+    assert_eq!(summary.replicas, 4);
+    assert_result_files(&out, &summary);
+}
+
+#[test]
 fn every_ycsb_workload_runs_against_the_generator_target() {
     let _turn = cluster_turn();
     let dir = tempfile::tempdir().expect("temp dir");

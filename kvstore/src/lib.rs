@@ -5,10 +5,12 @@
 //! - [`KvClient`]: put, get, delete, compare-and-swap and ordered range scans against
 //!   a cluster.
 //! - [`serve`] / [`start`]: run a replica (blocking until a signal, or in-process).
+//! - [`pki`]: a CA and certificates for a cluster with TLS.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod ops;
+pub mod pki;
 pub mod store;
 
 pub use client::{KvClient, KvError};

@@ -13,7 +13,8 @@
 //! dura-kv init --hosts 10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4 --out cluster.toml
 //! dura-kv init --hosts a:7000 --host b:7000 --host c:7000 --mode crash --f 1 --out c.toml
 //! dura-kv init --replicas 3 --mode crash --base-port 7000 --data-dir /tmp/dura > cluster.toml
-//! dura-kv local --dir DIR                                      (4 BFT replicas on loopback)
+//! dura-kv init --replicas 4 --tls-dir /etc/dura/tls --out cluster.toml  (with TLS)
+//! dura-kv local --dir DIR [--tls]                              (4 BFT replicas on loopback)
 //! ```
 
 use std::io::{Read, Write};
@@ -191,6 +192,13 @@ enum Command_ {
         /// none, async, sync, batched or parallel.
         #[arg(long, default_value = "parallel")]
         log_mode: String,
+        /// Turn TLS on: write a fresh CA, a certificate per replica and one for
+        /// clients into this folder (`ca.pem`, `replica-<id>.pem` and `-key.pem`,
+        /// `client.pem` and `-key.pem`, `ca-key.pem` to issue more), and a `[tls]`
+        /// section naming them by absolute path. Copy the folder to the same path on
+        /// every host.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
     /// Write a local cluster config (fresh random keys, or the keys of the config
     /// already in DIR) into DIR and run its replicas as child processes until Ctrl-C.
@@ -204,6 +212,9 @@ enum Command_ {
         /// none, async, sync, batched or parallel.
         #[arg(long, default_value = "parallel")]
         log_mode: String,
+        /// TLS on every connection, with a fresh CA and certificates in DIR/tls.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -310,6 +321,13 @@ fn client(target: &Target, config: &ClusterConfig) -> Result<KvClient> {
     let client = KvClient::connect_with(config, options)?;
     let (connected, needed) = client.connected_replicas();
     if connected < needed {
+        // A replica that refused this client (TLS on there, off here) said why before
+        // it closed the connection: that is the error, not "unreachable".
+        let refusals = client.raw().refusals();
+        if !refusals.is_empty() {
+            let reasons: Vec<String> = refusals.into_iter().map(|(_, why)| why).collect();
+            return Err(KvError::Runtime(RuntimeError::Refused(reasons.join("; "))).into());
+        }
         return Err(Unreachable {
             connected,
             needed,
@@ -456,6 +474,7 @@ fn run(cli: Cli) -> Result<i32> {
             no_metrics,
             data_dir,
             log_mode,
+            tls_dir,
         } => {
             let mode: Mode = mode.parse()?;
             let endpoints = if hosts.is_empty() {
@@ -470,7 +489,17 @@ fn run(cli: Cli) -> Result<i32> {
                 transfer: transfer_port_offset,
                 metrics: (!no_metrics).then_some(metrics_port_offset),
             };
-            let config = init_config(&endpoints, mode, f, log_mode.parse()?, offsets, &data_dir)?;
+            let mut config =
+                init_config(&endpoints, mode, f, log_mode.parse()?, offsets, &data_dir)?;
+            if let Some(tls_dir) = &tls_dir {
+                dura_kvstore::pki::generate_tls(&mut config, tls_dir)?;
+                config.validate().context("init would write an invalid [tls] section")?;
+                eprintln!(
+                    "wrote a CA and certificates into {}: copy the folder to the same path on \
+                     every replica's host and client",
+                    tls_dir.display()
+                );
+            }
             match out {
                 Some(path) => {
                     write_config(&config, &path, force)?;
@@ -488,7 +517,9 @@ fn run(cli: Cli) -> Result<i32> {
                 None => print!("{}", config_text(&config)),
             }
         }
-        Command_::Local { dir, mode, log_mode } => local(&dir, mode.parse()?, log_mode.parse()?)?,
+        Command_::Local { dir, mode, log_mode, tls } => {
+            local(&dir, mode.parse()?, log_mode.parse()?, tls)?;
+        }
     }
     Ok(exit::OK)
 }
@@ -675,7 +706,7 @@ impl Drop for Children {
     }
 }
 
-fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
+fn local(dir: &Path, mode: Mode, log_mode: LogMode, tls: bool) -> Result<()> {
     let n = mode.replicas_min(1) as u32;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolve {}", dir.display()))?;
@@ -695,6 +726,9 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
             true
         }
     };
+    if tls {
+        dura_kvstore::pki::generate_tls(&mut config, &dir.join("tls"))?;
+    }
     write_config(&config, &config_path, true)?;
     let exe = std::env::current_exe().context("find the dura-kv binary")?;
     let mut children = Children(Vec::new());
@@ -709,7 +743,8 @@ fn local(dir: &Path, mode: Mode, log_mode: LogMode) -> Result<()> {
         children.0.push(child);
     }
     println!(
-        "{n} replicas ({mode}, log mode {log_mode}) running; config {}",
+        "{n} replicas ({mode}, log mode {log_mode}{}) running; config {}",
+        if tls { ", TLS" } else { "" },
         config_path.display()
     );
     println!("try: {} put --config {} hello world", exe.display(), config_path.display());

@@ -499,3 +499,92 @@ fn serve_on_an_empty_data_dir_refuses_unless_told_to_begin_a_new_cluster() {
         assert!(replica.data_dir.join("member").exists(), "replica {} is marked", replica.id);
     }
 }
+
+#[test]
+fn init_with_a_tls_dir_writes_certificates_every_replica_and_client_can_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("cluster.toml");
+    let tls_dir = dir.path().join("tls");
+    let args = ["init", "--replicas", "4", "--base-port", "7400", "--tls-dir"];
+    let init = dura_kv(
+        &[&args[..], &[tls_dir.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")]]
+            .concat(),
+        b"",
+    );
+    assert!(init.status.success(), "{}", stderr(&init));
+    let config = ClusterConfig::load(&out).expect("init output loads and validates");
+    let tls = config.tls.as_ref().expect("a [tls] section");
+    assert!(tls.ca_file.starts_with(&tls_dir) && tls.ca_file.is_absolute(), "{tls:?}");
+    for id in 0..4 {
+        let replica = dura_engine::runtime::tls::ReplicaTls::load(&config, id).expect("loads");
+        assert!(replica.is_some(), "replica {id}");
+    }
+    assert!(dura_engine::runtime::tls::load_client(&config).expect("loads").is_some());
+}
+
+#[test]
+fn local_with_tls_serves_and_a_plaintext_put_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut local = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
+        .args(["local", "--mode", "crash", "--tls", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dura-kv local --tls");
+    /// SIGTERM on drop: `local` stops its replicas and exits.
+    struct Stop<'a>(&'a mut Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let local = Stop(&mut local);
+    let config_path = dir.path().join("cluster.toml");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let config = loop {
+        if let Ok(config) = ClusterConfig::load(&config_path)
+            && config.tls.is_some()
+        {
+            break config;
+        }
+        assert!(Instant::now() < deadline, "local wrote no config with [tls]");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let config_arg = config_path.to_str().expect("utf-8");
+    // The replicas may still be starting: unreachable (4) until they listen.
+    let put = loop {
+        let put = dura_kv(&["put", "--config", config_arg, "k", "over tls"], b"");
+        if put.status.code() != Some(4) || Instant::now() > deadline {
+            break put;
+        }
+    };
+    assert!(put.status.success(), "{}", stderr(&put));
+    let get = dura_kv(&["get", "--config", config_arg, "k"], b"");
+    assert_eq!(String::from_utf8_lossy(&get.stdout), "over tls\n", "{}", stderr(&get));
+
+    let mut plaintext = config.clone();
+    plaintext.tls = None;
+    for replica in &mut plaintext.replicas {
+        replica.tls_cert_file = None;
+        replica.tls_key_file = None;
+    }
+    let plaintext_path = dir.path().join("plaintext.toml");
+    plaintext.save(&plaintext_path).expect("write");
+    let started = Instant::now();
+    let refused = dura_kv(&["get", "--config", plaintext_path.to_str().expect("utf-8"), "k"], b"");
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("requires TLS"), "{}", stderr(&refused));
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once, not timed out");
+    drop(local);
+}

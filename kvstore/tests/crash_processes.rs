@@ -6,6 +6,9 @@
 //! checkpoints being written and restarts load them; each restart must replay at most
 //! about P requests of log, however long the run.
 //!
+//! The `_with_tls` variants run the same with TLS on every connection (a fresh CA and
+//! certificates from `dura_kvstore::pki`).
+//!
 //! `DURA_CRASH_CYCLES=N` runs N full-cluster kill/restart cycles per mode instead of the
 //! CI default (a nightly loop sets it high).
 
@@ -306,10 +309,19 @@ fn cycles(default: u32) -> u32 {
     std::env::var("DURA_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32) {
+/// Turns TLS on in `config`, certificates in `dir/tls`.
+fn with_tls(config: &mut ClusterConfig, dir: &Path) {
+    dura_kvstore::pki::generate_tls(config, &dir.join("tls")).expect("certificates");
+}
+
+fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32, tls: bool) {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = temp_dir();
-    let mut cluster = Cluster::new(mode, dir.path());
+    let mut cluster = Cluster::new_with(mode, dir.path(), |config| {
+        if tls {
+            with_tls(config, dir.path());
+        }
+    });
     let history = Arc::new(Mutex::new(History::default()));
     let mut rng = seed();
     let started = Instant::now();
@@ -372,12 +384,17 @@ fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32) {
 
 #[test]
 fn bft_cluster_killed_whole_keeps_every_acknowledged_put() {
-    kill_whole_cluster_repeatedly(Mode::Bft, cycles(12));
+    kill_whole_cluster_repeatedly(Mode::Bft, cycles(12), false);
 }
 
 #[test]
 fn crash_mode_cluster_killed_whole_keeps_every_acknowledged_put() {
-    kill_whole_cluster_repeatedly(Mode::Crash, cycles(8));
+    kill_whole_cluster_repeatedly(Mode::Crash, cycles(8), false);
+}
+
+#[test]
+fn bft_cluster_with_tls_killed_whole_keeps_every_acknowledged_put() {
+    kill_whole_cluster_repeatedly(Mode::Bft, cycles(8), true);
 }
 
 #[test]
@@ -457,6 +474,16 @@ fn checkpoints_of(cluster: &Cluster, id: u32) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn a_replica_whose_data_dir_is_wiped_under_load_rejoins_through_state_transfer() {
+    wipe_one_replica_under_load(false);
+}
+
+/// The same with TLS: the checkpoint and log pieces stream through rustls.
+#[test]
+fn with_tls_a_wiped_replica_rejoins_through_state_transfer() {
+    wipe_one_replica_under_load(true);
+}
+
+fn wipe_one_replica_under_load(tls: bool) {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = temp_dir();
     // Coordinated checkpoints: every replica writes one at the same agreements, and
@@ -464,6 +491,9 @@ fn a_replica_whose_data_dir_is_wiped_under_load_rejoins_through_state_transfer()
     // transfer can be compared byte for byte with its peers'.
     let mut cluster = Cluster::new_with(Mode::Bft, dir.path(), |config| {
         config.checkpoint_schedule = dura_engine::runtime::CheckpointScheduleKind::Coordinated;
+        if tls {
+            with_tls(config, dir.path());
+        }
     });
     let history = Arc::new(Mutex::new(History::default()));
     cluster.start_all();

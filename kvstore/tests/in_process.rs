@@ -59,3 +59,41 @@ fn state_survives_a_restart_of_every_replica_from_its_log() {
     }
     client.put(b"after", b"restart").expect("put after restart");
 }
+
+#[test]
+fn a_tls_cluster_serves_and_a_plaintext_client_is_told_why_it_is_refused() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("local config");
+    config.pin_cores = false;
+    dura_kvstore::pki::generate_tls(&mut config, &dir.path().join("tls")).expect("certificates");
+    let replicas: Vec<_> =
+        (0..4).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
+    let client = KvClient::connect(&config).expect("client");
+    client.put(b"k", b"over tls").expect("put");
+    assert_eq!(client.get(b"k").expect("get"), Some(b"over tls".to_vec()));
+    let big = vec![7u8; 300_000];
+    client.put(b"big", &big).expect("a value over many TLS records");
+    assert_eq!(client.get(b"big").expect("get"), Some(big));
+
+    // The same cluster without [tls] in the client's config: refused, fast, saying why.
+    let mut plaintext = config.clone();
+    plaintext.tls = None;
+    for replica in &mut plaintext.replicas {
+        replica.tls_cert_file = None;
+        replica.tls_key_file = None;
+    }
+    let options = dura_engine::runtime::ClientOptions {
+        request_timeout: std::time::Duration::from_secs(30),
+        ..dura_engine::runtime::ClientOptions::new()
+    };
+    let started = std::time::Instant::now();
+    let refused = KvClient::connect_with(&plaintext, options).and_then(|c| c.get(b"k"));
+    let error = refused.expect_err("a plaintext client is refused").to_string();
+    assert!(error.contains("requires TLS"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+}

@@ -190,7 +190,11 @@ impl Client {
     ) -> Result<Client, RuntimeError> {
         config.validate()?;
         assert!(options.sessions_max > 0, "a client needs at least one session");
-        let network = Network::new(Peer::Client(options.client_id_base), config.frame_bytes_max);
+        let network = Network::with_tls(
+            Peer::Client(options.client_id_base),
+            config.frame_bytes_max,
+            super::tls::load_client(config)?,
+        );
         let (reply_tx, reply_rx) = bounded::<Reply>(REPLY_QUEUE_MAX);
         let sink: super::net::FrameSink = Arc::new(move |from, body: &[u8]| {
             let Peer::Replica(replica) = from else { return SinkVerdict::Reject };
@@ -272,6 +276,20 @@ impl Client {
     /// in crash mode they mean f+1 logs hold it).
     pub fn invoke(&self, operation: Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
         self.submit(operation).wait()
+    }
+
+    /// Why replicas refused this client (TLS required, or a certificate error), by
+    /// replica id; empty when none did.
+    pub fn refusals(&self) -> Vec<(u32, String)> {
+        self.inner
+            .network
+            .refusals()
+            .into_iter()
+            .filter_map(|(peer, why)| match peer {
+                Peer::Replica(id) => Some((id, why)),
+                Peer::Client(_) => None,
+            })
+            .collect()
     }
 
     /// Number of replicas with an open connection.
@@ -428,6 +446,7 @@ impl Driver {
     }
 
     fn on_timers(&mut self) {
+        self.fail_if_refused();
         let now = Instant::now();
         for index in 0..self.sessions.len() {
             let Some(session) = self.sessions[index].as_mut() else { continue };
@@ -462,6 +481,29 @@ impl Driver {
         while !self.idle.is_empty() || self.open_sessions < self.options.sessions_max {
             let Some(command) = self.waiting.pop_front() else { break };
             self.start(command);
+        }
+    }
+
+    /// When more than f replicas refused this client (TLS on there and off here, or a
+    /// certificate from another CA), no request can complete: every waiting one fails
+    /// at once with the replicas' reasons instead of timing out.
+    fn fail_if_refused(&mut self) {
+        let refusals = self.network.refusals();
+        if refusals.len() <= self.config.f as usize {
+            return;
+        }
+        let reason = refusals.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
+        for index in 0..self.sessions.len() {
+            let Some(session) = self.sessions[index].as_mut() else { continue };
+            if let Some((done, _)) = session.waiting.take() {
+                done.send(Err(RuntimeError::Refused(reason.clone())));
+                self.by_client_id.remove(&session.protocol.id());
+                self.sessions[index] = None;
+                self.open_sessions -= 1;
+            }
+        }
+        for command in self.waiting.drain(..) {
+            command.done.send(Err(RuntimeError::Refused(reason.clone())));
         }
     }
 

@@ -25,6 +25,14 @@
 //! client_port = 7100
 //! transfer_port = 7200   # optional: state transfer's data path (no transfer without it)
 //! data_dir = "/var/lib/dura/r0"
+//! tls_cert_file = "/etc/dura/tls/replica-0.pem"     # with [tls]: names dura-replica-0
+//! tls_key_file = "/etc/dura/tls/replica-0-key.pem"
+//!
+//! [tls]                   # optional: TLS on every connection (see `TlsConfig`)
+//! ca_file = "/etc/dura/tls/ca.pem"
+//! client_cert_file = "/etc/dura/tls/client.pem"     # optional, for clients
+//! client_key_file = "/etc/dura/tls/client-key.pem"
+//! client_cert_auth = false                          # true: replicas require it
 //! ```
 //!
 //! [`ClusterConfig::validate`] checks it at start and names the field that is wrong.
@@ -197,6 +205,14 @@ pub struct ReplicaConfig {
     pub transfer_port: Option<u16>,
     /// Directory holding the replica's log.
     pub data_dir: PathBuf,
+    /// With `[tls]`: this replica's certificate chain (PEM, its own certificate first),
+    /// signed by the `[tls]` CA and naming `dura-replica-<id>` among its DNS
+    /// subjectAltNames. Presented on all three of its ports and when it dials a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// With `[tls]`: the private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl ReplicaConfig {
@@ -400,6 +416,10 @@ pub struct ClusterConfig {
     /// (default) or `pbft-like` (the baseline, for the recovery experiment).
     #[serde(default)]
     pub transfer_protocol: TransferProtocol,
+    /// TLS on every connection (replica links, clients, the data path); absent: plain
+    /// TCP. See [`TlsConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// One entry per replica, ids 0..n.
     #[serde(rename = "replica")]
     pub replicas: Vec<ReplicaConfig>,
@@ -407,6 +427,31 @@ pub struct ClusterConfig {
 
 /// Smallest key material accepted, in bytes.
 pub const KEY_BYTES_MIN: usize = 16;
+
+/// The `[tls]` section: TLS (1.3, rustls) on every connection of the cluster. Replica
+/// links and the data path are mutual TLS: both sides present a certificate signed by
+/// `ca_file` that names the replica (`dura-replica-<id>`), each replica's in its
+/// `[[replica]]` entry (`tls_cert_file`, `tls_key_file`). Clients check the replica's
+/// certificate against `ca_file` and the same name; they present `client_cert_file`
+/// when it is set, and must when `client_cert_auth`. With the section present a
+/// replica refuses plaintext peers (a plaintext client is told so). Relative paths are
+/// taken from the process's working directory. The HMACs stay on top of TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// The CA certificate(s) (PEM) that sign every replica's and client's certificate.
+    pub ca_file: PathBuf,
+    /// A client's certificate chain (PEM), presented to replicas; optional unless
+    /// `client_cert_auth`. Replicas ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of `client_cert_file` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// Replicas accept only clients with a certificate signed by `ca_file` (etcd's
+    /// `--client-cert-auth`). Default `false`: clients are authenticated by their HMACs.
+    #[serde(default)]
+    pub client_cert_auth: bool,
+}
 
 impl ClusterConfig {
     /// Reads and validates a TOML config file.
@@ -548,9 +593,34 @@ impl ClusterConfig {
             if replica.data_dir.as_os_str().is_empty() {
                 return Err(wrong(&format!("replica[{}].data_dir", replica.id), "is empty".into()));
             }
+            if self.tls.is_some() {
+                for (file, name) in [
+                    (&replica.tls_cert_file, "tls_cert_file"),
+                    (&replica.tls_key_file, "tls_key_file"),
+                ] {
+                    if file.as_ref().is_none_or(|path| path.as_os_str().is_empty()) {
+                        return Err(wrong(
+                            &format!("replica[{}].{name}", replica.id),
+                            "not set: [tls] is on, so every replica needs its certificate and key"
+                                .into(),
+                        ));
+                    }
+                }
+            }
         }
         self.replica_key_bytes()?;
         self.client_key_bytes()?;
+        if let Some(tls) = &self.tls {
+            if tls.ca_file.as_os_str().is_empty() {
+                return Err(wrong("tls.ca_file", "is empty".into()));
+            }
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                return Err(wrong(
+                    "tls.client_key_file",
+                    "client_cert_file and client_key_file go together: set both or neither".into(),
+                ));
+            }
+        }
         if self.request_timeout_ms == 0 {
             return Err(wrong("request_timeout_ms", "must be at least 1".into()));
         }
@@ -715,6 +785,8 @@ impl ClusterConfig {
                 metrics_port: None,
                 transfer_port: transfer_ports.map(|ports| ports[id as usize]),
                 data_dir: data_dir.join(format!("r{id}")),
+                tls_cert_file: None,
+                tls_key_file: None,
             })
             .collect();
         Self {
@@ -744,6 +816,7 @@ impl ClusterConfig {
             transfer_bytes_per_s_max: TRANSFER_BYTES_PER_S_MAX_DEFAULT,
             transfer_streams_max: TRANSFER_STREAMS_MAX_DEFAULT,
             transfer_protocol: TransferProtocol::Cst,
+            tls: None,
             replicas,
         }
     }

@@ -76,6 +76,15 @@
 //! what was in flight, not the transfer. The payload's total length must be the same in
 //! every answer (else the seeder's payload changed under the transfer and it fails).
 //!
+//! # TLS
+//!
+//! With `[tls]` in the cluster config every data-path connection is mutual TLS (the
+//! replicas' certificates, as on replica links): the server refuses a plaintext
+//! connection and a request whose replica id its client's certificate does not name,
+//! and the leecher checks the seeder's name. Payloads then go through rustls (`pread`
+//! and an encrypted write), not `sendfile`: an operator who turns TLS on expects no
+//! plaintext state on the wire. The MACs stay as they are.
+//!
 //! # Bounds
 //!
 //! Connections a server holds at once: `transfer_streams_max` streams plus
@@ -103,8 +112,77 @@ use dura_core::auth::{Key, MAC_BYTES, ReplicaKeys, mac, verify_mac};
 use dura_core::codec::{Reader, put_u32, put_u64};
 use dura_transfer::{Message, RoundId, Unavailable, Want};
 
+use rustls::{ClientConfig, Connection, ServerConfig};
+
 use super::RuntimeError;
 use super::config::ClusterConfig;
+use super::tls;
+
+/// A data-path connection: plain TCP, or TLS over it (handshake done).
+enum DataStream {
+    Plain(TcpStream),
+    Tls(Box<tls::Blocking<Connection, TcpStream>>),
+}
+
+impl DataStream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            DataStream::Plain(socket) => socket,
+            DataStream::Tls(stream) => &stream.socket,
+        }
+    }
+
+    /// Whether the peer may speak for replica `id`: always on plain TCP (the MAC
+    /// decides), and with TLS when its certificate names it.
+    fn check_replica(&self, id: ReplicaId) -> Result<(), String> {
+        match self {
+            DataStream::Plain(_) => Ok(()),
+            DataStream::Tls(stream) => tls::check_peer_is_replica(&stream.connection, id),
+        }
+    }
+
+    /// Connects the leecher's side to `seeder` over `socket`: TLS when `tls` is given
+    /// (within `timeout`; the socket's timeouts are the caller's to set after).
+    fn dial(
+        mut socket: TcpStream,
+        tls: Option<&Arc<ClientConfig>>,
+        seeder: ReplicaId,
+        timeout: Duration,
+    ) -> io::Result<DataStream> {
+        match tls {
+            None => Ok(DataStream::Plain(socket)),
+            Some(config) => {
+                let connection = tls::connect(&mut socket, config.clone(), seeder, timeout)?;
+                Ok(DataStream::Tls(Box::new(tls::Blocking::new(connection, socket))))
+            }
+        }
+    }
+}
+
+impl Read for DataStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DataStream::Plain(socket) => socket.read(buf),
+            DataStream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for DataStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            DataStream::Plain(socket) => socket.write(buf),
+            DataStream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            DataStream::Plain(socket) => socket.flush(),
+            DataStream::Tls(stream) => stream.flush(),
+        }
+    }
+}
 
 /// Bytes sent per step of a stream: each step takes its tokens from the rate limiter,
 /// then goes to the socket in one `io::copy` (or `write_all`).
@@ -507,6 +585,8 @@ struct Shared {
     open: Mutex<HashMap<u64, TcpStream>>,
     counters: Counters,
     refusal_log: LogLimiter,
+    /// TLS (mutual) on every connection; None: plain TCP.
+    tls: Option<Arc<ServerConfig>>,
     #[cfg(test)]
     faults: Faults,
 }
@@ -568,12 +648,14 @@ impl DataServer {
             error,
         })?;
         let keys = cluster.replica_keys(me)?;
-        DataServer::start(
+        let tls = tls::ReplicaTls::load(cluster, me)?.map(|tls| tls.peers);
+        DataServer::start_with_tls(
             listener,
             DataServerConfig::from_cluster(cluster, me),
             &keys,
             source,
             Arc::new(MonotonicClock::new()),
+            tls,
         )
         .map_err(|error| RuntimeError::Net {
             operation: "start the data server on",
@@ -590,6 +672,19 @@ impl DataServer {
         keys: &ReplicaKeys,
         source: Arc<dyn StreamSource>,
         clock: Arc<dyn Clock>,
+    ) -> io::Result<DataServer> {
+        Self::start_with_tls(listener, config, keys, source, clock, None)
+    }
+
+    /// [`DataServer::start`], with mutual TLS on every connection when `tls` is given
+    /// (see the module's doc).
+    pub fn start_with_tls(
+        listener: TcpListener,
+        config: DataServerConfig,
+        keys: &ReplicaKeys,
+        source: Arc<dyn StreamSource>,
+        clock: Arc<dyn Clock>,
+        tls: Option<Arc<ServerConfig>>,
     ) -> io::Result<DataServer> {
         assert_eq!(keys.id, config.me, "the keys are this replica's");
         assert!(config.streams_max >= 1, "a server serves at least one stream");
@@ -613,6 +708,7 @@ impl DataServer {
             open: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             refusal_log: LogLimiter::default(),
+            tls,
             #[cfg(test)]
             faults: Faults::default(),
         });
@@ -815,6 +911,7 @@ enum Refusal {
     Malformed(String),
     UnknownReplica(ReplicaId),
     BadMac(ReplicaId),
+    Certificate(ReplicaId, String),
 }
 
 impl fmt::Display for Refusal {
@@ -828,6 +925,9 @@ impl fmt::Display for Refusal {
             Refusal::Malformed(what) => write!(f, "malformed request: {what}"),
             Refusal::UnknownReplica(id) => write!(f, "request names unknown replica {id}"),
             Refusal::BadMac(id) => write!(f, "request from replica {id} failed its MAC"),
+            Refusal::Certificate(id, why) => {
+                write!(f, "request names replica {id}, but the TLS certificate {why}")
+            }
         }
     }
 }
@@ -851,10 +951,10 @@ struct ControlRequest {
 enum Request {
     Stream(Authenticated),
     Control(ControlRequest),
-    Member { nonce: [u8; NONCE_BYTES], key: Key },
+    Member { from: ReplicaId, nonce: [u8; NONCE_BYTES], key: Key },
 }
 
-fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refusal> {
+fn read_request(shared: &Shared, stream: &mut DataStream) -> Result<Request, Refusal> {
     let mut length = [0u8; 4];
     stream.read_exact(&mut length).map_err(Refusal::Io)?;
     let length = u32::from_le_bytes(length);
@@ -863,7 +963,15 @@ fn read_request(shared: &Shared, stream: &mut TcpStream) -> Result<Request, Refu
     }
     let mut body = vec![0u8; length as usize];
     stream.read_exact(&mut body).map_err(Refusal::Io)?;
-    decode_request(&shared.keys, &body)
+    let request = decode_request(&shared.keys, &body)?;
+    // With TLS, the certificate must name the replica the request (MAC checked) names.
+    let from = match &request {
+        Request::Stream(authenticated) => authenticated.request.from,
+        Request::Control(control) => control.from,
+        Request::Member { from, .. } => *from,
+    };
+    stream.check_replica(from).map_err(|why| Refusal::Certificate(from, why))?;
+    Ok(request)
 }
 
 /// Authenticates and decodes a request body (what follows the length prefix, whose
@@ -906,7 +1014,7 @@ fn decode_request(keys: &[Option<Key>], body: &[u8]) -> Result<Request, Refusal>
             return Err(Refusal::Malformed("member query of an unknown version".into()));
         }
         r.finish().map_err(|e| malformed(&e))?;
-        return Ok(Request::Member { nonce, key });
+        return Ok(Request::Member { from, nonce, key });
     }
     if !(REQUEST_BYTES_MIN..=REQUEST_BYTES_MAX).contains(&body.len()) {
         return Err(Refusal::Length(length));
@@ -955,7 +1063,7 @@ fn encode_control_answer(key: &Key, nonce: &[u8; NONCE_BYTES], messages: &[Messa
     body
 }
 
-fn serve_control(shared: &Shared, stream: &mut TcpStream, peer: &str, control: ControlRequest) {
+fn serve_control(shared: &Shared, stream: &mut DataStream, peer: &str, control: ControlRequest) {
     let ControlRequest { from, nonce, key, message } = control;
     let answers = match shared.source.control(from, message) {
         Some(answers) => answers,
@@ -984,7 +1092,7 @@ fn serve_control(shared: &Shared, stream: &mut TcpStream, peer: &str, control: C
     let _ = stream.write_all(&framed);
 }
 
-fn serve_member(shared: &Shared, stream: &mut TcpStream, key: &Key, nonce: &[u8; NONCE_BYTES]) {
+fn serve_member(shared: &Shared, stream: &mut DataStream, key: &Key, nonce: &[u8; NONCE_BYTES]) {
     let Some(report) = shared.source.member_report() else {
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
         let _ = stream.write_all(&u32::MAX.to_le_bytes());
@@ -1009,21 +1117,59 @@ fn encode_answer(key: &Key, nonce: &[u8; NONCE_BYTES], tag: u8, value: u64) -> [
     answer
 }
 
-fn serve_connection(shared: &Shared, mut stream: TcpStream) {
-    let peer = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)));
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(SEND_TIMEOUT_MS)));
+fn serve_connection(shared: &Shared, mut socket: TcpStream) {
+    let peer = socket.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let _ = socket.set_nodelay(true);
+    let request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+    let stream = match &shared.tls {
+        None => DataStream::Plain(socket),
+        Some(config) => {
+            let _ = socket.set_read_timeout(Some(request_timeout));
+            let mut first = [0u8; 1];
+            let accepted = match socket.peek(&mut first) {
+                Ok(1) if first[0] == tls::TLS_HANDSHAKE_RECORD => {
+                    tls::accept(&mut socket, config.clone(), request_timeout).map_err(|error| {
+                        format!("a connection whose TLS handshake failed: {error}")
+                    })
+                }
+                Ok(1) => {
+                    Err("a plaintext connection: TLS is on ([tls] in the cluster config)"
+                        .to_string())
+                }
+                Ok(_) => Err("a connection closed before its TLS handshake".to_string()),
+                Err(error) => Err(format!("a connection silent before its TLS handshake: {error}")),
+            };
+            match accepted {
+                Ok(connection) => DataStream::Tls(Box::new(tls::Blocking::new(connection, socket))),
+                Err(why) => {
+                    shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    if !shared.is_stopping() {
+                        shared
+                            .refusal_log
+                            .warn(format_args!("replica {}: refused {why} from {peer}", shared.me));
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    serve_stream(shared, stream, &peer);
+}
+
+/// Serves one connection's request, its TLS handshake (if any) done.
+fn serve_stream(shared: &Shared, mut stream: DataStream, peer: &str) {
+    let _ = stream.socket().set_read_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)));
+    let _ = stream.socket().set_write_timeout(Some(Duration::from_millis(SEND_TIMEOUT_MS)));
     let Authenticated { request, nonce, key } = match read_request(shared, &mut stream) {
         Ok(Request::Stream(authenticated)) => authenticated,
         Ok(Request::Control(control)) => {
-            serve_control(shared, &mut stream, &peer, control);
-            let _ = stream.shutdown(Shutdown::Both);
+            serve_control(shared, &mut stream, peer, control);
+            let _ = stream.socket().shutdown(Shutdown::Both);
             return;
         }
-        Ok(Request::Member { nonce, key }) => {
+        Ok(Request::Member { nonce, key, .. }) => {
             serve_member(shared, &mut stream, &key, &nonce);
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.socket().shutdown(Shutdown::Both);
             return;
         }
         Err(refusal) => {
@@ -1048,7 +1194,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         }
         seen.push_back(request);
     }
-    let answer = |stream: &mut TcpStream, tag: u8, value: u64| {
+    let answer = |stream: &mut DataStream, tag: u8, value: u64| {
         stream.write_all(&encode_answer(&key, &nonce, tag, value))
     };
     let Some(_stream_slot) = Slot::take(&shared.streams, shared.streams_max) else {
@@ -1056,7 +1202,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         let _ = answer(&mut stream, ANSWER_BUSY, 0);
         return;
     };
-    let refuse = |stream: &mut TcpStream, why: String| {
+    let refuse = |stream: &mut DataStream, why: String| {
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
         log::warn!("replica {}: refused {request:?} from {peer}: {why}", shared.me);
         let mut refused = [0u8; ANSWER_BYTES];
@@ -1103,7 +1249,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
             log::info!("replica {}: stream of {request:?} to {peer} cut: {error}", shared.me);
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = stream.socket().shutdown(Shutdown::Both);
 }
 
 enum Payload {
@@ -1115,7 +1261,7 @@ enum Payload {
 /// when the server stopped (or a test fault cut the stream) first.
 fn send_payload(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     payload: Payload,
     offset: u64,
     total: u64,
@@ -1160,18 +1306,23 @@ fn send_payload(
     Ok(true)
 }
 
-/// Sends the `len` bytes of `file` at `offset` to `socket` with `sendfile(2)` (page
+/// Sends the `len` bytes of `file` at `offset` to `stream` with `sendfile(2)` (page
 /// cache to socket, no copy through user space), or with `pread` and `write` where the
-/// kernel refuses sendfile for this file. A file shorter than `offset + len` is an
-/// `UnexpectedEof` error.
+/// kernel refuses sendfile for this file, or through TLS. A file shorter than
+/// `offset + len` is an `UnexpectedEof` error.
 fn send_file_region(
     shared: &Shared,
     file: &File,
     offset: u64,
     len: u64,
-    socket: &mut TcpStream,
+    stream: &mut DataStream,
 ) -> io::Result<()> {
     assert!(len <= CHUNK_BYTES as u64, "one chunk at a time");
+    let socket = match stream {
+        DataStream::Plain(socket) => socket,
+        // The bytes must be encrypted in user space.
+        DataStream::Tls(_) => return copy_file_region(file, offset, len as usize, stream),
+    };
     let mut at = libc::off_t::try_from(offset)
         .map_err(|_| io::Error::other(format!("offset {offset} is over off_t")))?;
     let mut left = len as usize;
@@ -1222,7 +1373,7 @@ fn copy_file_region(
     file: &File,
     mut offset: u64,
     mut left: usize,
-    socket: &mut TcpStream,
+    socket: &mut impl Write,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; left.min(COPY_BUFFER_BYTES)];
     while left > 0 {
@@ -1248,7 +1399,7 @@ const COPY_BUFFER_BYTES: usize = 256 * 1024;
 // Client
 
 /// One fetch from one seeder: who asks whom for what, from which byte.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct FetchRequest {
     /// The seeder asked.
     pub seeder: ReplicaId,
@@ -1266,6 +1417,8 @@ pub struct FetchRequest {
     pub want: Want,
     /// The first byte wanted (the bytes before it are held already).
     pub offset: u64,
+    /// TLS with the seeder (the cluster's `[tls]`); None: plain TCP.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl fmt::Debug for FetchRequest {
@@ -1278,6 +1431,7 @@ impl fmt::Debug for FetchRequest {
             .field("ticket", &self.ticket)
             .field("want", &self.want)
             .field("offset", &self.offset)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -1464,6 +1618,20 @@ pub fn control_call(
     message: &Message,
     timeout: Duration,
 ) -> Result<Vec<Message>, FetchError> {
+    control_call_tls(addr, me, seeder, link_key, message, timeout, None)
+}
+
+/// [`control_call`], over TLS when `tls` is given (the cluster's `[tls]`: the seeder's
+/// certificate must name it).
+pub fn control_call_tls(
+    addr: SocketAddr,
+    me: ReplicaId,
+    seeder: ReplicaId,
+    link_key: &Key,
+    message: &Message,
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<Vec<Message>, FetchError> {
     assert!(me != seeder, "a replica does not ask itself");
     let fail = |kind| FetchError { seeder, addr, kind };
     let broken = |error: io::Error| {
@@ -1472,10 +1640,11 @@ pub fn control_call(
     let key = datapath_key(link_key);
     let nonce = fresh_nonce(&key);
     let body = encode_control_request(me, &key, &nonce, message);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
-    stream.set_nodelay(true).map_err(broken)?;
-    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
-    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+    let socket = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
+    socket.set_nodelay(true).map_err(broken)?;
+    let mut stream = DataStream::dial(socket, tls, seeder, timeout).map_err(broken)?;
+    stream.socket().set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream.socket().set_write_timeout(Some(timeout)).map_err(broken)?;
     stream.write_all(&body).map_err(broken)?;
     let mut length = [0u8; 4];
     stream.read_exact(&mut length).map_err(broken)?;
@@ -1533,6 +1702,7 @@ pub fn member_call(
     peer: ReplicaId,
     link_key: &Key,
     timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> Result<Vec<u8>, FetchError> {
     assert!(me != peer, "a replica does not ask itself");
     let fail = |kind| FetchError { seeder: peer, addr, kind };
@@ -1552,10 +1722,11 @@ pub fn member_call(
     let length = body.len() - 4;
     assert!((CONTROL_BYTES_MIN..=CONTROL_BYTES_MAX).contains(&length), "member query {length}");
     body[..4].copy_from_slice(&(length as u32).to_le_bytes());
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
-    stream.set_nodelay(true).map_err(broken)?;
-    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
-    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+    let socket = TcpStream::connect_timeout(&addr, timeout).map_err(broken)?;
+    socket.set_nodelay(true).map_err(broken)?;
+    let mut stream = DataStream::dial(socket, tls, peer, timeout).map_err(broken)?;
+    stream.socket().set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream.socket().set_write_timeout(Some(timeout)).map_err(broken)?;
     stream.write_all(&body).map_err(broken)?;
     let mut length = [0u8; 4];
     stream.read_exact(&mut length).map_err(broken)?;
@@ -1673,13 +1844,17 @@ fn attempt(
         }))
     };
     let connect = Duration::from_millis(options.connect_timeout_ms);
-    let mut stream = match TcpStream::connect_timeout(&request.addr, connect) {
-        Ok(stream) => stream,
+    let socket = match TcpStream::connect_timeout(&request.addr, connect) {
+        Ok(socket) => socket,
         Err(error) => return Attempt::Broken(format!("connect: {error}")),
     };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(connect));
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(RECEIVE_POLL_MS)));
+    let _ = socket.set_nodelay(true);
+    let mut stream = match DataStream::dial(socket, request.tls.as_ref(), request.seeder, connect) {
+        Ok(stream) => stream,
+        Err(error) => return Attempt::Broken(format!("TLS handshake: {error}")),
+    };
+    let _ = stream.socket().set_write_timeout(Some(connect));
+    let _ = stream.socket().set_read_timeout(Some(Duration::from_millis(RECEIVE_POLL_MS)));
     let nonce = fresh_nonce(key);
     if let Err(error) = stream.write_all(&encode_request(request, key, *position, &nonce)) {
         return Attempt::Broken(format!("send the request: {error}"));
@@ -1779,7 +1954,7 @@ fn decode_answer(
 /// raised, `Ok(Some(0))` at the end of the stream, an error when nothing came for
 /// `idle`.
 fn read_some(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     buffer: &mut [u8],
     stop: &AtomicBool,
     last_byte: &mut Instant,
@@ -1831,6 +2006,7 @@ pub mod fuzzing {
                     ticket: request.ticket,
                     want: request.want,
                     offset: 0,
+                    tls: None,
                 };
                 let encoded = encode_request(&fetch, &key, request.offset, &nonce);
                 assert_eq!(&encoded[4..], body, "a stream request encodes back to its bytes");
@@ -1876,6 +2052,7 @@ pub mod fuzzing {
             ticket: 3,
             want,
             offset: 0,
+            tls: None,
         };
         encode_request(&fetch, key, offset, &[5; NONCE_BYTES])[4..].to_vec()
     }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod net;
 pub mod recovery;
 pub mod replica;
+pub mod tls;
 pub mod transfer;
 
 pub use alloc::tune_allocator;
@@ -116,6 +117,11 @@ pub enum RuntimeError {
     /// The replica or client is shutting down.
     #[error("shut down")]
     Shutdown,
+    /// More than f replicas refused this client's connections, so no request can
+    /// complete: TLS is on at the replicas and off in the client's config, or the TLS
+    /// handshake failed on a certificate (the message has each replica's reason).
+    #[error("refused by the cluster: {0}")]
+    Refused(String),
 }
 
 impl RuntimeError {

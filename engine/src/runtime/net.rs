@@ -14,7 +14,14 @@
 //!
 //! Writes are batched: each connection has one writer thread draining a bounded queue
 //! into a buffered stream and flushing when the queue runs empty, so many small frames
-//! leave in few system calls.
+//! leave in few system calls (and, with TLS, in few records).
+//!
+//! With TLS ([`super::tls`]) a listener runs the handshake before the hello, on the
+//! connection's own thread and within the same [`HELLO_TIMEOUT_MS`]; a replica link's
+//! certificate must name the replica its hello claims. A plaintext peer of a TLS
+//! listener is sent one plaintext frame, [`TLS_REQUIRED_NOTICE`], and closed; a
+//! plaintext process that receives it records the refusal ([`Network::refusals`]) so
+//! its client can fail with a clear error instead of a timeout.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -25,6 +32,9 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::tls;
 
 /// Frames queued for one connection's writer at most.
 pub const WRITE_QUEUE_FRAMES_MAX: usize = 4_096;
@@ -45,6 +55,62 @@ pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 const HELLO_MAGIC: &[u8; 4] = b"DURA";
 /// Bytes of a hello frame's body.
 pub const HELLO_BYTES: usize = 4 + 1 + 8;
+
+/// The one plaintext frame a TLS listener sends a plaintext peer before it closes the
+/// connection.
+pub const TLS_REQUIRED_NOTICE: &[u8] = b"DURA-TLS-REQUIRED: this replica accepts TLS only";
+
+/// A connected socket, plain or after a finished TLS handshake.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over the socket; the handshake is done.
+    Tls(TcpStream, Box<rustls::Connection>),
+}
+
+impl Transport {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(socket) | Transport::Tls(socket, _) => socket,
+        }
+    }
+}
+
+enum ReadHalf {
+    Plain(TcpStream),
+    Tls(tls::Reader),
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ReadHalf::Plain(socket) => socket.read(buf),
+            ReadHalf::Tls(reader) => reader.read(buf),
+        }
+    }
+}
+
+enum WriteHalf {
+    Plain(Arc<TcpStream>),
+    Tls(tls::Writer),
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Plain(socket) => (&**socket).write(buf),
+            WriteHalf::Tls(writer) => writer.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            WriteHalf::Plain(socket) => (&**socket).flush(),
+            WriteHalf::Tls(writer) => writer.flush(),
+        }
+    }
+}
 
 /// Who is on the other end of a connection, from its hello frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,11 +240,27 @@ pub struct Network {
     stopping: AtomicBool,
     frame_bytes_max: u32,
     me: Peer,
+    /// TLS for the connections this process dials; None: plain TCP.
+    dial_tls: Option<Arc<ClientConfig>>,
+    /// Why a replica refused this process (it requires TLS, or the TLS handshake
+    /// failed on a certificate or protocol error), by replica; cleared when a frame
+    /// from it arrives. At most one entry per replica.
+    refusals: Mutex<HashMap<Peer, String>>,
 }
 
 impl Network {
-    /// A network with no connection yet, for the process named `me`.
+    /// A network with no connection yet, for the process named `me`, on plain TCP.
     pub fn new(me: Peer, frame_bytes_max: u32) -> Arc<Self> {
+        Self::with_tls(me, frame_bytes_max, None)
+    }
+
+    /// A network whose dialed connections use TLS with `dial_tls` (None: plain TCP).
+    /// Listeners choose for themselves ([`Network::serve_counted`]).
+    pub fn with_tls(
+        me: Peer,
+        frame_bytes_max: u32,
+        dial_tls: Option<Arc<ClientConfig>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             links: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -186,7 +268,27 @@ impl Network {
             stopping: AtomicBool::new(false),
             frame_bytes_max,
             me,
+            dial_tls,
+            refusals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Replicas that refused this process and why (see [`TLS_REQUIRED_NOTICE`]), for a
+    /// clear error: a cluster with TLS on, a client without, or certificates from
+    /// another CA.
+    pub fn refusals(&self) -> Vec<(Peer, String)> {
+        let refusals = self.refusals.lock().expect("network lock poisoned");
+        let mut list: Vec<_> = refusals.iter().map(|(p, why)| (*p, why.clone())).collect();
+        list.sort_by_key(|(peer, _)| format!("{peer:?}"));
+        list
+    }
+
+    fn record_refusal(&self, peer: Peer, why: String) {
+        let mut refusals = self.refusals.lock().expect("network lock poisoned");
+        if refusals.get(&peer) != Some(&why) {
+            log::error!("{:?}: {why}", self.me);
+        }
+        refusals.insert(peer, why);
     }
 
     /// Whether [`Network::stop`] was called.
@@ -248,16 +350,16 @@ impl Network {
         }
     }
 
-    /// Registers `stream` (hello already exchanged) as the link to `peer`, replacing an
-    /// older one, and starts its reader and writer threads. Frames read go to `inbound`.
-    /// Returns a receiver that is disconnected when the connection ends.
+    /// Registers `transport` (hello already exchanged) as the link to `peer`, replacing
+    /// an older one, and starts its reader and writer threads. Frames read go to
+    /// `inbound`. Returns a receiver that is disconnected when the connection ends.
     pub fn attach(
         self: &Arc<Self>,
         peer: Peer,
-        stream: TcpStream,
+        transport: Transport,
         inbound: FrameSink,
     ) -> io::Result<Receiver<()>> {
-        self.attach_holding(peer, stream, inbound, ())
+        self.attach_holding(peer, transport, inbound, ())
     }
 
     /// [`Network::attach`], with `held` kept alive by the reader thread until the
@@ -265,13 +367,25 @@ impl Network {
     fn attach_holding(
         self: &Arc<Self>,
         peer: Peer,
-        stream: TcpStream,
+        transport: Transport,
         inbound: FrameSink,
         held: impl Send + 'static,
     ) -> io::Result<Receiver<()>> {
-        stream.set_nodelay(true)?;
-        let read_half = stream.try_clone()?;
-        let stream = Arc::new(stream);
+        transport.socket().set_nodelay(true)?;
+        transport.socket().set_read_timeout(None)?;
+        transport.socket().set_write_timeout(None)?;
+        let is_tls = matches!(transport, Transport::Tls(..));
+        let (stream, read_half, write_half) = match transport {
+            Transport::Plain(stream) => {
+                let read_half = ReadHalf::Plain(stream.try_clone()?);
+                let stream = Arc::new(stream);
+                (stream.clone(), read_half, WriteHalf::Plain(stream))
+            }
+            Transport::Tls(stream, connection) => {
+                let (reader, writer) = tls::split(*connection, &stream)?;
+                (Arc::new(stream), ReadHalf::Tls(reader), WriteHalf::Tls(writer))
+            }
+        };
         let (queue_tx, queue_rx) = bounded::<Arc<[u8]>>(WRITE_QUEUE_FRAMES_MAX);
         let (closed_tx, closed_rx) = bounded::<()>(0);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +412,7 @@ impl Network {
         let me = self.me;
         thread::Builder::new().name(format!("net-w-{peer:?}")).spawn(move || {
             let _closed = closed_tx;
-            if let Err(error) = run_writer(&writer_stream, &queue_rx) {
+            if let Err(error) = run_writer(write_half, &queue_rx) {
                 log::debug!("{me:?}: writer to {peer:?} ended: {error}");
             }
             let _ = writer_stream.shutdown(Shutdown::Both);
@@ -309,10 +423,26 @@ impl Network {
             let _held = held;
             let mut reader = BufReader::with_capacity(WRITE_BUFFER_BYTES, read_half);
             let mut body = Vec::new();
+            let mut first = true;
             loop {
                 match read_frame(&mut reader, &mut body, frame_bytes_max) {
+                    Ok(Some(length)) if first && !is_tls && &body[..length] == TLS_REQUIRED_NOTICE => {
+                        network.record_refusal(
+                            peer,
+                            format!(
+                                "{peer:?} requires TLS: its cluster config has a [tls] section, \
+                                 and the one this process read has none"
+                            ),
+                        );
+                        break;
+                    }
                     Ok(Some(length)) => match inbound(peer, &body[..length]) {
-                        SinkVerdict::Continue => {}
+                        SinkVerdict::Continue => {
+                            if first {
+                                first = false;
+                                network.clear_refusal(peer);
+                            }
+                        }
                         SinkVerdict::Reject => {
                             log::warn!("{me:?}: dropping connection from {peer:?}: a frame failed to decode or authenticate");
                             break;
@@ -336,6 +466,10 @@ impl Network {
         Ok(closed_rx)
     }
 
+    fn clear_refusal(&self, peer: Peer) {
+        self.refusals.lock().expect("network lock poisoned").remove(&peer);
+    }
+
     fn detach(&self, peer: Peer, generation: u64) {
         let mut links = self.links.lock().expect("network lock poisoned");
         if links.get(&peer).is_some_and(|l| l.generation == generation) {
@@ -356,11 +490,14 @@ impl Network {
         accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
         inbound: FrameSink,
     ) -> io::Result<thread::JoinHandle<()>> {
-        self.serve_counted(listener, connections_max, accept, inbound, Arc::default())
+        self.serve_counted(listener, connections_max, accept, inbound, Arc::default(), None)
     }
 
     /// [`Network::serve`], counting the open connections in `open` (which must start at
-    /// 0 and is not shared with another listener), for the replica's metrics.
+    /// 0 and is not shared with another listener), for the replica's metrics, and with
+    /// TLS when `tls` is given: each connection's handshake comes before its hello, a
+    /// plaintext peer is refused, and a replica's certificate must name the replica
+    /// its hello claims.
     pub fn serve_counted(
         self: &Arc<Self>,
         listener: TcpListener,
@@ -368,6 +505,7 @@ impl Network {
         accept: impl Fn(Peer) -> bool + Send + Sync + 'static,
         inbound: FrameSink,
         open: Arc<AtomicUsize>,
+        tls: Option<Arc<ServerConfig>>,
     ) -> io::Result<thread::JoinHandle<()>> {
         assert!(connections_max > 0, "a listener must accept at least one connection");
         assert_eq!(open.load(Ordering::Relaxed), 0, "a fresh connection count");
@@ -398,9 +536,12 @@ impl Network {
                 let handshaker = network.clone();
                 let accept = accept.clone();
                 let inbound = inbound.clone();
+                let tls = tls.clone();
                 let spawned = thread::Builder::new()
                     .name(format!("net-hello-{}", local.port()))
-                    .spawn(move || handshaker.handshake(stream, local, &*accept, inbound, slot));
+                    .spawn(move || {
+                        handshaker.handshake(stream, local, &*accept, inbound, slot, tls)
+                    });
                 if let Err(error) = spawned {
                     log::warn!("{:?}: no thread for a connection on {local}: {error}", network.me);
                 }
@@ -417,22 +558,75 @@ impl Network {
         accept: &(dyn Fn(Peer) -> bool + Send + Sync),
         inbound: FrameSink,
         slot: ConnectionSlot,
+        tls: Option<Arc<ServerConfig>>,
     ) {
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(HELLO_TIMEOUT_MS)));
+        let timeout = Duration::from_millis(HELLO_TIMEOUT_MS);
+        let _ = stream.set_read_timeout(Some(timeout));
+        let _ = stream.set_write_timeout(Some(timeout));
+        let from = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
         let mut body = Vec::new();
-        let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
-            Ok(Some(length)) => Peer::decode(&body[..length]),
-            _ => None,
+        let (transport, peer) = match tls {
+            None => {
+                let peer = match read_frame(&mut stream, &mut body, HELLO_BYTES as u32) {
+                    Ok(Some(length)) => Peer::decode(&body[..length]),
+                    _ => None,
+                };
+                (Transport::Plain(stream), peer)
+            }
+            Some(config) => {
+                let mut first = [0u8; 1];
+                match stream.peek(&mut first) {
+                    Ok(1) if first[0] == tls::TLS_HANDSHAKE_RECORD => {}
+                    Ok(1) => {
+                        log::warn!(
+                            "{:?}: refused a plaintext connection on {local} from {from}: TLS is on ([tls] in the cluster config)",
+                            self.me
+                        );
+                        let _ = write_frame(&mut stream, TLS_REQUIRED_NOTICE);
+                        let _ = stream.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    // Closed, or silent for the whole hello timeout.
+                    _ => return,
+                }
+                let connection = match tls::accept(&mut stream, config, timeout) {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        log::warn!(
+                            "{:?}: refused a connection on {local} from {from}: TLS handshake failed: {error}",
+                            self.me
+                        );
+                        return;
+                    }
+                };
+                let mut connection = Box::new(connection);
+                let peer = {
+                    let mut tls_stream = tls::Blocking::new(&mut *connection, &mut stream);
+                    match read_frame(&mut tls_stream, &mut body, HELLO_BYTES as u32) {
+                        Ok(Some(length)) => Peer::decode(&body[..length]),
+                        _ => None,
+                    }
+                };
+                if let Some(Peer::Replica(id)) = peer
+                    && let Err(why) = tls::check_peer_is_replica(&connection, id)
+                {
+                    log::warn!(
+                        "{:?}: refused a connection on {local} from {from}: its hello claims replica {id}, but its certificate {why}",
+                        self.me
+                    );
+                    return;
+                }
+                (Transport::Tls(stream, connection), peer)
+            }
         };
         let Some(peer) = peer.filter(|p| accept(*p)) else {
             log::warn!(
-                "{:?}: refused a connection on {local} with a bad or missing hello",
+                "{:?}: refused a connection on {local} from {from} with a bad or missing hello",
                 self.me
             );
             return;
         };
-        let _ = stream.set_read_timeout(None);
-        if let Err(error) = self.attach_holding(peer, stream, inbound, slot) {
+        if let Err(error) = self.attach_holding(peer, transport, inbound, slot) {
             log::debug!("{:?}: could not attach {peer:?}: {error}", self.me);
         }
     }
@@ -442,12 +636,28 @@ impl Network {
         let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
     }
 
-    /// Dials `addr` as `me`, sends the hello. One attempt.
-    pub fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+    /// Dials `peer` at `addr` as `me` (with TLS when this network has it: the peer's
+    /// certificate must name `peer`), sends the hello. One attempt. A failed TLS
+    /// handshake is an error of kind `InvalidData` (a certificate or protocol error)
+    /// or of the socket's.
+    pub fn dial(&self, peer: Peer, addr: SocketAddr) -> io::Result<Transport> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         stream.set_nodelay(true)?;
-        write_frame(&mut stream, &self.me.encode())?;
-        Ok(stream)
+        let Some(config) = &self.dial_tls else {
+            write_frame(&mut stream, &self.me.encode())?;
+            return Ok(Transport::Plain(stream));
+        };
+        let Peer::Replica(id) = peer else {
+            return Err(io::Error::other("TLS connections are dialed to replicas only"));
+        };
+        let timeout = Duration::from_millis(HELLO_TIMEOUT_MS);
+        let mut connection = tls::connect(&mut stream, config.clone(), id, timeout)?;
+        {
+            let mut tls_stream = tls::Blocking::new(&mut connection, &mut stream);
+            write_frame(&mut tls_stream, &self.me.encode())?;
+            tls_stream.flush()?;
+        }
+        Ok(Transport::Tls(stream, Box::new(connection)))
     }
 
     /// Keeps a connection to `peer` at `addr` open until [`Network::stop`]: dials,
@@ -462,7 +672,20 @@ impl Network {
         thread::Builder::new().name(format!("net-dial-{peer:?}")).spawn(move || {
             let mut backoff_ms = 10;
             while !network.is_stopping() {
-                match network.dial(addr).and_then(|s| network.attach(peer, s, inbound.clone())) {
+                let dialed = network.dial(peer, addr);
+                if let Err(error) = &dialed
+                    && error.kind() == io::ErrorKind::InvalidData
+                {
+                    network.record_refusal(
+                        peer,
+                        format!(
+                            "TLS handshake with {peer:?} at {addr} failed: {error} (is its \
+                             certificate signed by this config's [tls] ca_file, and does it \
+                             name {peer:?} as dura-replica-<id>?)"
+                        ),
+                    );
+                }
+                match dialed.and_then(|s| network.attach(peer, s, inbound.clone())) {
                     Ok(closed) => {
                         backoff_ms = 10;
                         let _ = closed.recv();
@@ -502,7 +725,7 @@ impl Drop for ConnectionSlot {
     }
 }
 
-fn run_writer(stream: &TcpStream, queue: &Receiver<Arc<[u8]>>) -> io::Result<()> {
+fn run_writer(stream: WriteHalf, queue: &Receiver<Arc<[u8]>>) -> io::Result<()> {
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
     while let Ok(frame) = queue.recv() {
         write_frame(&mut writer, &frame)?;
@@ -558,7 +781,7 @@ mod tests {
         server
             .serve(listener, 16, |p| matches!(p, Peer::Client(_)), channel_sink(server_tx))
             .expect("serve");
-        let stream = client.dial(addr).expect("dial");
+        let stream = client.dial(Peer::Replica(0), addr).expect("dial");
         let closed =
             client.attach(Peer::Replica(0), stream, channel_sink(client_tx)).expect("attach");
         assert!(client.send(Peer::Replica(0), Arc::from(&b"ping"[..])));
@@ -624,7 +847,7 @@ mod tests {
     /// the hello was written (a refusal can be that quick).
     fn try_connect_client(id: u64, addr: SocketAddr) -> Option<(Arc<Network>, Receiver<()>)> {
         let client = Network::new(Peer::Client(id), 1024);
-        let stream = client.dial(addr).ok()?;
+        let stream = client.dial(Peer::Replica(0), addr).ok()?;
         let (unused_tx, _unused_rx) = bounded(16);
         let closed = client.attach(Peer::Replica(0), stream, channel_sink(unused_tx)).ok()?;
         Some((client, closed))
@@ -692,6 +915,179 @@ mod tests {
         for network in [first, server] {
             network.stop();
         }
+        Network::wake_listener(addr);
+    }
+
+    /// Replica `id`'s TLS settings from a CA's certificate for `names`.
+    fn replica_tls(ca: &tls::testing::TestCa, id: u32, names: &[String]) -> tls::ReplicaTls {
+        let dir = ca.ca_file.parent().expect("CA dir");
+        let mut config = super::super::ClusterConfig::local_with_ports(
+            1,
+            super::super::Mode::Bft,
+            super::super::LogMode::None,
+            dir,
+            &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+        );
+        ca.secure(&mut config);
+        let (cert, key) = ca.issue(&format!("custom-{id}"), names);
+        config.replicas[id as usize].tls_cert_file = Some(cert);
+        config.replicas[id as usize].tls_key_file = Some(key);
+        tls::ReplicaTls::load(&config, id).expect("loads").expect("TLS is on")
+    }
+
+    /// Replica 0 listening with TLS for replicas; its frames come out of the receiver.
+    fn serve_replicas_with_tls(
+        ca: &tls::testing::TestCa,
+    ) -> (Arc<Network>, SocketAddr, Receiver<Inbound>) {
+        let server_tls = replica_tls(ca, 0, &[tls::replica_name(0)]);
+        let server = Network::with_tls(Peer::Replica(0), 1024, Some(server_tls.dial.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (server_tx, server_rx) = bounded(16);
+        server
+            .serve_counted(
+                listener,
+                16,
+                |p| matches!(p, Peer::Replica(_)),
+                channel_sink(server_tx),
+                Arc::default(),
+                Some(server_tls.peers.clone()),
+            )
+            .expect("serve");
+        (server, addr, server_rx)
+    }
+
+    #[test]
+    fn a_mutual_tls_link_carries_frames_both_ways_and_batches_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        let client_tls = replica_tls(&ca, 1, &[tls::replica_name(1)]);
+        let client = Network::with_tls(Peer::Replica(1), 1024, Some(client_tls.dial));
+        let (client_tx, client_rx) = bounded(4096);
+        client.keep_dialing(Peer::Replica(0), addr, channel_sink(client_tx)).expect("dial");
+        // Many small frames, queued at once: they leave batched, and all arrive in order.
+        for i in 0..1000u32 {
+            assert!(client.send(Peer::Replica(0), Arc::from(&i.to_le_bytes()[..])));
+        }
+        for i in 0..1000u32 {
+            let got = server_rx.recv_timeout(Duration::from_secs(10)).expect("frame arrives");
+            assert_eq!((got.from, got.body.as_slice()), (Peer::Replica(1), &i.to_le_bytes()[..]));
+        }
+        // A frame larger than a TLS record and than a write chunk, back the other way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !server.is_connected(Peer::Replica(1)) {
+            assert!(std::time::Instant::now() < deadline, "the link registers");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let big: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+        assert!(server.send(Peer::Replica(1), Arc::from(big.clone())));
+        let got = client_rx.recv_timeout(Duration::from_secs(10)).expect("frame arrives");
+        assert_eq!((got.from, got.body), (Peer::Replica(0), big));
+        client.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let other = tls::testing::TestCa::new(dir.path(), "other-ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        // Its own CA trusts the server, but the server does not trust its certificate.
+        let stranger_tls = replica_tls(&other, 1, &[tls::replica_name(1)]);
+        let stranger = Network::with_tls(Peer::Replica(1), 1024, Some(stranger_tls.dial));
+        let outcome = stranger.dial(Peer::Replica(0), addr);
+        let error = outcome.expect_err("the server's certificate is from an unknown CA");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        // Trusting the right CA but holding a certificate of the other: the server ends
+        // the handshake and nothing is delivered.
+        let mixed = {
+            let mut config = super::super::ClusterConfig::local_with_ports(
+                1,
+                super::super::Mode::Bft,
+                super::super::LogMode::None,
+                dir.path(),
+                &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+            );
+            other.secure(&mut config);
+            config.tls.as_mut().expect("on").ca_file = ca.ca_file.clone();
+            tls::ReplicaTls::load(&config, 1).expect("loads").expect("on")
+        };
+        let impostor = Network::with_tls(Peer::Replica(1), 1024, Some(mixed.dial));
+        if let Ok(transport) = impostor.dial(Peer::Replica(0), addr) {
+            let (unused_tx, _unused_rx) = bounded(16);
+            let closed = impostor
+                .attach(Peer::Replica(0), transport, channel_sink(unused_tx))
+                .expect("attach");
+            let _ = impostor.send(Peer::Replica(0), Arc::from(&b"forged"[..]));
+            assert!(closed.recv_timeout(Duration::from_secs(10)).is_err(), "closed by the server");
+        }
+        assert!(server_rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing delivered");
+        for network in [stranger, impostor, server] {
+            network.stop();
+        }
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn a_replica_certificate_must_name_the_replica_its_hello_claims() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        // Replica 2's certificate, a hello claiming replica 1.
+        let tls_2 = replica_tls(&ca, 2, &[tls::replica_name(2)]);
+        let liar = Network::with_tls(Peer::Replica(1), 1024, Some(tls_2.dial));
+        if let Ok(transport) = liar.dial(Peer::Replica(0), addr) {
+            let (unused_tx, _unused_rx) = bounded(16);
+            let closed =
+                liar.attach(Peer::Replica(0), transport, channel_sink(unused_tx)).expect("attach");
+            let _ = liar.send(Peer::Replica(0), Arc::from(&b"as replica 1"[..]));
+            assert!(closed.recv_timeout(Duration::from_secs(10)).is_err(), "closed by the server");
+        }
+        assert!(server_rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing delivered");
+        // A certificate naming only another replica is refused at load.
+        let mut config = super::super::ClusterConfig::local_with_ports(
+            1,
+            super::super::Mode::Bft,
+            super::super::LogMode::None,
+            dir.path(),
+            &[7000, 7001, 7002, 7003, 7004, 7005, 7006, 7007],
+        );
+        ca.secure(&mut config);
+        config.replicas[1].tls_cert_file = config.replicas[2].tls_cert_file.clone();
+        config.replicas[1].tls_key_file = config.replicas[2].tls_key_file.clone();
+        let error = tls::ReplicaTls::load(&config, 1).expect_err("another replica's certificate");
+        assert!(error.to_string().contains("replica[1].tls_cert_file"), "{error}");
+        assert!(error.to_string().contains("dura-replica-1"), "{error}");
+        liar.stop();
+        server.stop();
+        Network::wake_listener(addr);
+    }
+
+    #[test]
+    fn a_plaintext_client_of_a_tls_listener_learns_that_tls_is_required() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls::testing::TestCa::new(dir.path(), "ca");
+        let (server, addr, server_rx) = serve_replicas_with_tls(&ca);
+        let plain = Network::new(Peer::Replica(1), 1024);
+        let (unused_tx, _unused_rx) = bounded(16);
+        plain.keep_dialing(Peer::Replica(0), addr, channel_sink(unused_tx)).expect("dial");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let refusals = loop {
+            let refusals = plain.refusals();
+            if !refusals.is_empty() {
+                break refusals;
+            }
+            assert!(std::time::Instant::now() < deadline, "no refusal recorded");
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(refusals[0].0, Peer::Replica(0));
+        assert!(refusals[0].1.contains("requires TLS"), "{}", refusals[0].1);
+        assert!(server_rx.try_recv().is_err(), "nothing delivered");
+        plain.stop();
+        server.stop();
         Network::wake_listener(addr);
     }
 }

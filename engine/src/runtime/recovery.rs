@@ -39,7 +39,7 @@ use dura_transfer::{
 use super::RuntimeError;
 use super::config::ClusterConfig;
 use super::datapath::{
-    FetchOptions, FetchRequest, StreamOutcome, control_call, fetch, member_call,
+    FetchOptions, FetchRequest, StreamOutcome, control_call_tls, fetch, member_call,
 };
 use super::membership::{
     Answer, Bootstrap, EmptyStart, OwnState, PeerReport, Standing, StartDecision, agreed_leader,
@@ -88,14 +88,24 @@ pub fn peers_hold_state(
     me: ReplicaId,
     keys: &ReplicaKeys,
 ) -> Vec<PeerState> {
+    // A config whose TLS files do not load fails the replica's start with the reason;
+    // here it only means no peer can be asked.
+    let tls = match super::tls::ReplicaTls::load(config, me) {
+        Ok(tls) => tls.map(|tls| tls.dial),
+        Err(error) => {
+            log::warn!("replica {me}: cannot ask peers for their state: {error}");
+            return Vec::new();
+        }
+    };
     let mut asks = Vec::new();
     for peer in config.replicas.iter().filter(|r| r.id != me) {
         let (Ok(addr), Some(link)) = (peer.transfer_addr(), keys.link(peer.id).copied()) else {
             continue;
         };
         let replica = peer.id;
+        let tls = tls.clone();
         asks.push(thread::spawn(move || {
-            let bytes = member_call(addr, me, replica, &link, PROBE_TIMEOUT).ok()?;
+            let bytes = member_call(addr, me, replica, &link, PROBE_TIMEOUT, tls.as_ref()).ok()?;
             match PeerReport::decode(&bytes) {
                 Ok(report) => Some(Answer { replica, report }),
                 Err(error) => {
@@ -399,6 +409,7 @@ pub fn transfer_state<S: Service>(
         leader,
         fetches_from: BTreeMap::new(),
         bytes_from: BTreeMap::new(),
+        tls: super::tls::ReplicaTls::load(config, me)?.map(|tls| tls.dial),
     };
     let probe_config = Arc::new(config.clone());
     let probe_keys = Arc::new(keys.clone());
@@ -502,6 +513,8 @@ struct Driver<'a, S: Service> {
     fetches_from: BTreeMap<ReplicaId, u32>,
     /// Bytes kept from each seeder (at most n entries).
     bytes_from: BTreeMap<ReplicaId, u64>,
+    /// TLS with the seeders (the cluster's `[tls]`); None: plain TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<S: Service> Driver<'_, S> {
@@ -574,8 +587,9 @@ impl<S: Service> Driver<'_, S> {
             return;
         }
         let (me, tx, controls) = (self.me, self.tx.clone(), self.controls.clone());
+        let tls = self.tls.clone();
         let spawned = thread::Builder::new().name(format!("cst-ctl-{me}-{to}")).spawn(move || {
-            match control_call(addr, me, to, &link, &msg, CONTROL_TIMEOUT) {
+            match control_call_tls(addr, me, to, &link, &msg, CONTROL_TIMEOUT, tls.as_ref()) {
                 Ok(answers) => {
                     for answer in answers {
                         let _ =
@@ -614,6 +628,7 @@ impl<S: Service> Driver<'_, S> {
             ticket,
             want,
             offset: 0,
+            tls: self.tls.clone(),
         };
         let tx = self.tx.clone();
         let dir = self.staging_root.join(format!("ticket-{ticket}"));

@@ -580,7 +580,12 @@ pub fn start_replica<S: Service>(
     };
     let mut listen_addrs = vec![me.replica_addr()?, me.client_addr()?];
     listen_addrs.extend(metrics_addr);
-    let network = Network::new(Peer::Replica(id), config.frame_bytes_max);
+    let tls = super::tls::ReplicaTls::load(config, id)?;
+    let network = Network::with_tls(
+        Peer::Replica(id),
+        config.frame_bytes_max,
+        tls.as_ref().map(|tls| tls.dial.clone()),
+    );
     let (order_tx, order_rx) = bounded::<OrderInput>(ORDER_QUEUE_MAX);
     let n = config.n();
     let replica_sink: FrameSink = {
@@ -641,6 +646,7 @@ pub fn start_replica<S: Service>(
                 move |p| matches!(p, Peer::Replica(r) if r < n && r != id),
                 replica_sink.clone(),
                 replica_metrics.replica_connections(),
+                tls.as_ref().map(|tls| tls.peers.clone()),
             )
             .map_err(io_error("start replica acceptor"))?,
     );
@@ -652,6 +658,7 @@ pub fn start_replica<S: Service>(
                 |p| matches!(p, Peer::Client(c) if c & CLIENT_SESSION_MASK == 0),
                 client_sink,
                 replica_metrics.client_connections(),
+                tls.as_ref().map(|tls| tls.clients.clone()),
             )
             .map_err(io_error("start client acceptor"))?,
     );

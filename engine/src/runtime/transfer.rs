@@ -667,7 +667,7 @@ mod tests {
         let mut server = serve(host.with_member(member.clone()));
         let link_key = *ring.replica_keys(2).link(0).expect("link");
         let ask = |addr| {
-            member_call(addr, 2, 0, &link_key, Duration::from_secs(5))
+            member_call(addr, 2, 0, &link_key, Duration::from_secs(5), None)
                 .map(|bytes| PeerReport::decode(&bytes).expect("a report"))
         };
         // Starting, its state lost: no regency (it does not serve).
@@ -690,7 +690,10 @@ mod tests {
         assert_eq!(ask(server.local_addr()).expect("answers").regency, None);
         // A key the server does not share is refused.
         let stranger = *KeyRing::new([8; 32], 4).replica_keys(2).link(0).expect("link");
-        assert!(member_call(server.local_addr(), 2, 0, &stranger, Duration::from_secs(5)).is_err());
+        assert!(
+            member_call(server.local_addr(), 2, 0, &stranger, Duration::from_secs(5), None)
+                .is_err()
+        );
         server.stop();
         // A host without membership refuses the exchange.
         let other = tempfile::tempdir().expect("tempdir");
@@ -737,6 +740,7 @@ mod tests {
             ticket,
             want,
             offset: 0,
+            tls: None,
         };
         let stop = AtomicBool::new(false);
         let fetch_all = |request: &FetchRequest| {

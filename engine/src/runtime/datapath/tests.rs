@@ -44,6 +44,7 @@ fn request_from(server: &DataServer, me: ReplicaId, want: Want, offset: u64) -> 
         ticket: 77,
         want,
         offset,
+        tls: None,
     }
 }
 
@@ -366,6 +367,7 @@ fn a_seeder_that_is_not_there_fails_after_its_attempts_and_stop_is_honoured() {
         ticket: 1,
         want: Want::Checkpoint { agreement_id: 1 },
         offset: 0,
+        tls: None,
     };
     let stop = AtomicBool::new(false);
     let outcome = fetch(&request, &quick(), &mut |_| Ok(()), &mut |_| {}, &stop);
@@ -502,6 +504,7 @@ fn a_server_bound_from_the_cluster_config_serves_with_the_cluster_keys() {
         ticket: 5,
         want,
         offset: 0,
+        tls: None,
     };
     let (outcome, bytes, _) = fetch_bytes(&request);
     assert!(matches!(outcome, StreamOutcome::Done { bytes: 4_096 }), "{outcome:?}");
@@ -589,5 +592,67 @@ fn a_source_without_control_refuses_control_messages() {
         Duration::from_secs(5),
     );
     assert!(matches!(answer, Err(FetchError { kind: FetchErrorKind::Refused, .. })), "{answer:?}");
+    server.stop();
+}
+
+#[test]
+fn with_tls_a_file_streams_through_rustls_and_plaintext_or_a_wrong_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = tls::testing::TestCa::new(dir.path(), "ca");
+    let mut cluster =
+        ClusterConfig::local(4, dura_core::Mode::Bft, super::super::LogMode::None, dir.path())
+            .expect("local config");
+    ca.secure(&mut cluster);
+    let source = Arc::new(DirSource::new(dir.path()));
+    // Over one chunk, so the stream takes several turns of pread and encrypted writes.
+    let want = Want::Checkpoint { agreement_id: 42 };
+    let expected = write_random(&source.path_of(want), CHUNK_BYTES + 12_345, 7);
+    let mut server = DataServer::bind(&cluster, 1, source).expect("bind the transfer port");
+    let addr = server.local_addr();
+    let keys = cluster.replica_keys(2).expect("keys");
+    let request = |tls: Option<Arc<ClientConfig>>| FetchRequest {
+        seeder: 1,
+        addr,
+        me: 2,
+        link_key: *keys.link(1).expect("link to 1"),
+        round: ROUND,
+        ticket: 5,
+        want,
+        offset: 0,
+        tls,
+    };
+    let tls_of = |id| tls::ReplicaTls::load(&cluster, id).expect("loads").expect("on").dial;
+    let (outcome, bytes, _) = fetch_bytes(&request(Some(tls_of(2))));
+    assert!(
+        matches!(outcome, StreamOutcome::Done { bytes } if bytes == expected.len() as u64),
+        "{outcome:?}"
+    );
+    assert!(bytes == expected, "the bytes arrive whole through TLS");
+    assert_eq!(server.stats().sendfile_refused, 0, "no sendfile was tried under TLS");
+    let refused_before = server.stats().refused;
+    // Plaintext: refused before any request is read.
+    let (outcome, bytes, _) = fetch_bytes(&request(None));
+    assert!(!matches!(outcome, StreamOutcome::Done { .. }), "{outcome:?}");
+    assert!(bytes.is_empty());
+    // Replica 3's certificate with replica 2's request and key: its MAC holds, but the
+    // certificate does not name replica 2.
+    let (outcome, bytes, _) = fetch_bytes(&request(Some(tls_of(3))));
+    assert!(
+        matches!(outcome, StreamOutcome::Failed(FetchError { kind: FetchErrorKind::Refused, .. })),
+        "{outcome:?}"
+    );
+    assert!(bytes.is_empty());
+    assert!(server.stats().refused > refused_before + 1, "{:?}", server.stats());
+    // Control exchanges go through TLS as well.
+    let answers = control_call_tls(
+        addr,
+        2,
+        1,
+        keys.link(1).expect("link to 1"),
+        &Message::Query { round: ROUND },
+        Duration::from_secs(5),
+        Some(&tls_of(2)),
+    );
+    assert!(answers.is_err(), "DirSource answers no control message: {answers:?}");
     server.stop();
 }
