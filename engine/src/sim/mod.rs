@@ -1080,14 +1080,19 @@ impl<'c> World<'c> {
                     if total.lost.contains(&id) {
                         // Its disk is gone: it never runs again (a replacement would join
                         // as a new member with an empty disk).
-                        if self.replicas[id as usize].core.is_some() {
+                        if self.replicas[id as usize].core.is_some()
+                            || self.transfers.contains_key(&id)
+                        {
                             self.crash(id);
                         }
                         self.replicas[id as usize].lost = true;
                         self.report.lost_disks += 1;
                         continue;
                     }
-                    if self.replicas[id as usize].core.is_none() {
+                    // A replica transferring state is a running process too.
+                    if self.replicas[id as usize].core.is_none()
+                        && !self.transfers.contains_key(&id)
+                    {
                         continue;
                     }
                     self.crash(id);

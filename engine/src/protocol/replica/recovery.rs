@@ -72,6 +72,11 @@ impl Replica {
     /// changes nothing. `recovered.recent` must end at `recovered.last_decided`.
     pub fn install_transferred(&mut self, recovered: Recovered, ordered: BTreeMap<u64, u64>) {
         let at = recovered.last_decided;
+        // Whatever was installed, GONE answers count afresh: a transfer that found
+        // nothing newer (its peers' agreed state was not ahead yet) is asked for again.
+        self.gone.clear();
+        self.transfer_asked = false;
+        self.gone_at = self.last_decided.max(at);
         if at <= self.last_decided {
             return;
         }
@@ -98,9 +103,6 @@ impl Replica {
             let sequence = *entry;
             self.remove_ordered_pending(client, sequence);
         }
-        self.gone.clear();
-        self.gone_at = at;
-        self.transfer_asked = false;
         self.behind_mark = None;
         self.fetch_sent_tick = None;
         self.fetch_wanted = false;
