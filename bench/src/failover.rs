@@ -345,8 +345,10 @@ fn control_faults(
     Ok(())
 }
 
-/// Waits until replica `id` serves and has decided what its peers had (up to
-/// [`CATCH_UP_MAX`]); when it did, or None.
+/// Waits until replica `id` serves and has decided what its peers had when the wait
+/// began (the least of their last decided agreements then; up to [`CATCH_UP_MAX`]); when
+/// it did, or None. The target is fixed at the start: under load a replica that caught
+/// up may still trail the others by an agreement or two at any later scrape.
 fn wait_caught_up(
     cluster: &mut LocalCluster,
     metrics: &[SocketAddr],
@@ -354,18 +356,21 @@ fn wait_caught_up(
     quit: &dyn Fn() -> bool,
 ) -> anyhow::Result<Option<Instant>> {
     let deadline = Instant::now() + CATCH_UP_MAX;
+    let mut target = None;
     while Instant::now() < deadline && !quit() {
         cluster.check_alive()?;
-        let peers = metrics
-            .iter()
-            .enumerate()
-            .filter(|(peer, _)| *peer != id as usize)
-            .filter_map(|(_, &addr)| last_decided(addr))
-            .min();
+        if target.is_none() {
+            target = metrics
+                .iter()
+                .enumerate()
+                .filter(|(peer, _)| *peer != id as usize)
+                .filter_map(|(_, &addr)| last_decided(addr))
+                .min();
+        }
         let addr = metrics[id as usize];
         if http_get(addr, "/health").is_ok()
-            && let (Some(mine), Some(peers)) = (last_decided(addr), peers)
-            && mine >= peers
+            && let (Some(mine), Some(target)) = (last_decided(addr), target)
+            && mine >= target
         {
             return Ok(Some(Instant::now()));
         }
