@@ -135,7 +135,22 @@ pub fn serve_replica<S: Service>(
     let mut in_a_row = 0u32;
     loop {
         let started = Instant::now();
-        let handle = start_replica(config, id, make_service(), options.clone())?;
+        let handle = match start_replica(config, id, make_service(), options.clone()) {
+            Ok(handle) => handle,
+            // The transfer after falling behind failed (peers restarting, a round that
+            // gave up): serve from its own state, behind as it was, rather than stop; the
+            // next GONE quorum asks again (bounded by BEHIND_RESTARTS_MAX).
+            Err(error) if options.behind_peers => {
+                log::error!(
+                    "replica {id}: state transfer after falling behind failed: {error}; \
+                     starting from its own state"
+                );
+                options.behind_peers = false;
+                start_replica(config, id, make_service(), options.clone())?
+            }
+            Err(error) => return Err(error),
+        };
+        options.behind_peers = false;
         while !stop.load(Ordering::Relaxed) && !handle.stop.load(Ordering::Acquire) {
             thread::sleep(Duration::from_millis(20));
         }
