@@ -974,6 +974,24 @@ fn read_request(shared: &Shared, stream: &mut DataStream) -> Result<Request, Ref
     Ok(request)
 }
 
+/// The sender a request names (its id, read from `r`) and that sender's data-path key,
+/// once the MAC `tag` over `signed` checks with it.
+fn authenticate(
+    keys: &[Option<Key>],
+    r: &mut Reader<'_>,
+    signed: &[u8],
+    tag: &[u8],
+) -> Result<(ReplicaId, Key), Refusal> {
+    let from = r.u32().map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let Some(key) = keys.get(from as usize).copied().flatten() else {
+        return Err(Refusal::UnknownReplica(from));
+    };
+    if !verify_mac(&key, &[signed], tag) {
+        return Err(Refusal::BadMac(from));
+    }
+    Ok((from, key))
+}
+
 /// Authenticates and decodes a request body (what follows the length prefix, whose
 /// bound [`read_request`] checked), with `keys` the data-path key of each replica by id.
 /// Pure: the fuzz target `datapath_request` runs it on any bytes.
@@ -987,13 +1005,7 @@ fn decode_request(keys: &[Option<Key>], body: &[u8]) -> Result<Request, Refusal>
     let mut r = Reader::new(signed, "transfer request");
     let magic = r.take(4).map_err(|e| malformed(&e))?;
     if magic == CONTROL_MAGIC {
-        let from = r.u32().map_err(|e| malformed(&e))?;
-        let Some(key) = keys.get(from as usize).copied().flatten() else {
-            return Err(Refusal::UnknownReplica(from));
-        };
-        if !verify_mac(&key, &[signed], tag) {
-            return Err(Refusal::BadMac(from));
-        }
+        let (from, key) = authenticate(keys, &mut r, signed, tag)?;
         let nonce: [u8; NONCE_BYTES] =
             r.take(NONCE_BYTES).map_err(|e| malformed(&e))?.try_into().expect("NONCE_BYTES");
         let rest = r.take(r.remaining()).map_err(|e| malformed(&e))?;
@@ -1001,13 +1013,7 @@ fn decode_request(keys: &[Option<Key>], body: &[u8]) -> Result<Request, Refusal>
         return Ok(Request::Control(ControlRequest { from, nonce, key, message }));
     }
     if magic == MEMBER_MAGIC {
-        let from = r.u32().map_err(|e| malformed(&e))?;
-        let Some(key) = keys.get(from as usize).copied().flatten() else {
-            return Err(Refusal::UnknownReplica(from));
-        };
-        if !verify_mac(&key, &[signed], tag) {
-            return Err(Refusal::BadMac(from));
-        }
+        let (from, key) = authenticate(keys, &mut r, signed, tag)?;
         let nonce: [u8; NONCE_BYTES] =
             r.take(NONCE_BYTES).map_err(|e| malformed(&e))?.try_into().expect("NONCE_BYTES");
         if r.u8().map_err(|e| malformed(&e))? != MEMBER_VERSION {
@@ -1022,13 +1028,7 @@ fn decode_request(keys: &[Option<Key>], body: &[u8]) -> Result<Request, Refusal>
     if magic != REQUEST_MAGIC {
         return Err(Refusal::Malformed("not a transfer request (magic)".into()));
     }
-    let from = r.u32().map_err(|e| malformed(&e))?;
-    let Some(key) = keys.get(from as usize).copied().flatten() else {
-        return Err(Refusal::UnknownReplica(from));
-    };
-    if !verify_mac(&key, &[signed], tag) {
-        return Err(Refusal::BadMac(from));
-    }
+    let (from, key) = authenticate(keys, &mut r, signed, tag)?;
     let round = RoundId {
         session: r.u64().map_err(|e| malformed(&e))?,
         round: r.u32().map_err(|e| malformed(&e))?,

@@ -448,13 +448,12 @@ impl World<'_> {
                     let result = hash_pieces_of(to, log, &pieces);
                     events.push(SeederEvent::PiecesHashed { job, result });
                 }
-                SeederAction::Serve { job, to: leecher, round, ticket, want } => {
+                SeederAction::Serve { job, to: leecher, round: _, ticket, want } => {
                     let bytes = serve(&store, log, want, fault);
                     let Some(session) = self.transfers.get(&leecher).map(|run| run.session) else {
                         events.push(SeederEvent::ServeEnded { job });
                         continue;
                     };
-                    let _ = round;
                     let event = match bytes {
                         Ok(bytes) => {
                             let took = self.delay_us() + bytes.len() as u64 / BYTES_PER_US;

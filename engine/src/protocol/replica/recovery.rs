@@ -43,17 +43,7 @@ impl Replica {
         }
         replica.last_decided = recovered.last_decided;
         replica.vote_floor = recovered.last_decided;
-        let first = recovered.last_decided + 1 - recovered.recent.len() as u64;
-        let skip = recovered.recent.len().saturating_sub(replica.config.decided_window_max);
-        for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
-            replica.window_push(DecidedEntry {
-                agreement_id: first + offset as u64,
-                hash: batch.hash(),
-                batch,
-                regency: None,
-                tick: 0,
-            });
-        }
+        replica.fill_window(recovered);
         replica.ordered = ordered;
         // The heartbeat nonce is reserved.
         let nonce = if nonce == HEARTBEAT_NONCE { 0 } else { nonce };
@@ -86,17 +76,7 @@ impl Replica {
         self.fetch.retain(|&aid, _| aid > at);
         self.window.clear();
         self.window_bytes = 0;
-        let first = at + 1 - recovered.recent.len() as u64;
-        let skip = recovered.recent.len().saturating_sub(self.config.decided_window_max);
-        for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
-            self.window_push(DecidedEntry {
-                agreement_id: first + offset as u64,
-                hash: batch.hash(),
-                batch,
-                regency: None,
-                tick: self.now_tick,
-            });
-        }
+        self.fill_window(recovered);
         for (client, sequence) in ordered {
             let entry = self.ordered.entry(client).or_insert(0);
             *entry = (*entry).max(sequence);
@@ -110,6 +90,23 @@ impl Replica {
         self.progress_tick = self.now_tick;
         assert!(self.deliveries.is_empty(), "nothing is delivered between two events");
         assert!(self.highest_voted() >= at, "what is decided is at or below the votes' floor");
+    }
+
+    /// The catch-up window (empty) takes the recovered batches, which end at
+    /// `recovered.last_decided` (the newest ones that fit).
+    fn fill_window(&mut self, recovered: Recovered) {
+        debug_assert!(self.window.is_empty());
+        let first = recovered.last_decided + 1 - recovered.recent.len() as u64;
+        let skip = recovered.recent.len().saturating_sub(self.config.decided_window_max);
+        for (offset, batch) in recovered.recent.into_iter().enumerate().skip(skip) {
+            self.window_push(DecidedEntry {
+                agreement_id: first + offset as u64,
+                hash: batch.hash(),
+                batch,
+                regency: None,
+                tick: self.now_tick,
+            });
+        }
     }
 
     pub(super) fn highest_voted(&self) -> u64 {
