@@ -30,10 +30,10 @@ pub use ids::{
     AGREEMENT_ID_FIRST, AGREEMENT_ID_NONE, AgreementId, HASH_BYTES, Hash, REPLICAS_MAX, ReplicaId,
 };
 pub use mode::Mode;
-pub use request::{Batch, ClientRequest, Reply};
+pub use request::{BATCH_HEADER_BYTES, Batch, ClientRequest, Reply};
 pub use service::{
-    CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError, StateInstaller,
-    StateView,
+    CopiedState, CopiedStateInstaller, OrderedRequest, Released, Replies, Service, StateError,
+    StateInstaller, StateView,
 };
 
 /// Errors of this crate.

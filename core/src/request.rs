@@ -121,9 +121,20 @@ impl ClientRequest {
     }
 }
 
+/// Bytes a [`Batch`]'s encoding takes besides its requests: the timestamp and the
+/// request count.
+pub const BATCH_HEADER_BYTES: usize = 8 + 4;
+
 /// An ordered batch of client requests: the value agreed on by one agreement.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
+    /// The agreed time of the batch, in milliseconds since the Unix epoch: the leader's
+    /// clock when it proposed the batch, accepted by the others only within a bound of
+    /// their own clocks. Services read time from here (as
+    /// [`OrderedRequest::now_ms`]), never from a replica's clock. It may go back from one
+    /// batch to the next (a new leader's clock); a service that needs monotonic time
+    /// takes the maximum.
+    pub timestamp_ms: u64,
     /// The requests, in execution order.
     pub requests: Vec<ClientRequest>,
 }
@@ -137,12 +148,13 @@ impl Batch {
                 client_id: r.client_id,
                 sequence: r.sequence,
                 operation: &r.operation,
+                now_ms: self.timestamp_ms,
             })
             .collect()
     }
 
-    /// The value's identity in WRITE and ACCEPT: SHA-256 over the request count and,
-    /// per request, its [`ClientRequest::digest`] (which covers client, sequence and
+    /// The value's identity in WRITE and ACCEPT: SHA-256 over the timestamp, the request
+    /// count and, per request, its [`ClientRequest::digest`] (which covers client, sequence and
     /// operation) and its authenticator.
     pub fn hash(&self) -> Hash {
         self.hash_with(ClientRequest::digest)
@@ -154,6 +166,7 @@ impl Batch {
     pub fn hash_with(&self, mut digest_of: impl FnMut(&ClientRequest) -> Hash) -> Hash {
         let mut sha = Sha256::new();
         sha.update(b"dura-batch");
+        sha.update(self.timestamp_ms.to_le_bytes());
         sha.update((self.requests.len() as u32).to_le_bytes());
         for request in &self.requests {
             sha.update(digest_of(request));
@@ -167,12 +180,13 @@ impl Batch {
 
     /// Encoded size.
     pub fn encoded_len(&self) -> usize {
-        4 + self.requests.iter().map(ClientRequest::encoded_len).sum::<usize>()
+        BATCH_HEADER_BYTES + self.requests.iter().map(ClientRequest::encoded_len).sum::<usize>()
     }
 
     /// Appends the encoding of this batch to `w` ([`Batch::encode_into`] reserves
     /// the space first).
     pub fn encode(&self, w: &mut Vec<u8>) {
+        put_u64(w, self.timestamp_ms);
         put_u32(w, self.requests.len() as u32);
         for request in &self.requests {
             request.encode(w);
@@ -181,12 +195,13 @@ impl Batch {
 
     /// Decodes one batch at `r`'s position (one encoded by [`Batch::encode`]).
     pub fn decode_from(r: &mut Reader<'_>) -> Result<Self, CoreError> {
+        let timestamp_ms = r.u64()?;
         let count = r.len(BATCH_REQUESTS_DECODE_MAX, REQUEST_BYTES_MIN)?;
         let mut requests = Vec::with_capacity(count);
         for _ in 0..count {
             requests.push(ClientRequest::decode_from(r)?);
         }
-        Ok(Self { requests })
+        Ok(Self { timestamp_ms, requests })
     }
 
     /// Appends [`Batch::to_bytes`]'s encoding to `out` (no intermediate buffer).
@@ -308,6 +323,7 @@ mod tests {
     fn sample_batch() -> Batch {
         let keys = KeyRing::new([3; 32], 4).client_keys(5);
         Batch {
+            timestamp_ms: 1_795_000_000_123,
             requests: vec![
                 ClientRequest::signed(&keys, 1, b"put a 1".to_vec()),
                 ClientRequest::signed(&keys, 2, Vec::new()),

@@ -11,6 +11,65 @@ pub struct OrderedRequest<'a> {
     pub sequence: u64,
     /// The operation, opaque to dura.
     pub operation: &'a [u8],
+    /// The agreed time of the request's batch ([`crate::Batch::timestamp_ms`]): the same
+    /// on every replica, unlike any replica's clock.
+    pub now_ms: u64,
+}
+
+/// A deferred request's answer, given by the execution of a later request (see
+/// [`Replies::release`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The client of the deferred request.
+    pub client_id: u64,
+    /// The deferred request's sequence number.
+    pub sequence: u64,
+    /// Its reply.
+    pub reply: Vec<u8>,
+}
+
+/// What a batch's execution answers (see [`Service::execute_batch`]): for each request
+/// in order, a reply now or a deferral; and replies to requests deferred earlier that
+/// this batch released.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replies {
+    answers: Vec<Option<Vec<u8>>>,
+    released: Vec<Released>,
+}
+
+impl Replies {
+    /// Nothing answered yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Answers the batch's next request now with `reply`.
+    pub fn reply(&mut self, reply: Vec<u8>) {
+        self.answers.push(Some(reply));
+    }
+
+    /// The batch's next request is answered later, by [`Replies::release`] during the
+    /// execution of another request (a blocked read waiting for a write).
+    pub fn defer(&mut self) {
+        self.answers.push(None);
+    }
+
+    /// Answers a request deferred earlier (in this batch or an earlier one) with `reply`:
+    /// client `client_id`'s request `sequence`. Each deferred request is released once.
+    pub fn release(&mut self, client_id: u64, sequence: u64, reply: Vec<u8>) {
+        self.released.push(Released { client_id, sequence, reply });
+    }
+
+    /// How many of the batch's requests were answered or deferred so far.
+    pub fn answered(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// The answers in request order (`None`: deferred), and the releases in the order
+    /// they were made.
+    pub fn into_parts(self) -> (Vec<Option<Vec<u8>>>, Vec<Released>) {
+        (self.answers, self.released)
+    }
 }
 
 /// A replicated application.
@@ -29,9 +88,14 @@ pub trait Service: Send + 'static {
     /// What builds a service from a view's chunks (see [`StateInstaller`]).
     type Installer: StateInstaller<Service = Self>;
 
-    /// Applies `requests` in order and pushes exactly one reply per request onto
-    /// `replies`, in the same order. A batch may span several agreements.
-    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>);
+    /// Applies `requests` in order and, for each request in the same order, either
+    /// answers it ([`Replies::reply`]) or defers it ([`Replies::defer`]): exactly one
+    /// of the two per request. A deferred request is answered later by
+    /// [`Replies::release`], when the execution of another request (in this batch or a
+    /// later one) gives its answer; the runtime sends such a reply under the same rule as
+    /// any other, once the releasing request's batch is durable. Deferred requests are
+    /// part of the state: a checkpoint holds them, a restart keeps them.
+    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies);
 
     /// A digest of the whole state, equal on replicas with equal state. Used by the
     /// simulator's oracle and by checkpoint validation.

@@ -23,8 +23,8 @@ use rkyv::rancor;
 
 use crate::durability::FromCheckpoint;
 use crate::service::{
-    CHUNK_BYTES_LIMIT, CachedReply, Executor, ExecutorView, Service, StateError, StateInstaller,
-    StateView,
+    CHUNK_BYTES_LIMIT, CachedReply, EarlierDeferred, Executor, ExecutorView, Service, StateError,
+    StateInstaller, StateView,
 };
 
 /// The chunk size the engine asks services and its reply cache for: small next to the
@@ -160,7 +160,7 @@ pub fn load_checkpoint<D: Dir, S: Service>(
 }
 
 /// Version of [`EngineMeta`]'s encoding.
-pub const ENGINE_META_VERSION: u32 = 1;
+pub const ENGINE_META_VERSION: u32 = 2;
 /// Bytes of [`EngineMeta`]'s encoding.
 pub const ENGINE_META_BYTES: usize = 4 + 8 + 8;
 
@@ -205,10 +205,22 @@ impl EngineMeta {
     }
 }
 
-/// One engine chunk: reply cache entries (client, sequence, reply) in client order.
+/// One reply cache entry as a checkpoint holds it (see [`CachedReply`]).
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
+struct ReplyCacheEntry {
+    client: u64,
+    sequence: u64,
+    /// `None`: deferred, not answered yet.
+    reply: Option<Vec<u8>>,
+    deferred: bool,
+    /// The earlier deferred request: its sequence and, once released, its reply.
+    earlier: Option<(u64, Option<Vec<u8>>)>,
+}
+
+/// One engine chunk: reply cache entries in client order.
 #[derive(rkyv::Archive, rkyv::Serialize, Debug)]
 struct ReplyCacheChunk {
-    entries: Vec<(u64, u64, Vec<u8>)>,
+    entries: Vec<ReplyCacheEntry>,
 }
 
 /// Bytes an entry costs beyond its reply, for cutting chunks near their bound.
@@ -231,12 +243,24 @@ pub fn write_reply_cache(
         sink(&bytes)
     };
     for (client, cached) in cache {
-        let entry_bytes = REPLY_ENTRY_OVERHEAD_BYTES + cached.reply.len();
+        let earlier_reply = cached.earlier.as_ref().and_then(|earlier| earlier.reply.as_ref());
+        let entry_bytes = REPLY_ENTRY_OVERHEAD_BYTES
+            + cached.reply.as_ref().map_or(0, |reply| reply.len())
+            + earlier_reply.map_or(0, |reply| reply.len());
         if !chunk.entries.is_empty() && chunk_bytes + entry_bytes > chunk_bytes_max {
             flush(&mut chunk)?;
             chunk_bytes = 0;
         }
-        chunk.entries.push((*client, cached.sequence, cached.reply.to_vec()));
+        chunk.entries.push(ReplyCacheEntry {
+            client: *client,
+            sequence: cached.sequence,
+            reply: cached.reply.as_ref().map(|reply| reply.to_vec()),
+            deferred: cached.deferred,
+            earlier: cached
+                .earlier
+                .as_ref()
+                .map(|earlier| (earlier.sequence, earlier.reply.as_ref().map(|r| r.to_vec()))),
+        });
         chunk_bytes += entry_bytes;
     }
     if !chunk.entries.is_empty() {
@@ -262,15 +286,39 @@ impl ReplyCacheInstaller {
             return Err(StateError::Invalid("an empty reply cache chunk".into()));
         }
         for entry in chunk.entries.iter() {
-            let client = entry.0.to_native();
+            let client = entry.client.to_native();
             if self.last_client.is_some_and(|last| last >= client) {
                 return Err(StateError::Invalid(format!(
                     "reply cache clients out of order: {client} after {:?}",
                     self.last_client
                 )));
             }
-            let cached =
-                CachedReply { sequence: entry.1.to_native(), reply: Arc::from(entry.2.as_slice()) };
+            let sequence = entry.sequence.to_native();
+            let reply: Option<Arc<[u8]>> =
+                entry.reply.as_ref().map(|reply| Arc::from(reply.as_slice()));
+            let deferred = entry.deferred;
+            if reply.is_none() && !deferred {
+                return Err(StateError::Invalid(format!(
+                    "client {client}: a reply cache entry with no reply that was not deferred"
+                )));
+            }
+            let earlier = match entry.earlier.as_ref() {
+                None => None,
+                Some(earlier) => {
+                    let earlier_sequence = earlier.0.to_native();
+                    if earlier_sequence >= sequence {
+                        return Err(StateError::Invalid(format!(
+                            "client {client}: an earlier deferred request {earlier_sequence} \
+                             not before {sequence}"
+                        )));
+                    }
+                    Some(EarlierDeferred {
+                        sequence: earlier_sequence,
+                        reply: earlier.1.as_ref().map(|reply| Arc::from(reply.as_slice())),
+                    })
+                }
+            };
+            let cached = CachedReply { sequence, reply, deferred, earlier };
             self.cache.insert(client, cached);
             self.last_client = Some(client);
         }
@@ -290,9 +338,7 @@ mod tests {
     fn cache(entries: &[(u64, u64, &[u8])]) -> OrdMap<u64, CachedReply> {
         entries
             .iter()
-            .map(|(client, sequence, reply)| {
-                (*client, CachedReply { sequence: *sequence, reply: Arc::from(*reply) })
-            })
+            .map(|(client, sequence, reply)| (*client, CachedReply::answered(*sequence, reply)))
             .collect()
     }
 
@@ -310,8 +356,25 @@ mod tests {
 
     #[test]
     fn the_reply_cache_round_trips_in_chunks_and_refuses_disorder() {
+        // Answered entries, deferred ones still waiting, deferred ones answered later,
+        // and entries that keep an earlier deferred request, answered or not.
         let original: OrdMap<u64, CachedReply> = (0..300u64)
-            .map(|c| (c * 3, CachedReply { sequence: c + 9, reply: Arc::from(&[c as u8; 50][..]) }))
+            .map(|c| {
+                let mut entry = CachedReply::answered(c + 9, &[c as u8; 50]);
+                match c % 4 {
+                    1 => {
+                        entry.reply = None;
+                        entry.deferred = true;
+                    }
+                    2 => entry.deferred = true,
+                    3 => {
+                        let reply = (c % 8 == 3).then(|| Arc::from(&[7u8; 20][..]));
+                        entry.earlier = Some(EarlierDeferred { sequence: c + 2, reply });
+                    }
+                    _ => {}
+                }
+                (c * 3, entry)
+            })
             .collect();
         let written = chunks(&original, 1024);
         assert!(written.len() > 5);
@@ -326,11 +389,29 @@ mod tests {
         // Equal caches built in another order give identical chunks.
         let small = cache(&[(5, 1, b"a"), (1, 2, b"bb")]);
         let mut other = OrdMap::new();
-        other.insert(1, CachedReply { sequence: 2, reply: Arc::from(&b"bb"[..]) });
-        other.insert(5, CachedReply { sequence: 1, reply: Arc::from(&b"a"[..]) });
+        other.insert(1, CachedReply::answered(2, b"bb"));
+        other.insert(5, CachedReply::answered(1, b"a"));
         let one: Vec<Vec<u8>> = chunks(&small, 1024).iter().map(|c| c.to_vec()).collect();
         let two: Vec<Vec<u8>> = chunks(&other, 1024).iter().map(|c| c.to_vec()).collect();
         assert_eq!(one, two);
+    }
+
+    #[test]
+    fn a_reply_cache_entry_with_no_reply_must_be_deferred() {
+        let mut broken = OrdMap::new();
+        let mut entry = CachedReply::answered(4, b"x");
+        entry.reply = None;
+        broken.insert(1u64, entry);
+        let written = chunks(&broken, 1024);
+        let mut installer = ReplyCacheInstaller::default();
+        assert!(installer.chunk(&written[0]).is_err());
+        let mut broken = OrdMap::new();
+        let mut entry = CachedReply::answered(4, b"x");
+        entry.earlier = Some(EarlierDeferred { sequence: 4, reply: None });
+        broken.insert(1u64, entry);
+        let written = chunks(&broken, 1024);
+        let mut installer = ReplyCacheInstaller::default();
+        assert!(installer.chunk(&written[0]).is_err(), "an earlier request not earlier");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use dura_engine::runtime::{
     LogMode, Mode, ReplicaOptions, RuntimeError, TransferProtocol, start_replica,
 };
 use dura_engine::service::{
-    CopiedState, CopiedStateInstaller, OrderedRequest, Service, StateError,
+    CopiedState, CopiedStateInstaller, OrderedRequest, Replies, Service, StateError,
 };
 
 /// Adds each operation's u64 to a running total and replies with the new total.
@@ -20,11 +20,11 @@ impl Service for Counter {
     type View = CopiedState;
     type Installer = CopiedStateInstaller<Counter>;
 
-    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
         for request in requests {
             let add = request.operation.try_into().map(u64::from_le_bytes).unwrap_or(0);
             self.0 += add;
-            replies.push(self.0.to_le_bytes().to_vec());
+            replies.reply(self.0.to_le_bytes().to_vec());
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dura_engine::runtime::config::free_ports;
 use dura_engine::runtime::metrics::METRICS_REQUEST_BYTES_MAX;
 use dura_engine::runtime::{Client, ClusterConfig, LogMode, Mode, ReplicaOptions, start_replica};
-use dura_engine::service::{CopiedState, CopiedStateInstaller, OrderedRequest, Service};
+use dura_engine::service::{CopiedState, CopiedStateInstaller, OrderedRequest, Replies, Service};
 
 /// Replies with each operation as it came.
 #[derive(Debug, Default)]
@@ -20,8 +20,10 @@ impl Service for Echo {
     type View = CopiedState;
     type Installer = CopiedStateInstaller<Echo>;
 
-    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
-        replies.extend(requests.iter().map(|request| request.operation.to_vec()));
+    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
+        for request in requests {
+            replies.reply(request.operation.to_vec());
+        }
     }
 
     fn state_digest(&self) -> [u8; 32] {

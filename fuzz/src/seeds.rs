@@ -50,6 +50,7 @@ fn request(client_id: u64, sequence: u64, operation: &[u8]) -> ClientRequest {
 
 fn batch(first_sequence: u64, count: u64) -> Batch {
     Batch {
+        timestamp_ms: 1_800_000_000_000 + first_sequence,
         requests: (0..count)
             .map(|i| request(10 + i % 2, first_sequence + i, format!("op {i}").as_bytes()))
             .collect(),
@@ -435,6 +436,7 @@ fn kv_executor() -> Executor<KvStore> {
             client_id: 20 + i as u64 % 2,
             sequence: 1 + i as u64,
             operation: op,
+            now_ms: 1_800_000_000_000,
         })
         .collect();
     executor.execute(&requests);

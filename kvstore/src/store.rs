@@ -10,7 +10,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use dura_engine::service::{OrderedRequest, Service};
+use dura_engine::service::{OrderedRequest, Replies, Service};
 use dura_engine::service::{StateError, StateInstaller, StateView};
 use imbl::OrdMap;
 use rkyv::rancor;
@@ -120,9 +120,9 @@ impl Service for KvStore {
     type View = KvView;
     type Installer = KvInstaller;
 
-    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
         for request in requests {
-            replies.push(self.apply(request.operation).encode());
+            replies.reply(self.apply(request.operation).encode());
         }
     }
 

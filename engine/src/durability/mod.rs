@@ -124,24 +124,27 @@ pub struct ReplyOut {
     pub client_id: u64,
     /// The sequence number of the request it answers.
     pub sequence: u64,
-    /// The agreement that ordered the request.
+    /// The agreement whose execution produced the reply: the one that ordered the
+    /// request, or for a deferred request the one that released it.
     pub agreement_id: u64,
     /// The service's reply.
     pub reply: Vec<u8>,
 }
 
-/// Runs `batch` through `executor`; returns the replies to send (fresh and cached).
+/// Runs `batch` through `executor`; returns the replies to send: fresh and cached ones
+/// in request order, then those of earlier deferred requests the batch released (sent
+/// under the same rule, once this batch is durable).
 pub fn execute_batch<S: Service>(
     executor: &mut Executor<S>,
     batch: &DecidedBatch,
 ) -> Vec<ReplyOut> {
-    let outcomes = executor.execute(&batch.batch.ordered_requests());
-    assert_eq!(outcomes.len(), batch.batch.requests.len(), "one outcome per request");
-    let mut replies = Vec::with_capacity(outcomes.len());
-    for (request, outcome) in batch.batch.requests.iter().zip(outcomes) {
+    let executed = executor.execute(&batch.batch.ordered_requests());
+    assert_eq!(executed.outcomes.len(), batch.batch.requests.len(), "one outcome per request");
+    let mut replies = Vec::with_capacity(executed.outcomes.len() + executed.released.len());
+    for (request, outcome) in batch.batch.requests.iter().zip(executed.outcomes) {
         let reply = match outcome {
             Outcome::Executed(reply) | Outcome::Cached(reply) => reply,
-            Outcome::Stale => continue,
+            Outcome::Deferred | Outcome::Stale => continue,
         };
         replies.push(ReplyOut {
             client_id: request.client_id,
@@ -150,6 +153,12 @@ pub fn execute_batch<S: Service>(
             reply,
         });
     }
+    replies.extend(executed.released.into_iter().map(|released| ReplyOut {
+        client_id: released.client_id,
+        sequence: released.sequence,
+        agreement_id: batch.agreement_id,
+        reply: released.reply,
+    }));
     replies
 }
 
@@ -554,7 +563,10 @@ mod tests {
             operation: vec![agreement_id as u8],
             authenticator: vec![[0; 32]],
         };
-        Arc::new(DecidedBatch { agreement_id, batch: Arc::new(Batch { requests: vec![request] }) })
+        Arc::new(DecidedBatch {
+            agreement_id,
+            batch: Arc::new(Batch { timestamp_ms: 0, requests: vec![request] }),
+        })
     }
 
     fn reply(agreement_id: u64) -> ReplyOut {
@@ -719,7 +731,10 @@ mod tests {
                 authenticator: vec![[0; 32]],
             })
             .collect();
-        Arc::new(DecidedBatch { agreement_id, batch: Arc::new(Batch { requests }) })
+        Arc::new(DecidedBatch {
+            agreement_id,
+            batch: Arc::new(Batch { timestamp_ms: 0, requests }),
+        })
     }
 
     #[test]

@@ -97,14 +97,18 @@ pub fn reassemble(
                 if part.agreement_id != partial.agreement_id
                     || part.part_index != partial.part_index + 1
                     || part.part_count != partial.part_count
+                    || part.batch.timestamp_ms != partial.batch.timestamp_ms
                 {
                     return Err(RecordError::Order(format!(
-                        "agreement {} part {} follows agreement {} part {} of {}",
+                        "agreement {} part {} (time {}) follows agreement {} part {} of {} \
+                         (time {})",
                         part.agreement_id,
                         part.part_index,
+                        part.batch.timestamp_ms,
                         partial.agreement_id,
                         partial.part_index,
-                        partial.part_count
+                        partial.part_count,
+                        partial.batch.timestamp_ms
                     )));
                 }
                 partial.batch.requests.extend(part.batch.requests);
@@ -251,7 +255,7 @@ pub fn restore<S: Service>(
 mod tests {
     use super::*;
     use crate::protocol::ClientRequest;
-    use crate::service::{CopiedState, CopiedStateInstaller, OrderedRequest};
+    use crate::service::{CopiedState, CopiedStateInstaller, OrderedRequest, Replies};
 
     /// Sums the first byte of each operation.
     #[derive(Debug, Default)]
@@ -261,10 +265,10 @@ mod tests {
         const NAME: &'static str = "sum";
         type View = CopiedState;
         type Installer = CopiedStateInstaller<Sum>;
-        fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+        fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
             for request in requests {
                 self.0 += u64::from(request.operation[0]);
-                replies.push(self.0.to_le_bytes().to_vec());
+                replies.reply(self.0.to_le_bytes().to_vec());
             }
         }
         fn state_digest(&self) -> [u8; 32] {
@@ -287,7 +291,7 @@ mod tests {
             authenticator: vec![[0; 32]],
         };
         let mut out = Vec::new();
-        encode_batch(id, (0, 1), &Batch { requests: vec![request] }, &mut out);
+        encode_batch(id, (0, 1), &Batch { timestamp_ms: 0, requests: vec![request] }, &mut out);
         out
     }
 

@@ -416,6 +416,7 @@ mod tests {
     fn sample_batch() -> Arc<Batch> {
         let keys = KeyRing::new([3; 32], 4).client_keys(5);
         Arc::new(Batch {
+            timestamp_ms: 0,
             requests: vec![
                 ClientRequest::signed(&keys, 1, b"put a 1".to_vec()),
                 ClientRequest::signed(&keys, 2, Vec::new()),

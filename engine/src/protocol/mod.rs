@@ -6,7 +6,10 @@
 //! runtime (and the simulator) feeds them [`Event`]s and executes the [`Action`]s they
 //! push onto a caller-owned `Vec`. Time exists only as [`TimerKind::Tick`]: the runtime
 //! fires it every [`Config::tick_ms`] after the replica asked for it with
-//! [`Action::SetTimer`]; every timeout inside the core is a number of ticks.
+//! [`Action::SetTimer`]; every timeout inside the core is a number of ticks. The wall
+//! clock enters through [`Replica::observe_clock`] and serves one purpose: a leader
+//! stamps each batch with it, and followers vote only for stamps within
+//! [`Config::clock_skew_ms_max`] of their own clocks (the agreed time services use).
 //!
 //! # Contract with the runtime (what must happen before what)
 //! - **Links are authenticated outside the core.** An [`Event::Message`] must come from
@@ -92,6 +95,11 @@ impl From<dura_core::CoreError> for ProtocolError {
 /// followers suspect it after [`Config::leader_silence_ticks`] without a word.
 pub const LEADER_HEARTBEAT_TICKS: u64 = 2;
 
+/// How far a proposal's timestamp may be from a follower's clock unless configured
+/// otherwise: NTP keeps servers' clocks within milliseconds; this leaves room for a
+/// proposal's time in flight and a clock stepped by its daemon.
+pub const CLOCK_SKEW_MS_MAX_DEFAULT: u64 = 5_000;
+
 /// Decided agreements kept for catch-up unless configured otherwise.
 pub const DECIDED_WINDOW_MAX_DEFAULT: usize = 4096;
 
@@ -142,6 +150,9 @@ pub struct Config {
     /// then decide anew. (Without a declaration recovery waits for every replica: it
     /// cannot tell a lost disk from a slow one.)
     pub lost_replicas: Vec<ReplicaId>,
+    /// How far a fresh proposal's timestamp ([`Batch::timestamp_ms`]) may be from a
+    /// follower's clock, either way, for the follower to vote for it.
+    pub clock_skew_ms_max: u64,
 }
 
 impl Config {
@@ -172,6 +183,7 @@ impl Config {
             fetch_instances_max: 64,
             operation_bytes_max: message::OPERATION_BYTES_MAX,
             lost_replicas: Vec::new(),
+            clock_skew_ms_max: CLOCK_SKEW_MS_MAX_DEFAULT,
         }
     }
 
@@ -188,6 +200,9 @@ impl Config {
         }
         if self.batch_requests_max == 0 || self.batch_bytes_max == 0 {
             return Err(ProtocolError::Config("batch bounds must be positive"));
+        }
+        if self.clock_skew_ms_max == 0 {
+            return Err(ProtocolError::Config("clock_skew_ms_max must be positive"));
         }
         if self.request_timeout_ticks == 0 || self.tick_ms == 0 {
             return Err(ProtocolError::Config("timeouts must be positive"));

@@ -256,7 +256,8 @@ impl BatchAppender {
         let parts = batch.batch.requests.len() as u32;
         for (index, request) in batch.batch.requests.iter().enumerate() {
             self.payload.clear();
-            let single = Batch { requests: vec![request.clone()] };
+            let single =
+                Batch { timestamp_ms: batch.batch.timestamp_ms, requests: vec![request.clone()] };
             encode_batch(batch.agreement_id, (index as u32, parts), &single, &mut self.payload);
             self.bytes_appended += self.payload.len() as u64;
             backend.append(batch.agreement_id, batch.agreement_id, &self.payload)?;
@@ -571,7 +572,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::ClientRequest;
-    use crate::service::OrderedRequest;
+    use crate::service::{OrderedRequest, Replies};
 
     /// Records each operation; replies with it.
     #[derive(Default)]
@@ -580,10 +581,10 @@ mod tests {
         const NAME: &'static str = "echo";
         type View = crate::service::CopiedState;
         type Installer = crate::service::CopiedStateInstaller<Echo>;
-        fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+        fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
             for r in requests {
                 self.0.push(r.operation.to_vec());
-                replies.push(r.operation.to_vec());
+                replies.reply(r.operation.to_vec());
             }
         }
         fn state_digest(&self) -> [u8; 32] {
@@ -631,7 +632,10 @@ mod tests {
                 authenticator: vec![[i as u8; 32]],
             })
             .collect();
-        Arc::new(DecidedBatch { agreement_id, batch: Arc::new(Batch { requests }) })
+        Arc::new(DecidedBatch {
+            agreement_id,
+            batch: Arc::new(Batch { timestamp_ms: 0, requests }),
+        })
     }
 
     struct Pipeline {

@@ -985,6 +985,7 @@ impl OrderStage {
                 },
                 default(wait) => None,
             };
+            replica.observe_clock(unix_ms_now());
             if let Some(message) = event {
                 self.feed(replica, message, &mut actions);
                 // Take what else is queued before acting, so sends and deliveries batch.
@@ -1158,4 +1159,12 @@ impl Drop for ReplicaHandle {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The wall clock in ms since the Unix epoch, for batch timestamps (a clock before 1970
+/// reads as 1 ms: 0 would mean "not told").
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX).max(1))
 }

@@ -493,7 +493,7 @@ mod tests {
                 authenticator: vec![[id as u8; 32]],
             })
             .collect();
-        DecidedBatch { agreement_id: id, batch: Arc::new(Batch { requests }) }
+        DecidedBatch { agreement_id: id, batch: Arc::new(Batch { timestamp_ms: 0, requests }) }
     }
 
     /// A log holding agreements `first..=last`, in memory.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use crate::service::{OrderedRequest, Service, StateError, StateInstaller, StateView};
+use crate::service::{OrderedRequest, Replies, Service, StateError, StateInstaller, StateView};
 
 /// An operation of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,7 @@ impl Service for KvModel {
     type View = KvModelView;
     type Installer = KvModelInstaller;
 
-    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Vec<Vec<u8>>) {
+    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
         for request in requests {
             if !self.executed.insert((request.client_id, request.sequence)) {
                 self.executed_twice.push((request.client_id, request.sequence));
@@ -88,7 +88,7 @@ impl Service for KvModel {
                 Some(KvOp::Get { key }) => self.map.get(&key).copied().unwrap_or(0),
                 None => u64::MAX,
             };
-            replies.push(reply.to_le_bytes().to_vec());
+            replies.reply(reply.to_le_bytes().to_vec());
         }
     }
 
@@ -304,8 +304,8 @@ mod tests {
     fn model_detects_double_execution() {
         let mut model = KvModel::default();
         let op = KvOp::Put { key: 1, value: 2 }.encode();
-        let request = OrderedRequest { client_id: 1, sequence: 1, operation: &op };
-        let mut replies = Vec::new();
+        let request = OrderedRequest { client_id: 1, sequence: 1, operation: &op, now_ms: 0 };
+        let mut replies = Replies::new();
         model.execute_batch(&[request], &mut replies);
         assert!(model.executed_twice.is_empty());
         model.execute_batch(&[request], &mut replies);

@@ -72,6 +72,9 @@ pub const CLIENT_ID_BASE: u64 = 1000;
 /// Simulated time after the last operation (and after faults stop) during which
 /// lagging replicas must catch up.
 const DRAIN_US: u64 = 3_000_000;
+/// The wall clock replicas read at simulated time 0 (2027-01-15), ms since the Unix
+/// epoch: batch timestamps are this plus simulated time.
+pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
 
 /// How a Byzantine replica misbehaves. Its core runs correctly; its output is changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1049,7 +1052,9 @@ impl<'c> World<'c> {
                     return Ok(());
                 }
                 let mut actions = Vec::new();
+                let clock_ms = SIM_EPOCH_MS + self.now_us / 1000;
                 if let Some(core) = node.core.as_mut() {
+                    core.observe_clock(clock_ms);
                     core.handle(Event::TimerFired(crate::protocol::TimerKind::Tick), &mut actions);
                 }
                 self.apply_replica_actions(id, actions)
@@ -1227,8 +1232,10 @@ impl<'c> World<'c> {
         from: Endpoint,
         bytes: &[u8],
     ) -> Result<(), String> {
+        let clock_ms = SIM_EPOCH_MS + self.now_us / 1000;
         let node = &mut self.replicas[id as usize];
         let Some(core) = node.core.as_mut() else { return Ok(()) };
+        core.observe_clock(clock_ms);
         let event = match from {
             Endpoint::Replica(sender) => {
                 let keys = &node.keys;
@@ -2003,7 +2010,7 @@ fn variant(batch: &Batch) -> Arc<Batch> {
     } else {
         requests.clear();
     }
-    Arc::new(Batch { requests })
+    Arc::new(Batch { timestamp_ms: batch.timestamp_ms, requests })
 }
 
 fn random_hash(rng: &mut Rng) -> Hash {

@@ -303,7 +303,9 @@ impl Replica {
             Some(Choice::Forced(forced)) if forced != hash => return,
             Some(Choice::Forced(_)) => {}
             Some(Choice::Free) => {
-                if self.valid_batch_hash(&sync.batch).is_none() {
+                if !self.timestamp_acceptable(&sync.batch)
+                    || self.valid_batch_hash(&sync.batch).is_none()
+                {
                     return;
                 }
             }

@@ -252,6 +252,12 @@ pub struct Replica {
     keys: ReplicaKeys,
     id: ReplicaId,
     now_tick: u64,
+    /// The runtime's wall clock, ms since the Unix epoch (0: not told yet, and then
+    /// proposals' timestamps are not checked). See [`Replica::observe_clock`].
+    clock_ms: u64,
+    /// The newest batch timestamp this replica proposed or saw decided: a leader never
+    /// stamps below it.
+    last_stamp_ms: u64,
     /// Installed regency (Normal) or the one being installed (Changing).
     regency: u64,
     phase: Phase,
@@ -336,6 +342,8 @@ impl Replica {
             config,
             keys,
             now_tick: 0,
+            clock_ms: 0,
+            last_stamp_ms: 0,
             regency: 0,
             phase: Phase::Normal,
             last_decided: 0,
@@ -426,6 +434,24 @@ impl Replica {
     }
 
     /// Feeds one event; pushes the resulting side effects onto `actions`.
+    /// Tells the replica the wall clock (ms since the Unix epoch), before events: a
+    /// leader stamps its proposals with it ([`Batch::timestamp_ms`]), and a follower
+    /// votes for a fresh proposal only if its stamp is within
+    /// [`Config::clock_skew_ms_max`] of it. Services read time only from the agreed
+    /// stamp, so replicas' clocks never make their states differ.
+    pub fn observe_clock(&mut self, unix_ms: u64) {
+        self.clock_ms = unix_ms;
+    }
+
+    /// Whether `batch`'s timestamp is within the skew bound of this replica's clock
+    /// (always, before the runtime told it the clock).
+    pub(super) fn timestamp_acceptable(&self, batch: &Batch) -> bool {
+        let skew = self.config.clock_skew_ms_max;
+        self.clock_ms == 0
+            || (batch.timestamp_ms <= self.clock_ms.saturating_add(skew)
+                && batch.timestamp_ms.saturating_add(skew) >= self.clock_ms)
+    }
+
     pub fn handle(&mut self, event: Event, actions: &mut Vec<Action>) {
         let (regency_before, decided_before) = (self.regency, self.last_decided);
         assert!(self.deliveries.is_empty(), "deliveries leave with the event that made them");
@@ -896,7 +922,7 @@ mod tests {
         let req = request(&ring, 7, 1);
         let mut actions = Vec::new();
         replicas[0].handle(event(&req), &mut actions);
-        let batch = Arc::new(Batch { requests: vec![req] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![req] });
         let hash = batch.hash();
         assert_eq!(
             actions,
@@ -913,8 +939,8 @@ mod tests {
     fn follower_writes_only_the_first_value_of_a_regency_and_ignores_non_leaders() {
         let config = Config::bft(1);
         let (mut replicas, ring) = cluster(&config);
-        let a = Arc::new(Batch { requests: vec![request(&ring, 1, 1)] });
-        let b = Arc::new(Batch { requests: vec![request(&ring, 2, 1)] });
+        let a = Arc::new(Batch { timestamp_ms: 0, requests: vec![request(&ring, 1, 1)] });
+        let b = Arc::new(Batch { timestamp_ms: 0, requests: vec![request(&ring, 2, 1)] });
         let mut actions = Vec::new();
         // Replica 2 is not the leader of regency 0.
         replicas[1].handle(
@@ -944,7 +970,7 @@ mod tests {
         let (mut replicas, ring) = cluster(&config);
         let mut forged = request(&ring, 1, 1);
         forged.operation = b"not what the client sent".to_vec();
-        let batch = Arc::new(Batch { requests: vec![forged] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![forged] });
         let mut actions = Vec::new();
         replicas[1].handle(
             message(0, Message::Propose { regency: 0, agreement_id: 1, batch }),
@@ -963,7 +989,7 @@ mod tests {
         let within = request(&ring, 1, 1);
         assert!(within.operation.len() <= 8, "the helper's operation is small");
         let over = ClientRequest::signed(&ring.client_keys(2), 1, vec![7; 9]);
-        let batch = Arc::new(Batch { requests: vec![within, over.clone()] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![within, over.clone()] });
         let mut actions = Vec::new();
         replicas[1].handle(
             message(0, Message::Propose { regency: 0, agreement_id: 1, batch }),
@@ -978,7 +1004,7 @@ mod tests {
     fn quorum_of_writes_then_accepts_decides_and_delivers() {
         let config = Config::bft(1);
         let (mut replicas, ring) = cluster(&config);
-        let batch = Arc::new(Batch { requests: vec![request(&ring, 3, 1)] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![request(&ring, 3, 1)] });
         let hash = batch.hash();
         let mut actions = Vec::new();
         let r = &mut replicas[1];
@@ -1028,7 +1054,7 @@ mod tests {
         let mut config = Config::bft(1);
         let ring = KeyRing::new([5; 32], config.n);
         let recent: Vec<Arc<Batch>> = (1..=10)
-            .map(|seq| Arc::new(Batch { requests: vec![request(&ring, 1, seq)] }))
+            .map(|seq| Arc::new(Batch { timestamp_ms: 0, requests: vec![request(&ring, 1, seq)] }))
             .collect();
         config.decided_window_bytes_max = 3 * recent[0].encoded_len();
         let recovered = Recovered { last_decided: 10, recent: recent.clone() };
@@ -1095,7 +1121,7 @@ mod tests {
     fn crash_mode_accepts_directly_and_decides_on_a_majority() {
         let config = Config::crash(1);
         let (mut replicas, ring) = cluster(&config);
-        let batch = Arc::new(Batch { requests: vec![request(&ring, 3, 1)] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![request(&ring, 3, 1)] });
         let hash = batch.hash();
         let mut actions = Vec::new();
         let r = &mut replicas[2];
@@ -1137,7 +1163,7 @@ mod tests {
         actions.clear();
         let forward = Message::Forward { last_decided: 0, requests: vec![req.clone()] };
         replicas[0].handle(message(1, forward), &mut actions);
-        let batch = Arc::new(Batch { requests: vec![req] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![req] });
         let hash = batch.hash();
         assert_eq!(
             actions,
@@ -1232,7 +1258,7 @@ mod tests {
                 &mut actions,
             );
         }
-        let batch = Arc::new(Batch { requests: vec![request(&ring, 4, 1)] });
+        let batch = Arc::new(Batch { timestamp_ms: 0, requests: vec![request(&ring, 4, 1)] });
         let digest = empty.digest();
         // Member 0 never sent replica 2 a STOPDATA: the SYNC waits.
         let sync = Message::Sync {

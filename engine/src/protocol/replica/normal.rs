@@ -120,7 +120,9 @@ impl Replica {
         if count > self.config.batch_requests_max {
             return None;
         }
-        if count > 1 && batch.encoded_len() > self.config.batch_bytes_max + 4 {
+        if count > 1
+            && batch.encoded_len() > self.config.batch_bytes_max + dura_core::BATCH_HEADER_BYTES
+        {
             return None;
         }
         if batch.requests.iter().any(|r| r.operation.len() > self.config.operation_bytes_max) {
@@ -138,12 +140,12 @@ impl Replica {
     pub(super) fn build_batch(&self) -> (Batch, Hash) {
         let mut digests = Vec::new();
         let mut requests = Vec::new();
-        let mut bytes = 4usize;
+        let mut bytes = dura_core::BATCH_HEADER_BYTES;
         for pending in self.pending.values() {
             let len = pending.request.encoded_len();
             if !requests.is_empty()
                 && (requests.len() >= self.config.batch_requests_max
-                    || bytes + len > self.config.batch_bytes_max + 4)
+                    || bytes + len > self.config.batch_bytes_max + dura_core::BATCH_HEADER_BYTES)
             {
                 break;
             }
@@ -151,7 +153,7 @@ impl Replica {
             requests.push(pending.request.clone());
             digests.push(pending.digest);
         }
-        let batch = Batch { requests };
+        let batch = Batch { timestamp_ms: self.clock_ms.max(self.last_stamp_ms), requests };
         let hash = hash_with_digests(&batch, &digests);
         (batch, hash)
     }
@@ -347,6 +349,7 @@ impl Replica {
             self.sync_resend = None;
         }
         let regency = regency.unwrap_or(0);
+        self.last_stamp_ms = self.last_stamp_ms.max(batch.timestamp_ms);
         self.deliveries.push(Decision { agreement_id, regency, hash, batch, proof });
     }
 
@@ -364,7 +367,9 @@ impl Replica {
                 if let Some(inst) = self.instances.get_mut(&aid) {
                     inst.proposal = None;
                 }
-                if let Some(hash) = self.valid_batch_hash(&batch) {
+                if self.timestamp_acceptable(&batch)
+                    && let Some(hash) = self.valid_batch_hash(&batch)
+                {
                     self.write_value(regency, aid, batch, hash, actions);
                 }
             }
@@ -389,6 +394,7 @@ impl Replica {
             return;
         }
         let (batch, hash) = self.build_batch();
+        self.last_stamp_ms = self.last_stamp_ms.max(batch.timestamp_ms);
         let batch = Arc::new(batch);
         actions.push(Action::Broadcast {
             message: Message::Propose {
