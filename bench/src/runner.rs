@@ -17,8 +17,9 @@ use crate::target::{MemoryTarget, TargetFactory};
 use crate::tuplespace::{MemoryTupleSpace, TupleSpaceFactory};
 use crate::workload::{Distribution, ServiceName, WorkloadName};
 
-/// Opens clients to a cluster described by a config (the kvstore's client); a request
-/// not completed within the given time fails.
+/// Opens clients to a cluster described by a config (the key-value store's or the tuple
+/// space's, whichever service the cluster runs); a request not completed within the
+/// given time fails.
 pub type Connector = dyn Fn(&ClusterConfig, Duration) -> anyhow::Result<Box<dyn TargetFactory>>;
 
 /// Request timeout of the benchmark's clients: long, so a slow request is measured as
