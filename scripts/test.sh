@@ -38,3 +38,9 @@ cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode c
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 300 --mode crash --replicas 5
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 800 --mode crash --replicas 3 --total-crash
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 150 --mode crash --replicas 5 --total-crash
+# BFT with crashes of every replica: a replica that alone (with fewer than f others) logged
+# an agreement discards it and comes back by state transfer. A fixed range: the known
+# stalls (a replica down or a mute Byzantine one among replicas that all restarted while
+# an agreement is on one correct disk, ARCHITECTURE.md "votes are not persisted") fall in
+# about 1 seed in 400 and are counted by the nightly run, not here.
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 100 --seed-start 400 --mode bft --replicas 4 --total-crash
