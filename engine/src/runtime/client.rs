@@ -122,8 +122,11 @@ struct Invoke {
     done: Completion,
     /// The [`Blocking`] handle that holds the session, for a blocking request, and
     /// where the driver writes its client id and sequence number when it sends it.
-    hold: Option<(u64, Arc<OnceLock<(u64, u64)>>)>,
+    hold: Option<(u64, RequestIds)>,
 }
+
+/// Where the driver writes a blocking request's client id and sequence number.
+type RequestIds = Arc<OnceLock<(u64, u64)>>;
 
 /// What a [`Client`] asks its driver.
 enum Command {
@@ -229,7 +232,7 @@ impl std::fmt::Debug for Command {
 pub struct Blocking {
     inner: Arc<Inner>,
     hold: u64,
-    ids: Arc<OnceLock<(u64, u64)>>,
+    ids: RequestIds,
     pending: Pending,
 }
 
@@ -258,10 +261,10 @@ impl Blocking {
     pub fn follow_up(&self, make: impl FnOnce(u64) -> Vec<u8> + Send + 'static) -> Pending {
         let (pending, done) = Pending::new();
         let command = Command::FollowUp { hold: self.hold, make: Box::new(make), done };
-        if let Err(error) = self.inner.commands.send(command) {
-            if let Command::FollowUp { done, .. } = error.0 {
-                done.send(Err(RuntimeError::Shutdown));
-            }
+        if let Err(error) = self.inner.commands.send(command)
+            && let Command::FollowUp { done, .. } = error.0
+        {
+            done.send(Err(RuntimeError::Shutdown));
         }
         pending
     }
@@ -390,10 +393,10 @@ impl Client {
     }
 
     fn send_invoke(&self, invoke: Invoke) {
-        if let Err(error) = self.inner.commands.send(Command::Invoke(invoke)) {
-            if let Command::Invoke(invoke) = error.0 {
-                invoke.done.send(Err(RuntimeError::Shutdown));
-            }
+        if let Err(error) = self.inner.commands.send(Command::Invoke(invoke))
+            && let Command::Invoke(invoke) = error.0
+        {
+            invoke.done.send(Err(RuntimeError::Shutdown));
         }
     }
 

@@ -117,7 +117,7 @@ pub fn generate_tls(config: &mut ClusterConfig, dir: &Path) -> Result<(), Runtim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LogMode, Mode};
+    use crate::runtime::{LogMode, Mode};
 
     #[test]
     fn generated_files_load_as_every_replica_and_as_a_client() {
@@ -127,10 +127,10 @@ mod tests {
         generate_tls(&mut config, &dir.path().join("tls")).expect("generate");
         config.validate().expect("valid");
         for id in 0..4 {
-            let tls = dura_engine::runtime::tls::ReplicaTls::load(&config, id).expect("loads");
+            let tls = crate::runtime::tls::ReplicaTls::load(&config, id).expect("loads");
             assert!(tls.is_some());
         }
-        assert!(dura_engine::runtime::tls::load_client(&config).expect("loads").is_some());
+        assert!(crate::runtime::tls::load_client(&config).expect("loads").is_some());
         let mode = |file: &str| {
             use std::os::unix::fs::PermissionsExt as _;
             let path = dir.path().join("tls").join(file);
