@@ -79,3 +79,20 @@ fn malformed_oversize_and_never_matching_input_is_refused_naming_the_problem() {
 
     assert_eq!(everything(&client), before, "nothing changed");
 }
+
+#[test]
+fn help_documents_the_exit_statuses_and_the_typed_syntax() {
+    for args in [vec!["--help"], vec!["in", "--help"], vec!["cas", "--help"]] {
+        let output = common::dura_ts(&args);
+        assert!(output.status.success(), "{args:?}");
+        let text = stdout(&output);
+        for needle in ["Exit status:", "3   cas: a matching tuple exists", "5   rd, in: --timeout"]
+        {
+            assert!(text.contains(needle), "{args:?} lacks {needle:?}:\n{text}");
+        }
+    }
+    let output = common::dura_ts(&["out", "--help"]);
+    assert!(stdout(&output).contains("('job', 7, 'resize')"), "{}", stdout(&output));
+    let output = common::dura_ts(&["frobnicate"]);
+    assert_eq!(output.status.code(), Some(64), "usage error: {}", stderr(&output));
+}
