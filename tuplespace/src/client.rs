@@ -307,9 +307,6 @@ impl TsClient {
     fn cancel(&self, call: &Blocking, started: Instant) -> Result<Tuple, TsError> {
         let cancel = call.follow_up(|sequence| encode_op(&Op::Cancel { sequence }));
         let cancelled = cancel.wait();
-        if let Some(outcome) = call.try_get() {
-            return Self::blocked_answer(outcome, started);
-        }
         let unconfirmed = || {
             let (client_id, sequence) = call.ids().unwrap_or_default();
             TsError::Unconfirmed {
@@ -319,6 +316,16 @@ impl TsClient {
             }
         };
         let waited_ms = || started.elapsed().as_millis() as u64;
+        match call.try_get() {
+            Some(Ok(bytes)) => return Self::blocked_answer(Ok(bytes), started),
+            Some(Err(RuntimeError::Withdrawn)) => {
+                return Err(TsError::TimedOut { waited_ms: waited_ms() });
+            }
+            // The client gave up on the session (the cancel timed out, the cluster
+            // refused it): what ordering decided is not known.
+            Some(Err(_)) => return Err(unconfirmed()),
+            None => {}
+        }
         match cancelled {
             Err(RuntimeError::Withdrawn) => Err(TsError::TimedOut { waited_ms: waited_ms() }),
             Err(_) => match call.wait_timeout(self.settle) {
