@@ -72,3 +72,38 @@ fn an_in_racing_its_own_cancel_returns_what_it_took_and_takes_nothing_else() {
     let any = parse_template("('race', *)").expect("template");
     assert_eq!(client.count(&any).expect("count"), (ROUNDS - returned) as u64);
 }
+
+/// With every session taken by a waiting `in`, a second `in` with a timeout is still
+/// queued in the client when its time is up: it is withdrawn unsent (it never reached
+/// the cluster, so it takes nothing), and the first one still gets its tuple.
+#[test]
+fn an_in_still_queued_for_a_session_when_it_times_out_is_withdrawn_unsent() {
+    let dir = temp_dir();
+    let cluster = Cluster::start(Mode::Crash, dir.path());
+    let options = dura_engine::runtime::ClientOptions {
+        sessions_max: 1,
+        request_timeout: common::WAIT_MAX,
+        ..dura_engine::runtime::ClientOptions::new()
+    };
+    let client = dura_tuplespace::TsClient::connect_with(&cluster.config, options).expect("client");
+    let template = parse_template("('one', *)").expect("template");
+    let first =
+        client.raw().submit_blocking(dura_tuplespace::encode_op(&dura_tuplespace::Op::In {
+            template: template.clone(),
+        }));
+    // The first `in` holds the only session once it is sent.
+    let deadline = std::time::Instant::now() + common::WAIT_MAX;
+    while first.ids().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the first in was never sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let queued = client.in_(&template, Some(Duration::from_millis(200)));
+    assert!(matches!(queued, Err(TsError::TimedOut { .. })), "{queued:?}");
+    cluster.client().out(&tuple("('one', 1)"), None).expect("out");
+    let answer = first.wait_timeout(common::WAIT_MAX).expect("answered").expect("a reply");
+    assert_eq!(
+        dura_tuplespace::decode_reply(&answer),
+        Ok(dura_tuplespace::Reply::Tuple(tuple("('one', 1)")))
+    );
+    assert_eq!(cluster.ok("count", &["('one', *)"]), "0\n");
+}
