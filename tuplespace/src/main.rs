@@ -65,6 +65,9 @@ enum Command_ {
         /// This replica's id.
         #[arg(long)]
         id: u32,
+        /// Override the config's log mode (none, async, sync, batched, parallel).
+        #[arg(long)]
+        log_mode: Option<String>,
         /// Replicas whose disks are lost for good (comma-separated ids, at most f); see
         /// `dura-kv serve --help`.
         #[arg(long, value_delimiter = ',')]
@@ -362,8 +365,11 @@ fn print_found(tuple: Option<Tuple>) -> i32 {
 fn run(cli: Cli) -> Result<i32> {
     // Every argument is checked before anything is sent.
     Ok(match cli.command {
-        Command_::Serve { config, id, lost, new_cluster, force_new_cluster } => {
-            let config = ClusterConfig::load(&config)?;
+        Command_::Serve { config, id, log_mode, lost, new_cluster, force_new_cluster } => {
+            let mut config = ClusterConfig::load(&config)?;
+            if let Some(mode) = log_mode {
+                config.log_mode = mode.parse()?;
+            }
             let bootstrap = match (new_cluster, force_new_cluster) {
                 (_, true) => Bootstrap::ForceNew,
                 (true, false) => Bootstrap::New,
