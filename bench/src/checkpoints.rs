@@ -759,7 +759,7 @@ pub fn run(
     for pair in MODES {
         modes.push(run_mode(args, connector, stop, pair, period)?);
     }
-    let state_bytes = args.records() * args.value_bytes as u64;
+    let state_bytes = args.records() * args.value_bytes() as u64;
     let ours = modes.iter().find(|m| m.schedule == "sequential" && m.write == "background");
     let goals = goals_of(ours, state_bytes);
     let c_max = modes
@@ -778,7 +778,7 @@ pub fn run(
         replicas,
         log_mode: LogMode::Parallel.to_string(),
         records: args.records(),
-        value_bytes: args.value_bytes,
+        value_bytes: args.value_bytes(),
         state_bytes,
         clients: args.clients_peak,
         seconds: args.seconds(),

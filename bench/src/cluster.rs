@@ -1,5 +1,5 @@
 //! A local cluster for the benchmark: n replicas as child processes of this same binary
-//! (`dura-bench replica --config F --id N`), so each replica's peak memory can be read
+//! (`dura-bench replica --service S --config F --id N`), so each replica's peak memory can be read
 //! from `/proc/<pid>/status` (VmHWM).
 //!
 //! Every child is killed when the [`LocalCluster`] is dropped (normal exit, error or
@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
 
 use crate::results::ReplicaRss;
+use crate::workload::ServiceName;
 
 /// Process ids of every replica this process started and has not reaped yet.
 static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -62,6 +63,8 @@ impl DataDir {
 pub struct LocalCluster {
     config: ClusterConfig,
     config_path: PathBuf,
+    /// The service its replicas run.
+    service: ServiceName,
     /// By replica id; `None` while that replica is stopped ([`LocalCluster::stop_replica`]).
     children: Vec<Option<Child>>,
     /// Dropped after the children (field order), so the data is removed only once no
@@ -96,6 +99,19 @@ impl LocalCluster {
         configure: &dyn Fn(&mut ClusterConfig) -> anyhow::Result<()>,
         ready: &dyn Fn(&ClusterConfig) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
+        Self::start_service(ServiceName::Kv, replicas, mode, log_mode, data_dir, configure, ready)
+    }
+
+    /// Like [`LocalCluster::start_configured`], the replicas running `service`.
+    pub fn start_service(
+        service: ServiceName,
+        replicas: u32,
+        mode: Mode,
+        log_mode: LogMode,
+        data_dir: Option<&Path>,
+        configure: &dyn Fn(&mut ClusterConfig) -> anyhow::Result<()>,
+        ready: &dyn Fn(&ClusterConfig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let data_dir = match data_dir {
             Some(path) => {
                 std::fs::create_dir_all(path)
@@ -117,7 +133,7 @@ impl LocalCluster {
         config.validate()?;
         let config_path = root.join("cluster.toml");
         config.save(&config_path)?;
-        let mut cluster = Self { config, config_path, children: Vec::new(), data_dir };
+        let mut cluster = Self { config, config_path, service, children: Vec::new(), data_dir };
         // The cluster's first start: the replicas may begin it empty. A restart
         // ([`LocalCluster::start_replica`]) must find its state or a peer's.
         for id in 0..replicas {
@@ -157,7 +173,7 @@ impl LocalCluster {
             .open(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
         let child = Command::new(&exe)
-            .args(["replica", "--config"])
+            .args(["replica", "--service", self.service.name(), "--config"])
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
             .args((!append).then_some("--new-cluster"))

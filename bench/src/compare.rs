@@ -110,8 +110,8 @@ pub fn charts(a: &Loaded, b: &Loaded) -> Vec<Chart> {
     ]
 }
 
-/// Labels for two runs: what differs between them (storage, log mode, mode, workload,
-/// clients, replicas, value size, target), e.g. `log=parallel` against `log=none`, or
+/// Labels for two runs: what differs between them (storage, log mode, mode, service,
+/// workload, clients, replicas, value size, target), e.g. `log=parallel` against `log=none`, or
 /// `storage=ext4 on /dev/nvme0n1p2` against `storage=xfs on /dev/sdb1`. When nothing in
 /// the summaries differs, the shortest ends of the two folders' paths that tell them
 /// apart (`ssd/res` against `hdd/res`, not `res` and `res`).
@@ -121,6 +121,7 @@ pub fn labels_by_difference(a: &Loaded, b: &Loaded) -> (String, String) {
             ("storage", s.storage.clone().unwrap_or_else(|| "unknown".into())),
             ("log", s.log_mode.clone()),
             ("mode", s.mode.clone()),
+            ("service", s.service.clone()),
             ("workload", s.workload.clone()),
             ("distribution", s.distribution.clone()),
             ("clients", s.clients.to_string()),
@@ -136,8 +137,9 @@ pub fn labels_by_difference(a: &Loaded, b: &Loaded) -> (String, String) {
     };
     let (fa, fb) = (fields(&a.summary), fields(&b.summary));
     let differs = |name: &str| fa.iter().zip(&fb).any(|(x, y)| x.0 == name && x.1 != y.1);
-    // Each workload has its own default distribution: named only beside the same workload.
-    let implied = |name: &str| name == "distribution" && differs("workload");
+    // Each workload has its own default distribution, and runs against one service:
+    // named only beside the same workload.
+    let implied = |name: &str| (name == "distribution" || name == "service") && differs("workload");
     let differing: Vec<usize> =
         (0..fa.len()).filter(|&i| fa[i].1 != fb[i].1 && !implied(fa[i].0)).collect();
     if differing.is_empty() {

@@ -2,6 +2,11 @@
 //! closed loop (each client sends its next operation when the last one completed) or
 //! open loop at a target rate.
 //!
+//! The driver knows no service: each client is an [`OpStream`] (made by
+//! [`TargetFactory::op_stream`]) that generates its next operation, issues it and
+//! checks the reply. [`KvStream`] is the key-value store's (YCSB's generator over a
+//! [`KvTarget`]); the tuple space's is in [`crate::tuplespace`].
+//!
 //! Open loop avoids coordinated omission: each operation has an intended send time on a
 //! fixed schedule, and its latency is measured from that time, not from when the client
 //! got round to sending it. A store that stalls therefore shows the whole queueing
@@ -27,6 +32,84 @@ pub const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
 /// How often the driver's control loop wakes to check the clock, the stop flag and
 /// report progress.
 const CONTROL_TICK: Duration = Duration::from_millis(100);
+/// Distinct error reasons a run keeps (with their counts); the rest are counted under
+/// [`OTHER_ERRORS`].
+pub const ERROR_REASONS_MAX: usize = 8;
+/// The reason under which errors past [`ERROR_REASONS_MAX`] distinct ones are counted.
+pub const OTHER_ERRORS: &str = "(other reasons)";
+
+/// One client's operations against the service under test.
+pub trait OpStream: Send {
+    /// Generates the next operation, issues it and waits for its reply: the
+    /// operation's kind, and `Err` when it failed or its reply was not one the
+    /// operation may have (a refusal included).
+    fn issue(&mut self) -> (OpKind, Result<(), TargetError>);
+}
+
+/// The key-value workloads (the paper's `w`, YCSB A-F) as an [`OpStream`]: YCSB's
+/// generator over one [`KvTarget`].
+pub struct KvStream {
+    target: Box<dyn KvTarget>,
+    generator: OpGenerator,
+    value_bytes: usize,
+    value: Vec<u8>,
+}
+
+impl std::fmt::Debug for KvStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStream").field("generator", &self.generator).finish_non_exhaustive()
+    }
+}
+
+impl KvStream {
+    /// Client `client`'s stream of `spec` over `target`, its keys in `key_space`
+    /// (shared by every client of the run). Refuses a tuple space workload.
+    pub fn new(
+        target: Box<dyn KvTarget>,
+        spec: &RunSpec,
+        key_space: &Arc<KeySpace>,
+        client: usize,
+    ) -> Result<Self, TargetError> {
+        if spec.workload.mix().is_none() {
+            return Err(TargetError {
+                operation: "connect",
+                reason: format!(
+                    "workload {:?} runs against the {}, not the key-value store",
+                    spec.workload,
+                    spec.workload.service()
+                ),
+            });
+        }
+        let generator = OpGenerator::new(
+            spec.workload,
+            spec.distribution,
+            key_space.clone(),
+            spec.scan_length_max,
+            client_seed(spec.seed, client),
+        );
+        let value = Vec::with_capacity(spec.value_bytes);
+        Ok(Self { target, generator, value_bytes: spec.value_bytes, value })
+    }
+}
+
+impl OpStream for KvStream {
+    fn issue(&mut self) -> (OpKind, Result<(), TargetError>) {
+        let op = self.generator.next_op();
+        let outcome = execute(
+            self.target.as_mut(),
+            &mut self.generator,
+            op,
+            self.value_bytes,
+            &mut self.value,
+        );
+        (op.kind(), outcome)
+    }
+}
+
+/// The seed of client `client`'s operation stream in a run seeded with `seed`.
+pub fn client_seed(seed: u64, client: usize) -> u64 {
+    seed ^ (client as u64).wrapping_mul(GOLDEN_GAMMA)
+}
 
 /// A new, empty latency histogram (microseconds).
 pub fn latency_histogram() -> Histogram<u64> {
@@ -82,6 +165,9 @@ pub struct RunResult {
     pub per_second: Vec<u64>,
     /// Operations that failed (not in the histograms).
     pub errors: u64,
+    /// Why they failed: each distinct reason (at most [`ERROR_REASONS_MAX`], then
+    /// [`OTHER_ERRORS`]) with its count.
+    pub error_reasons: BTreeMap<String, u64>,
     /// The measured window's length.
     pub measured: Duration,
     /// Whether the run was cut short by the stop flag.
@@ -163,7 +249,17 @@ struct ClientTally {
     by_kind: BTreeMap<OpKind, Histogram<u64>>,
     per_second: Vec<u64>,
     errors: u64,
+    error_reasons: BTreeMap<String, u64>,
     ops: Vec<OpSpan>,
+}
+
+/// Counts `count` errors for `reason` in `reasons`, keeping at most
+/// [`ERROR_REASONS_MAX`] distinct reasons besides [`OTHER_ERRORS`].
+fn count_error(reasons: &mut BTreeMap<String, u64>, reason: String, count: u64) {
+    let known = reasons.contains_key(&reason);
+    let distinct = reasons.len() - usize::from(reasons.contains_key(OTHER_ERRORS));
+    let key = if known || distinct < ERROR_REASONS_MAX { reason } else { OTHER_ERRORS.into() };
+    *reasons.entry(key).or_insert(0) += count;
 }
 
 /// Runs `spec` against `factory`. Returns when the warmup and measured window have
@@ -180,9 +276,9 @@ pub fn run(
         assert!(rate > 0.0, "a target rate must be positive");
     }
     let key_space = KeySpace::new(spec.records.max(1));
-    let mut targets = Vec::with_capacity(spec.clients);
+    let mut streams = Vec::with_capacity(spec.clients);
     for client in 0..spec.clients {
-        targets.push(factory.connect(client)?);
+        streams.push(factory.op_stream(client, spec, &key_space)?);
     }
     let clients_done = AtomicBool::new(false);
     let start = Instant::now();
@@ -190,25 +286,14 @@ pub fn run(
     let measure_end = measure_start + spec.duration;
     let seconds = spec.duration.as_secs_f64().ceil() as usize;
     let tallies: Vec<ClientTally> = std::thread::scope(|scope| {
-        let handles: Vec<_> = targets
+        let handles: Vec<_> = streams
             .into_iter()
-            .enumerate()
-            .map(|(client, target)| {
-                let generator = OpGenerator::new(
-                    spec.workload,
-                    spec.distribution,
-                    key_space.clone(),
-                    spec.scan_length_max,
-                    spec.seed ^ (client as u64).wrapping_mul(GOLDEN_GAMMA),
-                );
+            .map(|stream| {
                 let clients_done = &clients_done;
                 let window =
                     Window { start, measure_start, measure_end, seconds, trace: spec.trace_ops };
                 let client_rate = spec.target_rate.map(|rate| rate / spec.clients as f64);
-                let value_bytes = spec.value_bytes;
-                scope.spawn(move || {
-                    client_loop(target, generator, window, client_rate, value_bytes, clients_done)
-                })
+                scope.spawn(move || client_loop(stream, window, client_rate, clients_done))
             })
             .collect();
         let total = spec.warmup + spec.duration;
@@ -230,6 +315,7 @@ pub fn run(
         by_kind: BTreeMap::new(),
         per_second: vec![0; seconds],
         errors: 0,
+        error_reasons: BTreeMap::new(),
         measured,
         interrupted,
         load_s: 0.0,
@@ -250,6 +336,9 @@ pub fn run(
             *slot += count;
         }
         result.errors += tally.errors;
+        for (reason, count) in tally.error_reasons {
+            count_error(&mut result.error_reasons, reason, count);
+        }
         result.ops.extend(tally.ops);
     }
     if interrupted {
@@ -269,21 +358,19 @@ struct Window {
 }
 
 fn client_loop(
-    mut target: Box<dyn KvTarget>,
-    mut generator: OpGenerator,
+    mut stream: Box<dyn OpStream>,
     window: Window,
     client_rate: Option<f64>,
-    value_bytes: usize,
     done: &AtomicBool,
 ) -> ClientTally {
     let mut tally = ClientTally {
         by_kind: BTreeMap::new(),
         per_second: vec![0; window.seconds],
         errors: 0,
+        error_reasons: BTreeMap::new(),
         ops: Vec::new(),
     };
     let interval = client_rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut value = Vec::with_capacity(value_bytes);
     let mut sent: u64 = 0;
     while !done.load(Ordering::Relaxed) {
         // Closed loop: the operation starts now. Open loop: at its place on the schedule,
@@ -303,8 +390,7 @@ fn client_loop(
             }
         };
         sent += 1;
-        let op = generator.next_op();
-        let outcome = execute(target.as_mut(), &mut generator, op, value_bytes, &mut value);
+        let (kind, outcome) = stream.issue();
         let completed = Instant::now();
         if intended < window.measure_start || completed >= window.measure_end {
             continue;
@@ -314,7 +400,7 @@ fn client_loop(
                 let latency_us = completed.duration_since(intended).as_micros() as u64;
                 tally
                     .by_kind
-                    .entry(op.kind())
+                    .entry(kind)
                     .or_insert_with(latency_histogram)
                     .saturating_record(latency_us.max(1));
                 let second = completed.duration_since(window.measure_start).as_secs() as usize;
@@ -331,7 +417,10 @@ fn client_loop(
                     });
                 }
             }
-            Err(_) => tally.errors += 1,
+            Err(error) => {
+                tally.errors += 1;
+                count_error(&mut tally.error_reasons, error.to_string(), 1);
+            }
         }
     }
     tally
@@ -393,6 +482,20 @@ mod tests {
     }
 
     #[test]
+    fn error_reasons_keep_the_first_distinct_ones_and_count_the_rest_together() {
+        let mut reasons = BTreeMap::new();
+        for index in 0..ERROR_REASONS_MAX + 3 {
+            count_error(&mut reasons, format!("reason {index}"), 2);
+        }
+        count_error(&mut reasons, "reason 0".into(), 1);
+        count_error(&mut reasons, "reason 99".into(), 1);
+        assert_eq!(reasons.len(), ERROR_REASONS_MAX + 1);
+        assert_eq!(reasons["reason 0"], 3);
+        assert_eq!(reasons[OTHER_ERRORS], 3 * 2 + 1);
+        assert_eq!(reasons.values().sum::<u64>(), 2 * (ERROR_REASONS_MAX as u64 + 3) + 2);
+    }
+
+    #[test]
     fn load_writes_every_record_once() {
         let target = MemoryTarget::new();
         let stop = AtomicBool::new(false);
@@ -412,7 +515,7 @@ mod tests {
             assert_eq!(result.errors, 0);
             assert_eq!(result.per_second.len(), 2);
             assert_eq!(result.per_second.iter().sum::<u64>(), result.all.len());
-            let mix = workload.mix();
+            let mix = workload.mix().expect("a key-value workload");
             assert_eq!(result.by_kind.contains_key(&OpKind::Read), mix.read > 0);
             assert_eq!(result.by_kind.contains_key(&OpKind::Scan), mix.scan > 0);
             assert_eq!(

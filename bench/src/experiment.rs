@@ -5,6 +5,8 @@
 //!   measured on the device under `--data-dir`);
 //! - `fig9`: throughput and latency under rising client counts until throughput stops
 //!   growing, for none, sync, batched and parallel (the paper's Figure 9(a));
+//! - `fig9b`: the same curves for the tuple space under the paper's DDS workload (100%
+//!   `out` of 1 KiB tuples of four strings; its Figure 9(b)), beside the paper's peaks;
 //! - `checkpoints`: throughput per 100 ms while replicas checkpoint, coordinated and
 //!   sequential (the paper's Figures 2 and 10), in [`crate::checkpoints`];
 //! - `recovery`: throughput while a wiped replica takes the state from its peers, the
@@ -15,6 +17,7 @@
 //!
 //! Each log mode runs on a fresh local cluster with its data in its own folder.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -27,9 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::driver::RunSpec;
 use crate::plot::{Chart, Series, XAxis};
 use crate::results::ReplicaRss;
-use crate::runner::{Connector, ModeArg, default_out_dir, load_and_run, start_cluster};
-use crate::target::{MemoryTarget, TargetFactory};
-use crate::workload::{Distribution, WorkloadName};
+use crate::runner::{Connector, ModeArg, default_out_dir, load_and_run, memory_target};
+use crate::target::TargetFactory;
+use crate::workload::{Distribution, ServiceName};
 
 /// Which experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,6 +41,9 @@ pub enum ExperimentName {
     Table1,
     /// Figure 9(a): latency-throughput curves per log mode.
     Fig9,
+    /// Figure 9(b): latency-throughput curves per log mode of the tuple space under the
+    /// paper's DDS workload (100% `out` of 1 KiB tuples of four strings).
+    Fig9b,
     /// Figures 2 and 10: throughput over time while replicas checkpoint.
     Checkpoints,
     /// Figures 3 and 11: throughput over time while a wiped replica recovers by state
@@ -51,7 +57,7 @@ pub enum ExperimentName {
 /// Options of `dura-bench experiment`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentArgs {
-    /// table1, fig9, checkpoints, recovery or failover.
+    /// table1, fig9, fig9b, checkpoints, recovery or failover.
     #[arg(value_enum)]
     pub name: ExperimentName,
     /// Where the clusters keep their data (the device under test; default: a temp dir).
@@ -68,9 +74,10 @@ pub struct ExperimentArgs {
     /// checkpoints and recovery: 262,144, a 1 GiB state of 4 KiB values).
     #[arg(long)]
     pub records: Option<u64>,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 4096)]
-    pub value_bytes: usize,
+    /// Value size in bytes (default: 4096; fig9b: 1024, each tuple's four strings
+    /// together).
+    #[arg(long)]
+    pub value_bytes: Option<usize>,
     /// Ordering protocol.
     #[arg(long, value_enum, default_value_t = ModeArg::Bft)]
     pub mode: ModeArg,
@@ -83,7 +90,7 @@ pub struct ExperimentArgs {
     /// latency).
     #[arg(long, visible_alias = "clients", default_value_t = 512)]
     pub clients_peak: usize,
-    /// fig9 doubles the clients from 1 up to this many at most.
+    /// fig9 and fig9b double the clients from 1 up to this many at most.
     #[arg(long, default_value_t = 1024)]
     pub clients_max: usize,
     /// checkpoints: P, the requests between two checkpoints of one replica, the same for
@@ -126,6 +133,16 @@ pub struct Point {
     pub p50_us: u64,
     /// p99, µs.
     pub p99_us: u64,
+    /// Operations that failed (absent when none did).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors: u64,
+    /// Why, with how many (see [`crate::driver::RunResult::error_reasons`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_reasons: BTreeMap<String, u64>,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// One log mode's figures.
@@ -145,11 +162,62 @@ pub struct ModeResult {
     pub replica_log: Vec<String>,
 }
 
+/// The paper's Figure 9(b) peaks, as its text gives them (section 5), ops/s: log mode,
+/// with disk logging, with SSD logging (`none` has no log; batched is given for disk
+/// only).
+pub const PAPER_FIG9B_PEAKS: [(&str, Option<f64>, Option<f64>); 4] = [
+    ("none", Some(14_739.0), None),
+    ("sync", Some(143.0), Some(1_900.0)),
+    ("batched", Some(7_153.0), None),
+    ("parallel", Some(8_430.0), Some(9_250.0)),
+];
+
+/// A paper's figures beside ours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaperPeaks {
+    /// Where they come from.
+    pub source: String,
+    /// Peak throughput per log mode with disk logging (and `none`), ops/s.
+    pub peak_ops_s_disk: BTreeMap<String, f64>,
+    /// The same with SSD logging, where given.
+    pub peak_ops_s_ssd: BTreeMap<String, f64>,
+    /// parallel (disk) peak / none peak.
+    pub parallel_over_none: f64,
+}
+
+impl PaperPeaks {
+    /// Figure 9(b)'s, from [`PAPER_FIG9B_PEAKS`].
+    pub fn fig9b() -> Self {
+        let column = |ssd: bool| {
+            PAPER_FIG9B_PEAKS
+                .iter()
+                .filter_map(|&(mode, disk, on_ssd)| {
+                    Some((mode.to_string(), if ssd { on_ssd } else { disk }?))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let disk = column(false);
+        let parallel_over_none = disk["parallel"] / disk["none"];
+        Self {
+            source: "Bessani et al., ATC 2013, section 5, Figure 9(b) (DDS, 1 KiB tuples)".into(),
+            peak_ops_s_disk: disk,
+            peak_ops_s_ssd: column(true),
+            parallel_over_none,
+        }
+    }
+}
+
 /// A whole experiment's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentResult {
-    /// `table1` or `fig9`.
+    /// `table1`, `fig9` or `fig9b`.
     pub experiment: String,
+    /// The service measured (fig9b: `tuplespace`; absent: the key-value store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Its workload (fig9b: `dds`; absent: the key-value store's `w`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     /// Ordering protocol.
     pub mode: String,
     /// Replicas per cluster.
@@ -162,6 +230,15 @@ pub struct ExperimentResult {
     pub ratio_to_none: Vec<(String, f64)>,
     /// fig9: parallel peak / sync peak.
     pub parallel_over_sync: Option<f64>,
+    /// fig9b: each log mode's peak throughput, ops/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_ops_s: Option<BTreeMap<String, f64>>,
+    /// fig9b: parallel peak / none peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_over_none: Option<f64>,
+    /// fig9b: the paper's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<PaperPeaks>,
     /// Where the files are.
     pub out_dir: PathBuf,
 }
@@ -173,6 +250,20 @@ impl ExperimentArgs {
             ExperimentName::Checkpoints | ExperimentName::Recovery => CHECKPOINTS_RECORDS_DEFAULT,
             _ => 10_000,
         })
+    }
+
+    /// Value size: `--value-bytes`, or the service's (4 KiB values, 1 KiB tuples).
+    pub fn value_bytes(&self) -> usize {
+        self.value_bytes.unwrap_or(self.service().default_value_bytes())
+    }
+
+    /// The service the experiment measures: the tuple space for fig9b, else the
+    /// key-value store.
+    pub fn service(&self) -> ServiceName {
+        match self.name {
+            ExperimentName::Fig9b => ServiceName::Tuplespace,
+            _ => ServiceName::Kv,
+        }
     }
 
     /// Measured seconds per point: `--seconds`, or the experiment's default.
@@ -189,18 +280,19 @@ impl ExperimentArgs {
 /// The checkpoints experiment's default state: 1 GiB of 4 KiB values.
 pub const CHECKPOINTS_RECORDS_DEFAULT: u64 = 262_144;
 
-/// The workload of every experiment: the paper's 100% replace of `value_bytes` values,
-/// uniform keys, closed loop with `clients` clients.
+/// The workload of every experiment: the paper's for its service (100% replace of
+/// `value_bytes` values, uniform keys; fig9b: 100% `out` of `value_bytes` tuples),
+/// closed loop with `clients` clients.
 pub fn spec(args: &ExperimentArgs, clients: usize) -> RunSpec {
     RunSpec {
-        workload: WorkloadName::W,
+        workload: args.service().default_workload(),
         distribution: Distribution::Uniform,
         clients,
         target_rate: None,
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.seconds()),
         records: args.records(),
-        value_bytes: args.value_bytes,
+        value_bytes: args.value_bytes(),
         scan_length_max: 1,
         seed: 1,
         trace_ops: false,
@@ -215,6 +307,8 @@ fn point(clients: usize, result: &crate::driver::RunResult) -> Point {
         mean_us: result.all.mean(),
         p50_us: result.all.value_at_quantile(0.5),
         p99_us: result.all.value_at_quantile(0.99),
+        errors: result.errors,
+        error_reasons: result.error_reasons.clone(),
     }
 }
 
@@ -227,12 +321,19 @@ fn with_target<T>(
     body: &mut dyn FnMut(&dyn TargetFactory) -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Vec<ReplicaRss>, Vec<String>)> {
     if args.memory {
-        return Ok((body(&MemoryTarget::new())?, Vec::new(), Vec::new()));
+        return Ok((body(memory_target(args.service()).as_ref())?, Vec::new(), Vec::new()));
     }
     let mode: Mode = args.mode.into();
     let data_dir = args.data_dir.as_ref().map(|dir| dir.join(log_mode.to_string()));
-    let mut cluster =
-        start_cluster(mode.replicas_min(1) as u32, mode, log_mode, data_dir.as_deref(), connector)?;
+    let mut cluster = crate::runner::start_service_cluster(
+        args.service(),
+        mode.replicas_min(1) as u32,
+        mode,
+        log_mode,
+        data_dir.as_deref(),
+        &|_| Ok(()),
+        connector,
+    )?;
     let factory = connector(cluster.config(), crate::runner::REQUEST_TIMEOUT)?;
     let value = body(factory.as_ref())?;
     cluster.check_alive()?;
@@ -255,6 +356,9 @@ pub fn run(
         }
         ExperimentName::Fig9 => {
             ("fig9", [LogMode::None, LogMode::Sync, LogMode::Batched, LogMode::Parallel])
+        }
+        ExperimentName::Fig9b => {
+            ("fig9b", [LogMode::None, LogMode::Sync, LogMode::Batched, LogMode::Parallel])
         }
         ExperimentName::Checkpoints => {
             anyhow::bail!("the checkpoints experiment runs through crate::checkpoints::run")
@@ -290,7 +394,7 @@ pub fn run(
                 | ExperimentName::Failover => {
                     unreachable!("refused above")
                 }
-                ExperimentName::Fig9 => {
+                ExperimentName::Fig9 | ExperimentName::Fig9b => {
                     let mut clients = 1;
                     let mut best = 0.0f64;
                     let mut flat_points = 0;
@@ -337,29 +441,54 @@ pub fn run(
         _ => None,
     };
     let mode: Mode = args.mode.into();
+    let fig9b = args.name == ExperimentName::Fig9b;
+    let parallel_over_none = match (peak("parallel"), none_peak) {
+        (Some(parallel), none) if fig9b && none > 0.0 => Some(parallel / none),
+        _ => None,
+    };
+    let peak_ops_s = fig9b.then(|| {
+        results.iter().map(|result| (result.log_mode.clone(), result.peak_ops_per_s)).collect()
+    });
+    let spec = spec(args, 1);
     let result = ExperimentResult {
         experiment: name.to_string(),
+        service: fig9b.then(|| args.service().name().to_string()),
+        workload: fig9b.then(|| crate::results::value_name(&spec.workload)),
         mode: mode.to_string(),
         replicas: if args.memory { 0 } else { mode.replicas_min(1) as u32 },
-        value_bytes: args.value_bytes,
+        value_bytes: args.value_bytes(),
         modes: results,
         ratio_to_none,
         parallel_over_sync,
+        peak_ops_s,
+        parallel_over_none,
+        paper: fig9b.then(PaperPeaks::fig9b),
         out_dir: out_dir.clone(),
     };
     let json_path = out_dir.join(format!("{name}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)
         .with_context(|| format!("write {}", json_path.display()))?;
-    if args.name == ExperimentName::Fig9 {
-        crate::plot::write_svg_and_png(&out_dir, "fig9", &[fig9_chart(&result)])?;
+    match args.name {
+        ExperimentName::Fig9 => {
+            crate::plot::write_svg_and_png(&out_dir, "fig9", &[fig9_chart(&result)])?;
+        }
+        ExperimentName::Fig9b => {
+            let charts = [fig9_chart(&result), fig9b_peaks_chart(&result)];
+            crate::plot::write_svg_and_png(&out_dir, "fig9b", &charts)?;
+        }
+        _ => {}
     }
     Ok(result)
 }
 
-/// Figure 9(a): mean latency against throughput, one curve per log mode.
+/// Figure 9(a) (or (b)): mean latency against throughput, one curve per log mode.
 pub fn fig9_chart(result: &ExperimentResult) -> Chart {
+    let title = match result.experiment.as_str() {
+        "fig9b" => format!("Tuple space, out of {} B tuples", result.value_bytes),
+        _ => format!("Latency vs throughput, {} B writes", result.value_bytes),
+    };
     Chart {
-        title: format!("Latency vs throughput, {} B writes", result.value_bytes),
+        title,
         x_label: "throughput (ops/s)".into(),
         y_label: "mean latency (ms)".into(),
         x_axis: XAxis::Linear,
@@ -377,6 +506,77 @@ pub fn fig9_chart(result: &ExperimentResult) -> Chart {
                     .collect(),
             })
             .collect(),
+    }
+}
+
+/// The log modes of Figure 9, in its order (the peaks chart's categories).
+const FIG9_MODES: &[&str] = &["none", "sync", "batched", "parallel"];
+
+/// Figure 9(b)'s peaks: each log mode's peak throughput here beside the paper's (disk
+/// logging, and SSD where its text gives it).
+pub fn fig9b_peaks_chart(result: &ExperimentResult) -> Chart {
+    let ours = FIG9_MODES
+        .iter()
+        .enumerate()
+        .filter_map(|(index, name)| {
+            let mode = result.modes.iter().find(|mode| mode.log_mode == *name)?;
+            Some((index as f64, mode.peak_ops_per_s))
+        })
+        .collect();
+    let paper = PaperPeaks::fig9b();
+    let column = |peaks: &BTreeMap<String, f64>| -> Vec<(f64, f64)> {
+        FIG9_MODES
+            .iter()
+            .enumerate()
+            .filter_map(|(index, name)| Some((index as f64, *peaks.get(*name)?)))
+            .collect()
+    };
+    Chart {
+        title: "Peak throughput: here and in the paper".into(),
+        x_label: "log mode".into(),
+        y_label: "peak throughput (ops/s)".into(),
+        x_axis: XAxis::Categories(FIG9_MODES),
+        markers: true,
+        lanes: Vec::new(),
+        series: vec![
+            Series { name: "this machine".into(), points: ours },
+            Series { name: "paper, disk".into(), points: column(&paper.peak_ops_s_disk) },
+        ],
+    }
+}
+
+/// Figure 9's curves, a row per point, and the errors of the points that had some.
+fn curves_table(text: &mut String, result: &ExperimentResult) {
+    let _ = writeln!(
+        text,
+        "{:<10} {:>8} {:>12} {:>10} {:>10} {:>10}",
+        "log", "clients", "ops/s", "mean ms", "p50 ms", "p99 ms"
+    );
+    for mode in &result.modes {
+        for point in &mode.points {
+            let _ = writeln!(
+                text,
+                "{:<10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
+                mode.log_mode,
+                point.clients,
+                point.ops_per_s,
+                point.mean_us / 1000.0,
+                point.p50_us as f64 / 1000.0,
+                point.p99_us as f64 / 1000.0
+            );
+        }
+    }
+    for mode in &result.modes {
+        for point in mode.points.iter().filter(|point| point.errors > 0) {
+            let _ = writeln!(
+                text,
+                "{} at {} clients: {} errors",
+                mode.log_mode, point.clients, point.errors
+            );
+            for (reason, count) in &point.error_reasons {
+                let _ = writeln!(text, "  {count}: {reason}");
+            }
+        }
     }
 }
 
@@ -416,31 +616,61 @@ pub fn to_text(result: &ExperimentResult) -> String {
             row(&mut text, "Peak Thr. (ops/s)", &|mode| format!("{:.0}", mode.peak_ops_per_s));
             row(&mut text, "Peak Thr. / none", &|mode| format!("{:.2}", ratio(&mode.log_mode)));
         }
+        "fig9b" => {
+            let _ = writeln!(
+                text,
+                "Figure 9(b) on this machine: the tuple space, 100% out of {} B tuples of four \
+                 strings ({} replicas, {})",
+                result.value_bytes, result.replicas, result.mode
+            );
+            curves_table(&mut text, result);
+            let paper = result.paper.clone().unwrap_or_else(PaperPeaks::fig9b);
+            let _ = writeln!(
+                text,
+                "{:<14} {:>10} {:>8}   {:>12} {:>8} {:>12}",
+                "peak", "ops/s", "/ none", "paper disk", "/ none", "paper SSD"
+            );
+            let paper_none = paper.peak_ops_s_disk.get("none").copied().unwrap_or(0.0);
+            for mode in &result.modes {
+                let disk = paper.peak_ops_s_disk.get(&mode.log_mode).copied();
+                let ssd = paper.peak_ops_s_ssd.get(&mode.log_mode).copied();
+                let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    text,
+                    "{:<14} {:>10.0} {:>8.2}   {:>12} {:>8} {:>12}",
+                    mode.log_mode,
+                    mode.peak_ops_per_s,
+                    ratio(&mode.log_mode),
+                    or_dash(disk.map(|v| format!("{v:.0}"))),
+                    or_dash(
+                        disk.filter(|_| paper_none > 0.0).map(|v| format!("{:.2}", v / paper_none))
+                    ),
+                    or_dash(ssd.map(|v| format!("{v:.0}"))),
+                );
+            }
+            match result.parallel_over_none {
+                Some(ours) => {
+                    let _ = writeln!(
+                        text,
+                        "parallel_over_none: {ours:.2} (paper, disk: {:.2})",
+                        paper.parallel_over_none
+                    );
+                }
+                None => {
+                    let _ = writeln!(text, "parallel_over_none: - (no none or parallel peak)");
+                }
+            }
+            if let Some(over_sync) = result.parallel_over_sync {
+                let _ = writeln!(text, "parallel / sync peak: {over_sync:.2}");
+            }
+        }
         _ => {
             let _ = writeln!(
                 text,
                 "Figure 9(a) on this machine: {} B writes ({} replicas, {})",
                 result.value_bytes, result.replicas, result.mode
             );
-            let _ = writeln!(
-                text,
-                "{:<10} {:>8} {:>12} {:>10} {:>10} {:>10}",
-                "log", "clients", "ops/s", "mean ms", "p50 ms", "p99 ms"
-            );
-            for mode in &result.modes {
-                for point in &mode.points {
-                    let _ = writeln!(
-                        text,
-                        "{:<10} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
-                        mode.log_mode,
-                        point.clients,
-                        point.ops_per_s,
-                        point.mean_us / 1000.0,
-                        point.p50_us as f64 / 1000.0,
-                        point.p99_us as f64 / 1000.0
-                    );
-                }
-            }
+            curves_table(&mut text, result);
             for mode in &result.modes {
                 let _ = writeln!(
                     text,

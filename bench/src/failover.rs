@@ -878,7 +878,7 @@ pub fn run(
         log_mode: LogMode::Parallel.to_string(),
         clients: args.clients_peak,
         records: args.records(),
-        value_bytes: args.value_bytes,
+        value_bytes: args.value_bytes(),
         steady_seconds: args.seconds(),
         warmup_s: args.warmup,
         comparisons: compare(&runs),

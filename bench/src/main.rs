@@ -6,6 +6,7 @@
 //! dura-bench [RUN OPTIONS]                  the main command (see --help)
 //! dura-bench compare A B [--out DIR]        two result folders side by side, with plots
 //! dura-bench experiment table1|fig9 [...]   the paper's logging experiments
+//! dura-bench experiment fig9b [...]         Figure 9(b): the tuple space's curves
 //! dura-bench experiment checkpoints [...]   throughput while replicas checkpoint
 //! dura-bench experiment recovery [...]      a wiped replica's state transfer under load
 //! dura-bench experiment failover [...]      writes stopped by a paused or killed leader
@@ -20,10 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 mod kv;
+mod ts;
 
 use clap::{Parser, Subcommand};
 use dura_bench::experiment::{ExperimentArgs, ExperimentName};
-use dura_bench::runner::{LogArg, ModeArg, RunArgs};
+use dura_bench::runner::{Connector, LogArg, ModeArg, RunArgs};
+use dura_bench::workload::ServiceName;
 use dura_engine::runtime::Mode;
 
 #[derive(Debug, Parser)]
@@ -64,7 +67,8 @@ enum Command {
         #[arg(long)]
         label_b: Option<String>,
     },
-    /// The paper's experiments: table1 or fig9 (logging), checkpoints (Figures 2, 10),
+    /// The paper's experiments: table1, fig9 or fig9b (logging; fig9b with the tuple
+    /// space), checkpoints (Figures 2, 10),
     /// recovery (Figures 3, 11); failover (a paused or killed leader).
     Experiment(ExperimentArgs),
     /// Start a local cluster and keep it running until Ctrl-C (for `--connect`).
@@ -81,6 +85,9 @@ enum Command {
         /// Durability mode.
         #[arg(long, value_enum, default_value_t = LogArg::Parallel)]
         log: LogArg,
+        /// The service the replicas run (a run against it needs the same --service).
+        #[arg(long, value_enum, default_value_t = ServiceName::Kv)]
+        service: ServiceName,
     },
     /// Run one replica of a local cluster (used by the main command for its children).
     #[command(hide = true)]
@@ -94,6 +101,9 @@ enum Command {
         /// The cluster's first start: with no state anywhere, begin a new cluster.
         #[arg(long)]
         new_cluster: bool,
+        /// The service this replica runs.
+        #[arg(long, value_enum, default_value_t = ServiceName::Kv)]
+        service: ServiceName,
     },
 }
 
@@ -122,9 +132,10 @@ fn main() -> anyhow::Result<()> {
     let connector = kv::connector;
     match cli.command {
         Some(Command::Wal(args)) => dura_bench::wal_bench::run(&args),
-        Some(Command::Replica { config, id, new_cluster }) => {
-            kv::serve_replica(&config, id, new_cluster)
-        }
+        Some(Command::Replica { config, id, new_cluster, service }) => match service {
+            ServiceName::Kv => kv::serve_replica(&config, id, new_cluster),
+            ServiceName::Tuplespace => ts::serve_replica(&config, id, new_cluster),
+        },
         Some(Command::Compare { a, b, out, label_a, label_b }) => {
             let out = out.unwrap_or_else(|| dura_bench::runner::default_out_dir("compare"));
             let (table, files) = dura_bench::compare::run(&a, &b, &out, (label_a, label_b))?;
@@ -169,7 +180,8 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Experiment(args)) => {
             install_ctrl_c(stop.clone());
-            let result = dura_bench::experiment::run(&args, &connector, &stop)?;
+            let connector = connector_for(args.service());
+            let result = dura_bench::experiment::run(&args, connector, &stop)?;
             if args.json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
@@ -177,16 +189,18 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Cluster { data_dir, replicas, mode, log }) => {
+        Some(Command::Cluster { data_dir, replicas, mode, log, service }) => {
             install_ctrl_c(stop.clone());
             let mode: Mode = mode.into();
             let replicas = replicas.unwrap_or(mode.replicas_min(1) as u32);
-            let mut cluster = dura_bench::runner::start_cluster(
+            let mut cluster = dura_bench::runner::start_service_cluster(
+                service,
                 replicas,
                 mode,
                 log.into(),
                 Some(&data_dir),
-                &connector,
+                &|_| Ok(()),
+                connector_for(service),
             )?;
             println!("cluster ready: {}", cluster.config_path().display());
             std::io::stdout().flush()?;
@@ -196,8 +210,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Run(args)) => main_run(&args, &stop, &connector),
-        None => main_run(&cli.run, &stop, &connector),
+        Some(Command::Run(args)) => main_run(&args, &stop, connector_for(args.service)),
+        None => main_run(&cli.run, &stop, connector_for(cli.run.service)),
+    }
+}
+
+/// The clients of `service`'s replicas.
+fn connector_for(service: ServiceName) -> &'static Connector {
+    match service {
+        ServiceName::Kv => &kv::connector,
+        ServiceName::Tuplespace => &ts::connector,
     }
 }
 

@@ -27,6 +27,8 @@ pub enum XAxis {
     Linear,
     /// x is a fraction p in [0, 1], drawn at log10(1/(1-p)), labelled in percent.
     Percentile,
+    /// x is an index into these names, each drawn at its own place with its name.
+    Categories(&'static [&'static str]),
 }
 
 /// One line of a chart.
@@ -121,7 +123,7 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
     let plot_width = PANEL_WIDTH - MARGIN_LEFT - MARGIN_RIGHT;
     let plot_height = PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM;
     let map_x = |x: f64| match chart.x_axis {
-        XAxis::Linear => x,
+        XAxis::Linear | XAxis::Categories(_) => x,
         XAxis::Percentile => percentile_x(x),
     };
     let points = chart.series.iter().flat_map(|series| series.points.iter());
@@ -146,6 +148,9 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
             .fold(0.0f64, f64::max);
         x_min = 0.0;
         x_max = (below_max.ceil() + 1.0).clamp(1.0, PERCENTILE_NINES_MAX);
+    } else if let XAxis::Categories(names) = chart.x_axis {
+        // Half a slot of room on each side of the first and last name.
+        (x_min, x_max) = (-0.5, names.len().max(1) as f64 - 0.5);
     } else {
         x_min = x_min.min(0.0);
         if x_max <= x_min {
@@ -198,6 +203,9 @@ fn draw_panel(svg: &mut String, chart: &Chart, left: f64, top: f64) {
             .collect(),
         XAxis::Linear => {
             nice_ticks(x_min, x_max, 6).into_iter().map(|tick| (tick, format_tick(tick))).collect()
+        }
+        XAxis::Categories(names) => {
+            names.iter().enumerate().map(|(index, name)| (index as f64, name.to_string())).collect()
         }
     };
     for (tick, label) in &x_ticks {
@@ -410,6 +418,36 @@ mod tests {
         for point in points.split(' ') {
             let y: f64 = point.split(',').nth(1).expect("y").parse().expect("number");
             assert!(y > strip_bottom, "{y} within the strip");
+        }
+        assert!(png(&text).is_ok());
+    }
+
+    #[test]
+    fn categories_are_labelled_by_name_at_evenly_spaced_places() {
+        let mut peaks = chart();
+        peaks.x_axis = XAxis::Categories(&["none", "sync", "parallel"]);
+        peaks.markers = true;
+        peaks.series[0].points = vec![(0.0, 100.0), (1.0, 10.0), (2.0, 80.0)];
+        let text = svg(&[peaks]);
+        let label_x = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|line| line.ends_with(&format!(">{name}</text>")))
+                .unwrap_or_else(|| panic!("no label {name}"));
+            line.split('"').nth(1).expect("x").parse().expect("number")
+        };
+        let (a, b, c) = (label_x("none"), label_x("sync"), label_x("parallel"));
+        assert!(a < b && b < c);
+        assert!(((b - a) - (c - b)).abs() < 0.2, "{a} {b} {c}");
+        // Each point's marker stands above its name.
+        let markers: Vec<f64> = text
+            .lines()
+            .filter(|line| line.starts_with("<circle"))
+            .map(|line| line.split('"').nth(1).expect("cx").parse().expect("number"))
+            .collect();
+        assert_eq!(markers.len(), 3);
+        for (marker, label) in markers.iter().zip([a, b, c]) {
+            assert!((marker - label).abs() < 0.2, "{marker} {label}");
         }
         assert!(png(&text).is_ok());
     }

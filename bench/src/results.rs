@@ -63,6 +63,10 @@ impl LatencySummary {
     }
 }
 
+fn kv_service() -> String {
+    "kv".into()
+}
+
 /// One replica's memory high-water mark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaRss {
@@ -78,7 +82,11 @@ pub struct Summary {
     /// What was measured: `cluster` (started here), `connect` (a running cluster) or
     /// `memory` (the in-process map, for tests).
     pub target: String,
-    /// Workload name (w, a..f).
+    /// The service under test: `kv` or `tuplespace` (`kv` in results written before
+    /// the tuple space could be run).
+    #[serde(default = "kv_service")]
+    pub service: String,
+    /// Workload name (w, a..f; dds, queue, lock).
     pub workload: String,
     /// Key distribution.
     pub distribution: String,
@@ -107,6 +115,9 @@ pub struct Summary {
     pub ops: u64,
     /// Operations that failed.
     pub errors: u64,
+    /// Why they failed, with how many failed so (see [`RunResult::error_reasons`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_reasons: BTreeMap<String, u64>,
     /// Measured throughput.
     pub ops_per_s: f64,
     /// Mean latency, µs.
@@ -218,6 +229,7 @@ impl Summary {
         let all = LatencySummary::of(&result.all);
         Self {
             target: labels.target.clone(),
+            service: spec.workload.service().name().to_string(),
             workload: value_name(&spec.workload),
             distribution: value_name(&spec.distribution),
             mode: labels.mode.clone(),
@@ -232,6 +244,7 @@ impl Summary {
             value_bytes: spec.value_bytes,
             ops: result.all.len(),
             errors: result.errors,
+            error_reasons: result.error_reasons.clone(),
             ops_per_s: result.ops_per_s(),
             mean_us: all.mean_us,
             p50_us: all.p50_us,
@@ -259,6 +272,9 @@ impl Summary {
     pub fn to_text(&self) -> String {
         let mut text = String::new();
         let ms = |us: u64| us as f64 / 1000.0;
+        if self.service != "kv" {
+            let _ = write!(text, "service {}, ", self.service);
+        }
         let _ = writeln!(
             text,
             "workload {} ({}), {} clients{}, {} replicas, mode {}, log {}",
@@ -313,6 +329,9 @@ impl Summary {
             self.errors,
             if self.interrupted { " (interrupted)" } else { "" }
         );
+        for (reason, count) in &self.error_reasons {
+            let _ = writeln!(text, "  {count} errors: {reason}");
+        }
         if let Some(view) = &self.replica_view {
             let regencies = |values: &[Option<u64>]| {
                 let values: Vec<String> = values

@@ -12,12 +12,14 @@ use dura_engine::runtime::{ClusterConfig, LogMode, Mode};
 
 use crate::cluster::LocalCluster;
 use crate::driver::{self, RunResult, RunSpec};
-use crate::results::{self, ReplicaRss, ReplicaView, RunLabels, Summary};
+use crate::results::{self, ReplicaRss, ReplicaView, RunLabels, Summary, value_name};
 use crate::target::{MemoryTarget, TargetFactory};
-use crate::workload::{Distribution, WorkloadName};
+use crate::tuplespace::{MemoryTupleSpace, TupleSpaceFactory};
+use crate::workload::{Distribution, ServiceName, WorkloadName};
 
-/// Opens clients to a cluster described by a config (the kvstore's client); a request
-/// not completed within the given time fails.
+/// Opens clients to a cluster described by a config (the key-value store's or the tuple
+/// space's, whichever service the cluster runs); a request not completed within the
+/// given time fails.
 pub type Connector = dyn Fn(&ClusterConfig, Duration) -> anyhow::Result<Box<dyn TargetFactory>>;
 
 /// Request timeout of the benchmark's clients: long, so a slow request is measured as
@@ -80,6 +82,9 @@ impl From<ModeArg> for Mode {
 /// Options of the main command (`dura-bench` with no subcommand, or `dura-bench run`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// The service under test: the key-value store or the tuple space.
+    #[arg(long, value_enum, default_value_t = ServiceName::Kv)]
+    pub service: ServiceName,
     /// Replicas of the local cluster (4 for bft f=1, 3 for crash f=1).
     #[arg(long)]
     pub replicas: Option<u32>,
@@ -104,18 +109,23 @@ pub struct RunArgs {
     /// Warmup seconds, not measured.
     #[arg(long, default_value_t = 5.0)]
     pub warmup: f64,
-    /// Workload: w (the paper's 100% 4 KiB replaces) or YCSB a-f.
-    #[arg(long, value_enum, default_value_t = WorkloadName::W)]
-    pub workload: WorkloadName,
+    /// Workload. Key-value store: w (the paper's 100% 4 KiB replaces, the default) or
+    /// YCSB a-f. Tuple space: dds (the paper's 100% `out` of 1 KiB tuples of four
+    /// strings, the default), queue (`out` + `in` of jobs) or lock (`cas` of a token
+    /// with a lease + `inp` to release it).
+    #[arg(long, value_enum)]
+    pub workload: Option<WorkloadName>,
     /// Key distribution (default: the workload's own).
     #[arg(long, value_enum)]
     pub distribution: Option<Distribution>,
-    /// Records loaded before the run (the paper: 250,000).
+    /// Records loaded before the run (the paper: 250,000); the tuple space loads
+    /// nothing, and `lock` picks among this many locks.
     #[arg(long, default_value_t = 250_000)]
     pub records: u64,
-    /// Value size in bytes (the paper: 4096).
-    #[arg(long, default_value_t = 4096)]
-    pub value_bytes: usize,
+    /// Value size in bytes (the paper: 4096); the tuple space's tuple or job payload
+    /// (the paper: 1024).
+    #[arg(long)]
+    pub value_bytes: Option<usize>,
     /// YCSB E: scan lengths are uniform in 1..=this.
     #[arg(long, default_value_t = 100)]
     pub scan_length_max: u64,
@@ -162,19 +172,32 @@ impl RunArgs {
         if let Some(rate) = self.target_rate {
             anyhow::ensure!(rate > 0.0, "--target-rate must be positive");
         }
+        let workload = self.workload();
+        anyhow::ensure!(
+            workload.service() == self.service,
+            "--workload {} runs against --service {}, not {}",
+            value_name(&workload),
+            workload.service(),
+            self.service
+        );
         Ok(RunSpec {
-            workload: self.workload,
-            distribution: self.distribution.unwrap_or(self.workload.default_distribution()),
+            workload,
+            distribution: self.distribution.unwrap_or(workload.default_distribution()),
             clients: self.clients,
             target_rate: self.target_rate,
             warmup: Duration::from_secs_f64(self.warmup),
             duration: Duration::from_secs_f64(self.seconds),
             records: self.records,
-            value_bytes: self.value_bytes,
+            value_bytes: self.value_bytes.unwrap_or(self.service.default_value_bytes()),
             scan_length_max: self.scan_length_max,
             seed: self.seed,
             trace_ops: false,
         })
+    }
+
+    /// The workload: given, or the service's default.
+    pub fn workload(&self) -> WorkloadName {
+        self.workload.unwrap_or(self.service.default_workload())
     }
 
     /// Replica count: given, or the smallest for f = 1 in the mode.
@@ -264,7 +287,16 @@ pub fn load_records(
     Ok(load_started.elapsed().as_secs_f64())
 }
 
-/// Loads the records of `spec` (unless `skip`) and runs it against `factory`.
+/// An in-process target for `service` (no cluster): checks the workloads' plumbing.
+pub fn memory_target(service: ServiceName) -> Box<dyn TargetFactory> {
+    match service {
+        ServiceName::Kv => Box::new(MemoryTarget::new()),
+        ServiceName::Tuplespace => Box::new(TupleSpaceFactory(MemoryTupleSpace::new())),
+    }
+}
+
+/// Loads the records of `spec` (unless `skip`, or its workload loads none) and runs
+/// it against `factory`.
 pub fn load_and_run(
     factory: &dyn TargetFactory,
     spec: &RunSpec,
@@ -272,6 +304,7 @@ pub fn load_and_run(
     stop: &AtomicBool,
     label: &str,
 ) -> anyhow::Result<RunResult> {
+    let skip_load = skip_load || !spec.workload.loads_records();
     let load_s = if skip_load { 0.0 } else { load_records(factory, spec, stop)? };
     let mut bar = progress_bar(label);
     let mut result = driver::run(factory, spec, stop, &mut bar)?;
@@ -287,8 +320,8 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
     let log_mode: LogMode = args.log.into();
     let mut replica_view = None;
     let (result, labels, rss, replica_log) = if args.memory {
-        let target = MemoryTarget::new();
-        let result = load_and_run(&target, &spec, args.no_load, stop, "memory")?;
+        let target = memory_target(args.service);
+        let result = load_and_run(target.as_ref(), &spec, args.no_load, stop, "memory")?;
         let labels = RunLabels {
             target: "memory".into(),
             mode: "none".into(),
@@ -328,7 +361,8 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             }
             crate::cluster::add_metrics_ports(config)
         };
-        let mut cluster = start_cluster_configured(
+        let mut cluster = start_service_cluster(
+            args.service,
             replicas,
             mode,
             log_mode,
@@ -344,7 +378,8 @@ pub fn run(args: &RunArgs, connector: &Connector, stop: &AtomicBool) -> anyhow::
             addresses.join(", ")
         );
         let factory = connector(cluster.config(), REQUEST_TIMEOUT)?;
-        let load_s = if args.no_load { 0.0 } else { load_records(factory.as_ref(), &spec, stop)? };
+        let skip_load = args.no_load || !spec.workload.loads_records();
+        let load_s = if skip_load { 0.0 } else { load_records(factory.as_ref(), &spec, stop)? };
         let origin = Instant::now();
         let done = AtomicBool::new(false);
         let (result, samples) = std::thread::scope(|scope| {
@@ -490,16 +525,30 @@ pub fn start_cluster_configured(
     configure: &dyn Fn(&mut ClusterConfig) -> anyhow::Result<()>,
     connector: &Connector,
 ) -> anyhow::Result<LocalCluster> {
+    start_service_cluster(ServiceName::Kv, replicas, mode, log_mode, data_dir, configure, connector)
+}
+
+/// [`start_cluster_configured`] with the replicas running `service` (`connector` opens
+/// its clients).
+pub fn start_service_cluster(
+    service: ServiceName,
+    replicas: u32,
+    mode: Mode,
+    log_mode: LogMode,
+    data_dir: Option<&Path>,
+    configure: &dyn Fn(&mut ClusterConfig) -> anyhow::Result<()>,
+    connector: &Connector,
+) -> anyhow::Result<LocalCluster> {
     let ready = |config: &ClusterConfig| -> anyhow::Result<()> {
-        let factory = connector(config, PROBE_TIMEOUT)?;
-        let mut client = factory.connect(0)?;
-        client.put(b"dura-bench:ready", b"1")?;
+        connector(config, PROBE_TIMEOUT)?.probe()?;
         Ok(())
     };
     // No retry on a fresh cluster: one that does not answer is a bug to report, with
     // the replicas' logs, not to hide.
-    LocalCluster::start_configured(replicas, mode, log_mode, data_dir, configure, &ready)
-        .with_context(|| format!("start {replicas} replicas ({mode}, log {log_mode})"))
+    LocalCluster::start_service(service, replicas, mode, log_mode, data_dir, configure, &ready)
+        .with_context(|| {
+            format!("start {replicas} replicas of the {service} ({mode}, log {log_mode})")
+        })
 }
 
 /// Prints `summary` as JSON or as the report.

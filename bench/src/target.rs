@@ -1,9 +1,14 @@
-//! What the load generator talks to: a key-value store behind [`KvTarget`], one
-//! connection per client thread, made by a [`TargetFactory`].
+//! What the load generator talks to: a service behind a [`TargetFactory`], which
+//! opens one [`OpStream`] per client thread. For the key-value store that is a
+//! [`KvTarget`] under YCSB's generator; the tuple space overrides
+//! [`TargetFactory::op_stream`] and [`TargetFactory::probe`] ([`crate::tuplespace`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
+
+use crate::driver::{KvStream, OpStream, RunSpec};
+use crate::workload::KeySpace;
 
 /// An error from the store under test. The driver counts errors; it does not stop.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +33,30 @@ pub trait KvTarget: Send {
     fn scan(&mut self, start: &[u8], count: usize) -> Result<usize, TargetError>;
 }
 
-/// Opens one [`KvTarget`] per client thread.
+/// Opens one connection per client thread to the service under test.
 pub trait TargetFactory: Send + Sync {
-    /// A new connection for client number `client_index`.
+    /// A new key-value connection for client number `client_index` (the load phase,
+    /// the key-value workloads and the experiments that write keys use it). A service
+    /// that is no key-value store refuses.
     fn connect(&self, client_index: usize) -> Result<Box<dyn KvTarget>, TargetError>;
+
+    /// Client number `client_index`'s stream of `spec`'s operations, its keys (if
+    /// any) in `key_space`, shared by the run's clients. The default: the key-value
+    /// workloads over [`TargetFactory::connect`].
+    fn op_stream(
+        &self,
+        client_index: usize,
+        spec: &RunSpec,
+        key_space: &Arc<KeySpace>,
+    ) -> Result<Box<dyn OpStream>, TargetError> {
+        Ok(Box::new(KvStream::new(self.connect(client_index)?, spec, key_space, client_index)?))
+    }
+
+    /// One ordered request that proves the service answers (a fresh cluster's
+    /// readiness check). The default writes a key.
+    fn probe(&self) -> Result<(), TargetError> {
+        self.connect(0)?.put(b"dura-bench:ready", b"1")
+    }
 }
 
 /// An in-memory store shared by all clients, for tests of the generator and driver.

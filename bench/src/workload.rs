@@ -1,5 +1,7 @@
 //! Workloads: the paper's `w` (100% replace of 4 KiB values) and YCSB A-F, with the
-//! key distributions YCSB uses (uniform, zipfian, scrambled zipfian, latest).
+//! key distributions YCSB uses (uniform, zipfian, scrambled zipfian, latest), for the
+//! key-value store; and the tuple space's `dds`, `queue` and `lock`, generated in
+//! [`crate::tuplespace`].
 //!
 //! Everything here is deterministic under a seed: the same seed and the same sequence
 //! of calls give the same operations, so a run can be replayed.
@@ -176,12 +178,29 @@ pub enum OpKind {
     Scan,
     /// Read a record, then write it back changed (two requests, one latency).
     ReadModifyWrite,
+    /// Tuple space: write a tuple.
+    Out,
+    /// Tuple space: take a tuple, waiting for one.
+    In,
+    /// Tuple space: write a tuple unless one matches.
+    Cas,
+    /// Tuple space: take a tuple if one matches.
+    Inp,
 }
 
 impl OpKind {
     /// Every kind, in report order.
-    pub const ALL: [OpKind; 5] =
-        [OpKind::Read, OpKind::Update, OpKind::Insert, OpKind::Scan, OpKind::ReadModifyWrite];
+    pub const ALL: [OpKind; 9] = [
+        OpKind::Read,
+        OpKind::Update,
+        OpKind::Insert,
+        OpKind::Scan,
+        OpKind::ReadModifyWrite,
+        OpKind::Out,
+        OpKind::In,
+        OpKind::Cas,
+        OpKind::Inp,
+    ];
 
     /// A short lowercase name for files and JSON.
     pub fn name(self) -> &'static str {
@@ -191,6 +210,10 @@ impl OpKind {
             OpKind::Insert => "insert",
             OpKind::Scan => "scan",
             OpKind::ReadModifyWrite => "rmw",
+            OpKind::Out => "out",
+            OpKind::In => "in",
+            OpKind::Cas => "cas",
+            OpKind::Inp => "inp",
         }
     }
 
@@ -247,6 +270,57 @@ pub enum WorkloadName {
     E,
     /// YCSB F: 50% read, 50% read-modify-write, zipfian.
     F,
+    /// Tuple space, the paper's DDS workload: 100% `out` of random tuples of four
+    /// string fields, `--value-bytes` (1 KiB) in all.
+    Dds,
+    /// Tuple space, a job queue: each client alternates `out` of a job tuple and `in`
+    /// of any job (never waits: its own job is there).
+    Queue,
+    /// Tuple space, a lock service: `cas` of a lock token with a lease on one of
+    /// `--records` locks; once held, `inp` of it releases it.
+    Lock,
+}
+
+/// The services a workload can run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceName {
+    /// The SCKV-Store (`dura-kvstore`).
+    Kv,
+    /// Durable DepSpace, the tuple space (`dura-tuplespace`).
+    Tuplespace,
+}
+
+impl ServiceName {
+    /// The name on the command line (`kv`, `tuplespace`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceName::Kv => "kv",
+            ServiceName::Tuplespace => "tuplespace",
+        }
+    }
+
+    /// The workload a run of this service has unless told: the paper's for it.
+    pub fn default_workload(self) -> WorkloadName {
+        match self {
+            ServiceName::Kv => WorkloadName::W,
+            ServiceName::Tuplespace => WorkloadName::Dds,
+        }
+    }
+
+    /// The paper's write size for it: 4 KiB values, 1 KiB tuples.
+    pub fn default_value_bytes(self) -> usize {
+        match self {
+            ServiceName::Kv => 4096,
+            ServiceName::Tuplespace => 1024,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A workload's operation mix, in parts per 100.
@@ -265,8 +339,22 @@ pub struct Mix {
 }
 
 impl WorkloadName {
-    /// The operation mix.
-    pub fn mix(self) -> Mix {
+    /// The service it runs against.
+    pub fn service(self) -> ServiceName {
+        match self {
+            WorkloadName::Dds | WorkloadName::Queue | WorkloadName::Lock => ServiceName::Tuplespace,
+            _ => ServiceName::Kv,
+        }
+    }
+
+    /// Whether its run starts with `--records` records loaded (the key-value
+    /// workloads; the tuple space's start from an empty space).
+    pub fn loads_records(self) -> bool {
+        self.service() == ServiceName::Kv
+    }
+
+    /// The key-value operation mix (`None` for a tuple space workload).
+    pub fn mix(self) -> Option<Mix> {
         let zero = Mix { read: 0, update: 0, insert: 0, scan: 0, read_modify_write: 0 };
         let mix = match self {
             WorkloadName::W => Mix { update: 100, ..zero },
@@ -276,16 +364,20 @@ impl WorkloadName {
             WorkloadName::D => Mix { read: 95, insert: 5, ..zero },
             WorkloadName::E => Mix { scan: 95, insert: 5, ..zero },
             WorkloadName::F => Mix { read: 50, read_modify_write: 50, ..zero },
+            WorkloadName::Dds | WorkloadName::Queue | WorkloadName::Lock => return None,
         };
         assert_eq!(mix.read + mix.update + mix.insert + mix.scan + mix.read_modify_write, 100);
-        mix
+        Some(mix)
     }
 
     /// The key distribution YCSB's workload files give it (the paper's `w` picks keys
-    /// uniformly: every replace is as likely to hit any of the 250,000 keys).
+    /// uniformly: every replace is as likely to hit any of the 250,000 keys; `lock`
+    /// picks its locks uniformly too).
     pub fn default_distribution(self) -> Distribution {
         match self {
-            WorkloadName::W => Distribution::Uniform,
+            WorkloadName::W | WorkloadName::Dds | WorkloadName::Queue | WorkloadName::Lock => {
+                Distribution::Uniform
+            }
             WorkloadName::D => Distribution::Latest,
             _ => Distribution::Zipfian,
         }
@@ -329,6 +421,7 @@ pub struct OpGenerator {
 impl OpGenerator {
     /// A generator for `workload` over the shared `key_space`, with its own stream
     /// from `seed`. `scan_length_max` bounds YCSB E's uniform scan lengths (>= 1).
+    /// Panics for a tuple space workload (see [`WorkloadName::mix`]).
     pub fn new(
         workload: WorkloadName,
         distribution: Distribution,
@@ -338,7 +431,8 @@ impl OpGenerator {
     ) -> Self {
         assert!(scan_length_max >= 1);
         let chooser = KeyChooser::new(distribution, key_space.records());
-        Self { mix: workload.mix(), chooser, key_space, scan_length_max, rng: Rng::new(seed) }
+        let mix = workload.mix().expect("a key-value workload");
+        Self { mix, chooser, key_space, scan_length_max, rng: Rng::new(seed) }
     }
 
     /// The next operation.
