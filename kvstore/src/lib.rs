@@ -10,10 +10,11 @@
 
 pub mod client;
 pub mod ops;
-pub mod pki;
 pub mod store;
 
 pub use client::{KvClient, KvError};
+/// A CA and certificates for a cluster with TLS (the runtime's, kept at this path).
+pub use dura_engine::runtime::pki;
 pub use dura_engine::runtime::{
     Bootstrap, ClusterConfig, LogMode, Mode, ReplicaHandle, ReplicaOptions, RuntimeError,
 };

@@ -472,6 +472,11 @@ pub fn encode_op(op: &Op) -> Vec<u8> {
     out
 }
 
+/// Whether `bytes` starts as a blocking operation (`rd` or `in`), by its tag alone.
+pub fn is_blocking_op(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(&(TAG_RD | TAG_IN)))
+}
+
 /// Decodes one operation. Leases and limits are carried as given; their ranges are
 /// checked at execution ([`Error::LeaseInvalid`], [`Error::LimitInvalid`]).
 pub fn decode_op(bytes: &[u8]) -> Result<Op, Error> {

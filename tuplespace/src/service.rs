@@ -3,7 +3,9 @@
 //!
 //! - **Execution.** Each ordered request runs through [`TupleSpace::execute`] at its
 //!   batch's agreed time ([`OrderedRequest::now_ms`]). A request's own answer is its
-//!   reply; a request that blocked is deferred ([`Replies::defer`]); the answers of
+//!   reply; a request that blocked is deferred ([`Replies::defer`]), and so is an
+//!   `rd`/`in` answered at once (deferred and released in the same batch, so that the
+//!   reply cache keeps its answer past the client's cancel); the answers of
 //!   blocked requests it released go out as [`Replies::release`]. The engine sends a
 //!   released answer, like any other, only once the batch of the request that released
 //!   it is durable, and keeps it in the reply cache for a retransmission.
@@ -35,6 +37,15 @@ impl Service for TupleSpace {
             };
             let mut answers = self.execute(ctx, request.operation).into_iter().peekable();
             match answers.next_if(|a| a.client_id == ctx.client_id && a.sequence == ctx.sequence) {
+                // An `rd`/`in` answered at once is still deferred and released here: the
+                // reply cache keeps a deferred request's answer after its client's next
+                // request, and that next request may be the cancel the client sent
+                // because no answer reached it in time (see `crate::client`). An answer
+                // the cache dropped then would be a taken tuple lost.
+                Some(own) if crate::codec::is_blocking_op(request.operation) => {
+                    replies.defer();
+                    replies.release(own.client_id, own.sequence, own.reply);
+                }
                 Some(own) => replies.reply(own.reply),
                 None => replies.defer(),
             }

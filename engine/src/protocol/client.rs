@@ -1,6 +1,6 @@
-//! The sans-IO client: one outstanding request at a time, completed on f+1 matching
-//! replies from distinct replicas (both modes, [`Mode::reply_quorum`]), retransmitted to
-//! every replica on timeout. In crash mode the request goes to the leader only, yet
+//! The sans-IO client: one outstanding request at a time (and one follow-up, see
+//! [`Client::follow_up`]), completed on f+1 matching replies from distinct replicas
+//! (both modes, [`Mode::reply_quorum`]), retransmitted to every replica on timeout. In crash mode the request goes to the leader only, yet
 //! every replica replies once it has executed and logged it: f+1 replies mean the
 //! result is on f+1 disks (ARCHITECTURE.md, "Crash mode: a reply means f+1 disks").
 //!
@@ -39,6 +39,14 @@ pub enum ClientError {
         client_id: u64,
         /// The outstanding sequence number.
         sequence: u64,
+    },
+    /// [`Client::follow_up`] needs exactly one request outstanding.
+    #[error("client {client_id} has {outstanding} requests outstanding, a follow-up needs one")]
+    NoFollowUp {
+        /// The client.
+        client_id: u64,
+        /// Requests outstanding.
+        outstanding: usize,
     },
 }
 
@@ -96,7 +104,8 @@ pub struct Client {
     config: ClientConfig,
     keys: ClientKeys,
     next_sequence: u64,
-    outstanding: Option<Outstanding>,
+    /// In sequence order: at most two, an earlier request and its follow-up.
+    outstanding: Vec<Outstanding>,
     /// Highest regency seen in an authentic reply: its leader gets crash-mode requests.
     regency_hint: u64,
 }
@@ -110,7 +119,7 @@ impl Client {
             config,
             keys,
             next_sequence: first_sequence.max(1),
-            outstanding: None,
+            outstanding: Vec::new(),
             regency_hint: 0,
         }
     }
@@ -122,7 +131,12 @@ impl Client {
 
     /// True while a request waits for its result.
     pub fn is_busy(&self) -> bool {
-        self.outstanding.is_some()
+        !self.outstanding.is_empty()
+    }
+
+    /// The sequence numbers waiting for their results, oldest first.
+    pub fn outstanding(&self) -> Vec<u64> {
+        self.outstanding.iter().map(|o| o.request.sequence).collect()
     }
 
     /// The highest regency learned from an authentic reply (or [`Client::learn_regency`]):
@@ -151,26 +165,68 @@ impl Client {
         operation: Vec<u8>,
         actions: &mut Vec<ClientAction>,
     ) -> Result<u64, ClientError> {
-        if let Some(outstanding) = &self.outstanding {
+        if let Some(outstanding) = self.outstanding.first() {
             return Err(ClientError::Busy {
                 client_id: self.keys.client_id,
                 sequence: outstanding.request.sequence,
             });
         }
+        Ok(self.send_new(operation, actions))
+    }
+
+    /// Starts `operation` while the one outstanding request is still waiting, and keeps
+    /// waiting for both: each completes on its own f+1 matching replies. The follow-up
+    /// has the next sequence number, so once it is ordered the earlier request, if it
+    /// was not ordered before, never will be (replicas drop a client's older request);
+    /// if it was, its answer stays in the replicas' reply cache while the follow-up is
+    /// the client's last request. So when the follow-up completes and the earlier
+    /// request has not, the earlier one is retransmitted at once (see
+    /// [`ClientAction::Broadcast`]) to fetch that answer. The use: a blocked read the
+    /// caller stops waiting for, followed by the service's cancel of it.
+    pub fn follow_up(
+        &mut self,
+        operation: Vec<u8>,
+        actions: &mut Vec<ClientAction>,
+    ) -> Result<u64, ClientError> {
+        if self.outstanding.len() != 1 {
+            return Err(ClientError::NoFollowUp {
+                client_id: self.keys.client_id,
+                outstanding: self.outstanding.len(),
+            });
+        }
+        Ok(self.send_new(operation, actions))
+    }
+
+    /// Stops waiting for request `sequence`: no retransmission, no completion. True when
+    /// it was outstanding.
+    pub fn abandon(&mut self, sequence: u64, actions: &mut Vec<ClientAction>) -> bool {
+        let before = self.outstanding.len();
+        self.outstanding.retain(|o| o.request.sequence != sequence);
+        if self.outstanding.is_empty() && before > 0 {
+            actions.push(ClientAction::CancelTimer);
+        }
+        self.outstanding.len() < before
+    }
+
+    fn send_new(&mut self, operation: Vec<u8>, actions: &mut Vec<ClientAction>) -> u64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let request = ClientRequest::signed(&self.keys, sequence, operation);
+        self.send(request.clone(), actions);
+        actions.push(ClientAction::SetTimer { after_ms: self.config.retransmit_timeout_ms });
+        self.outstanding.push(Outstanding { request, replies: BTreeMap::new(), retries: 0 });
+        sequence
+    }
+
+    fn send(&self, request: ClientRequest, actions: &mut Vec<ClientAction>) {
         match self.config.mode {
             // Every replica must see the request so that a censoring leader is noticed.
-            Mode::Bft => actions.push(ClientAction::Broadcast { request: request.clone() }),
+            Mode::Bft => actions.push(ClientAction::Broadcast { request }),
             Mode::Crash => {
                 let leader = (self.regency_hint % self.config.n as u64) as ReplicaId;
-                actions.push(ClientAction::Send { to: leader, request: request.clone() });
+                actions.push(ClientAction::Send { to: leader, request });
             }
         }
-        actions.push(ClientAction::SetTimer { after_ms: self.config.retransmit_timeout_ms });
-        self.outstanding = Some(Outstanding { request, replies: BTreeMap::new(), retries: 0 });
-        Ok(sequence)
     }
 
     /// Feeds one event.
@@ -179,7 +235,8 @@ impl Client {
             ClientEvent::Reply(reply) => self.on_reply(reply, actions),
             ClientEvent::TimerFired => {
                 let timeout_ms = self.config.retransmit_timeout_ms;
-                if let Some(outstanding) = &mut self.outstanding {
+                let mut backoff = None;
+                for outstanding in &mut self.outstanding {
                     // Replies count only from the latest transmission on: every replica
                     // that executed the request answers a retransmission from its reply
                     // cache, and a reply from before it may come from a state the replica
@@ -188,8 +245,10 @@ impl Client {
                     // f+1 with a reply from the new one.
                     outstanding.replies.clear();
                     outstanding.retries = outstanding.retries.saturating_add(1);
-                    let backoff = 1u64 << outstanding.retries.min(3);
+                    backoff = Some(1u64 << outstanding.retries.min(3));
                     actions.push(ClientAction::Broadcast { request: outstanding.request.clone() });
+                }
+                if let Some(backoff) = backoff {
                     actions.push(ClientAction::SetTimer { after_ms: timeout_ms * backoff });
                 }
             }
@@ -203,16 +262,31 @@ impl Client {
         }
         self.regency_hint = self.regency_hint.max(reply.regency);
         let needed = self.replies_needed();
-        let Some(outstanding) = &mut self.outstanding else { return };
-        if reply.sequence != outstanding.request.sequence {
+        let Some(at) = self.outstanding.iter().position(|o| o.request.sequence == reply.sequence)
+        else {
             return;
-        }
+        };
+        let outstanding = &mut self.outstanding[at];
         outstanding.replies.insert(reply.replica, reply.result.clone());
         let matching = outstanding.replies.values().filter(|r| **r == reply.result).count();
         if matching >= needed {
             let sequence = outstanding.request.sequence;
-            self.outstanding = None;
-            actions.push(ClientAction::CancelTimer);
+            self.outstanding.remove(at);
+            match self.outstanding.first_mut() {
+                None => actions.push(ClientAction::CancelTimer),
+                // A follow-up completed before the request it follows: fetch that one's
+                // answer from the reply cache now (see `follow_up`).
+                Some(earlier) if earlier.request.sequence < sequence => {
+                    earlier.retries = 0;
+                    earlier.replies.clear(); // a retransmission, as on the timer
+
+                    actions.push(ClientAction::Broadcast { request: earlier.request.clone() });
+                    actions.push(ClientAction::SetTimer {
+                        after_ms: self.config.retransmit_timeout_ms,
+                    });
+                }
+                Some(_) => {}
+            }
             actions.push(ClientAction::Completed { sequence, result: reply.result });
         }
     }
@@ -356,5 +430,87 @@ mod tests {
         client.invoke(b"b".to_vec(), &mut actions).expect("idle");
         // Regency 4 of 3 replicas: leader 1.
         assert!(matches!(actions[0], ClientAction::Send { to: 1, .. }));
+    }
+
+    #[test]
+    fn a_follow_up_waits_beside_the_earlier_request_and_its_completion_refetches_that_one() {
+        let (mut client, ring) = client(Mode::Bft, 4, 1);
+        let mut actions = Vec::new();
+        assert_eq!(
+            client.follow_up(b"cancel".to_vec(), &mut actions),
+            Err(ClientError::NoFollowUp { client_id: 7, outstanding: 0 })
+        );
+        let blocked = client.invoke(b"in".to_vec(), &mut actions).expect("idle");
+        let cancel = client.follow_up(b"cancel".to_vec(), &mut actions).expect("one outstanding");
+        assert_eq!(cancel, blocked + 1);
+        assert_eq!(client.outstanding(), vec![blocked, cancel]);
+        assert!(matches!(
+            client.follow_up(b"more".to_vec(), &mut actions),
+            Err(ClientError::NoFollowUp { outstanding: 2, .. })
+        ));
+        assert!(matches!(
+            client.invoke(b"other".to_vec(), &mut actions),
+            Err(ClientError::Busy { sequence, .. }) if sequence == blocked
+        ));
+        // The timer retransmits both, the earlier first.
+        actions.clear();
+        client.handle(ClientEvent::TimerFired, &mut actions);
+        let sent: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                ClientAction::Broadcast { request } => Some(request.sequence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![blocked, cancel]);
+        // The follow-up completes first: the earlier request goes out again at once.
+        actions.clear();
+        client.handle(reply(&ring, 0, cancel, b"not found"), &mut actions);
+        client.handle(reply(&ring, 1, cancel, b"not found"), &mut actions);
+        assert!(
+            matches!(&actions[0], ClientAction::Broadcast { request } if request.sequence == blocked)
+        );
+        assert_eq!(
+            actions.last(),
+            Some(&ClientAction::Completed { sequence: cancel, result: b"not found".to_vec() })
+        );
+        assert!(client.is_busy(), "the earlier request still waits");
+        actions.clear();
+        client.handle(reply(&ring, 2, blocked, b"tuple"), &mut actions);
+        client.handle(reply(&ring, 3, blocked, b"tuple"), &mut actions);
+        assert_eq!(
+            actions,
+            [
+                ClientAction::CancelTimer,
+                ClientAction::Completed { sequence: blocked, result: b"tuple".to_vec() }
+            ]
+        );
+        assert!(!client.is_busy());
+        // The next request follows both.
+        assert_eq!(client.invoke(b"next".to_vec(), &mut actions), Ok(cancel + 1));
+    }
+
+    #[test]
+    fn an_abandoned_request_is_neither_retransmitted_nor_completed() {
+        let (mut client, ring) = client(Mode::Bft, 4, 1);
+        let mut actions = Vec::new();
+        let blocked = client.invoke(b"in".to_vec(), &mut actions).expect("idle");
+        let cancel = client.follow_up(b"cancel".to_vec(), &mut actions).expect("follow-up");
+        actions.clear();
+        assert!(client.abandon(blocked, &mut actions));
+        assert!(!client.abandon(blocked, &mut actions), "once");
+        assert!(actions.is_empty(), "the follow-up still waits: {actions:?}");
+        client.handle(reply(&ring, 0, blocked, b"t"), &mut actions);
+        client.handle(reply(&ring, 1, blocked, b"t"), &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        client.handle(ClientEvent::TimerFired, &mut actions);
+        assert!(
+            matches!(&actions[0], ClientAction::Broadcast { request } if request.sequence == cancel)
+        );
+        assert_eq!(actions.len(), 2, "the follow-up and the timer: {actions:?}");
+        actions.clear();
+        assert!(client.abandon(cancel, &mut actions));
+        assert_eq!(actions, [ClientAction::CancelTimer]);
+        assert!(!client.is_busy());
     }
 }

@@ -5,10 +5,14 @@
 //! over them. Every call takes an idle session (or opens a new one, up to
 //! `sessions_max`), so many threads can share one `Client` and their requests are
 //! ordered concurrently. [`Client::invoke`] blocks; [`Client::submit`] returns a
-//! [`Pending`] to wait on later or poll.
+//! [`Pending`] to wait on later or poll. [`Client::submit_blocking`] is for a request
+//! the service may answer much later (a blocked read): no request timeout, and its
+//! session stays with the returned [`Blocking`], which can send a follow-up from the
+//! same client id while the request waits (the service's cancel of it).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,7 +120,27 @@ impl Drop for Completion {
 struct Invoke {
     operation: Vec<u8>,
     done: Completion,
+    /// The [`Blocking`] handle that holds the session, for a blocking request, and
+    /// where the driver writes its client id and sequence number when it sends it.
+    hold: Option<(u64, RequestIds)>,
 }
+
+/// Where the driver writes a blocking request's client id and sequence number.
+type RequestIds = Arc<OnceLock<(u64, u64)>>;
+
+/// What a [`Client`] asks its driver.
+enum Command {
+    /// Order a request (on any session, or a held one for a blocking request).
+    Invoke(Invoke),
+    /// Send `make(sequence of the held request)` from the session `hold` holds.
+    FollowUp { hold: u64, make: FollowUpFn, done: Completion },
+    /// The [`Blocking`] handle `hold` is gone: its session is free again, or retired
+    /// when a request of it still waits.
+    Release { hold: u64 },
+}
+
+/// Builds a follow-up's operation from the sequence number of the request it follows.
+type FollowUpFn = Box<dyn FnOnce(u64) -> Vec<u8> + Send>;
 
 /// A submitted request; its result arrives once.
 #[derive(Debug)]
@@ -143,6 +167,24 @@ impl Pending {
         }
     }
 
+    /// Waits up to `timeout` for the result: `None` if it has not arrived by then (the
+    /// request goes on); the result once, as [`Pending::try_get`] gives it.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<Vec<u8>, RuntimeError>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.slot.state.lock().expect("completion slot lock");
+        while matches!(*state, SlotState::Waiting) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self.slot.ready.wait_timeout(state, left).expect("completion slot lock").0;
+        }
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(outcome) => Some(outcome),
+            SlotState::Waiting | SlotState::Taken => Some(Err(RuntimeError::Shutdown)),
+        }
+    }
+
     /// The result if it has arrived (once; later calls and [`Pending::wait`] then
     /// return [`RuntimeError::Shutdown`]).
     pub fn try_get(&self) -> Option<Result<Vec<u8>, RuntimeError>> {
@@ -166,8 +208,72 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    commands: Sender<Invoke>,
+    commands: Sender<Command>,
     network: Arc<Network>,
+    next_hold: AtomicU64,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Invoke(invoke) => {
+                write!(f, "Invoke(hold {:?})", invoke.hold.as_ref().map(|(hold, _)| hold))
+            }
+            Command::FollowUp { hold, .. } => write!(f, "FollowUp(hold {hold})"),
+            Command::Release { hold } => write!(f, "Release(hold {hold})"),
+        }
+    }
+}
+
+/// A request submitted with [`Client::submit_blocking`]: it waits for its result as
+/// long as the caller does, and holds its session (its client id) until dropped, so a
+/// follow-up goes out under the same client id.
+#[derive(Debug)]
+pub struct Blocking {
+    inner: Arc<Inner>,
+    hold: u64,
+    ids: RequestIds,
+    pending: Pending,
+}
+
+impl Blocking {
+    /// The request's client id and sequence number, once it has been sent.
+    pub fn ids(&self) -> Option<(u64, u64)> {
+        self.ids.get().copied()
+    }
+
+    /// Waits up to `timeout` for the result (see [`Pending::wait_timeout`]).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<Vec<u8>, RuntimeError>> {
+        self.pending.wait_timeout(timeout)
+    }
+
+    /// The result if it has arrived (see [`Pending::try_get`]).
+    pub fn try_get(&self) -> Option<Result<Vec<u8>, RuntimeError>> {
+        self.pending.try_get()
+    }
+
+    /// Sends `make(s)`, where `s` is this request's sequence number, from the same
+    /// client id while this request still waits (the protocol's
+    /// [`follow_up`](crate::protocol::Client::follow_up)), or after it if it has
+    /// completed meanwhile. The follow-up has the runtime's request timeout. If this
+    /// request was still queued for a session, neither is sent: both resolve to
+    /// [`RuntimeError::Withdrawn`].
+    pub fn follow_up(&self, make: impl FnOnce(u64) -> Vec<u8> + Send + 'static) -> Pending {
+        let (pending, done) = Pending::new();
+        let command = Command::FollowUp { hold: self.hold, make: Box::new(make), done };
+        if let Err(error) = self.inner.commands.send(command)
+            && let Command::FollowUp { done, .. } = error.0
+        {
+            done.send(Err(RuntimeError::Shutdown));
+        }
+        pending
+    }
+}
+
+impl Drop for Blocking {
+    fn drop(&mut self) {
+        let _ = self.inner.commands.send(Command::Release { hold: self.hold });
+    }
 }
 
 impl Drop for Inner {
@@ -227,6 +333,7 @@ impl Client {
             sessions: Vec::new(),
             idle: Vec::new(),
             by_client_id: HashMap::new(),
+            held: HashMap::new(),
             waiting: VecDeque::new(),
             next_client_id: 0,
             open_sessions: 0,
@@ -244,7 +351,8 @@ impl Client {
                 peer: String::new(),
                 error,
             })?;
-        let client = Client { inner: Arc::new(Inner { commands, network }) };
+        let client =
+            Client { inner: Arc::new(Inner { commands, network, next_hold: AtomicU64::new(1) }) };
         // Give the dialers a moment so the first request does not wait for a
         // retransmission: all replicas, or all but f after a short grace period.
         let started = Instant::now();
@@ -266,10 +374,30 @@ impl Client {
     /// Submits `operation` and returns at once.
     pub fn submit(&self, operation: Vec<u8>) -> Pending {
         let (pending, done) = Pending::new();
-        if let Err(error) = self.inner.commands.send(Invoke { operation, done }) {
-            error.0.done.send(Err(RuntimeError::Shutdown));
-        }
+        self.send_invoke(Invoke { operation, done, hold: None });
         pending
+    }
+
+    /// Submits `operation`, which the service may answer much later (it defers it),
+    /// and returns at once. Unlike [`Client::submit`] no request timeout applies: the
+    /// caller waits as long as it wants ([`Blocking::wait_timeout`]) and may then send a
+    /// follow-up under the same client id ([`Blocking::follow_up`]). The session stays
+    /// with the handle until it is dropped; dropped while a request of it waits, the
+    /// session is retired (its client id never used again).
+    pub fn submit_blocking(&self, operation: Vec<u8>) -> Blocking {
+        let (pending, done) = Pending::new();
+        let hold = self.inner.next_hold.fetch_add(1, Ordering::Relaxed);
+        let ids = Arc::new(OnceLock::new());
+        self.send_invoke(Invoke { operation, done, hold: Some((hold, ids.clone())) });
+        Blocking { inner: self.inner.clone(), hold, ids, pending }
+    }
+
+    fn send_invoke(&self, invoke: Invoke) {
+        if let Err(error) = self.inner.commands.send(Command::Invoke(invoke))
+            && let Command::Invoke(invoke) = error.0
+        {
+            invoke.done.send(Err(RuntimeError::Shutdown));
+        }
     }
 
     /// Orders `operation` and waits for its result (f+1 matching replies, in both modes:
@@ -300,12 +428,24 @@ impl Client {
 
 struct Session {
     protocol: ProtocolClient,
-    /// The caller waiting for the outstanding request, and when it started.
-    waiting: Option<(Completion, Instant)>,
+    /// The callers waiting for the outstanding requests (at most two: a blocking request
+    /// and its follow-up), oldest first.
+    waiting: Vec<Waiting>,
+    /// The [`Blocking`] handle holding this session, and its request's sequence.
+    held: Option<(u64, u64)>,
     retransmit_at: Option<Instant>,
     /// The outstanding request was already broadcast early because no reply came
     /// from anyone (see [`Driver::stall_after`]).
     stall_resent: bool,
+}
+
+/// A caller waiting for one outstanding request.
+struct Waiting {
+    sequence: u64,
+    done: Completion,
+    started: Instant,
+    /// The runtime's request timeout applies (not to a blocking request).
+    timed: bool,
 }
 
 struct Driver {
@@ -315,6 +455,8 @@ struct Driver {
     sessions: Vec<Option<Session>>,
     idle: Vec<usize>,
     by_client_id: HashMap<u64, usize>,
+    /// [`Blocking`] handle -> the session it holds.
+    held: HashMap<u64, usize>,
     waiting: VecDeque<Invoke>,
     next_client_id: u64,
     open_sessions: usize,
@@ -344,7 +486,7 @@ fn stalled(now: Instant, started: Instant, last_reply_at: Instant, stall_after: 
 }
 
 impl Driver {
-    fn run(&mut self, commands: &Receiver<Invoke>, replies: &Receiver<Reply>) {
+    fn run(&mut self, commands: &Receiver<Command>, replies: &Receiver<Reply>) {
         // Timers (retransmission, request timeout) are checked every TIMER_CHECK, not on
         // every event: the check walks all sessions.
         const TIMER_CHECK: Duration = Duration::from_millis(10);
@@ -355,7 +497,11 @@ impl Driver {
             if commands_open {
                 select! {
                     recv(commands) -> command => match command {
-                        Ok(command) => self.start(command),
+                        Ok(Command::Invoke(invoke)) => self.start(invoke),
+                        Ok(Command::FollowUp { hold, make, done }) => {
+                            self.follow_up(hold, make, done)
+                        }
+                        Ok(Command::Release { hold }) => self.release(hold),
                         Err(_) => commands_open = false,
                     },
                     recv(replies) -> reply => match reply {
@@ -365,7 +511,7 @@ impl Driver {
                     default(wait) => {}
                 }
             } else {
-                if self.sessions.iter().flatten().all(|s| s.waiting.is_none()) {
+                if self.sessions.iter().flatten().all(|s| s.waiting.is_empty()) {
                     return;
                 }
                 select! {
@@ -407,13 +553,105 @@ impl Driver {
         assert!(!session.protocol.is_busy(), "an idle session has nothing outstanding");
         session.protocol.learn_regency(self.regency_hint);
         self.actions.clear();
-        session
+        let sequence = session
             .protocol
             .invoke(command.operation, &mut self.actions)
             .expect("an idle session is not busy");
-        session.waiting = Some((command.done, Instant::now()));
+        let timed = command.hold.is_none();
+        session.waiting.push(Waiting {
+            sequence,
+            done: command.done,
+            started: Instant::now(),
+            timed,
+        });
         session.stall_resent = false;
+        if let Some((hold, ids)) = command.hold {
+            let _ = ids.set((session.protocol.id(), sequence));
+            session.held = Some((hold, sequence));
+            self.held.insert(hold, index);
+        }
         self.execute_actions(index);
+    }
+
+    fn follow_up(&mut self, hold: u64, make: FollowUpFn, done: Completion) {
+        let Some(&index) = self.held.get(&hold) else {
+            // Still queued for a session: take it back unsent.
+            let queued = |invoke: &Invoke| invoke.hold.as_ref().is_some_and(|(h, _)| *h == hold);
+            if let Some(at) = self.waiting.iter().position(queued) {
+                let invoke = self.waiting.remove(at).expect("found");
+                invoke.done.send(Err(RuntimeError::Withdrawn));
+                done.send(Err(RuntimeError::Withdrawn));
+            } else {
+                done.send(Err(RuntimeError::Shutdown)); // its session was retired
+            }
+            return;
+        };
+        let Some(session) = self.sessions[index].as_mut() else {
+            done.send(Err(RuntimeError::Shutdown));
+            return;
+        };
+        let (_, held_sequence) = session.held.expect("a held session knows its holder");
+        self.actions.clear();
+        let operation = make(held_sequence);
+        let sent = if session.protocol.is_busy() {
+            session.protocol.follow_up(operation, &mut self.actions)
+        } else {
+            session.protocol.invoke(operation, &mut self.actions)
+        };
+        match sent {
+            Ok(sequence) => {
+                session.waiting.push(Waiting {
+                    sequence,
+                    done,
+                    started: Instant::now(),
+                    timed: true,
+                });
+                self.execute_actions(index);
+            }
+            // A second follow-up while the first waits: refused, nothing sent.
+            Err(_) => done.send(Err(RuntimeError::Shutdown)),
+        }
+    }
+
+    fn release(&mut self, hold: u64) {
+        let Some(index) = self.held.remove(&hold) else {
+            // Never started (or its session was retired): drop it from the queue.
+            self.waiting.retain(|invoke| invoke.hold.as_ref().is_none_or(|(h, _)| *h != hold));
+            return;
+        };
+        let Some(session) = self.sessions[index].as_mut() else { return };
+        session.held = None;
+        if session.waiting.is_empty() {
+            self.idle.push(index);
+            self.start_queued();
+        } else {
+            // A request of it may still be ordered: retire the session and its id.
+            self.retire(index, None);
+        }
+    }
+
+    /// Takes session `index` out of use for good, failing each caller still waiting on
+    /// it with `error` (dropped: [`RuntimeError::Shutdown`]).
+    fn retire(&mut self, index: usize, error: Option<&dyn Fn() -> RuntimeError>) {
+        let Some(session) = self.sessions[index].take() else { return };
+        for waiting in session.waiting {
+            if let Some(error) = error {
+                waiting.done.send(Err(error()));
+            }
+        }
+        if let Some((hold, _)) = session.held {
+            self.held.remove(&hold);
+        }
+        self.idle.retain(|&idle| idle != index);
+        self.by_client_id.remove(&session.protocol.id());
+        self.open_sessions -= 1;
+    }
+
+    fn start_queued(&mut self) {
+        while !self.idle.is_empty() || self.open_sessions < self.options.sessions_max {
+            let Some(command) = self.waiting.pop_front() else { break };
+            self.start(command);
+        }
     }
 
     fn open_session(&mut self) -> Result<usize, RuntimeError> {
@@ -424,7 +662,8 @@ impl Driver {
         let index = self.sessions.len();
         self.sessions.push(Some(Session {
             protocol,
-            waiting: None,
+            waiting: Vec::new(),
+            held: None,
             retransmit_at: None,
             stall_resent: false,
         }));
@@ -450,25 +689,21 @@ impl Driver {
         let now = Instant::now();
         for index in 0..self.sessions.len() {
             let Some(session) = self.sessions[index].as_mut() else { continue };
-            if let Some((_, started)) = &session.waiting
-                && now.duration_since(*started) >= self.options.request_timeout
-            {
+            if let Some(waiting) = session.waiting.iter().find(|waiting| {
+                waiting.timed && now.duration_since(waiting.started) >= self.options.request_timeout
+            }) {
                 // Give up on this session: its request may still be ordered later, so
                 // the session (and its client id) is retired, never reused.
-                let (done, started) = session.waiting.take().expect("checked");
-                done.send(Err(RuntimeError::Timeout {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                }));
-                self.by_client_id.remove(&session.protocol.id());
-                self.sessions[index] = None;
-                self.open_sessions -= 1;
+                let waited_ms = waiting.started.elapsed().as_millis() as u64;
+                self.retire(index, Some(&|| RuntimeError::Timeout { waited_ms }));
                 continue;
             }
             let stall = self.stall_after.is_some_and(|after| {
                 !session.stall_resent
-                    && session.waiting.as_ref().is_some_and(|(_, started)| {
-                        stalled(now, *started, self.last_reply_at, after)
-                    })
+                    && session
+                        .waiting
+                        .first()
+                        .is_some_and(|w| stalled(now, w.started, self.last_reply_at, after))
             });
             if stall || session.retransmit_at.is_some_and(|at| at <= now) {
                 session.stall_resent = true;
@@ -478,10 +713,7 @@ impl Driver {
                 self.execute_actions(index);
             }
         }
-        while !self.idle.is_empty() || self.open_sessions < self.options.sessions_max {
-            let Some(command) = self.waiting.pop_front() else { break };
-            self.start(command);
-        }
+        self.start_queued();
     }
 
     /// When more than f replicas refused this client (TLS on there and off here, or a
@@ -494,12 +726,8 @@ impl Driver {
         }
         let reason = refusals.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
         for index in 0..self.sessions.len() {
-            let Some(session) = self.sessions[index].as_mut() else { continue };
-            if let Some((done, _)) = session.waiting.take() {
-                done.send(Err(RuntimeError::Refused(reason.clone())));
-                self.by_client_id.remove(&session.protocol.id());
-                self.sessions[index] = None;
-                self.open_sessions -= 1;
+            if self.sessions[index].as_ref().is_some_and(|session| !session.waiting.is_empty()) {
+                self.retire(index, Some(&|| RuntimeError::Refused(reason.clone())));
             }
         }
         for command in self.waiting.drain(..) {
@@ -525,11 +753,13 @@ impl Driver {
                     session.retransmit_at = Some(Instant::now() + Duration::from_millis(after_ms));
                 }
                 ClientAction::CancelTimer => session.retransmit_at = None,
-                ClientAction::Completed { result, .. } => {
-                    if let Some((done, _)) = session.waiting.take() {
-                        done.send(Ok(result));
+                ClientAction::Completed { sequence, result } => {
+                    if let Some(at) = session.waiting.iter().position(|w| w.sequence == sequence) {
+                        session.waiting.remove(at).done.send(Ok(result));
                     }
-                    self.idle.push(index);
+                    if session.waiting.is_empty() && session.held.is_none() {
+                        self.idle.push(index);
+                    }
                 }
             }
         }

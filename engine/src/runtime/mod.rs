@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod datapath;
@@ -18,13 +19,14 @@ pub mod filelog;
 pub mod membership;
 pub mod metrics;
 pub mod net;
+pub mod pki;
 pub mod recovery;
 pub mod replica;
 pub mod tls;
 pub mod transfer;
 
 pub use alloc::tune_allocator;
-pub use client::{Client, ClientOptions, Pending};
+pub use client::{Blocking, Client, ClientOptions, Pending};
 pub use config::{
     CHECKPOINT_PERIOD_DEFAULT, CheckpointScheduleKind, CheckpointWrite, ClusterConfig,
     LogBackendKind, LogMode, Mode, ReplicaConfig, TransferProtocol,
@@ -133,6 +135,10 @@ pub enum RuntimeError {
     /// The replica or client is shutting down.
     #[error("shut down")]
     Shutdown,
+    /// A request taken back before it was sent (a [`client::Blocking`] request still
+    /// queued for a session when its follow-up came): it was never ordered.
+    #[error("withdrawn before it was sent")]
+    Withdrawn,
     /// More than f replicas refused this client's connections, so no request can
     /// complete: TLS is on at the replicas and off in the client's config, or the TLS
     /// handshake failed on a certificate (the message has each replica's reason).

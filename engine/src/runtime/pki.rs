@@ -1,10 +1,10 @@
 //! Certificates for a cluster with TLS: a fresh CA, one certificate per replica and one
 //! for clients, made with rcgen and written as PEM files, and the config's `[tls]`
-//! section pointing at them. What `dura-kv init --tls-dir`, `dura-kv local --tls`,
+//! section pointing at them. What `dura-kv`/`dura-ts` `init --tls-dir` and `local --tls`,
 //! `dura-bench run --tls` and the tests use.
 //!
 //! A replica's certificate names `dura-replica-<id>` (what its peers and clients check,
-//! see `dura_engine::runtime::tls`) and its host (an IP address or a DNS name), so other
+//! see [`super::tls`]) and its host (an IP address or a DNS name), so other
 //! tools can check it against the address too. Keys are ECDSA P-256, written with
 //! mode 0600.
 
@@ -12,11 +12,11 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use dura_engine::runtime::config::TlsConfig;
-use dura_engine::runtime::tls::replica_name;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
-use crate::{ClusterConfig, RuntimeError};
+use super::config::TlsConfig;
+use super::tls::replica_name;
+use super::{ClusterConfig, RuntimeError};
 
 /// The CA's certificate file in the TLS folder.
 pub const CA_FILE: &str = "ca.pem";
@@ -117,7 +117,7 @@ pub fn generate_tls(config: &mut ClusterConfig, dir: &Path) -> Result<(), Runtim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LogMode, Mode};
+    use crate::runtime::{LogMode, Mode};
 
     #[test]
     fn generated_files_load_as_every_replica_and_as_a_client() {
@@ -127,10 +127,10 @@ mod tests {
         generate_tls(&mut config, &dir.path().join("tls")).expect("generate");
         config.validate().expect("valid");
         for id in 0..4 {
-            let tls = dura_engine::runtime::tls::ReplicaTls::load(&config, id).expect("loads");
+            let tls = crate::runtime::tls::ReplicaTls::load(&config, id).expect("loads");
             assert!(tls.is_some());
         }
-        assert!(dura_engine::runtime::tls::load_client(&config).expect("loads").is_some());
+        assert!(crate::runtime::tls::load_client(&config).expect("loads").is_some());
         let mode = |file: &str| {
             use std::os::unix::fs::PermissionsExt as _;
             let path = dir.path().join("tls").join(file);
