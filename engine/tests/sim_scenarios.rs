@@ -442,3 +442,17 @@ fn a_replica_behind_every_window_transfers_and_goes_on_with_its_votes() {
         }
     }
 }
+
+/// `dura-sim --mode bft --replicas 4 --seed-start 18348`: replica 1 fell behind every
+/// window at 19 while replica 0 was down, then 0 came back on a replaced disk and took
+/// 19 from it. Both behind at 19, each leecher left the leader out of its target and the
+/// other laggard's 19 became it: each installed what it had, was behind again, and
+/// transferred again until the run ended. The leecher now knows its own state (step 1)
+/// and counts the leader when leaving it out gives nothing newer.
+#[test]
+fn two_replicas_behind_at_one_point_do_not_hold_each_others_transfer_there() {
+    let config = SimConfig::random(Mode::Bft, 4, 18348);
+    let report = must_pass(&config);
+    assert_eq!(report.ops_completed, all_ops(&config));
+    assert!(report.transfers_done >= 2, "both laggards transferred");
+}

@@ -852,17 +852,28 @@ impl Leecher {
     /// Step 3 over these answers and the leecher's own id. The leader's answer is left
     /// out when n-f-1 others answered: the target is then one that f+1 replicas other
     /// than the leader hold (still at least one correct), so they can serve it without
-    /// the leader, which is usually a little ahead.
+    /// the leader, which is usually a little ahead. But not when that target is no newer
+    /// than the leecher's own state: a non-leader that lags too (another replica behind
+    /// every window, itself transferring) then sets it, and installing it would leave
+    /// the leecher as far behind as before, round after round; the leader counts then.
     fn target_of(&self, statuses: &BTreeMap<ReplicaId, Status>) -> AgreementId {
         let needed = self.config.n - self.config.f - 1;
-        let without_leader = statuses.keys().filter(|&&r| !self.is_leader(r)).count() >= needed;
-        let mut reported: Vec<AgreementId> = statuses
-            .iter()
-            .filter(|&(&r, _)| !(without_leader && self.is_leader(r)))
-            .map(|(_, status)| status.last_agreement)
-            .collect();
-        reported.push(self.own_last);
-        freshness::agreed_target(self.config.mode, self.config.f, &reported)
+        let target = |leave_out_leader: bool| {
+            let mut reported: Vec<AgreementId> = statuses
+                .iter()
+                .filter(|&(&r, _)| !(leave_out_leader && self.is_leader(r)))
+                .map(|(_, status)| status.last_agreement)
+                .collect();
+            reported.push(self.own_last);
+            freshness::agreed_target(self.config.mode, self.config.f, &reported)
+        };
+        if statuses.keys().filter(|&&r| !self.is_leader(r)).count() >= needed {
+            let without_leader = target(true);
+            if without_leader > self.own_last {
+                return without_leader;
+            }
+        }
+        target(false)
     }
 
     fn is_peer(&self, from: ReplicaId) -> bool {
@@ -2137,6 +2148,45 @@ mod tests {
         assert!(
             !out.iter().any(|a| matches!(a, Action::Send { msg: Message::HashRequest { .. }, .. }))
         );
+    }
+
+    /// Simulator seed 18348 (bft, n = 4): replicas 0 and 1 both fell behind every window
+    /// at 19, the leader (2) and replica 3 are at 31. Leaving the leader out made the
+    /// other laggard's 19 the target: each leecher installed what it had, found itself
+    /// behind again and transferred again, forever. The leader counts when leaving it
+    /// out gives nothing newer; the leecher with nothing of its own still leaves it out.
+    #[test]
+    fn a_lagging_non_leader_does_not_hold_the_target_at_the_leechers_own_state() {
+        let statuses = [
+            (1, status(19, &[(10, 1)])),
+            (2, status(31, &[(20, 2), (28, 3)])),
+            (3, status(31, &[(18, 4), (25, 5)])),
+        ];
+        let run = |own_last: AgreementId| {
+            let mut config = LeecherConfig::new(Mode::Bft, 4, 0, SESSION);
+            config.leader = Some(2);
+            let mut leecher = Leecher::new(config, own_last).expect("valid");
+            let mut out = Vec::new();
+            leecher.start(0, &mut out);
+            for (from, status) in statuses.clone() {
+                let msg = Message::Status { round: ROUND_1, status };
+                out.extend(step(&mut leecher, Event::Message { from, msg }));
+            }
+            for now in 1..=2 * Timeouts::default().answer_ticks {
+                out.extend(step(&mut leecher, Event::Tick { now }));
+            }
+            let targets: Vec<AgreementId> = out
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Target { agreement_id, .. } => Some(*agreement_id),
+                    _ => None,
+                })
+                .collect();
+            let done = out.iter().any(|a| matches!(a, Action::Done { .. }));
+            (targets, done)
+        };
+        assert_eq!(run(19), (vec![31], false), "behind at 19: the target passes it");
+        assert_eq!(run(0), (vec![19], false), "nothing of its own: 19 without the leader");
     }
 
     #[test]

@@ -146,9 +146,16 @@ impl World<'_> {
             .filter_map(|r| r.core.as_ref().map(|c| c.regency()))
             .max();
         config.leader = regency.map(|r| self.config.protocol.leader_of(r));
-        let mut leecher = Leecher::new(config, 0).map_err(|e| format!("leecher: {e}"))?;
+        // Step 1: what its own checkpoints and log reach (0 for a replaced disk; where
+        // its core stopped behind every window, that point), so that a target no newer
+        // than it is never taken for a transfer to make.
+        let own_last = self.own_last(id)?;
+        let mut leecher = Leecher::new(config, own_last).map_err(|e| format!("leecher: {e}"))?;
         if self.config.trace {
-            eprintln!("{:>9} us r{id} TRANSFER starts (session {session:x})", self.now_us);
+            eprintln!(
+                "{:>9} us r{id} TRANSFER starts (session {session:x}, own state at {own_last})",
+                self.now_us
+            );
         }
         self.report.transfers_started += 1;
         let mut actions = Vec::new();
@@ -218,6 +225,19 @@ impl World<'_> {
             }
             TransferEv::ToSeeder { to, from, msg } => self.seeder_receive(to, from, msg),
         }
+    }
+
+    /// The last agreement replica `id`'s own checkpoints and log reach, as its seeder
+    /// reports them.
+    fn own_last(&self, id: ReplicaId) -> Result<u64, String> {
+        let node = &self.replicas[id as usize];
+        let log: Box<dyn LogPieces> = match node.wal.as_ref() {
+            Some(wal) => Box::new(WalPieces(wal.reader())),
+            None => Box::new(NoPieces),
+        };
+        let store = CheckpointStore::open(node.checkpoint_dir.clone(), StoreOptions::default())
+            .map_err(|e| format!("replica {id}: checkpoint store: {e}"))?;
+        Ok(holdings_of(id, &store, log.as_ref()).last_agreement)
     }
 
     fn live_transfer(&mut self, id: ReplicaId, session: u64) -> Option<&mut Transfer> {
