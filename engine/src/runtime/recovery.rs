@@ -154,6 +154,10 @@ pub struct StartWithoutState<'a> {
     pub bootstrap: Bootstrap,
     /// How long it asks again while peers are silent and none holds a state.
     pub peers_wait: Duration,
+    /// The newest agreement its own checkpoints and log reach (0 without a state; a
+    /// replica behind every peer's window has one): the leecher never takes a target
+    /// at or below it for a transfer to make.
+    pub own_last: u64,
 }
 
 impl StartWithoutState<'_> {
@@ -225,6 +229,7 @@ impl StartWithoutState<'_> {
                     &self.data_dir.join(STAGING_DIR),
                     &AtomicBool::new(false),
                     leader,
+                    self.own_last,
                 )?;
                 log::info!(
                     target: START_LOG,
@@ -350,8 +355,10 @@ struct Staged<S: Service> {
 /// stands. `template` builds fresh states (its installer); `staging_root` holds fetched
 /// checkpoints while the transfer runs (removed at the end). `leader` is the leader f+1
 /// peers agree on ([`leader_of`]); the driver asks the peers again every
-/// [`LEADER_PROBE_TICKS`] and tells the leecher when the agreed leader changes. Fails
-/// when the leecher gives up, or `stop` is raised.
+/// [`LEADER_PROBE_TICKS`] and tells the leecher when the agreed leader changes.
+/// `own_last` is the newest agreement the replica's own checkpoints and log reach (see
+/// [`StartWithoutState::own_last`]). Fails when the leecher gives up, or `stop` is
+/// raised.
 #[allow(clippy::too_many_arguments)]
 pub fn transfer_state<S: Service>(
     config: &ClusterConfig,
@@ -362,6 +369,7 @@ pub fn transfer_state<S: Service>(
     staging_root: &Path,
     stop: &AtomicBool,
     leader: Option<ReplicaId>,
+    own_last: u64,
 ) -> Result<Transferred, RuntimeError> {
     let started = Instant::now();
     let n = config.n() as usize;
@@ -383,7 +391,7 @@ pub fn transfer_state<S: Service>(
         super::config::TransferProtocol::Cst => dura_transfer::Variant::Cst,
         super::config::TransferProtocol::PbftLike => dura_transfer::Variant::PbftLike,
     };
-    let mut leecher = Leecher::new(leecher_config, 0)
+    let mut leecher = Leecher::new(leecher_config, own_last)
         .map_err(|error| RuntimeError::Transfer(error.to_string()))?;
     let _ = std::fs::remove_dir_all(staging_root);
     std::fs::create_dir_all(staging_root).map_err(|error| RuntimeError::Io {

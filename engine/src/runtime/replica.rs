@@ -541,6 +541,19 @@ pub fn start_replica<S: Service>(
             can_ask: data_server.is_some(),
             bootstrap: options.bootstrap,
             peers_wait: options.peers_wait,
+            own_last: if no_state {
+                0
+            } else {
+                let logged = records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0);
+                let checkpointed = store
+                    .list()
+                    .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?
+                    .iter()
+                    .map(|entry| entry.agreement_id)
+                    .max()
+                    .unwrap_or(0);
+                logged.max(checkpointed)
+            },
         }
         .run(&service, store)?,
         _ => None,
