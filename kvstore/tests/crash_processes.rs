@@ -620,6 +620,128 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     assert_eq!(checked, history.acked.len());
 }
 
+/// Appends to replica `id`'s log (its process stopped) one more decided agreement,
+/// `agreement`, holding a put of `key` from a client no other replica heard: a decision
+/// only this replica logged, as when it alone logged before a crash of every replica.
+fn log_a_decision_alone(config: &ClusterConfig, id: u32, agreement: u64, key: &[u8]) {
+    use dura_engine::runtime::durability::LogBackend;
+    let wal_dir = config.replicas[id as usize].data_dir.join("log/wal");
+    let options = dura_wal::WalOptions {
+        mode: config.wal_durability_mode().expect("a durable mode"),
+        trust_dsync: config.wal_trust_dsync,
+        segment_bytes: u64::from(config.wal_segment_mib) << 20,
+        preallocate: config.wal_preallocate.parse().expect("a valid setting"),
+        ..dura_wal::WalOptions::default()
+    };
+    let (mut log, records) =
+        dura_engine::runtime::filelog::WalLog::open(&wal_dir, options).expect("open the log");
+    let last = records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0);
+    assert_eq!(last + 1, agreement, "replica {id} logged up to {last}");
+    let operation = dura_kvstore::KvOp::Put { key, value: b"never acknowledged" }
+        .encode()
+        .expect("a valid put");
+    let keys = config.client_keys(0xD15C_A4D0).expect("client keys");
+    let request = dura_engine::protocol::ClientRequest::signed(&keys, 1, operation);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis();
+    let batch =
+        dura_engine::protocol::Batch { timestamp_ms: now_ms as u64, requests: vec![request] };
+    let mut payload = Vec::new();
+    dura_engine::durability::encode_batch(agreement, (0, 1), &batch, &mut payload);
+    log.append(agreement, agreement, &payload).expect("append");
+    log.sync().expect("sync");
+}
+
+/// The highest agreement in replica `id`'s log (its process stopped).
+fn logged_up_to(config: &ClusterConfig, id: u32) -> u64 {
+    let wal_dir = config.replicas[id as usize].data_dir.join("log/wal");
+    let options = dura_wal::WalOptions {
+        mode: config.wal_durability_mode().expect("a durable mode"),
+        trust_dsync: config.wal_trust_dsync,
+        segment_bytes: u64::from(config.wal_segment_mib) << 20,
+        preallocate: config.wal_preallocate.parse().expect("a valid setting"),
+        ..dura_wal::WalOptions::default()
+    };
+    let (_log, records) =
+        dura_engine::runtime::filelog::WalLog::open(&wal_dir, options).expect("open the log");
+    records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0)
+}
+
+/// BFT: after a kill -9 of every replica, the replica whose log holds a decision no other
+/// replica logged (written into its log while it was down) discards it: its log and
+/// checkpoints go aside into `unconfirmed-*`, it takes the state from its peers, the
+/// cluster serves, the discarded put is nowhere, and every acknowledged put is there.
+#[test]
+fn a_bft_replica_that_alone_logged_a_decision_discards_it_after_a_kill_of_all() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(Mode::Bft, dir.path());
+    let history = Arc::new(Mutex::new(History::default()));
+    cluster.start_all();
+    let client = cluster.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "before", &stop, &history);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().expect("lock").acked.len() < 200 {
+        assert!(Instant::now() < deadline, "no progress before the crash");
+        thread::sleep(Duration::from_millis(20));
+    }
+    cluster.kill_all();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    let logged: Vec<u64> =
+        (0..cluster.config.n()).map(|id| logged_up_to(&cluster.config, id)).collect();
+    let alone = (0..cluster.config.n()).max_by_key(|&id| logged[id as usize]).expect("replicas");
+    let agreement = logged[alone as usize] + 1;
+    log_a_decision_alone(&cluster.config, alone, agreement, b"discarded-key");
+    cluster.start_all();
+    let data_dir = cluster.config.replicas[alone as usize].data_dir.clone();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let aside = loop {
+        let found = std::fs::read_dir(&data_dir)
+            .expect("data dir")
+            .map(|entry| entry.expect("entry").path())
+            .find(|path| {
+                path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("unconfirmed-"))
+            });
+        if let Some(found) = found
+            && transferred_to(dir.path(), alone).is_some()
+        {
+            break found;
+        }
+        cluster.assert_running();
+        assert!(Instant::now() < deadline, "replica {alone} never discarded and transferred");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(aside.join("log/wal").is_dir(), "the log is kept aside for inspection");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "after", &stop, &history);
+    let before = history.lock().expect("lock").acked.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().expect("lock").acked.len() < before + 100 {
+        assert!(Instant::now() < deadline, "no progress after the restart");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The replica that discarded is a working member: without another, no quorum.
+    let other = (alone + 1) % cluster.config.n();
+    cluster.kill(other);
+    let before = history.lock().expect("lock").acked.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().expect("lock").acked.len() < before + 50 {
+        assert!(Instant::now() < deadline, "no progress with replica {other} down");
+        thread::sleep(Duration::from_millis(20));
+    }
+    cluster.assert_running();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    assert_eq!(client.get(b"discarded-key").expect("get"), None, "the discarded put is gone");
+    let history = history.lock().expect("lock");
+    assert_eq!(verify(&client, &history, 1), history.acked.len());
+}
+
 #[test]
 fn a_fresh_crash_mode_client_reaches_a_moved_leader_without_waiting_out_the_timeout() {
     let dir = temp_dir();

@@ -70,6 +70,7 @@
 pub mod codec;
 mod error;
 pub mod parse;
+pub mod service;
 pub mod space;
 pub mod tuple;
 

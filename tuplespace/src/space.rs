@@ -42,8 +42,7 @@
 //! candidates, scans the candidates of its index in order until a match. `out` also
 //! offers the tuple to the blocked requests of its arity (at most [`BLOCKED_MAX`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use imbl::{OrdMap as BTreeMap, OrdSet as BTreeSet};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -129,13 +128,17 @@ pub struct BlockedOp {
 }
 
 #[derive(Debug, Clone)]
-struct Stored {
+pub(crate) struct Stored {
     tuple: Tuple,
     expires_at_ms: Option<u64>,
 }
 
 /// The Durable DepSpace service state: stored tuples with their leases, blocked
 /// requests, and the agreed time.
+///
+/// Every map and index is persistent (`imbl`), so a clone is O(1) and shares
+/// structure: a checkpoint's view ([`crate::service::TupleSpaceView`]) is taken
+/// between two batches without copying the state.
 #[derive(Debug, Clone, Default)]
 pub struct TupleSpace {
     now_ms: u64,
@@ -356,10 +359,12 @@ impl TupleSpace {
                         let expires_at_ms = self.now_ms + lease_ms;
                         let stored = self.tuples.get_mut(&id).expect("matched id is stored");
                         if let Some(old) = stored.expires_at_ms.replace(expires_at_ms) {
-                            assert!(self.expiry.remove(&(old, id)), "expiry index holds the lease");
+                            let held = self.expiry.remove(&(old, id));
+                            assert!(held.is_some(), "expiry index holds the lease");
                         }
-                        self.expiry.insert((expires_at_ms, id));
-                        Reply::Tuple(stored.tuple.clone())
+                        let reply = Reply::Tuple(stored.tuple.clone());
+                        assert!(self.expiry.insert((expires_at_ms, id)).is_none());
+                        reply
                     }
                     None => Reply::NotFound,
                 }
@@ -386,7 +391,7 @@ impl TupleSpace {
     /// ends at or before the time.
     fn advance_time(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms.min(NOW_MS_MAX));
-        while let Some(&(expires_at_ms, id)) = self.expiry.first() {
+        while let Some(&(expires_at_ms, id)) = self.expiry.get_min() {
             if expires_at_ms > self.now_ms {
                 break;
             }
@@ -433,14 +438,15 @@ impl TupleSpace {
         let id = self.next_tuple_id;
         self.next_tuple_id += 1;
         let arity = arity_key(tuple.arity());
-        self.by_first.insert((arity, tuple.first().clone(), id));
-        self.by_first_type.insert((arity, tuple.first().field_type(), id));
-        self.by_arity.insert((arity, id));
+        // Ids are fresh: no index holds this one yet.
+        assert!(self.by_first.insert((arity, tuple.first().clone(), id)).is_none());
+        assert!(self.by_first_type.insert((arity, tuple.first().field_type(), id)).is_none());
+        assert!(self.by_arity.insert((arity, id)).is_none());
         if let Some(e) = expires_at_ms {
             assert!(e > self.now_ms, "a stored lease ends after the time");
-            self.expiry.insert((e, id));
+            assert!(self.expiry.insert((e, id)).is_none());
         }
-        self.tuples.insert(id, Stored { tuple, expires_at_ms });
+        assert!(self.tuples.insert(id, Stored { tuple, expires_at_ms }).is_none());
     }
 
     fn remove_tuple(&mut self, id: u64) -> Stored {
@@ -448,11 +454,11 @@ impl TupleSpace {
         let arity = arity_key(stored.tuple.arity());
         let first = stored.tuple.first();
         // Every index holds every tuple; a miss is a broken invariant.
-        assert!(self.by_first.remove(&(arity, first.clone(), id)));
-        assert!(self.by_first_type.remove(&(arity, first.field_type(), id)));
-        assert!(self.by_arity.remove(&(arity, id)));
+        assert!(self.by_first.remove(&(arity, first.clone(), id)).is_some());
+        assert!(self.by_first_type.remove(&(arity, first.field_type(), id)).is_some());
+        assert!(self.by_arity.remove(&(arity, id)).is_some());
         if let Some(e) = stored.expires_at_ms {
-            assert!(self.expiry.remove(&(e, id)));
+            assert!(self.expiry.remove(&(e, id)).is_some());
         }
         stored
     }
@@ -477,15 +483,15 @@ impl TupleSpace {
     fn insert_blocked(&mut self, op: BlockedOp) {
         let wait_id = self.next_wait_id;
         self.next_wait_id += 1;
-        self.blocked_by_arity.insert((arity_key(op.template.arity()), wait_id));
+        assert!(self.blocked_by_arity.insert((arity_key(op.template.arity()), wait_id)).is_none());
         let fresh = self.blocked_by_request.insert((op.client_id, op.sequence), wait_id);
         assert!(fresh.is_none(), "one blocked op per request");
-        self.blocked.insert(wait_id, op);
+        assert!(self.blocked.insert(wait_id, op).is_none());
     }
 
     fn remove_blocked(&mut self, wait_id: u64) -> BlockedOp {
         let op = self.blocked.remove(&wait_id).expect("removed wait id is blocked");
-        assert!(self.blocked_by_arity.remove(&(arity_key(op.template.arity()), wait_id)));
+        assert!(self.blocked_by_arity.remove(&(arity_key(op.template.arity()), wait_id)).is_some());
         assert!(self.blocked_by_request.remove(&(op.client_id, op.sequence)).is_some());
         op
     }
@@ -547,29 +553,14 @@ impl TupleSpace {
         ids
     }
 
-    fn encode_into(&self, out: &mut impl Sink) {
-        out.put(STATE_MAGIC);
-        codec::put_u8(out, STATE_VERSION);
-        codec::put_u64(out, self.now_ms);
-        codec::put_u64(out, self.tuples.len() as u64);
-        for stored in self.tuples.values() {
-            match stored.expires_at_ms {
-                None => codec::put_u8(out, 0),
-                Some(e) => {
-                    codec::put_u8(out, 1);
-                    codec::put_u64(out, e);
-                }
-            }
-            codec::put_tuple(out, &stored.tuple);
-        }
-        let blocked = u32::try_from(self.blocked.len()).expect("bounded by BLOCKED_MAX");
-        codec::put_u32(out, blocked);
-        for op in self.blocked.values() {
-            codec::put_u64(out, op.client_id);
-            codec::put_u64(out, op.sequence);
-            codec::put_u8(out, if op.kind == WaitKind::Rd { 0 } else { 1 });
-            codec::put_template(out, &op.template);
-        }
+    /// The parts a state view keeps: the time, the stored tuples and the blocked
+    /// requests, in O(1) (persistent maps share structure with the space's).
+    pub(crate) fn view_parts(&self) -> (u64, BTreeMap<u64, Stored>, BTreeMap<u64, BlockedOp>) {
+        (self.now_ms, self.tuples.clone(), self.blocked.clone())
+    }
+
+    fn encode_into(&self, out: &mut impl ItemSink) {
+        write_state(self.now_ms, &self.tuples, &self.blocked, out);
     }
 
     /// The canonical encoding of the logical state (see the module docs): equal
@@ -595,71 +586,214 @@ impl TupleSpace {
     /// Cost: rebuilding the indexes is O(n log n); checking that no blocked request
     /// matches is one match per blocked request (a scan of its candidates).
     pub fn decode_state(bytes: &[u8]) -> Result<Self, Error> {
+        let mut decoder = StateDecoder::default();
+        decoder.feed(bytes)?;
+        decoder.finish()
+    }
+}
+
+/// Where the state encoding goes, item by item: the header, each stored tuple, the
+/// blocked count, each blocked request. A chunked writer cuts only between items.
+pub(crate) trait ItemSink: Sink {
+    /// The item written since the last call is whole.
+    fn item_end(&mut self) {}
+}
+
+impl ItemSink for Vec<u8> {}
+impl ItemSink for Sha256 {}
+
+/// Writes the canonical state encoding (see the module docs) of these parts.
+pub(crate) fn write_state(
+    now_ms: u64,
+    tuples: &BTreeMap<u64, Stored>,
+    blocked: &BTreeMap<u64, BlockedOp>,
+    out: &mut impl ItemSink,
+) {
+    out.put(STATE_MAGIC);
+    codec::put_u8(out, STATE_VERSION);
+    codec::put_u64(out, now_ms);
+    codec::put_u64(out, tuples.len() as u64);
+    out.item_end();
+    for stored in tuples.values() {
+        match stored.expires_at_ms {
+            None => codec::put_u8(out, 0),
+            Some(e) => {
+                codec::put_u8(out, 1);
+                codec::put_u64(out, e);
+            }
+        }
+        codec::put_tuple(out, &stored.tuple);
+        out.item_end();
+    }
+    let count = u32::try_from(blocked.len()).expect("bounded by BLOCKED_MAX");
+    codec::put_u32(out, count);
+    out.item_end();
+    for op in blocked.values() {
+        codec::put_u64(out, op.client_id);
+        codec::put_u64(out, op.sequence);
+        codec::put_u8(out, if op.kind == WaitKind::Rd { 0 } else { 1 });
+        codec::put_template(out, &op.template);
+        out.item_end();
+    }
+}
+
+/// Where a [`StateDecoder`] is in the encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum DecodeAt {
+    #[default]
+    Header,
+    Tuples {
+        left: u64,
+    },
+    BlockedCount,
+    Blocked {
+        left: u32,
+    },
+    Done,
+}
+
+/// Rebuilds a space from the state encoding fed in pieces that each hold whole items
+/// (the chunks [`crate::service::TupleSpaceView`] writes, or the whole encoding at
+/// once), checking what [`TupleSpace::decode_state`] documents. Error offsets are
+/// within the piece being fed.
+#[derive(Debug, Default)]
+pub(crate) struct StateDecoder {
+    space: TupleSpace,
+    at: DecodeAt,
+    /// Bytes fed so far.
+    fed: usize,
+}
+
+impl StateDecoder {
+    /// Decodes every item in `bytes`; an item cut at the end is an error.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let mut r = Reader::new(bytes);
-        if r.take(4, "state magic")? != STATE_MAGIC {
-            return Err(Error::Malformed { what: "state magic", offset: 0 });
+        while r.remaining() > 0 {
+            self.item(&mut r)?;
         }
-        let version = r.u8("state version")?;
-        if version != STATE_VERSION {
-            return Err(Error::UnknownTag { what: "state version", tag: version, offset: 4 });
-        }
-        let mut space = TupleSpace { now_ms: r.u64("now_ms")?, ..TupleSpace::default() };
-        if space.now_ms > NOW_MS_MAX {
-            return Err(Error::Malformed { what: "now_ms over NOW_MS_MAX", offset: 5 });
-        }
-        let tuple_count = r.u64("tuple count")?;
-        if tuple_count > TUPLES_MAX {
-            return Err(Error::Malformed { what: "tuple count over TUPLES_MAX", offset: 13 });
-        }
-        for _ in 0..tuple_count {
-            let offset = r.offset();
-            let expires_at_ms = match r.u8("lease flag")? {
-                0 => None,
-                1 => Some(r.u64("expiry")?),
-                tag => return Err(Error::UnknownTag { what: "lease flag", tag, offset }),
-            };
-            if expires_at_ms.is_some_and(|e| e <= space.now_ms) {
-                return Err(Error::Malformed { what: "lease ends at or before now_ms", offset });
-            }
-            // A lease was set at a time <= now_ms for at most LEASE_MS_MAX.
-            if expires_at_ms.is_some_and(|e| e - space.now_ms > LEASE_MS_MAX) {
-                return Err(Error::Malformed {
-                    what: "lease ends past now_ms + LEASE_MS_MAX",
-                    offset,
-                });
-            }
-            space.store(r.tuple()?, expires_at_ms);
-        }
-        let blocked_count = r.u32("blocked count")? as usize;
-        if blocked_count > BLOCKED_MAX {
-            return Err(Error::Malformed {
-                what: "blocked count over BLOCKED_MAX",
-                offset: r.offset() - 4,
-            });
-        }
-        for _ in 0..blocked_count {
-            let offset = r.offset();
-            let client_id = r.u64("client_id")?;
-            let sequence = r.u64("sequence")?;
-            let kind = match r.u8("wait kind")? {
-                0 => WaitKind::Rd,
-                1 => WaitKind::In,
-                tag => {
-                    return Err(Error::UnknownTag { what: "wait kind", tag, offset: offset + 16 });
+        self.fed += bytes.len();
+        Ok(())
+    }
+
+    fn item(&mut self, r: &mut Reader<'_>) -> Result<(), Error> {
+        let space = &mut self.space;
+        self.at = match self.at {
+            DecodeAt::Header => {
+                let offset = r.offset();
+                if r.take(4, "state magic")? != STATE_MAGIC {
+                    return Err(Error::Malformed { what: "state magic", offset });
                 }
-            };
-            let template = r.template()?;
-            if space.first_match(&template).is_some() {
-                return Err(Error::Malformed { what: "blocked request matches a tuple", offset });
+                let version = r.u8("state version")?;
+                if version != STATE_VERSION {
+                    return Err(Error::UnknownTag {
+                        what: "state version",
+                        tag: version,
+                        offset: offset + 4,
+                    });
+                }
+                space.now_ms = r.u64("now_ms")?;
+                if space.now_ms > NOW_MS_MAX {
+                    return Err(Error::Malformed {
+                        what: "now_ms over NOW_MS_MAX",
+                        offset: offset + 5,
+                    });
+                }
+                let tuple_count = r.u64("tuple count")?;
+                if tuple_count > TUPLES_MAX {
+                    return Err(Error::Malformed {
+                        what: "tuple count over TUPLES_MAX",
+                        offset: offset + 13,
+                    });
+                }
+                if tuple_count == 0 {
+                    DecodeAt::BlockedCount
+                } else {
+                    DecodeAt::Tuples { left: tuple_count }
+                }
             }
-            let ctx = ExecCtx { client_id, sequence, now_ms: space.now_ms };
-            space.block(ctx, kind, &template).map_err(|_| Error::Malformed {
-                what: "blocked request repeated or over its client's bound",
-                offset,
-            })?;
+            DecodeAt::Tuples { left } => {
+                let offset = r.offset();
+                let expires_at_ms = match r.u8("lease flag")? {
+                    0 => None,
+                    1 => Some(r.u64("expiry")?),
+                    tag => return Err(Error::UnknownTag { what: "lease flag", tag, offset }),
+                };
+                if expires_at_ms.is_some_and(|e| e <= space.now_ms) {
+                    return Err(Error::Malformed {
+                        what: "lease ends at or before now_ms",
+                        offset,
+                    });
+                }
+                // A lease was set at a time <= now_ms for at most LEASE_MS_MAX.
+                if expires_at_ms.is_some_and(|e| e - space.now_ms > LEASE_MS_MAX) {
+                    return Err(Error::Malformed {
+                        what: "lease ends past now_ms + LEASE_MS_MAX",
+                        offset,
+                    });
+                }
+                space.store(r.tuple()?, expires_at_ms);
+                if left == 1 { DecodeAt::BlockedCount } else { DecodeAt::Tuples { left: left - 1 } }
+            }
+            DecodeAt::BlockedCount => {
+                let count = r.u32("blocked count")?;
+                if count as usize > BLOCKED_MAX {
+                    return Err(Error::Malformed {
+                        what: "blocked count over BLOCKED_MAX",
+                        offset: r.offset() - 4,
+                    });
+                }
+                if count == 0 { DecodeAt::Done } else { DecodeAt::Blocked { left: count } }
+            }
+            DecodeAt::Blocked { left } => {
+                let offset = r.offset();
+                let client_id = r.u64("client_id")?;
+                let sequence = r.u64("sequence")?;
+                let kind = match r.u8("wait kind")? {
+                    0 => WaitKind::Rd,
+                    1 => WaitKind::In,
+                    tag => {
+                        return Err(Error::UnknownTag {
+                            what: "wait kind",
+                            tag,
+                            offset: offset + 16,
+                        });
+                    }
+                };
+                let template = r.template()?;
+                if space.first_match(&template).is_some() {
+                    return Err(Error::Malformed {
+                        what: "blocked request matches a tuple",
+                        offset,
+                    });
+                }
+                let ctx = ExecCtx { client_id, sequence, now_ms: space.now_ms };
+                space.block(ctx, kind, &template).map_err(|_| Error::Malformed {
+                    what: "blocked request repeated or over its client's bound",
+                    offset,
+                })?;
+                if left == 1 { DecodeAt::Done } else { DecodeAt::Blocked { left: left - 1 } }
+            }
+            DecodeAt::Done => return Err(Error::Trailing { bytes: r.remaining() }),
+        };
+        Ok(())
+    }
+
+    /// The space, once every item was fed.
+    pub(crate) fn finish(self) -> Result<TupleSpace, Error> {
+        match self.at {
+            DecodeAt::Done => Ok(self.space),
+            at => Err(Error::Truncated { what: decode_at_name(at), offset: self.fed }),
         }
-        r.finish()?;
-        Ok(space)
+    }
+}
+
+fn decode_at_name(at: DecodeAt) -> &'static str {
+    match at {
+        DecodeAt::Header => "state header",
+        DecodeAt::Tuples { .. } => "stored tuples",
+        DecodeAt::BlockedCount => "blocked count",
+        DecodeAt::Blocked { .. } => "blocked requests",
+        DecodeAt::Done => "nothing",
     }
 }
 

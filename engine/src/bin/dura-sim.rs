@@ -45,6 +45,7 @@ struct Totals {
     transfer_bytes: u64,
     faulty_seeders_proven: u64,
     wiped: u64,
+    discarded: u64,
     byzantine_seeders_met: u64,
     /// The service's own counts ([`SimReport::service_counts`]), summed by name.
     service: Vec<(&'static str, u64)>,
@@ -73,6 +74,7 @@ impl Totals {
         self.transfer_bytes += report.transfer_bytes;
         self.faulty_seeders_proven += report.transfer_faulty_proven;
         self.wiped += report.disks_wiped;
+        self.discarded += report.suffixes_discarded;
         if report.transfers_started > 0 {
             self.byzantine_seeders_met += config.byzantine.len() as u64;
         }
@@ -235,7 +237,7 @@ fn main() {
     }
     let totals = totals.into_inner().expect("no poisoned lock");
     println!(
-        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} disks lost in them, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; state transfer: {} done ({} disks wiped), {} failed and retried, {} bytes, {} Byzantine seeders present, {} proven faulty; {} replicas left behind at the end",
+        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} disks lost in them, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; state transfer: {} done ({} disks wiped, {} unconfirmed suffixes discarded), {} failed and retried, {} bytes, {} Byzantine seeders present, {} proven faulty; {} replicas left behind at the end",
         totals.crashes,
         totals.total_crashes,
         totals.lost_disks,
@@ -253,6 +255,7 @@ fn main() {
         totals.checkpoint_restarts,
         totals.transfers,
         totals.wiped,
+        totals.discarded,
         totals.transfers_failed,
         totals.transfer_bytes,
         totals.byzantine_seeders_met,

@@ -180,6 +180,13 @@ impl Client {
             ClientEvent::TimerFired => {
                 let timeout_ms = self.config.retransmit_timeout_ms;
                 if let Some(outstanding) = &mut self.outstanding {
+                    // Replies count only from the latest transmission on: every replica
+                    // that executed the request answers a retransmission from its reply
+                    // cache, and a reply from before it may come from a state the replica
+                    // has since discarded (BFT, after a crash of every replica: what fewer
+                    // than f+1 replicas logged is decided anew), which must not make up
+                    // f+1 with a reply from the new one.
+                    outstanding.replies.clear();
                     outstanding.retries = outstanding.retries.saturating_add(1);
                     let backoff = 1u64 << outstanding.retries.min(3);
                     actions.push(ClientAction::Broadcast { request: outstanding.request.clone() });
@@ -249,6 +256,25 @@ mod tests {
             Some(&ClientAction::Completed { sequence, result: b"1".to_vec() })
         );
         assert!(!client.is_busy());
+    }
+
+    #[test]
+    fn replies_from_before_a_retransmission_do_not_count_after_it() {
+        let (mut client, ring) = client(Mode::Bft, 4, 1);
+        let mut actions = Vec::new();
+        let sequence = client.invoke(b"put x".to_vec(), &mut actions).expect("idle");
+        client.handle(reply(&ring, 2, sequence, b"ok"), &mut actions);
+        client.handle(ClientEvent::TimerFired, &mut actions);
+        actions.clear();
+        // Replica 2's reply came before the retransmission (it may have discarded that
+        // state since): it does not make f+1 with replica 0's.
+        client.handle(reply(&ring, 0, sequence, b"ok"), &mut actions);
+        assert!(actions.is_empty(), "{actions:?}");
+        client.handle(reply(&ring, 2, sequence, b"ok"), &mut actions);
+        assert_eq!(
+            actions.last(),
+            Some(&ClientAction::Completed { sequence, result: b"ok".to_vec() })
+        );
     }
 
     #[test]

@@ -360,6 +360,19 @@ pub enum Action {
         /// The lowest first-held agreement among the answers.
         first_held: u64,
     },
+    /// BFT mode, after a crash of every replica: this replica logged agreements above
+    /// `confirmed`, the highest agreement that f+1 of the recovering replicas logged.
+    /// Votes are not persisted, so the cluster may decide those agreements anew with
+    /// other values, and no client saw them complete (a reply needs f+1 replicas to log
+    /// its request). The replica must not keep them: the host stops this core, sets the
+    /// log and checkpoints aside (kept for inspection) and restarts the replica through
+    /// state transfer, as one that lost its disk. The core does nothing more.
+    DiscardUnconfirmed {
+        /// The highest agreement f+1 recovering replicas logged.
+        confirmed: u64,
+        /// What this replica logged.
+        logged: u64,
+    },
     /// A new regency is installed (informational: logs, client leader hints).
     RegencyInstalled {
         /// The regency.

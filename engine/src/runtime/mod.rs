@@ -102,6 +102,22 @@ pub enum RuntimeError {
         /// The lowest first agreement the peers still hold.
         first_held: u64,
     },
+    /// BFT mode, after a crash of every replica: this replica logged agreements above
+    /// what f+1 replicas logged; the cluster may decide them anew, so it must not keep
+    /// them ([`crate::protocol::Action::DiscardUnconfirmed`]). A replica run by
+    /// [`serve_replica`] sets its log and checkpoints aside and restarts through state
+    /// transfer.
+    #[error(
+        "logged agreements {}..={logged} that fewer than f+1 replicas logged before a \
+         crash of every replica (confirmed up to {confirmed}): they must be discarded",
+        confirmed + 1
+    )]
+    UnconfirmedSuffix {
+        /// The highest agreement f+1 recovering replicas logged.
+        confirmed: u64,
+        /// What this replica logged.
+        logged: u64,
+    },
     /// A replica without a state of its own found no replica holding one and was not
     /// told to begin a new cluster (or the cluster existed and its state is lost): it
     /// refuses to start rather than serve an empty state. The message says which

@@ -116,13 +116,19 @@ pub const BEHIND_SERVED_MIN: Duration = Duration::from_secs(60);
 pub struct Served {
     /// Restarts through state transfer after falling behind every peer's window.
     pub behind_restarts: u32,
+    /// Restarts through state transfer after discarding an unconfirmed suffix (BFT,
+    /// after a crash of every replica).
+    pub discards: u32,
 }
 
 /// Runs replica `id` until `stop` is set: starts it ([`start_replica`], with a fresh
 /// service from `make_service`), and when it stops because it fell behind every peer's
 /// catch-up window ([`RuntimeError::BehindPeers`]) starts it again at once with
 /// [`ReplicaOptions::behind_peers`], so that it takes the state from its peers and
-/// rejoins. Any other error is returned. The body of a replica process.
+/// rejoins; when it must discard what only it logged before a crash of every replica
+/// ([`RuntimeError::UnconfirmedSuffix`]) it sets its log and checkpoints aside and
+/// starts again as a member without state, which takes the state from its peers. Any
+/// other error is returned. The body of a replica process.
 pub fn serve_replica<S: Service>(
     config: &ClusterConfig,
     id: u32,
@@ -133,10 +139,26 @@ pub fn serve_replica<S: Service>(
     let mut options = options;
     let mut served = Served::default();
     let mut in_a_row = 0u32;
+    // Starts tried since this replica discarded an unconfirmed suffix (its state now
+    // comes from peers that may still be restarting).
+    let mut after_discard = 0u32;
     loop {
         let started = Instant::now();
         let handle = match start_replica(config, id, make_service(), options.clone()) {
             Ok(handle) => handle,
+            Err(error)
+                if after_discard > 0
+                    && after_discard < BEHIND_RESTARTS_MAX
+                    && !stop.load(Ordering::Relaxed) =>
+            {
+                log::error!(
+                    "replica {id}: start {after_discard} after discarding unconfirmed \
+                     agreements failed: {error}; trying again"
+                );
+                after_discard += 1;
+                thread::sleep(DISCARD_RETRY_WAIT);
+                continue;
+            }
             // The transfer after falling behind failed (peers restarting, a round that
             // gave up): serve from its own state, behind as it was, rather than stop; the
             // next GONE quorum asks again (bounded by BEHIND_RESTARTS_MAX).
@@ -151,6 +173,7 @@ pub fn serve_replica<S: Service>(
             Err(error) => return Err(error),
         };
         options.behind_peers = false;
+        after_discard = 0;
         while !stop.load(Ordering::Relaxed) && !handle.stop.load(Ordering::Acquire) {
             thread::sleep(Duration::from_millis(20));
         }
@@ -178,10 +201,60 @@ pub fn serve_replica<S: Service>(
                 options.behind_peers = true;
                 options.previous_core = Some(core_slot);
             }
+            Err(RuntimeError::UnconfirmedSuffix { confirmed, logged })
+                if !stop.load(Ordering::Relaxed) =>
+            {
+                let data_dir = &config.replica(id)?.data_dir;
+                let aside = set_state_aside(data_dir, "unconfirmed")?;
+                log::error!(
+                    "replica {id}: it logged agreements {}..={logged} that fewer than f+1 \
+                     replicas logged before a crash of every replica; the cluster may decide \
+                     them anew, so its log and checkpoints are kept aside in {} and its state \
+                     comes from its peers",
+                    confirmed + 1,
+                    aside.display()
+                );
+                served.discards += 1;
+                after_discard = 1;
+            }
             Err(error) => return Err(error),
             Ok(()) => return Ok(served),
         }
     }
+}
+
+/// How long a replica that discarded an unconfirmed suffix waits before it tries to
+/// start again when its peers could not give it their state yet.
+const DISCARD_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// Moves `data_dir`'s log and checkpoints into `<data_dir>/<why>-<unix seconds>/` (kept
+/// for inspection, never deleted) and flags the member as without state, durably: the
+/// next start takes the state from the peers. Returns the folder.
+fn set_state_aside(
+    data_dir: &std::path::Path,
+    why: &str,
+) -> Result<std::path::PathBuf, RuntimeError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let aside = data_dir.join(format!("{why}-{stamp}"));
+    let io = |operation: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |error| RuntimeError::Io { operation, path, error }
+    };
+    std::fs::create_dir_all(&aside)
+        .map_err(io("create a folder for the state set aside", &aside))?;
+    for part in ["log", "checkpoints"] {
+        let from = data_dir.join(part);
+        if from.exists() {
+            std::fs::rename(&from, aside.join(part)).map_err(io("set the state aside", &from))?;
+        }
+    }
+    for dir in [&aside, &data_dir.to_path_buf()] {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync a directory", dir))?;
+    }
+    membership::flag_lost(data_dir)?;
+    Ok(aside)
 }
 
 /// [`serve_replica`] until SIGTERM or SIGINT (or a stage failure), then a graceful
@@ -1069,6 +1142,10 @@ impl OrderStage {
                     (self.fail)(RuntimeError::BehindPeers { last_decided, first_held });
                     return false;
                 }
+                Action::DiscardUnconfirmed { confirmed, logged } => {
+                    (self.fail)(RuntimeError::UnconfirmedSuffix { confirmed, logged });
+                    return false;
+                }
                 Action::RegencyInstalled { regency, leader } => {
                     self.regency.store(regency, Ordering::Relaxed);
                     log::info!("replica {}: regency {regency} installed, leader {leader}", self.id);
@@ -1167,4 +1244,28 @@ fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_discarded_state_is_set_aside_whole_and_the_member_is_flagged_without_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path();
+        std::fs::create_dir_all(data_dir.join("log/wal")).expect("log");
+        std::fs::write(data_dir.join("log/wal/00000001.seg"), b"records").expect("segment");
+        std::fs::create_dir_all(data_dir.join("checkpoints")).expect("checkpoints");
+        std::fs::write(data_dir.join("checkpoints/cp-7"), b"state").expect("checkpoint");
+        std::fs::write(data_dir.join(membership::MEMBER_MARKER), b"marker").expect("marker");
+        let aside = set_state_aside(data_dir, "unconfirmed").expect("set aside");
+        assert!(aside.starts_with(data_dir));
+        assert!(!data_dir.join("log").exists() && !data_dir.join("checkpoints").exists());
+        let kept = |path: &str| std::fs::read(aside.join(path)).expect("kept");
+        assert_eq!(kept("log/wal/00000001.seg"), b"records");
+        assert_eq!(kept("checkpoints/cp-7"), b"state");
+        assert!(data_dir.join(membership::MEMBER_MARKER).exists(), "still a member");
+        assert!(membership::is_flagged_lost(data_dir), "its next start takes the peers' state");
+    }
 }

@@ -612,6 +612,9 @@ pub struct SimReport {
     pub transfer_unchecked: u64,
     /// Disks wiped while their replica was down.
     pub disks_wiped: u64,
+    /// BFT: replicas that discarded agreements fewer than f+1 replicas logged before a
+    /// crash of every replica, and came back through state transfer.
+    pub suffixes_discarded: u64,
     /// Checkpoints written durably.
     pub checkpoints_written: u64,
     /// Crashes that cut a checkpoint write.
@@ -1241,13 +1244,23 @@ impl<'c, W: Workload> World<'c, W> {
                 // Decisions that no remaining disk holds and no client saw complete are
                 // gone with the replicas' memory; the cluster may decide those agreements
                 // anew. Any other one must come back exactly as it was.
-                let survives = self
+                // In BFT mode a decision fewer than f+1 disks hold is not kept either: the
+                // replicas that logged it discard it (`Action::DiscardUnconfirmed`); one
+                // that kept it would execute on from a state the others do not have, and
+                // the digest check below catches it.
+                let mut logged: Vec<u64> = self
                     .replicas
                     .iter()
                     .filter(|node| !node.lost)
                     .map(ReplicaNode::<W>::logged_max)
-                    .max()
-                    .unwrap_or(0);
+                    .collect();
+                logged.sort_unstable_by(|a, b| b.cmp(a));
+                let survives = match self.config.protocol.mode {
+                    Mode::Crash => logged.first().copied().unwrap_or(0),
+                    Mode::Bft => {
+                        logged.get(self.config.protocol.weak_quorum() - 1).copied().unwrap_or(0)
+                    }
+                };
                 let accepted = &self.accepted;
                 self.decided.retain(|id, _| *id <= survives || accepted.contains(id));
                 self.decided_batches.retain(|id, _| *id <= survives || accepted.contains(id));
@@ -1503,6 +1516,42 @@ impl<'c, W: Workload> World<'c, W> {
                         node.paused_core = node.core.take();
                         node.life += 1;
                         node.timer_generation += 1;
+                        return self.start_transfer(id);
+                    }
+                }
+                Action::DiscardUnconfirmed { confirmed, logged } => {
+                    if self.config.trace {
+                        eprintln!(
+                            "{:>9} us r{id} DISCARD unconfirmed agreements {}..={logged}",
+                            self.now_us,
+                            confirmed + 1
+                        );
+                    }
+                    if let Some(seen) = (confirmed + 1..=logged).find(|a| self.accepted.contains(a))
+                    {
+                        return Err(format!(
+                            "durability: replica {id} discards agreement {seen}, which a client \
+                             saw complete (only agreements up to {confirmed} are on f+1 disks)"
+                        ));
+                    }
+                    self.report.suffixes_discarded += 1;
+                    if self.replicas[id as usize].byzantine.is_none() {
+                        // Batches only this log brought back (no delivery recorded them)
+                        // leave the agreed order with it.
+                        let decided = &self.decided;
+                        self.decided_batches.retain(|a, _| {
+                            !(confirmed + 1..=logged).contains(a) || decided.contains_key(a)
+                        });
+                        // As the runtime: the replica stops, sets its log and checkpoints
+                        // aside and comes back through state transfer, like a replaced
+                        // disk (its member marker stays).
+                        self.crash_with(id, false);
+                        let seed = self.rng.next_u64();
+                        let node = &mut self.replicas[id as usize];
+                        node.disk = SimStorage::new(seed);
+                        node.checkpoint_dir = SimDir::new(seed ^ 0xC4EC);
+                        node.reopened_with = 0;
+                        node.checkpoint_durable = 0;
                         return self.start_transfer(id);
                     }
                 }

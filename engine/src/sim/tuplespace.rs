@@ -39,60 +39,12 @@ use dura_tuplespace::{
 
 use super::rng::Rng;
 use super::{Agreed, HistoryEntry, NextOp, SimConfig, Workload};
-use crate::service::{
-    CopiedState, CopiedStateInstaller, OrderedRequest, Replies, Service, StateError,
-};
+use crate::service::Service;
 
 /// Names of the tuples (first field).
 const NAMES: [&str; 2] = ["a", "b"];
 /// Values of the second field: `0..VALUES`.
 const VALUES: u64 = 3;
-
-/// The tuple space as a [`Service`]: each request runs through
-/// [`TupleSpace::execute`]; its own answer is the reply (none: deferred), the others are
-/// releases of earlier requests.
-#[derive(Debug, Default)]
-pub struct SimSpace(pub TupleSpace);
-
-impl Service for SimSpace {
-    const NAME: &'static str = "sim-tuplespace";
-    type View = CopiedState;
-    type Installer = CopiedStateInstaller<SimSpace>;
-
-    fn execute_batch(&mut self, requests: &[OrderedRequest<'_>], replies: &mut Replies) {
-        for request in requests {
-            let ctx = ExecCtx {
-                client_id: request.client_id,
-                sequence: request.sequence,
-                now_ms: request.now_ms,
-            };
-            let mut answers = self.0.execute(ctx, request.operation).into_iter().peekable();
-            match answers.next_if(|a| a.client_id == ctx.client_id && a.sequence == ctx.sequence) {
-                Some(own) => replies.reply(own.reply),
-                None => replies.defer(),
-            }
-            for released in answers {
-                replies.release(released.client_id, released.sequence, released.reply);
-            }
-        }
-    }
-
-    fn state_digest(&self) -> [u8; 32] {
-        self.0.state_digest()
-    }
-
-    fn view(&self) -> CopiedState {
-        CopiedState(self.0.encode_state())
-    }
-
-    fn installer(&self) -> CopiedStateInstaller<SimSpace> {
-        CopiedStateInstaller::new(|bytes| {
-            TupleSpace::decode_state(bytes)
-                .map(SimSpace)
-                .map_err(|error| StateError::Invalid(format!("tuple space state: {error}")))
-        })
-    }
-}
 
 /// The tuple-space workload (see the module documentation).
 #[derive(Debug)]
@@ -177,10 +129,11 @@ impl TupleSpaceWorkload {
 }
 
 impl Workload for TupleSpaceWorkload {
-    type Service = SimSpace;
+    /// `dura_tuplespace`'s own [`Service`] implementation, as the runtime replicates it.
+    type Service = TupleSpace;
 
-    fn service() -> SimSpace {
-        SimSpace::default()
+    fn service() -> TupleSpace {
+        TupleSpace::new()
     }
 
     fn new(_config: &SimConfig) -> Self {
@@ -202,8 +155,7 @@ impl Workload for TupleSpaceWorkload {
         history: &[HistoryEntry],
         agreed: &Agreed<'_>,
     ) -> Result<Vec<(&'static str, u64)>, String> {
-        let counts =
-            check_history(history, agreed, |space| SimSpace(space.clone()).state_digest())?;
+        let counts = check_history(history, agreed, <TupleSpace as Service>::state_digest)?;
         Ok(vec![
             ("requests executed", counts.executed),
             ("blocked", counts.blocked),

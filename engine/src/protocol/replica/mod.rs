@@ -252,6 +252,8 @@ pub struct Replica {
     keys: ReplicaKeys,
     id: ReplicaId,
     now_tick: u64,
+    /// [`Action::DiscardUnconfirmed`] was emitted: the core ignores every event.
+    discarded: bool,
     /// The runtime's wall clock, ms since the Unix epoch (0: not told yet, and then
     /// proposals' timestamps are not checked). See [`Replica::observe_clock`].
     clock_ms: u64,
@@ -342,6 +344,7 @@ impl Replica {
             config,
             keys,
             now_tick: 0,
+            discarded: false,
             clock_ms: 0,
             last_stamp_ms: 0,
             regency: 0,
@@ -453,6 +456,9 @@ impl Replica {
     }
 
     pub fn handle(&mut self, event: Event, actions: &mut Vec<Action>) {
+        if self.discarded {
+            return;
+        }
         let (regency_before, decided_before) = (self.regency, self.last_decided);
         assert!(self.deliveries.is_empty(), "deliveries leave with the event that made them");
         match event {
@@ -863,6 +869,50 @@ mod tests {
         ticks(&mut replica, config.recovery_wait_ticks());
         assert!(!replica.is_recovering());
         assert_eq!(replica.vote_floor, 9);
+    }
+
+    #[test]
+    fn bft_replica_that_alone_logged_the_most_before_a_crash_of_all_discards_it() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], 4);
+        // Replica 0 logged up to 7; the others up to 5, 5 and 4: only it holds 6 and 7,
+        // which the cluster may decide anew.
+        let mut replica = restarted(&config, &ring, 0, 7, 11);
+        let mut actions = Vec::new();
+        replica.handle(message(1, answer(11, 5, 0, true, 21, None)), &mut actions);
+        replica.handle(message(2, answer(11, 5, 0, true, 31, None)), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::DiscardUnconfirmed { .. })));
+        actions.clear();
+        replica.handle(message(3, answer(11, 4, 0, true, 41, None)), &mut actions);
+        assert_eq!(
+            actions.iter().filter(|a| matches!(a, Action::DiscardUnconfirmed { .. })).count(),
+            1
+        );
+        assert!(actions.contains(&Action::DiscardUnconfirmed { confirmed: 5, logged: 7 }));
+        // It does nothing more: no vote, no answer, no timer.
+        actions.clear();
+        replica.handle(message(1, answer(11, 5, 0, true, 21, None)), &mut actions);
+        for _ in 0..5 {
+            replica.handle(Event::TimerFired(TimerKind::Tick), &mut actions);
+        }
+        assert!(actions.is_empty(), "{actions:?}");
+        // With one more replica at 7, f+1 logged it: nothing is discarded.
+        let mut replica = restarted(&config, &ring, 0, 7, 11);
+        let mut actions = Vec::new();
+        replica.handle(message(1, answer(11, 7, 0, true, 21, None)), &mut actions);
+        replica.handle(message(2, answer(11, 5, 0, true, 31, None)), &mut actions);
+        replica.handle(message(3, answer(11, 4, 0, true, 41, None)), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::DiscardUnconfirmed { .. })));
+        assert!(!replica.is_recovering());
+        // Crash mode trusts one log: it keeps what it logged.
+        let config = Config::crash(1);
+        let ring = KeyRing::new([5; 32], 3);
+        let mut replica = restarted(&config, &ring, 0, 7, 11);
+        let mut actions = Vec::new();
+        replica.handle(message(1, answer(11, 5, 0, true, 21, None)), &mut actions);
+        replica.handle(message(2, answer(11, 4, 0, true, 31, None)), &mut actions);
+        assert!(!actions.iter().any(|a| matches!(a, Action::DiscardUnconfirmed { .. })));
+        assert!(!replica.is_recovering());
     }
 
     #[test]

@@ -36,6 +36,13 @@ impl Replica {
             }
         };
         if self.ordered.get(&request.client_id).is_some_and(|&seq| seq >= request.sequence) {
+            if self.config.mode == Mode::Bft && matches!(self.phase, Phase::Recovering { .. }) {
+                // What a restarted replica executed from its log may be an unconfirmed
+                // suffix it is about to discard (`Action::DiscardUnconfirmed`): its
+                // reply could make up f+1 with one from the cluster's new decision
+                // while fewer than f+1 disks hold that. It answers once recovered.
+                return;
+            }
             actions.push(Action::ReplyFromCache {
                 client_id: request.client_id,
                 sequence: request.sequence,

@@ -210,6 +210,18 @@ impl Replica {
             decided.push(self.last_decided);
             decided.sort_unstable_by(|a, b| b.cmp(a));
             let fetchable = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
+            if self.config.mode == Mode::Bft && self.last_decided > fetchable {
+                // What only this replica (and fewer than f others) logged may be decided
+                // anew with other values: it would diverge. Nothing above `fetchable`
+                // was acknowledged, so it is discarded, with the state it produced.
+                self.discarded = true;
+                self.statuses.clear();
+                actions.push(Action::DiscardUnconfirmed {
+                    confirmed: fetchable,
+                    logged: self.last_decided,
+                });
+                return;
+            }
             self.vote_floor = self.last_decided.max(fetchable);
             self.vote_regency_min = regency + 1;
             self.awaiting_vote_regency = true;
