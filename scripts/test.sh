@@ -31,10 +31,14 @@ target/ci/dura-fuzz run --iterations 100000 --seconds 2
 # recovery, a failed write, a slow disk and up to f Byzantine replicas; crash mode also
 # with crashes of every replica at once (--total-crash), in which up to f replicas lose
 # their disks for good (5 replicas: up to 2). Any failing seed prints the command that
-# replays it. Nightly: the same with --seeds 100000 per line.
+# replays it. Nightly: the same with --seeds 100000 per line. The last two lines run the
+# tuple space (--service tuplespace: blocking rd/in, leases, cancels) as the service,
+# its history checked against a replay of the agreed order (engine/src/sim/tuplespace.rs).
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2000 --mode bft --replicas 4
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 500 --mode bft --replicas 7
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode crash --replicas 3
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 300 --mode crash --replicas 5
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 800 --mode crash --replicas 3 --total-crash
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 150 --mode crash --replicas 5 --total-crash
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1500 --mode bft --replicas 4 --service tuplespace
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2500 --mode crash --replicas 3 --total-crash --service tuplespace

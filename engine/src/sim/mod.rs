@@ -127,6 +127,9 @@ pub struct HistoryEntry {
     pub operation: Vec<u8>,
     /// The result the client accepted (f+1 matching replies).
     pub result: Option<Vec<u8>>,
+    /// When it completed, the highest agreement that f+1 disks held (a disk replaced
+    /// since counts as holding: it is one of the f the promise may lose).
+    pub confirmed_at_completion: Option<u64>,
 }
 
 /// What the correct replicas agreed, for a workload's check at the end of a run.
@@ -1303,6 +1306,7 @@ impl<'c, W: Workload> World<'c, W> {
             completed_us: None,
             operation,
             result: None,
+            confirmed_at_completion: None,
         });
         self.apply_client_actions(client, actions)?;
         Ok(sequence)
@@ -1390,7 +1394,15 @@ impl<'c, W: Workload> World<'c, W> {
             }
             self.accepted.insert(agreement_id);
         }
+        let mut holds: Vec<u64> = self
+            .replicas
+            .iter()
+            .map(|node| if node.wiped_done { u64::MAX } else { node.logged_max() })
+            .collect();
+        holds.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = holds.get(self.config.protocol.f).copied().unwrap_or(0);
         let entry = &mut self.history[index];
+        entry.confirmed_at_completion = Some(confirmed);
         if entry.completed_us.is_some() {
             return Err(format!(
                 "exactly once: client {client} saw request {sequence} complete twice"

@@ -20,7 +20,9 @@
 //! effect where its request executes; a blocked `rd`/`in` where the write that released
 //! it (or the cancel) executes. The history is linearizable with that witness when
 //! - every result a client accepted is the one the replay gives that request (a
-//!   completed request missing from the replay is an acknowledged request lost);
+//!   completed request missing from the replay is an acknowledged request lost), and
+//!   f+1 disks held the agreement that answered it when the client accepted it (the
+//!   agreement of the write that released a blocked request, not the request's own);
 //! - the witness respects real time: an operation that completed before another was
 //!   invoked takes effect before it (operations the clients never saw complete are
 //!   pending: they may take effect, unseen, or not at all);
@@ -200,14 +202,12 @@ pub fn check_history(
     let mut last: BTreeMap<u64, u64> = BTreeMap::new();
     // (client id, sequence) -> where and how the replay answered it.
     let mut answered: BTreeMap<(u64, u64), (Position, Vec<u8>)> = BTreeMap::new();
-    let mut expected_id = 1;
-    for (&agreement_id, batch) in agreed.batches {
+    for (expected_id, (&agreement_id, batch)) in (1..).zip(agreed.batches) {
         if agreement_id != expected_id {
             return Err(format!(
                 "tuple space: the agreed order has no batch for agreement {expected_id}"
             ));
         }
-        expected_id += 1;
         for (index, request) in batch.requests.iter().enumerate() {
             if last.get(&request.client_id).is_some_and(|&seq| seq >= request.sequence) {
                 continue; // a retransmission ordered again, or one the client moved past
@@ -292,6 +292,20 @@ pub fn check_history(
         }
         if let Some((at, _)) = replayed {
             effects.push((*at, entry));
+            // The promise of a completed request, by the agreement that answered it in the
+            // replay (not by what the engine said it was): f+1 disks held it.
+            if let Some(confirmed) = entry.confirmed_at_completion
+                && at.0 > confirmed
+            {
+                return Err(format!(
+                    "durability: client {} saw request {} {} complete while f+1 disks held \
+                     agreements up to {confirmed} only; agreement {} answered it",
+                    entry.client,
+                    entry.sequence,
+                    describe_op(&entry.operation),
+                    at.0
+                ));
+            }
         }
     }
     // Real time: what completed before another was invoked takes effect before it.
@@ -417,6 +431,7 @@ mod tests {
             completed_us: span.1,
             operation: operation.to_vec(),
             result,
+            confirmed_at_completion: None,
         }
     }
 
@@ -459,6 +474,14 @@ mod tests {
         early[0].completed_us = Some(8);
         let error = check(&early, &agreed, &BTreeMap::new()).unwrap_err();
         assert!(error.contains("before client 1 request 1"), "{error}");
+        // Accepted while f+1 disks held agreement 2 (the releasing write's): kept; while
+        // they held only agreement 1 (the blocked request's own): a promise broken.
+        let mut durable = history.clone();
+        durable[0].confirmed_at_completion = Some(2);
+        assert!(check(&durable, &agreed, &BTreeMap::new()).is_ok());
+        durable[0].confirmed_at_completion = Some(1);
+        let error = check(&durable, &agreed, &BTreeMap::new()).unwrap_err();
+        assert!(error.contains("agreement 2 answered it"), "{error}");
     }
 
     #[test]
