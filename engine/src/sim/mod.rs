@@ -127,8 +127,10 @@ pub struct HistoryEntry {
     pub operation: Vec<u8>,
     /// The result the client accepted (f+1 matching replies).
     pub result: Option<Vec<u8>>,
-    /// When it completed, the highest agreement that f+1 disks held (a disk replaced
-    /// since counts as holding: it is one of the f the promise may lose).
+    /// When it completed, the highest agreement that f+1 disks held (a disk replaced or
+    /// lost in a crash of all counts as holding: it is one of the f the promise may
+    /// lose; a client may have counted a reply its replica sent before its disk was
+    /// lost).
     pub confirmed_at_completion: Option<u64>,
 }
 
@@ -1397,7 +1399,7 @@ impl<'c, W: Workload> World<'c, W> {
         let mut holds: Vec<u64> = self
             .replicas
             .iter()
-            .map(|node| if node.wiped_done { u64::MAX } else { node.logged_max() })
+            .map(|node| if node.wiped_done || node.lost { u64::MAX } else { node.logged_max() })
             .collect();
         holds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = holds.get(self.config.protocol.f).copied().unwrap_or(0);
