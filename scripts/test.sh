@@ -31,7 +31,9 @@ target/ci/dura-fuzz run --iterations 100000 --seconds 2
 # recovery, a failed write, a slow disk and up to f Byzantine replicas; crash mode also
 # with crashes of every replica at once (--total-crash), in which up to f replicas lose
 # their disks for good (5 replicas: up to 2). Any failing seed prints the command that
-# replays it. Nightly: the same with --seeds 100000 per line.
+# replays it. Nightly: the same with --seeds 100000 per line. The last two lines run the
+# tuple space (--service tuplespace: blocking rd/in, leases, cancels) as the service,
+# its history checked against a replay of the agreed order (engine/src/sim/tuplespace.rs).
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2000 --mode bft --replicas 4
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 500 --mode bft --replicas 7
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1000 --mode crash --replicas 3
@@ -44,3 +46,5 @@ cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 150 --mode cr
 # an agreement is on one correct disk, ARCHITECTURE.md "votes are not persisted") fall in
 # about 1 seed in 400 and are counted by the nightly run, not here.
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 100 --seed-start 400 --mode bft --replicas 4 --total-crash
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1500 --mode bft --replicas 4 --service tuplespace
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2500 --mode crash --replicas 3 --total-crash --service tuplespace

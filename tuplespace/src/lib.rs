@@ -73,7 +73,6 @@
 //! [`space`] for its precise definition and its canonical encoding.
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod codec;
 mod error;
 pub mod parse;
@@ -84,29 +83,8 @@ pub mod tuple;
 #[cfg(test)]
 mod test_rng;
 
-pub use client::{CasOutcome, TsClient, TsError};
 pub use codec::{Op, Reply, decode_op, decode_reply, encode_op, encode_reply};
 pub use error::Error;
 pub use parse::{parse_template, parse_tuple};
 pub use space::{Answer, BlockedOp, ExecCtx, TupleSpace, TypedAnswer, WaitKind};
 pub use tuple::{Field, FieldType, Template, TemplateField, Tuple};
-
-/// Runs replica `replica_id` of `config` with an empty tuple space until SIGTERM or
-/// SIGINT (the body of `dura-ts serve`; see `dura_kvstore::serve_with` for the
-/// bootstrap rules, which are the runtime's and the same here).
-pub fn serve_with(
-    config: &dura_engine::runtime::ClusterConfig,
-    replica_id: u32,
-    options: dura_engine::runtime::ReplicaOptions,
-) -> Result<(), dura_engine::runtime::RuntimeError> {
-    use dura_engine::runtime::{Bootstrap, PEERS_WAIT_EXISTING, PEERS_WAIT_PROCESS};
-    let options = dura_engine::runtime::ReplicaOptions {
-        peers_wait: match options.bootstrap {
-            Bootstrap::New => PEERS_WAIT_PROCESS,
-            Bootstrap::Existing | Bootstrap::ForceNew => PEERS_WAIT_EXISTING,
-        },
-        ..options
-    };
-    dura_engine::runtime::serve_replica_until_signal(config, replica_id, TupleSpace::new, options)
-        .map(|_| ())
-}

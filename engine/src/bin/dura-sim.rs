@@ -1,9 +1,11 @@
 //! `dura-sim`: runs the deterministic simulator over a range of seeds.
 //!
 //! ```text
-//! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--threads t] [--verbose] [--trace]
+//! dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--service kv|tuplespace] [--threads t] [--verbose] [--trace]
 //! ```
-//! Runs seeds S..S+N (each a full cluster run with faults drawn from the seed; with
+//! Runs seeds S..S+N of the service (`kv`, the default, or `tuplespace`: the Durable
+//! DepSpace tuple space with blocking reads, leases and cancels, see
+//! `dura_engine::sim::tuplespace`); each a full cluster run with faults drawn from the seed; with
 //! `--total-crash`, half of them also crash every replica at once, and in crash mode two
 //! of three of those lose up to f replicas' disks in it for good), prints every failing
 //! seed with the command that replays it alone, a line counting the faults drawn, and
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dura_engine::protocol::Mode;
 use dura_engine::runtime::LogMode;
-use dura_engine::sim::{SimConfig, SimReport, run};
+use dura_engine::sim::{SimConfig, SimReport, SimService, run};
 
 /// Faults drawn and exercised over the passing seeds.
 #[derive(Debug, Default)]
@@ -45,6 +47,8 @@ struct Totals {
     wiped: u64,
     discarded: u64,
     byzantine_seeders_met: u64,
+    /// The service's own counts ([`SimReport::service_counts`]), summed by name.
+    service: Vec<(&'static str, u64)>,
 }
 
 impl Totals {
@@ -74,6 +78,12 @@ impl Totals {
         if report.transfers_started > 0 {
             self.byzantine_seeders_met += config.byzantine.len() as u64;
         }
+        for &(name, count) in &report.service_counts {
+            match self.service.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, total)) => *total += count,
+                None => self.service.push((name, count)),
+            }
+        }
     }
 }
 
@@ -88,12 +98,14 @@ struct Args {
     trace: bool,
     /// Draw crashes of every replica at once.
     total_crash: bool,
+    /// The simulated service.
+    service: SimService,
 }
 
 fn usage(error: &str) -> ! {
     eprintln!("dura-sim: {error}");
     eprintln!(
-        "usage: dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--threads t] [--verbose] [--trace]"
+        "usage: dura-sim --seeds N [--seed-start S] [--mode bft|crash] [--replicas n] [--total-crash] [--service kv|tuplespace] [--threads t] [--verbose] [--trace]"
     );
     std::process::exit(2);
 }
@@ -108,6 +120,7 @@ fn parse_args() -> Args {
         verbose: false,
         trace: false,
         total_crash: false,
+        service: SimService::Kv,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
@@ -135,6 +148,10 @@ fn parse_args() -> Args {
             "--verbose" => args.verbose = true,
             "--trace" => args.trace = true,
             "--total-crash" => args.total_crash = true,
+            "--service" => {
+                args.service =
+                    value("--service").parse().unwrap_or_else(|error: String| usage(&error))
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -171,6 +188,7 @@ fn main() {
                         SimConfig::random(args.mode, args.replicas, seed)
                     };
                     config.trace = args.trace;
+                    config.service = args.service;
                     let outcome = catch_unwind(AssertUnwindSafe(|| run(&config)));
                     let failure = match outcome {
                         Ok(Ok(report)) => {
@@ -208,9 +226,13 @@ fn main() {
     for (seed, reason) in &failures {
         println!("FAILED {reason}");
         println!(
-            "  replay: cargo run --release -p dura-engine --bin dura-sim -- --seeds 1 --seed-start {seed} --mode {mode_name} --replicas {}{} --verbose",
+            "  replay: cargo run --release -p dura-engine --bin dura-sim -- --seeds 1 --seed-start {seed} --mode {mode_name} --replicas {}{}{} --verbose",
             args.replicas,
-            if args.total_crash { " --total-crash" } else { "" }
+            if args.total_crash { " --total-crash" } else { "" },
+            match args.service {
+                SimService::Kv => String::new(),
+                other => format!(" --service {}", other.name()),
+            }
         );
     }
     let totals = totals.into_inner().expect("no poisoned lock");
@@ -240,6 +262,11 @@ fn main() {
         totals.faulty_seeders_proven,
         totals.state_transfer_needed
     );
+    if !totals.service.is_empty() {
+        let counts: Vec<String> =
+            totals.service.iter().map(|(name, count)| format!("{count} {name}")).collect();
+        println!("{} service in passing seeds: {}", args.service.name(), counts.join(", "));
+    }
     println!("{} seeds, {} failed", args.seeds, failures.len());
     if !failures.is_empty() {
         std::process::exit(1);

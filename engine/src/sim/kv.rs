@@ -5,7 +5,71 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
+use super::rng::Rng;
+use super::{Agreed, HistoryEntry, NextOp, SimConfig, Workload};
 use crate::service::{OrderedRequest, Replies, Service, StateError, StateInstaller, StateView};
+
+/// The KV workload: clients put unique values and get keys `0..SimConfig::keys`, half
+/// and half; the history must be linearizable per key for a register initialised to 0.
+#[derive(Debug)]
+pub struct KvWorkload {
+    keys: u8,
+    next_value: u64,
+}
+
+impl Workload for KvWorkload {
+    type Service = KvModel;
+
+    fn service() -> KvModel {
+        KvModel::default()
+    }
+
+    fn new(config: &SimConfig) -> Self {
+        Self { keys: config.keys, next_value: 1 }
+    }
+
+    fn next_op(&mut self, _client: usize, rng: &mut Rng) -> NextOp {
+        let key = rng.range(0, u64::from(self.keys.max(1)) - 1) as u8;
+        let op = if rng.chance(500) {
+            let value = self.next_value;
+            self.next_value += 1;
+            KvOp::Put { key, value }
+        } else {
+            KvOp::Get { key }
+        };
+        NextOp { operation: op.encode(), patience_us: None }
+    }
+
+    fn give_up(&mut self, _client: usize, _sequence: u64) -> Vec<u8> {
+        unreachable!("a KV client waits for every request")
+    }
+
+    fn executed_twice(service: &KvModel) -> Option<(u64, u64)> {
+        service.executed_twice.first().copied()
+    }
+
+    fn check(
+        &self,
+        history: &[HistoryEntry],
+        _agreed: &Agreed<'_>,
+    ) -> Result<Vec<(&'static str, u64)>, String> {
+        let ops: Vec<HistoryOp> = history
+            .iter()
+            .map(|entry| HistoryOp {
+                invoked_us: entry.invoked_us,
+                completed_us: entry.completed_us,
+                op: KvOp::decode(&entry.operation).expect("the workload's own encoding"),
+                result: entry
+                    .result
+                    .as_deref()
+                    .and_then(|r| r.try_into().ok())
+                    .map(u64::from_le_bytes),
+            })
+            .collect();
+        check_linearizable(&ops).map_err(|error| format!("linearizability: {error}"))?;
+        Ok(Vec::new())
+    }
+}
 
 /// An operation of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

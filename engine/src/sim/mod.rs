@@ -40,6 +40,7 @@
 pub mod kv;
 pub mod rng;
 pub mod transfer;
+pub mod tuplespace;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -54,17 +55,121 @@ use dura_snapshot::{CheckpointStore, StoreOptions};
 use crate::checkpoint::{load_checkpoint, write_checkpoint};
 use crate::durability::{
     CheckpointSchedule, CheckpointStart, Coordinator, DecidedBatch, FromCheckpoint, Input, Output,
-    ReplyOut, encode_batch, execute_batch, restore,
+    ReplyOut, decode_batch, encode_batch, execute_batch, restore,
 };
 use crate::protocol::{
-    Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientRequest, Config,
-    Decision, Event, Hash, KeyRing, Message, Mode, Replica, ReplicaId, ReplicaKeys, Reply,
+    Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientKeys, ClientRequest,
+    Config, Decision, Event, Hash, KeyRing, Message, Mode, Replica, ReplicaId, ReplicaKeys, Reply,
     open_frame, seal_frame,
 };
 use crate::runtime::LogMode;
 use crate::service::{Executor, ExecutorView, Service};
-use kv::{HistoryOp, KvModel, KvModelView, KvOp, check_linearizable};
+pub use kv::KvWorkload;
 use rng::Rng;
+
+/// The service a run replicates, with its clients' workload and the check of their
+/// history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimService {
+    /// A key-value register per key ([`kv`]).
+    #[default]
+    Kv,
+    /// The Durable DepSpace tuple space ([`tuplespace`]): blocking reads, leases, cancels.
+    TupleSpace,
+}
+
+impl SimService {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimService::Kv => "kv",
+            SimService::TupleSpace => "tuplespace",
+        }
+    }
+}
+
+impl std::str::FromStr for SimService {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "kv" => Ok(SimService::Kv),
+            "tuplespace" => Ok(SimService::TupleSpace),
+            other => Err(format!("unknown service {other} (kv or tuplespace)")),
+        }
+    }
+}
+
+/// One operation a client starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextOp {
+    /// The request's bytes.
+    pub operation: Vec<u8>,
+    /// The client stops waiting for it after this long, if it is still outstanding, and
+    /// sends [`Workload::give_up`]'s operation (for a request the service may keep
+    /// waiting). `None`: it waits as long as it takes.
+    pub patience_us: Option<u64>,
+}
+
+/// One client operation of a run, completed or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The client's index.
+    pub client: usize,
+    /// Its client id.
+    pub client_id: u64,
+    /// The request's sequence number.
+    pub sequence: u64,
+    /// Invocation time (µs).
+    pub invoked_us: u64,
+    /// Completion time (µs); None if the client never saw it complete.
+    pub completed_us: Option<u64>,
+    /// The request's bytes.
+    pub operation: Vec<u8>,
+    /// The result the client accepted (f+1 matching replies).
+    pub result: Option<Vec<u8>>,
+    /// When it completed, the highest agreement that f+1 disks held (a disk replaced or
+    /// lost in a crash of all counts as holding: it is one of the f the promise may
+    /// lose; a client may have counted a reply its replica sent before its disk was
+    /// lost).
+    pub confirmed_at_completion: Option<u64>,
+}
+
+/// What the correct replicas agreed, for a workload's check at the end of a run.
+#[derive(Debug)]
+pub struct Agreed<'a> {
+    /// Each agreement's batch (from 1 up, as the surviving correct replicas decided it).
+    pub batches: &'a BTreeMap<u64, Arc<Batch>>,
+    /// The service's state digest after an agreement, as correct replicas executed it
+    /// (agreements executed only in replays after restarts are missing).
+    pub digests: &'a BTreeMap<u64, [u8; 32]>,
+}
+
+/// A simulated service: the replicated [`Service`], what its clients do, and the check
+/// of their history. The simulator runs any; [`SimService`] names those `dura-sim` runs.
+pub trait Workload: Sized {
+    /// The replicated service.
+    type Service: Service;
+    /// A fresh service (a new replica's state, or the one a checkpoint installs into).
+    fn service() -> Self::Service;
+    /// The workload of the run of `config`.
+    fn new(config: &SimConfig) -> Self;
+    /// The next operation of `client`, drawn from `rng` (the run's stream).
+    fn next_op(&mut self, client: usize, rng: &mut Rng) -> NextOp;
+    /// What `client` sends after giving up waiting for its request `sequence`.
+    fn give_up(&mut self, client: usize, sequence: u64) -> Vec<u8>;
+    /// A request the service executed twice, if it can tell.
+    fn executed_twice(_service: &Self::Service) -> Option<(u64, u64)> {
+        None
+    }
+    /// Checks the clients' history (linearizability and whatever else the service
+    /// promises) against what the replicas agreed. `Err` says why not; `Ok` counts what
+    /// the run exercised, by name, for the report.
+    fn check(
+        &self,
+        history: &[HistoryEntry],
+        agreed: &Agreed<'_>,
+    ) -> Result<Vec<(&'static str, u64)>, String>;
+}
 
 /// Client ids start here (client `i` has id `CLIENT_ID_BASE + i`).
 pub const CLIENT_ID_BASE: u64 = 1000;
@@ -184,6 +289,8 @@ pub struct SimConfig {
     /// disk is replaced: at its planned restart it takes the state from its peers by
     /// state transfer first ([`transfer`]).
     pub wiped: Option<ReplicaId>,
+    /// The replicated service and its workload.
+    pub service: SimService,
 }
 
 /// Checkpoints in a simulated run: each replica writes them into its own simulated
@@ -254,6 +361,7 @@ impl SimConfig {
             total_crash: None,
             checkpoints: None,
             wiped: None,
+            service: SimService::Kv,
         }
     }
 
@@ -523,6 +631,8 @@ pub struct SimReport {
     pub state_transfer_needed: u64,
     /// Disks lost for good in a crash of every replica.
     pub lost_disks: u64,
+    /// What the service's workload exercised, by name ([`Workload::check`]).
+    pub service_counts: Vec<(&'static str, u64)>,
 }
 
 /// A violated property.
@@ -569,6 +679,11 @@ enum Ev {
     ClientNext {
         client: usize,
     },
+    /// The client stops waiting for its request `sequence`, if still outstanding.
+    ClientGiveUp {
+        client: usize,
+        sequence: u64,
+    },
     Crash {
         id: ReplicaId,
     },
@@ -596,15 +711,15 @@ enum Ev {
 }
 
 /// A checkpoint whose view was taken and whose write is scheduled.
-struct PendingCheckpoint {
+struct PendingCheckpoint<W: Workload> {
     agreement_id: u64,
     ordered_requests: u64,
-    view: ExecutorView<KvModelView>,
+    view: ExecutorView<<W::Service as Service>::View>,
 }
 
-struct ReplicaNode {
+struct ReplicaNode<W: Workload> {
     core: Option<Replica>,
-    executor: Executor<KvModel>,
+    executor: Executor<W::Service>,
     coordinator: Coordinator,
     /// The replica's disk (survives crashes; rebooted at each crash).
     disk: SimStorage,
@@ -632,7 +747,7 @@ struct ReplicaNode {
     /// sync).
     checkpoint_dir: SimDir,
     /// The checkpoint being written (its view taken), if any.
-    checkpoint_pending: Option<PendingCheckpoint>,
+    checkpoint_pending: Option<PendingCheckpoint<W>>,
     /// The newest checkpoint written durably (0: none), for the release check.
     checkpoint_durable: u64,
     /// Its disk was lost in a crash of every replica: it never runs again.
@@ -656,7 +771,7 @@ struct ReplicaNode {
     paused_core: Option<Replica>,
 }
 
-impl ReplicaNode {
+impl<W: Workload> ReplicaNode<W> {
     /// The highest agreement its disk holds for sure.
     fn logged_max(&self) -> u64 {
         durable_agreement_max(&self.disk).unwrap_or(0).max(self.reopened_with)
@@ -665,22 +780,28 @@ impl ReplicaNode {
 
 struct ClientNode {
     core: Client,
+    /// Its keys (a client that gives up on a request goes on with a new core).
+    keys: ClientKeys,
     timer_generation: u64,
     issued: usize,
     /// (sequence, history index) of the outstanding operation.
     current: Option<(u64, usize)>,
+    /// Requests it gave up waiting for, by sequence: (history index, the authentic
+    /// replies seen since, by replica). A client library that stopped waiting still
+    /// takes an answer that arrives (f+1 matching replies), as the core would have.
+    abandoned: BTreeMap<u64, (usize, BTreeMap<ReplicaId, Vec<u8>>)>,
 }
 
-struct World<'c> {
+struct World<'c, W: Workload> {
     config: &'c SimConfig,
     rng: Rng,
     now_us: u64,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: BTreeMap<u64, Ev>,
     next_event: u64,
-    replicas: Vec<ReplicaNode>,
+    replicas: Vec<ReplicaNode<W>>,
     clients: Vec<ClientNode>,
-    history: Vec<HistoryOp>,
+    history: Vec<HistoryEntry>,
     /// (client id, sequence) -> operation bytes, for validity.
     issued: BTreeMap<(u64, u64), Vec<u8>>,
     decided: BTreeMap<u64, Hash>,
@@ -690,21 +811,31 @@ struct World<'c> {
     /// Agreements holding a request whose client saw it complete.
     accepted: std::collections::BTreeSet<u64>,
     report: SimReport,
-    next_value: u64,
+    workload: W,
+    /// Every agreement's batch as the correct replicas decided it (kept as `decided`).
+    decided_batches: BTreeMap<u64, Arc<Batch>>,
     /// State transfers in progress, by leecher.
-    transfers: BTreeMap<ReplicaId, transfer::Transfer>,
+    transfers: BTreeMap<ReplicaId, transfer::Transfer<W::Service>>,
     /// Each running replica's seeder (reset when it crashes).
     seeders: BTreeMap<ReplicaId, dura_transfer::Seeder>,
 }
 
 /// Runs one simulation; `Ok` if every oracle held.
 pub fn run(config: &SimConfig) -> Result<SimReport, SimFailure> {
+    match config.service {
+        SimService::Kv => run_with::<KvWorkload>(config),
+        SimService::TupleSpace => run_with::<tuplespace::TupleSpaceWorkload>(config),
+    }
+}
+
+/// Runs one simulation of workload `W`; `Ok` if every oracle held.
+pub fn run_with<W: Workload>(config: &SimConfig) -> Result<SimReport, SimFailure> {
     config.protocol.validate().map_err(|error| SimFailure {
         seed: config.seed,
         at_ms: 0,
         reason: format!("bad configuration: {error}"),
     })?;
-    let mut world = World::new(config);
+    let mut world = World::<W>::new(config);
     world.run().map_err(|reason| SimFailure {
         seed: config.seed,
         at_ms: world.now_us / 1000,
@@ -713,7 +844,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimFailure> {
     Ok(world.report.clone())
 }
 
-impl<'c> World<'c> {
+impl<'c, W: Workload> World<'c, W> {
     fn new(config: &'c SimConfig) -> Self {
         let n = config.protocol.n;
         let mut master = [0u8; 32];
@@ -728,7 +859,7 @@ impl<'c> World<'c> {
                 });
                 ReplicaNode {
                     core,
-                    executor: Executor::new(KvModel::default()),
+                    executor: Executor::new(W::service()),
                     coordinator: match config.checkpoint_schedule(id) {
                         Some(schedule) => Coordinator::new(config.log_mode, 0)
                             .with_checkpoints(schedule, CheckpointStart::default()),
@@ -775,9 +906,11 @@ impl<'c> World<'c> {
                     ring.client_keys(CLIENT_ID_BASE + index as u64),
                     1,
                 ),
+                keys: ring.client_keys(CLIENT_ID_BASE + index as u64),
                 timer_generation: 0,
                 issued: 0,
                 current: None,
+                abandoned: BTreeMap::new(),
             })
             .collect();
         Self {
@@ -796,7 +929,8 @@ impl<'c> World<'c> {
             released_in: BTreeMap::new(),
             accepted: std::collections::BTreeSet::new(),
             report: SimReport::default(),
-            next_value: 1,
+            workload: W::new(config),
+            decided_batches: BTreeMap::new(),
             transfers: BTreeMap::new(),
             seeders: BTreeMap::new(),
         }
@@ -949,7 +1083,8 @@ impl<'c> World<'c> {
                 states
             ));
         }
-        check_linearizable(&self.history).map_err(|error| format!("linearizability: {error}"))?;
+        let agreed = Agreed { batches: &self.decided_batches, digests: &self.digests };
+        self.report.service_counts = self.workload.check(&self.history, &agreed)?;
         if let Some((id, _)) = self.transfers.iter().next() {
             return Err(format!(
                 "state transfer: replica {id} is still transferring {} ms after faults stopped; \
@@ -1042,6 +1177,9 @@ impl<'c> World<'c> {
                 }
                 Endpoint::Client(client) => {
                     if let Ok(reply) = Reply::from_bytes(&bytes) {
+                        if !self.clients[client].abandoned.is_empty() {
+                            self.abandoned_reply(client, &reply)?;
+                        }
                         let mut actions = Vec::new();
                         self.clients[client].core.handle(ClientEvent::Reply(reply), &mut actions);
                         self.apply_client_actions(client, actions)?;
@@ -1072,6 +1210,7 @@ impl<'c> World<'c> {
                 Ok(())
             }
             Ev::ClientNext { client } => self.client_next(client),
+            Ev::ClientGiveUp { client, sequence } => self.client_give_up(client, sequence),
             Ev::Crash { id } => {
                 self.crash(id);
                 Ok(())
@@ -1118,7 +1257,7 @@ impl<'c> World<'c> {
                     .replicas
                     .iter()
                     .filter(|node| !node.lost)
-                    .map(ReplicaNode::logged_max)
+                    .map(ReplicaNode::<W>::logged_max)
                     .collect();
                 logged.sort_unstable_by(|a, b| b.cmp(a));
                 let survives = match self.config.protocol.mode {
@@ -1129,6 +1268,7 @@ impl<'c> World<'c> {
                 };
                 let accepted = &self.accepted;
                 self.decided.retain(|id, _| *id <= survives || accepted.contains(id));
+                self.decided_batches.retain(|id, _| *id <= survives || accepted.contains(id));
                 self.digests.retain(|id, _| *id <= survives || accepted.contains(id));
                 Ok(())
             }
@@ -1139,31 +1279,140 @@ impl<'c> World<'c> {
     }
 
     fn client_next(&mut self, client: usize) -> Result<(), String> {
-        let node = &mut self.clients[client];
+        let node = &self.clients[client];
         if node.current.is_some() || node.issued >= self.config.ops_per_client {
             return Ok(());
         }
-        let key = self.rng.range(0, u64::from(self.config.keys.max(1)) - 1) as u8;
-        let op = if self.rng.chance(500) {
-            let value = self.next_value;
-            self.next_value += 1;
-            KvOp::Put { key, value }
-        } else {
-            KvOp::Get { key }
-        };
+        let next = self.workload.next_op(client, &mut self.rng);
+        self.clients[client].issued += 1;
+        let sequence = self.invoke(client, next.operation)?;
+        if let Some(patience_us) = next.patience_us {
+            self.schedule(self.now_us + patience_us, Ev::ClientGiveUp { client, sequence });
+        }
+        Ok(())
+    }
+
+    /// The client invokes `operation` (it must be idle); returns its sequence number.
+    fn invoke(&mut self, client: usize, operation: Vec<u8>) -> Result<u64, String> {
+        let node = &mut self.clients[client];
         let mut actions = Vec::new();
-        let bytes = op.encode();
-        let sequence = node.core.invoke(bytes.clone(), &mut actions).expect("client is idle");
-        node.issued += 1;
+        let sequence = node.core.invoke(operation.clone(), &mut actions).expect("client is idle");
         node.current = Some((sequence, self.history.len()));
-        self.issued.insert((CLIENT_ID_BASE + client as u64, sequence), bytes);
-        self.history.push(HistoryOp {
+        let client_id = CLIENT_ID_BASE + client as u64;
+        self.issued.insert((client_id, sequence), operation.clone());
+        self.history.push(HistoryEntry {
+            client,
+            client_id,
+            sequence,
             invoked_us: self.now_us,
             completed_us: None,
-            op,
+            operation,
             result: None,
+            confirmed_at_completion: None,
         });
-        self.apply_client_actions(client, actions)
+        self.apply_client_actions(client, actions)?;
+        Ok(sequence)
+    }
+
+    /// The client stops waiting for `sequence` (still outstanding): it goes on with a new
+    /// core whose sequence numbers follow, as a client process that moved on, keeps
+    /// listening for the old request's answer, and sends what the workload does after
+    /// giving up (a cancel).
+    fn client_give_up(&mut self, client: usize, sequence: u64) -> Result<(), String> {
+        let node = &mut self.clients[client];
+        let Some((current, index)) = node.current else { return Ok(()) };
+        if current != sequence {
+            return Ok(());
+        }
+        let config = ClientConfig {
+            mode: self.config.protocol.mode,
+            n: self.config.protocol.n,
+            f: self.config.protocol.f,
+            retransmit_timeout_ms: self.config.client_timeout_ms,
+        };
+        let mut core = Client::new(config, node.keys.clone(), sequence + 1);
+        core.learn_regency(node.core.regency_hint());
+        node.core = core;
+        node.timer_generation += 1;
+        node.current = None;
+        node.abandoned.insert(sequence, (index, BTreeMap::new()));
+        if self.config.trace {
+            eprintln!("{:>9} us client {client} GIVES UP on {sequence}", self.now_us);
+        }
+        let operation = self.workload.give_up(client, sequence);
+        self.invoke(client, operation)?;
+        Ok(())
+    }
+
+    /// An authentic reply to a request its client gave up on: f+1 matching ones complete
+    /// it.
+    fn abandoned_reply(&mut self, client: usize, reply: &Reply) -> Result<(), String> {
+        let needed = self.config.protocol.mode.reply_quorum(self.config.protocol.f);
+        let node = &mut self.clients[client];
+        let Some(key) = node.keys.replicas.get(reply.replica as usize) else { return Ok(()) };
+        if reply.client_id != node.keys.client_id || !reply.verify(key) {
+            return Ok(());
+        }
+        let Some((index, replies)) = node.abandoned.get_mut(&reply.sequence) else {
+            return Ok(());
+        };
+        let index = *index;
+        replies.insert(reply.replica, reply.result.clone());
+        if replies.values().filter(|r| **r == reply.result).count() < needed {
+            return Ok(());
+        }
+        node.abandoned.remove(&reply.sequence);
+        self.complete(client, reply.sequence, index, reply.result.clone())
+    }
+
+    /// The client accepted `result` for its request `sequence` (history entry `index`):
+    /// the durability promise is checked and the history records it.
+    fn complete(
+        &mut self,
+        client: usize,
+        sequence: u64,
+        index: usize,
+        result: Vec<u8>,
+    ) -> Result<(), String> {
+        if let Some(&agreement_id) =
+            self.released_in.get(&(CLIENT_ID_BASE + client as u64, sequence))
+        {
+            // The promise of a completed request: f+1 disks hold it, so it
+            // survives a crash of every replica and the loss of any f disks.
+            let holding =
+                self.replicas.iter().filter(|node| node.logged_max() >= agreement_id).count();
+            // A disk already replaced (wiped) is one of the f the promise
+            // allows to lose.
+            let wiped = self
+                .replicas
+                .iter()
+                .filter(|node| node.wiped_done && node.logged_max() < agreement_id)
+                .count();
+            let f = self.config.protocol.f;
+            if holding + wiped <= f {
+                return Err(format!(
+                    "durability: client {client} saw request {sequence} complete while {holding} disks hold its agreement {agreement_id} (f = {f}): losing them loses it"
+                ));
+            }
+            self.accepted.insert(agreement_id);
+        }
+        let mut holds: Vec<u64> = self
+            .replicas
+            .iter()
+            .map(|node| if node.wiped_done || node.lost { u64::MAX } else { node.logged_max() })
+            .collect();
+        holds.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = holds.get(self.config.protocol.f).copied().unwrap_or(0);
+        let entry = &mut self.history[index];
+        entry.confirmed_at_completion = Some(confirmed);
+        if entry.completed_us.is_some() {
+            return Err(format!(
+                "exactly once: client {client} saw request {sequence} complete twice"
+            ));
+        }
+        entry.completed_us = Some(self.now_us);
+        entry.result = Some(result);
+        Ok(())
     }
 
     fn apply_client_actions(
@@ -1203,34 +1452,7 @@ impl<'c> World<'c> {
                     let Some((current, index)) = node.current else { continue };
                     assert_eq!(current, sequence, "the client completes its outstanding request");
                     node.current = None;
-                    if let Some(&agreement_id) =
-                        self.released_in.get(&(CLIENT_ID_BASE + client as u64, sequence))
-                    {
-                        // The promise of a completed request: f+1 disks hold it, so it
-                        // survives a crash of every replica and the loss of any f disks.
-                        let holding = self
-                            .replicas
-                            .iter()
-                            .filter(|node| node.logged_max() >= agreement_id)
-                            .count();
-                        // A disk already replaced (wiped) is one of the f the promise
-                        // allows to lose.
-                        let wiped = self
-                            .replicas
-                            .iter()
-                            .filter(|node| node.wiped_done && node.logged_max() < agreement_id)
-                            .count();
-                        let f = self.config.protocol.f;
-                        if holding + wiped <= f {
-                            return Err(format!(
-                                "durability: client {client} saw request {sequence} complete while {holding} disks hold its agreement {agreement_id} (f = {f}): losing them loses it"
-                            ));
-                        }
-                        self.accepted.insert(agreement_id);
-                    }
-                    let op = &mut self.history[index];
-                    op.completed_us = Some(self.now_us);
-                    op.result = result.as_slice().try_into().ok().map(u64::from_le_bytes);
+                    self.complete(client, sequence, index, result)?;
                     let think = self.rng.range(0, 150_000);
                     self.schedule(self.now_us + think, Ev::ClientNext { client });
                 }
@@ -1328,6 +1550,12 @@ impl<'c> World<'c> {
                     }
                     self.report.suffixes_discarded += 1;
                     if self.replicas[id as usize].byzantine.is_none() {
+                        // Batches only this log brought back (no delivery recorded them)
+                        // leave the agreed order with it.
+                        let decided = &self.decided;
+                        self.decided_batches.retain(|a, _| {
+                            !(confirmed + 1..=logged).contains(a) || decided.contains_key(a)
+                        });
                         // As the runtime: the replica stops, sets its log and checkpoints
                         // aside and comes back through state transfer, like a replaced
                         // disk (its member marker stays).
@@ -1492,6 +1720,8 @@ impl<'c> World<'c> {
                     Some(_) => {}
                     None => {
                         self.decided.insert(decision.agreement_id, decision.hash);
+                        self.decided_batches
+                            .insert(decision.agreement_id, Arc::clone(&decision.batch));
                     }
                 }
                 for request in &decision.batch.requests {
@@ -1576,7 +1806,7 @@ impl<'c> World<'c> {
                     Output::Execute(batch) => {
                         let node = &mut self.replicas[id as usize];
                         let replies = execute_batch(&mut node.executor, &batch);
-                        if let Some(twice) = node.executor.service().executed_twice.first() {
+                        if let Some(twice) = W::executed_twice(node.executor.service()) {
                             return Err(format!(
                                 "validity: replica {id} executed request {twice:?} twice"
                             ));
@@ -1827,7 +2057,7 @@ impl<'c> World<'c> {
             .and_then(|store| {
                 write_checkpoint(
                     &store,
-                    <KvModel as Service>::NAME,
+                    <W::Service as Service>::NAME,
                     pending.agreement_id,
                     pending.ordered_requests,
                     &pending.view,
@@ -1901,16 +2131,31 @@ impl<'c> World<'c> {
         // first group write after it (see `write_group`).
         let (wal, recovered) =
             opened.map_err(|error| format!("replica {id}: log open: {error}"))?;
+        if node.byzantine.is_none() {
+            // A write a crash struck may have landed whole, uncounted when a crash of all
+            // dropped the agreements no disk was known to hold: what a correct replica's
+            // log brings back is part of the agreed order again.
+            for record in &recovered.records {
+                if let Ok(part) = decode_batch(&record.payload)
+                    && part.part_count == 1
+                {
+                    self.decided_batches
+                        .entry(part.agreement_id)
+                        .or_insert_with(|| Arc::new(part.batch));
+                }
+            }
+        }
+        let node = &mut self.replicas[id as usize];
         let store = CheckpointStore::open(node.checkpoint_dir.clone(), StoreOptions::default())
             .map_err(|error| format!("replica {id}: checkpoint store: {error}"))?;
-        let loaded = load_checkpoint(&store, &KvModel::default())
+        let loaded = load_checkpoint(&store, &W::service())
             .map_err(|error| format!("replica {id}: checkpoints: {error}"))?;
         let (mut executor, from) = match loaded {
             Some(loaded) => {
                 self.report.checkpoint_restarts += 1;
                 (loaded.executor, loaded.from)
             }
-            None => (Executor::new(KvModel::default()), FromCheckpoint::default()),
+            None => (Executor::new(W::service()), FromCheckpoint::default()),
         };
         let restored =
             restore(recovered.records.into_iter().map(|r| r.payload), &mut executor, window, from)

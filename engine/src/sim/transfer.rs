@@ -28,7 +28,7 @@ use dura_transfer::{
     StageOutcome, Ticket, Unavailable, Want,
 };
 
-use super::{Byzantine, Ev, World};
+use super::{Byzantine, Ev, Workload, World};
 use crate::checkpoint::{load_checkpoint, write_checkpoint};
 use crate::durability::{DecidedBatch, execute_batch};
 use crate::protocol::ReplicaId;
@@ -39,7 +39,6 @@ use crate::runtime::transfer::{
     read_piece,
 };
 use crate::service::{Executor, Service};
-use crate::sim::kv::KvModel;
 
 /// Simulated time between two leecher ticks (the runtime ticks every 50 ms).
 const TICK_US: u64 = 50_000;
@@ -94,19 +93,19 @@ enum Held {
 }
 
 /// A state staged from a fetched checkpoint (or the genesis) and replayed pieces.
-struct Staged {
-    executor: Executor<KvModel>,
+struct Staged<S> {
+    executor: Executor<S>,
     agreement_id: u64,
     ordered_requests: u64,
 }
 
 /// One replica's state transfer in progress.
-pub(super) struct Transfer {
+pub(super) struct Transfer<S> {
     session: u64,
     leecher: Leecher,
     fetches: BTreeMap<Ticket, (ReplicaId, RoundId, Want)>,
     held: BTreeMap<Ticket, Held>,
-    staged: Option<Staged>,
+    staged: Option<Staged<S>>,
     tick: u64,
     installed: Option<u64>,
 }
@@ -126,7 +125,7 @@ pub(super) enum TransferEv {
     Refused { id: ReplicaId, session: u64, ticket: Ticket, reason: Unavailable },
 }
 
-impl World<'_> {
+impl<W: Workload> World<'_, W> {
     /// Replica `id` (stopped: its core is gone) starts a state transfer.
     pub(super) fn start_transfer(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
@@ -213,13 +212,15 @@ impl World<'_> {
                 self.report.transfer_bytes += received;
                 let outcome = match bytes {
                     None => FetchOutcome::Disconnected,
-                    Some(bytes) => match receive(want, bytes, seed) {
-                        Some((hash, held)) => {
-                            run.held.insert(ticket, held);
-                            FetchOutcome::Received { hash }
+                    Some(bytes) => {
+                        match receive(want, bytes, seed, <W::Service as Service>::NAME) {
+                            Some((hash, held)) => {
+                                run.held.insert(ticket, held);
+                                FetchOutcome::Received { hash }
+                            }
+                            None => FetchOutcome::Malformed,
                         }
-                        None => FetchOutcome::Malformed,
-                    },
+                    }
                 };
                 self.leecher_handle(id, LEvent::Fetched { ticket, outcome })
             }
@@ -240,7 +241,7 @@ impl World<'_> {
         Ok(holdings_of(id, &store, log.as_ref()).last_agreement)
     }
 
-    fn live_transfer(&mut self, id: ReplicaId, session: u64) -> Option<&mut Transfer> {
+    fn live_transfer(&mut self, id: ReplicaId, session: u64) -> Option<&mut Transfer<W::Service>> {
         self.transfers.get_mut(&id).filter(|run| run.session == session)
     }
 
@@ -285,7 +286,7 @@ impl World<'_> {
                 }
                 LAction::Stage { ticket, agreement_id, base } => {
                     run.staged = None;
-                    let outcome = match stage(&run.held, agreement_id, base) {
+                    let outcome = match stage::<W>(&run.held, agreement_id, base) {
                         Some(staged) => {
                             run.staged = Some(staged);
                             StageOutcome::Staged
@@ -341,7 +342,7 @@ impl World<'_> {
                         .map_err(|e| format!("replica {id}: checkpoint store: {e}"))?;
                         write_checkpoint(
                             &store,
-                            <KvModel as Service>::NAME,
+                            <W::Service as Service>::NAME,
                             agreement_id,
                             staged.ordered_requests,
                             &staged.executor.view(),
@@ -605,7 +606,7 @@ fn serve(
 /// The leecher's checks on what arrived, as the runtime's fetch does: a checkpoint is
 /// verified whole (header, chunks, content hash) in a staging directory before anything
 /// decodes it; a piece is decoded and hashed. `None`: malformed.
-fn receive(want: Want, bytes: Vec<u8>, seed: u64) -> Option<(dura_core::Hash, Held)> {
+fn receive(want: Want, bytes: Vec<u8>, seed: u64, name: &str) -> Option<(dura_core::Hash, Held)> {
     match want {
         Want::Checkpoint { agreement_id } => {
             use dura_snapshot::{Dir as _, DirWriter as _};
@@ -614,7 +615,7 @@ fn receive(want: Want, bytes: Vec<u8>, seed: u64) -> Option<(dura_core::Hash, He
             file.write_all(&bytes).ok()?;
             file.sync().ok()?;
             let store = CheckpointStore::open(dir.clone(), StoreOptions::default()).ok()?;
-            let verified = store.verify(agreement_id, <KvModel as Service>::NAME).ok()?;
+            let verified = store.verify(agreement_id, name).ok()?;
             if verified.header.agreement_id != agreement_id {
                 return None;
             }
@@ -630,12 +631,16 @@ fn receive(want: Want, bytes: Vec<u8>, seed: u64) -> Option<(dura_core::Hash, He
 
 /// A staging state from `base`: the genesis, or a held checkpoint whose content hash is
 /// the one the leecher named (checked again before decoding).
-fn stage(held: &BTreeMap<Ticket, Held>, agreement_id: u64, base: StageBase) -> Option<Staged> {
+fn stage<W: Workload>(
+    held: &BTreeMap<Ticket, Held>,
+    agreement_id: u64,
+    base: StageBase,
+) -> Option<Staged<W::Service>> {
     match base {
         StageBase::Genesis => {
             assert_eq!(agreement_id, 0, "the genesis is before agreement 1");
             Some(Staged {
-                executor: Executor::new(KvModel::default()),
+                executor: Executor::new(W::service()),
                 agreement_id: 0,
                 ordered_requests: 0,
             })
@@ -648,7 +653,7 @@ fn stage(held: &BTreeMap<Ticket, Held>, agreement_id: u64, base: StageBase) -> O
             if store.read_header(agreement_id).ok()?.content_sha256 != content_hash {
                 return None;
             }
-            let loaded = load_checkpoint(&store, &KvModel::default()).ok()??;
+            let loaded = load_checkpoint(&store, &W::service()).ok()??;
             (loaded.from.agreement_id == agreement_id).then(|| Staged {
                 executor: loaded.executor,
                 agreement_id,
@@ -660,12 +665,12 @@ fn stage(held: &BTreeMap<Ticket, Held>, agreement_id: u64, base: StageBase) -> O
 
 /// The staged state's checkpoint content hash, computed by the checkpoint writer over a
 /// directory that keeps no bytes, as the runtime's leecher does.
-fn state_hash(staged: &Staged) -> Result<dura_core::Hash, String> {
+fn state_hash<S: Service>(staged: &Staged<S>) -> Result<dura_core::Hash, String> {
     let store = CheckpointStore::open(HashOnlyDir::default(), StoreOptions::default())
         .map_err(|e| format!("hash store: {e}"))?;
     let written = write_checkpoint(
         &store,
-        <KvModel as Service>::NAME,
+        S::NAME,
         staged.agreement_id,
         staged.ordered_requests,
         &staged.executor.view(),

@@ -23,10 +23,9 @@ use dura_engine::runtime::cli::{
     InitArgs, LocalCluster, Unreachable, error_text, run_init, run_local,
 };
 use dura_engine::runtime::{Bootstrap, ClientOptions, ClusterConfig, ReplicaOptions, RuntimeError};
+use dura_ts::{CasOutcome, TsClient, TsError};
 use dura_tuplespace::space::{ALL_LIMIT_MAX, LEASE_MS_MAX};
-use dura_tuplespace::{
-    CasOutcome, Template, TsClient, TsError, Tuple, parse_template, parse_tuple,
-};
+use dura_tuplespace::{Template, Tuple, parse_template, parse_tuple};
 
 /// The exit statuses, for `--help` of dura-ts and of each client command.
 const EXIT_STATUS: &str = "Exit status:
@@ -377,7 +376,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let options =
                 ReplicaOptions { lost_replicas: lost, bootstrap, ..ReplicaOptions::default() };
-            dura_tuplespace::serve_with(&config, id, options)?;
+            dura_ts::serve_with(&config, id, options)?;
             exit::OK
         }
         Command_::Out { target, tuple, lease } => {

@@ -5,7 +5,8 @@ mod common;
 
 use common::{Cluster, stderr, stdout, temp_dir, tuple};
 use dura_engine::runtime::Mode;
-use dura_tuplespace::{Template, TemplateField, TsClient, Tuple};
+use dura_ts::TsClient;
+use dura_tuplespace::{Template, TemplateField, Tuple};
 
 /// Every stored tuple, arity by arity (the space holds nothing past 1024 of one arity
 /// here).

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dura_engine::runtime::{ClientOptions, ClusterConfig, LogMode, Mode};
-use dura_tuplespace::{TsClient, parse_tuple};
+use dura_ts::TsClient;
+use dura_tuplespace::parse_tuple;
 
 /// Bounds every wait of these tests (a cluster start, a client call).
 pub const WAIT_MAX: Duration = Duration::from_secs(60);

@@ -17,7 +17,7 @@
 //! - `s` was answered before the cancel ran (a tuple written meanwhile): the cancel
 //!   answers not found, and the call returns `s`'s tuple. Its answer reaches the
 //!   client as any reply does, or, if it was lost on the way, from the replicas'
-//!   reply cache: the service defers every `rd`/`in` (see [`crate::service`]) and the
+//!   reply cache: the service defers every `rd`/`in` (see [`dura_tuplespace::service`]) and the
 //!   cache keeps a deferred request's answer while the cancel is the client's last
 //!   request; the protocol client retransmits `s` as soon as the cancel completes;
 //! - `s` was never ordered (the cluster was down for the whole timeout): once the
@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use dura_engine::runtime::config::OperationBound;
 use dura_engine::runtime::{Blocking, Client, ClientOptions, ClusterConfig, RuntimeError};
 
-use crate::codec::{Op, Reply, decode_reply, encode_op};
-use crate::tuple::{Template, Tuple};
+use dura_tuplespace::codec::{Op, Reply, decode_reply, encode_op};
+use dura_tuplespace::tuple::{Template, Tuple};
 
 /// How long [`TsClient`] waits, by default, for a blocked request's answer after its
 /// cancel found nothing to cancel (see the module docs).
@@ -61,7 +61,7 @@ pub enum TsError {
     Rejected(String),
     /// A reply that does not decode.
     #[error("undecodable reply: {0}")]
-    Decode(#[from] crate::Error),
+    Decode(#[from] dura_tuplespace::Error),
     /// The replicas answered something that is not a reply to this operation.
     #[error("unexpected reply: {0:?}")]
     UnexpectedReply(Reply),

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{Cluster, stderr, stdout, temp_dir, tuple};
 use dura_engine::runtime::Mode;
-use dura_tuplespace::{TsError, parse_template};
+use dura_ts::TsError;
+use dura_tuplespace::parse_template;
 
 #[test]
 fn a_timed_out_in_is_cancelled_through_ordering_and_takes_nothing_later() {
@@ -85,7 +86,7 @@ fn an_in_still_queued_for_a_session_when_it_times_out_is_withdrawn_unsent() {
         request_timeout: common::WAIT_MAX,
         ..dura_engine::runtime::ClientOptions::new()
     };
-    let client = dura_tuplespace::TsClient::connect_with(&cluster.config, options).expect("client");
+    let client = dura_ts::TsClient::connect_with(&cluster.config, options).expect("client");
     let template = parse_template("('one', *)").expect("template");
     let first =
         client.raw().submit_blocking(dura_tuplespace::encode_op(&dura_tuplespace::Op::In {
