@@ -7,12 +7,11 @@
 //!   canonical state encoding and its SHA-256 digest.
 //! - [`codec`]: the binary encoding of [`Op`]s and [`Reply`]s.
 //! - [`parse`]: the typed syntax a person writes, `('job', 7, *)`.
-//! - [`service`]: the space as a dura `Service`; [`serve_with`] runs a replica of it.
-//! - [`client`]: [`TsClient`], the typed operations against a cluster (with a timeout
-//!   on `rd`/`in` that cancels through ordering).
+//! - [`service`]: the space as a dura `Service` (checkpoint view and installer).
 //!
-//! The core modules (`tuple`, `space`, `codec`, `parse`, `service`) do no I/O; only
-//! `client`, [`serve_with`] and the `dura-ts` binary touch sockets and files.
+//! Nothing here does I/O or depends on the engine: the replica, the client (`TsClient`)
+//! and the `dura-ts` binary are the `dura-ts` crate (`ts/`), and the simulator runs this
+//! state machine as its second service.
 //!
 //! # Semantics
 //!
