@@ -24,9 +24,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dura_engine::runtime::cli::{
-    InitArgs, LocalCluster, Unreachable, error_text, run_init, run_local,
+    InitArgs, LocalArgs, ServeArgs, Unreachable, error_text, run_init,
 };
-use dura_engine::runtime::{Bootstrap, ClientOptions, ClusterConfig, ReplicaOptions, RuntimeError};
+use dura_engine::runtime::{ClientOptions, ClusterConfig, RuntimeError};
 use dura_kvstore::client::value_bytes_max;
 use dura_kvstore::ops::SCAN_LIMIT_MAX;
 use dura_kvstore::{KvClient, KvError};
@@ -54,34 +54,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command_ {
     /// Run one replica until SIGTERM or SIGINT.
-    Serve {
-        /// Cluster config (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// This replica's id.
-        #[arg(long)]
-        id: u32,
-        /// Override the config's log mode (none, async, sync, batched, parallel).
-        #[arg(long)]
-        log_mode: Option<String>,
-        /// Replicas whose disks are lost for good (comma-separated ids, at most f): after
-        /// a crash of every replica, this start's recovery does not wait for them, so the
-        /// other n-f resume. Give it to each replica restarted then. A lost replica comes
-        /// back only with an empty data dir, once no running replica names it here.
-        #[arg(long, value_delimiter = ',')]
-        lost: Vec<u32>,
-        /// The first start of a new cluster: with no state of its own, begin empty when
-        /// no replica that answers holds a state or has been a member. Without it (or
-        /// --force-new-cluster) a replica without a state only joins an existing
-        /// cluster, and refuses to start when no replica holds a state.
-        #[arg(long, conflicts_with = "force_new_cluster")]
-        new_cluster: bool,
-        /// Begin an EMPTY cluster even though its replicas were members and lost their
-        /// state (every data dir lost): what the cluster decided is gone. A replica
-        /// that holds a state is still transferred from, never replaced.
-        #[arg(long)]
-        force_new_cluster: bool,
-    },
+    Serve(ServeArgs),
     /// Store VALUE under KEY. VALUE `-` reads the value from stdin; --value-file reads
     /// it from a file. Values up to the cluster's bound are accepted (several MiB with
     /// the default config); a longer one is refused before anything is sent, with the
@@ -151,20 +124,7 @@ enum Command_ {
     Init(InitArgs),
     /// Write a local cluster config (fresh random keys, or the keys of the config
     /// already in DIR) into DIR and run its replicas as child processes until Ctrl-C.
-    Local {
-        /// Directory for the config and the replicas' data.
-        #[arg(long)]
-        dir: PathBuf,
-        /// bft (4 replicas) or crash (3 replicas).
-        #[arg(long, default_value = "bft")]
-        mode: String,
-        /// none, async, sync, batched or parallel.
-        #[arg(long, default_value = "parallel")]
-        log_mode: String,
-        /// TLS on every connection, with a fresh CA and certificates in DIR/tls.
-        #[arg(long)]
-        tls: bool,
-    },
+    Local(LocalArgs),
 }
 
 /// Which cluster a client command talks to.
@@ -283,19 +243,9 @@ fn read_value(
 /// Runs one command; the exit status for an outcome that is not an error.
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command_::Serve { config, id, log_mode, lost, new_cluster, force_new_cluster } => {
-            let mut config = ClusterConfig::load(&config)?;
-            if let Some(mode) = log_mode {
-                config.log_mode = mode.parse()?;
-            }
-            let bootstrap = match (new_cluster, force_new_cluster) {
-                (_, true) => Bootstrap::ForceNew,
-                (true, false) => Bootstrap::New,
-                (false, false) => Bootstrap::Existing,
-            };
-            let options =
-                ReplicaOptions { lost_replicas: lost, bootstrap, ..ReplicaOptions::default() };
-            dura_kvstore::serve_with(&config, id, options)?;
+        Command_::Serve(args) => {
+            let (config, options) = args.load()?;
+            dura_kvstore::serve_with(&config, args.id, options)?;
         }
         Command_::Put { target, key, value, value_file } => {
             let config = load(&target)?;
@@ -379,14 +329,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command_::Init(args) => run_init(args, "dura-kv")?,
-        Command_::Local { dir, mode, log_mode, tls } => run_local(LocalCluster {
-            dir: &dir,
-            mode: mode.parse()?,
-            log_mode: log_mode.parse()?,
-            exe: std::env::current_exe().context("find the dura-kv binary")?,
-            try_args: ("put", "hello world"),
-            tls,
-        })?,
+        Command_::Local(args) => args.run("dura-kv", ("put", "hello world"))?,
     }
     Ok(exit::OK)
 }

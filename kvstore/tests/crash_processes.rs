@@ -625,16 +625,7 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
 /// only this replica logged, as when it alone logged before a crash of every replica.
 fn log_a_decision_alone(config: &ClusterConfig, id: u32, agreement: u64, key: &[u8]) {
     use dura_engine::runtime::durability::LogBackend;
-    let wal_dir = config.replicas[id as usize].data_dir.join("log/wal");
-    let options = dura_wal::WalOptions {
-        mode: config.wal_durability_mode().expect("a durable mode"),
-        trust_dsync: config.wal_trust_dsync,
-        segment_bytes: u64::from(config.wal_segment_mib) << 20,
-        preallocate: config.wal_preallocate.parse().expect("a valid setting"),
-        ..dura_wal::WalOptions::default()
-    };
-    let (mut log, records) =
-        dura_engine::runtime::filelog::WalLog::open(&wal_dir, options).expect("open the log");
+    let (mut log, records) = open_log(config, id);
     let last = records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0);
     assert_eq!(last + 1, agreement, "replica {id} logged up to {last}");
     let operation = dura_kvstore::KvOp::Put { key, value: b"never acknowledged" }
@@ -651,8 +642,12 @@ fn log_a_decision_alone(config: &ClusterConfig, id: u32, agreement: u64, key: &[
     log.sync().expect("sync");
 }
 
-/// The highest agreement in replica `id`'s log (its process stopped).
-fn logged_up_to(config: &ClusterConfig, id: u32) -> u64 {
+/// Replica `id`'s log (its process stopped), opened as the replica opens it, with the
+/// records it holds.
+fn open_log(
+    config: &ClusterConfig,
+    id: u32,
+) -> (dura_engine::runtime::filelog::WalLog, Vec<dura_engine::runtime::filelog::LogRecord>) {
     let wal_dir = config.replicas[id as usize].data_dir.join("log/wal");
     let options = dura_wal::WalOptions {
         mode: config.wal_durability_mode().expect("a durable mode"),
@@ -661,8 +656,12 @@ fn logged_up_to(config: &ClusterConfig, id: u32) -> u64 {
         preallocate: config.wal_preallocate.parse().expect("a valid setting"),
         ..dura_wal::WalOptions::default()
     };
-    let (_log, records) =
-        dura_engine::runtime::filelog::WalLog::open(&wal_dir, options).expect("open the log");
+    dura_engine::runtime::filelog::WalLog::open(&wal_dir, options).expect("open the log")
+}
+
+/// The highest agreement in replica `id`'s log (its process stopped).
+fn logged_up_to(config: &ClusterConfig, id: u32) -> u64 {
+    let (_log, records) = open_log(config, id);
     records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0)
 }
 

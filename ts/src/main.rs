@@ -20,9 +20,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dura_engine::runtime::cli::{
-    InitArgs, LocalCluster, Unreachable, error_text, run_init, run_local,
+    InitArgs, LocalArgs, ServeArgs, Unreachable, error_text, run_init,
 };
-use dura_engine::runtime::{Bootstrap, ClientOptions, ClusterConfig, ReplicaOptions, RuntimeError};
+use dura_engine::runtime::{ClientOptions, ClusterConfig, RuntimeError};
 use dura_ts::{CasOutcome, TsClient, TsError};
 use dura_tuplespace::space::{ALL_LIMIT_MAX, LEASE_MS_MAX};
 use dura_tuplespace::{Template, Tuple, parse_template, parse_tuple};
@@ -57,29 +57,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command_ {
     /// Run one replica until SIGTERM or SIGINT.
-    Serve {
-        /// Cluster config (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// This replica's id.
-        #[arg(long)]
-        id: u32,
-        /// Override the config's log mode (none, async, sync, batched, parallel).
-        #[arg(long)]
-        log_mode: Option<String>,
-        /// Replicas whose disks are lost for good (comma-separated ids, at most f); see
-        /// `dura-kv serve --help`.
-        #[arg(long, value_delimiter = ',')]
-        lost: Vec<u32>,
-        /// The first start of a new cluster: with no state of its own, begin empty when
-        /// no replica that answers holds a state or has been a member.
-        #[arg(long, conflicts_with = "force_new_cluster")]
-        new_cluster: bool,
-        /// Begin an EMPTY cluster even though its replicas were members and lost their
-        /// state: what the cluster decided is gone.
-        #[arg(long)]
-        force_new_cluster: bool,
-    },
+    Serve(ServeArgs),
     /// Write TUPLE, e.g. "('job', 7, 'resize')". With --lease-ms it is removed that
     /// long after the write (by the cluster's agreed time).
     #[command(after_help = EXIT_STATUS)]
@@ -186,20 +164,7 @@ enum Command_ {
     Init(InitArgs),
     /// Write a local cluster config (fresh random keys, or the keys of the config
     /// already in DIR) into DIR and run its replicas as child processes until Ctrl-C.
-    Local {
-        /// Directory for the config and the replicas' data.
-        #[arg(long)]
-        dir: PathBuf,
-        /// bft (4 replicas) or crash (3 replicas).
-        #[arg(long, default_value = "bft")]
-        mode: String,
-        /// none, async, sync, batched or parallel.
-        #[arg(long, default_value = "parallel")]
-        log_mode: String,
-        /// TLS on every connection, with a fresh CA and certificates in DIR/tls.
-        #[arg(long)]
-        tls: bool,
-    },
+    Local(LocalArgs),
 }
 
 /// Which cluster a client command talks to.
@@ -364,19 +329,9 @@ fn print_found(tuple: Option<Tuple>) -> i32 {
 fn run(cli: Cli) -> Result<i32> {
     // Every argument is checked before anything is sent.
     Ok(match cli.command {
-        Command_::Serve { config, id, log_mode, lost, new_cluster, force_new_cluster } => {
-            let mut config = ClusterConfig::load(&config)?;
-            if let Some(mode) = log_mode {
-                config.log_mode = mode.parse()?;
-            }
-            let bootstrap = match (new_cluster, force_new_cluster) {
-                (_, true) => Bootstrap::ForceNew,
-                (true, false) => Bootstrap::New,
-                (false, false) => Bootstrap::Existing,
-            };
-            let options =
-                ReplicaOptions { lost_replicas: lost, bootstrap, ..ReplicaOptions::default() };
-            dura_ts::serve_with(&config, id, options)?;
+        Command_::Serve(args) => {
+            let (config, options) = args.load()?;
+            dura_ts::serve_with(&config, args.id, options)?;
             exit::OK
         }
         Command_::Out { target, tuple, lease } => {
@@ -448,15 +403,8 @@ fn run(cli: Cli) -> Result<i32> {
             run_init(args, "dura-ts")?;
             exit::OK
         }
-        Command_::Local { dir, mode, log_mode, tls } => {
-            run_local(LocalCluster {
-                dir: &dir,
-                mode: mode.parse()?,
-                log_mode: log_mode.parse()?,
-                exe: std::env::current_exe().context("find the dura-ts binary")?,
-                try_args: ("out", "\"('hello', 1)\""),
-                tls,
-            })?;
+        Command_::Local(args) => {
+            args.run("dura-ts", ("out", "\"('hello', 1)\""))?;
             exit::OK
         }
     })

@@ -28,6 +28,90 @@ pub fn error_text(error: &anyhow::Error) -> String {
     text
 }
 
+/// The flags of `serve`, the same in every service binary.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Cluster config (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// This replica's id.
+    #[arg(long)]
+    pub id: u32,
+    /// Override the config's log mode (none, async, sync, batched, parallel).
+    #[arg(long)]
+    pub log_mode: Option<String>,
+    /// Replicas whose disks are lost for good (comma-separated ids, at most f): after
+    /// a crash of every replica, this start's recovery does not wait for them, so the
+    /// other n-f resume. Give it to each replica restarted then. A lost replica comes
+    /// back only with an empty data dir, once no running replica names it here.
+    #[arg(long, value_delimiter = ',')]
+    pub lost: Vec<u32>,
+    /// The first start of a new cluster: with no state of its own, begin empty when
+    /// no replica that answers holds a state or has been a member. Without it (or
+    /// --force-new-cluster) a replica without a state only joins an existing
+    /// cluster, and refuses to start when no replica holds a state.
+    #[arg(long, conflicts_with = "force_new_cluster")]
+    pub new_cluster: bool,
+    /// Begin an EMPTY cluster even though its replicas were members and lost their
+    /// state (every data dir lost): what the cluster decided is gone. A replica
+    /// that holds a state is still transferred from, never replaced.
+    #[arg(long)]
+    pub force_new_cluster: bool,
+}
+
+impl ServeArgs {
+    /// The cluster config (with the log mode given) and this start's replica options.
+    pub fn load(&self) -> Result<(ClusterConfig, super::ReplicaOptions)> {
+        let mut config = ClusterConfig::load(&self.config)?;
+        if let Some(mode) = &self.log_mode {
+            config.log_mode = mode.parse()?;
+        }
+        let bootstrap = match (self.new_cluster, self.force_new_cluster) {
+            (_, true) => super::Bootstrap::ForceNew,
+            (true, false) => super::Bootstrap::New,
+            (false, false) => super::Bootstrap::Existing,
+        };
+        let options = super::ReplicaOptions {
+            lost_replicas: self.lost.clone(),
+            bootstrap,
+            ..super::ReplicaOptions::default()
+        };
+        Ok((config, options))
+    }
+}
+
+/// The flags of `local`, the same in every service binary.
+#[derive(clap::Args, Debug)]
+pub struct LocalArgs {
+    /// Directory for the config and the replicas' data.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// bft (4 replicas) or crash (3 replicas).
+    #[arg(long, default_value = "bft")]
+    pub mode: String,
+    /// none, async, sync, batched or parallel.
+    #[arg(long, default_value = "parallel")]
+    pub log_mode: String,
+    /// TLS on every connection, with a fresh CA and certificates in DIR/tls.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+impl LocalArgs {
+    /// Runs the local cluster with this binary (`binary` names it in errors) as every
+    /// replica; `try_args` is what the banner suggests trying (see [`LocalCluster`]).
+    pub fn run(&self, binary: &str, try_args: (&str, &str)) -> Result<()> {
+        run_local(LocalCluster {
+            dir: &self.dir,
+            mode: self.mode.parse()?,
+            log_mode: self.log_mode.parse()?,
+            exe: std::env::current_exe().with_context(|| format!("find the {binary} binary"))?,
+            try_args,
+            tls: self.tls,
+        })
+    }
+}
+
 /// The cluster cannot answer: fewer replicas accept a connection than a reply needs.
 #[derive(Debug, thiserror::Error)]
 #[error(
