@@ -365,6 +365,27 @@ fn no_replica_diverges_after_a_crash_of_every_replica_in_bft_mode() {
     assert!(discarded >= 3, "the seeds that diverged discard instead ({discarded})");
 }
 
+/// More than f replicas crash, and the others decide anew an agreement that a replica
+/// not among them logged or still holds (ARCHITECTURE.md, "votes are not persisted").
+/// Seeds 23364 and 26754 of `dura-sim --mode bft --replicas 4 --total-crash`: a replica
+/// restarts after the others resumed without it, keeps its last agreement and diverges.
+/// Seeds 31112 and 33466: every replica crashes one after another, not at once (so no
+/// crash of all is declared), and the one that alone logged an agreement keeps it. Now a
+/// restarting replica asks its peers which batch they decided at its last agreement and
+/// gives it up when f+1 decided another one, and a running replica gives up a decision
+/// once f+1 peers accept another batch there; the simulator's oracle lets the cluster
+/// decide such an agreement anew only after more than f replicas forgot their votes, and
+/// fails a replica that delivers anything more while it holds the old one.
+#[test]
+fn a_replica_holding_an_agreement_the_others_decided_anew_gives_it_up() {
+    let mut discarded = 0;
+    for seed in [23364, 26754, 31112, 33466] {
+        let config = SimConfig::random_with_total_crash(Mode::Bft, 4, seed);
+        discarded += must_pass(&config).suffixes_discarded;
+    }
+    assert!(discarded >= 2, "the replicas that diverged give their agreements up ({discarded})");
+}
+
 /// A BFT cluster with one Byzantine replica (as seeder: each of the drawn seeder faults)
 /// and a replica whose disk is replaced while it is down: the wiped replica takes the
 /// state by state transfer (the real dura-transfer leecher and seeders over the

@@ -144,7 +144,7 @@ fn messages() -> Vec<Message> {
         Message::Sync { regency: 3, agreement_id: 5, members: vec![(1, [6; 32])], batch: value },
         Message::Fetch { from: 1, to: 9 },
         Message::Decided { agreement_id: 3, batch: Arc::new(batch(3, 1)) },
-        Message::StatusQuery { nonce: 8 },
+        Message::StatusQuery { nonce: 8, last_decided: 4 },
         Message::Status {
             nonce: 8,
             last_decided: 4,
@@ -153,6 +153,7 @@ fn messages() -> Vec<Message> {
             recovering: true,
             incarnation: 9,
             vouch: Some(dura_engine::protocol::message::Vouch { floor: 3, regency_min: 2 }),
+            asked_hash: Some([7; 32]),
         },
         Message::Gone { first_held: 7 },
     ]

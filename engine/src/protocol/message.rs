@@ -199,6 +199,10 @@ pub enum Message {
     StatusQuery {
         /// Echoed in the answer.
         nonce: u64,
+        /// The asker's last decided (logged) agreement: the answer says which batch the
+        /// sender decided there, so that the asker can tell whether what it logged is
+        /// what the others decided (BFT, recovery after more than f crashes).
+        last_decided: u64,
     },
     /// Answer to [`Message::StatusQuery`].
     Status {
@@ -220,6 +224,10 @@ pub enum Message {
         /// vote cast, when the sender resumed after a crash of every replica (see
         /// [`Vouch`]).
         vouch: Option<Vouch>,
+        /// The hash of the batch the sender decided at the query's `last_decided`, when
+        /// it decided that agreement and still holds it in its catch-up window (None in
+        /// heartbeats, and for agreement 0).
+        asked_hash: Option<Hash>,
     },
 }
 
@@ -300,9 +308,10 @@ impl Message {
                 w.push(TAG_GONE);
                 put_u64(w, *first_held);
             }
-            Message::StatusQuery { nonce } => {
+            Message::StatusQuery { nonce, last_decided } => {
                 w.push(TAG_STATUS_QUERY);
                 put_u64(w, *nonce);
+                put_u64(w, *last_decided);
             }
             Message::Status {
                 nonce,
@@ -312,6 +321,7 @@ impl Message {
                 recovering,
                 incarnation,
                 vouch,
+                asked_hash,
             } => {
                 w.push(TAG_STATUS);
                 put_u64(w, *nonce);
@@ -326,6 +336,13 @@ impl Message {
                         w.push(1);
                         put_u64(w, *floor);
                         put_u64(w, *regency_min);
+                    }
+                }
+                match asked_hash {
+                    None => w.push(0),
+                    Some(hash) => {
+                        w.push(1);
+                        w.extend_from_slice(hash);
                     }
                 }
             }
@@ -386,7 +403,7 @@ impl Message {
                 batch: Arc::new(Batch::decode_from(&mut r)?),
             },
             TAG_GONE => Message::Gone { first_held: r.u64()? },
-            TAG_STATUS_QUERY => Message::StatusQuery { nonce: r.u64()? },
+            TAG_STATUS_QUERY => Message::StatusQuery { nonce: r.u64()?, last_decided: r.u64()? },
             TAG_STATUS => Message::Status {
                 nonce: r.u64()?,
                 last_decided: r.u64()?,
@@ -398,6 +415,7 @@ impl Message {
                     false => None,
                     true => Some(Vouch { floor: r.u64()?, regency_min: r.u64()? }),
                 },
+                asked_hash: if r.flag()? { Some(r.array32()?) } else { None },
             },
             _ => return Err(r.error().into()),
         };
@@ -452,7 +470,7 @@ mod tests {
             Message::Fetch { from: 15, to: 16 },
             Message::Decided { agreement_id: 17, batch },
             Message::Gone { first_held: 23 },
-            Message::StatusQuery { nonce: 18 },
+            Message::StatusQuery { nonce: 18, last_decided: 26 },
             Message::Status {
                 nonce: 19,
                 last_decided: 20,
@@ -461,6 +479,7 @@ mod tests {
                 recovering: true,
                 incarnation: 23,
                 vouch: Some(Vouch { floor: 24, regency_min: 25 }),
+                asked_hash: Some([3; 32]),
             },
             Message::Status {
                 nonce: 19,
@@ -470,6 +489,7 @@ mod tests {
                 recovering: false,
                 incarnation: 0,
                 vouch: None,
+                asked_hash: None,
             },
         ]
     }

@@ -360,15 +360,19 @@ pub enum Action {
         /// The lowest first-held agreement among the answers.
         first_held: u64,
     },
-    /// BFT mode, after a crash of every replica: this replica logged agreements above
-    /// `confirmed`, the highest agreement that f+1 of the recovering replicas logged.
-    /// Votes are not persisted, so the cluster may decide those agreements anew with
-    /// other values, and no client saw them complete (a reply needs f+1 replicas to log
-    /// its request). The replica must not keep them: the host stops this core, sets the
-    /// log and checkpoints aside (kept for inspection) and restarts the replica through
-    /// state transfer, as one that lost its disk. The core does nothing more.
+    /// BFT mode, after more than f replicas crashed: this replica decided (and logged)
+    /// agreements that it cannot show f other replicas decided the same way: above
+    /// what f+1 of the recovering replicas logged after a crash of every replica, or at
+    /// a last agreement for which f of its peers report no batch, or another one (the
+    /// others resumed without it after a crash of all). Votes are not persisted, so the
+    /// cluster may decide those agreements anew with other values, and no client saw
+    /// them complete unless f+1 other replicas logged them (a reply needs f+1 replicas
+    /// to log its request). The replica must not keep them: the host stops this core,
+    /// sets the log and checkpoints aside (kept for inspection) and restarts the replica
+    /// through state transfer, as one that lost its disk. The core does nothing more.
     DiscardUnconfirmed {
-        /// The highest agreement f+1 recovering replicas logged.
+        /// Below `logged`, the highest agreement f+1 of the answers held (informational:
+        /// what this replica's own copy adds is given up from `confirmed + 1` on).
         confirmed: u64,
         /// What this replica logged.
         logged: u64,

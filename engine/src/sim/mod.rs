@@ -43,7 +43,7 @@ pub mod transfer;
 pub mod tuplespace;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use dura_wal::sim::{SimFaults, SimStorage, durable_agreement_max};
@@ -769,7 +769,19 @@ struct ReplicaNode<W: Workload> {
     /// Its protocol core while it transfers state after falling behind every window (the
     /// process lives on; a crash loses it).
     paused_core: Option<Replica>,
+    /// When it last lost its memory (a crash, not a stop for state transfer), in us.
+    forgot_at_us: u64,
+    /// Its latest deliveries (agreement, hash), at most `RECENT_DELIVERIES_MAX`; emptied
+    /// when its disk is replaced.
+    recent_delivered: VecDeque<(u64, Hash)>,
+    /// BFT: an agreement it delivered that the cluster decided anew, otherwise, after
+    /// more than f replicas crashed: it must give it up (`Action::DiscardUnconfirmed`)
+    /// before it delivers anything more.
+    orphaned: Option<u64>,
 }
+
+/// Deliveries each simulated replica remembers for the agreement oracle.
+const RECENT_DELIVERIES_MAX: usize = 512;
 
 impl<W: Workload> ReplicaNode<W> {
     /// The highest agreement its disk holds for sure.
@@ -805,6 +817,8 @@ struct World<'c, W: Workload> {
     /// (client id, sequence) -> operation bytes, for validity.
     issued: BTreeMap<(u64, u64), Vec<u8>>,
     decided: BTreeMap<u64, Hash>,
+    /// When each entry of `decided` was first delivered, in us.
+    decided_at_us: BTreeMap<u64, u64>,
     digests: BTreeMap<u64, [u8; 32]>,
     /// (client id, sequence) -> agreement, for every reply a correct replica released.
     released_in: BTreeMap<(u64, u64), u64>,
@@ -889,6 +903,9 @@ impl<'c, W: Workload> World<'c, W> {
                     transfer_attempts: 0,
                     wiped_done: false,
                     paused_core: None,
+                    forgot_at_us: 0,
+                    recent_delivered: VecDeque::new(),
+                    orphaned: None,
                     life: 0,
                 }
             })
@@ -925,6 +942,7 @@ impl<'c, W: Workload> World<'c, W> {
             history: Vec::new(),
             issued: BTreeMap::new(),
             decided: BTreeMap::new(),
+            decided_at_us: BTreeMap::new(),
             digests: BTreeMap::new(),
             released_in: BTreeMap::new(),
             accepted: std::collections::BTreeSet::new(),
@@ -1268,6 +1286,8 @@ impl<'c, W: Workload> World<'c, W> {
                 };
                 let accepted = &self.accepted;
                 self.decided.retain(|id, _| *id <= survives || accepted.contains(id));
+                let decided = &self.decided;
+                self.decided_at_us.retain(|id, _| decided.contains_key(id));
                 self.decided_batches.retain(|id, _| *id <= survives || accepted.contains(id));
                 self.digests.retain(|id, _| *id <= survives || accepted.contains(id));
                 Ok(())
@@ -1541,17 +1561,50 @@ impl<'c, W: Workload> World<'c, W> {
                             confirmed + 1
                         );
                     }
-                    if let Some(seen) = (confirmed + 1..=logged).find(|a| self.accepted.contains(a))
+                    // An agreement a client saw complete must stay on f+1 disks without
+                    // this one.
+                    let f = self.config.protocol.f;
+                    let others_holding = |a: u64| {
+                        self.replicas
+                            .iter()
+                            .enumerate()
+                            .filter(|&(other, node)| {
+                                other != id as usize && !node.lost && node.logged_max() >= a
+                            })
+                            .count()
+                    };
+                    if let Some(seen) = (confirmed + 1..=logged)
+                        .find(|&a| self.accepted.contains(&a) && others_holding(a) <= f)
                     {
                         return Err(format!(
                             "durability: replica {id} discards agreement {seen}, which a client \
-                             saw complete (only agreements up to {confirmed} are on f+1 disks)"
+                             saw complete, while {} other disks hold it (f = {f})",
+                            others_holding(seen)
                         ));
                     }
                     self.report.suffixes_discarded += 1;
                     if self.replicas[id as usize].byzantine.is_none() {
-                        // Batches only this log brought back (no delivery recorded them)
-                        // leave the agreed order with it.
+                        // Decisions of the discarded range that no other correct replica
+                        // running now executed, and no client saw complete, leave the
+                        // agreed order with it: every replica that decided them crashed
+                        // since, and the cluster may decide them anew. (They are not
+                        // forgotten at a crash of all when more than f replicas crash
+                        // one after another instead.)
+                        for a in confirmed + 1..=logged {
+                            let executed_elsewhere =
+                                self.replicas.iter().enumerate().any(|(other, node)| {
+                                    other != id as usize
+                                        && node.byzantine.is_none()
+                                        && node.core.is_some()
+                                        && node.coordinator.last_executed() >= a
+                                });
+                            if !executed_elsewhere && !self.accepted.contains(&a) {
+                                self.decided.remove(&a);
+                                self.decided_at_us.remove(&a);
+                                self.decided_batches.remove(&a);
+                                self.digests.remove(&a);
+                            }
+                        }
                         let decided = &self.decided;
                         self.decided_batches.retain(|a, _| {
                             !(confirmed + 1..=logged).contains(a) || decided.contains_key(a)
@@ -1562,6 +1615,8 @@ impl<'c, W: Workload> World<'c, W> {
                         self.crash_with(id, false);
                         let seed = self.rng.next_u64();
                         let node = &mut self.replicas[id as usize];
+                        node.orphaned = None;
+                        node.recent_delivered.clear();
                         node.disk = SimStorage::new(seed);
                         node.checkpoint_dir = SimDir::new(seed ^ 0xC4EC);
                         node.reopened_with = 0;
@@ -1701,24 +1756,61 @@ impl<'c, W: Workload> World<'c, W> {
                 ));
             }
             node.last_delivered = decision.agreement_id;
+            if node.recent_delivered.len() == RECENT_DELIVERIES_MAX {
+                node.recent_delivered.pop_front();
+            }
+            node.recent_delivered.push_back((decision.agreement_id, decision.hash));
             if decision.regency == 0 && decision.proof.len() < self.config.protocol.quorum() {
                 self.report.fetched_decisions += 1;
             }
             if correct {
+                if let Some(orphan) = self.replicas[id as usize].orphaned {
+                    return Err(format!(
+                        "agreement: replica {id} delivered agreement {} while it holds agreement \
+                         {orphan} as the cluster did not decide it (more than f replicas \
+                         crashed, and the cluster decided it anew): it had to discard it",
+                        decision.agreement_id
+                    ));
+                }
                 match self.decided.get(&decision.agreement_id) {
                     Some(hash) if *hash != decision.hash => {
-                        return Err(format!(
-                            "agreement: replica {id} decided a different batch for agreement {}{}",
-                            decision.agreement_id,
-                            if self.accepted.contains(&decision.agreement_id) {
-                                " (a client saw the first one complete: an acknowledged request is lost)"
-                            } else {
-                                ""
+                        let aid = decision.agreement_id;
+                        if !self.redecided_after_crashes(aid) {
+                            return Err(format!(
+                                "agreement: replica {id} decided a different batch for agreement {aid}{}",
+                                if self.accepted.contains(&aid) {
+                                    " (a client saw the first one complete: an acknowledged request is lost)"
+                                } else {
+                                    ""
+                                }
+                            ));
+                        }
+                        // More than f replicas lost their votes since the first decision,
+                        // which no client saw complete: the cluster may decide it anew,
+                        // and every replica that delivered the first one is orphaned.
+                        let old = *hash;
+                        for (other, node) in self.replicas.iter_mut().enumerate() {
+                            if other != id as usize
+                                && node.byzantine.is_none()
+                                && node.recent_delivered.contains(&(aid, old))
+                            {
+                                node.orphaned = Some(aid);
                             }
-                        ));
+                        }
+                        if self.config.trace {
+                            eprintln!("{:>9} us r{id} REDECIDES agreement {aid}", self.now_us);
+                        }
+                        self.decided.split_off(&aid);
+                        self.decided_at_us.split_off(&aid);
+                        self.decided_batches.split_off(&aid);
+                        self.digests.split_off(&aid);
+                        self.decided.insert(aid, decision.hash);
+                        self.decided_at_us.insert(aid, self.now_us);
+                        self.decided_batches.insert(aid, Arc::clone(&decision.batch));
                     }
                     Some(_) => {}
                     None => {
+                        self.decided_at_us.insert(decision.agreement_id, self.now_us);
                         self.decided.insert(decision.agreement_id, decision.hash);
                         self.decided_batches
                             .insert(decision.agreement_id, Arc::clone(&decision.batch));
@@ -1992,6 +2084,23 @@ impl<'c, W: Workload> World<'c, W> {
         self.crash_with(id, true);
     }
 
+    /// BFT: whether agreement `aid` may be decided anew: no client saw it (or anything
+    /// after it) complete, and the correct replicas that lost their memory (their votes)
+    /// since it was first decided and the Byzantine ones are more than f together.
+    fn redecided_after_crashes(&self, aid: u64) -> bool {
+        if self.config.protocol.mode != Mode::Bft || self.accepted.range(aid..).next().is_some() {
+            return false;
+        }
+        let since = self.decided_at_us.get(&aid).copied().unwrap_or(0);
+        let forgot = self
+            .replicas
+            .iter()
+            .filter(|node| node.byzantine.is_none() && node.forgot_at_us > since)
+            .count();
+        let byzantine = self.replicas.iter().filter(|node| node.byzantine.is_some()).count();
+        forgot + byzantine > self.config.protocol.f
+    }
+
     /// A crash; a write in flight may tear only if `may_tear` (a stop for state
     /// transfer lets it land).
     fn crash_with(&mut self, id: ReplicaId, may_tear: bool) {
@@ -2006,6 +2115,7 @@ impl<'c, W: Workload> World<'c, W> {
         let reboot_seed = self.rng.next_u64();
         let node = &mut self.replicas[id as usize];
         node.core = None;
+        node.forgot_at_us = self.now_us;
         node.life += 1;
         node.crashed_before = true;
         node.timer_generation += 1;
@@ -2175,6 +2285,8 @@ impl<'c, W: Workload> World<'c, W> {
                     .with_checkpoints(schedule, start);
         }
         node.last_delivered = last;
+        // What it delivered past its log died with its memory.
+        node.recent_delivered.retain(|&(agreement_id, _)| agreement_id <= last);
         node.wal = Some(wal);
         Ok(Some(restored))
     }
@@ -2219,10 +2331,11 @@ impl<'c, W: Workload> World<'c, W> {
     fn resume_after_transfer(&mut self, id: ReplicaId) -> Result<(), String> {
         let node = &mut self.replicas[id as usize];
         if let Some(core) = node.paused_core.take() {
-            let crashed_before = node.crashed_before;
+            let (crashed_before, forgot_at_us) = (node.crashed_before, node.forgot_at_us);
             self.crash_with(id, false);
             let node = &mut self.replicas[id as usize];
             node.crashed_before = crashed_before;
+            node.forgot_at_us = forgot_at_us;
             node.paused_core = Some(core);
         }
         self.restart(id)
@@ -2242,6 +2355,8 @@ impl<'c, W: Workload> World<'c, W> {
             node.checkpoint_dir = SimDir::new(seed ^ 0xC4EC);
             node.reopened_with = 0;
             node.checkpoint_durable = 0;
+            node.orphaned = None;
+            node.recent_delivered.clear();
             self.report.disks_wiped += 1;
             if self.config.trace {
                 eprintln!("{:>9} us r{id} DISK WIPED", self.now_us);
@@ -2264,6 +2379,10 @@ impl<'c, W: Workload> World<'c, W> {
         }
         let protocol = self.protocol_config();
         let node = &mut self.replicas[id as usize];
+        if node.orphaned.is_some_and(|a| restored.recovered.last_decided < a) {
+            // What it had to give up died with its memory: its log never held it.
+            node.orphaned = None;
+        }
         if let Some(mut core) = node.paused_core.take() {
             // Back from a state transfer in the same process: the core jumps to the
             // installed state and keeps its votes.
@@ -2348,6 +2467,7 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             vouch: rng
                 .chance(500)
                 .then(|| crate::protocol::Vouch { floor: small(rng), regency_min: small(rng) }),
+            asked_hash: rng.chance(500).then(|| random_hash(rng)),
         },
     }
 }

@@ -392,7 +392,12 @@ impl<W: Workload> World<'_, W> {
                             self.now_us
                         );
                     }
-                    self.replicas[id as usize].transfer_attempts = 0;
+                    let node = &mut self.replicas[id as usize];
+                    node.transfer_attempts = 0;
+                    if transferred && node.orphaned.is_some_and(|a| agreement_id >= a) {
+                        // Its state is its peers' now, past what it had to give up.
+                        node.orphaned = None;
+                    }
                     return self.resume_after_transfer(id);
                 }
                 LAction::Failed { reason, faulty } => {

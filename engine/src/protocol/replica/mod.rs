@@ -147,6 +147,9 @@ const HEARTBEAT_TICKS: u64 = 10;
 /// Nonce of heartbeat STATUS messages (never a recovery query's nonce, which is a
 /// last decided agreement id).
 const HEARTBEAT_NONCE: u64 = u64::MAX;
+/// BFT: (agreement, regency, hash) triples kept while ACCEPTs arrive for a batch other
+/// than the one this replica decided there (see `Replica::conflicting`).
+const CONFLICTS_MAX: usize = 16;
 /// Regency reported by a replica for an agreement it decided: above any real one.
 const DECIDED_REGENCY: u64 = u64::MAX;
 
@@ -224,6 +227,9 @@ struct PeerStatus {
     incarnation: u64,
     /// The peer vouches that this incarnation's lost votes predate its own.
     vouch: Option<Vouch>,
+    /// The hash of the batch the peer decided at this replica's `last_decided` (None:
+    /// it did not decide it, or no longer holds it in its window).
+    asked_hash: Option<Hash>,
 }
 
 /// One decision kept in memory to help lagging peers.
@@ -325,6 +331,11 @@ pub struct Replica {
     /// peer still asks with that nonce, its previous incarnation died before anything
     /// voted since, and this replica tells it so (`vouch` in its status answers).
     vouched: BTreeMap<ReplicaId, u64>,
+    /// BFT: senders of ACCEPTs for an agreement this replica decided, for another batch,
+    /// per (agreement, regency, hash); at most `CONFLICTS_MAX` entries. f+1 of them prove
+    /// that the replicas which decided it with this one forgot their votes in crashes, and
+    /// this replica's decision there is given up.
+    conflicting: BTreeMap<(u64, u64, Hash), Vec<ReplicaId>>,
 }
 
 impl Replica {
@@ -383,6 +394,7 @@ impl Replica {
             leader_heard_tick: 0,
             incarnation: 0,
             vouched: BTreeMap::new(),
+            conflicting: BTreeMap::new(),
         })
     }
 
@@ -390,7 +402,9 @@ impl Replica {
     pub fn start(&mut self, actions: &mut Vec<Action>) {
         actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
         if let Phase::Recovering { nonce } = self.phase {
-            actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+            let last_decided = self.last_decided;
+            actions
+                .push(Action::Broadcast { message: Message::StatusQuery { nonce, last_decided } });
         }
     }
 
@@ -558,8 +572,13 @@ impl Replica {
             Message::Fetch { from: first, to } => self.on_fetch(from, first, to, actions),
             Message::Decided { agreement_id, batch } => self.on_decided(from, agreement_id, batch),
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
-            Message::StatusQuery { nonce } => {
+            Message::StatusQuery { nonce, last_decided: asked } => {
                 let recovering = self.is_recovering() || self.awaiting_vote_regency;
+                let asked_hash = if asked == 0 || asked > self.last_decided {
+                    None
+                } else {
+                    self.window_get(asked).map(|entry| entry.hash)
+                };
                 let message = Message::Status {
                     nonce,
                     last_decided: self.last_decided,
@@ -568,6 +587,7 @@ impl Replica {
                     recovering,
                     incarnation: if recovering { self.incarnation } else { 0 },
                     vouch: self.vouch_for(from, nonce, recovering),
+                    asked_hash,
                 };
                 actions.push(Action::Send { to: from, message });
             }
@@ -579,6 +599,7 @@ impl Replica {
                 recovering,
                 incarnation,
                 vouch,
+                asked_hash,
             } => {
                 let status = PeerStatus {
                     last_decided,
@@ -587,6 +608,7 @@ impl Replica {
                     recovering,
                     incarnation,
                     vouch,
+                    asked_hash,
                 };
                 self.on_status(from, nonce, status, actions)
             }
@@ -597,7 +619,9 @@ impl Replica {
         self.now_tick += 1;
         actions.push(Action::SetTimer { timer: TimerKind::Tick, after_ms: self.config.tick_ms });
         if let Phase::Recovering { nonce } = self.phase {
-            actions.push(Action::Broadcast { message: Message::StatusQuery { nonce } });
+            let last_decided = self.last_decided;
+            actions
+                .push(Action::Broadcast { message: Message::StatusQuery { nonce, last_decided } });
             self.try_finish_recovery(actions);
             return;
         }
@@ -623,6 +647,7 @@ impl Replica {
                     recovering: false,
                     incarnation: 0,
                     vouch: None,
+                    asked_hash: None,
                 },
             });
         }
@@ -741,6 +766,7 @@ mod tests {
             recovering: true,
             incarnation: 0,
             vouch: None,
+            asked_hash: None,
         };
         for from in 1..4 {
             replica.handle(message(from, status(0)), &mut actions);
@@ -751,7 +777,8 @@ mod tests {
         // make the others abstain).
         let answer = |replica: &mut Replica, asker: ReplicaId| {
             let mut actions = Vec::new();
-            replica.handle(message(asker, Message::StatusQuery { nonce: 9 }), &mut actions);
+            let query = Message::StatusQuery { nonce: 9, last_decided: 0 };
+            replica.handle(message(asker, query), &mut actions);
             actions.iter().find_map(|action| match action {
                 Action::Send { to, message: Message::Status { recovering, .. } }
                     if *to == asker =>
@@ -801,6 +828,7 @@ mod tests {
             recovering,
             incarnation,
             vouch,
+            asked_hash: None,
         }
     }
 
@@ -814,7 +842,8 @@ mod tests {
     /// What `replica` answers to a status query from `asker` with `nonce`.
     fn status_answer(replica: &mut Replica, asker: ReplicaId, nonce: u64) -> Message {
         let mut actions = Vec::new();
-        replica.handle(message(asker, Message::StatusQuery { nonce }), &mut actions);
+        replica
+            .handle(message(asker, Message::StatusQuery { nonce, last_decided: 0 }), &mut actions);
         actions
             .into_iter()
             .find_map(|action| match action {
@@ -913,6 +942,114 @@ mod tests {
         replica.handle(message(2, answer(11, 4, 0, true, 31, None)), &mut actions);
         assert!(!actions.iter().any(|a| matches!(a, Action::DiscardUnconfirmed { .. })));
         assert!(!replica.is_recovering());
+    }
+
+    /// Replica `id` restarted with agreements up to `logged` in its log, the last one
+    /// `last`.
+    fn restarted_with_last(
+        config: &Config,
+        ring: &KeyRing,
+        id: ReplicaId,
+        logged: u64,
+        last: &Batch,
+    ) -> Replica {
+        let recovered = Recovered { last_decided: logged, recent: vec![Arc::new(last.clone())] };
+        let keys = ring.replica_keys(id);
+        Replica::restart_with_nonce(config.clone(), keys, recovered, BTreeMap::new(), 11)
+            .expect("valid")
+    }
+
+    /// A running peer's answer to query 11: it decided up to `last_decided`, and
+    /// `asked_hash` at the asker's last agreement.
+    fn running_answer(last_decided: u64, asked_hash: Option<Hash>) -> Message {
+        Message::Status {
+            nonce: 11,
+            last_decided,
+            highest_voted: last_decided,
+            regency: 2,
+            recovering: false,
+            incarnation: 0,
+            vouch: None,
+            asked_hash,
+        }
+    }
+
+    fn discards(actions: &[Action]) -> Vec<&Action> {
+        actions.iter().filter(|a| matches!(a, Action::DiscardUnconfirmed { .. })).collect()
+    }
+
+    #[test]
+    fn bft_replica_whose_last_agreement_its_running_peers_decided_otherwise_discards_it() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], 4);
+        let mine = Batch { timestamp_ms: 1, requests: Vec::new() };
+        let theirs = Batch { timestamp_ms: 2, requests: Vec::new() };
+        // Replica 0 logged agreement 7 and came back late: the others resumed without it
+        // after a crash of all and decided 7 anew, with another batch. By the count of
+        // what they decided they are ahead of it; their batch at 7 tells otherwise.
+        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
+        let mut actions = Vec::new();
+        replica.handle(message(1, running_answer(9, Some(theirs.hash()))), &mut actions);
+        replica.handle(message(2, running_answer(9, Some(theirs.hash()))), &mut actions);
+        assert_eq!(discards(&actions), [&Action::DiscardUnconfirmed { confirmed: 6, logged: 7 }]);
+        // Peers behind it prove nothing (they may decide 7 as it did, and a client may
+        // count its earlier reply with theirs): it resumes, and gives 7 up only if they
+        // decide it otherwise (the next test).
+        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
+        let mut actions = Vec::new();
+        replica.handle(message(1, running_answer(6, None)), &mut actions);
+        replica.handle(message(2, running_answer(6, None)), &mut actions);
+        assert!(discards(&actions).is_empty());
+        assert!(!replica.is_recovering());
+        // Nor does one contradicting answer (f = 1: it may be a Byzantine replica's).
+        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
+        let mut actions = Vec::new();
+        replica.handle(message(1, running_answer(9, Some(theirs.hash()))), &mut actions);
+        replica.handle(message(2, running_answer(7, None)), &mut actions);
+        assert!(discards(&actions).is_empty());
+        assert!(!replica.is_recovering());
+        // The query names the agreement, and a peer answers with its batch there.
+        let mut peer = restarted_with_last(&config, &ring, 1, 7, &theirs);
+        let mut actions = Vec::new();
+        peer.handle(message(0, Message::StatusQuery { nonce: 11, last_decided: 7 }), &mut actions);
+        assert!(actions.iter().any(|action| matches!(action,
+            Action::Send { to: 0, message: Message::Status { asked_hash: Some(hash), .. } }
+                if *hash == theirs.hash())));
+    }
+
+    #[test]
+    fn bft_replica_gives_up_a_decision_that_f_plus_1_peers_accepted_otherwise() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], 4);
+        let mine = Batch { timestamp_ms: 1, requests: Vec::new() };
+        let theirs = Batch { timestamp_ms: 2, requests: Vec::new() };
+        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
+        let mut actions = Vec::new();
+        replica.handle(message(1, running_answer(7, Some(mine.hash()))), &mut actions);
+        replica.handle(message(2, running_answer(7, Some(mine.hash()))), &mut actions);
+        assert!(!replica.is_recovering());
+        actions.clear();
+        let accept =
+            |from, hash| message(from, Message::Accept { regency: 3, agreement_id: 7, hash });
+        // ACCEPTs for its own batch, and a repeated one for another, prove nothing.
+        replica.handle(accept(1, mine.hash()), &mut actions);
+        replica.handle(accept(2, mine.hash()), &mut actions);
+        replica.handle(accept(1, theirs.hash()), &mut actions);
+        replica.handle(accept(1, theirs.hash()), &mut actions);
+        assert!(discards(&actions).is_empty());
+        // f+1 replicas accepted another batch at 7: a correct one did, which it could not
+        // while the replicas that decided 7 with this one remembered their votes.
+        replica.handle(accept(3, theirs.hash()), &mut actions);
+        assert_eq!(discards(&actions), [&Action::DiscardUnconfirmed { confirmed: 6, logged: 7 }]);
+        // Crash mode: the same ACCEPTs change nothing (a crash-mode cluster resumes only
+        // with every replica after a crash of all).
+        let config = Config::crash(1);
+        let ring = KeyRing::new([5; 32], 3);
+        let mut replica = Replica::new(config, ring.replica_keys(0)).expect("valid");
+        let mut actions = Vec::new();
+        replica.handle(accept(1, theirs.hash()), &mut actions);
+        replica.handle(accept(2, theirs.hash()), &mut actions);
+        assert!(discards(&actions).is_empty());
     }
 
     #[test]

@@ -214,6 +214,12 @@ impl Replica {
         actions: &mut Vec<Action>,
     ) {
         if agreement_id <= self.last_decided {
+            if accept {
+                self.note_conflicting_accept(from, regency, agreement_id, hash, actions);
+                if self.discarded {
+                    return;
+                }
+            }
             self.help(from, agreement_id, actions);
             return;
         }
@@ -224,6 +230,42 @@ impl Replica {
                 votes.insert(from, (regency, hash));
             }
         }
+    }
+
+    /// BFT: an ACCEPT for an agreement this replica decided, for another batch. Once f+1
+    /// replicas accepted that batch in one regency, a correct one did: that cannot happen
+    /// while the replicas that accepted this replica's batch remember their votes (the
+    /// leader change forces it), so more than f of them crashed and forgot, and the
+    /// cluster may decide the agreement otherwise. This replica's decision there (and all
+    /// it decided after) is discarded, as after a crash of all
+    /// ([`Action::DiscardUnconfirmed`]), and the replica comes back by transfer. Safe:
+    /// the replicas that logged it keep it, and a client saw it complete only if f+1 did.
+    fn note_conflicting_accept(
+        &mut self,
+        from: ReplicaId,
+        regency: u64,
+        agreement_id: u64,
+        hash: Hash,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.config.mode != Mode::Bft
+            || self.window_get(agreement_id).is_none_or(|entry| entry.hash == hash)
+        {
+            return;
+        }
+        let key = (agreement_id, regency, hash);
+        if !self.conflicting.contains_key(&key) && self.conflicting.len() >= super::CONFLICTS_MAX {
+            self.conflicting.pop_first();
+        }
+        let senders = self.conflicting.entry(key).or_default();
+        if !senders.contains(&from) {
+            senders.push(from);
+        }
+        if senders.len() > self.config.f {
+            self.conflicting.clear();
+            self.discard_suffix(agreement_id - 1, actions);
+        }
+        assert!(self.conflicting.len() <= super::CONFLICTS_MAX);
     }
 
     fn can_vote(&self, regency: u64, agreement_id: u64) -> bool {

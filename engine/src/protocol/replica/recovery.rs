@@ -194,6 +194,18 @@ impl Replica {
         } else if self.statuses.len() < needed {
             return;
         }
+        if self.config.mode == Mode::Bft && !everyone_restarted && self.answers_contradicting() > f
+        {
+            // f+1 peers, one of them correct, decided another batch at this replica's
+            // last agreement: more than f replicas crashed since it logged it (the others
+            // resumed without it after a crash of all), and the cluster decided it anew.
+            // Peers merely behind it prove nothing: it goes on, and gives the agreement
+            // up only if they decide it otherwise (`Replica::conflicting`). Giving up an
+            // agreement that the others decide the same way would not be safe: a client
+            // may count this replica's earlier reply with a later one.
+            self.discard_suffix(self.confirmed_by_answers(), actions);
+            return;
+        }
         let most_decided = self.statuses.values().map(|s| s.last_decided).max().unwrap_or(0);
         let mut regencies: Vec<u64> = self.statuses.values().map(|s| s.regency).collect();
         regencies.sort_unstable_by(|a, b| b.cmp(a));
@@ -210,16 +222,15 @@ impl Replica {
             decided.push(self.last_decided);
             decided.sort_unstable_by(|a, b| b.cmp(a));
             let fetchable = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
-            if self.config.mode == Mode::Bft && self.last_decided > fetchable {
-                // What only this replica (and fewer than f others) logged may be decided
-                // anew with other values: it would diverge. Nothing above `fetchable`
-                // was acknowledged, so it is discarded, with the state it produced.
-                self.discarded = true;
-                self.statuses.clear();
-                actions.push(Action::DiscardUnconfirmed {
-                    confirmed: fetchable,
-                    logged: self.last_decided,
-                });
+            // What only this replica (and fewer than f others) logged may be decided
+            // anew with other values: it would diverge. Nothing above `fetchable` was
+            // acknowledged, so it is discarded, with the state it produced. So is a
+            // batch that f+1 of the others decided otherwise: an earlier crash of all
+            // resumed without this replica.
+            if self.config.mode == Mode::Bft
+                && (self.last_decided > fetchable || self.answers_contradicting() > f)
+            {
+                self.discard_suffix(self.confirmed_by_answers(), actions);
                 return;
             }
             self.vote_floor = self.last_decided.max(fetchable);
@@ -310,6 +321,45 @@ impl Replica {
     fn awaited_after_crash_of_all(&self) -> usize {
         let lost = &self.config.lost_replicas;
         self.config.n - 1 - lost.iter().filter(|&&id| id != self.id).count()
+    }
+
+    /// BFT: how many answers decided another batch than this replica at its last decided
+    /// agreement. An answer that decided that agreement but holds no batch for it any
+    /// more (a restart from a checkpoint taken exactly there, or a window that moved on)
+    /// does not count: this is the limit of the check (ARCHITECTURE.md, "votes are not
+    /// persisted"). With nothing decided, or no batch of its own to compare (the same
+    /// restart from a checkpoint), nothing is compared.
+    fn answers_contradicting(&self) -> usize {
+        let own = self.window.back().filter(|entry| entry.agreement_id == self.last_decided);
+        let Some(own) = own.map(|entry| entry.hash).filter(|_| self.last_decided > 0) else {
+            return 0;
+        };
+        self.statuses.values().filter(|s| s.asked_hash.is_some_and(|h| h != own)).count()
+    }
+
+    /// Ends this incarnation: what it decided above what f+1 replicas hold (as far as the
+    /// answers tell) is given up, with the state built from it; the host sets its log
+    /// and checkpoints aside and brings the replica back by state transfer. Safe: a
+    /// client saw a request complete only once f+1 replicas logged it, so whatever only
+    /// this one and fewer than f others hold was never acknowledged, and whatever more
+    /// hold stays with them.
+    pub(super) fn discard_suffix(&mut self, confirmed: u64, actions: &mut Vec<Action>) {
+        assert!(confirmed < self.last_decided, "something above `confirmed` is discarded");
+        assert_eq!(self.config.mode, Mode::Bft, "crash mode waits for every replica instead");
+        self.discarded = true;
+        self.statuses.clear();
+        actions.push(Action::DiscardUnconfirmed { confirmed, logged: self.last_decided });
+    }
+
+    /// Below this replica's last decided agreement, the highest one that f+1 of the
+    /// recovery answers (this replica included) report decided.
+    fn confirmed_by_answers(&self) -> u64 {
+        let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
+        decided.push(self.last_decided);
+        decided.sort_unstable_by(|a, b| b.cmp(a));
+        let held = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
+        assert!(self.last_decided > 0, "an empty history has nothing to discard");
+        held.min(self.last_decided - 1)
     }
 
     /// True when the highest agreement logged by this replica or any answer is also
