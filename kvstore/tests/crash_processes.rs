@@ -41,6 +41,8 @@ struct Cluster {
     /// Replicas started at least once: only a replica's first start begins the cluster
     /// (`--new-cluster`); a restart must find its state or a peer's.
     started: Vec<bool>,
+    /// Each replica's newest log file (printed when a test fails: CI keeps no files).
+    logs: Vec<Option<PathBuf>>,
 }
 
 impl Cluster {
@@ -65,14 +67,16 @@ impl Cluster {
             children: (0..n).map(|_| None).collect(),
             starts: 0,
             started: vec![false; n as usize],
+            logs: vec![None; n as usize],
         }
     }
 
     fn start(&mut self, id: u32) {
         assert!(self.children[id as usize].is_none(), "replica {id} already runs");
         self.starts += 1;
-        let log = File::create(self.dir.join(format!("replica{id}-{}.log", self.starts)))
-            .expect("log file");
+        let log_path = self.dir.join(format!("replica{id}-{}.log", self.starts));
+        let log = File::create(&log_path).expect("log file");
+        self.logs[id as usize] = Some(log_path);
         let first = !std::mem::replace(&mut self.started[id as usize], true);
         let child = Command::new(env!("CARGO_BIN_EXE_dura-kv"))
             .args(["serve", "--config"])
@@ -175,11 +179,26 @@ impl Cluster {
     }
 }
 
+/// Lines of each replica's newest log printed when a test fails.
+const FAILURE_LOG_LINES: usize = 60;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for child in self.children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if thread::panicking() {
+            for (id, path) in self.logs.iter().enumerate() {
+                let Some(path) = path else { continue };
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let from = lines.len().saturating_sub(FAILURE_LOG_LINES);
+                eprintln!("--- replica {id}: last lines of {}", path.display());
+                for line in &lines[from..] {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }
