@@ -219,7 +219,8 @@ pub enum Output {
         after: u64,
     },
     /// Take a view of the executor now (right after the [`Output::Execute`] of this
-    /// agreement, before any later one) and write it as a checkpoint; report
+    /// agreement, before any later one) and write it as a checkpoint once
+    /// [`Coordinator::checkpoint_may_start`] allows; report
     /// [`Input::CheckpointWritten`] or [`Input::CheckpointFailed`].
     Checkpoint {
         /// The agreement the state is at.
@@ -360,6 +361,17 @@ impl Coordinator {
     /// first).
     pub fn durable_up_to(&self) -> u64 {
         self.durable_up_to
+    }
+
+    /// Whether the host may write the checkpoint of `agreement_id` (asked for by
+    /// [`Output::Checkpoint`], its view already taken) now: in the durable modes only once
+    /// the log is durable at that agreement, so that a replica restarting from the
+    /// checkpoint still has the agreement's batch in its log (to serve a peer that lacks
+    /// it, and to name its hash in recovery). Written earlier, a crash could leave the
+    /// checkpoint without that log record (`dura-sim --mode bft --total-crash`, seed 413:
+    /// the replica could serve the agreement to nobody and the others stalled on it).
+    pub fn checkpoint_may_start(&self, agreement_id: u64) -> bool {
+        !self.mode.is_durable() || self.durable_up_to >= agreement_id
     }
 
     /// The last agreement executed.
@@ -826,6 +838,24 @@ mod tests {
                 "{mode}: the log since the older checkpoint stays"
             );
         }
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_only_once_the_log_holds_its_agreement() {
+        let schedule = CheckpointSchedule::coordinated(2, 1);
+        let mut c = Coordinator::new(LogMode::Parallel, 0)
+            .with_checkpoints(schedule, CheckpointStart::default());
+        // Parallel: agreement 1 executes (and its view is taken) before the log holds it.
+        let out = step(&mut c, Input::Decided(decided_with(1, 2)));
+        assert!(out.contains(&Output::Checkpoint { agreement_id: 1, ordered_requests: 2 }));
+        assert!(!c.checkpoint_may_start(1), "the log does not hold agreement 1 yet");
+        step(&mut c, Input::Executed { agreement_id: 1, replies: vec![], now_us: 0 });
+        assert!(!c.checkpoint_may_start(1));
+        step(&mut c, Input::Durable { up_to: 1, now_us: 0 });
+        assert!(c.checkpoint_may_start(1));
+        // Without a log there is nothing to wait for.
+        let c = Coordinator::new(LogMode::None, 0);
+        assert!(c.checkpoint_may_start(5));
     }
 
     #[test]

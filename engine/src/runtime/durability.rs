@@ -400,6 +400,9 @@ pub fn run_exec_stage<S: Service>(
     let mut held = HeldReplies::default();
     let mut outputs: Vec<Output> = Vec::new();
     let mut work: Vec<Output> = Vec::new();
+    // A checkpoint whose view is taken, waiting for the log to be durable at its
+    // agreement before it is written (`Coordinator::checkpoint_may_start`).
+    let mut checkpoint_waiting: Option<CheckpointJob<S::View>> = None;
     loop {
         let intake = if coordinator.accepts_decided() { &input } else { &closed };
         let event = crossbeam_channel::select! {
@@ -430,6 +433,17 @@ pub fn run_exec_stage<S: Service>(
             },
         };
         coordinator.handle(event, &mut outputs);
+        if let Some(job) =
+            checkpoint_waiting.take_if(|job| coordinator.checkpoint_may_start(job.agreement_id))
+        {
+            let link = checkpoints.as_ref().expect("checkpoints only on a schedule");
+            match start_checkpoint(link, job, metrics) {
+                // The checkpoint stage is gone (it ends only with the replica).
+                Err(()) => break,
+                Ok(None) => {}
+                Ok(Some(answer)) => coordinator.handle(answer, &mut outputs),
+            }
+        }
         // Carry out the actions in order; an execution feeds its result back.
         while !outputs.is_empty() {
             work.append(&mut outputs);
@@ -452,17 +466,16 @@ pub fn run_exec_stage<S: Service>(
                         metrics.record_checkpoint_started(agreement_id);
                         let job =
                             CheckpointJob { agreement_id, ordered_requests, view: executor.view() };
-                        let answer = match link.jobs.send(job) {
-                            Err(_) => break,
-                            // Stop-the-world: nothing executes until the checkpoint is
-                            // durable (the paper's checkpoint, kept for its experiment).
-                            Ok(()) if link.stop_the_world => match link.done.recv() {
-                                Ok(done) => checkpoint_answer(done, metrics),
-                                Err(_) => break,
-                            },
-                            Ok(()) => continue,
-                        };
-                        coordinator.handle(answer, &mut outputs);
+                        if !coordinator.checkpoint_may_start(agreement_id) {
+                            assert!(checkpoint_waiting.is_none(), "one checkpoint at a time");
+                            checkpoint_waiting = Some(job);
+                            continue;
+                        }
+                        match start_checkpoint(link, job, metrics) {
+                            Err(()) => break,
+                            Ok(None) => continue,
+                            Ok(Some(answer)) => coordinator.handle(answer, &mut outputs),
+                        }
                     }
                     Output::Execute(batch) => {
                         let replies = execute_batch(executor, &batch);
@@ -506,6 +519,22 @@ fn to_log(
         *log = None;
         coordinator.handle(Input::LogFailed, outputs);
     }
+}
+
+/// Hands `job` to the checkpoint stage. Stop-the-world: waits for its answer (nothing
+/// executes until the checkpoint is durable: the paper's checkpoint, kept for its
+/// experiment) and returns the coordinator's event for it. `Err`: the stage is gone.
+fn start_checkpoint<V>(
+    link: &CheckpointLink<V>,
+    job: CheckpointJob<V>,
+    metrics: &ReplicaMetrics,
+) -> Result<Option<Input>, ()> {
+    link.jobs.send(job).map_err(|_| ())?;
+    if !link.stop_the_world {
+        return Ok(None);
+    }
+    let done = link.done.recv().map_err(|_| ())?;
+    Ok(Some(checkpoint_answer(done, metrics)))
 }
 
 /// The coordinator's event for the checkpoint stage's answer, with its log line.

@@ -780,6 +780,9 @@ struct ReplicaNode<W: Workload> {
     orphaned: Option<u64>,
 }
 
+/// How long a checkpoint write waits before it looks at the log again (simulated us).
+const CHECKPOINT_LOG_WAIT_US: u64 = 500;
+
 /// Deliveries each simulated replica remembers for the agreement oracle.
 const RECENT_DELIVERIES_MAX: usize = 512;
 
@@ -2157,6 +2160,18 @@ impl<'c, W: Workload> World<'c, W> {
         let halt_after = self.rng.range(0, 12);
         let node = &mut self.replicas[id as usize];
         if node.disk_generation != generation || node.core.is_none() {
+            return Ok(());
+        }
+        if node
+            .checkpoint_pending
+            .as_ref()
+            .is_some_and(|pending| !node.coordinator.checkpoint_may_start(pending.agreement_id))
+        {
+            // As the runtime: written once the log is durable at its agreement.
+            self.schedule(
+                self.now_us + CHECKPOINT_LOG_WAIT_US,
+                Ev::CheckpointWrite { id, generation },
+            );
             return Ok(());
         }
         let Some(pending) = node.checkpoint_pending.take() else { return Ok(()) };
