@@ -207,10 +207,10 @@ pub fn serve_replica<S: Service>(
                 let data_dir = &config.replica(id)?.data_dir;
                 let aside = set_state_aside(data_dir, "unconfirmed")?;
                 log::error!(
-                    "replica {id}: it logged agreements {}..={logged} that fewer than f+1 \
-                     replicas logged before a crash of every replica; the cluster may decide \
-                     them anew, so its log and checkpoints are kept aside in {} and its state \
-                     comes from its peers",
+                    "replica {id}: agreements {}..={logged} it logged may be decided anew \
+                     (fewer than f+1 replicas logged them before a crash of every replica, or \
+                     f+1 peers decided another batch there): its log and checkpoints are kept \
+                     aside in {} and its state comes from its peers",
                     confirmed + 1,
                     aside.display()
                 );

@@ -978,38 +978,41 @@ mod tests {
         actions.iter().filter(|a| matches!(a, Action::DiscardUnconfirmed { .. })).collect()
     }
 
-    #[test]
-    fn bft_replica_whose_last_agreement_its_running_peers_decided_otherwise_discards_it() {
+    /// BFT replica 0 of 4 restarted with agreement 7 (`last`) logged, after the status
+    /// answers of replicas 1 and 2: `(last_decided, asked_hash)` each.
+    fn recovered_after(last: &Batch, answers: [(u64, Option<Hash>); 2]) -> (Replica, Vec<Action>) {
         let config = Config::bft(1);
         let ring = KeyRing::new([5; 32], 4);
+        let mut replica = restarted_with_last(&config, &ring, 0, 7, last);
+        let mut actions = Vec::new();
+        for (from, (last_decided, asked_hash)) in (1..).zip(answers) {
+            replica.handle(message(from, running_answer(last_decided, asked_hash)), &mut actions);
+        }
+        (replica, actions)
+    }
+
+    #[test]
+    fn bft_replica_whose_last_agreement_its_running_peers_decided_otherwise_discards_it() {
         let mine = Batch { timestamp_ms: 1, requests: Vec::new() };
         let theirs = Batch { timestamp_ms: 2, requests: Vec::new() };
         // Replica 0 logged agreement 7 and came back late: the others resumed without it
         // after a crash of all and decided 7 anew, with another batch. By the count of
         // what they decided they are ahead of it; their batch at 7 tells otherwise.
-        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
-        let mut actions = Vec::new();
-        replica.handle(message(1, running_answer(9, Some(theirs.hash()))), &mut actions);
-        replica.handle(message(2, running_answer(9, Some(theirs.hash()))), &mut actions);
+        let (_, actions) =
+            recovered_after(&mine, [(9, Some(theirs.hash())), (9, Some(theirs.hash()))]);
         assert_eq!(discards(&actions), [&Action::DiscardUnconfirmed { confirmed: 6, logged: 7 }]);
         // Peers behind it prove nothing (they may decide 7 as it did, and a client may
         // count its earlier reply with theirs): it resumes, and gives 7 up only if they
-        // decide it otherwise (the next test).
-        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
-        let mut actions = Vec::new();
-        replica.handle(message(1, running_answer(6, None)), &mut actions);
-        replica.handle(message(2, running_answer(6, None)), &mut actions);
-        assert!(discards(&actions).is_empty());
-        assert!(!replica.is_recovering());
-        // Nor does one contradicting answer (f = 1: it may be a Byzantine replica's).
-        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
-        let mut actions = Vec::new();
-        replica.handle(message(1, running_answer(9, Some(theirs.hash()))), &mut actions);
-        replica.handle(message(2, running_answer(7, None)), &mut actions);
-        assert!(discards(&actions).is_empty());
-        assert!(!replica.is_recovering());
+        // decide it otherwise (the next test). Nor does one contradicting answer (f = 1:
+        // it may be a Byzantine replica's).
+        for answers in [[(6, None), (6, None)], [(9, Some(theirs.hash())), (7, None)]] {
+            let (replica, actions) = recovered_after(&mine, answers);
+            assert!(discards(&actions).is_empty());
+            assert!(!replica.is_recovering());
+        }
         // The query names the agreement, and a peer answers with its batch there.
-        let mut peer = restarted_with_last(&config, &ring, 1, 7, &theirs);
+        let ring = KeyRing::new([5; 32], 4);
+        let mut peer = restarted_with_last(&Config::bft(1), &ring, 1, 7, &theirs);
         let mut actions = Vec::new();
         peer.handle(message(0, Message::StatusQuery { nonce: 11, last_decided: 7 }), &mut actions);
         assert!(actions.iter().any(|action| matches!(action,
@@ -1019,14 +1022,10 @@ mod tests {
 
     #[test]
     fn bft_replica_gives_up_a_decision_that_f_plus_1_peers_accepted_otherwise() {
-        let config = Config::bft(1);
-        let ring = KeyRing::new([5; 32], 4);
         let mine = Batch { timestamp_ms: 1, requests: Vec::new() };
         let theirs = Batch { timestamp_ms: 2, requests: Vec::new() };
-        let mut replica = restarted_with_last(&config, &ring, 0, 7, &mine);
-        let mut actions = Vec::new();
-        replica.handle(message(1, running_answer(7, Some(mine.hash()))), &mut actions);
-        replica.handle(message(2, running_answer(7, Some(mine.hash()))), &mut actions);
+        let (mut replica, mut actions) =
+            recovered_after(&mine, [(7, Some(mine.hash())), (7, Some(mine.hash()))]);
         assert!(!replica.is_recovering());
         actions.clear();
         let accept =
