@@ -260,6 +260,9 @@ pub struct Replica {
     now_tick: u64,
     /// [`Action::DiscardUnconfirmed`] was emitted: the core ignores every event.
     discarded: bool,
+    /// BFT, recovering: this replica will discard what it decided above this agreement,
+    /// once f+1 other replicas hold everything up to it (see `try_finish_recovery`).
+    discard_pending: Option<u64>,
     /// The runtime's wall clock, ms since the Unix epoch (0: not told yet, and then
     /// proposals' timestamps are not checked). See [`Replica::observe_clock`].
     clock_ms: u64,
@@ -356,6 +359,7 @@ impl Replica {
             keys,
             now_tick: 0,
             discarded: false,
+            discard_pending: None,
             clock_ms: 0,
             last_stamp_ms: 0,
             regency: 0,
@@ -1049,6 +1053,26 @@ mod tests {
         replica.handle(accept(1, theirs.hash()), &mut actions);
         replica.handle(accept(2, theirs.hash()), &mut actions);
         assert!(discards(&actions).is_empty());
+    }
+
+    #[test]
+    fn bft_replica_discards_only_once_f_plus_1_others_hold_what_it_keeps_up_to() {
+        let config = Config::bft(1);
+        let ring = KeyRing::new([5; 32], 4);
+        // Replica 0 logged up to 7; the others 6, 5 and 5. It alone holds 7 and gives it
+        // up, but 6 is on its disk and replica 1's only: until another replica holds 6
+        // (fetched from these two), it keeps serving and does not discard.
+        let mut replica = restarted(&config, &ring, 0, 7, 11);
+        let mut actions = Vec::new();
+        replica.handle(message(1, answer(11, 6, 0, true, 21, None)), &mut actions);
+        replica.handle(message(2, answer(11, 5, 0, true, 31, None)), &mut actions);
+        replica.handle(message(3, answer(11, 5, 0, true, 41, None)), &mut actions);
+        ticks(&mut replica, 2 * config.recovery_wait_ticks());
+        assert!(discards(&actions).is_empty());
+        assert!(replica.is_recovering());
+        let mut actions = Vec::new();
+        replica.handle(message(2, answer(11, 6, 1, false, 0, None)), &mut actions);
+        assert_eq!(discards(&actions), [&Action::DiscardUnconfirmed { confirmed: 6, logged: 7 }]);
     }
 
     #[test]

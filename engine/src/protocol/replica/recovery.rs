@@ -157,6 +157,19 @@ impl Replica {
     /// Ends recovery once the answers collected so far are enough (see the module docs).
     pub(super) fn try_finish_recovery(&mut self, actions: &mut Vec<Action>) {
         let (n, f) = (self.config.n, self.config.f);
+        if let Some(confirmed) = self.discard_pending {
+            // It still serves what it holds (catch-up answers), and discards only once
+            // f+1 others hold everything up to `confirmed`: its copy may be one of the
+            // f+1 that a client's reply counted, or one of the f+1 matching answers the
+            // others need to fetch it (a kill of every replica in the real-process
+            // test stalled so: the discarder came back by transfer below `confirmed`,
+            // and one disk alone held the agreement at `confirmed`).
+            let holding = self.statuses.values().filter(|s| s.last_decided >= confirmed).count();
+            if holding > f {
+                self.discard_suffix(confirmed, actions);
+            }
+            return;
+        }
         if self.config.mode == Mode::Crash
             && let Some(vouch) = self.statuses.values().find_map(|s| s.vouch)
         {
@@ -203,7 +216,8 @@ impl Replica {
             // up only if they decide it otherwise (`Replica::conflicting`). Giving up an
             // agreement that the others decide the same way would not be safe: a client
             // may count this replica's earlier reply with a later one.
-            self.discard_suffix(self.confirmed_by_answers(), actions);
+            self.discard_pending = Some(self.confirmed_by_answers());
+            self.try_finish_recovery(actions);
             return;
         }
         let most_decided = self.statuses.values().map(|s| s.last_decided).max().unwrap_or(0);
@@ -230,7 +244,8 @@ impl Replica {
             if self.config.mode == Mode::Bft
                 && (self.last_decided > fetchable || self.answers_contradicting() > f)
             {
-                self.discard_suffix(self.confirmed_by_answers(), actions);
+                self.discard_pending = Some(self.confirmed_by_answers());
+                self.try_finish_recovery(actions);
                 return;
             }
             self.vote_floor = self.last_decided.max(fetchable);
