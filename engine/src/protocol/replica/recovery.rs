@@ -232,10 +232,7 @@ impl Replica {
             // vote again, but only above what can be fetched (logged by a weak quorum)
             // and only in a fresh regency, reached through a leader change whose
             // STOPDATA carries each replica's last logged batch.
-            let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
-            decided.push(self.last_decided);
-            decided.sort_unstable_by(|a, b| b.cmp(a));
-            let fetchable = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
+            let fetchable = self.decided_by_f_plus_1();
             // What only this replica (and fewer than f others) logged may be decided
             // anew with other values: it would diverge. Nothing above `fetchable` was
             // acknowledged, so it is discarded, with the state it produced. So is a
@@ -369,12 +366,17 @@ impl Replica {
     /// Below this replica's last decided agreement, the highest one that f+1 of the
     /// recovery answers (this replica included) report decided.
     fn confirmed_by_answers(&self) -> u64 {
+        assert!(self.last_decided > 0, "an empty history has nothing to discard");
+        self.decided_by_f_plus_1().min(self.last_decided - 1)
+    }
+
+    /// The highest agreement that f+1 of the recovery answers (this replica included)
+    /// report decided: the (f+1)-th highest of them.
+    fn decided_by_f_plus_1(&self) -> u64 {
         let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
         decided.push(self.last_decided);
         decided.sort_unstable_by(|a, b| b.cmp(a));
-        let held = decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0);
-        assert!(self.last_decided > 0, "an empty history has nothing to discard");
-        held.min(self.last_decided - 1)
+        decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0)
     }
 
     /// True when the highest agreement logged by this replica or any answer is also
