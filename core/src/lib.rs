@@ -30,7 +30,10 @@ pub use ids::{
     AGREEMENT_ID_FIRST, AGREEMENT_ID_NONE, AgreementId, HASH_BYTES, Hash, REPLICAS_MAX, ReplicaId,
 };
 pub use mode::Mode;
-pub use request::{BATCH_HEADER_BYTES, Batch, ClientRequest, Reply};
+pub use request::{
+    BATCH_HEADER_BYTES, Batch, ClientRequest, DecisionId, Reply, ReplyStatus,
+    SEQUENCE_AHEAD_MAX_MS, SEQUENCE_TIME_SHIFT, first_sequence_at, sequence_time_ms,
+};
 pub use service::{
     CopiedState, CopiedStateInstaller, OrderedRequest, Released, Replies, Service, StateError,
     StateInstaller, StateView,

@@ -226,6 +226,75 @@ impl Batch {
     }
 }
 
+/// Bits of a sequence number below its session time: a client numbers its requests
+/// `max(previous + 1, now_ms << SEQUENCE_TIME_SHIFT)`, so a sequence number carries, in
+/// its high bits, when (on the client's clock) the request was made. The executor reads
+/// it to refuse, deterministically, a request of a client whose reply cache entry was
+/// evicted ([`Reply::status`], [`ReplyStatus::Expired`]): without it, a replayed request
+/// of a forgotten client would run twice.
+pub const SEQUENCE_TIME_SHIFT: u32 = 22;
+/// Milliseconds a sequence number's session time may be ahead of its batch's agreed
+/// time ([`Batch::timestamp_ms`]) and still run: the client clocks' tolerated skew.
+pub const SEQUENCE_AHEAD_MAX_MS: u64 = 60_000;
+
+// Session times until 2109 (2^42 ms after 1970) fit above the shift.
+const _: () = assert!(SEQUENCE_TIME_SHIFT + 42 <= 64);
+
+/// The session time (ms, on the client's clock) a sequence number carries.
+pub fn sequence_time_ms(sequence: u64) -> u64 {
+    sequence >> SEQUENCE_TIME_SHIFT
+}
+
+/// The lowest sequence number that carries session time `time_ms`.
+pub fn first_sequence_at(time_ms: u64) -> u64 {
+    assert!(time_ms < 1 << (64 - SEQUENCE_TIME_SHIFT), "a session time past 2109");
+    time_ms << SEQUENCE_TIME_SHIFT
+}
+
+/// What a [`Reply`] says of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    /// The request ran (or its cached result is answered): `result` is the service's.
+    Executed,
+    /// The request is refused, for good: its client's reply cache entry was evicted
+    /// (the cluster's `clients_max`), or its sequence number's session time is too far
+    /// ahead of the agreed time. Whether it ran before its client was evicted, the
+    /// cluster cannot tell: to the client, an outcome unknown. `result` holds, as a little-endian `u64`, the
+    /// lowest session time (ms) a new request of an unknown client is accepted with.
+    Expired,
+}
+
+impl ReplyStatus {
+    fn code(self) -> u8 {
+        match self {
+            ReplyStatus::Executed => 0,
+            ReplyStatus::Expired => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(ReplyStatus::Executed),
+            1 => Some(ReplyStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// Which decision produced a reply: the agreement and the hash of its batch
+/// ([`Batch::hash`]). Two replies count together only if they name the same decision:
+/// after a crash of every replica (BFT), a replica may give up a decision that the
+/// others then decide anew, and a reply from the given-up history must not make up
+/// f+1 with one from the new history (a reply promises that f+1 disks hold its
+/// decision). All zeros: none (a refusal, [`ReplyStatus::Expired`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct DecisionId {
+    /// The agreement.
+    pub agreement_id: u64,
+    /// Its batch's hash.
+    pub hash: Hash,
+}
+
 /// A replica's answer to a client, MACed with the key they share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -237,7 +306,11 @@ pub struct Reply {
     pub sequence: u64,
     /// The replica's regency when it replied (a leader hint for the client).
     pub regency: u64,
-    /// The service's reply.
+    /// Whether the request ran.
+    pub status: ReplyStatus,
+    /// The decision whose execution gave `result` (all zeros for a refusal).
+    pub decided: DecisionId,
+    /// The service's reply (see [`ReplyStatus`] for an expired request's).
     pub result: Vec<u8>,
     /// HMAC(k_cx, all fields above).
     pub mac: [u8; MAC_BYTES],
@@ -249,19 +322,25 @@ impl Reply {
         client_id: u64,
         sequence: u64,
         regency: u64,
+        status: ReplyStatus,
+        decided: &DecisionId,
         result: &[u8],
     ) -> Vec<u8> {
-        let mut w = Vec::with_capacity(32 + result.len());
+        let mut w = Vec::with_capacity(73 + result.len());
         w.extend_from_slice(b"dura-reply");
         put_u32(&mut w, replica);
         put_u64(&mut w, client_id);
         put_u64(&mut w, sequence);
         put_u64(&mut w, regency);
+        w.push(status.code());
+        put_u64(&mut w, decided.agreement_id);
+        w.extend_from_slice(&decided.hash);
         put_bytes(&mut w, result);
         w
     }
 
-    /// A reply MACed with `key` (the key `replica` shares with `client_id`).
+    /// A reply to an executed request, MACed with `key` (the key `replica` shares with
+    /// `client_id`).
     pub fn signed(
         key: &Key,
         replica: ReplicaId,
@@ -270,8 +349,27 @@ impl Reply {
         regency: u64,
         result: Vec<u8>,
     ) -> Self {
-        let tag = mac(key, &[&Self::mac_input(replica, client_id, sequence, regency, &result)]);
-        Self { replica, client_id, sequence, regency, result, mac: tag }
+        let decided = DecisionId::default();
+        let status = ReplyStatus::Executed;
+        Self::signed_with(key, replica, client_id, sequence, regency, status, decided, result)
+    }
+
+    /// [`Reply::signed`] with an explicit status and decision.
+    #[allow(clippy::too_many_arguments)]
+    pub fn signed_with(
+        key: &Key,
+        replica: ReplicaId,
+        client_id: u64,
+        sequence: u64,
+        regency: u64,
+        status: ReplyStatus,
+        decided: DecisionId,
+        result: Vec<u8>,
+    ) -> Self {
+        let input =
+            Self::mac_input(replica, client_id, sequence, regency, status, &decided, &result);
+        let tag = mac(key, &[&input]);
+        Self { replica, client_id, sequence, regency, status, decided, result, mac: tag }
     }
 
     /// True if the MAC is valid under `key`.
@@ -281,18 +379,33 @@ impl Reply {
             self.client_id,
             self.sequence,
             self.regency,
+            self.status,
+            &self.decided,
             &self.result,
         );
         verify_mac(key, &[&input], &self.mac)
     }
 
+    /// For an [`ReplyStatus::Expired`] reply: the lowest session time (ms) the cluster
+    /// accepts a new request of an unknown client with. None for another reply, or a
+    /// result that is not 8 bytes.
+    pub fn expired_accept_from_ms(&self) -> Option<u64> {
+        if self.status != ReplyStatus::Expired {
+            return None;
+        }
+        Some(u64::from_le_bytes(self.result.as_slice().try_into().ok()?))
+    }
+
     /// Encodes the reply.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Vec::with_capacity(64 + self.result.len());
+        let mut w = Vec::with_capacity(105 + self.result.len());
         put_u32(&mut w, self.replica);
         put_u64(&mut w, self.client_id);
         put_u64(&mut w, self.sequence);
         put_u64(&mut w, self.regency);
+        w.push(self.status.code());
+        put_u64(&mut w, self.decided.agreement_id);
+        w.extend_from_slice(&self.decided.hash);
         put_bytes(&mut w, &self.result);
         w.extend_from_slice(&self.mac);
         w
@@ -301,11 +414,20 @@ impl Reply {
     /// Decodes a reply encoded by [`Reply::to_bytes`] (does not verify the MAC).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CoreError> {
         let mut r = Reader::new(bytes, "reply");
+        let replica = r.u32()?;
+        let client_id = r.u64()?;
+        let sequence = r.u64()?;
+        let regency = r.u64()?;
+        let malformed = r.error();
+        let status = ReplyStatus::from_code(r.u8()?).ok_or(malformed)?;
+        let decided = DecisionId { agreement_id: r.u64()?, hash: r.array32()? };
         let reply = Self {
-            replica: r.u32()?,
-            client_id: r.u64()?,
-            sequence: r.u64()?,
-            regency: r.u64()?,
+            replica,
+            client_id,
+            sequence,
+            regency,
+            status,
+            decided,
             result: r.bytes(OPERATION_BYTES_MAX)?.to_vec(),
             mac: r.array32()?,
         };
@@ -332,7 +454,44 @@ mod tests {
     }
 
     fn sample_reply() -> Reply {
-        Reply::signed(&[4; 32], 2, 7, 9, 1, b"ok".to_vec())
+        let decided = DecisionId { agreement_id: 42, hash: [9; 32] };
+        Reply::signed_with(&[4; 32], 2, 7, 9, 1, ReplyStatus::Executed, decided, b"ok".to_vec())
+    }
+
+    #[test]
+    fn an_expired_reply_round_trips_and_its_status_is_covered_by_the_mac() {
+        let expired = Reply::signed_with(
+            &[4; 32],
+            2,
+            7,
+            9,
+            1,
+            ReplyStatus::Expired,
+            DecisionId::default(),
+            70_001u64.to_le_bytes().to_vec(),
+        );
+        assert_eq!(Reply::from_bytes(&expired.to_bytes()), Ok(expired.clone()));
+        assert_eq!(expired.expired_accept_from_ms(), Some(70_001));
+        assert_eq!(sample_reply().expired_accept_from_ms(), None);
+        assert!(expired.verify(&[4; 32]));
+        let mut forged = expired.clone();
+        forged.status = ReplyStatus::Executed;
+        assert!(!forged.verify(&[4; 32]), "a forwarder cannot turn a refusal into a result");
+        let mut forged = sample_reply();
+        forged.decided.agreement_id += 1;
+        assert!(!forged.verify(&[4; 32]), "nor name another decision");
+        let mut bytes = expired.to_bytes();
+        bytes[4 + 8 + 8 + 8] = 2;
+        assert!(Reply::from_bytes(&bytes).is_err(), "an unknown status is malformed");
+    }
+
+    #[test]
+    fn a_sequence_number_carries_its_session_time() {
+        let now_ms = 1_795_000_000_123;
+        let first = first_sequence_at(now_ms);
+        assert_eq!(sequence_time_ms(first), now_ms);
+        assert_eq!(sequence_time_ms(first + (1 << SEQUENCE_TIME_SHIFT) - 1), now_ms);
+        assert_eq!(sequence_time_ms(1), 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use dura_snapshot::{
 use imbl::OrdMap;
 use rkyv::rancor;
 
-use crate::durability::FromCheckpoint;
+use crate::durability::{DecisionId, FromCheckpoint};
 use crate::service::{
     CHUNK_BYTES_LIMIT, CachedReply, EarlierDeferred, Executor, ExecutorView, Service, StateError,
     StateInstaller, StateView,
@@ -45,7 +45,11 @@ pub fn write_checkpoint<D: Dir, V: StateView>(
     view: &ExecutorView<V>,
 ) -> Result<Written, CheckpointError> {
     assert!(agreement_id > 0, "a checkpoint follows an executed agreement");
-    let meta = EngineMeta { ordered_requests, requests_executed: view.requests_executed };
+    let meta = EngineMeta {
+        ordered_requests,
+        requests_executed: view.requests_executed,
+        expired_through_ms: view.expired_through_ms,
+    };
     let mut writer = store.begin(service, agreement_id, &meta.encode())?;
     // The writer's own error, kept whole while the service's sink sees an io::Error.
     let mut failed: Option<CheckpointError> = None;
@@ -123,8 +127,12 @@ impl<S: Service> ChunkSink for ExecutorBuilder<S> {
 
     fn finish(self) -> Result<Self::Output, BoxError> {
         let service = self.installer.finish()?;
-        let executor =
-            Executor::from_parts(service, self.cache.finish(), self.meta.requests_executed);
+        let executor = Executor::from_parts(
+            service,
+            self.cache.finish(),
+            self.meta.requests_executed,
+            self.meta.expired_through_ms,
+        );
         let from = FromCheckpoint {
             agreement_id: self.agreement_id,
             ordered_requests: self.meta.ordered_requests,
@@ -160,9 +168,9 @@ pub fn load_checkpoint<D: Dir, S: Service>(
 }
 
 /// Version of [`EngineMeta`]'s encoding.
-pub const ENGINE_META_VERSION: u32 = 2;
+pub const ENGINE_META_VERSION: u32 = 3;
 /// Bytes of [`EngineMeta`]'s encoding.
-pub const ENGINE_META_BYTES: usize = 4 + 8 + 8;
+pub const ENGINE_META_BYTES: usize = 4 + 8 + 8 + 1 + 8;
 
 /// The executor's and the schedule's place, in a checkpoint's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,6 +179,8 @@ pub struct EngineMeta {
     pub ordered_requests: u64,
     /// Requests the executor ran (duplicates excluded).
     pub requests_executed: u64,
+    /// The reply cache's eviction watermark ([`Executor::expired_through_ms`]).
+    pub expired_through_ms: Option<u64>,
 }
 
 impl EngineMeta {
@@ -180,6 +190,8 @@ impl EngineMeta {
         out.extend_from_slice(&ENGINE_META_VERSION.to_le_bytes());
         out.extend_from_slice(&self.ordered_requests.to_le_bytes());
         out.extend_from_slice(&self.requests_executed.to_le_bytes());
+        out.push(u8::from(self.expired_through_ms.is_some()));
+        out.extend_from_slice(&self.expired_through_ms.unwrap_or(0).to_le_bytes());
         assert_eq!(out.len(), ENGINE_META_BYTES);
         out
     }
@@ -198,9 +210,20 @@ impl EngineMeta {
                 "engine metadata version {version}, this build reads {ENGINE_META_VERSION}"
             )));
         }
+        let through = u64::from_le_bytes(bytes[21..29].try_into().expect("8 bytes"));
+        let expired_through_ms = match bytes[20] {
+            0 if through == 0 => None,
+            1 => Some(through),
+            _ => {
+                return Err(StateError::Invalid(
+                    "engine metadata: a malformed eviction watermark".into(),
+                ));
+            }
+        };
         Ok(Self {
             ordered_requests: u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes")),
             requests_executed: u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")),
+            expired_through_ms,
         })
     }
 }
@@ -215,6 +238,12 @@ struct ReplyCacheEntry {
     deferred: bool,
     /// The earlier deferred request: its sequence and, once released, its reply.
     earlier: Option<(u64, Option<Vec<u8>>)>,
+    /// See [`CachedReply::active_ms`].
+    active_ms: u64,
+    /// [`CachedReply::decided`]: agreement and batch hash.
+    decided: (u64, [u8; 32]),
+    /// The earlier deferred request's [`EarlierDeferred::decided`].
+    earlier_decided: (u64, [u8; 32]),
 }
 
 /// One engine chunk: reply cache entries in client order.
@@ -260,6 +289,11 @@ pub fn write_reply_cache(
                 .earlier
                 .as_ref()
                 .map(|earlier| (earlier.sequence, earlier.reply.as_ref().map(|r| r.to_vec()))),
+            active_ms: cached.active_ms,
+            decided: (cached.decided.agreement_id, cached.decided.hash),
+            earlier_decided: cached.earlier.as_ref().map_or((0, [0; 32]), |earlier| {
+                (earlier.decided.agreement_id, earlier.decided.hash)
+            }),
         });
         chunk_bytes += entry_bytes;
     }
@@ -313,12 +347,19 @@ impl ReplyCacheInstaller {
                         )));
                     }
                     Some(EarlierDeferred {
+                        decided: DecisionId {
+                            agreement_id: entry.earlier_decided.0.to_native(),
+                            hash: entry.earlier_decided.1,
+                        },
                         sequence: earlier_sequence,
                         reply: earlier.1.as_ref().map(|reply| Arc::from(reply.as_slice())),
                     })
                 }
             };
-            let cached = CachedReply { sequence, reply, deferred, earlier };
+            let active_ms = entry.active_ms.to_native();
+            let decided =
+                DecisionId { agreement_id: entry.decided.0.to_native(), hash: entry.decided.1 };
+            let cached = CachedReply { sequence, reply, decided, deferred, earlier, active_ms };
             self.cache.insert(client, cached);
             self.last_client = Some(client);
         }
@@ -361,6 +402,8 @@ mod tests {
         let original: OrdMap<u64, CachedReply> = (0..300u64)
             .map(|c| {
                 let mut entry = CachedReply::answered(c + 9, &[c as u8; 50]);
+                entry.active_ms = 1_795_000_000_000 + c * 7;
+                entry.decided = DecisionId { agreement_id: c + 1, hash: [(c % 251) as u8; 32] };
                 match c % 4 {
                     1 => {
                         entry.reply = None;
@@ -369,7 +412,8 @@ mod tests {
                     2 => entry.deferred = true,
                     3 => {
                         let reply = (c % 8 == 3).then(|| Arc::from(&[7u8; 20][..]));
-                        entry.earlier = Some(EarlierDeferred { sequence: c + 2, reply });
+                        let decided = DecisionId { agreement_id: c, hash: [c as u8; 32] };
+                        entry.earlier = Some(EarlierDeferred { sequence: c + 2, reply, decided });
                     }
                     _ => {}
                 }
@@ -407,7 +451,8 @@ mod tests {
         assert!(installer.chunk(&written[0]).is_err());
         let mut broken = OrdMap::new();
         let mut entry = CachedReply::answered(4, b"x");
-        entry.earlier = Some(EarlierDeferred { sequence: 4, reply: None });
+        entry.earlier =
+            Some(EarlierDeferred { sequence: 4, reply: None, decided: DecisionId::default() });
         broken.insert(1u64, entry);
         let written = chunks(&broken, 1024);
         let mut installer = ReplyCacheInstaller::default();
@@ -416,8 +461,17 @@ mod tests {
 
     #[test]
     fn engine_meta_round_trips_and_refuses_other_versions() {
-        let meta = EngineMeta { ordered_requests: 12_345, requests_executed: 12_000 };
+        let meta = EngineMeta {
+            ordered_requests: 12_345,
+            requests_executed: 12_000,
+            expired_through_ms: None,
+        };
         assert_eq!(EngineMeta::decode(&meta.encode()).expect("valid"), meta);
+        let evicted = EngineMeta { expired_through_ms: Some(0), ..meta };
+        assert_eq!(EngineMeta::decode(&evicted.encode()).expect("valid"), evicted);
+        let mut flag = meta.encode();
+        flag[20] = 2;
+        assert!(EngineMeta::decode(&flag).is_err(), "a watermark flag other than 0 or 1");
         let mut bytes = meta.encode();
         bytes[0] = 9;
         assert!(EngineMeta::decode(&bytes).is_err());

@@ -388,6 +388,21 @@ fn a_replica_holding_an_agreement_the_others_decided_anew_gives_it_up() {
     assert!(discarded >= 2, "the replicas that diverged give their agreements up ({discarded})");
 }
 
+/// Seed 39824: a replica answered a request from a decision it gave up after a crash of
+/// every replica, and another from the cluster's new decision of the same request, with
+/// the same result. A client that counted both saw the request complete while one disk
+/// held the new decision. Replies name their decision, and a client counts replies of
+/// one decision only. (Without the reply cache bound some seeds draw, the schedule of
+/// the seed as it failed.)
+#[test]
+fn a_client_counts_replies_of_one_decision_only() {
+    let mut config = SimConfig::random_with_total_crash(Mode::Bft, 4, 39824);
+    config.clients_max = dura_engine::service::CLIENTS_MAX_DEFAULT;
+    config.protocol.clients_max = config.clients_max;
+    let report = must_pass(&config);
+    assert!(report.suffixes_discarded >= 1, "a replica gave a decision up");
+}
+
 /// A BFT cluster with one Byzantine replica (as seeder: each of the drawn seeder faults)
 /// and a replica whose disk is replaced while it is down: the wiped replica takes the
 /// state by state transfer (the real dura-transfer leecher and seeders over the

@@ -303,7 +303,7 @@ pub fn transfer_piece() -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
     for (after, count) in [(0u64, 0u8), (10, 1), (40, 3)] {
         let batches: Vec<_> = (1..=u64::from(count))
-            .map(|i| DecidedBatch { agreement_id: after + i, batch: Arc::new(batch(i, i)) })
+            .map(|i| DecidedBatch::new(after + i, Arc::new(batch(i, i))))
             .collect();
         let mut seed = after.to_le_bytes().to_vec();
         seed.push(count);

@@ -31,7 +31,7 @@ fn batch(id: u64) -> DecidedBatch {
             }
         })
         .collect();
-    DecidedBatch { agreement_id: id, batch: Arc::new(Batch { timestamp_ms: 0, requests }) }
+    DecidedBatch::new(id, Arc::new(Batch { timestamp_ms: 0, requests }))
 }
 
 fn checkpoint_bytes(executor: &Executor<KvStore>, at: u64) -> Vec<u8> {

@@ -97,3 +97,36 @@ fn a_tls_cluster_serves_and_a_plaintext_client_is_told_why_it_is_refused() {
         replica.stop().expect("clean stop");
     }
 }
+
+#[test]
+fn over_clients_max_an_idle_client_is_forgotten_and_its_next_request_refused_not_run_twice() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("local config");
+    config.pin_cores = false;
+    config.clients_max = 2;
+    let replicas: Vec<_> =
+        (0..4).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
+    let first = KvClient::connect(&config).expect("client");
+    first.put(b"counter", b"1").expect("put");
+    // Two more clients: the replicas remember two, and forget the one idle longest.
+    for name in [&b"second"[..], b"third"] {
+        let other = KvClient::connect(&config).expect("client");
+        other.put(name, b"x").expect("put");
+    }
+    // The first client's next request, on its forgotten session: refused by every
+    // replica alike, as expired (its outcome unknown to the client), never run.
+    let error = first.put(b"counter", b"2").expect_err("its session was forgotten");
+    assert!(
+        matches!(error, dura_kvstore::KvError::Runtime(dura_kvstore::RuntimeError::SessionExpired)),
+        "{error}"
+    );
+    assert_eq!(first.get(b"counter").expect("get on a new session"), Some(b"1".to_vec()));
+    // The same client goes on, on a new session the cluster accepts.
+    first.put(b"counter", b"3").expect("put on a new session");
+    assert_eq!(first.get(b"counter").expect("get"), Some(b"3".to_vec()));
+    for replica in replicas {
+        replica.stop().expect("clean stop");
+    }
+}

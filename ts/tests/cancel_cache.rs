@@ -47,7 +47,7 @@ fn an_in_answered_at_once_keeps_its_answer_past_the_cancel() {
     // A retransmission of request 1 still gets the tuple.
     let again = executor.execute(&[request(1, 1, &take())]);
     match &again.outcomes[0] {
-        Outcome::Cached(bytes) => {
+        Outcome::Cached(bytes, _) => {
             assert_eq!(reply(bytes), Reply::Tuple(parse_tuple("('job', 1)").unwrap()))
         }
         other => panic!("{other:?}"),

@@ -36,6 +36,10 @@ struct Totals {
     disk_writes: u64,
     replies: u64,
     checkpointing_seeds: u64,
+    /// Seeds whose reply cache bound is below the number of clients.
+    bounded_seeds: u64,
+    /// Requests refused as expired in them.
+    expired: u64,
     checkpoints: u64,
     checkpoint_crashes: u64,
     checkpoint_restarts: u64,
@@ -65,6 +69,8 @@ impl Totals {
         self.disk_writes += report.disk_writes;
         self.replies += report.replies_released;
         self.checkpointing_seeds += u64::from(config.checkpoints.is_some());
+        self.bounded_seeds += u64::from(config.clients_max < config.clients);
+        self.expired += report.ops_expired;
         self.checkpoints += report.checkpoints_written;
         self.checkpoint_crashes += report.checkpoint_crashes;
         self.checkpoint_restarts += report.checkpoint_restarts;
@@ -261,6 +267,10 @@ fn main() {
         totals.byzantine_seeders_met,
         totals.faulty_seeders_proven,
         totals.state_transfer_needed
+    );
+    println!(
+        "clients_max below the clients in {} passing seeds: {} requests refused as expired",
+        totals.bounded_seeds, totals.expired
     );
     if !totals.service.is_empty() {
         let counts: Vec<String> =

@@ -37,6 +37,8 @@ use std::sync::Arc;
 use crate::protocol::Batch;
 use crate::runtime::LogMode;
 use crate::service::{Executor, Outcome, Service};
+use dura_core::Hash;
+pub use dura_core::{DecisionId, ReplyStatus};
 
 pub use record::{
     BatchPart, FromCheckpoint, RecordError, Restored, decode_batch, encode_batch, reassemble,
@@ -115,6 +117,22 @@ pub struct DecidedBatch {
     pub agreement_id: u64,
     /// Its requests, in order.
     pub batch: Arc<Batch>,
+    /// `batch`'s [`Batch::hash`]: with `agreement_id`, the decision's identity in the
+    /// replies its execution gives ([`DecisionId`]).
+    pub hash: Hash,
+}
+
+impl DecidedBatch {
+    /// The batch decided at `agreement_id` (its hash computed here).
+    pub fn new(agreement_id: u64, batch: Arc<Batch>) -> Self {
+        let hash = batch.hash();
+        Self { agreement_id, batch, hash }
+    }
+
+    /// The decision's identity.
+    pub fn decision(&self) -> DecisionId {
+        DecisionId { agreement_id: self.agreement_id, hash: self.hash }
+    }
 }
 
 /// A reply ready to leave.
@@ -127,8 +145,33 @@ pub struct ReplyOut {
     /// The agreement whose execution produced the reply: the one that ordered the
     /// request, or for a deferred request the one that released it.
     pub agreement_id: u64,
+    /// Whether the request ran ([`ReplyStatus::Expired`]: `reply` is the lowest session
+    /// time accepted from an unknown client, see [`Outcome::Expired`]).
+    pub status: ReplyStatus,
+    /// The decision whose execution gave `reply` (for a cached reply, the original
+    /// one; `agreement_id` is then where the reply cache stood).
+    pub decided: DecisionId,
     /// The service's reply.
     pub reply: Vec<u8>,
+}
+
+/// The reply to a retransmission of an ordered request, from the executor's reply cache
+/// (see [`Executor::answer_retransmission`]), to leave through
+/// [`Input::CachedReply`] once the log holds `last_executed`.
+pub fn retransmission_reply<S: Service>(
+    executor: &Executor<S>,
+    client_id: u64,
+    sequence: u64,
+    last_executed: u64,
+) -> Option<ReplyOut> {
+    let (status, decided, reply) = match executor.answer_retransmission(client_id, sequence)? {
+        Outcome::Cached(reply, decided) => (ReplyStatus::Executed, decided, reply),
+        Outcome::Expired { accept_from_ms } => {
+            (ReplyStatus::Expired, DecisionId::default(), accept_from_ms.to_le_bytes().to_vec())
+        }
+        other => unreachable!("a retransmission is answered or refused, not {other:?}"),
+    };
+    Some(ReplyOut { client_id, sequence, agreement_id: last_executed, status, decided, reply })
 }
 
 /// Runs `batch` through `executor`; returns the replies to send: fresh and cached ones
@@ -138,18 +181,25 @@ pub fn execute_batch<S: Service>(
     executor: &mut Executor<S>,
     batch: &DecidedBatch,
 ) -> Vec<ReplyOut> {
-    let executed = executor.execute(&batch.batch.ordered_requests());
+    let decision = batch.decision();
+    let executed = executor.execute_decided(&batch.batch.ordered_requests(), decision);
     assert_eq!(executed.outcomes.len(), batch.batch.requests.len(), "one outcome per request");
     let mut replies = Vec::with_capacity(executed.outcomes.len() + executed.released.len());
     for (request, outcome) in batch.batch.requests.iter().zip(executed.outcomes) {
-        let reply = match outcome {
-            Outcome::Executed(reply) | Outcome::Cached(reply) => reply,
+        let (status, decided, reply) = match outcome {
+            Outcome::Executed(reply) => (ReplyStatus::Executed, decision, reply),
+            Outcome::Cached(reply, decided) => (ReplyStatus::Executed, decided, reply),
+            Outcome::Expired { accept_from_ms } => {
+                (ReplyStatus::Expired, DecisionId::default(), accept_from_ms.to_le_bytes().to_vec())
+            }
             Outcome::Deferred | Outcome::Stale => continue,
         };
         replies.push(ReplyOut {
             client_id: request.client_id,
             sequence: request.sequence,
             agreement_id: batch.agreement_id,
+            status,
+            decided,
             reply,
         });
     }
@@ -157,6 +207,8 @@ pub fn execute_batch<S: Service>(
         client_id: released.client_id,
         sequence: released.sequence,
         agreement_id: batch.agreement_id,
+        status: ReplyStatus::Executed,
+        decided: decision,
         reply: released.reply,
     }));
     replies
@@ -575,14 +627,21 @@ mod tests {
             operation: vec![agreement_id as u8],
             authenticator: vec![[0; 32]],
         };
-        Arc::new(DecidedBatch {
+        Arc::new(DecidedBatch::new(
             agreement_id,
-            batch: Arc::new(Batch { timestamp_ms: 0, requests: vec![request] }),
-        })
+            Arc::new(Batch { timestamp_ms: 0, requests: vec![request] }),
+        ))
     }
 
     fn reply(agreement_id: u64) -> ReplyOut {
-        ReplyOut { client_id: 7, sequence: agreement_id, agreement_id, reply: vec![1] }
+        ReplyOut {
+            client_id: 7,
+            sequence: agreement_id,
+            agreement_id,
+            status: ReplyStatus::Executed,
+            decided: DecisionId::default(),
+            reply: vec![1],
+        }
     }
 
     fn step(c: &mut Coordinator, input: Input) -> Vec<Output> {
@@ -743,10 +802,7 @@ mod tests {
                 authenticator: vec![[0; 32]],
             })
             .collect();
-        Arc::new(DecidedBatch {
-            agreement_id,
-            batch: Arc::new(Batch { timestamp_ms: 0, requests }),
-        })
+        Arc::new(DecidedBatch::new(agreement_id, Arc::new(Batch { timestamp_ms: 0, requests })))
     }
 
     #[test]

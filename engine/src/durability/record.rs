@@ -133,10 +133,7 @@ pub fn reassemble(
             }
         }
         if let Some(done) = open.take_if(|p| p.part_index + 1 == p.part_count) {
-            batches.push(DecidedBatch {
-                agreement_id: done.agreement_id,
-                batch: Arc::new(done.batch),
-            });
+            batches.push(DecidedBatch::new(done.agreement_id, Arc::new(done.batch)));
         }
     }
     if let Some(partial) = open {
@@ -297,7 +294,7 @@ mod tests {
 
     /// An executor as a checkpoint after agreement 5 (1 + .. + 5 = 15) leaves it.
     fn at_checkpoint() -> (Executor<Sum>, FromCheckpoint) {
-        let executor = Executor::from_parts(Sum(15), Default::default(), 5);
+        let executor = Executor::from_parts(Sum(15), Default::default(), 5, None);
         (executor, FromCheckpoint { agreement_id: 5, ordered_requests: 5 })
     }
 

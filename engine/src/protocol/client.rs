@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use super::auth::ClientKeys;
 use super::message::{ClientRequest, Reply};
 use super::{Mode, ReplicaId};
+use dura_core::{DecisionId, ReplyStatus, first_sequence_at};
 
 /// What a client needs to know about the cluster.
 #[derive(Debug, Clone)]
@@ -88,15 +89,33 @@ pub enum ClientAction {
         /// The agreed result.
         result: Vec<u8>,
     },
+    /// f+1 replicas refused request `sequence` for good ([`ReplyStatus::Expired`]): the
+    /// cluster had forgotten this client (its `clients_max` evicted it), or the
+    /// request's session time was too far ahead of the cluster's. Whether it ran
+    /// before the client was forgotten is unknown. The client's next sequence numbers
+    /// start at a session time the cluster accepts.
+    Expired {
+        /// Sequence number.
+        sequence: u64,
+        /// The lowest session time (ms) the cluster accepts a new client session with
+        /// (0 when the refusal did not say).
+        accept_from_ms: u64,
+    },
 }
 
 #[derive(Debug)]
 struct Outstanding {
     request: ClientRequest,
-    /// replica -> its result (one per replica; a later reply replaces an earlier one).
-    replies: BTreeMap<ReplicaId, Vec<u8>>,
+    /// replica -> its status, decision and result (one per replica; a later reply
+    /// replaces an earlier one). Replies match only when all three do: f+1 replies from
+    /// one decision promise f+1 disks hold it, replies from two decisions of the same
+    /// request (one given up after a crash of every replica) do not.
+    replies: BTreeMap<ReplicaId, (ReplyStatus, DecisionId, Vec<u8>)>,
     retries: u32,
 }
+
+/// The latest session time a sequence number can carry.
+const MAX_SESSION_MS: u64 = (1 << (64 - dura_core::SEQUENCE_TIME_SHIFT)) - 1;
 
 /// The client state machine.
 #[derive(Debug)]
@@ -267,8 +286,15 @@ impl Client {
             return;
         };
         let outstanding = &mut self.outstanding[at];
-        outstanding.replies.insert(reply.replica, reply.result.clone());
-        let matching = outstanding.replies.values().filter(|r| **r == reply.result).count();
+        let key = (reply.status, reply.decided, reply.result.clone());
+        outstanding.replies.insert(reply.replica, key);
+        let matching = outstanding
+            .replies
+            .values()
+            .filter(|(status, decided, result)| {
+                (*status, *decided) == (reply.status, reply.decided) && *result == reply.result
+            })
+            .count();
         if matching >= needed {
             let sequence = outstanding.request.sequence;
             self.outstanding.remove(at);
@@ -287,7 +313,19 @@ impl Client {
                 }
                 Some(_) => {}
             }
-            actions.push(ClientAction::Completed { sequence, result: reply.result });
+            match reply.expired_accept_from_ms() {
+                Some(accept_from_ms) => {
+                    let resume = first_sequence_at(accept_from_ms.min(MAX_SESSION_MS));
+                    self.next_sequence = self.next_sequence.max(resume);
+                    actions.push(ClientAction::Expired { sequence, accept_from_ms });
+                }
+                None if reply.status == ReplyStatus::Expired => {
+                    // f+1 replicas agree on a refusal this build cannot read: a
+                    // refusal still.
+                    actions.push(ClientAction::Expired { sequence, accept_from_ms: 0 });
+                }
+                None => actions.push(ClientAction::Completed { sequence, result: reply.result }),
+            }
         }
     }
 }
@@ -306,6 +344,69 @@ mod tests {
     fn reply(ring: &KeyRing, replica: ReplicaId, sequence: u64, result: &[u8]) -> ClientEvent {
         let key = ring.replica_keys(replica).client_key(7);
         ClientEvent::Reply(Reply::signed(&key, replica, 7, sequence, 0, result.to_vec()))
+    }
+
+    fn reply_with(
+        ring: &KeyRing,
+        replica: ReplicaId,
+        sequence: u64,
+        status: ReplyStatus,
+        decided: DecisionId,
+        result: &[u8],
+    ) -> ClientEvent {
+        let key = ring.replica_keys(replica).client_key(7);
+        let result = result.to_vec();
+        ClientEvent::Reply(Reply::signed_with(
+            &key, replica, 7, sequence, 0, status, decided, result,
+        ))
+    }
+
+    #[test]
+    fn replies_from_two_decisions_of_one_request_do_not_add_up() {
+        // Seed 39824 of `dura-sim --mode bft --replicas 4 --total-crash`: replica 0
+        // answered from a decision it later gave up, replica 1 from the cluster's new
+        // decision of the same request, with the same result. Together they are not
+        // f+1 disks holding one decision.
+        let (mut client, ring) = client(Mode::Bft, 4, 1);
+        let mut actions = Vec::new();
+        let sequence = client.invoke(b"put x 1".to_vec(), &mut actions).expect("idle");
+        actions.clear();
+        let given_up = DecisionId { agreement_id: 5, hash: [1; 32] };
+        let anew = DecisionId { agreement_id: 5, hash: [2; 32] };
+        let executed = ReplyStatus::Executed;
+        client.handle(reply_with(&ring, 0, sequence, executed, given_up, b"ok"), &mut actions);
+        client.handle(reply_with(&ring, 1, sequence, executed, anew, b"ok"), &mut actions);
+        assert!(actions.is_empty(), "one reply per decision is not f+1");
+        client.handle(reply_with(&ring, 2, sequence, executed, anew, b"ok"), &mut actions);
+        assert_eq!(
+            actions,
+            vec![
+                ClientAction::CancelTimer,
+                ClientAction::Completed { sequence, result: b"ok".to_vec() }
+            ]
+        );
+    }
+
+    #[test]
+    fn f_plus_one_refusals_expire_the_request_and_move_the_sequence_numbers_on() {
+        let (mut client, ring) = client(Mode::Bft, 4, 1);
+        let mut actions = Vec::new();
+        let sequence = client.invoke(b"put x 1".to_vec(), &mut actions).expect("idle");
+        actions.clear();
+        let accept_from_ms: u64 = 1_795_000_060_001;
+        let refusal = accept_from_ms.to_le_bytes();
+        let expired = ReplyStatus::Expired;
+        let none = DecisionId::default();
+        client.handle(reply_with(&ring, 0, sequence, expired, none, &refusal), &mut actions);
+        assert!(actions.is_empty(), "one refusal may be a Byzantine replica's");
+        client.handle(reply_with(&ring, 3, sequence, expired, none, &refusal), &mut actions);
+        assert_eq!(
+            actions,
+            vec![ClientAction::CancelTimer, ClientAction::Expired { sequence, accept_from_ms }]
+        );
+        actions.clear();
+        let next = client.invoke(b"put x 2".to_vec(), &mut actions).expect("idle again");
+        assert_eq!(next, first_sequence_at(accept_from_ms), "a session time accepted");
     }
 
     #[test]

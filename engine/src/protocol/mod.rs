@@ -54,7 +54,9 @@ use std::sync::Arc;
 
 pub use auth::{ClientKeys, Key, KeyRing, ReplicaKeys, open_frame, seal_frame, seal_frames};
 pub use client::{Client, ClientAction, ClientConfig, ClientError, ClientEvent};
-pub use dura_core::{Hash, Mode, REPLICAS_MAX, ReplicaId};
+pub use dura_core::{
+    Hash, Mode, REPLICAS_MAX, ReplicaId, SEQUENCE_AHEAD_MAX_MS, first_sequence_at, sequence_time_ms,
+};
 pub use message::{Batch, ClientRequest, CollectData, Message, Reply, Vouch};
 pub use replica::{Recovered, Replica};
 
@@ -153,6 +155,11 @@ pub struct Config {
     /// How far a fresh proposal's timestamp ([`Batch::timestamp_ms`]) may be from a
     /// follower's clock, either way, for the follower to vote for it.
     pub clock_skew_ms_max: u64,
+    /// Clients whose highest ordered sequence number a replica remembers (to answer a
+    /// retransmission from the reply cache rather than order it again): past it, the
+    /// half with the oldest sequence numbers (session times) is forgotten. Only a
+    /// shortcut: the executor's reply cache decides what runs.
+    pub clients_max: usize,
 }
 
 impl Config {
@@ -184,6 +191,7 @@ impl Config {
             operation_bytes_max: message::OPERATION_BYTES_MAX,
             lost_replicas: Vec::new(),
             clock_skew_ms_max: CLOCK_SKEW_MS_MAX_DEFAULT,
+            clients_max: crate::service::CLIENTS_MAX_DEFAULT,
         }
     }
 

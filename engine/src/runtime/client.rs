@@ -333,6 +333,7 @@ impl Client {
             sessions: Vec::new(),
             idle: Vec::new(),
             by_client_id: HashMap::new(),
+            session_floor_ms: 0,
             held: HashMap::new(),
             waiting: VecDeque::new(),
             next_client_id: 0,
@@ -437,6 +438,8 @@ struct Session {
     /// The outstanding request was already broadcast early because no reply came
     /// from anyone (see [`Driver::stall_after`]).
     stall_resent: bool,
+    /// The cluster refused one of its requests as expired: retired once idle.
+    expired: bool,
 }
 
 /// A caller waiting for one outstanding request.
@@ -455,6 +458,9 @@ struct Driver {
     sessions: Vec<Option<Session>>,
     idle: Vec<usize>,
     by_client_id: HashMap<u64, usize>,
+    /// The lowest session time the cluster said it accepts (an expired session's
+    /// refusal): new sessions start at it if this machine's clock is behind it.
+    session_floor_ms: u64,
     /// [`Blocking`] handle -> the session it holds.
     held: HashMap<u64, usize>,
     waiting: VecDeque<Invoke>,
@@ -621,7 +627,7 @@ impl Driver {
         };
         let Some(session) = self.sessions[index].as_mut() else { return };
         session.held = None;
-        if session.waiting.is_empty() {
+        if session.waiting.is_empty() && !session.expired {
             self.idle.push(index);
             self.start_queued();
         } else {
@@ -658,7 +664,12 @@ impl Driver {
         let client_id = self.next_client_id;
         self.next_client_id += 1;
         let keys = self.config.client_keys(client_id)?;
-        let protocol = ProtocolClient::new(self.config.client_config(), keys, 1);
+        // Sequence numbers carry the session's time (`dura_core::SEQUENCE_TIME_SHIFT`):
+        // this machine's clock, or the time the cluster last said it accepts.
+        let now_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let first = dura_core::first_sequence_at(now_ms.max(self.session_floor_ms));
+        let protocol = ProtocolClient::new(self.config.client_config(), keys, first);
         let index = self.sessions.len();
         self.sessions.push(Some(Session {
             protocol,
@@ -666,6 +677,7 @@ impl Driver {
             held: None,
             retransmit_at: None,
             stall_resent: false,
+            expired: false,
         }));
         self.by_client_id.insert(client_id, index);
         self.open_sessions += 1;
@@ -757,13 +769,28 @@ impl Driver {
                     if let Some(at) = session.waiting.iter().position(|w| w.sequence == sequence) {
                         session.waiting.remove(at).done.send(Ok(result));
                     }
-                    if session.waiting.is_empty() && session.held.is_none() {
+                    if session.waiting.is_empty() && session.held.is_none() && !session.expired {
                         self.idle.push(index);
                     }
+                }
+                ClientAction::Expired { sequence, accept_from_ms } => {
+                    self.session_floor_ms = self.session_floor_ms.max(accept_from_ms);
+                    if let Some(at) = session.waiting.iter().position(|w| w.sequence == sequence) {
+                        session.waiting.remove(at).done.send(Err(RuntimeError::SessionExpired));
+                    }
+                    // Not used again once its other request (a follow-up) is answered:
+                    // a new session opens at a session time the cluster accepts.
+                    session.expired = true;
                 }
             }
         }
         self.actions = actions;
+        if self.sessions[index]
+            .as_ref()
+            .is_some_and(|s| s.expired && s.waiting.is_empty() && s.held.is_none())
+        {
+            self.retire(index, None);
+        }
         if let Some(command) = self.waiting.pop_front() {
             if self.idle.is_empty() {
                 self.waiting.push_front(command);

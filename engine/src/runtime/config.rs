@@ -283,6 +283,10 @@ fn default_wal_segment_mib() -> u32 {
 fn default_frame_bytes_max() -> u32 {
     32 * 1024 * 1024
 }
+fn default_clients_max() -> u32 {
+    crate::service::CLIENTS_MAX_DEFAULT as u32
+}
+
 fn default_connections_max() -> u32 {
     1_024
 }
@@ -365,6 +369,14 @@ pub struct ClusterConfig {
     /// per replica. Default 1,024.
     #[serde(default = "default_connections_max")]
     pub connections_max: u32,
+    /// Client sessions each replica remembers (one reply cache entry each: the last
+    /// request's sequence number and reply). Past it, the sessions idle longest (by the
+    /// agreed time of their last request) are forgotten, identically on every replica;
+    /// a forgotten session's next request is refused as expired, never run twice (the
+    /// client reports the outcome unknown). Must be equal on every replica. Default
+    /// 1,048,576; 1..=16,777,216.
+    #[serde(default = "default_clients_max")]
+    pub clients_max: u32,
     /// Which log implementation: `wal` (segmented `dura-wal`, the default) or `file`
     /// (one file, write + fdatasync). `sync` log mode always uses `file`.
     #[serde(default)]
@@ -682,6 +694,16 @@ impl ClusterConfig {
                 format!("must be within {connections_min}..=65536 (at least n)"),
             ));
         }
+        if !(1..=crate::service::CLIENTS_MAX_LIMIT).contains(&(self.clients_max as usize)) {
+            return Err(wrong(
+                "clients_max",
+                format!(
+                    "{} is outside 1..={} (each remembered client holds its last reply)",
+                    self.clients_max,
+                    crate::service::CLIENTS_MAX_LIMIT
+                ),
+            ));
+        }
         if self.transfer_bytes_per_s_max < TRANSFER_BYTES_PER_S_MIN {
             return Err(wrong(
                 "transfer_bytes_per_s_max",
@@ -802,6 +824,7 @@ impl ClusterConfig {
             batch_requests_max: default_batch_requests_max(),
             frame_bytes_max: default_frame_bytes_max(),
             connections_max: default_connections_max(),
+            clients_max: default_clients_max(),
             log_backend: LogBackendKind::Wal,
             wal_segment_mib: 64,
             // Until checkpoints let old segments be recycled, every segment is new:
@@ -907,6 +930,7 @@ impl ClusterConfig {
         config.leader_silence_ticks = self.leader_timeout_ms.div_ceil(TICK_MS);
         config.decided_window_max = self.decided_window_max;
         config.operation_bytes_max = self.operation_bound().operation_bytes_max;
+        config.clients_max = self.clients_max as usize;
         config
     }
 
@@ -1050,6 +1074,24 @@ mod tests {
         let error = config.validate().expect_err("4 replicas is not 2f+1 for f=1");
         assert!(error.to_string().contains("replica"), "{error}");
         assert!(error.to_string().contains("needs exactly 3"), "{error}");
+    }
+
+    #[test]
+    fn clients_max_defaults_when_absent_and_is_bounded() {
+        let text: String = sample()
+            .to_toml()
+            .lines()
+            .filter(|line| !line.starts_with("clients_max"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = ClusterConfig::from_toml(&text).expect("an old config without the field");
+        assert_eq!(config.clients_max as usize, crate::service::CLIENTS_MAX_DEFAULT);
+        for wrong in [0, crate::service::CLIENTS_MAX_LIMIT as u32 + 1] {
+            let mut config = sample();
+            config.clients_max = wrong;
+            let error = config.validate().expect_err("out of range");
+            assert!(error.to_string().contains("clients_max"), "{error}");
+        }
     }
 
     #[test]

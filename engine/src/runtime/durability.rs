@@ -409,13 +409,15 @@ pub fn run_exec_stage<S: Service>(
             recv(intake) -> message => match message {
                 Ok(ExecInput::Batch(batch)) => Input::Decided(batch),
                 Ok(ExecInput::ReplyFromCache { client_id, sequence }) => {
-                    let Some(reply) = executor.cached_reply(client_id, sequence) else { continue };
-                    Input::CachedReply(ReplyOut {
+                    let last_executed = coordinator.last_executed();
+                    let answer = crate::durability::retransmission_reply(
+                        executor,
                         client_id,
                         sequence,
-                        agreement_id: coordinator.last_executed(),
-                        reply: reply.to_vec(),
-                    })
+                        last_executed,
+                    );
+                    let Some(reply) = answer else { continue };
+                    Input::CachedReply(reply)
                 }
                 Err(_) => break,
             },
@@ -661,10 +663,7 @@ mod tests {
                 authenticator: vec![[i as u8; 32]],
             })
             .collect();
-        Arc::new(DecidedBatch {
-            agreement_id,
-            batch: Arc::new(Batch { timestamp_ms: 0, requests }),
-        })
+        Arc::new(DecidedBatch::new(agreement_id, Arc::new(Batch { timestamp_ms: 0, requests })))
     }
 
     struct Pipeline {

@@ -132,6 +132,16 @@ pub enum RuntimeError {
         /// How long the client waited.
         waited_ms: u64,
     },
+    /// The cluster refused the request for good: it had forgotten this client session
+    /// (more clients than its `clients_max` since the session's last request), or this
+    /// machine's clock is more than a minute ahead of the cluster's. Whether the request
+    /// ran before the session was forgotten is unknown, as after a timeout; a new
+    /// request opens a new session.
+    #[error(
+        "session expired: the cluster forgot this client (over its clients_max), or this \
+         machine's clock is over 60 s ahead of the cluster's; the request's outcome is unknown"
+    )]
+    SessionExpired,
     /// The replica or client is shutting down.
     #[error("shut down")]
     Shutdown,

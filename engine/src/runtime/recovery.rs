@@ -749,6 +749,12 @@ impl<S: Service> Driver<'_, S> {
                 }
             }
         };
+        // The cluster's bound, as every replica executes under it: the replayed pieces
+        // must evict what the seeders evicted.
+        let staged = Staged {
+            executor: staged.executor.with_clients_max(self.config.clients_max as usize),
+            ..staged
+        };
         self.staged = Some(staged);
         StageOutcome::Staged
     }

@@ -564,7 +564,7 @@ pub fn start_replica<S: Service>(
             .map_err(|error| RuntimeError::Checkpoint(error.to_string()))?,
         None => None,
     };
-    let (mut executor, from) = match loaded {
+    let (executor, from) = match loaded {
         Some(loaded) => {
             for skipped in &loaded.skipped {
                 log::error!(
@@ -585,6 +585,8 @@ pub fn start_replica<S: Service>(
         }
         None => (Executor::new(service), crate::durability::FromCheckpoint::default()),
     };
+    // Every replica bounds its reply cache alike (evictions are part of the state).
+    let mut executor = executor.with_clients_max(config.clients_max as usize);
     let replay_started = Instant::now();
     let restored = crate::durability::restore(
         records.into_iter().map(|r| r.payload),
@@ -936,12 +938,14 @@ pub fn start_replica<S: Service>(
                         let key = *client_keys
                             .entry(out.client_id)
                             .or_insert_with(|| keys.client_key(out.client_id));
-                        let reply = Reply::signed(
+                        let reply = Reply::signed_with(
                             &key,
                             id,
                             out.client_id,
                             out.sequence,
                             regency.load(Ordering::Relaxed),
+                            out.status,
+                            out.decided,
                             out.reply,
                         );
                         network.send(
@@ -1127,6 +1131,7 @@ impl OrderStage {
                         let batch = Arc::new(DecidedBatch {
                             agreement_id: decision.agreement_id,
                             batch: decision.batch,
+                            hash: decision.hash,
                         });
                         // The exec stage's durability coordinator sends it on to the
                         // log as the log mode says.

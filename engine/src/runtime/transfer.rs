@@ -134,7 +134,7 @@ pub fn decode_piece(piece: Piece, bytes: &[u8]) -> Result<Vec<DecidedBatch>, Pie
                 got: Some(part.agreement_id),
             });
         }
-        batches.push(DecidedBatch { agreement_id: part.agreement_id, batch: Arc::new(part.batch) });
+        batches.push(DecidedBatch::new(part.agreement_id, Arc::new(part.batch)));
         expected = next.checked_add(1);
         offset = body_start + length;
     }
@@ -493,7 +493,7 @@ mod tests {
                 authenticator: vec![[id as u8; 32]],
             })
             .collect();
-        DecidedBatch { agreement_id: id, batch: Arc::new(Batch { timestamp_ms: 0, requests }) }
+        DecidedBatch::new(id, Arc::new(Batch { timestamp_ms: 0, requests }))
     }
 
     /// A log holding agreements `first..=last`, in memory.
@@ -543,7 +543,7 @@ mod tests {
             Err(PieceError::Malformed { offset: 0, .. })
         ));
         assert_eq!(decode_piece(empty, &[]), Ok(vec![]));
-        let last = vec![DecidedBatch { agreement_id: max, batch: batch(7).batch }];
+        let last = vec![DecidedBatch::new(max, batch(7).batch)];
         let bytes = encode_piece(&last);
         assert!(matches!(
             decode_piece(empty, &bytes),

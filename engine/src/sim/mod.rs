@@ -54,8 +54,8 @@ use dura_snapshot::{CheckpointStore, StoreOptions};
 
 use crate::checkpoint::{load_checkpoint, write_checkpoint};
 use crate::durability::{
-    CheckpointSchedule, CheckpointStart, Coordinator, DecidedBatch, FromCheckpoint, Input, Output,
-    ReplyOut, decode_batch, encode_batch, execute_batch, restore,
+    CheckpointSchedule, CheckpointStart, Coordinator, DecidedBatch, DecisionId, FromCheckpoint,
+    Input, Output, ReplyOut, ReplyStatus, decode_batch, encode_batch, execute_batch, restore,
 };
 use crate::protocol::{
     Action, Batch, Client, ClientAction, ClientConfig, ClientEvent, ClientKeys, ClientRequest,
@@ -142,6 +142,8 @@ pub struct Agreed<'a> {
     /// The service's state digest after an agreement, as correct replicas executed it
     /// (agreements executed only in replays after restarts are missing).
     pub digests: &'a BTreeMap<u64, [u8; 32]>,
+    /// The replicas' reply cache bound (see [`SimConfig::clients_max`]).
+    pub clients_max: usize,
 }
 
 /// A simulated service: the replicated [`Service`], what its clients do, and the check
@@ -291,6 +293,9 @@ pub struct SimConfig {
     pub wiped: Option<ReplicaId>,
     /// The replicated service and its workload.
     pub service: SimService,
+    /// Each replica's reply cache bound (the cluster's `clients_max`); below the number
+    /// of clients, clients are evicted and their requests refused as expired.
+    pub clients_max: usize,
 }
 
 /// Checkpoints in a simulated run: each replica writes them into its own simulated
@@ -362,6 +367,7 @@ impl SimConfig {
             checkpoints: None,
             wiped: None,
             service: SimService::Kv,
+            clients_max: crate::service::CLIENTS_MAX_DEFAULT,
         }
     }
 
@@ -481,6 +487,15 @@ impl SimConfig {
         if rng.chance(300) {
             config.protocol.decided_window_max = rng.range(2, 12) as usize;
         }
+        // A reply cache bound below the number of clients, from its own stream: clients
+        // are evicted (identically on every replica, checked by the state digests and
+        // the checkpoints' content hashes) and a forgotten one's request is refused.
+        let mut rng = Rng::new(seed ^ 0xC11E_B7C0_57A1);
+        if rng.chance(250) {
+            let clients = config.clients as u64;
+            config.clients_max = rng.range(clients.saturating_sub(2).max(1), clients) as usize;
+            config.protocol.clients_max = config.clients_max;
+        }
         config
     }
 
@@ -577,6 +592,8 @@ pub struct SimReport {
     pub regency_max: u64,
     /// Operations completed by clients.
     pub ops_completed: usize,
+    /// Operations refused as expired (their client evicted from the reply caches).
+    pub ops_expired: u64,
     /// Client retransmissions.
     pub client_retransmissions: u64,
     /// Decisions delivered through catch-up (fetched from peers).
@@ -804,8 +821,11 @@ struct ClientNode {
     /// Requests it gave up waiting for, by sequence: (history index, the authentic
     /// replies seen since, by replica). A client library that stopped waiting still
     /// takes an answer that arrives (f+1 matching replies), as the core would have.
-    abandoned: BTreeMap<u64, (usize, BTreeMap<ReplicaId, Vec<u8>>)>,
+    abandoned: BTreeMap<u64, (usize, RepliesSeen)>,
 }
+
+/// Per replica, the decision and result of its latest authentic reply.
+type RepliesSeen = BTreeMap<ReplicaId, (DecisionId, Vec<u8>)>;
 
 struct World<'c, W: Workload> {
     config: &'c SimConfig,
@@ -822,7 +842,9 @@ struct World<'c, W: Workload> {
     decided: BTreeMap<u64, Hash>,
     /// When each entry of `decided` was first delivered, in us.
     decided_at_us: BTreeMap<u64, u64>,
-    digests: BTreeMap<u64, [u8; 32]>,
+    /// Per agreement: the correct replicas' service digest and executor digest (the
+    /// service's with the reply cache, [`executor_digest`]).
+    digests: BTreeMap<u64, ([u8; 32], [u8; 32])>,
     /// (client id, sequence) -> agreement, for every reply a correct replica released.
     released_in: BTreeMap<(u64, u64), u64>,
     /// Agreements holding a request whose client saw it complete.
@@ -876,7 +898,7 @@ impl<'c, W: Workload> World<'c, W> {
                 });
                 ReplicaNode {
                     core,
-                    executor: Executor::new(W::service()),
+                    executor: Executor::new(W::service()).with_clients_max(config.clients_max),
                     coordinator: match config.checkpoint_schedule(id) {
                         Some(schedule) => Coordinator::new(config.log_mode, 0)
                             .with_checkpoints(schedule, CheckpointStart::default()),
@@ -1104,7 +1126,13 @@ impl<'c, W: Workload> World<'c, W> {
                 states
             ));
         }
-        let agreed = Agreed { batches: &self.decided_batches, digests: &self.digests };
+        let service_digests: BTreeMap<u64, [u8; 32]> =
+            self.digests.iter().map(|(&aid, &(service, _))| (aid, service)).collect();
+        let agreed = Agreed {
+            batches: &self.decided_batches,
+            digests: &service_digests,
+            clients_max: self.config.clients_max,
+        };
         self.report.service_counts = self.workload.check(&self.history, &agreed)?;
         if let Some((id, _)) = self.transfers.iter().next() {
             return Err(format!(
@@ -1373,15 +1401,22 @@ impl<'c, W: Workload> World<'c, W> {
         let needed = self.config.protocol.mode.reply_quorum(self.config.protocol.f);
         let node = &mut self.clients[client];
         let Some(key) = node.keys.replicas.get(reply.replica as usize) else { return Ok(()) };
-        if reply.client_id != node.keys.client_id || !reply.verify(key) {
+        if reply.client_id != node.keys.client_id
+            || !reply.verify(key)
+            || reply.status != ReplyStatus::Executed
+        {
             return Ok(());
         }
         let Some((index, replies)) = node.abandoned.get_mut(&reply.sequence) else {
             return Ok(());
         };
         let index = *index;
-        replies.insert(reply.replica, reply.result.clone());
-        if replies.values().filter(|r| **r == reply.result).count() < needed {
+        replies.insert(reply.replica, (reply.decided, reply.result.clone()));
+        let matching = replies
+            .values()
+            .filter(|(decided, result)| *decided == reply.decided && *result == reply.result)
+            .count();
+        if matching < needed {
             return Ok(());
         }
         node.abandoned.remove(&reply.sequence);
@@ -1478,6 +1513,21 @@ impl<'c, W: Workload> World<'c, W> {
                     self.complete(client, sequence, index, result)?;
                     let think = self.rng.range(0, 150_000);
                     self.schedule(self.now_us + think, Ev::ClientNext { client });
+                }
+                ClientAction::Expired { sequence, .. } => {
+                    // Refused: the replicas' reply caches evicted this client. Its
+                    // outcome stays unknown to the oracle (it may have run before), and
+                    // the client goes on; its core already moved its sequence numbers to
+                    // a session time the cluster accepts.
+                    let node = &mut self.clients[client];
+                    let Some((current, _)) = node.current else { continue };
+                    assert_eq!(current, sequence, "the client's outstanding request expired");
+                    node.current = None;
+                    self.report.ops_expired += 1;
+                    if self.config.trace {
+                        eprintln!("{:>9} us client {client} EXPIRED {sequence}", self.now_us);
+                    }
+                    self.schedule(self.now_us, Ev::ClientNext { client });
                 }
             }
         }
@@ -1631,13 +1681,13 @@ impl<'c, W: Workload> World<'c, W> {
                     // Through the coordinator, as the runtime's exec stage does: a cached
                     // reply leaves once the log holds everything executed before it.
                     let node = &mut self.replicas[id as usize];
-                    if let Some(result) = node.executor.cached_reply(client_id, sequence) {
-                        let reply = ReplyOut {
-                            client_id,
-                            sequence,
-                            agreement_id: node.coordinator.last_executed(),
-                            reply: result.to_vec(),
-                        };
+                    let last_executed = node.coordinator.last_executed();
+                    if let Some(reply) = crate::durability::retransmission_reply(
+                        &node.executor,
+                        client_id,
+                        sequence,
+                        last_executed,
+                    ) {
                         let mut outputs = Vec::new();
                         node.coordinator.handle(Input::CachedReply(reply), &mut outputs);
                         self.carry_out(id, outputs)?;
@@ -1665,7 +1715,8 @@ impl<'c, W: Workload> World<'c, W> {
         Ok(())
     }
 
-    fn send_reply(&mut self, id: ReplicaId, client_id: u64, sequence: u64, mut result: Vec<u8>) {
+    fn send_reply(&mut self, id: ReplicaId, out: &ReplyOut) {
+        let (client_id, sequence, mut result) = (out.client_id, out.sequence, out.reply.clone());
         let node = &self.replicas[id as usize];
         match node.byzantine {
             Some(Byzantine::Mute) => return,
@@ -1676,7 +1727,9 @@ impl<'c, W: Workload> World<'c, W> {
         }
         let regency = node.core.as_ref().map_or(0, Replica::regency);
         let key = node.keys.client_key(client_id);
-        let reply = Reply::signed(&key, id, client_id, sequence, regency, result);
+        let (status, decided) = (out.status, out.decided);
+        let reply =
+            Reply::signed_with(&key, id, client_id, sequence, regency, status, decided, result);
         let client = (client_id - CLIENT_ID_BASE) as usize;
         if client < self.clients.len() {
             self.send_packet(Endpoint::Replica(id), Endpoint::Client(client), reply.to_bytes());
@@ -1838,6 +1891,7 @@ impl<'c, W: Workload> World<'c, W> {
             let batch = Arc::new(DecidedBatch {
                 agreement_id: decision.agreement_id,
                 batch: decision.batch,
+                hash: decision.hash,
             });
             let mut outputs = Vec::new();
             node.coordinator.handle(Input::Decided(batch), &mut outputs);
@@ -1906,7 +1960,7 @@ impl<'c, W: Workload> World<'c, W> {
                                 "validity: replica {id} executed request {twice:?} twice"
                             ));
                         }
-                        let digest = node.executor.service().state_digest();
+                        let digest = executor_digest(&node.executor);
                         node.coordinator.handle(
                             Input::Executed {
                                 agreement_id: batch.agreement_id,
@@ -1951,7 +2005,7 @@ impl<'c, W: Workload> World<'c, W> {
                                     .and_modify(|at| *at = (*at).min(reply.agreement_id))
                                     .or_insert(reply.agreement_id);
                             }
-                            self.send_reply(id, reply.client_id, reply.sequence, reply.reply);
+                            self.send_reply(id, &reply);
                         }
                     }
                     Output::Stop => {
@@ -2275,13 +2329,14 @@ impl<'c, W: Workload> World<'c, W> {
             .map_err(|error| format!("replica {id}: checkpoint store: {error}"))?;
         let loaded = load_checkpoint(&store, &W::service())
             .map_err(|error| format!("replica {id}: checkpoints: {error}"))?;
-        let (mut executor, from) = match loaded {
+        let (executor, from) = match loaded {
             Some(loaded) => {
                 self.report.checkpoint_restarts += 1;
                 (loaded.executor, loaded.from)
             }
             None => (Executor::new(W::service()), FromCheckpoint::default()),
         };
+        let mut executor = executor.with_clients_max(self.config.clients_max);
         let restored =
             restore(recovered.records.into_iter().map(|r| r.payload), &mut executor, window, from)
                 .map_err(|error| format!("replica {id}: recovery: {error}"))?;
@@ -2485,6 +2540,23 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             asked_hash: rng.chance(500).then(|| random_hash(rng)),
         },
     }
+}
+
+/// The service's digest, and one over it and the reply cache's clients (each one's last sequence and
+/// activity time) with the eviction watermark: what every correct replica must hold
+/// alike after an agreement, evictions included.
+pub(crate) fn executor_digest<S: Service>(executor: &Executor<S>) -> ([u8; 32], [u8; 32]) {
+    use sha2::{Digest, Sha256};
+    let service = executor.service().state_digest();
+    let mut sha = Sha256::new();
+    sha.update(service);
+    sha.update(executor.expired_through_ms().map_or(0, |ms| ms + 1).to_le_bytes());
+    for (client, cached) in executor.reply_cache() {
+        sha.update(client.to_le_bytes());
+        sha.update(cached.sequence.to_le_bytes());
+        sha.update(cached.active_ms.to_le_bytes());
+    }
+    (service, sha.finalize().into())
 }
 
 #[cfg(test)]

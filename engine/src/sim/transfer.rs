@@ -288,7 +288,9 @@ impl<W: Workload> World<'_, W> {
                     run.staged = None;
                     let outcome = match stage::<W>(&run.held, agreement_id, base) {
                         Some(staged) => {
-                            run.staged = Some(staged);
+                            let clients_max = self.config.clients_max;
+                            let executor = staged.executor.with_clients_max(clients_max);
+                            run.staged = Some(Staged { executor, ..staged });
                             StageOutcome::Staged
                         }
                         None => StageOutcome::Rejected,
@@ -320,7 +322,7 @@ impl<W: Workload> World<'_, W> {
                     let staged = run.staged.as_ref().expect("install follows a stage");
                     assert_eq!(staged.agreement_id, agreement_id, "what validated is installed");
                     // The oracle: only the correct replicas' state at that agreement.
-                    let digest = staged.executor.service().state_digest();
+                    let digest = super::executor_digest(&staged.executor);
                     match self.digests.get(&agreement_id) {
                         Some(known) if *known != digest => {
                             return Err(format!(

@@ -198,8 +198,11 @@ pub fn check_history(
 ) -> Result<ReplayCounts, String> {
     let mut counts = ReplayCounts::default();
     let mut space = TupleSpace::new();
-    // client id -> the last sequence executed.
-    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    // client id -> (the last sequence executed, the agreed time it last ran at).
+    let mut last: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    // The reply cache bound's rule, written again from its statement (`Executor`): the
+    // newest last time of a forgotten client.
+    let mut forgotten_through: Option<u64> = None;
     // (client id, sequence) -> where and how the replay answered it.
     let mut answered: BTreeMap<(u64, u64), (Position, Vec<u8>)> = BTreeMap::new();
     for (expected_id, (&agreement_id, batch)) in (1..).zip(agreed.batches) {
@@ -209,10 +212,19 @@ pub fn check_history(
             ));
         }
         for (index, request) in batch.requests.iter().enumerate() {
-            if last.get(&request.client_id).is_some_and(|&seq| seq >= request.sequence) {
+            let held = last.get(&request.client_id).copied();
+            if held.is_some_and(|(seq, _)| seq >= request.sequence) {
                 continue; // a retransmission ordered again, or one the client moved past
             }
-            last.insert(request.client_id, request.sequence);
+            let session_ms = crate::protocol::sequence_time_ms(request.sequence);
+            let horizon = forgotten_through.map(|t| t + crate::protocol::SEQUENCE_AHEAD_MAX_MS);
+            if (held.is_none() && horizon.is_some_and(|h| session_ms <= h))
+                || session_ms > batch.timestamp_ms + crate::protocol::SEQUENCE_AHEAD_MAX_MS
+            {
+                continue; // refused as expired
+            }
+            let active_ms = held.map_or(0, |(_, t)| t).max(batch.timestamp_ms);
+            last.insert(request.client_id, (request.sequence, active_ms));
             counts.executed += 1;
             let ctx = ExecCtx {
                 client_id: request.client_id,
@@ -248,6 +260,14 @@ pub fn check_history(
                     ));
                 }
             }
+        }
+        while last.len() > agreed.clients_max {
+            let (&client, &(_, time)) = last
+                .iter()
+                .min_by_key(|(client, (_, time))| (*time, **client))
+                .expect("over a bound of at least 1");
+            last.remove(&client);
+            forgotten_through = Some(forgotten_through.unwrap_or(0).max(time));
         }
         if let Some(known) = agreed.digests.get(&agreement_id)
             && *known != digest(&space)
@@ -440,7 +460,8 @@ mod tests {
         batches: &BTreeMap<u64, Arc<Batch>>,
         digests: &BTreeMap<u64, [u8; 32]>,
     ) -> Result<ReplayCounts, String> {
-        check_history(history, &Agreed { batches, digests }, TupleSpace::state_digest)
+        let clients_max = crate::service::CLIENTS_MAX_DEFAULT;
+        check_history(history, &Agreed { batches, digests, clients_max }, TupleSpace::state_digest)
     }
 
     #[test]

@@ -95,6 +95,26 @@ impl Replica {
         true
     }
 
+    /// Keeps `ordered` within `clients_max`: past it, forgets the half of the clients
+    /// with the lowest sequence numbers (the oldest session times). Amortized O(log n)
+    /// per client added.
+    pub(super) fn trim_ordered(&mut self) {
+        let bound = self.config.clients_max.max(1);
+        if self.ordered.len() <= bound {
+            return;
+        }
+        let mut sequences: Vec<u64> = self.ordered.values().copied().collect();
+        let keep = bound.div_ceil(2);
+        let cut_at = sequences.len() - keep;
+        let (_, &mut cut, _) = sequences.select_nth_unstable(cut_at);
+        self.ordered.retain(|_, sequence| *sequence >= cut);
+        // Ties at the cut may keep more than `keep`; never more than the bound.
+        while self.ordered.len() > bound {
+            self.ordered.pop_first();
+        }
+        assert!(self.ordered.len() <= bound, "ordered clients within their bound");
+    }
+
     pub(super) fn remove_ordered_pending(&mut self, client_id: u64, sequence: u64) {
         if let Some(&at) = self.pending_by_client.get(&client_id)
             && self.pending[&at].request.sequence <= sequence
@@ -392,6 +412,7 @@ impl Replica {
             let sequence = *entry;
             self.remove_ordered_pending(request.client_id, sequence);
         }
+        self.trim_ordered();
         self.failed_changes = 0;
         self.progress_tick = self.now_tick;
         if self.phase == Phase::Normal {

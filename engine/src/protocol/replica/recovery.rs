@@ -45,6 +45,7 @@ impl Replica {
         replica.vote_floor = recovered.last_decided;
         replica.fill_window(recovered);
         replica.ordered = ordered;
+        replica.trim_ordered();
         // The heartbeat nonce is reserved.
         let nonce = if nonce == HEARTBEAT_NONCE { 0 } else { nonce };
         replica.phase = Phase::Recovering { nonce };
@@ -83,6 +84,7 @@ impl Replica {
             let sequence = *entry;
             self.remove_ordered_pending(client, sequence);
         }
+        self.trim_ordered();
         self.behind_mark = None;
         self.fetch_sent_tick = None;
         self.fetch_wanted = false;
