@@ -41,10 +41,10 @@ cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 300 --mode cr
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 800 --mode crash --replicas 3 --total-crash
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 150 --mode crash --replicas 5 --total-crash
 # BFT with crashes of every replica: a replica that alone (with fewer than f others) logged
-# an agreement discards it and comes back by state transfer. A fixed range: the known
-# stalls (a replica down or a mute Byzantine one among replicas that all restarted while
-# an agreement is on one correct disk, ARCHITECTURE.md "votes are not persisted") fall in
-# about 1 seed in 180 and are counted by the nightly run, not here.
-cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 100 --seed-start 400 --mode bft --replicas 4 --total-crash
+# an agreement discards it and comes back by state transfer. Runs stopped at the stated
+# limit (the newest agreement on f or fewer correct disks while a replica is Byzantine or
+# down, ARCHITECTURE.md "votes are not persisted"; about 1 seed in 250) are listed as
+# LIMIT and do not fail it; any other stall does.
+cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 600 --mode bft --replicas 4 --total-crash
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 1500 --mode bft --replicas 4 --service tuplespace
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2500 --mode crash --replicas 3 --total-crash --service tuplespace

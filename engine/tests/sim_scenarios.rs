@@ -388,6 +388,23 @@ fn a_replica_holding_an_agreement_the_others_decided_anew_gives_it_up() {
     assert!(discarded >= 2, "the replicas that diverged give their agreements up ({discarded})");
 }
 
+/// Seed 248: after a crash of every replica, one correct replica logged agreement 5, the
+/// others 4, and the Byzantine one stays mute. The stated BFT limit: the run stalls, and
+/// the simulator names it so (not a protocol failure), with the facts that make it one.
+/// Its safety checks held up to the stall (the run returns no other error first).
+#[test]
+fn a_stall_at_the_stated_bft_limit_is_named_with_its_facts() {
+    let config = SimConfig::random_with_total_crash(Mode::Bft, 4, 248);
+    assert!(!config.byzantine.is_empty(), "the seed draws a Byzantine replica");
+    let failure = run(&config).expect_err("the seed stalls").to_string();
+    assert!(failure.contains(dura_engine::sim::BFT_LIMIT_PREFIX), "{failure}");
+    assert!(failure.contains("held by 1 correct replica(s) (f = 1)"), "{failure}");
+    // The same schedule without the Byzantine replica is live: every replica answers.
+    let mut honest = config.clone();
+    honest.byzantine.clear();
+    must_pass(&honest);
+}
+
 /// Seed 39824: a replica answered a request from a decision it gave up after a crash of
 /// every replica, and another from the cluster's new decision of the same request, with
 /// the same result. A client that counted both saw the request complete while one disk

@@ -143,7 +143,7 @@ fn messages() -> Vec<Message> {
         },
         Message::Sync { regency: 3, agreement_id: 5, members: vec![(1, [6; 32])], batch: value },
         Message::Fetch { from: 1, to: 9 },
-        Message::Decided { agreement_id: 3, batch: Arc::new(batch(3, 1)) },
+        Message::Decided { agreement_id: 3, batch: Arc::new(batch(3, 1)), previous: Some([6; 32]) },
         Message::StatusQuery { nonce: 8, last_decided: 4 },
         Message::Status {
             nonce: 8,

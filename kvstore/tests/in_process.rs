@@ -7,9 +7,20 @@ fn cluster(
     log_mode: LogMode,
     dir: &std::path::Path,
 ) -> (ClusterConfig, Vec<dura_kvstore::ReplicaHandle>) {
+    cluster_with(mode, log_mode, dir, |_| {})
+}
+
+/// A local cluster whose config `adjust` changes before the replicas start.
+fn cluster_with(
+    mode: Mode,
+    log_mode: LogMode,
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut ClusterConfig),
+) -> (ClusterConfig, Vec<dura_kvstore::ReplicaHandle>) {
     let n = mode.replicas_min(1) as u32;
     let mut config = ClusterConfig::local(n, mode, log_mode, dir).expect("local config");
     config.pin_cores = false;
+    adjust(&mut config);
     let replicas =
         (0..n).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
     (config, replicas)
@@ -64,12 +75,10 @@ fn state_survives_a_restart_of_every_replica_from_its_log() {
 fn a_tls_cluster_serves_and_a_plaintext_client_is_told_why_it_is_refused() {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config =
-        ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("local config");
-    config.pin_cores = false;
-    dura_kvstore::pki::generate_tls(&mut config, &dir.path().join("tls")).expect("certificates");
-    let replicas: Vec<_> =
-        (0..4).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
+    let tls = dir.path().join("tls");
+    let (config, replicas) = cluster_with(Mode::Bft, LogMode::Parallel, dir.path(), |config| {
+        dura_kvstore::pki::generate_tls(config, &tls).expect("certificates")
+    });
     let client = KvClient::connect(&config).expect("client");
     client.put(b"k", b"over tls").expect("put");
     assert_eq!(client.get(b"k").expect("get"), Some(b"over tls".to_vec()));
@@ -102,12 +111,8 @@ fn a_tls_cluster_serves_and_a_plaintext_client_is_told_why_it_is_refused() {
 fn over_clients_max_an_idle_client_is_forgotten_and_its_next_request_refused_not_run_twice() {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config =
-        ClusterConfig::local(4, Mode::Bft, LogMode::Parallel, dir.path()).expect("local config");
-    config.pin_cores = false;
-    config.clients_max = 2;
-    let replicas: Vec<_> =
-        (0..4).map(|id| dura_kvstore::start(&config, id).expect("replica starts")).collect();
+    let (config, replicas) =
+        cluster_with(Mode::Bft, LogMode::Parallel, dir.path(), |config| config.clients_max = 2);
     let first = KvClient::connect(&config).expect("client");
     first.put(b"counter", b"1").expect("put");
     // Two more clients: the replicas remember two, and forget the one idle longest.

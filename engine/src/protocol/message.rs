@@ -186,6 +186,10 @@ pub enum Message {
         agreement_id: u64,
         /// The decided batch.
         batch: Arc<Batch>,
+        /// The hash of the batch the sender decided at `agreement_id - 1`, if its window
+        /// still holds it: a replica that catches up checks that what it fetches follows
+        /// what it decided itself.
+        previous: Option<Hash>,
     },
     /// Answer to a [`Message::Fetch`] for agreements this replica no longer holds in
     /// its catch-up window: the first one it can still send (its checkpoint covers the
@@ -299,10 +303,17 @@ impl Message {
                 put_u64(w, *from);
                 put_u64(w, *to);
             }
-            Message::Decided { agreement_id, batch } => {
+            Message::Decided { agreement_id, batch, previous } => {
                 w.push(TAG_DECIDED);
                 put_u64(w, *agreement_id);
                 batch.encode(w);
+                match previous {
+                    None => w.push(0),
+                    Some(hash) => {
+                        w.push(1);
+                        w.extend_from_slice(hash);
+                    }
+                }
             }
             Message::Gone { first_held } => {
                 w.push(TAG_GONE);
@@ -401,6 +412,7 @@ impl Message {
             TAG_DECIDED => Message::Decided {
                 agreement_id: r.u64()?,
                 batch: Arc::new(Batch::decode_from(&mut r)?),
+                previous: if r.flag()? { Some(r.array32()?) } else { None },
             },
             TAG_GONE => Message::Gone { first_held: r.u64()? },
             TAG_STATUS_QUERY => Message::StatusQuery { nonce: r.u64()?, last_decided: r.u64()? },
@@ -468,7 +480,8 @@ mod tests {
                 batch: batch.clone(),
             },
             Message::Fetch { from: 15, to: 16 },
-            Message::Decided { agreement_id: 17, batch },
+            Message::Decided { agreement_id: 17, batch: batch.clone(), previous: Some([5; 32]) },
+            Message::Decided { agreement_id: 18, batch, previous: None },
             Message::Gone { first_held: 23 },
             Message::StatusQuery { nonce: 18, last_decided: 26 },
             Message::Status {

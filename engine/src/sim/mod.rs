@@ -99,6 +99,10 @@ impl std::str::FromStr for SimService {
     }
 }
 
+/// How a run's error starts when it stopped at the stated BFT liveness limit after a
+/// crash of every replica (see `World::bft_limit`), not at a failure of the protocol.
+pub const BFT_LIMIT_PREFIX: &str = "stalled at the stated BFT limit:";
+
 /// One operation a client starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextOp {
@@ -1119,12 +1123,16 @@ impl<'c, W: Workload> World<'c, W> {
                 })
                 .collect();
             let states = self.describe_replicas();
-            return Err(format!(
-                "liveness: operations still pending {} ms after faults stopped: {}; replicas: {}",
+            let what = format!(
+                "operations still pending {} ms after faults stopped: {}; replicas: {}",
                 self.config.liveness_ms,
                 pending.join("; "),
                 states
-            ));
+            );
+            return Err(match self.bft_limit() {
+                Some(why) => format!("{BFT_LIMIT_PREFIX} {why}: {what}"),
+                None => format!("liveness: {what}"),
+            });
         }
         let service_digests: BTreeMap<u64, [u8; 32]> =
             self.digests.iter().map(|(&aid, &(service, _))| (aid, service)).collect();
@@ -1171,13 +1179,17 @@ impl<'c, W: Workload> World<'c, W> {
                     self.report.state_transfer_needed += 1;
                     continue;
                 }
-                return Err(format!(
-                    "catch-up: replica {} is at agreement {} of {decided_max} {} ms after faults stopped; replicas: {}",
+                let what = format!(
+                    "replica {} is at agreement {} of {decided_max} {} ms after faults stopped; replicas: {}",
                     core.id(),
                     core.last_decided(),
                     DRAIN_US / 1000,
                     self.describe_replicas()
-                ));
+                );
+                return Err(match self.bft_limit() {
+                    Some(why) => format!("{BFT_LIMIT_PREFIX} {why}: catch-up: {what}"),
+                    None => format!("catch-up: {what}"),
+                });
             }
         }
         self.report.end_ms = self.now_us / 1000;
@@ -1189,6 +1201,75 @@ impl<'c, W: Workload> World<'c, W> {
             self.replicas.iter().map(|r| r.core.as_ref().map(|c| c.last_decided())).collect();
         self.report.decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
         Ok(())
+    }
+
+    /// BFT: the stated liveness limit of unpersisted votes (ARCHITECTURE.md, "votes are
+    /// not persisted"), if the run is stuck there; None: a stall here is a failure. Two
+    /// cases, each needing a replica Byzantine or down for good (not one transferring):
+    /// - after a crash of every replica, the newest agreement a correct replica decided
+    ///   is held by f or fewer correct replicas. The others cannot decide it anew (a
+    ///   client may have seen it complete, its other copy on the faulty replica's disk)
+    ///   nor take the lone copy (with MACs it is only its holder's word, and its holder
+    ///   may be the faulty one), so they wait for the faulty replica;
+    /// - the agreement the correct replicas are stuck at is open while more than f
+    ///   replicas are Byzantine, down, or correct but restarted since the agreement before
+    ///   it was decided (their WRITEs and ACCEPTs forgotten): a leader change's choice
+    ///   rule then cannot tell a value that one replica accepted from a Byzantine claim
+    ///   (it needs f+1 remembered WRITEs for it), nor free it. The stall shows as leader
+    ///   changes that never end: every correct replica is past regency n (each replica
+    ///   has led once). A stall with the regencies still is not this one.
+    fn bft_limit(&self) -> Option<String> {
+        if self.config.protocol.mode != Mode::Bft {
+            return None;
+        }
+        let f = self.config.protocol.f;
+        let down = |id: usize| {
+            self.replicas[id].core.is_none() && !self.transfers.contains_key(&(id as ReplicaId))
+        };
+        let faulty = (0..self.replicas.len())
+            .filter(|&id| self.replicas[id].byzantine.is_some() || down(id))
+            .count();
+        if faulty == 0 {
+            return None;
+        }
+        let decided: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|r| r.byzantine.is_none())
+            .filter_map(|r| r.core.as_ref().map(Replica::last_decided))
+            .collect();
+        let newest = decided.iter().copied().max()?;
+        let holders = decided.iter().filter(|&&d| d >= newest).count();
+        if self.report.total_crashes > 0 && holders <= f {
+            return Some(format!(
+                "agreement {newest} is held by {holders} correct replica(s) (f = {f}), {faulty} \
+                 replica(s) Byzantine or down"
+            ));
+        }
+        let cycling = self
+            .replicas
+            .iter()
+            .filter(|r| r.byzantine.is_none())
+            .filter_map(|r| r.core.as_ref())
+            .all(|core| core.regency() >= self.replicas.len() as u64);
+        if !cycling {
+            return None;
+        }
+        let open = decided.iter().copied().min()? + 1;
+        let since = self.decided_at_us.get(&(open - 1)).copied().unwrap_or(0);
+        let forgot = (0..self.replicas.len())
+            .filter(|&id| {
+                let node = &self.replicas[id];
+                node.byzantine.is_none() && !down(id) && node.forgot_at_us > since
+            })
+            .count();
+        (faulty + forgot > f).then(|| {
+            format!(
+                "agreement {open} is open with {faulty} replica(s) Byzantine or down and {forgot} \
+                 correct one(s) restarted since agreement {} was decided (f = {f})",
+                open - 1
+            )
+        })
     }
 
     fn describe_replicas(&self) -> String {
@@ -2525,7 +2606,11 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             members: (0..n as ReplicaId).map(|id| (id, random_hash(rng))).collect(),
             batch: Arc::new(Batch::default()),
         },
-        5 => Message::Decided { agreement_id: small(rng), batch: Arc::new(Batch::default()) },
+        5 => Message::Decided {
+            agreement_id: small(rng),
+            batch: Arc::new(Batch::default()),
+            previous: rng.chance(500).then(|| [rng.next_u64() as u8; 32]),
+        },
         6 => Message::Fetch { from: rng.range(0, u64::MAX), to: rng.range(0, u64::MAX) },
         _ => Message::Status {
             nonce: rng.next_u64(),

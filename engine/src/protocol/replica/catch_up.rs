@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::protocol::message::{Batch, Message};
-use crate::protocol::{Action, Hash, ReplicaId};
+use crate::protocol::{Action, Hash, Mode, ReplicaId};
 
 use super::{DecidedEntry, FUTURE_INSTANCES_MAX, RESEND_TICKS, Replica};
 
@@ -30,8 +30,10 @@ impl Replica {
             return;
         }
         let (batch, hash, regency) = (entry.batch.clone(), entry.hash, entry.regency);
+        let previous = self.previous_hash(agreement_id);
         self.helped.insert(to, (agreement_id, now));
-        actions.push(Action::Send { to, message: Message::Decided { agreement_id, batch } });
+        let message = Message::Decided { agreement_id, batch, previous };
+        actions.push(Action::Send { to, message });
         if let Some(regency) = regency {
             actions.push(Action::Send {
                 to,
@@ -98,10 +100,12 @@ impl Replica {
         let mut aid = first;
         while aid <= last {
             match self.window_get(aid) {
-                Some(entry) => actions.push(Action::Send {
-                    to,
-                    message: Message::Decided { agreement_id: aid, batch: entry.batch.clone() },
-                }),
+                Some(entry) => {
+                    let batch = entry.batch.clone();
+                    let previous = self.previous_hash(aid);
+                    let message = Message::Decided { agreement_id: aid, batch, previous };
+                    actions.push(Action::Send { to, message })
+                }
                 None if aid > self.last_decided => break,
                 None => {}
             }
@@ -109,7 +113,18 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_decided(&mut self, from: ReplicaId, agreement_id: u64, batch: Arc<Batch>) {
+    /// The hash of the batch decided at `agreement_id - 1`, if the window holds it.
+    fn previous_hash(&self, agreement_id: u64) -> Option<Hash> {
+        self.window_get(agreement_id.checked_sub(1)?).map(|entry| entry.hash)
+    }
+
+    pub(super) fn on_decided(
+        &mut self,
+        from: ReplicaId,
+        agreement_id: u64,
+        batch: Arc<Batch>,
+        previous: Option<Hash>,
+    ) {
         let horizon = self.last_decided + self.config.fetch_instances_max.max(FUTURE_INSTANCES_MAX);
         if agreement_id <= self.last_decided || agreement_id > horizon {
             if agreement_id > horizon {
@@ -122,15 +137,40 @@ impl Replica {
             return;
         }
         let hash = batch.hash();
-        slot.votes.insert(from, hash);
+        slot.votes.insert(from, (hash, previous));
         slot.batches.entry(hash).or_insert(batch);
     }
 
-    pub(super) fn decide_from_fetch(&mut self, agreement_id: u64) -> bool {
+    /// Decides `agreement_id` (the next one) from f+1 matching DECIDED answers. BFT: if
+    /// f+1 of the answers name, as the batch before it, another batch than the one this
+    /// replica decided there, a correct replica decided that agreement otherwise (more
+    /// than f replicas forgot their votes since this one decided it, as after a crash
+    /// of every replica that this replica's recovery did not see whole): it gives its
+    /// decision there up (`discard_suffix`) instead of building on it.
+    pub(super) fn decide_from_fetch(
+        &mut self,
+        agreement_id: u64,
+        actions: &mut Vec<Action>,
+    ) -> bool {
         let weak = self.config.weak_quorum();
         let Some(slot) = self.fetch.get(&agreement_id) else { return false };
+        if self.config.mode == Mode::Bft
+            && agreement_id == self.last_decided + 1
+            && let Some(own) = self.window_get(self.last_decided).map(|entry| entry.hash)
+        {
+            let contradicting = slot
+                .votes
+                .values()
+                .filter(|(_, previous)| previous.is_some_and(|p| p != own))
+                .count();
+            if contradicting > self.config.f {
+                self.fetch.clear();
+                self.discard_suffix(self.last_decided - 1, actions);
+                return false;
+            }
+        }
         let mut tally: BTreeMap<Hash, Vec<ReplicaId>> = BTreeMap::new();
-        for (&sender, &hash) in &slot.votes {
+        for (&sender, &(hash, _)) in &slot.votes {
             tally.entry(hash).or_default().push(sender);
         }
         let Some((hash, proof)) = tally.into_iter().find(|(_, senders)| senders.len() >= weak)

@@ -199,7 +199,8 @@ struct Instance {
 
 #[derive(Debug, Default)]
 struct FetchSlot {
-    votes: BTreeMap<ReplicaId, Hash>,
+    /// Per sender: the batch's hash and the one before it (see [`Message::Decided`]).
+    votes: BTreeMap<ReplicaId, (Hash, Option<Hash>)>,
     batches: BTreeMap<Hash, Arc<Batch>>,
 }
 
@@ -574,7 +575,9 @@ impl Replica {
                 self.apply_sync(sync, actions);
             }
             Message::Fetch { from: first, to } => self.on_fetch(from, first, to, actions),
-            Message::Decided { agreement_id, batch } => self.on_decided(from, agreement_id, batch),
+            Message::Decided { agreement_id, batch, previous } => {
+                self.on_decided(from, agreement_id, batch, previous)
+            }
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce, last_decided: asked } => {
                 let recovering = self.is_recovering() || self.awaiting_vote_regency;
@@ -1056,6 +1059,40 @@ mod tests {
     }
 
     #[test]
+    fn bft_replica_gives_up_a_decision_that_what_it_fetches_does_not_follow() {
+        // Seed 13358 of `dura-sim --mode bft --replicas 4 --total-crash`: its recovery
+        // counted answers from before the others decided 7 anew, so it kept its 7; then
+        // it fetched 8 from them.
+        let mine = Batch { timestamp_ms: 1, requests: Vec::new() };
+        let theirs = Batch { timestamp_ms: 2, requests: Vec::new() };
+        let next = Arc::new(Batch { timestamp_ms: 3, requests: Vec::new() });
+        let (mut replica, mut actions) =
+            recovered_after(&mine, [(7, Some(mine.hash())), (7, Some(mine.hash()))]);
+        assert!(!replica.is_recovering());
+        actions.clear();
+        let decided = |from, previous| {
+            let batch = next.clone();
+            message(from, Message::Decided { agreement_id: 8, batch, previous })
+        };
+        // Answers that follow its 7, or do not say, prove nothing; one that names another
+        // 7 may be a Byzantine replica's.
+        replica.handle(decided(1, Some(mine.hash())), &mut actions);
+        replica.handle(decided(2, None), &mut actions);
+        replica.handle(decided(3, Some(theirs.hash())), &mut actions);
+        assert!(discards(&actions).is_empty());
+        let (mut replica, mut actions) =
+            recovered_after(&mine, [(7, Some(mine.hash())), (7, Some(mine.hash()))]);
+        actions.clear();
+        replica.handle(decided(3, Some(theirs.hash())), &mut actions);
+        replica.handle(decided(2, Some(theirs.hash())), &mut actions);
+        assert_eq!(discards(&actions), [&Action::DiscardUnconfirmed { confirmed: 6, logged: 7 }]);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
+            "nothing built on the batch given up"
+        );
+    }
+
+    #[test]
     fn bft_replica_discards_only_once_f_plus_1_others_hold_what_it_keeps_up_to() {
         let config = Config::bft(1);
         let ring = KeyRing::new([5; 32], 4);
@@ -1276,7 +1313,7 @@ mod tests {
         let served: Vec<u64> = actions
             .iter()
             .filter_map(|a| match a {
-                Action::Send { to: 1, message: Message::Decided { agreement_id, batch } } => {
+                Action::Send { to: 1, message: Message::Decided { agreement_id, batch, .. } } => {
                     assert_eq!(*batch, recent[*agreement_id as usize - 1]);
                     Some(*agreement_id)
                 }

@@ -427,8 +427,11 @@ impl Replica {
     pub(super) fn settle(&mut self, actions: &mut Vec<Action>) {
         loop {
             let aid = self.last_decided + 1;
-            if self.decide_from_fetch(aid) {
+            if self.decide_from_fetch(aid, actions) {
                 continue;
+            }
+            if self.discarded {
+                return;
             }
             let proposal = self.instances.get(&aid).and_then(|inst| inst.proposal.clone());
             if let Some((regency, batch)) = proposal
