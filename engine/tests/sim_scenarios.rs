@@ -357,13 +357,14 @@ fn fresh_clusters_start_with_f_replicas_dying_during_start_up() {
 #[test]
 fn no_replica_diverges_after_a_crash_of_every_replica_in_bft_mode() {
     let mut discarded = 0;
-    for seed in [41, 231, 246, 276, 320, 340] {
+    for seed in [41, 231, 246, 276, 320, 340, 28, 50, 58] {
         let config = SimConfig::random_with_total_crash(Mode::Bft, 4, seed);
         assert!(config.total_crash.is_some(), "seed {seed} crashes every replica");
         discarded += must_pass(&config).suffixes_discarded;
     }
-    // The schedules drift as the code changes (checkpoints now wait for the log): at
-    // least two of these seeds still reach the discard (276 and 320 at this commit).
+    // The schedules drift as the code changes (checkpoints now wait for the log, leader
+    // changes no quorum installs go on): at least two of these seeds still reach the
+    // discard (28, 50 and 58 at this commit).
     assert!(discarded >= 2, "the seeds that diverged discard instead ({discarded})");
 }
 
@@ -388,13 +389,13 @@ fn a_replica_holding_an_agreement_the_others_decided_anew_gives_it_up() {
     assert!(discarded >= 2, "the replicas that diverged give their agreements up ({discarded})");
 }
 
-/// Seed 248: after a crash of every replica, one correct replica logged agreement 5, the
-/// others 4, and the Byzantine one stays mute. The stated BFT limit: the run stalls, and
+/// Seed 378: after a crash of every replica, one correct replica logged agreement 2, the
+/// others 1, and the Byzantine one stays mute. The stated BFT limit: the run stalls, and
 /// the simulator names it so (not a protocol failure), with the facts that make it one.
 /// Its safety checks held up to the stall (the run returns no other error first).
 #[test]
 fn a_stall_at_the_stated_bft_limit_is_named_with_its_facts() {
-    let config = SimConfig::random_with_total_crash(Mode::Bft, 4, 248);
+    let config = SimConfig::random_with_total_crash(Mode::Bft, 4, 378);
     assert!(!config.byzantine.is_empty(), "the seed draws a Byzantine replica");
     let failure = run(&config).expect_err("the seed stalls").to_string();
     assert!(failure.contains(dura_engine::sim::BFT_LIMIT_PREFIX), "{failure}");

@@ -154,6 +154,7 @@ fn messages() -> Vec<Message> {
             incarnation: 9,
             vouch: Some(dura_engine::protocol::message::Vouch { floor: 3, regency_min: 2 }),
             asked_hash: Some([7; 32]),
+            asked: 3,
         },
         Message::Gone { first_held: 7 },
     ]

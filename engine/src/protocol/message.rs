@@ -232,6 +232,10 @@ pub enum Message {
         /// it decided that agreement and still holds it in its catch-up window (None in
         /// heartbeats, and for agreement 0).
         asked_hash: Option<Hash>,
+        /// The agreement `asked_hash` is for: the query's `last_decided` (0 in
+        /// heartbeats). An asker that decided more since it asked must not compare an
+        /// answer about an earlier agreement with its newest one.
+        asked: u64,
     },
 }
 
@@ -333,6 +337,7 @@ impl Message {
                 incarnation,
                 vouch,
                 asked_hash,
+                asked,
             } => {
                 w.push(TAG_STATUS);
                 put_u64(w, *nonce);
@@ -356,6 +361,7 @@ impl Message {
                         w.extend_from_slice(hash);
                     }
                 }
+                put_u64(w, *asked);
             }
         }
     }
@@ -428,6 +434,7 @@ impl Message {
                     true => Some(Vouch { floor: r.u64()?, regency_min: r.u64()? }),
                 },
                 asked_hash: if r.flag()? { Some(r.array32()?) } else { None },
+                asked: r.u64()?,
             },
             _ => return Err(r.error().into()),
         };
@@ -493,6 +500,7 @@ mod tests {
                 incarnation: 23,
                 vouch: Some(Vouch { floor: 24, regency_min: 25 }),
                 asked_hash: Some([3; 32]),
+                asked: 26,
             },
             Message::Status {
                 nonce: 19,
@@ -503,6 +511,7 @@ mod tests {
                 incarnation: 0,
                 vouch: None,
                 asked_hash: None,
+                asked: 0,
             },
         ]
     }

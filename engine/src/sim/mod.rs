@@ -2623,6 +2623,7 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
                 .chance(500)
                 .then(|| crate::protocol::Vouch { floor: small(rng), regency_min: small(rng) }),
             asked_hash: rng.chance(500).then(|| random_hash(rng)),
+            asked: small(rng),
         },
     }
 }

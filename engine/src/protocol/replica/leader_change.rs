@@ -17,6 +17,7 @@ impl Replica {
         }
         self.stop_sent = target;
         self.stop_resent_tick = self.now_tick;
+        self.stop_raised_tick = self.now_tick;
         self.stop_high.insert(self.id, target);
         actions.push(Action::Broadcast { message: Message::Stop { regency: target } });
         self.check_stops(actions);
@@ -30,7 +31,7 @@ impl Replica {
     }
 
     /// The `k`-th largest STOP regency: the highest regency that `k` replicas asked for.
-    fn stop_level(&self, k: usize) -> u64 {
+    pub(super) fn stop_level(&self, k: usize) -> u64 {
         let mut highs: Vec<u64> = self.stop_high.values().copied().collect();
         highs.sort_unstable_by(|a, b| b.cmp(a));
         highs.get(k.wrapping_sub(1)).copied().unwrap_or(0)

@@ -231,6 +231,8 @@ struct PeerStatus {
     /// The hash of the batch the peer decided at this replica's `last_decided` (None:
     /// it did not decide it, or no longer holds it in its window).
     asked_hash: Option<Hash>,
+    /// The agreement `asked_hash` is for (the `last_decided` this replica asked with).
+    asked: u64,
 }
 
 /// One decision kept in memory to help lagging peers.
@@ -294,6 +296,8 @@ pub struct Replica {
     stop_high: BTreeMap<ReplicaId, u64>,
     stop_sent: u64,
     stop_resent_tick: u64,
+    /// Tick at which `stop_sent` was last raised.
+    stop_raised_tick: u64,
     /// regency -> sender -> (collect, digest); the first one received.
     stopdata: BTreeMap<u64, BTreeMap<ReplicaId, (Arc<CollectData>, Hash)>>,
     my_stopdata: Option<Message>,
@@ -378,6 +382,7 @@ impl Replica {
             stop_high: BTreeMap::new(),
             stop_sent: 0,
             stop_resent_tick: 0,
+            stop_raised_tick: 0,
             stopdata: BTreeMap::new(),
             my_stopdata: None,
             pending_sync: None,
@@ -595,6 +600,7 @@ impl Replica {
                     incarnation: if recovering { self.incarnation } else { 0 },
                     vouch: self.vouch_for(from, nonce, recovering),
                     asked_hash,
+                    asked,
                 };
                 actions.push(Action::Send { to: from, message });
             }
@@ -607,6 +613,7 @@ impl Replica {
                 incarnation,
                 vouch,
                 asked_hash,
+                asked,
             } => {
                 let status = PeerStatus {
                     last_decided,
@@ -616,6 +623,7 @@ impl Replica {
                     incarnation,
                     vouch,
                     asked_hash,
+                    asked,
                 };
                 self.on_status(from, nonce, status, actions)
             }
@@ -655,6 +663,7 @@ impl Replica {
                     incarnation: 0,
                     vouch: None,
                     asked_hash: None,
+                    asked: 0,
                 },
             });
         }
@@ -704,6 +713,19 @@ impl Replica {
                         >= silence;
                 if stop || stuck || silent {
                     self.start_stop(self.regency + 1, actions);
+                }
+                // A change that f+1 replicas asked for (this one among them) and that
+                // no quorum installs within the timeout goes on to the next regency, as a
+                // change whose SYNC never came does. Without it, replicas that restarted
+                // alone into a lower regency than the others ask for one the others are
+                // already past and never reach a quorum (seeds 6973 and 22555 of the
+                // BFT total-crash swarm: the others, with nothing pending, never ask).
+                if self.stop_sent > self.regency
+                    && self.now_tick.saturating_sub(self.stop_raised_tick) >= timeout
+                    && self.stop_level(self.config.f + 1) >= self.stop_sent
+                {
+                    self.failed_changes = self.failed_changes.saturating_add(1);
+                    self.start_stop(self.stop_sent + 1, actions);
                 }
                 if resend && let Some(sync) = &self.sync_resend {
                     actions.push(Action::Broadcast { message: sync.clone() });
@@ -774,6 +796,7 @@ mod tests {
             incarnation: 0,
             vouch: None,
             asked_hash: None,
+            asked: 0,
         };
         for from in 1..4 {
             replica.handle(message(from, status(0)), &mut actions);
@@ -836,6 +859,7 @@ mod tests {
             incarnation,
             vouch,
             asked_hash: None,
+            asked: 0,
         }
     }
 
@@ -978,6 +1002,7 @@ mod tests {
             incarnation: 0,
             vouch: None,
             asked_hash,
+            asked: 7,
         }
     }
 
@@ -1090,6 +1115,45 @@ mod tests {
             !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
             "nothing built on the batch given up"
         );
+    }
+
+    #[test]
+    fn a_leader_change_no_quorum_installs_goes_on_to_the_next_regency() {
+        // Replicas 0 and 1 ask for regency 1; replica 2 is already past it and asks for
+        // nothing, replica 3 is silent: no quorum for 1. After the timeout they go on.
+        let config = Config::bft(1);
+        let (mut replicas, _ring) = cluster(&config);
+        let mut actions = Vec::new();
+        let replica = &mut replicas[0];
+        replica.start_stop(1, &mut actions);
+        replica.handle(message(1, Message::Stop { regency: 1 }), &mut actions);
+        let stops = |actions: &[Action]| -> Vec<u64> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Broadcast { message: Message::Stop { regency } } => Some(*regency),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(stops(&actions), vec![1], "it asked, and one other");
+        let timeout = replica.timeout_ticks();
+        actions.clear();
+        for _ in 0..timeout {
+            replica.handle(Event::TimerFired(TimerKind::Tick), &mut actions);
+        }
+        assert_eq!(replica.regency(), 0, "never installed");
+        assert!(stops(&actions).contains(&2), "{:?}", stops(&actions));
+        // A replica that asks alone does not go on by itself.
+        let (mut replicas, _ring) = cluster(&config);
+        let replica = &mut replicas[0];
+        let mut actions = Vec::new();
+        replica.start_stop(1, &mut actions);
+        actions.clear();
+        for _ in 0..4 * timeout {
+            replica.handle(Event::TimerFired(TimerKind::Tick), &mut actions);
+        }
+        assert!(stops(&actions).iter().all(|&r| r == 1), "{:?}", stops(&actions));
     }
 
     #[test]

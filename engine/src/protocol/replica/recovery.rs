@@ -348,7 +348,13 @@ impl Replica {
         let Some(own) = own.map(|entry| entry.hash).filter(|_| self.last_decided > 0) else {
             return 0;
         };
-        self.statuses.values().filter(|s| s.asked_hash.is_some_and(|h| h != own)).count()
+        // Only answers about this very agreement: a replica that decided more while
+        // recovering (catch-up) asked about an earlier one (seed 12731).
+        let last = self.last_decided;
+        self.statuses
+            .values()
+            .filter(|s| s.asked == last && s.asked_hash.is_some_and(|h| h != own))
+            .count()
     }
 
     /// Ends this incarnation: what it decided above what f+1 replicas hold (as far as the
