@@ -155,6 +155,12 @@ pub struct ReplyOut {
     pub reply: Vec<u8>,
 }
 
+/// A refused request's reply ([`Outcome::Expired`]): no decision, and as its result the
+/// lowest session time an unknown client is accepted with.
+fn refusal(accept_from_ms: u64) -> (ReplyStatus, DecisionId, Vec<u8>) {
+    (ReplyStatus::Expired, DecisionId::default(), accept_from_ms.to_le_bytes().to_vec())
+}
+
 /// The reply to a retransmission of an ordered request, from the executor's reply cache
 /// (see [`Executor::answer_retransmission`]), to leave through
 /// [`Input::CachedReply`] once the log holds `last_executed`.
@@ -166,9 +172,7 @@ pub fn retransmission_reply<S: Service>(
 ) -> Option<ReplyOut> {
     let (status, decided, reply) = match executor.answer_retransmission(client_id, sequence)? {
         Outcome::Cached(reply, decided) => (ReplyStatus::Executed, decided, reply),
-        Outcome::Expired { accept_from_ms } => {
-            (ReplyStatus::Expired, DecisionId::default(), accept_from_ms.to_le_bytes().to_vec())
-        }
+        Outcome::Expired { accept_from_ms } => refusal(accept_from_ms),
         other => unreachable!("a retransmission is answered or refused, not {other:?}"),
     };
     Some(ReplyOut { client_id, sequence, agreement_id: last_executed, status, decided, reply })
@@ -189,9 +193,7 @@ pub fn execute_batch<S: Service>(
         let (status, decided, reply) = match outcome {
             Outcome::Executed(reply) => (ReplyStatus::Executed, decision, reply),
             Outcome::Cached(reply, decided) => (ReplyStatus::Executed, decided, reply),
-            Outcome::Expired { accept_from_ms } => {
-                (ReplyStatus::Expired, DecisionId::default(), accept_from_ms.to_le_bytes().to_vec())
-            }
+            Outcome::Expired { accept_from_ms } => refusal(accept_from_ms),
             Outcome::Deferred | Outcome::Stale => continue,
         };
         replies.push(ReplyOut {
