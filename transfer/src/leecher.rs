@@ -1264,6 +1264,15 @@ impl Leecher {
                 let second_claim = self
                     .answer(t, t.order[second].replica)
                     .filter(|c| c.covers(t.order[second].base.agreement_id, &pieces));
+                // A 1st or 2nd that will not answer ends the attempt (seed 17004: with no
+                // checkpoint and an empty L_2 the 2nd sends hashes only, so no fetch of
+                // its fails when it goes mute).
+                let gone = |claim: Option<&Claim>, position: usize| {
+                    claim.is_none() && self.is_absent(t, t.order[position].replica)
+                };
+                if gone(first_claim, first) || gone(second_claim, second) {
+                    return Verdict::Invalid;
+                }
                 let (Some(first_claim), Some(second_claim)) = (first_claim, second_claim) else {
                     return Verdict::Wait;
                 };
@@ -2187,6 +2196,93 @@ mod tests {
         };
         assert_eq!(run(19), (vec![31], false), "behind at 19: the target passes it");
         assert_eq!(run(0), (vec![19], false), "nothing of its own: 19 without the leader");
+    }
+
+    /// Simulator seed 17004 (bft, n = 4, a crash of all): no replica had checkpointed,
+    /// so the f = 1 optimisation's 2nd replica sends nothing but hashes (C_2 is the
+    /// genesis, L_2 empty). It crashed for good: its hash request timed out, and the
+    /// attempt waited for its answer forever. A 1st or 2nd that will not answer ends
+    /// the attempt, and the general protocol serves from the replicas that are left.
+    #[test]
+    fn an_f1_attempt_whose_hash_only_replica_is_mute_moves_on() {
+        let mut config = LeecherConfig::new(Mode::Bft, 4, 2, SESSION);
+        config.leader = Some(0);
+        let mut leecher = Leecher::new(config, 0).expect("valid");
+        let round = |out: &[Action]| {
+            out.iter().find_map(|a| match a {
+                Action::Target { round, .. } => Some(*round),
+                _ => None,
+            })
+        };
+        let mut out = Vec::new();
+        leecher.start(0, &mut out);
+        for from in [0, 1, 3] {
+            let msg = Message::Status { round: ROUND_1, status: status(1, &[]) };
+            out.extend(step(&mut leecher, Event::Message { from, msg }));
+        }
+        assert_eq!(round(&out), Some(ROUND_1));
+        let piece = Piece::new(0, 1);
+        // Both non-leaders asked for HL_1; L_1 from one of them, nothing else fetched.
+        let fetches: Vec<(Ticket, ReplicaId)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Fetch { ticket, from, want: Want::Log(p), .. } if *p == piece => {
+                    Some((*ticket, *from))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fetches.len(), 1, "{out:?}");
+        let (ticket, sender) = fetches[0];
+        let mute = if sender == 1 { 3 } else { 1 };
+        let hl1 = hashes(piece, 1);
+        let mut later = step(
+            &mut leecher,
+            Event::Message {
+                from: sender,
+                msg: Message::Hashes {
+                    round: ROUND_1,
+                    checkpoint: AGREEMENT_ID_NONE,
+                    checkpoint_hash: None,
+                    pieces: vec![(piece, hl1)],
+                },
+            },
+        );
+        later.extend(step(
+            &mut leecher,
+            Event::Fetched { ticket, outcome: FetchOutcome::Received { hash: hl1 } },
+        ));
+        let staged = out
+            .iter()
+            .chain(&later)
+            .find_map(|a| match a {
+                Action::Stage { ticket, .. } => Some(*ticket),
+                _ => None,
+            })
+            .expect("the genesis is staged at once");
+        later.extend(step(
+            &mut leecher,
+            Event::Staged { ticket: staged, outcome: StageOutcome::Staged },
+        ));
+        let timeouts = Timeouts::default();
+        for now in 1..=timeouts.answer_ticks + 1 {
+            later.extend(step(&mut leecher, Event::Tick { now }));
+        }
+        assert!(
+            later.contains(&Action::SeederFailed { replica: mute, fault: Fault::Mute }),
+            "{later:?}"
+        );
+        // The attempt ended: the state is fetched again, from a replica still answering,
+        // and never from the mute one.
+        let refetched: Vec<ReplicaId> = later
+            .iter()
+            .filter_map(|a| match a {
+                Action::Fetch { from, .. } => Some(*from),
+                _ => None,
+            })
+            .collect();
+        assert!(!refetched.is_empty(), "the attempt waited for a mute replica: {later:?}");
+        assert!(!refetched.contains(&mute), "{later:?}");
     }
 
     #[test]
