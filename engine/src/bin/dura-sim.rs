@@ -40,6 +40,10 @@ struct Totals {
     bounded_seeds: u64,
     /// Requests refused as expired in them.
     expired: u64,
+    /// Seeds whose replicas answer a FETCH below their window from the log.
+    log_catch_up_seeds: u64,
+    /// DECIDED answers read from a log.
+    log_catch_ups: u64,
     checkpoints: u64,
     checkpoint_crashes: u64,
     checkpoint_restarts: u64,
@@ -71,6 +75,8 @@ impl Totals {
         self.checkpointing_seeds += u64::from(config.checkpoints.is_some());
         self.bounded_seeds += u64::from(config.clients_max < config.clients);
         self.expired += report.ops_expired;
+        self.log_catch_up_seeds += u64::from(config.catch_up_from_log);
+        self.log_catch_ups += report.catch_up_from_log;
         self.checkpoints += report.checkpoints_written;
         self.checkpoint_crashes += report.checkpoint_crashes;
         self.checkpoint_restarts += report.checkpoint_restarts;
@@ -276,6 +282,10 @@ fn main() {
     println!(
         "clients_max below the clients in {} passing seeds: {} requests refused as expired",
         totals.bounded_seeds, totals.expired
+    );
+    println!(
+        "catch-up below the window from the log in {} passing seeds: {} agreements served from a log",
+        totals.log_catch_up_seeds, totals.log_catch_ups
     );
     if !totals.service.is_empty() {
         let counts: Vec<String> =

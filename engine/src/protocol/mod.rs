@@ -58,7 +58,7 @@ pub use dura_core::{
     Hash, Mode, REPLICAS_MAX, ReplicaId, SEQUENCE_AHEAD_MAX_MS, first_sequence_at, sequence_time_ms,
 };
 pub use message::{Batch, ClientRequest, CollectData, Message, Reply, Vouch};
-pub use replica::{Recovered, Replica};
+pub use replica::{Recovered, Replica, catch_up_from_log};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -356,6 +356,23 @@ pub enum Action {
         timer: TimerKind,
         /// Delay.
         after_ms: u64,
+    },
+    /// A peer FETCHed `first..=last`, agreements decided here that are older than the
+    /// in-memory catch-up window (which begins at `first_held`). The host answers from
+    /// its log while the log still holds them (the log is the durable copy, kept back
+    /// to the older of the two newest checkpoints), so that a replica that spent longer
+    /// than the window's worth of load in a state transfer still catches up; else, or
+    /// with no log to read, with GONE { first_held } (the peer transfers state on f+1 of
+    /// those). [`catch_up_from_log`] builds the answer.
+    ServeFromLog {
+        /// The peer that asked.
+        to: ReplicaId,
+        /// First agreement asked for.
+        first: u64,
+        /// Last one (below `first_held`, at most `fetch_instances_max` after `first`).
+        last: u64,
+        /// The first agreement the in-memory window holds.
+        first_held: u64,
     },
     /// This replica is behind beyond every peer's catch-up window: enough peers (f+1
     /// in BFT mode, one in crash mode) answered its FETCH for `last_decided + 1` with

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 pub mod alloc;
+pub mod catchup;
 pub mod checkpoint;
 pub mod cli;
 pub mod client;

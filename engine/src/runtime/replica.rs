@@ -860,6 +860,8 @@ pub fn start_replica<S: Service>(
         }
         _ => (None, None),
     };
+    // Catch-up below the protocol's window is read from the log (`super::catchup`).
+    let catch_up_log = backend.as_ref().and_then(|backend| backend.pieces());
     let log_tx = match backend {
         Some(backend) => {
             let (log_tx, log_rx) = bounded::<durability::LogInput>(STAGE_QUEUE_MAX);
@@ -964,6 +966,25 @@ pub fn start_replica<S: Service>(
         let network = network.clone();
         let stop = stop.clone();
         let core_slot = core_cell.clone();
+        let catch_up = match catch_up_log {
+            Some(log) => {
+                let (catch_up, thread) = super::catchup::CatchUpLog::spawn(
+                    id,
+                    log,
+                    keys.clone(),
+                    network.clone(),
+                    stop.clone(),
+                )
+                .map_err(|error| RuntimeError::Io {
+                    operation: "spawn the catch-up thread",
+                    path: std::path::PathBuf::from("catch-up"),
+                    error,
+                })?;
+                threads.push(thread);
+                Some(catch_up)
+            }
+            None => None,
+        };
         let mut order = OrderStage {
             fail: Box::new(fail.clone()),
             can_transfer: me.transfer_port.is_some(),
@@ -975,6 +996,7 @@ pub fn start_replica<S: Service>(
             regency,
             metrics: replica_metrics.clone(),
             tick_at: None,
+            catch_up,
         };
         threads.push(spawn(
             "order",
@@ -1027,6 +1049,8 @@ struct OrderStage {
     regency: Arc<AtomicU64>,
     metrics: Arc<ReplicaMetrics>,
     tick_at: Option<Instant>,
+    /// Serves FETCHes below the core's window from the log (None: no log to read).
+    catch_up: Option<super::catchup::CatchUpLog>,
 }
 
 impl OrderStage {
@@ -1147,6 +1171,19 @@ impl OrderStage {
                 }
                 Action::SetTimer { timer: TimerKind::Tick, after_ms } => {
                     self.tick_at = Some(Instant::now() + Duration::from_millis(after_ms));
+                }
+                Action::ServeFromLog { to, first, last, first_held } => {
+                    let ask = super::catchup::Ask { to, first, last, first_held };
+                    match &self.catch_up {
+                        // A full queue drops the ask: the peer FETCHes again.
+                        Some(catch_up) => drop(catch_up.ask(ask)),
+                        None => {
+                            if let Some(key) = self.keys.link(to) {
+                                let frame = seal_frame(key, self.id, &Message::Gone { first_held });
+                                self.network.send(Peer::Replica(to), Arc::from(frame));
+                            }
+                        }
+                    }
                 }
                 Action::TransferNeeded { last_decided, first_held } => {
                     if !self.can_transfer {

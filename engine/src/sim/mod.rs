@@ -300,6 +300,9 @@ pub struct SimConfig {
     /// Each replica's reply cache bound (the cluster's `clients_max`); below the number
     /// of clients, clients are evicted and their requests refused as expired.
     pub clients_max: usize,
+    /// FETCHes below a replica's catch-up window are answered from its log, as the
+    /// runtime does (`runtime::catchup`); else with GONE, as a host with no log to read.
+    pub catch_up_from_log: bool,
 }
 
 /// Checkpoints in a simulated run: each replica writes them into its own simulated
@@ -372,6 +375,7 @@ impl SimConfig {
             wiped: None,
             service: SimService::Kv,
             clients_max: crate::service::CLIENTS_MAX_DEFAULT,
+            catch_up_from_log: true,
         }
     }
 
@@ -500,6 +504,11 @@ impl SimConfig {
             config.clients_max = rng.range(clients.saturating_sub(2).max(1), clients) as usize;
             config.protocol.clients_max = config.clients_max;
         }
+        // Catch-up below the window from the log in half the seeds, from its own stream;
+        // the other half answers GONE there, so that falling behind every window still
+        // leads to state transfer as often as before.
+        let mut rng = Rng::new(seed ^ 0x10C_A7C4_0B5E);
+        config.catch_up_from_log = rng.chance(500);
         config
     }
 
@@ -598,6 +607,8 @@ pub struct SimReport {
     pub ops_completed: usize,
     /// Operations refused as expired (their client evicted from the reply caches).
     pub ops_expired: u64,
+    /// DECIDED answers a replica read from its log for a FETCH below its window.
+    pub catch_up_from_log: u64,
     /// Client retransmissions.
     pub client_retransmissions: u64,
     /// Decisions delivered through catch-up (fetched from peers).
@@ -1662,6 +1673,23 @@ impl<'c, W: Workload> World<'c, W> {
                         eprintln!("{:>9} us r{id} DELIVER {ids:?}", self.now_us);
                     }
                     self.deliver(id, decisions)?
+                }
+                Action::ServeFromLog { to, first, last, first_held } => {
+                    let node = &self.replicas[id as usize];
+                    let answers = match (self.config.catch_up_from_log, node.wal.as_ref()) {
+                        (true, Some(wal)) => {
+                            let ask = crate::runtime::catchup::Ask { to, first, last, first_held };
+                            let log = crate::runtime::filelog::WalPieces(wal.reader());
+                            crate::runtime::catchup::answer(&log, ask)
+                        }
+                        _ => vec![Message::Gone { first_held }],
+                    };
+                    self.report.catch_up_from_log +=
+                        answers.iter().filter(|m| matches!(m, Message::Decided { .. })).count()
+                            as u64;
+                    for message in answers {
+                        self.send_replica_message(id, to, message);
+                    }
                 }
                 Action::TransferNeeded { last_decided, first_held } => {
                     if self.config.trace {

@@ -91,11 +91,13 @@ impl Replica {
         actions: &mut Vec<Action>,
     ) {
         let last = last.min(first.saturating_add(self.config.fetch_instances_max - 1));
-        // What the window no longer holds (a checkpoint covers it): say so, so that a
-        // replica behind every window knows to transfer state instead of asking forever.
+        // What the window no longer holds: the host answers from its log, or says GONE
+        // so that a replica behind every window and log transfers state instead of
+        // asking forever.
         let first_held = self.window.front().map_or(self.last_decided + 1, |e| e.agreement_id);
         if first < first_held && first <= self.last_decided {
-            actions.push(Action::Send { to, message: Message::Gone { first_held } });
+            let below = last.min(first_held - 1).min(self.last_decided);
+            actions.push(Action::ServeFromLog { to, first, last: below, first_held });
         }
         let mut aid = first;
         while aid <= last {
@@ -209,4 +211,42 @@ impl Replica {
             });
         }
     }
+}
+
+/// The answer to [`Action::ServeFromLog`] for `first..=last` below a window that begins
+/// at `first_held`, from the decided batches `(agreement, batch, hash)` the host's log
+/// returned, in order, for `first - 1..=last` (or from `first` when the log no longer
+/// holds `first - 1`); `None` when the log could not give them (no log, truncated).
+/// A DECIDED per agreement, naming the batch before it where the read holds it (as the
+/// window does), or GONE { first_held } when the log does not start at `first`.
+pub fn catch_up_from_log(
+    first: u64,
+    last: u64,
+    first_held: u64,
+    batches: Option<&[(u64, Arc<Batch>, Hash)]>,
+) -> Vec<Message> {
+    assert!(first <= last && last < first_held, "a range below the window");
+    let gone = || vec![Message::Gone { first_held }];
+    let Some(batches) = batches else { return gone() };
+    let Some(start) = batches.iter().position(|(id, _, _)| *id == first) else {
+        return gone();
+    };
+    let mut answers = Vec::with_capacity(batches.len() - start);
+    let mut previous = start.checked_sub(1).map(|i| &batches[i]);
+    for entry in &batches[start..] {
+        let (agreement_id, batch, _) = entry;
+        // The read is whole and in order: each agreement follows the one before.
+        if *agreement_id > last
+            || previous.is_some_and(|(before, _, _)| before + 1 != *agreement_id)
+        {
+            break;
+        }
+        answers.push(Message::Decided {
+            agreement_id: *agreement_id,
+            batch: batch.clone(),
+            previous: previous.map(|(_, _, hash)| *hash),
+        });
+        previous = Some(entry);
+    }
+    answers
 }

@@ -129,6 +129,7 @@ use super::message::{Batch, ClientRequest, CollectData, FORWARD_REQUESTS_MAX, Me
 use super::{Action, Config, Decision, Event, Hash, Mode, ProtocolError, ReplicaId, TimerKind};
 
 mod catch_up;
+pub use catch_up::catch_up_from_log;
 mod leader_change;
 mod normal;
 mod recovery;
@@ -1385,10 +1386,14 @@ mod tests {
             })
             .collect();
         assert_eq!(served, vec![8, 9, 10]);
-        // What the window no longer holds is answered with GONE, naming the first it has.
-        assert!(
-            actions.contains(&Action::Send { to: 1, message: Message::Gone { first_held: 8 } })
-        );
+        // What the window no longer holds goes to the host, which answers from its log or
+        // with GONE naming the first the window has.
+        assert!(actions.contains(&Action::ServeFromLog {
+            to: 1,
+            first: 1,
+            last: 7,
+            first_held: 8
+        }));
     }
 
     #[test]
