@@ -151,13 +151,62 @@ impl Drop for ReclaimSlot {
     }
 }
 
+/// Checkpoint files that a reader in this process still streams (state transfer's
+/// data path sends a whole checkpoint to a peer, which at 1 GiB takes seconds), by
+/// device and inode, with their readers. A reclaim never shrinks such a file under its
+/// reader: it unlinks it whole, and the blocks come back when the reader closes it.
+/// Found on the lent machine: with a checkpoint every 5 s, a transfer's stream of the
+/// older retained checkpoint was shrunk under it and every seeder failed. Bounded by
+/// the readers (the data path's `transfer_streams_max` per replica).
+static PINS: std::sync::Mutex<std::collections::BTreeMap<(u64, u64), usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// A reader's hold on a checkpoint file (see [`PINS`]); released when dropped.
+#[derive(Debug)]
+pub struct ReadPin {
+    key: (u64, u64),
+}
+
+impl ReadPin {
+    /// Holds `file` (open for reading) until the pin is dropped.
+    pub fn of(file: &File) -> io::Result<ReadPin> {
+        let key = file_key(file)?;
+        *PINS.lock().expect("pins lock").entry(key).or_insert(0) += 1;
+        Ok(ReadPin { key })
+    }
+}
+
+impl Drop for ReadPin {
+    fn drop(&mut self) {
+        let mut pins = PINS.lock().expect("pins lock");
+        let readers = pins.get_mut(&self.key).expect("a pin is registered");
+        *readers -= 1;
+        if *readers == 0 {
+            pins.remove(&self.key);
+        }
+    }
+}
+
+fn file_key(file: &File) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+fn is_pinned(file: &File) -> io::Result<bool> {
+    let key = file_key(file)?;
+    Ok(PINS.lock().expect("pins lock").contains_key(&key))
+}
+
 /// Shrinks the file at `path` (`len` bytes) by [`RECLAIM_STEP_BYTES`] at a time, with
-/// `pause` between steps, then unlinks it. Nobody reads the file any more: its name was
-/// taken away first. No sync: the blocks are free space whether or not a crash comes.
+/// `pause` between steps, then unlinks it. Its name was taken away first, so no new
+/// reader opens it; one that opened it before ([`ReadPin`]) stops the shrinking: the
+/// file is unlinked whole. No sync: the blocks are free space whether or not a crash
+/// comes.
 pub fn reclaim_paced(path: &Path, len: u64, pause: std::time::Duration) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     let mut left = len.min(file.metadata()?.len());
-    while left > RECLAIM_STEP_BYTES {
+    while left > RECLAIM_STEP_BYTES && !is_pinned(&file)? {
         left -= RECLAIM_STEP_BYTES;
         file.set_len(left)?;
         std::thread::sleep(pause);
@@ -354,6 +403,24 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the reclaim never finished");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn a_reclaim_never_shrinks_a_file_a_reader_still_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("held");
+        let bytes: Vec<u8> = (0..3 * RECLAIM_STEP_BYTES).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let reader = File::open(&path).expect("open");
+        let pin = ReadPin::of(&reader).expect("pin");
+        reclaim_paced(&path, bytes.len() as u64, std::time::Duration::ZERO).expect("reclaim");
+        assert!(!path.exists(), "the name is gone");
+        // The reader still reads every byte of it.
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut &reader, &mut read).expect("read");
+        assert!(read == bytes, "the file was shrunk under its reader");
+        drop(pin);
+        assert!(!is_pinned(&reader).expect("key"), "the pin is released");
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod store;
 mod writer;
 
 pub use aligned::AlignedBytes;
-pub use dir::{Dir, DirReader, DirWriter, FsDir};
+pub use dir::{Dir, DirReader, DirWriter, FsDir, ReadPin};
 pub use error::{BoxError, CheckpointError, Corruption, IoOp, Result};
 pub use format::{
     CHUNK_BYTES_LIMIT, CHUNK_COUNT_MAX, CheckpointHeader, ContentHasher, ENGINE_BYTES_LIMIT,

@@ -1209,6 +1209,7 @@ fn serve_stream(shared: &Shared, mut stream: DataStream, peer: &str) {
         refused[0] = ANSWER_REFUSED;
         let _ = stream.write_all(&refused);
     };
+    let mut pin: Option<dura_snapshot::ReadPin> = None;
     let (payload, total) = match shared.source.open(&request) {
         Err(error) => return refuse(&mut stream, format!("the source failed: {error}")),
         Ok(Opened::Unavailable(Unavailable::Busy)) => {
@@ -1226,12 +1227,18 @@ fn serve_stream(shared: &Shared, mut stream: DataStream, peer: &str) {
             let _ = answer(&mut stream, ANSWER_UNAVAILABLE, code);
             return;
         }
-        Ok(Opened::File { file, start, len }) => (Payload::File { file, start }, len),
+        Ok(Opened::File { file, start, len }) => {
+            // Held while streamed: a checkpoint removed meanwhile is not shrunk under
+            // this stream (`dura_snapshot::ReadPin`).
+            pin = dura_snapshot::ReadPin::of(&file).ok();
+            (Payload::File { file, start }, len)
+        }
         Ok(Opened::Memory(bytes)) => {
             let total = bytes.len() as u64;
             (Payload::Memory(bytes), total)
         }
     };
+    debug_assert!(pin.is_none() || matches!(payload, Payload::File { .. }));
     if request.offset > total {
         let why = format!("offset {} is past the payload's {total} bytes", request.offset);
         return refuse(&mut stream, why);
@@ -1250,6 +1257,7 @@ fn serve_stream(shared: &Shared, mut stream: DataStream, peer: &str) {
         }
     }
     let _ = stream.socket().shutdown(Shutdown::Both);
+    drop(pin);
 }
 
 enum Payload {
@@ -1452,7 +1460,13 @@ pub struct FetchOptions {
     pub connect_timeout_ms: u64,
     /// A connection that brings no byte for this long is dropped (and resumed).
     pub idle_timeout_ms: u64,
+    /// A seeder that answers Busy is asked again every [`BUSY_RETRY_MS`] for this long
+    /// before the fetch ends with [`StreamOutcome::Busy`].
+    pub busy_wait_ms_max: u64,
 }
+
+/// Wait between two requests to a seeder that answered Busy.
+pub const BUSY_RETRY_MS: u64 = 100;
 
 impl Default for FetchOptions {
     fn default() -> Self {
@@ -1462,6 +1476,7 @@ impl Default for FetchOptions {
             backoff_ms_max: 1_000,
             connect_timeout_ms: 2_000,
             idle_timeout_ms: 10_000,
+            busy_wait_ms_max: 30_000,
         }
     }
 }
@@ -1779,6 +1794,8 @@ pub fn fetch(
     let mut fruitless = 0u32;
     let mut backoff_ms = options.backoff_ms_min;
     let mut buffer = vec![0u8; RECEIVE_BUFFER_BYTES];
+    // Since when the seeder has answered Busy, in a row.
+    let mut busy_since: Option<Instant> = None;
     loop {
         if stop.load(Ordering::Acquire) {
             return StreamOutcome::Stopped;
@@ -1796,9 +1813,30 @@ pub fn fetch(
             stop,
         );
         let last = match outcome {
+            // The seeder serves its `transfer_streams_max` streams already (the general
+            // protocol fetches a checkpoint and several pieces from one provider at once;
+            // other leechers share it too): ask again once one ends, for a bounded time,
+            // reporting the wait as progress, since the seeder answers (with a MAC).
+            // Found on the lent machine with 7 replicas: every provider answered Busy to
+            // its own leecher's extra streams and each round ended with no seeder left.
+            Attempt::Over(StreamOutcome::Busy)
+                if busy_since.get_or_insert_with(Instant::now).elapsed()
+                    < Duration::from_millis(options.busy_wait_ms_max) =>
+            {
+                progress(Progress { bytes: position, total: total.unwrap_or(0) });
+                let until = Instant::now() + Duration::from_millis(BUSY_RETRY_MS);
+                while Instant::now() < until {
+                    if stop.load(Ordering::Acquire) {
+                        return StreamOutcome::Stopped;
+                    }
+                    thread::sleep(Duration::from_millis(RECEIVE_POLL_MS.min(BUSY_RETRY_MS)));
+                }
+                continue;
+            }
             Attempt::Over(outcome) => return outcome,
             Attempt::Broken(last) => last,
         };
+        busy_since = None;
         assert!(position >= before, "a fetch never goes back");
         if position > before {
             // Progress: resume at once, and the count of fruitless attempts restarts.

@@ -53,6 +53,7 @@ fn quick() -> FetchOptions {
         attempts_max: 3,
         backoff_ms_min: 1,
         backoff_ms_max: 10,
+        busy_wait_ms_max: 0,
         ..FetchOptions::default()
     }
 }
@@ -317,6 +318,60 @@ fn a_request_past_the_stream_bound_is_told_busy_not_queued() {
     server.stop();
     assert!(server.stats().busy >= 1);
     assert_eq!(server.stats().completed, 2);
+}
+
+/// With a wait for Busy (the default), a fetch past the bound asks again and completes
+/// once the stream before it ends, reporting progress while it waits (so the leecher
+/// does not take the seeder for mute).
+#[test]
+fn a_fetch_told_busy_asks_again_until_a_place_is_free() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inner = DirSource::new(dir.path());
+    let want = Want::Log(Piece::new(0, 5));
+    let expected = write_random(&inner.path_of(want), 70_000, 11);
+    let (opened_tx, opened_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let gate = Gate {
+        inner,
+        held: AtomicBool::new(false),
+        opened: Mutex::new(opened_tx),
+        release: Mutex::new(release_rx),
+    };
+    let mut server = start_server(Arc::new(gate), 1);
+    let first = request_from(&server, 1, want, 0);
+    let holder = thread::spawn(move || fetch_bytes(&first));
+    opened_rx.recv_timeout(Duration::from_secs(30)).expect("the first request reaches the source");
+    let second = request_from(&server, 2, want, 0);
+    let waiter = thread::spawn(move || {
+        let (mut bytes, mut reports) = (Vec::new(), Vec::new());
+        let options = FetchOptions { busy_wait_ms_max: 60_000, ..quick() };
+        let outcome = fetch(
+            &second,
+            &options,
+            &mut |chunk| {
+                bytes.extend_from_slice(chunk);
+                Ok(())
+            },
+            &mut |progress| reports.push(progress),
+            &AtomicBool::new(false),
+        );
+        (outcome, bytes, reports)
+    });
+    // The second is told Busy at least once before the first is let go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.stats().busy == 0 {
+        assert!(Instant::now() < deadline, "the second request was never told Busy");
+        thread::sleep(Duration::from_millis(5));
+    }
+    release_tx.send(()).expect("release the first");
+    let (outcome, bytes, _) = holder.join().expect("first fetch");
+    assert!(matches!(outcome, StreamOutcome::Done { bytes: 70_000 }), "{outcome:?}");
+    assert!(bytes == expected);
+    let (outcome, bytes, reports) = waiter.join().expect("second fetch");
+    assert!(matches!(outcome, StreamOutcome::Done { bytes: 70_000 }), "{outcome:?}");
+    assert!(bytes == expected);
+    assert!(reports.iter().any(|p| p.bytes == 0), "the wait was reported: {reports:?}");
+    server.stop();
 }
 
 #[test]
