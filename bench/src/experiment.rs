@@ -96,7 +96,7 @@ pub struct ExperimentArgs {
     /// checkpoints: P, the requests between two checkpoints of one replica, the same for
     /// every mode (default: from a short calibration run, so that each replica
     /// checkpoints about three times in --seconds). recovery: the same for both
-    /// protocols (default: half of --records, so replicas checkpoint while loading).
+    /// protocols (default: twice --records, the paper's log of about twice the state).
     #[arg(long)]
     pub checkpoint_period: Option<u64>,
     /// failover: seconds of load on a fresh cluster with default settings and no fault,

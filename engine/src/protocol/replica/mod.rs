@@ -322,6 +322,10 @@ pub struct Replica {
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
+    /// The last agreement the last FETCH asked for: once decisions from fetched answers
+    /// reach it, the next FETCH goes at once (catch-up keeps a range in flight instead
+    /// of one per two ticks).
+    fetch_to: u64,
     /// Tick of the last decision or regency installation.
     progress_tick: u64,
     /// Peers that answered a FETCH with GONE while this replica was at `gone_at`:
@@ -398,6 +402,7 @@ impl Replica {
             awaiting_vote_regency: false,
             deliveries: Vec::new(),
             fetch_wanted: false,
+            fetch_to: 0,
             gone: BTreeMap::new(),
             gone_at: 0,
             transfer_asked: false,
@@ -516,6 +521,7 @@ impl Replica {
         if std::mem::take(&mut self.fetch_wanted) {
             let from = self.last_decided + 1;
             let to = self.last_decided + self.config.fetch_instances_max;
+            self.fetch_to = to;
             actions.push(Action::Broadcast { message: Message::Fetch { from, to } });
         }
         // Postconditions: regencies only grow, decisions only advance, and what is
@@ -1116,6 +1122,44 @@ mod tests {
             !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
             "nothing built on the batch given up"
         );
+    }
+
+    #[test]
+    fn catch_up_asks_for_the_next_range_as_soon_as_the_last_one_is_decided() {
+        let mut config = Config::bft(1);
+        config.fetch_instances_max = 4;
+        let (mut replicas, _ring) = cluster(&config);
+        let replica = &mut replicas[0];
+        let fetches = |actions: &[Action]| -> Vec<(u64, u64)> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Broadcast { message: Message::Fetch { from, to } } => {
+                        Some((*from, *to))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // A vote far ahead: this replica is behind and asks for 1..=4.
+        let mut actions = Vec::new();
+        let far = Message::Write { regency: 0, agreement_id: 10_000, hash: [1; 32] };
+        replica.handle(message(1, far), &mut actions);
+        assert_eq!(fetches(&actions), vec![(1, 4)]);
+        let batch = |k: u64| Arc::new(Batch { timestamp_ms: k, requests: Vec::new() });
+        let mut previous = None;
+        for k in 1..=4u64 {
+            let mut actions = Vec::new();
+            for from in [1, 2] {
+                let decided = Message::Decided { agreement_id: k, batch: batch(k), previous };
+                replica.handle(message(from, decided), &mut actions);
+            }
+            previous = Some(batch(k).hash());
+            assert_eq!(replica.last_decided(), k);
+            // No tick in between: the next range goes out when the last one is in.
+            let wanted = if k == 4 { vec![(5, 8)] } else { Vec::new() };
+            assert_eq!(fetches(&actions), wanted, "after deciding {k}");
+        }
     }
 
     #[test]

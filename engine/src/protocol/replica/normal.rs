@@ -428,6 +428,15 @@ impl Replica {
         loop {
             let aid = self.last_decided + 1;
             if self.decide_from_fetch(aid, actions) {
+                // The range the last FETCH asked for is decided: ask for the next one now
+                // rather than at the next tick (a replica catching up after a state
+                // transfer must outrun the cluster; with one range per two ticks it
+                // decided about 320 agreements a second, barely more than the cluster).
+                if self.last_decided >= self.fetch_to {
+                    self.fetch_sent_tick = Some(self.now_tick);
+                    self.behind_mark = None;
+                    self.fetch_wanted = true;
+                }
                 continue;
             }
             if self.discarded {

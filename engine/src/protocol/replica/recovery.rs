@@ -88,6 +88,7 @@ impl Replica {
         self.behind_mark = None;
         self.fetch_sent_tick = None;
         self.fetch_wanted = false;
+        self.fetch_to = 0;
         self.helped.clear();
         self.progress_tick = self.now_tick;
         assert!(self.deliveries.is_empty(), "nothing is delivered between two events");
