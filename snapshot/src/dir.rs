@@ -161,7 +161,8 @@ impl Drop for ReclaimSlot {
 static PINS: std::sync::Mutex<std::collections::BTreeMap<(u64, u64), usize>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// A reader's hold on a checkpoint file (see [`PINS`]); released when dropped.
+/// A reader's hold on a checkpoint file: a reclaim never shrinks the file while one
+/// is held ([`reclaim_paced`]); released when dropped.
 #[derive(Debug)]
 pub struct ReadPin {
     key: (u64, u64),

@@ -1680,7 +1680,7 @@ impl<'c, W: Workload> World<'c, W> {
                         (true, Some(wal)) => {
                             let ask = crate::runtime::catchup::Ask { to, first, last, first_held };
                             let log = crate::runtime::filelog::WalPieces(wal.reader());
-                            crate::runtime::catchup::answer(&log, ask)
+                            crate::runtime::catchup::answer(&log, ask, &mut Default::default())
                         }
                         _ => vec![Message::Gone { first_held }],
                     };
