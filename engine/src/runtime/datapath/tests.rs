@@ -276,25 +276,41 @@ impl StreamSource for Gate {
     }
 }
 
-#[test]
-fn a_request_past_the_stream_bound_is_told_busy_not_queued() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let inner = DirSource::new(dir.path());
-    let want = Want::Log(Piece::new(0, 5));
-    let expected = write_random(&inner.path_of(want), 70_000, 7);
+/// A server with one stream place, taken by a fetch of `want` (70,000 random bytes from
+/// `seed`) whose source holds its open until `release` is sent.
+struct HeldPlace {
+    server: DataServer,
+    expected: Vec<u8>,
+    holder: thread::JoinHandle<(StreamOutcome, Vec<u8>, Vec<Progress>)>,
+    release: mpsc::Sender<()>,
+}
+
+fn hold_the_only_place(dir: &Path, want: Want, seed: u64) -> HeldPlace {
+    let inner = DirSource::new(dir);
+    let expected = write_random(&inner.path_of(want), 70_000, seed);
     let (opened_tx, opened_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
     let gate = Gate {
         inner,
         held: AtomicBool::new(false),
         opened: Mutex::new(opened_tx),
         release: Mutex::new(release_rx),
     };
-    let mut server = start_server(Arc::new(gate), 1);
+    let server = start_server(Arc::new(gate), 1);
     let first = request_from(&server, 1, want, 0);
     let holder = thread::spawn(move || fetch_bytes(&first));
     // The first stream holds the only place while its source opens.
     opened_rx.recv_timeout(Duration::from_secs(30)).expect("the first request reaches the source");
+    HeldPlace { server, expected, holder, release }
+}
+
+#[test]
+fn a_request_past_the_stream_bound_is_told_busy_not_queued() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let want = Want::Log(Piece::new(0, 5));
+    let held = hold_the_only_place(dir.path(), want, 7);
+    let (mut server, expected, holder, release_tx) =
+        (held.server, held.expected, held.holder, held.release);
     let (outcome, bytes, _) = fetch_bytes(&request_from(&server, 2, want, 0));
     assert!(matches!(outcome, StreamOutcome::Busy), "{outcome:?}");
     assert!(bytes.is_empty());
@@ -326,21 +342,10 @@ fn a_request_past_the_stream_bound_is_told_busy_not_queued() {
 #[test]
 fn a_fetch_told_busy_asks_again_until_a_place_is_free() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let inner = DirSource::new(dir.path());
     let want = Want::Log(Piece::new(0, 5));
-    let expected = write_random(&inner.path_of(want), 70_000, 11);
-    let (opened_tx, opened_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel();
-    let gate = Gate {
-        inner,
-        held: AtomicBool::new(false),
-        opened: Mutex::new(opened_tx),
-        release: Mutex::new(release_rx),
-    };
-    let mut server = start_server(Arc::new(gate), 1);
-    let first = request_from(&server, 1, want, 0);
-    let holder = thread::spawn(move || fetch_bytes(&first));
-    opened_rx.recv_timeout(Duration::from_secs(30)).expect("the first request reaches the source");
+    let held = hold_the_only_place(dir.path(), want, 11);
+    let (mut server, expected, holder, release_tx) =
+        (held.server, held.expected, held.holder, held.release);
     let second = request_from(&server, 2, want, 0);
     let waiter = thread::spawn(move || {
         let (mut bytes, mut reports) = (Vec::new(), Vec::new());
