@@ -41,14 +41,7 @@ impl Replica {
         if self.is_recovering() {
             return;
         }
-        // Join a leader change that f+1 replicas ask for in BFT mode (f liars cannot
-        // start one), that one asks for in crash mode (nobody lies). Crash mode used f+1
-        // too, and lost liveness (simulator seed 36338, crash 3 after a crash of all):
-        // the STOPs for regency 1 to replica 0 were lost, the replica that alone decided
-        // under regency 1 crashed for good, and the other kept asking for regency 2 on
-        // its own; replica 0, with nothing pending, never moved, and neither decided
-        // again.
-        let join = self.stop_level(self.config.weak_quorum());
+        let join = self.stop_level(self.config.f + 1);
         if join > self.regency && join > self.stop_sent {
             self.start_stop(join, actions);
             return; // start_stop re-enters check_stops

@@ -1125,25 +1125,6 @@ mod tests {
     }
 
     #[test]
-    fn one_stop_makes_a_crash_mode_replica_join_a_bft_one_needs_f_plus_1() {
-        for (config, joins) in [(Config::crash(1), true), (Config::bft(1), false)] {
-            let (mut replicas, _ring) = cluster(&config);
-            let mut actions = Vec::new();
-            replicas[0].handle(message(1, Message::Stop { regency: 2 }), &mut actions);
-            let joined = actions
-                .iter()
-                .any(|a| matches!(a, Action::Broadcast { message: Message::Stop { regency: 2 } }));
-            assert_eq!(joined, joins, "{}", config.mode);
-            if !joins {
-                replicas[0].handle(message(2, Message::Stop { regency: 2 }), &mut actions);
-                assert!(actions.iter().any(|a| {
-                    matches!(a, Action::Broadcast { message: Message::Stop { regency: 2 } })
-                }));
-            }
-        }
-    }
-
-    #[test]
     fn catch_up_asks_for_the_next_range_as_soon_as_the_last_one_is_decided() {
         let mut config = Config::bft(1);
         config.fetch_instances_max = 4;
