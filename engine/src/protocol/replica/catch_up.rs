@@ -198,6 +198,9 @@ impl Replica {
             self.gone.clear();
             self.transfer_asked = false;
         }
+        if self.gone.is_empty() {
+            self.gone_since_tick = self.now_tick;
+        }
         // Bounded: one entry per replica of the cluster.
         self.gone.insert(from, first_held);
         debug_assert!(self.gone.len() < self.config.n);
@@ -210,6 +213,22 @@ impl Replica {
                 first_held: held[0],
             });
         }
+    }
+
+    /// Fewer than f+1 peers said GONE for the next agreement, but nothing was decided
+    /// for [`super::GONE_ALONE_TICKS`] since the first did: transfer (the others may serve
+    /// the agreement from their logs, one short of the f+1 matching answers needed).
+    pub(super) fn check_gone_alone(&mut self, actions: &mut Vec<Action>) {
+        if self.transfer_asked
+            || self.gone.is_empty()
+            || self.gone_at != self.last_decided
+            || self.now_tick < self.gone_since_tick + super::GONE_ALONE_TICKS
+        {
+            return;
+        }
+        self.transfer_asked = true;
+        let first_held = *self.gone.values().min().expect("not empty");
+        actions.push(Action::TransferNeeded { last_decided: self.last_decided, first_held });
     }
 }
 

@@ -136,6 +136,15 @@ mod recovery;
 
 /// Agreements after the open one for which messages are kept.
 const FUTURE_INSTANCES_MAX: u64 = 4;
+
+/// A replica that a peer answered GONE for the agreement it needs next, and that decided
+/// nothing for this many ticks since, asks for a state transfer although fewer than f+1
+/// peers said GONE. Peers truncate their logs at different points (sequential
+/// checkpoints): simulator seed 32281 (BFT, 4 replicas, one down for good) had one peer
+/// answer GONE and the other serve the agreement from its log, one DECIDED where f+1 are
+/// needed, and the replica waited forever. A lying GONE can cause a transfer only for a
+/// replica that cannot decide anyway, and a transfer installs only a validated state.
+pub const GONE_ALONE_TICKS: u64 = 30;
 /// Known candidate batches kept per agreement.
 const VALUES_PER_INSTANCE_MAX: usize = 8;
 /// Regencies ahead of the current one for which STOPDATA and SYNC are kept.
@@ -334,6 +343,8 @@ pub struct Replica {
     gone_at: u64,
     /// [`Action::TransferNeeded`] was emitted at `gone_at`.
     transfer_asked: bool,
+    /// Tick of the first GONE at `gone_at` (see [`GONE_ALONE_TICKS`]).
+    gone_since_tick: u64,
     /// Tick at which this replica last heard from the current regency's leader (any
     /// message), or installed the regency.
     leader_heard_tick: u64,
@@ -406,6 +417,7 @@ impl Replica {
             gone: BTreeMap::new(),
             gone_at: 0,
             transfer_asked: false,
+            gone_since_tick: 0,
             progress_tick: 0,
             leader_heard_tick: 0,
             incarnation: 0,
@@ -654,6 +666,7 @@ impl Replica {
         } else {
             self.behind_mark = None;
         }
+        self.check_gone_alone(actions);
         let timeout = self.timeout_ticks();
         let resend = self.now_tick.is_multiple_of(RESEND_TICKS);
         let leading = self.phase == Phase::Normal && self.leads(self.regency);
@@ -1122,6 +1135,35 @@ mod tests {
             !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
             "nothing built on the batch given up"
         );
+    }
+
+    #[test]
+    fn one_gone_and_no_decision_for_a_while_asks_for_state_transfer() {
+        let config = Config::bft(1);
+        let (mut replicas, _ring) = cluster(&config);
+        let replica = &mut replicas[3];
+        let asked = |actions: &[Action]| {
+            actions.iter().filter(|a| matches!(a, Action::TransferNeeded { .. })).count()
+        };
+        let tick = Event::TimerFired(TimerKind::Tick);
+        let mut actions = Vec::new();
+        replica.handle(message(0, Message::Gone { first_held: 40 }), &mut actions);
+        for _ in 1..GONE_ALONE_TICKS {
+            replica.handle(tick.clone(), &mut actions);
+        }
+        assert_eq!(asked(&actions), 0, "not before GONE_ALONE_TICKS");
+        replica.handle(tick.clone(), &mut actions);
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::TransferNeeded { last_decided: 0, first_held: 40 }))
+                .count(),
+            1
+        );
+        for _ in 0..GONE_ALONE_TICKS {
+            replica.handle(tick.clone(), &mut actions);
+        }
+        assert_eq!(asked(&actions), 1, "once per agreement it is stuck at");
     }
 
     #[test]
