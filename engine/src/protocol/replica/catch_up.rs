@@ -95,8 +95,10 @@ impl Replica {
         // so that a replica behind every window and log transfers state instead of
         // asking forever.
         let first_held = self.window.front().map_or(self.last_decided + 1, |e| e.agreement_id);
-        if first < first_held && first <= self.last_decided {
-            let below = last.min(first_held - 1).min(self.last_decided);
+        // `first` and `last` come from a peer: a range that is empty or starts at 0 asks
+        // for nothing (the log reader asserts a range of real agreements).
+        let below = last.min(first_held.saturating_sub(1)).min(self.last_decided);
+        if first >= 1 && first <= below {
             actions.push(Action::ServeFromLog { to, first, last: below, first_held });
         }
         let mut aid = first;

@@ -1480,6 +1480,16 @@ mod tests {
             last: 7,
             first_held: 8
         }));
+        // A peer's empty or zero-based range asks the log for nothing (its reader
+        // asserts a range of real agreements).
+        for (from, to) in [(5, 3), (0, 0), (0, 4)] {
+            let mut actions = Vec::new();
+            replica.handle(message(1, Message::Fetch { from, to }), &mut actions);
+            let bad = actions.iter().any(|a| {
+                matches!(a, Action::ServeFromLog { first, last, .. } if *first == 0 || first > last)
+            });
+            assert!(!bad, "FETCH {from}..={to}: {actions:?}");
+        }
     }
 
     #[test]
