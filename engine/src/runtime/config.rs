@@ -852,9 +852,49 @@ impl ClusterConfig {
 /// `AddrInUse`); ports here are taken only by an explicit bind.
 pub const LOCAL_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
+/// Most ports one process reserves (see [`free_ports`]); past it, ports are still
+/// picked, only not reserved.
+pub const RESERVED_PORTS_MAX: usize = 4096;
+
+/// The lock files of the ports this process reserved, held open (and locked) until it
+/// exits.
+static RESERVED_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// Reserves `port` for this process, across processes: an exclusive lock on the file
+/// `dura-ports/<port>` in the temp dir, held until the process exits. False when another
+/// process (or an earlier call here) holds it. Where the lock files cannot be made, or
+/// this process holds [`RESERVED_PORTS_MAX`] already, every port counts as free.
+fn reserve_port(port: u16) -> bool {
+    let mut reserved = RESERVED_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if reserved.len() >= RESERVED_PORTS_MAX {
+        return true;
+    }
+    let dir = std::env::temp_dir().join("dura-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return true;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            reserved.push(file);
+            true
+        }
+        Err(std::fs::TryLockError::WouldBlock) => false,
+        Err(std::fs::TryLockError::Error(_)) => true,
+    }
+}
+
 /// `count` distinct free TCP ports on 127.0.0.1 (bound together, then released):
 /// random ones in [`LOCAL_PORTS`], each checked by binding it; ports the OS picks when
-/// too few are found there.
+/// too few are found there. A port picked in [`LOCAL_PORTS`] stays reserved for this
+/// process until it exits (a lock file, see `reserve_port`): a test or bench that stops
+/// and starts its replicas again on the same ports cannot lose one meanwhile to another
+/// process's pick (parallel test processes saw `AddrInUse` so).
 pub fn free_ports(count: usize) -> Result<Vec<u16>, RuntimeError> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -867,7 +907,9 @@ pub fn free_ports(count: usize) -> Result<Vec<u16>, RuntimeError> {
     while listeners.len() < count && tries < 64 * count {
         tries += 1;
         let port = LOCAL_PORTS.start + rng.below(span) as u16;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port))
+            && reserve_port(port)
+        {
             listeners.push(listener);
         }
     }
@@ -1281,6 +1323,20 @@ mod tests {
         let text = sample().to_toml().replace("mode = \"bft\"", "mode = \"byzantine\"");
         let error = ClusterConfig::from_toml(&text).expect_err("bad mode");
         assert!(error.to_string().contains("byzantine"), "{error}");
+    }
+
+    #[test]
+    fn a_picked_port_stays_reserved_until_the_process_exits() {
+        let first = free_ports(8).expect("ports");
+        let second = free_ports(8).expect("ports");
+        let distinct: BTreeSet<u16> = first.iter().chain(&second).copied().collect();
+        assert_eq!(distinct.len(), 16, "{first:?} {second:?}");
+        // Nothing listens on them now, yet they are not picked again: another process
+        // (or a later call) finds each one's lock taken.
+        for &port in first.iter().filter(|port| LOCAL_PORTS.contains(port)) {
+            assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "released {port}");
+            assert!(!reserve_port(port), "{port} is reserved");
+        }
     }
 
     #[test]
