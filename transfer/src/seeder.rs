@@ -178,8 +178,8 @@ pub struct Seeder {
     holdings: Holdings,
     next_job: JobId,
     hash_jobs: BTreeMap<JobId, HashJob>,
-    /// Streams under way: the leecher and its ticket.
-    serves: BTreeMap<JobId, (ReplicaId, u64)>,
+    /// Streams under way: the leecher, its session ([`RoundId::session`]) and ticket.
+    serves: BTreeMap<JobId, (ReplicaId, u64, u64)>,
 }
 
 impl Seeder {
@@ -304,8 +304,10 @@ impl Seeder {
                     .insert(job, HashJob { to: from, round, checkpoint, checkpoint_hash, pieces });
             }
             Message::Fetch { round, ticket, want } => {
-                // A duplicate of a request under way (a leecher's tickets are unique).
-                if self.serves.values().any(|serve| *serve == (from, ticket)) {
+                // A duplicate of a request under way (a leecher's tickets are unique; a
+                // new process of the same replica counts them from 1 again, in a new
+                // session, while a stream to its old one may still be running).
+                if self.serves.values().any(|serve| *serve == (from, round.session, ticket)) {
                     return;
                 }
                 let refusal = match want {
@@ -328,7 +330,7 @@ impl Seeder {
                     return;
                 }
                 let job = self.job();
-                self.serves.insert(job, (from, ticket));
+                self.serves.insert(job, (from, round.session, ticket));
                 out.push(SeederAction::Serve { job, to: from, round, ticket, want });
             }
             // Answers are the leecher side's business.
@@ -338,10 +340,10 @@ impl Seeder {
 
     /// Whether another stream to `leecher` would pass a bound.
     fn is_busy_for(&self, leecher: ReplicaId) -> bool {
-        let mut leechers: Vec<ReplicaId> = self.serves.values().map(|(to, _)| *to).collect();
+        let mut leechers: Vec<ReplicaId> = self.serves.values().map(|(to, ..)| *to).collect();
         leechers.sort_unstable();
         leechers.dedup();
-        let own = self.serves.values().filter(|(to, _)| *to == leecher).count();
+        let own = self.serves.values().filter(|(to, ..)| *to == leecher).count();
         own >= STREAMS_PER_LEECHER_MAX || (own == 0 && leechers.len() >= self.config.leechers_max)
     }
 
@@ -477,6 +479,12 @@ mod tests {
         let out = message(&mut s, 0, fetch(3, want));
         assert!(matches!(out.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{out:?}");
         assert!(message(&mut s, 0, fetch(3, want)).is_empty(), "a duplicate of a running stream");
+        // The same ticket from the leecher's next process (a new session) is a new stream.
+        let next_process = RoundId { session: ROUND.session + 1, round: 1 };
+        let again = message(&mut s, 0, Message::Fetch { round: next_process, ticket: 3, want });
+        assert!(matches!(again.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{again:?}");
+        let SeederAction::Serve { job, .. } = again[0] else { unreachable!() };
+        s.handle(SeederEvent::ServeEnded { job }, &mut Vec::new());
         // The same leecher's other streams queue; another leecher is one too many.
         let other = message(&mut s, 0, fetch(4, Want::Checkpoint { agreement_id: 80 }));
         assert!(matches!(other.as_slice(), [SeederAction::Serve { to: 0, .. }]), "{other:?}");

@@ -478,22 +478,25 @@ impl<W: Workload> World<'_, W> {
                 }
                 SeederAction::Serve { job, to: leecher, round: _, ticket, want } => {
                     let bytes = serve(&store, log, want, fault);
-                    let Some(session) = self.transfers.get(&leecher).map(|run| run.session) else {
-                        events.push(SeederEvent::ServeEnded { job });
-                        continue;
-                    };
-                    let event = match bytes {
-                        Ok(bytes) => {
-                            let took = self.delay_us() + bytes.len() as u64 / BYTES_PER_US;
-                            let bytes = (fault != Some(SeederFault::Disconnect)).then_some(bytes);
-                            (took, TransferEv::Payload { id: leecher, session, ticket, bytes })
-                        }
-                        Err(reason) => (
-                            self.delay_us(),
-                            TransferEv::Refused { id: leecher, session, ticket, reason },
-                        ),
-                    };
-                    self.schedule(self.now_us + event.0, Ev::Transfer(event.1));
+                    if let Some(session) = self.transfers.get(&leecher).map(|run| run.session) {
+                        let (took, event) = match bytes {
+                            Ok(bytes) => {
+                                let took = self.delay_us() + bytes.len() as u64 / BYTES_PER_US;
+                                let bytes =
+                                    (fault != Some(SeederFault::Disconnect)).then_some(bytes);
+                                (took, TransferEv::Payload { id: leecher, session, ticket, bytes })
+                            }
+                            Err(reason) => (
+                                self.delay_us(),
+                                TransferEv::Refused { id: leecher, session, ticket, reason },
+                            ),
+                        };
+                        self.schedule(self.now_us + took, Ev::Transfer(event));
+                    }
+                    // The stream ends here either way, a leecher gone meanwhile (a crash)
+                    // included. Skipping that once left the serve under way for good, and
+                    // the leecher's next process, whose tickets count from 1 again, was
+                    // ignored as its duplicate (seed 57841, crash 3).
                     events.push(SeederEvent::ServeEnded { job });
                 }
             }
