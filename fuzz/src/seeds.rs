@@ -136,6 +136,7 @@ fn messages() -> Vec<Message> {
             collect: Arc::new(CollectData {
                 last_decided: 4,
                 decided_hash: Some([1; 32]),
+                vote_floor: 5,
                 accepted: Some((2, [2; 32])),
                 writes: vec![([5; 32], 2)],
                 values: vec![Arc::clone(&value)],

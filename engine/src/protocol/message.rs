@@ -47,6 +47,10 @@ pub struct CollectData {
     pub last_decided: u64,
     /// Hash of that decided batch (None when `last_decided` is 0).
     pub decided_hash: Option<Hash>,
+    /// The sender's vote floor: agreements up to it may hold votes an earlier
+    /// incarnation cast and forgot (votes are not persisted). In crash mode its report
+    /// about an open agreement at or below it does not count (`Replica::report`).
+    pub vote_floor: u64,
     /// For the open agreement `last_decided + 1`: the latest (regency, hash) this
     /// replica sent ACCEPT for.
     pub accepted: Option<(u64, Hash)>,
@@ -67,6 +71,7 @@ impl CollectData {
             }
             None => w.push(0),
         }
+        put_u64(w, self.vote_floor);
         match &self.accepted {
             Some((regency, hash)) => {
                 w.push(1);
@@ -89,6 +94,7 @@ impl CollectData {
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
         let last_decided = r.u64()?;
         let decided_hash = if r.flag()? { Some(r.array32()?) } else { None };
+        let vote_floor = r.u64()?;
         let accepted = if r.flag()? { Some((r.u64()?, r.array32()?)) } else { None };
         let count = r.len(COLLECT_WRITES_MAX, 40)?;
         let mut writes = Vec::with_capacity(count);
@@ -101,7 +107,7 @@ impl CollectData {
         for _ in 0..count {
             values.push(Arc::new(Batch::decode_from(r)?));
         }
-        Ok(Self { last_decided, decided_hash, accepted, writes, values })
+        Ok(Self { last_decided, decided_hash, vote_floor, accepted, writes, values })
     }
 
     /// SHA-256 of the encoding: what SYNC names to say which STOPDATA it used.
@@ -474,6 +480,7 @@ mod tests {
                 collect: Arc::new(CollectData {
                     last_decided: 12,
                     decided_hash: Some([1; 32]),
+                    vote_floor: 13,
                     accepted: Some((2, [3; 32])),
                     writes: vec![([3; 32], 2), ([4; 32], 1)],
                     values: vec![batch.clone()],

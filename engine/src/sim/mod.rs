@@ -2623,6 +2623,7 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
             collect: Arc::new(crate::protocol::CollectData {
                 last_decided: small(rng),
                 decided_hash: Some(random_hash(rng)),
+                vote_floor: small(rng),
                 accepted: Some((rng.range(0, u64::MAX), random_hash(rng))),
                 writes: vec![(random_hash(rng), rng.range(0, u64::MAX))],
                 values: Vec::new(),

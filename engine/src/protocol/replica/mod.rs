@@ -16,7 +16,8 @@
 //! A request pending `request_timeout_ticks` is forwarded to the leader; pending twice
 //! that long, the replica broadcasts STOP(regency+1). This also replaces a leader that
 //! is alive but slow: age is per request, not "no decision at all". A replica joins a
-//! regency change on f+1 STOPs and installs it on a quorum (BFT) or majority (crash).
+//! regency change on f+1 STOPs (BFT; one in crash mode, where nobody lies) and installs
+//! it on a quorum (BFT) or majority (crash).
 //! It then broadcasts STOPDATA ([`CollectData`]) to **every** replica. The new leader
 //! waits until the STOPDATAs it holds determine a value for the open agreement
 //! (rule below), and broadcasts SYNC(agreement, value, members) where members are the
@@ -44,7 +45,9 @@
 //! and for h' at a regency > r, A2 needs f+1 writes of h' after r, but only faulty
 //! replicas can have made them. Liveness: once all correct replicas' reports are in,
 //! the highest correct ACCEPT (or "free") satisfies the rule.
-//! Crash mode: the highest ACCEPT among a majority of reports, or free.
+//! Crash mode: the highest ACCEPT among a majority of reports, or free; a report about
+//! an agreement at or below its sender's vote floor that it has not decided does not
+//! count (the sender may have accepted there and forgotten, see "Restart").
 //!
 //! Known limit: a Byzantine replica that sends its STOPDATA to the leader but not to
 //! others (or different ones to different replicas) can make one regency's SYNC fail
@@ -82,7 +85,8 @@
 //! floor too, so an agreement left open at the floor by a leader crash during the
 //! recovery still finds a quorum (its STOPDATA then omits the lost votes, which the
 //! choice rule tolerates as one of the f faults). Crash mode keeps the floor absolute:
-//! there, a report that omits an ACCEPT can free a decided value.
+//! there, a report that omits an ACCEPT can free a decided value, so such a report is
+//! not counted either ([`CollectData::vote_floor`]).
 //!
 //! If every answer comes from a replica that is itself recovering (all replicas
 //! crashed), it waits for every replica not declared lost
@@ -1615,6 +1619,7 @@ mod tests {
         CollectData {
             last_decided,
             decided_hash: (last_decided > 0).then_some([0xDD; 32]),
+            vote_floor: 0,
             accepted,
             writes: writes.to_vec(),
             values: Vec::new(),
@@ -1651,6 +1656,47 @@ mod tests {
         assert_eq!(r.choose(&[&accepted, &wrote], 5), None);
         // A report from a replica ahead of the agreement cannot be used.
         assert_eq!(r.choose(&[&collect(6, None, &[]), &silent, &silent], 5), None);
+    }
+
+    #[test]
+    fn crash_mode_choice_does_not_count_a_report_its_sender_may_have_forgotten() {
+        let h = [1; 32];
+        // Restarted after deciding 18: it may have voted at 19 and forgotten the vote.
+        let forgetful = CollectData { vote_floor: 19, ..collect(18, None, &[]) };
+        let silent = collect(18, None, &[]);
+        let accepted = collect(18, Some((0, h)), &[]);
+        let (crash, _) = cluster(&Config::crash(1));
+        let r = &crash[0];
+        // Its silence does not make a quorum: the value may have been decided with it.
+        assert_eq!(r.choose(&[&forgetful, &silent], 19), None);
+        // The others' reports decide, the one who accepted forcing its value.
+        assert_eq!(r.choose(&[&silent, &accepted], 19), Some(Choice::Forced(h)));
+        // Above its floor it speaks again, as does a replica whose floor is what it decided.
+        assert_eq!(r.choose(&[&forgetful, &silent], 20), Some(Choice::Free));
+        let remembers = CollectData { vote_floor: 18, ..silent.clone() };
+        assert_eq!(r.choose(&[&remembers, &silent], 19), Some(Choice::Free));
+        // BFT mode counts it as one of its f faults, as before.
+        let (bft, _) = cluster(&Config::bft(1));
+        assert_eq!(bft[0].choose(&[&forgetful, &silent, &silent], 19), Some(Choice::Free));
+    }
+
+    #[test]
+    fn one_stop_makes_a_crash_mode_replica_join_a_bft_one_needs_f_plus_1() {
+        for (config, joins) in [(Config::crash(1), true), (Config::bft(1), false)] {
+            let (mut replicas, _ring) = cluster(&config);
+            let mut actions = Vec::new();
+            replicas[0].handle(message(1, Message::Stop { regency: 2 }), &mut actions);
+            let joined = actions
+                .iter()
+                .any(|a| matches!(a, Action::Broadcast { message: Message::Stop { regency: 2 } }));
+            assert_eq!(joined, joins, "{}", config.mode);
+            if !joins {
+                replicas[0].handle(message(2, Message::Stop { regency: 2 }), &mut actions);
+                assert!(actions.iter().any(|a| {
+                    matches!(a, Action::Broadcast { message: Message::Stop { regency: 2 } })
+                }));
+            }
+        }
     }
 
     #[test]
