@@ -91,8 +91,7 @@ fn serve(
     asks: &Receiver<Ask>,
     stop: &AtomicBool,
 ) {
-    // Ranges read lately: (peer, first agreement, when).
-    let mut recent: VecDeque<(ReplicaId, u64, Instant)> = VecDeque::with_capacity(RECENT_MAX);
+    let mut recent = RecentAsks::default();
     let mut ahead = ReadAhead::default();
     let mut last_ask = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -110,14 +109,9 @@ fn serve(
         // same range asked five times). The same range to the same peer is read once
         // per CATCH_UP_REPEAT.
         let now = Instant::now();
-        recent.retain(|(_, _, at)| now.duration_since(*at) < CATCH_UP_REPEAT);
-        if recent.iter().any(|&(to, first, _)| to == ask.to && first == ask.first) {
+        if !recent.fresh(ask.to, ask.first, now) {
             continue;
         }
-        if recent.len() == RECENT_MAX {
-            recent.pop_front();
-        }
-        recent.push_back((ask.to, ask.first, now));
         let answers = answer(log, ask, &mut ahead);
         log::debug!(
             "replica {id}: catch-up of {}..={} for {} from the log: {} messages in {:?}",
@@ -130,6 +124,32 @@ fn serve(
         for message in answers {
             network.send(Peer::Replica(ask.to), Arc::from(seal_frame(key, id, &message)));
         }
+    }
+}
+
+/// The ranges read lately, by peer and first agreement: an ask for one of them within
+/// [`CATCH_UP_REPEAT`] is a repeat, not served again. At most [`RECENT_MAX`] remembered
+/// (the oldest goes first).
+#[derive(Debug, Default)]
+struct RecentAsks {
+    /// (peer, first agreement, when it was read), oldest first.
+    entries: VecDeque<(ReplicaId, u64, Instant)>,
+}
+
+impl RecentAsks {
+    /// Whether an ask of `to` for the range from `first`, at `now`, is to be served;
+    /// if so it is remembered.
+    fn fresh(&mut self, to: ReplicaId, first: u64, now: Instant) -> bool {
+        self.entries.retain(|(_, _, at)| now.saturating_duration_since(*at) < CATCH_UP_REPEAT);
+        if self.entries.iter().any(|&(peer, from, _)| peer == to && from == first) {
+            return false;
+        }
+        if self.entries.len() == RECENT_MAX {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((to, first, now));
+        assert!(self.entries.len() <= RECENT_MAX);
+        true
     }
 }
 
@@ -249,6 +269,28 @@ mod tests {
                 other => panic!("not a DECIDED: {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn the_same_range_for_the_same_peer_is_read_once_per_repeat_interval() {
+        let mut recent = RecentAsks::default();
+        let start = Instant::now();
+        assert!(recent.fresh(1, 100, start));
+        // Asked again meanwhile (a peer resends every two ticks): dropped.
+        assert!(!recent.fresh(1, 100, start + CATCH_UP_REPEAT / 2));
+        // Another peer, or another range, is served.
+        assert!(recent.fresh(2, 100, start + CATCH_UP_REPEAT / 2));
+        assert!(recent.fresh(1, 164, start + CATCH_UP_REPEAT / 2));
+        // Once the interval is over, the same range is read again.
+        assert!(recent.fresh(1, 100, start + CATCH_UP_REPEAT));
+        // Bounded: the oldest range is forgotten first, and served again.
+        let mut full = RecentAsks::default();
+        for first in 0..=RECENT_MAX as u64 {
+            assert!(full.fresh(3, first, start));
+        }
+        assert_eq!(full.entries.len(), RECENT_MAX);
+        assert!(full.fresh(3, 0, start), "the oldest was forgotten");
+        assert!(!full.fresh(3, RECENT_MAX as u64, start), "the newest is remembered");
     }
 
     #[test]
