@@ -51,8 +51,8 @@ cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 2500 --mode c
 # Seeds that failed once and were fixed (commit messages and ARCHITECTURE.md name each),
 # replayed on every run: a schedule moves when the protocol changes, so these guard the
 # code as it is, and the lines above keep looking for new ones.
-for seed_config in "4928 crash 3" "36338 crash 3 --total-crash" "4019 crash 5 --total-crash" \
-  "17004 bft 4 --total-crash" "32281 bft 4 --total-crash"; do
+for seed_config in "4928 crash 3" "57841 crash 3" "36338 crash 3 --total-crash" \
+  "4019 crash 5 --total-crash" "17004 bft 4 --total-crash" "32281 bft 4 --total-crash"; do
   set -- $seed_config
   seed=$1 mode=$2 replicas=$3
   shift 3
