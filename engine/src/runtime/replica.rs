@@ -649,14 +649,20 @@ pub fn start_replica<S: Service>(
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-        Replica::restart_with_nonce(
+        let mut core = Replica::restart_with_nonce(
             protocol_config,
             keys.as_ref().clone(),
             recovered,
             ordered,
             nonce,
         )
-        .map_err(protocol_error)?
+        .map_err(protocol_error)?;
+        if no_state && transferred_state.is_some() {
+            // Its own log was lost (wiped, or set aside after a discard): what it holds
+            // now is its peers' state (`Replica::mark_state_lost`).
+            core.mark_state_lost();
+        }
+        core
     };
 
     // Sockets.

@@ -798,6 +798,9 @@ struct ReplicaNode<W: Workload> {
     transfer_attempts: u32,
     /// Its disk was wiped (once, at the restart after its planned crash).
     wiped_done: bool,
+    /// Its log was lost (wiped, or set aside after a discard) and it is coming back by
+    /// state transfer: its next restart marks the core (`Replica::mark_state_lost`).
+    state_lost: bool,
     /// Its protocol core while it transfers state after falling behind every window (the
     /// process lives on; a crash loses it).
     paused_core: Option<Replica>,
@@ -942,6 +945,7 @@ impl<'c, W: Workload> World<'c, W> {
                     reopened_with: 0,
                     transfer_attempts: 0,
                     wiped_done: false,
+                    state_lost: false,
                     paused_core: None,
                     forgot_at_us: 0,
                     recent_delivered: VecDeque::new(),
@@ -1783,6 +1787,7 @@ impl<'c, W: Workload> World<'c, W> {
                         node.checkpoint_dir = SimDir::new(seed ^ 0xC4EC);
                         node.reopened_with = 0;
                         node.checkpoint_durable = 0;
+                        node.state_lost = true;
                         return self.start_transfer(id);
                     }
                 }
@@ -2528,6 +2533,7 @@ impl<'c, W: Workload> World<'c, W> {
         if self.config.wiped == Some(id) && !node.wiped_done {
             // The disk was replaced while it was down: empty log, no checkpoint.
             node.wiped_done = true;
+            node.state_lost = true;
             let seed = self.rng.next_u64();
             let node = &mut self.replicas[id as usize];
             node.disk = SimStorage::new(seed);
@@ -2581,6 +2587,10 @@ impl<'c, W: Workload> World<'c, W> {
             nonce,
         )
         .map_err(|error| format!("restart of replica {id} failed: {error}"))?;
+        if std::mem::take(&mut node.state_lost) {
+            // As the runtime: a start from the peers' state after its own log was lost.
+            core.mark_state_lost();
+        }
         let mut actions = Vec::new();
         core.start(&mut actions);
         node.core = Some(core);

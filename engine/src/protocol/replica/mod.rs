@@ -332,6 +332,11 @@ pub struct Replica {
     /// installed regency of at least `vote_regency_min`: no vote cast since the
     /// restart, so status answers still say "recovering" (see `on_status`).
     awaiting_vote_regency: bool,
+    /// BFT: this incarnation started from a state its peers transferred because its
+    /// own log was lost (a wiped data dir, or a suffix given up): it may have lost
+    /// agreements it logged above that state, so while it recovers it does not answer
+    /// another replica's recovery query ([`Replica::mark_state_lost`]).
+    state_lost: bool,
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
@@ -415,6 +420,7 @@ impl Replica {
             statuses: BTreeMap::new(),
             vote_regency_min: 0,
             awaiting_vote_regency: false,
+            state_lost: false,
             deliveries: Vec::new(),
             fetch_wanted: false,
             fetch_to: 0,
@@ -453,6 +459,17 @@ impl Replica {
     /// Last decided agreement id.
     pub fn last_decided(&self) -> u64 {
         self.last_decided
+    }
+
+    /// Marks this restarted replica's state as its peers' (BFT): the host brought it
+    /// back by state transfer because its own log was lost, a wiped data dir or a
+    /// suffix given up (`Action::DiscardUnconfirmed`). Until the cluster resumes with it
+    /// (its first vote in a fresh regency), it then does not answer recovery queries:
+    /// what it lost may be the other copy of an agreement that only one replica still
+    /// holds, and an answer from it would count as a replica that never logged it.
+    pub fn mark_state_lost(&mut self) {
+        assert!(self.is_recovering(), "marked right after a restart, before it recovers");
+        self.state_lost = true;
     }
 
     /// Current (or being installed) regency.
@@ -609,6 +626,16 @@ impl Replica {
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce, last_decided: asked } => {
                 let recovering = self.is_recovering() || self.awaiting_vote_regency;
+                if recovering && self.state_lost && self.config.mode == Mode::Bft {
+                    // Its history is its peers'; the disk it lost may be the other
+                    // one of the f+1 that logged an agreement a client saw complete.
+                    // Counted as an answer, it would let the replica that still holds
+                    // that agreement judge it unconfirmed and discard it (a kill of
+                    // all with one data dir wiped, under load: an acknowledged put
+                    // was lost). Silent, it is one of the f replicas down, and the
+                    // others resume only on what f+1 of them logged.
+                    return;
+                }
                 let asked_hash = if asked == 0 || asked > self.last_decided {
                     None
                 } else {
@@ -1656,6 +1683,85 @@ mod tests {
         assert_eq!(r.choose(&[&accepted, &wrote], 5), None);
         // A report from a replica ahead of the agreement cannot be used.
         assert_eq!(r.choose(&[&collect(6, None, &[]), &silent, &silent], 5), None);
+    }
+
+    #[test]
+    fn a_bft_replica_restarted_from_its_peers_state_does_not_answer_recovery_queries() {
+        let query = |replica: &mut Replica| {
+            let mut actions = Vec::new();
+            let ask = Message::StatusQuery { nonce: 77, last_decided: 9 };
+            replica.handle(message(1, ask), &mut actions);
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Send { to: 1, message: Message::Status { .. } }))
+        };
+        for (config, silent) in [(Config::bft(1), true), (Config::crash(1), false)] {
+            let ring = KeyRing::new([5; 32], config.n);
+            // Restarted from its own log: it answers, as every recovering replica does.
+            let mut own = restarted(&config, &ring, 2, 8, 3);
+            assert!(query(&mut own), "{}", config.mode);
+            // Restarted from a transferred state after its log was lost: in BFT mode it
+            // is silent while it recovers, as if down (crash mode keeps no such limit).
+            let mut transferred = restarted(&config, &ring, 2, 8, 4);
+            transferred.mark_state_lost();
+            assert_eq!(query(&mut transferred), !silent, "{}", config.mode);
+        }
+    }
+
+    #[test]
+    fn a_lone_holder_keeps_its_agreement_when_the_other_holders_disk_was_lost() {
+        // After a kill of every replica (BFT, n = 4): replica 1 logged agreement 9, as
+        // had replica 2, whose disk was then lost; it came back with its peers' state
+        // at 8. Replicas 0 and 3 logged up to 8. A client may have seen 9 complete.
+        let run = |marked: bool| {
+            let config = Config::bft(1);
+            let ring = KeyRing::new([5; 32], config.n);
+            let mut replicas: Vec<Replica> = (0..4)
+                .map(|id| {
+                    restarted(&config, &ring, id, if id == 1 { 9 } else { 8 }, 100 + u64::from(id))
+                })
+                .collect();
+            if marked {
+                replicas[2].mark_state_lost();
+            }
+            let mut discarded = false;
+            for _ in 0..4 * config.recovery_wait_ticks() {
+                let mut actions = Vec::new();
+                replicas[1].handle(Event::TimerFired(TimerKind::Tick), &mut actions);
+                discarded |= actions.iter().any(|a| matches!(a, Action::DiscardUnconfirmed { .. }));
+                let queries: Vec<Message> = actions
+                    .into_iter()
+                    .filter_map(|action| match action {
+                        Action::Broadcast { message: message @ Message::StatusQuery { .. } } => {
+                            Some(message)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                for query in queries {
+                    for peer in [0, 2, 3] {
+                        let mut answers = Vec::new();
+                        replicas[peer].handle(message(1, query.clone()), &mut answers);
+                        for answer in answers {
+                            if let Action::Send { to: 1, message: reply } = answer {
+                                let mut more = Vec::new();
+                                replicas[1].handle(message(peer as ReplicaId, reply), &mut more);
+                                discarded |= more
+                                    .iter()
+                                    .any(|a| matches!(a, Action::DiscardUnconfirmed { .. }));
+                            }
+                        }
+                    }
+                }
+            }
+            discarded
+        };
+        // Counted as an answer, the replica whose disk was lost makes 9 look logged by
+        // replica 1 alone, and replica 1 gives it up: an acknowledged request lost.
+        assert!(run(false), "the unmarked answer lets replica 1 discard");
+        // Marked, it is silent: the others cannot show that f+1 logged 9, and wait (the
+        // BFT limit with a disk lost: safe, not live). Replica 1 keeps 9.
+        assert!(!run(true), "replica 1 kept agreement 9");
     }
 
     #[test]
