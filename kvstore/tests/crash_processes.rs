@@ -635,6 +635,13 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&client, "after", &stop, &history);
     wait_for_progress("after the restart", 100);
+    // It ran on its peers' state, flagged so that a crash before the cluster resumed
+    // would not bring it back as a replica with a log of its own; resumed, the flag is
+    // gone.
+    let flag = cluster.config.replicas[wiped as usize]
+        .data_dir
+        .join(dura_engine::runtime::membership::FROM_PEERS_FLAG);
+    assert!(!flag.exists(), "{} still there", flag.display());
     // The wiped replica is a working member: with another one down, no quorum exists
     // without it.
     cluster.kill((wiped + 1) % n);

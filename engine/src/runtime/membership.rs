@@ -207,18 +207,11 @@ pub const LOST_FLAG: &str = "state-lost";
 
 /// Records durably that the member in `data_dir` lost its state.
 pub fn flag_lost(data_dir: &Path) -> Result<(), RuntimeError> {
-    let path = data_dir.join(LOST_FLAG);
-    let io = |operation: &'static str, path: &Path| {
-        let path: PathBuf = path.to_path_buf();
-        move |error| RuntimeError::Io { operation, path, error }
-    };
-    let mut file = std::fs::File::create(&path).map_err(io("create the state-lost flag", &path))?;
-    file.write_all(b"this member's log and checkpoints were lost; it has no state yet\n")
-        .and_then(|()| file.sync_all())
-        .map_err(io("write the state-lost flag", &path))?;
-    std::fs::File::open(data_dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io("sync data dir", data_dir))
+    write_flag(
+        data_dir,
+        LOST_FLAG,
+        b"this member's log and checkpoints were lost; it has no state yet\n",
+    )
 }
 
 /// Whether `data_dir` holds the state-lost flag.
@@ -228,12 +221,56 @@ pub fn is_flagged_lost(data_dir: &Path) -> bool {
 
 /// Removes the state-lost flag (the member has a state again), durably.
 pub fn clear_lost(data_dir: &Path) -> Result<(), RuntimeError> {
-    let path = data_dir.join(LOST_FLAG);
+    remove_flag(data_dir, LOST_FLAG)
+}
+
+/// The file a member keeps in its data dir while the state it runs on came from its
+/// peers because its own log was lost, until the cluster resumed with it
+/// (`Replica::mark_state_lost`, `Replica::holds_lost_state`): a restart meanwhile marks
+/// its core again.
+pub const FROM_PEERS_FLAG: &str = "state-from-peers";
+
+/// Records durably that the member in `data_dir` runs on its peers' state.
+pub fn flag_from_peers(data_dir: &Path) -> Result<(), RuntimeError> {
+    write_flag(
+        data_dir,
+        FROM_PEERS_FLAG,
+        b"this member's own log was lost; its state came from its peers\n",
+    )
+}
+
+/// Whether `data_dir` holds the state-from-peers flag.
+pub fn is_flagged_from_peers(data_dir: &Path) -> bool {
+    data_dir.join(FROM_PEERS_FLAG).exists()
+}
+
+/// Removes the state-from-peers flag, durably.
+pub fn clear_from_peers(data_dir: &Path) -> Result<(), RuntimeError> {
+    remove_flag(data_dir, FROM_PEERS_FLAG)
+}
+
+/// Writes the flag file `name` with `text`, synced, and syncs the directory.
+fn write_flag(data_dir: &Path, name: &str, text: &[u8]) -> Result<(), RuntimeError> {
+    let path = data_dir.join(name);
+    let io = |operation: &'static str, path: &Path| {
+        let path: PathBuf = path.to_path_buf();
+        move |error| RuntimeError::Io { operation, path, error }
+    };
+    let mut file = std::fs::File::create(&path).map_err(io("create a flag file", &path))?;
+    file.write_all(text).and_then(|()| file.sync_all()).map_err(io("write a flag file", &path))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io("sync data dir", data_dir))
+}
+
+/// Removes the flag file `name` if present, and syncs the directory.
+fn remove_flag(data_dir: &Path, name: &str) -> Result<(), RuntimeError> {
+    let path = data_dir.join(name);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(error) => {
-            return Err(RuntimeError::Io { operation: "remove the state-lost flag", path, error });
+            return Err(RuntimeError::Io { operation: "remove a flag file", path, error });
         }
     }
     std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(|error| RuntimeError::Io {

@@ -628,8 +628,14 @@ pub fn start_replica<S: Service>(
     membership::clear_lost(&me.data_dir)?;
     member_state.set_standing(Standing::Member);
     let first_start = marker.is_none() && recovered.last_decided == 0;
+    // Its own log was lost (wiped, or set aside after a discard) and its state is its
+    // peers' now, or was at a start that crashed before the cluster resumed with it
+    // (the flag says so): `Replica::mark_state_lost`.
+    let from_peers = (no_state && transferred_state.is_some())
+        || membership::is_flagged_from_peers(&me.data_dir);
     let previous_core =
         options.previous_core.as_ref().and_then(|slot| slot.lock().expect("core slot lock").take());
+    let mut marked = false;
     let mut replica = if let Some(mut core) = previous_core {
         log::info!(
             "replica {id}: its protocol core goes on from agreement {} (it kept its votes)",
@@ -657,13 +663,17 @@ pub fn start_replica<S: Service>(
             nonce,
         )
         .map_err(protocol_error)?;
-        if no_state && transferred_state.is_some() {
-            // Its own log was lost (wiped, or set aside after a discard): what it holds
-            // now is its peers' state (`Replica::mark_state_lost`).
+        if from_peers {
+            membership::flag_from_peers(&me.data_dir)?;
             core.mark_state_lost();
+            marked = true;
         }
         core
     };
+    if !marked {
+        // A core that kept its votes, or a new member: nothing of its own was lost.
+        membership::clear_from_peers(&me.data_dir)?;
+    }
 
     // Sockets.
     let replica_listener =
@@ -1003,6 +1013,7 @@ pub fn start_replica<S: Service>(
             metrics: replica_metrics.clone(),
             tick_at: None,
             catch_up,
+            from_peers_flag: marked.then(|| me.data_dir.clone()),
         };
         threads.push(spawn(
             "order",
@@ -1057,6 +1068,9 @@ struct OrderStage {
     tick_at: Option<Instant>,
     /// Serves FETCHes below the core's window from the log (None: no log to read).
     catch_up: Option<super::catchup::CatchUpLog>,
+    /// The data dir whose state-from-peers flag is to go once the core no longer holds
+    /// a lost state (`Replica::holds_lost_state`); None when there is none.
+    from_peers_flag: Option<std::path::PathBuf>,
 }
 
 impl OrderStage {
@@ -1085,6 +1099,21 @@ impl OrderStage {
             }
             if !self.execute(&mut actions) || stop.load(Ordering::Acquire) {
                 return;
+            }
+            if let Some(dir) = self.from_peers_flag.as_ref()
+                && !replica.holds_lost_state()
+            {
+                // The cluster resumed with this replica: a restart from now on is an
+                // ordinary one.
+                if let Err(error) = membership::clear_from_peers(dir) {
+                    (self.fail)(error);
+                    return;
+                }
+                log::info!(
+                    "replica {}: voting in the resumed cluster; its state is its own",
+                    self.id
+                );
+                self.from_peers_flag = None;
             }
             self.metrics.record_order_state(
                 replica.last_decided(),

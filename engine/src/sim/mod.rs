@@ -798,8 +798,9 @@ struct ReplicaNode<W: Workload> {
     transfer_attempts: u32,
     /// Its disk was wiped (once, at the restart after its planned crash).
     wiped_done: bool,
-    /// Its log was lost (wiped, or set aside after a discard) and it is coming back by
-    /// state transfer: its next restart marks the core (`Replica::mark_state_lost`).
+    /// Its log was lost (wiped, or set aside after a discard) and it comes back on its
+    /// peers' state: every restart marks the core (`Replica::mark_state_lost`) until
+    /// the cluster resumed with it (the runtime's state-from-peers flag).
     state_lost: bool,
     /// Its protocol core while it transfers state after falling behind every window (the
     /// process lives on; a crash loses it).
@@ -1661,6 +1662,12 @@ impl<'c, W: Workload> World<'c, W> {
     }
 
     fn apply_replica_actions(&mut self, id: ReplicaId, actions: Vec<Action>) -> Result<(), String> {
+        let node = &mut self.replicas[id as usize];
+        if node.state_lost && node.core.as_ref().is_some_and(|core| !core.holds_lost_state()) {
+            // As the runtime's state-from-peers flag: gone once the cluster resumed
+            // with it, kept across its crashes until then.
+            node.state_lost = false;
+        }
         for action in actions {
             match action {
                 Action::Send { to, message } => self.send_replica_message(id, to, message),
@@ -2587,7 +2594,7 @@ impl<'c, W: Workload> World<'c, W> {
             nonce,
         )
         .map_err(|error| format!("restart of replica {id} failed: {error}"))?;
-        if std::mem::take(&mut node.state_lost) {
+        if node.state_lost {
             // As the runtime: a start from the peers' state after its own log was lost.
             core.mark_state_lost();
         }

@@ -472,6 +472,13 @@ impl Replica {
         self.state_lost = true;
     }
 
+    /// Whether this replica is still marked by [`Replica::mark_state_lost`]: it recovers,
+    /// or awaits its first vote in the cluster it resumed with. Once false, the host may
+    /// drop its durable record of the mark.
+    pub fn holds_lost_state(&self) -> bool {
+        self.state_lost && (self.is_recovering() || self.awaiting_vote_regency)
+    }
+
     /// Current (or being installed) regency.
     pub fn regency(&self) -> u64 {
         self.regency
@@ -626,7 +633,7 @@ impl Replica {
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce, last_decided: asked } => {
                 let recovering = self.is_recovering() || self.awaiting_vote_regency;
-                if recovering && self.state_lost && self.config.mode == Mode::Bft {
+                if self.holds_lost_state() && self.config.mode == Mode::Bft {
                     // Its history is its peers'; the disk it lost may be the other
                     // one of the f+1 that logged an agreement a client saw complete.
                     // Counted as an answer, it would let the replica that still holds
