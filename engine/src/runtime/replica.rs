@@ -642,6 +642,8 @@ pub fn start_replica<S: Service>(
             recovered.last_decided
         );
         core.install_transferred(recovered, ordered);
+        // It keeps its mark, if it had one, with the flag that records it.
+        marked = core.holds_lost_state();
         core
     } else if first_start {
         log::info!(
@@ -671,7 +673,8 @@ pub fn start_replica<S: Service>(
         core
     };
     if !marked {
-        // A core that kept its votes, or a new member: nothing of its own was lost.
+        // A new member, a core that kept its votes, or one whose cluster resumed with
+        // it: nothing of its own was lost.
         membership::clear_from_peers(&me.data_dir)?;
     }
 
