@@ -863,7 +863,9 @@ static RESERVED_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::
 /// Reserves `port` for this process, across processes: an exclusive lock on the file
 /// `dura-ports/<port>` in the temp dir, held until the process exits. False when another
 /// process (or an earlier call here) holds it. Where the lock files cannot be made, or
-/// this process holds [`RESERVED_PORTS_MAX`] already, every port counts as free.
+/// this process holds [`RESERVED_PORTS_MAX`] already, every port counts as free. The
+/// files stay empty and are never synced: only the lock, which dies with the process,
+/// means anything.
 fn reserve_port(port: u16) -> bool {
     let mut reserved = RESERVED_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if reserved.len() >= RESERVED_PORTS_MAX {

@@ -666,9 +666,11 @@ pub fn start_replica<S: Service>(
         )
         .map_err(protocol_error)?;
         if from_peers {
-            membership::flag_from_peers(&me.data_dir)?;
             core.mark_state_lost();
-            marked = true;
+            marked = core.holds_lost_state();
+            if marked {
+                membership::flag_from_peers(&me.data_dir)?;
+            }
         }
         core
     };

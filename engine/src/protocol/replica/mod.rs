@@ -472,11 +472,14 @@ impl Replica {
         self.state_lost = true;
     }
 
-    /// Whether this replica is still marked by [`Replica::mark_state_lost`]: it recovers,
-    /// or awaits its first vote in the cluster it resumed with. Once false, the host may
-    /// drop its durable record of the mark.
+    /// Whether the mark of [`Replica::mark_state_lost`] still acts: BFT mode (crash
+    /// mode trusts one log, and the mark changes nothing there), and this replica
+    /// recovers or awaits its first vote in the cluster it resumed with. Once false, the
+    /// host may drop its durable record of the mark.
     pub fn holds_lost_state(&self) -> bool {
-        self.state_lost && (self.is_recovering() || self.awaiting_vote_regency)
+        self.state_lost
+            && self.config.mode == Mode::Bft
+            && (self.is_recovering() || self.awaiting_vote_regency)
     }
 
     /// Current (or being installed) regency.
@@ -633,7 +636,7 @@ impl Replica {
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce, last_decided: asked } => {
                 let recovering = self.is_recovering() || self.awaiting_vote_regency;
-                if self.holds_lost_state() && self.config.mode == Mode::Bft {
+                if self.holds_lost_state() {
                     // Its history is its peers'; the disk it lost may be the other
                     // one of the f+1 that logged an agreement a client saw complete.
                     // Counted as an answer, it would let the replica that still holds
@@ -930,16 +933,18 @@ mod tests {
 
     /// What `replica` answers to a status query from `asker` with `nonce`.
     fn status_answer(replica: &mut Replica, asker: ReplicaId, nonce: u64) -> Message {
+        try_status_answer(replica, asker, nonce).expect("a status answer")
+    }
+
+    /// [`status_answer`], or None when `replica` does not answer.
+    fn try_status_answer(replica: &mut Replica, asker: ReplicaId, nonce: u64) -> Option<Message> {
         let mut actions = Vec::new();
         replica
             .handle(message(asker, Message::StatusQuery { nonce, last_decided: 0 }), &mut actions);
-        actions
-            .into_iter()
-            .find_map(|action| match action {
-                Action::Send { to, message } if to == asker => Some(message),
-                _ => None,
-            })
-            .expect("a status answer")
+        actions.into_iter().find_map(|action| match action {
+            Action::Send { to, message } if to == asker => Some(message),
+            _ => None,
+        })
     }
 
     #[test]
@@ -1694,14 +1699,7 @@ mod tests {
 
     #[test]
     fn a_bft_replica_restarted_from_its_peers_state_does_not_answer_recovery_queries() {
-        let query = |replica: &mut Replica| {
-            let mut actions = Vec::new();
-            let ask = Message::StatusQuery { nonce: 77, last_decided: 9 };
-            replica.handle(message(1, ask), &mut actions);
-            actions
-                .iter()
-                .any(|a| matches!(a, Action::Send { to: 1, message: Message::Status { .. } }))
-        };
+        let query = |replica: &mut Replica| try_status_answer(replica, 1, 77).is_some();
         for (config, silent) in [(Config::bft(1), true), (Config::crash(1), false)] {
             let ring = KeyRing::new([5; 32], config.n);
             // Restarted from its own log: it answers, as every recovering replica does.
@@ -1731,37 +1729,17 @@ mod tests {
             if marked {
                 replicas[2].mark_state_lost();
             }
-            let mut discarded = false;
+            // Replica 1 recovers: each tick it asks (nonce 101), and the others answer.
+            let mut actions = Vec::new();
             for _ in 0..4 * config.recovery_wait_ticks() {
-                let mut actions = Vec::new();
                 replicas[1].handle(Event::TimerFired(TimerKind::Tick), &mut actions);
-                discarded |= actions.iter().any(|a| matches!(a, Action::DiscardUnconfirmed { .. }));
-                let queries: Vec<Message> = actions
-                    .into_iter()
-                    .filter_map(|action| match action {
-                        Action::Broadcast { message: message @ Message::StatusQuery { .. } } => {
-                            Some(message)
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                for query in queries {
-                    for peer in [0, 2, 3] {
-                        let mut answers = Vec::new();
-                        replicas[peer].handle(message(1, query.clone()), &mut answers);
-                        for answer in answers {
-                            if let Action::Send { to: 1, message: reply } = answer {
-                                let mut more = Vec::new();
-                                replicas[1].handle(message(peer as ReplicaId, reply), &mut more);
-                                discarded |= more
-                                    .iter()
-                                    .any(|a| matches!(a, Action::DiscardUnconfirmed { .. }));
-                            }
-                        }
+                for peer in [0, 2, 3] {
+                    if let Some(reply) = try_status_answer(&mut replicas[peer as usize], 1, 101) {
+                        replicas[1].handle(message(peer, reply), &mut actions);
                     }
                 }
             }
-            discarded
+            !discards(&actions).is_empty()
         };
         // Counted as an answer, the replica whose disk was lost makes 9 look logged by
         // replica 1 alone, and replica 1 gives it up: an acknowledged request lost.
