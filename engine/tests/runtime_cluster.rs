@@ -1,7 +1,7 @@
 //! The runtime end to end in one process: replicas as threads over loopback TCP, a
 //! counter service, the blocking and the asynchronous client forms.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dura_engine::runtime::{
     Bootstrap, CheckpointScheduleKind, CheckpointWrite, Client, ClientOptions, ClusterConfig,
@@ -394,12 +394,16 @@ fn wiped_replica_rejoins(
     }
     let back = start_replica(&config, 3, Counter::default(), ReplicaOptions::default())
         .expect("the wiped replica starts through state transfer");
+    let transferred = back.transferred().expect("it ran state transfer");
+    // The target is what f+1 replicas other than the leader reported: every add is
+    // decided on the three that ran, but one of them may still be logging the last few,
+    // so the state may stop a few agreements short of the cluster's; it catches up on
+    // the rest through the ordinary protocol (checked below, once it is in a quorum).
     assert!(
-        back.recovered_agreement_id() >= adds,
-        "it starts at the cluster's state, not empty: {} of {adds}",
+        transferred.agreement_id > 0 && back.recovered_agreement_id() >= transferred.agreement_id,
+        "it starts near the cluster's state, not empty: {} ({transferred:?}) of {adds}",
         back.recovered_agreement_id()
     );
-    let transferred = back.transferred().expect("it ran state transfer");
     match corrupting {
         // A corrupting seeder that served bulk data is proven faulty and named; one
         // that only sent hashes may go unnoticed, harmlessly (nothing of it was used).
@@ -433,7 +437,7 @@ fn wiped_replica_rejoins(
         loaded.from.agreement_id,
         "one add of 1 per agreement: the state at agreement A totals A"
     );
-    assert!(loaded.from.agreement_id >= adds);
+    assert!(loaded.from.agreement_id >= transferred.agreement_id);
     replicas[3] = Some(back);
     // It takes part again: with replica 0 (the first leader) stopped, the cluster needs
     // it for a quorum.
@@ -446,6 +450,18 @@ fn wiped_replica_rejoins(
     }
     let reply = client.invoke(0u64.to_le_bytes().to_vec()).expect("read");
     assert_eq!(total(&reply), adds, "every add once");
+    // With replica 0 stopped every agreement needed its vote, so it decides them all,
+    // the few its transfer stopped short of included.
+    let rejoined = replicas[3].as_ref().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rejoined.metrics().last_decided_agreement_id() <= adds && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        rejoined.metrics().last_decided_agreement_id() > adds,
+        "it decided the read after {adds} adds: {}",
+        rejoined.metrics().last_decided_agreement_id()
+    );
     drop(client);
     for replica in replicas.into_iter().flatten() {
         replica.stop().expect("clean stop");
@@ -583,7 +599,7 @@ fn behind_replica_rejoins(mode: Mode, n: u32) {
     let (stop, thread) = serve(&config);
     // Its own metrics say when it has caught up (120 agreements decided) and no longer
     // recovers; only then is the first leader stopped.
-    let caught_up = std::time::Instant::now();
+    let caught_up = Instant::now();
     loop {
         let metrics = scrape(metrics_port);
         let value = |name: &str| {

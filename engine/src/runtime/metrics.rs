@@ -165,6 +165,11 @@ impl ReplicaMetrics {
         self.replica_connections.clone()
     }
 
+    /// The highest agreement id decided so far (for tests and tools).
+    pub fn last_decided_agreement_id(&self) -> u64 {
+        self.last_decided_agreement_id.load(Ordering::Relaxed)
+    }
+
     /// Agreements delivered so far (for tests and tools).
     pub fn agreements_decided(&self) -> u64 {
         self.agreements_decided.load(Ordering::Relaxed)
