@@ -206,8 +206,12 @@ fn crash_mode_resumes_with_n_minus_f_replicas_after_a_crash_of_all_that_loses_f_
             config.ops_per_client = 14;
             config.faults_until_ms = 700;
             config.torn_write_per_mille = 1_000;
-            config.total_crash =
-                Some(TotalCrashPlan { at_ms: 250, restart_spread_ms: 300, lost: lost.clone() });
+            config.total_crash = Some(TotalCrashPlan {
+                at_ms: 250,
+                restart_spread_ms: 300,
+                lost: lost.clone(),
+                wiped: None,
+            });
             let report = must_pass(&config);
             assert_eq!(report.ops_completed, all_ops(&config), "n={n} lost={lost:?} seed {seed}");
             assert_eq!(report.lost_disks, lost.len() as u64);
@@ -419,6 +423,49 @@ fn a_client_counts_replies_of_one_decision_only() {
     config.protocol.clients_max = config.clients_max;
     let report = must_pass(&config);
     assert!(report.suffixes_discarded >= 1, "a replica gave a decision up");
+}
+
+/// BFT, 4 replicas: every replica crashes mid-load (writes in flight tear) and one
+/// replica's disk is replaced while all are down, as in the real-process test of
+/// `dura-kv` (`a_whole_cluster_killed_with_one_data_dir_wiped_...`) that found the lost
+/// acknowledged put. The replaced one comes back by state transfer, marked as holding
+/// its peers' state, so its silence about what it had logged does not count in the
+/// others' recovery: every completed request survives (f+1 disks held it, one is gone)
+/// and no agreement is decided anew with another value (the run's oracle).
+#[test]
+fn a_bft_crash_of_all_that_replaces_one_disk_keeps_every_completed_request() {
+    use dura_engine::sim::SimCheckpoints;
+    for wiped in 0..4u32 {
+        for seed in 0..5u64 {
+            let mut config = SimConfig::quiet(Mode::Bft, 4, seed);
+            config.ops_per_client = 14;
+            config.faults_until_ms = 700;
+            config.torn_write_per_mille = 1_000;
+            if seed % 2 == 1 {
+                config.checkpoints = Some(SimCheckpoints {
+                    period: 8,
+                    coordinated: false,
+                    write_us: (1_000, 5_000),
+                    crash_per_mille: 0,
+                });
+            }
+            config.total_crash = Some(TotalCrashPlan {
+                at_ms: 250,
+                restart_spread_ms: 300,
+                lost: Vec::new(),
+                wiped: Some(wiped),
+            });
+            let report = must_pass(&config);
+            let label = format!("wiped {wiped} seed {seed}");
+            assert_eq!(report.ops_completed, all_ops(&config), "{label}");
+            assert_eq!((report.total_crashes, report.disks_wiped), (1, 1), "{label}");
+            assert!(report.transfers_done >= 1, "{label}: {report:?}");
+            assert!(
+                report.last_decided.iter().all(|d| *d == Some(report.decided_max)),
+                "{label}: every replica finishes at the cluster's last decision: {report:?}"
+            );
+        }
+    }
 }
 
 /// A BFT cluster with one Byzantine replica (as seeder: each of the drawn seeder faults)

@@ -156,6 +156,7 @@ fn messages() -> Vec<Message> {
             vouch: Some(dura_engine::protocol::message::Vouch { floor: 3, regency_min: 2 }),
             asked_hash: Some([7; 32]),
             asked: 3,
+            disk_lost: false,
         },
         Message::Gone { first_held: 7 },
     ]

@@ -27,6 +27,7 @@ struct Totals {
     crashes: u64,
     total_crashes: u64,
     lost_disks: u64,
+    replaced_in_total_crash: u64,
     torn_writes: u64,
     recovery_crashes: u64,
     log_failures: u64,
@@ -64,6 +65,7 @@ impl Totals {
         self.crashes += config.crashes.len() as u64;
         self.total_crashes += report.total_crashes;
         self.lost_disks += report.lost_disks;
+        self.replaced_in_total_crash += report.replaced_in_total_crash;
         self.torn_writes += report.torn_writes;
         self.recovery_crashes += report.recovery_crashes;
         self.log_failures += report.log_failures;
@@ -254,10 +256,11 @@ fn main() {
     }
     let totals = totals.into_inner().expect("no poisoned lock");
     println!(
-        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} disks lost in them, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; state transfer: {} done ({} disks wiped, {} unconfirmed suffixes discarded), {} failed and retried, {} bytes, {} Byzantine seeders present, {} proven faulty; {} replicas left behind at the end",
+        "faults in passing seeds: {} replica crashes, {} crashes of all replicas, {} disks lost in them, {} replaced in them, {} torn writes, {} crashes during recovery, {} failed writes (replica stopped), {} slow disks, {} Byzantine replicas, {} in batched log mode; {} group writes, {} replies released; checkpoints in {} seeds: {} written, {} crashes while writing one, {} restarts from one; state transfer: {} done ({} disks wiped, {} unconfirmed suffixes discarded), {} failed and retried, {} bytes, {} Byzantine seeders present, {} proven faulty; {} replicas left behind at the end",
         totals.crashes,
         totals.total_crashes,
         totals.lost_disks,
+        totals.replaced_in_total_crash,
         totals.torn_writes,
         totals.recovery_crashes,
         totals.log_failures,

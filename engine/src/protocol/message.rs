@@ -242,6 +242,11 @@ pub enum Message {
         /// heartbeats). An asker that decided more since it asked must not compare an
         /// answer about an earlier agreement with its newest one.
         asked: u64,
+        /// BFT: the sender restarted on its peers' state because its disk was lost, and
+        /// the cluster has not resumed with it yet: what it says of its log is not its
+        /// own, and it counts itself as one of the f faults (the asker may then take f
+        /// matching logs, not f+1, among the others: `Replica::mark_disk_lost`).
+        disk_lost: bool,
     },
 }
 
@@ -344,6 +349,7 @@ impl Message {
                 vouch,
                 asked_hash,
                 asked,
+                disk_lost,
             } => {
                 w.push(TAG_STATUS);
                 put_u64(w, *nonce);
@@ -368,6 +374,7 @@ impl Message {
                     }
                 }
                 put_u64(w, *asked);
+                w.push(u8::from(*disk_lost));
             }
         }
     }
@@ -441,6 +448,7 @@ impl Message {
                 },
                 asked_hash: if r.flag()? { Some(r.array32()?) } else { None },
                 asked: r.u64()?,
+                disk_lost: r.flag()?,
             },
             _ => return Err(r.error().into()),
         };
@@ -508,6 +516,7 @@ mod tests {
                 vouch: Some(Vouch { floor: 24, regency_min: 25 }),
                 asked_hash: Some([3; 32]),
                 asked: 26,
+                disk_lost: true,
             },
             Message::Status {
                 nonce: 19,
@@ -519,6 +528,7 @@ mod tests {
                 vouch: None,
                 asked_hash: None,
                 asked: 0,
+                disk_lost: false,
             },
         ]
     }

@@ -230,18 +230,48 @@ pub fn clear_lost(data_dir: &Path) -> Result<(), RuntimeError> {
 /// its core again.
 pub const FROM_PEERS_FLAG: &str = "state-from-peers";
 
-/// Records durably that the member in `data_dir` runs on its peers' state.
-pub fn flag_from_peers(data_dir: &Path) -> Result<(), RuntimeError> {
-    write_flag(
-        data_dir,
-        FROM_PEERS_FLAG,
-        b"this member's own log was lost; its state came from its peers\n",
-    )
+/// Why a member runs on its peers' state, as its state-from-peers flag records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromPeers {
+    /// Its disk was lost (a wiped data dir, a log damaged before its tail): one of the
+    /// f faults, and it says so (`Replica::mark_disk_lost`).
+    DiskLost,
+    /// It gave a suffix of its log up (`Action::DiscardUnconfirmed`): no fault, and it
+    /// keeps silent instead (`Replica::mark_state_lost`).
+    GaveUp,
+}
+
+const DISK_LOST_TEXT: &[u8] = b"this member's disk was lost; its state came from its peers\n";
+const GAVE_UP_TEXT: &[u8] =
+    b"this member gave up a suffix of its log; its state came from its peers\n";
+
+/// Records durably that the member in `data_dir` runs on its peers' state, and why.
+pub fn flag_from_peers(data_dir: &Path, why: FromPeers) -> Result<(), RuntimeError> {
+    let text = match why {
+        FromPeers::DiskLost => DISK_LOST_TEXT,
+        FromPeers::GaveUp => GAVE_UP_TEXT,
+    };
+    write_flag(data_dir, FROM_PEERS_FLAG, text)
+}
+
+/// The state-from-peers flag in `data_dir`, if there is one. A flag that does not say
+/// its disk was lost (an older one, or an unreadable one) reads as a suffix given up:
+/// the member then keeps silent, as before the distinction, rather than lower the bar
+/// of its peers' recovery.
+pub fn from_peers_flag(data_dir: &Path) -> Option<FromPeers> {
+    let path = data_dir.join(FROM_PEERS_FLAG);
+    if !path.exists() {
+        return None;
+    }
+    match std::fs::read(&path) {
+        Ok(text) if text == DISK_LOST_TEXT => Some(FromPeers::DiskLost),
+        _ => Some(FromPeers::GaveUp),
+    }
 }
 
 /// Whether `data_dir` holds the state-from-peers flag.
 pub fn is_flagged_from_peers(data_dir: &Path) -> bool {
-    data_dir.join(FROM_PEERS_FLAG).exists()
+    from_peers_flag(data_dir).is_some()
 }
 
 /// Removes the state-from-peers flag, durably.

@@ -229,7 +229,8 @@ const DISCARD_RETRY_WAIT: Duration = Duration::from_secs(2);
 
 /// Moves `data_dir`'s log and checkpoints into `<data_dir>/<why>-<unix seconds>/` (kept
 /// for inspection, never deleted) and flags the member as without state, durably: the
-/// next start takes the state from the peers. Returns the folder.
+/// next start takes the state from the peers, as one that gave a suffix up
+/// ([`membership::FromPeers::GaveUp`]). Returns the folder.
 fn set_state_aside(
     data_dir: &std::path::Path,
     why: &str,
@@ -254,6 +255,9 @@ fn set_state_aside(
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync a directory", dir))?;
     }
     membership::flag_lost(data_dir)?;
+    // Its next starts run on its peers' state, and keep silent until the cluster resumed
+    // with them: it gave a suffix up, its disk is intact (not one of the f faults).
+    membership::flag_from_peers(data_dir, membership::FromPeers::GaveUp)?;
     Ok(aside)
 }
 
@@ -630,9 +634,15 @@ pub fn start_replica<S: Service>(
     let first_start = marker.is_none() && recovered.last_decided == 0;
     // Its own log was lost (wiped, or set aside after a discard) and its state is its
     // peers' now, or was at a start that crashed before the cluster resumed with it
-    // (the flag says so): `Replica::mark_state_lost`.
-    let from_peers = (no_state && transferred_state.is_some())
-        || membership::is_flagged_from_peers(&me.data_dir);
+    // (the flag says so, and why): `Replica::mark_disk_lost` for a lost disk (a state
+    // taken with no flag: its log was missing or set aside as corrupt),
+    // `Replica::mark_state_lost` for a suffix given up.
+    let from_peers_flag = membership::from_peers_flag(&me.data_dir);
+    let from_peers = match (from_peers_flag, no_state && transferred_state.is_some()) {
+        (Some(why), _) => Some(why),
+        (None, true) => Some(membership::FromPeers::DiskLost),
+        (None, false) => None,
+    };
     let previous_core =
         options.previous_core.as_ref().and_then(|slot| slot.lock().expect("core slot lock").take());
     let mut marked = false;
@@ -665,11 +675,14 @@ pub fn start_replica<S: Service>(
             nonce,
         )
         .map_err(protocol_error)?;
-        if from_peers {
-            core.mark_state_lost();
+        if let Some(why) = from_peers {
+            match why {
+                membership::FromPeers::DiskLost => core.mark_disk_lost(),
+                membership::FromPeers::GaveUp => core.mark_state_lost(),
+            }
             marked = core.holds_lost_state();
             if marked {
-                membership::flag_from_peers(&me.data_dir)?;
+                membership::flag_from_peers(&me.data_dir, why)?;
             }
         }
         core
@@ -1362,5 +1375,14 @@ mod tests {
         assert_eq!(kept("checkpoints/cp-7"), b"state");
         assert!(data_dir.join(membership::MEMBER_MARKER).exists(), "still a member");
         assert!(membership::is_flagged_lost(data_dir), "its next start takes the peers' state");
+        // It gave a suffix up (no fault): it will keep silent, not say its disk was lost.
+        assert_eq!(membership::from_peers_flag(data_dir), Some(membership::FromPeers::GaveUp));
+        // A disk flag reads back as one; an older or unreadable flag as a suffix given up.
+        membership::flag_from_peers(data_dir, membership::FromPeers::DiskLost).expect("flag");
+        assert_eq!(membership::from_peers_flag(data_dir), Some(membership::FromPeers::DiskLost));
+        std::fs::write(data_dir.join(membership::FROM_PEERS_FLAG), b"older text\n").expect("old");
+        assert_eq!(membership::from_peers_flag(data_dir), Some(membership::FromPeers::GaveUp));
+        membership::clear_from_peers(data_dir).expect("clear");
+        assert_eq!(membership::from_peers_flag(data_dir), None);
     }
 }

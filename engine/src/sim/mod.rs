@@ -183,6 +183,12 @@ pub const CLIENT_ID_BASE: u64 = 1000;
 /// Simulated time after the last operation (and after faults stop) during which
 /// lagging replicas must catch up.
 const DRAIN_US: u64 = 3_000_000;
+
+/// Decisions younger than this at the end of a run are not yet owed to every replica by
+/// catch-up (a few ticks' FETCH and answers); older ones are.
+const CATCH_UP_GRACE_US: u64 = 1_000_000;
+const _: () = assert!(CATCH_UP_GRACE_US < DRAIN_US, "the grace leaves a check to make");
+
 /// The wall clock replicas read at simulated time 0 (2027-01-15), ms since the Unix
 /// epoch: batch timestamps are this plus simulated time.
 pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
@@ -332,6 +338,10 @@ pub struct TotalCrashPlan {
     /// These replicas' disks are lost in the crash (at most f): they never restart, and
     /// the others restart with them declared lost ([`Config::lost_replicas`]).
     pub lost: Vec<ReplicaId>,
+    /// BFT mode: this replica's disk is replaced while every replica is down (the crash
+    /// of all loses it); it restarts on its peers' state by state transfer, while they
+    /// recover from their own logs.
+    pub wiped: Option<ReplicaId>,
 }
 
 impl SimConfig {
@@ -528,7 +538,9 @@ impl SimConfig {
     /// drawn only where every other crash restarts and no replica stops for good, and
     /// in two draws of three up to f replicas lose their disks in it for good: with the
     /// replicas that crash after it, at most f (the others restart with the lost ones
-    /// declared, and must go on with n-f).
+    /// declared, and must go on with n-f). In BFT mode, where no replica is Byzantine
+    /// and every crash restarts, one replica's disk is replaced in it in a draw of
+    /// three: it comes back by state transfer.
     pub fn random_with_total_crash(mode: Mode, n: usize, seed: u64) -> Self {
         let mut config = Self::random(mode, n, seed);
         let mut rng = Rng::new(seed ^ 0x70_7A1C_4A54);
@@ -541,6 +553,7 @@ impl SimConfig {
                 at_ms,
                 restart_spread_ms: rng.range(1, 400),
                 lost: Vec::new(),
+                wiped: None,
             });
             config.torn_write_per_mille = config.torn_write_per_mille.max(500);
             // A replaced disk on top of a crash of all is a lost disk, drawn there.
@@ -553,6 +566,17 @@ impl SimConfig {
                 let lost = Self::draw_lost_disks(&config, at_ms, seed);
                 if let Some(total) = config.total_crash.as_mut() {
                     total.lost = lost;
+                }
+            } else if all_come_back {
+                // BFT: in one draw of three, one replica's disk is replaced while every
+                // replica is down (the case where its peers' recovery must not count
+                // its silence about what it had logged). Its own stream, as above.
+                let mut rng = Rng::new(seed ^ 0x0B1F_7D15_C0FF);
+                if rng.chance(333) {
+                    let id = rng.range(0, n as u64 - 1) as ReplicaId;
+                    if let Some(total) = config.total_crash.as_mut() {
+                        total.wiped = Some(id);
+                    }
                 }
             }
         }
@@ -663,6 +687,9 @@ pub struct SimReport {
     pub state_transfer_needed: u64,
     /// Disks lost for good in a crash of every replica.
     pub lost_disks: u64,
+    /// Disks replaced in a crash of every replica (BFT), their replicas back by state
+    /// transfer.
+    pub replaced_in_total_crash: u64,
     /// What the service's workload exercised, by name ([`Workload::check`]).
     pub service_counts: Vec<(&'static str, u64)>,
 }
@@ -796,12 +823,18 @@ struct ReplicaNode<W: Workload> {
     reopened_with: u64,
     /// State transfers started since its last one that ended (bounded).
     transfer_attempts: u32,
-    /// Its disk was wiped (once, at the restart after its planned crash).
+    /// Its disk was wiped (once, at the restart after its planned crash or after the
+    /// crash of all that lost it).
     wiped_done: bool,
+    /// Its disk was lost in the crash of all: it is wiped at its next restart.
+    wipe_at_restart: bool,
     /// Its log was lost (wiped, or set aside after a discard) and it comes back on its
     /// peers' state: every restart marks the core (`Replica::mark_state_lost`) until
     /// the cluster resumed with it (the runtime's state-from-peers flag).
     state_lost: bool,
+    /// With `state_lost`: the log was lost with its disk (wiped), not given up, so the
+    /// core is marked `Replica::mark_disk_lost` and says so.
+    disk_lost: bool,
     /// Its protocol core while it transfers state after falling behind every window (the
     /// process lives on; a crash loses it).
     paused_core: Option<Replica>,
@@ -946,7 +979,9 @@ impl<'c, W: Workload> World<'c, W> {
                     reopened_with: 0,
                     transfer_attempts: 0,
                     wiped_done: false,
+                    wipe_at_restart: false,
                     state_lost: false,
+                    disk_lost: false,
                     paused_core: None,
                     forgot_at_us: 0,
                     recent_delivered: VecDeque::new(),
@@ -1166,7 +1201,17 @@ impl<'c, W: Workload> World<'c, W> {
                 self.describe_replicas()
             ));
         }
-        let decided_max = self.decided.keys().next_back().copied().unwrap_or(0);
+        // A decision the others reached just now may still be on its way (seed 15266 of
+        // the BFT total-crash swarm: a leader change decided an agreement 1 ms before the
+        // check): only those at least `CATCH_UP_GRACE_US` old must have reached everyone.
+        let settled_us = self.now_us.saturating_sub(CATCH_UP_GRACE_US);
+        let decided_max = self
+            .decided_at_us
+            .iter()
+            .filter(|&(_, &at)| at <= settled_us)
+            .map(|(&aid, _)| aid)
+            .max()
+            .unwrap_or(0);
         // Where each correct replica's catch-up window starts (None: down or empty).
         let windows: Vec<Option<u64>> = self
             .replicas
@@ -1220,13 +1265,18 @@ impl<'c, W: Workload> World<'c, W> {
     }
 
     /// BFT: the stated liveness limit of unpersisted votes (ARCHITECTURE.md, "votes are
-    /// not persisted"), if the run is stuck there; None: a stall here is a failure. Two
-    /// cases, each needing a replica Byzantine or down for good (not one transferring):
-    /// - after a crash of every replica, the newest agreement a correct replica decided
-    ///   is held by f or fewer correct replicas. The others cannot decide it anew (a
-    ///   client may have seen it complete, its other copy on the faulty replica's disk)
-    ///   nor take the lone copy (with MACs it is only its holder's word, and its holder
-    ///   may be the faulty one), so they wait for the faulty replica;
+    /// not persisted"), if the run is stuck there; None: a stall here is a failure. Three
+    /// cases, each needing a replica Byzantine, down for good (not one transferring), or
+    /// silent on its peers' state after giving a suffix up ("BFT with disks lost"):
+    /// - after a crash of every replica, the newest agreement a correct replica logged
+    ///   (a down one's disk included) is held by f or fewer running correct replicas.
+    ///   The others cannot decide it anew (a client may have seen it complete, its other
+    ///   copy on the faulty replica's disk) nor take the lone copy (with MACs it is only
+    ///   its holder's word, and its holder may be the faulty one), so they wait for the
+    ///   faulty replica;
+    /// - after a crash of every replica, a Byzantine replica claims an agreement above
+    ///   that, which f or fewer replicas hold, and a correct replica still recovers: it
+    ///   cannot tell the claim from a correct replica's lone copy either;
     /// - the agreement the correct replicas are stuck at is open while more than f
     ///   replicas are Byzantine, down, or correct but restarted since the agreement before
     ///   it was decided (their WRITEs and ACCEPTs forgotten): a leader change's choice
@@ -1245,7 +1295,16 @@ impl<'c, W: Workload> World<'c, W> {
         let faulty = (0..self.replicas.len())
             .filter(|&id| self.replicas[id].byzantine.is_some() || down(id))
             .count();
-        if faulty == 0 {
+        // A replica back on its peers' state after giving a suffix up keeps silent in
+        // recovery (one of the f down); one whose disk was lost answers, saying so, and
+        // its peers go on without its log: a stall with it is a failure.
+        let silent = (0..self.replicas.len())
+            .filter(|&id| {
+                let node = &self.replicas[id];
+                node.byzantine.is_none() && !down(id) && node.state_lost && !node.disk_lost
+            })
+            .count();
+        if faulty + silent == 0 {
             return None;
         }
         let decided: Vec<u64> = self
@@ -1254,12 +1313,52 @@ impl<'c, W: Workload> World<'c, W> {
             .filter(|r| r.byzantine.is_none())
             .filter_map(|r| r.core.as_ref().map(Replica::last_decided))
             .collect();
-        let newest = decided.iter().copied().max()?;
+        // The newest agreement a correct replica logged, the disks of those down
+        // included (one that answered with it and then went down for good holds it
+        // there), and how many running correct replicas hold it.
+        let newest = self
+            .replicas
+            .iter()
+            .filter(|r| r.byzantine.is_none() && !r.lost)
+            .map(|r| r.core.as_ref().map_or_else(|| r.logged_max(), Replica::last_decided))
+            .max()?;
         let holders = decided.iter().filter(|&&d| d >= newest).count();
         if self.report.total_crashes > 0 && holders <= f {
             return Some(format!(
                 "agreement {newest} is held by {holders} correct replica(s) (f = {f}), {faulty} \
-                 replica(s) Byzantine or down"
+                 replica(s) Byzantine or down, {silent} silent on its peers' state after \
+                 giving a suffix up"
+            ));
+        }
+        // The same after a crash of all, the other way round: a Byzantine replica says
+        // it logged more than f+1 replicas did, and another faulty one never answers.
+        // Recovery cannot tell that claim from a correct replica's lone copy (the others
+        // might be the liars), so it waits for every answer, and the replicas that
+        // resumed without it cannot form a quorum.
+        let claimed = self
+            .replicas
+            .iter()
+            .filter(|r| r.byzantine.is_some())
+            .filter_map(|r| r.core.as_ref().map(Replica::last_decided))
+            .max()
+            .unwrap_or(0);
+        let recovering = self
+            .replicas
+            .iter()
+            .filter(|r| r.byzantine.is_none())
+            .filter_map(|r| r.core.as_ref())
+            .any(Replica::is_recovering);
+        let claimers = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.core.as_ref().map(Replica::last_decided))
+            .filter(|&d| d >= claimed)
+            .count();
+        if self.report.total_crashes > 0 && claimed > newest && claimers <= f && recovering {
+            return Some(format!(
+                "agreement {claimed} is claimed by {claimers} replica(s), none of them correct \
+                 (f = {f}), while a correct replica recovers and {faulty} replica(s) are \
+                 Byzantine or down"
             ));
         }
         let cycling = self
@@ -1388,6 +1487,14 @@ impl<'c, W: Workload> World<'c, W> {
                     {
                         continue;
                     }
+                    if total.wiped == Some(id) {
+                        // Replaced while down; not once more if it was replaced before.
+                        let node = &mut self.replicas[id as usize];
+                        node.wipe_at_restart = !node.wiped_done;
+                        if node.wipe_at_restart {
+                            self.report.replaced_in_total_crash += 1;
+                        }
+                    }
                     self.crash(id);
                     let after_us = self.rng.range(1_000, total.restart_spread_ms * 1000 + 1_000);
                     self.schedule(self.now_us + after_us, Ev::Restart { id });
@@ -1402,7 +1509,7 @@ impl<'c, W: Workload> World<'c, W> {
                 let mut logged: Vec<u64> = self
                     .replicas
                     .iter()
-                    .filter(|node| !node.lost)
+                    .filter(|node| !node.lost && !node.wipe_at_restart)
                     .map(ReplicaNode::<W>::logged_max)
                     .collect();
                 logged.sort_unstable_by(|a, b| b.cmp(a));
@@ -1534,14 +1641,20 @@ impl<'c, W: Workload> World<'c, W> {
         {
             // The promise of a completed request: f+1 disks hold it, so it
             // survives a crash of every replica and the loss of any f disks.
-            let holding =
-                self.replicas.iter().filter(|node| node.logged_max() >= agreement_id).count();
-            // A disk already replaced (wiped) is one of the f the promise
-            // allows to lose.
+            let replaced = |node: &ReplicaNode<W>| node.wiped_done || node.wipe_at_restart;
+            let holding = self
+                .replicas
+                .iter()
+                .filter(|node| !node.wipe_at_restart && node.logged_max() >= agreement_id)
+                .count();
+            // A disk already replaced (wiped), or lost in a crash of all and replaced
+            // at its restart, is one of the f the promise allows to lose.
             let wiped = self
                 .replicas
                 .iter()
-                .filter(|node| node.wiped_done && node.logged_max() < agreement_id)
+                .filter(|node| {
+                    replaced(node) && (node.wipe_at_restart || node.logged_max() < agreement_id)
+                })
                 .count();
             let f = self.config.protocol.f;
             if holding + wiped <= f {
@@ -1554,7 +1667,13 @@ impl<'c, W: Workload> World<'c, W> {
         let mut holds: Vec<u64> = self
             .replicas
             .iter()
-            .map(|node| if node.wiped_done || node.lost { u64::MAX } else { node.logged_max() })
+            .map(|node| {
+                if node.wiped_done || node.wipe_at_restart || node.lost {
+                    u64::MAX
+                } else {
+                    node.logged_max()
+                }
+            })
             .collect();
         holds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = holds.get(self.config.protocol.f).copied().unwrap_or(0);
@@ -1667,6 +1786,7 @@ impl<'c, W: Workload> World<'c, W> {
             // As the runtime's state-from-peers flag: gone once the cluster resumed
             // with it, kept across its crashes until then.
             node.state_lost = false;
+            node.disk_lost = false;
         }
         for action in actions {
             match action {
@@ -1795,6 +1915,8 @@ impl<'c, W: Workload> World<'c, W> {
                         node.reopened_with = 0;
                         node.checkpoint_durable = 0;
                         node.state_lost = true;
+                        // Given up, not lost with a disk: the mark keeps it silent.
+                        node.disk_lost = false;
                         return self.start_transfer(id);
                     }
                 }
@@ -2264,12 +2386,22 @@ impl<'c, W: Workload> World<'c, W> {
 
     /// BFT: whether agreement `aid` may be decided anew: no client saw it (or anything
     /// after it) complete, and the correct replicas that lost their memory (their votes)
-    /// since it was first decided and the Byzantine ones are more than f together.
+    /// since the agreement before it was first decided (when voting on `aid` can begin:
+    /// a replica may vote, count in the decision and crash before the decision) and the
+    /// Byzantine ones are more than f together.
     fn redecided_after_crashes(&self, aid: u64) -> bool {
         if self.config.protocol.mode != Mode::Bft || self.accepted.range(aid..).next().is_some() {
             return false;
         }
-        let since = self.decided_at_us.get(&aid).copied().unwrap_or(0);
+        let since = match aid {
+            0 | 1 => 0,
+            _ => self
+                .decided_at_us
+                .get(&(aid - 1))
+                .or_else(|| self.decided_at_us.get(&aid))
+                .copied()
+                .unwrap_or(0),
+        };
         let forgot = self
             .replicas
             .iter()
@@ -2537,10 +2669,12 @@ impl<'c, W: Workload> World<'c, W> {
         if node.core.is_some() || node.stopped || node.lost || self.transfers.contains_key(&id) {
             return Ok(());
         }
-        if self.config.wiped == Some(id) && !node.wiped_done {
+        if (self.config.wiped == Some(id) || node.wipe_at_restart) && !node.wiped_done {
             // The disk was replaced while it was down: empty log, no checkpoint.
             node.wiped_done = true;
+            node.wipe_at_restart = false;
             node.state_lost = true;
+            node.disk_lost = true;
             let seed = self.rng.next_u64();
             let node = &mut self.replicas[id as usize];
             node.disk = SimStorage::new(seed);
@@ -2595,8 +2729,12 @@ impl<'c, W: Workload> World<'c, W> {
         )
         .map_err(|error| format!("restart of replica {id} failed: {error}"))?;
         if node.state_lost {
-            // As the runtime: a start from the peers' state after its own log was lost.
-            core.mark_state_lost();
+            // As the runtime: a start from the peers' state after its own log was lost,
+            // with its disk (it says so) or given up (it keeps silent).
+            match node.disk_lost {
+                true => core.mark_disk_lost(),
+                false => core.mark_state_lost(),
+            }
         }
         let mut actions = Vec::new();
         core.start(&mut actions);
@@ -2670,6 +2808,7 @@ fn random_message(rng: &mut Rng, n: usize) -> Message {
                 .then(|| crate::protocol::Vouch { floor: small(rng), regency_min: small(rng) }),
             asked_hash: rng.chance(500).then(|| random_hash(rng)),
             asked: small(rng),
+            disk_lost: rng.chance(200),
         },
     }
 }
@@ -2706,8 +2845,12 @@ mod tests {
         assert_eq!((a.disk_writes, a.replies_released), (b.disk_writes, b.replies_released));
         // A run with a crash of every replica and torn writes replays exactly too.
         let mut config = SimConfig::random_with_total_crash(Mode::Crash, 3, 11);
-        config.total_crash =
-            Some(TotalCrashPlan { at_ms: 400, restart_spread_ms: 200, lost: Vec::new() });
+        config.total_crash = Some(TotalCrashPlan {
+            at_ms: 400,
+            restart_spread_ms: 200,
+            lost: Vec::new(),
+            wiped: None,
+        });
         config.torn_write_per_mille = 1_000;
         let a = run(&config).expect("seed 11 passes");
         let b = run(&config).expect("seed 11 passes");
@@ -2762,6 +2905,7 @@ mod tests {
                         at_ms: 1_500,
                         restart_spread_ms: 200,
                         lost: Vec::new(),
+                        wiped: None,
                     });
                     config.torn_write_per_mille = 1_000;
                 }
@@ -2799,6 +2943,7 @@ mod tests {
                 at_ms: 150 + seed * 20,
                 restart_spread_ms: 300,
                 lost: Vec::new(),
+                wiped: None,
             });
             let report = run(&config).unwrap_or_else(|failure| panic!("{failure}"));
             assert_eq!(report.total_crashes, 1);

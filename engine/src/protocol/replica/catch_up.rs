@@ -156,7 +156,13 @@ impl Replica {
         agreement_id: u64,
         actions: &mut Vec<Action>,
     ) -> bool {
-        let weak = self.config.weak_quorum();
+        // Up to what a recovery took as proven by fewer logs (peers' disks lost), as
+        // many matching answers fetch it.
+        let weak = match agreement_id <= self.trusted_up_to {
+            true => self.trusted_quorum,
+            false => self.config.weak_quorum(),
+        };
+        debug_assert!(weak >= 1);
         let Some(slot) = self.fetch.get(&agreement_id) else { return false };
         if self.config.mode == Mode::Bft
             && agreement_id == self.last_decided + 1

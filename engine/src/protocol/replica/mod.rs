@@ -125,7 +125,7 @@
 //! [`Replica::new`] (the runtime keeps a marker file in the data dir to tell a first
 //! start from a restart), so a new cluster starts with up to f replicas missing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::auth::ReplicaKeys;
@@ -247,6 +247,8 @@ struct PeerStatus {
     asked_hash: Option<Hash>,
     /// The agreement `asked_hash` is for (the `last_decided` this replica asked with).
     asked: u64,
+    /// The peer runs on its peers' state after its disk was lost (BFT).
+    disk_lost: bool,
 }
 
 /// One decision kept in memory to help lagging peers.
@@ -337,6 +339,18 @@ pub struct Replica {
     /// agreements it logged above that state, so while it recovers it does not answer
     /// another replica's recovery query ([`Replica::mark_state_lost`]).
     state_lost: bool,
+    /// With `state_lost`: its disk was lost (not a suffix it gave up), so it answers
+    /// recovery queries saying so ([`Replica::mark_disk_lost`]).
+    disk_lost: bool,
+    /// BFT, recovering: the peers that answered this incarnation's query saying their
+    /// disk was lost (at most n). Each is one of the f faults, so fewer matching logs
+    /// among the others prove an agreement ([`Replica::log_quorum`]).
+    declared_lost: BTreeSet<ReplicaId>,
+    /// BFT: after a recovery that counted declared lost disks, agreements up to this
+    /// one are decided from `trusted_quorum` matching DECIDED answers (the logs that
+    /// recovery took as proof), not f+1.
+    trusted_up_to: u64,
+    trusted_quorum: usize,
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
@@ -421,6 +435,10 @@ impl Replica {
             vote_regency_min: 0,
             awaiting_vote_regency: false,
             state_lost: false,
+            disk_lost: false,
+            declared_lost: BTreeSet::new(),
+            trusted_up_to: 0,
+            trusted_quorum: 0,
             deliveries: Vec::new(),
             fetch_wanted: false,
             fetch_to: 0,
@@ -470,6 +488,27 @@ impl Replica {
     pub fn mark_state_lost(&mut self) {
         assert!(self.is_recovering(), "marked right after a restart, before it recovers");
         self.state_lost = true;
+    }
+
+    /// [`Replica::mark_state_lost`] for a replica whose disk was lost (a wiped data
+    /// dir, a log damaged before its tail), not one that gave a suffix up: it answers
+    /// recovery queries, saying so (`Message::Status::disk_lost`), instead of keeping
+    /// silent. A lost disk is one of the f faults, so the askers may take f-k+1 matching
+    /// logs among the others as proof when k replicas say so: the lone remaining copy
+    /// of an agreement whose other copy was on the lost disk is then enough, and the
+    /// cluster comes back instead of waiting for a disk that will not return. A replica
+    /// that gave a suffix up is correct, not a fault, and must not lower that bar.
+    pub fn mark_disk_lost(&mut self) {
+        self.mark_state_lost();
+        self.disk_lost = true;
+    }
+
+    /// BFT: how many matching logs among the recovery answers (this replica included)
+    /// prove an agreement: f+1, less one per peer that said its disk was lost (each is
+    /// one of the f faults, so at most f-k of the others are faulty), at least one.
+    pub(super) fn log_quorum(&self) -> usize {
+        let k = self.declared_lost.len().min(self.config.f);
+        self.config.weak_quorum() - k
     }
 
     /// Whether the mark of [`Replica::mark_state_lost`] still acts: BFT mode (crash
@@ -636,14 +675,15 @@ impl Replica {
             Message::Gone { first_held } => self.on_gone(from, first_held, actions),
             Message::StatusQuery { nonce, last_decided: asked } => {
                 let recovering = self.is_recovering() || self.awaiting_vote_regency;
-                if self.holds_lost_state() {
-                    // Its history is its peers'; the disk it lost may be the other
-                    // one of the f+1 that logged an agreement a client saw complete.
-                    // Counted as an answer, it would let the replica that still holds
-                    // that agreement judge it unconfirmed and discard it (a kill of
-                    // all with one data dir wiped, under load: an acknowledged put
-                    // was lost). Silent, it is one of the f replicas down, and the
-                    // others resume only on what f+1 of them logged.
+                let disk_lost = self.holds_lost_state();
+                if disk_lost && !self.disk_lost {
+                    // Its history is its peers'; the suffix it gave up may be the
+                    // other one of the f+1 copies of an agreement. Counted as an
+                    // answer, it would let the replica that still holds that agreement
+                    // judge it unconfirmed and discard it (a kill of all with one data
+                    // dir wiped, under load: an acknowledged put was lost, before lost
+                    // disks said so). Giving a suffix up is no fault, so it may not
+                    // lower the others' bar either: silent, it is one of the f down.
                     return;
                 }
                 let asked_hash = if asked == 0 || asked > self.last_decided {
@@ -661,6 +701,7 @@ impl Replica {
                     vouch: self.vouch_for(from, nonce, recovering),
                     asked_hash,
                     asked,
+                    disk_lost,
                 };
                 actions.push(Action::Send { to: from, message });
             }
@@ -674,6 +715,7 @@ impl Replica {
                 vouch,
                 asked_hash,
                 asked,
+                disk_lost,
             } => {
                 let status = PeerStatus {
                     last_decided,
@@ -684,6 +726,7 @@ impl Replica {
                     vouch,
                     asked_hash,
                     asked,
+                    disk_lost,
                 };
                 self.on_status(from, nonce, status, actions)
             }
@@ -725,6 +768,7 @@ impl Replica {
                     vouch: None,
                     asked_hash: None,
                     asked: 0,
+                    disk_lost: false,
                 },
             });
         }
@@ -858,6 +902,7 @@ mod tests {
             vouch: None,
             asked_hash: None,
             asked: 0,
+            disk_lost: false,
         };
         for from in 1..4 {
             replica.handle(message(from, status(0)), &mut actions);
@@ -921,6 +966,7 @@ mod tests {
             vouch,
             asked_hash: None,
             asked: 0,
+            disk_lost: false,
         }
     }
 
@@ -1066,6 +1112,7 @@ mod tests {
             vouch: None,
             asked_hash,
             asked: 7,
+            disk_lost: false,
         }
     }
 
@@ -1698,7 +1745,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bft_replica_restarted_from_its_peers_state_does_not_answer_recovery_queries() {
+    fn a_bft_replica_restarted_from_its_peers_state_is_silent_or_says_its_disk_was_lost() {
         let query = |replica: &mut Replica| try_status_answer(replica, 1, 77).is_some();
         for (config, silent) in [(Config::bft(1), true), (Config::crash(1), false)] {
             let ring = KeyRing::new([5; 32], config.n);
@@ -1710,6 +1757,13 @@ mod tests {
             let mut transferred = restarted(&config, &ring, 2, 8, 4);
             transferred.mark_state_lost();
             assert_eq!(query(&mut transferred), !silent, "{}", config.mode);
+            // Its disk was lost (not a suffix given up): it answers, and says so in BFT
+            // mode (one of the f faults), so the asker does not count its log.
+            let mut wiped = restarted(&config, &ring, 2, 8, 5);
+            wiped.mark_disk_lost();
+            let said = status_answer(&mut wiped, 1, 77);
+            let Message::Status { disk_lost, .. } = said else { panic!("{said:?}") };
+            assert_eq!(disk_lost, silent, "{}", config.mode);
         }
     }
 
@@ -1718,35 +1772,89 @@ mod tests {
         // After a kill of every replica (BFT, n = 4): replica 1 logged agreement 9, as
         // had replica 2, whose disk was then lost; it came back with its peers' state
         // at 8. Replicas 0 and 3 logged up to 8. A client may have seen 9 complete.
-        let run = |marked: bool| {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Mark {
+            None,
+            GaveUp,
+            DiskLost,
+        }
+        let nine = Batch { timestamp_ms: 9, requests: Vec::new() };
+        let run = |mark: Mark| {
             let config = Config::bft(1);
             let ring = KeyRing::new([5; 32], config.n);
+            let nonce = |id: ReplicaId| 100 + u64::from(id);
             let mut replicas: Vec<Replica> = (0..4)
-                .map(|id| {
-                    restarted(&config, &ring, id, if id == 1 { 9 } else { 8 }, 100 + u64::from(id))
+                .map(|id| match id {
+                    1 => restarted_with_last(&config, &ring, 1, 9, &nine),
+                    _ => restarted(&config, &ring, id, 8, nonce(id)),
                 })
                 .collect();
-            if marked {
-                replicas[2].mark_state_lost();
+            match mark {
+                Mark::None => {}
+                Mark::GaveUp => replicas[2].mark_state_lost(),
+                Mark::DiskLost => replicas[2].mark_disk_lost(),
             }
-            // Replica 1 recovers: each tick it asks (nonce 101), and the others answer.
-            let mut actions = Vec::new();
+            // Replicas 0, 1 and 3 recover: each tick they ask, and the others answer.
+            let mut actions: Vec<Vec<Action>> = vec![Vec::new(); 4];
             for _ in 0..4 * config.recovery_wait_ticks() {
-                replicas[1].handle(Event::TimerFired(TimerKind::Tick), &mut actions);
-                for peer in [0, 2, 3] {
-                    if let Some(reply) = try_status_answer(&mut replicas[peer as usize], 1, 101) {
-                        replicas[1].handle(message(peer, reply), &mut actions);
+                for asker in [0u32, 1, 3] {
+                    let at = asker as usize;
+                    if !replicas[at].is_recovering() {
+                        continue;
+                    }
+                    replicas[at].handle(Event::TimerFired(TimerKind::Tick), &mut actions[at]);
+                    let asked = if asker == 1 { 11 } else { nonce(asker) };
+                    for peer in (0..4u32).filter(|&p| p != asker) {
+                        let answer = try_status_answer(&mut replicas[peer as usize], asker, asked);
+                        if let Some(answer) = answer {
+                            replicas[at].handle(message(peer, answer), &mut actions[at]);
+                        }
                     }
                 }
             }
-            !discards(&actions).is_empty()
+            (replicas, actions)
         };
         // Counted as an answer, the replica whose disk was lost makes 9 look logged by
         // replica 1 alone, and replica 1 gives it up: an acknowledged request lost.
-        assert!(run(false), "the unmarked answer lets replica 1 discard");
-        // Marked, it is silent: the others cannot show that f+1 logged 9, and wait (the
-        // BFT limit with a disk lost: safe, not live). Replica 1 keeps 9.
-        assert!(!run(true), "replica 1 kept agreement 9");
+        let (_, actions) = run(Mark::None);
+        assert!(!discards(&actions[1]).is_empty(), "the unmarked answer lets replica 1 discard");
+        // Marked as a replica that gave a suffix up, it is silent: the others cannot
+        // show that f+1 logged 9, and wait. Replica 1 keeps 9.
+        let (replicas, actions) = run(Mark::GaveUp);
+        assert!(discards(&actions[1]).is_empty(), "replica 1 kept agreement 9");
+        assert!(replicas[1].is_recovering() && replicas[0].is_recovering(), "they wait");
+        // Marked as a lost disk, it says so: one of the f faults is spent, so replica
+        // 1's lone log proves 9, and every replica that answered comes back.
+        let (mut replicas, actions) = run(Mark::DiskLost);
+        let said = status_answer(&mut replicas[2], 0, 5);
+        assert!(matches!(said, Message::Status { disk_lost: true, .. }), "{said:?}");
+        assert!(discards(&actions[1]).is_empty(), "replica 1 kept agreement 9");
+        for id in [0, 1, 3] {
+            assert!(!replicas[id].is_recovering(), "replica {id} recovered");
+        }
+        // Replica 0 fetches 9, and replica 1's answer alone decides it there (the
+        // recovery took one log as proof, so one DECIDED is enough up to 9).
+        let fetches: Vec<Message> = actions[0]
+            .iter()
+            .filter_map(|action| match action {
+                Action::Broadcast { message: message @ Message::Fetch { .. } } => {
+                    Some(message.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!fetches.is_empty(), "replica 0 asks for agreement 9");
+        let mut served = Vec::new();
+        replicas[1].handle(message(0, fetches[0].clone()), &mut served);
+        let mut after = Vec::new();
+        for action in served {
+            if let Action::Send { to: 0, message: reply } = action {
+                replicas[0].handle(message(1, reply), &mut after);
+            }
+        }
+        assert_eq!(replicas[0].last_decided(), 9, "one log proved it: {after:?}");
+        // Above 9, one answer is not enough: f+1 are, as always.
+        assert_eq!(replicas[0].trusted_up_to, 9);
     }
 
     #[test]

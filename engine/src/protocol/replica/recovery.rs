@@ -153,7 +153,16 @@ impl Replica {
             // before that is not waited for, nor used.
             return;
         }
-        self.statuses.insert(from, status);
+        if status.disk_lost && self.config.mode == Mode::Bft {
+            // What it says of its log is its peers' state: not an answer about what it
+            // logged, but one of the f faults (`Replica::log_quorum`).
+            self.statuses.remove(&from);
+            self.declared_lost.insert(from);
+        } else {
+            self.declared_lost.remove(&from);
+            self.statuses.insert(from, status);
+        }
+        assert!(self.statuses.len() + self.declared_lost.len() < self.config.n, "peers only");
         self.try_finish_recovery(actions);
     }
 
@@ -199,7 +208,9 @@ impl Replica {
         if everyone_restarted {
             // Ticks count from this incarnation's start, when recovery began.
             let waited = self.now_tick;
-            let enough = self.statuses.len() >= self.awaited_after_crash_of_all()
+            // A peer that said its disk was lost has answered all it can.
+            let answered = self.statuses.len() + self.declared_lost.len();
+            let enough = answered >= self.awaited_after_crash_of_all()
                 || (self.config.mode == Mode::Bft
                     && self.statuses.len() >= needed
                     && waited >= self.config.recovery_wait_ticks()
@@ -248,6 +259,12 @@ impl Replica {
                 self.try_finish_recovery(actions);
                 return;
             }
+            if self.log_quorum() < self.config.weak_quorum() {
+                // Fewer logs proved `fetchable` (peers said their disks were lost): the
+                // same number of matching DECIDED answers fetches it.
+                self.trusted_up_to = fetchable;
+                self.trusted_quorum = self.log_quorum();
+            }
             self.vote_floor = self.last_decided.max(fetchable);
             self.vote_regency_min = regency + 1;
             self.awaiting_vote_regency = true;
@@ -270,6 +287,7 @@ impl Replica {
         self.stop_sent = self.stop_sent.max(self.regency);
         self.phase = Phase::Normal;
         self.statuses.clear();
+        self.declared_lost.clear();
         actions.push(Action::RegencyInstalled {
             regency: self.regency,
             leader: self.config.leader_of(self.regency),
@@ -316,6 +334,7 @@ impl Replica {
         self.stop_sent = self.stop_sent.max(self.regency);
         self.phase = Phase::Normal;
         self.statuses.clear();
+        self.declared_lost.clear();
         actions.push(Action::RegencyInstalled {
             regency: self.regency,
             leader: self.config.leader_of(self.regency),
@@ -369,6 +388,7 @@ impl Replica {
         assert_eq!(self.config.mode, Mode::Bft, "crash mode waits for every replica instead");
         self.discarded = true;
         self.statuses.clear();
+        self.declared_lost.clear();
         actions.push(Action::DiscardUnconfirmed { confirmed, logged: self.last_decided });
     }
 
@@ -380,20 +400,22 @@ impl Replica {
     }
 
     /// The highest agreement that f+1 of the recovery answers (this replica included)
-    /// report decided: the (f+1)-th highest of them.
+    /// report decided, fewer where peers said their disks were lost
+    /// ([`Replica::log_quorum`]): the (f+1)-th highest of them, or so.
     fn decided_by_f_plus_1(&self) -> u64 {
         let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
         decided.push(self.last_decided);
         decided.sort_unstable_by(|a, b| b.cmp(a));
-        decided.get(self.config.weak_quorum() - 1).copied().unwrap_or(0)
+        decided.get(self.log_quorum() - 1).copied().unwrap_or(0)
     }
 
     /// True when the highest agreement logged by this replica or any answer is also
-    /// logged by a weak quorum (f+1) of them, so nothing logged is lost or unfetchable.
+    /// logged by a weak quorum (f+1, fewer where peers said their disks were lost) of
+    /// them, so nothing logged is lost or unfetchable.
     fn answers_agree_on_what_was_logged(&self) -> bool {
         let mut decided: Vec<u64> = self.statuses.values().map(|s| s.last_decided).collect();
         decided.push(self.last_decided);
         decided.sort_unstable_by(|a, b| b.cmp(a));
-        decided.get(self.config.weak_quorum() - 1) == decided.first()
+        decided.get(self.log_quorum() - 1) == decided.first()
     }
 }
