@@ -604,12 +604,13 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     let writers = load(&client, "before", &stop, &history);
     wait_for_progress("before the crash", 2 * CHECKPOINT_PERIOD as usize);
     // Every replica killed at once; one replica's disk is lost with it: the one that
-    // logged least. An acknowledged put is on f+1 = 2 disks at least, so every one stays
-    // on two. Losing another disk can leave an acknowledged put on one disk alone, which
-    // a BFT cluster cannot trust: it then stays down, safely (ARCHITECTURE.md, "votes
-    // are not persisted"). Wiping replica 2 always, this test once lost such a put: the
-    // wiped replica, back by state transfer, answered the others' recovery as if it
-    // had never logged it, and the replica that held it alone gave it up.
+    // logged most, so that its last agreements may be left on one other disk alone (an
+    // acknowledged put is on f+1 = 2 disks). The others cannot trust a lone log by
+    // itself (MACs), but the wiped replica, back by state transfer, says its disk was
+    // lost: one of the f faults, so one log among the others proves an agreement
+    // (ARCHITECTURE.md, "BFT with disks lost"). Before that it kept silent and the
+    // cluster could stay down; before the silence (wiping replica 2 always), it answered
+    // as if it had never logged the put, and the replica that held it alone gave it up.
     cluster.kill_all();
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -617,7 +618,8 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     }
     let n = cluster.config.n();
     let logged: Vec<u64> = (0..n).map(|id| logged_up_to(&cluster.config, id)).collect();
-    let wiped = (0..n).min_by_key(|&id| logged[id as usize]).expect("replicas");
+    let wiped = (0..n).max_by_key(|&id| logged[id as usize]).expect("replicas");
+    eprintln!("logged before the kill: {logged:?}; wiping replica {wiped}");
     std::fs::remove_dir_all(&cluster.config.replicas[wiped as usize].data_dir).expect("wipe");
     // All restarted together: the wiped one must not take the others' silence while
     // they start for a new cluster.
@@ -660,13 +662,20 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
 /// `agreement`, holding a put of `key` from a client no other replica heard: a decision
 /// only this replica logged, as when it alone logged before a crash of every replica.
 fn log_a_decision_alone(config: &ClusterConfig, id: u32, agreement: u64, key: &[u8]) {
+    log_a_decision_on(config, &[id], agreement, key, b"never acknowledged");
+}
+
+/// [`log_a_decision_alone`] on each of `ids`, the same batch on each: a decision that
+/// these replicas logged and no other one did.
+fn log_a_decision_on(
+    config: &ClusterConfig,
+    ids: &[u32],
+    agreement: u64,
+    key: &[u8],
+    value: &[u8],
+) {
     use dura_engine::runtime::durability::LogBackend;
-    let (mut log, records) = open_log(config, id);
-    let last = records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0);
-    assert_eq!(last + 1, agreement, "replica {id} logged up to {last}");
-    let operation = dura_kvstore::KvOp::Put { key, value: b"never acknowledged" }
-        .encode()
-        .expect("a valid put");
+    let operation = dura_kvstore::KvOp::Put { key, value }.encode().expect("a valid put");
     let keys = config.client_keys(0xD15C_A4D0).expect("client keys");
     let request = dura_engine::protocol::ClientRequest::signed(&keys, 1, operation);
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis();
@@ -674,8 +683,89 @@ fn log_a_decision_alone(config: &ClusterConfig, id: u32, agreement: u64, key: &[
         dura_engine::protocol::Batch { timestamp_ms: now_ms as u64, requests: vec![request] };
     let mut payload = Vec::new();
     dura_engine::durability::encode_batch(agreement, (0, 1), &batch, &mut payload);
-    log.append(agreement, agreement, &payload).expect("append");
-    log.sync().expect("sync");
+    for &id in ids {
+        let (mut log, records) = open_log(config, id);
+        let last = records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0);
+        assert_eq!(last + 1, agreement, "replica {id} logged up to {last}");
+        log.append(agreement, agreement, &payload).expect("append");
+        log.sync().expect("sync");
+    }
+}
+
+/// BFT: after a kill -9 of every replica, an agreement that two replicas logged (f+1: a
+/// client may have seen it complete) is left on one disk when the other's data dir is
+/// lost. The wiped replica, back by state transfer, says its disk was lost, so the lone
+/// copy is proof enough: the cluster comes back with the agreement kept (its put is
+/// there), the holder does not give it up, and every acknowledged put is there. Before
+/// the wiped replica said so the cluster waited for good (a lone log is only its
+/// holder's word); before it kept silent, the holder gave the agreement up.
+#[test]
+fn a_lone_copy_left_by_a_lost_disk_is_kept_after_a_kill_of_all() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = temp_dir();
+    let mut cluster = Cluster::new(Mode::Bft, dir.path());
+    let history = Arc::new(Mutex::new(History::default()));
+    cluster.start_all();
+    let client = cluster.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "before", &stop, &history);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().expect("lock").acked.len() < 200 {
+        assert!(Instant::now() < deadline, "no progress before the crash");
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    // Idle, so that each replica that decided the last agreement logged it: 2f+1 = 3
+    // decided every agreement.
+    thread::sleep(Duration::from_secs(2));
+    cluster.kill_all();
+    let n = cluster.config.n();
+    let logged: Vec<u64> = (0..n).map(|id| logged_up_to(&cluster.config, id)).collect();
+    let last = logged.iter().copied().max().expect("replicas");
+    let at_last: Vec<u32> = (0..n).filter(|&id| logged[id as usize] == last).collect();
+    assert!(at_last.len() >= 3, "a quorum logged the last agreement: {logged:?}");
+    let (holder, wiped) = (at_last[0], at_last[1]);
+    log_a_decision_on(&cluster.config, &[holder, wiped], last + 1, b"lone-key", b"kept");
+    std::fs::remove_dir_all(&cluster.config.replicas[wiped as usize].data_dir).expect("wipe");
+    eprintln!(
+        "logged {logged:?}; replicas {holder} and {wiped} logged {}, {wiped} wiped",
+        last + 1
+    );
+    cluster.start_all();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while transferred_to(dir.path(), wiped).is_none() {
+        cluster.assert_running();
+        assert!(Instant::now() < deadline, "replica {wiped} never finished state transfer");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = load(&client, "after", &stop, &history);
+    let before = history.lock().expect("lock").acked.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().expect("lock").acked.len() < before + 100 {
+        assert!(Instant::now() < deadline, "no progress after the restart");
+        thread::sleep(Duration::from_millis(20));
+    }
+    cluster.assert_running();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    let holder_dir = &cluster.config.replicas[holder as usize].data_dir;
+    let gave_up = std::fs::read_dir(holder_dir)
+        .expect("data dir")
+        .any(|e| e.expect("entry").file_name().to_string_lossy().starts_with("unconfirmed-"));
+    assert!(!gave_up, "replica {holder} kept its agreement {}", last + 1);
+    assert_eq!(
+        client.get(b"lone-key").expect("get").as_deref(),
+        Some(&b"kept"[..]),
+        "the agreement on one disk came back"
+    );
+    let history = history.lock().expect("lock");
+    assert_eq!(verify(&client, &history, 1), history.acked.len());
 }
 
 /// Replica `id`'s log (its process stopped), opened as the replica opens it, with the
