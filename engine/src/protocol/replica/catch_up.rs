@@ -157,8 +157,10 @@ impl Replica {
         actions: &mut Vec<Action>,
     ) -> bool {
         // Up to what a recovery took as proven by fewer logs (peers' disks lost), as
-        // many matching answers fetch it.
-        let weak = match agreement_id <= self.trusted_up_to {
+        // many matching answers fetch it, from replicas other than those that said their
+        // disk was lost (they are the faults that lowered the bar).
+        let trusted = agreement_id <= self.trusted_up_to;
+        let weak = match trusted {
             true => self.trusted_quorum,
             false => self.config.weak_quorum(),
         };
@@ -181,6 +183,9 @@ impl Replica {
         }
         let mut tally: BTreeMap<Hash, Vec<ReplicaId>> = BTreeMap::new();
         for (&sender, &(hash, _)) in &slot.votes {
+            if trusted && self.trusted_excluded.contains(&sender) {
+                continue;
+            }
             tally.entry(hash).or_default().push(sender);
         }
         let Some((hash, proof)) = tally.into_iter().find(|(_, senders)| senders.len() >= weak)

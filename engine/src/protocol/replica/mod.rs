@@ -348,9 +348,11 @@ pub struct Replica {
     declared_lost: BTreeSet<ReplicaId>,
     /// BFT: after a recovery that counted declared lost disks, agreements up to this
     /// one are decided from `trusted_quorum` matching DECIDED answers (the logs that
-    /// recovery took as proof), not f+1.
+    /// recovery took as proof), not f+1, from replicas other than `trusted_excluded`
+    /// (those that declared: they are the faults the lower bar spent, at most n).
     trusted_up_to: u64,
     trusted_quorum: usize,
+    trusted_excluded: BTreeSet<ReplicaId>,
     deliveries: Vec<Decision>,
     /// A FETCH is to be broadcast at the end of this step.
     fetch_wanted: bool,
@@ -439,6 +441,7 @@ impl Replica {
             declared_lost: BTreeSet::new(),
             trusted_up_to: 0,
             trusted_quorum: 0,
+            trusted_excluded: BTreeSet::new(),
             deliveries: Vec::new(),
             fetch_wanted: false,
             fetch_to: 0,
@@ -1844,15 +1847,22 @@ mod tests {
             })
             .collect();
         assert!(!fetches.is_empty(), "replica 0 asks for agreement 9");
+        // Replica 2 said its disk was lost: one of the faults the lower bar spent, so
+        // its answer alone decides nothing there, whatever batch it names.
+        let forged = Batch { timestamp_ms: 99, requests: Vec::new() };
+        let mut after = Vec::new();
+        let forged = Message::Decided { agreement_id: 9, batch: Arc::new(forged), previous: None };
+        replicas[0].handle(message(2, forged), &mut after);
+        assert_eq!(replicas[0].last_decided(), 8, "a declared replica's DECIDED does not count");
         let mut served = Vec::new();
         replicas[1].handle(message(0, fetches[0].clone()), &mut served);
-        let mut after = Vec::new();
         for action in served {
             if let Action::Send { to: 0, message: reply } = action {
                 replicas[0].handle(message(1, reply), &mut after);
             }
         }
         assert_eq!(replicas[0].last_decided(), 9, "one log proved it: {after:?}");
+        assert_eq!(replicas[0].window_get(9).map(|e| e.hash), Some(nine.hash()), "its batch");
         // Above 9, one answer is not enough: f+1 are, as always.
         assert_eq!(replicas[0].trusted_up_to, 9);
     }

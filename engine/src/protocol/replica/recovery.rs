@@ -264,6 +264,9 @@ impl Replica {
                 // same number of matching DECIDED answers fetches it.
                 self.trusted_up_to = fetchable;
                 self.trusted_quorum = self.log_quorum();
+                // The replicas that said so spent the faults: their answers do not count
+                // toward the lower bar (one of them could send any batch).
+                self.trusted_excluded = self.declared_lost.clone();
             }
             self.vote_floor = self.last_decided.max(fetchable);
             self.vote_regency_min = regency + 1;
