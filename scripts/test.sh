@@ -46,7 +46,7 @@ cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 150 --mode cr
 # by state transfer saying its disk was lost. Runs stopped at the stated limit (the newest
 # agreement on f or fewer correct disks, or a Byzantine claim above it, while a replica
 # is Byzantine or down, ARCHITECTURE.md "votes are not persisted"; about 1 seed in 200
-# with 4 replicas, 1 in 80 with 7) are listed as LIMIT and do not fail it; any other
+# with 4 replicas, 1 in 130 with 7) are listed as LIMIT and do not fail it; any other
 # stall does.
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 600 --mode bft --replicas 4 --total-crash
 cargo run --profile ci -q -p dura-engine --bin dura-sim -- --seeds 200 --mode bft --replicas 7 --total-crash
