@@ -709,11 +709,7 @@ fn a_lone_copy_left_by_a_lost_disk_is_kept_after_a_kill_of_all() {
     let client = cluster.client();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&client, "before", &stop, &history);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while history.lock().expect("lock").acked.len() < 200 {
-        assert!(Instant::now() < deadline, "no progress before the crash");
-        thread::sleep(Duration::from_millis(20));
-    }
+    await_acks(&history, 200, "before the crash");
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         writer.join().expect("writer thread");
@@ -744,11 +740,7 @@ fn a_lone_copy_left_by_a_lost_disk_is_kept_after_a_kill_of_all() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&client, "after", &stop, &history);
     let before = history.lock().expect("lock").acked.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while history.lock().expect("lock").acked.len() < before + 100 {
-        assert!(Instant::now() < deadline, "no progress after the restart");
-        thread::sleep(Duration::from_millis(20));
-    }
+    await_acks(&history, before + 100, "after the restart");
     cluster.assert_running();
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -791,6 +783,15 @@ fn logged_up_to(config: &ClusterConfig, id: u32) -> u64 {
     records.iter().map(|r| r.last_agreement_id).max().unwrap_or(0)
 }
 
+/// Waits (60 s at most) until `history` holds `at_least` acknowledged puts.
+fn await_acks(history: &Mutex<History>, at_least: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.lock().expect("lock").acked.len() < at_least {
+        assert!(Instant::now() < deadline, "no progress {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// BFT: after a kill -9 of every replica, the replica whose log holds a decision no other
 /// replica logged (written into its log while it was down) discards it: its log and
 /// checkpoints go aside into `unconfirmed-*`, it takes the state from its peers, the
@@ -805,11 +806,7 @@ fn a_bft_replica_that_alone_logged_a_decision_discards_it_after_a_kill_of_all() 
     let client = cluster.client();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&client, "before", &stop, &history);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while history.lock().expect("lock").acked.len() < 200 {
-        assert!(Instant::now() < deadline, "no progress before the crash");
-        thread::sleep(Duration::from_millis(20));
-    }
+    await_acks(&history, 200, "before the crash");
     cluster.kill_all();
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -843,20 +840,12 @@ fn a_bft_replica_that_alone_logged_a_decision_discards_it_after_a_kill_of_all() 
     let stop = Arc::new(AtomicBool::new(false));
     let writers = load(&client, "after", &stop, &history);
     let before = history.lock().expect("lock").acked.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while history.lock().expect("lock").acked.len() < before + 100 {
-        assert!(Instant::now() < deadline, "no progress after the restart");
-        thread::sleep(Duration::from_millis(20));
-    }
+    await_acks(&history, before + 100, "after the restart");
     // The replica that discarded is a working member: without another, no quorum.
     let other = (alone + 1) % cluster.config.n();
     cluster.kill(other);
     let before = history.lock().expect("lock").acked.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while history.lock().expect("lock").acked.len() < before + 50 {
-        assert!(Instant::now() < deadline, "no progress with replica {other} down");
-        thread::sleep(Duration::from_millis(20));
-    }
+    await_acks(&history, before + 50, &format!("with replica {other} down"));
     cluster.assert_running();
     stop.store(true, Ordering::Relaxed);
     for writer in writers {

@@ -269,11 +269,6 @@ pub fn from_peers_flag(data_dir: &Path) -> Option<FromPeers> {
     }
 }
 
-/// Whether `data_dir` holds the state-from-peers flag.
-pub fn is_flagged_from_peers(data_dir: &Path) -> bool {
-    from_peers_flag(data_dir).is_some()
-}
-
 /// Removes the state-from-peers flag, durably.
 pub fn clear_from_peers(data_dir: &Path) -> Result<(), RuntimeError> {
     remove_flag(data_dir, FROM_PEERS_FLAG)

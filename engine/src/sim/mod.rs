@@ -2011,29 +2011,12 @@ impl<'c, W: Workload> World<'c, W> {
                 // recovery (a Byzantine replica spends its own fault so). (Answering
                 // FETCHes with another batch too stalls catch-up: ARCHITECTURE.md,
                 // "BFT with disks lost", found and not fixed.)
-                Message::Status {
-                    nonce,
-                    last_decided,
-                    highest_voted,
-                    regency,
-                    recovering,
-                    incarnation,
-                    vouch,
-                    asked_hash,
-                    asked,
-                    disk_lost: _,
-                } => Message::Status {
-                    nonce,
-                    last_decided,
-                    highest_voted,
-                    regency,
-                    recovering,
-                    incarnation,
-                    vouch,
-                    asked_hash,
-                    asked,
-                    disk_lost: true,
-                },
+                mut status @ Message::Status { .. } => {
+                    if let Message::Status { disk_lost, .. } = &mut status {
+                        *disk_lost = true;
+                    }
+                    status
+                }
                 other => other,
             },
             Some(Byzantine::Garbage) => {
