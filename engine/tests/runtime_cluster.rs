@@ -424,11 +424,12 @@ fn wiped_replica_rejoins(
         ),
         None => {
             assert!(transferred.faulty.is_empty(), "{:?}", transferred.faulty);
-            // Replica 0 leads regency 0: f+1 seeders said so, and with two others able
-            // to serve, the leecher asked it for no checkpoint and no log piece.
-            assert_eq!(transferred.leader, Some(0), "{transferred:?}");
-            assert!(!transferred.fetches_from.contains_key(&0), "{transferred:?}");
-            assert!(!transferred.bytes_from.contains_key(&0), "{transferred:?}");
+            // f+1 seeders named the leader (replica 0, unless a slow moment on a shared
+            // machine brought a leader change), and with two others able to serve, the
+            // leecher asked it for no checkpoint and no log piece.
+            let leader = transferred.leader.expect("f+1 seeders named a leader");
+            assert!(!transferred.fetches_from.contains_key(&leader), "{transferred:?}");
+            assert!(!transferred.bytes_from.contains_key(&leader), "{transferred:?}");
             assert_eq!(transferred.bytes_from.values().sum::<u64>(), transferred.bytes);
         }
     }
@@ -442,11 +443,10 @@ fn wiped_replica_rejoins(
     let loaded = dura_engine::checkpoint::load_checkpoint(&store, &Counter::default())
         .expect("valid")
         .expect("a checkpoint");
-    assert_eq!(
-        loaded.executor.service().0,
-        loaded.from.agreement_id,
-        "one add of 1 per agreement: the state at agreement A totals A"
-    );
+    // At most one add per agreement (a leader change may decide an empty batch), and
+    // every add decided before the wipe.
+    let (total_there, at) = (loaded.executor.service().0, loaded.from.agreement_id);
+    assert!(total_there <= at && total_there >= 60, "{total_there} at {at} of {adds} adds");
     assert!(loaded.from.agreement_id >= transferred.agreement_id);
     replicas[3] = Some(back);
     // It takes part again: with replica 0 (the first leader) stopped, the cluster needs

@@ -16,7 +16,7 @@ fn a_timed_out_in_is_cancelled_through_ordering_and_takes_nothing_later() {
     let dir = temp_dir();
     let cluster = Cluster::start(Mode::Bft, dir.path());
     for command in ["in", "rd"] {
-        let output = cluster.run(command, &["('late', *int)", "--timeout", "300ms"]);
+        let output = cluster.run(command, &["('late', *int)", "--timeout", "3s"]);
         assert_eq!(output.status.code(), Some(5), "{command}: {}", stderr(&output));
         assert!(stderr(&output).contains("cancelled, nothing was taken"), "{}", stderr(&output));
         assert!(stdout(&output).is_empty());
