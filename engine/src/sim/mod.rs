@@ -1348,6 +1348,16 @@ impl<'c, W: Workload> World<'c, W> {
             .filter(|r| r.byzantine.is_none())
             .filter_map(|r| r.core.as_ref())
             .any(Replica::is_recovering);
+        // More than f replicas down, Byzantine or silent after giving a suffix up (each
+        // one of the f): a replica that recovers after the others resumed hears fewer
+        // than the n-f-1 answers it needs, and the others wait for it to install the
+        // next regency (bft 7 --total-crash seed 14224: two down for good, one silent).
+        if self.report.total_crashes > 0 && faulty + silent > f && recovering {
+            return Some(format!(
+                "a correct replica recovers with {faulty} replica(s) Byzantine or down and \
+                 {silent} silent on its peers' state after giving a suffix up (f = {f})"
+            ));
+        }
         let claimers = self
             .replicas
             .iter()
