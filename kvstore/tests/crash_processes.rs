@@ -681,8 +681,9 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     // would not bring it back as a replica with a log of its own; voting, the flag is
     // gone. Checked only now: it votes from the first regency above those its peers
     // reported when it recovered, and when they installed the next one before it
-    // recovered, that is the regency the kill above brings (CI saw the flag still there
-    // after the 100 acks, which three replicas alone can give).
+    // recovered, that is the regency the kill above brings: checked after the 100 acks,
+    // which three replicas alone can give, the flag could still be there (a CI run failed
+    // this test with its message cut off; this race is the cause the code shows).
     let flag = cluster.config.replicas[wiped as usize]
         .data_dir
         .join(dura_engine::runtime::membership::FROM_PEERS_FLAG);
