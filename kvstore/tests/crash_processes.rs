@@ -179,6 +179,16 @@ impl Cluster {
     }
 }
 
+/// A BFT cluster in `dir`, every replica started (logging on), with a client and an
+/// empty history for [`Load`].
+fn started_bft_cluster(dir: &Path) -> (Cluster, KvClient, Arc<Mutex<History>>) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut cluster = Cluster::new(Mode::Bft, dir);
+    cluster.start_all();
+    let client = cluster.client();
+    (cluster, client, Arc::new(Mutex::new(History::default())))
+}
+
 /// Lines of each replica's newest log printed when a test fails.
 const FAILURE_LOG_LINES: usize = 60;
 
@@ -224,8 +234,39 @@ fn seed() -> u64 {
     seed
 }
 
-/// Runs `WRITERS` threads putting fresh keys (and sometimes overwriting their own
-/// earlier keys) until `stop`; records every attempt and acknowledgement.
+/// `WRITERS` threads putting fresh keys tagged `tag` (and sometimes overwriting their
+/// own earlier keys) until stopped; they record every attempt and acknowledgement.
+struct Load {
+    stop: Arc<AtomicBool>,
+    writers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(client: &KvClient, tag: &str, history: &Arc<Mutex<History>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = load(client, tag, &stop, history);
+        Load { stop, writers }
+    }
+
+    /// Tells the writers to stop after their current put.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the writers (stopped; a put to a dead cluster ends at its timeout).
+    fn join(self) {
+        assert!(self.stop.load(Ordering::Relaxed), "stop the writers first");
+        for writer in self.writers {
+            writer.join().expect("writer thread");
+        }
+    }
+
+    fn finish(self) {
+        self.stop();
+        self.join();
+    }
+}
+
 fn load(
     client: &KvClient,
     tag: &str,
@@ -352,8 +393,7 @@ fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32, tls: bool) {
             break;
         }
         let client = cluster.client();
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers = load(&client, &format!("c{cycle}"), &stop, &history);
+        let writers = Load::start(&client, &format!("c{cycle}"), &history);
         thread::sleep(Duration::from_millis(150 + xorshift(&mut rng) % 500));
         if cycle == 0 {
             // A kill before any replica wrote its member marker (a slow start on a shared
@@ -364,14 +404,12 @@ fn kill_whole_cluster_repeatedly(mode: Mode, cycles: u32, tls: bool) {
         }
         cluster.assert_running();
         cluster.kill_all();
-        stop.store(true, Ordering::Relaxed);
+        writers.stop();
         drop(client);
         // Writers blocked on the dead cluster give up at their timeout; restart first
         // so that they may also complete (and be acknowledged) against the new one.
         cluster.start_all();
-        for writer in writers {
-            writer.join().expect("writer thread");
-        }
+        writers.join();
         let client = cluster.client();
         let history = history.lock().expect("lock");
         let acked_this_cycle =
@@ -425,43 +463,26 @@ fn bft_cluster_with_tls_killed_whole_keeps_every_acknowledged_put() {
 
 #[test]
 fn killing_one_replica_and_then_the_leader_keeps_the_cluster_serving() {
-    let _ = env_logger::builder().is_test(true).try_init();
     let dir = temp_dir();
-    let mut cluster = Cluster::new(Mode::Bft, dir.path());
-    let history = Arc::new(Mutex::new(History::default()));
-    cluster.start_all();
-    let client = cluster.client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "one", &stop, &history);
-    let acked = || history.lock().expect("lock").acked.len();
-    let wait_for_progress = |what: &str, acks: usize| {
-        let before = acked();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked() < before + acks {
-            assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for_progress("at start", 20);
+    let (mut cluster, client, history) = started_bft_cluster(dir.path());
+    let writers = Load::start(&client, "one", &history);
+    await_more_acks(&history, 20, "at start");
     // A follower, then the leader of regency 0 (replica 0): each time the other three
     // keep serving, and the restarted replica replays its log and rejoins.
     for victim in [2, 0] {
         cluster.kill(victim);
-        wait_for_progress(&format!("with replica {victim} down"), 20);
+        await_more_acks(&history, 20, &format!("with replica {victim} down"));
         cluster.start(victim);
         // Long enough for the restarted replica to recover and vote again.
-        wait_for_progress(&format!("after replica {victim} restarted"), 200);
+        await_more_acks(&history, 200, &format!("after replica {victim} restarted"));
     }
     // Replica 0 must now be a working member: with replica 1 down too, no quorum
     // exists without it.
     thread::sleep(Duration::from_millis(500));
     cluster.kill(1);
-    wait_for_progress("with replica 1 down and replica 0 rejoined", 20);
+    await_more_acks(&history, 20, "with replica 1 down and replica 0 rejoined");
     cluster.assert_running();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     let history = history.lock().expect("lock");
     let checked = verify(&client, &history, 1);
     assert_eq!(checked, history.acked.len());
@@ -524,45 +545,24 @@ fn wipe_one_replica_under_load(tls: bool) {
     let history = Arc::new(Mutex::new(History::default()));
     cluster.start_all();
     let client = cluster.client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "wipe", &stop, &history);
-    let acked = || history.lock().expect("lock").acked.len();
-    let wait_for_progress = |what: &str, acks: usize| {
-        let before = acked();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked() < before + acks {
-            assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for_progress("at start", 2 * CHECKPOINT_PERIOD as usize);
+    let writers = Load::start(&client, "wipe", &history);
+    await_more_acks(&history, 2 * CHECKPOINT_PERIOD as usize, "at start");
     // Replica 2 loses its disk while the load goes on.
     cluster.kill(2);
     let wiped = cluster.config.replicas[2].data_dir.clone();
     std::fs::remove_dir_all(&wiped).expect("wipe");
-    wait_for_progress("with replica 2 down", 100);
+    await_more_acks(&history, 100, "with replica 2 down");
     cluster.start(2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let transferred = loop {
-        if let Some(agreement) = transferred_to(dir.path(), 2) {
-            break agreement;
-        }
-        cluster.assert_running();
-        assert!(Instant::now() < deadline, "replica 2 never finished state transfer");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let transferred = await_transfer(&mut cluster, 2, Duration::from_secs(60));
     assert!(transferred > 0, "it took a state, it did not start empty");
     // The cluster served throughout, and goes on long enough for two checkpoints of the
     // rejoined replica's own.
-    wait_for_progress("after replica 2 restarted", 3 * CHECKPOINT_PERIOD as usize);
+    await_more_acks(&history, 3 * CHECKPOINT_PERIOD as usize, "after replica 2 restarted");
     // Replica 2 is a working member: without replica 1, no quorum exists without it.
     cluster.kill(1);
-    wait_for_progress("with replica 1 down and replica 2 rejoined", 50);
+    await_more_acks(&history, 50, "with replica 1 down and replica 2 rejoined");
     cluster.assert_running();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     let history = history.lock().expect("lock");
     let checked = verify(&client, &history, 1);
     assert_eq!(checked, history.acked.len());
@@ -627,24 +627,10 @@ fn settle_a_shared_checkpoint(cluster: &Cluster, client: &KvClient, ids: &[u32])
 
 #[test]
 fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_replica_rejoins() {
-    let _ = env_logger::builder().is_test(true).try_init();
     let dir = temp_dir();
-    let mut cluster = Cluster::new(Mode::Bft, dir.path());
-    let history = Arc::new(Mutex::new(History::default()));
-    cluster.start_all();
-    let client = cluster.client();
-    let acked = || history.lock().expect("lock").acked.len();
-    let wait_for_progress = |what: &str, acks: usize| {
-        let before = acked();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked() < before + acks {
-            assert!(Instant::now() < deadline, "no progress {what} ({} acks)", acked());
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "before", &stop, &history);
-    wait_for_progress("before the crash", 2 * CHECKPOINT_PERIOD as usize);
+    let (mut cluster, client, history) = started_bft_cluster(dir.path());
+    let writers = Load::start(&client, "before", &history);
+    await_more_acks(&history, 2 * CHECKPOINT_PERIOD as usize, "before the crash");
     // Every replica killed at once; one replica's disk is lost with it: the one that
     // logged most, so that its last agreements may be left on one other disk alone (an
     // acknowledged put is on f+1 = 2 disks). The others cannot trust a lone log by
@@ -654,10 +640,7 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     // cluster could stay down; before the silence (wiping replica 2 always), it answered
     // as if it had never logged the put, and the replica that held it alone gave it up.
     cluster.kill_all();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     let n = cluster.config.n();
     let logged: Vec<u64> = (0..n).map(|id| logged_up_to(&cluster.config, id)).collect();
     let wiped = (0..n).max_by_key(|&id| logged[id as usize]).expect("replicas");
@@ -666,23 +649,14 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     // All restarted together: the wiped one must not take the others' silence while
     // they start for a new cluster.
     cluster.start_all();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let transferred = loop {
-        if let Some(agreement) = transferred_to(dir.path(), wiped) {
-            break agreement;
-        }
-        cluster.assert_running();
-        assert!(Instant::now() < deadline, "replica {wiped} never finished state transfer");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let transferred = await_transfer(&mut cluster, wiped, Duration::from_secs(60));
     assert!(transferred > 0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "after", &stop, &history);
-    wait_for_progress("after the restart", 100);
+    let writers = Load::start(&client, "after", &history);
+    await_more_acks(&history, 100, "after the restart");
     // The wiped replica is a working member: with another one down, no quorum exists
     // without it.
     cluster.kill((wiped + 1) % n);
-    wait_for_progress("with another replica down and the wiped one rejoined", 50);
+    await_more_acks(&history, 50, "with another replica down and the wiped one rejoined");
     cluster.assert_running();
     // It ran on its peers' state, flagged so that a crash before the cluster resumed
     // would not bring it back as a replica with a log of its own; voting, the flag is
@@ -695,10 +669,7 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
         .data_dir
         .join(dura_engine::runtime::membership::FROM_PEERS_FLAG);
     assert!(!flag.exists(), "{} still there", flag.display());
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     let history = history.lock().expect("lock");
     let checked = verify(&client, &history, 1);
     assert_eq!(checked, history.acked.len());
@@ -747,19 +718,11 @@ fn log_a_decision_on(
 /// holder's word); before it kept silent, the holder gave the agreement up.
 #[test]
 fn a_lone_copy_left_by_a_lost_disk_is_kept_after_a_kill_of_all() {
-    let _ = env_logger::builder().is_test(true).try_init();
     let dir = temp_dir();
-    let mut cluster = Cluster::new(Mode::Bft, dir.path());
-    let history = Arc::new(Mutex::new(History::default()));
-    cluster.start_all();
-    let client = cluster.client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "before", &stop, &history);
+    let (mut cluster, client, history) = started_bft_cluster(dir.path());
+    let writers = Load::start(&client, "before", &history);
     await_acks(&history, 200, "before the crash");
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     // Idle, so that each replica that decided the last agreement logged it: 2f+1 = 3
     // decided every agreement.
     thread::sleep(Duration::from_secs(2));
@@ -777,21 +740,11 @@ fn a_lone_copy_left_by_a_lost_disk_is_kept_after_a_kill_of_all() {
         last + 1
     );
     cluster.start_all();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while transferred_to(dir.path(), wiped).is_none() {
-        cluster.assert_running();
-        assert!(Instant::now() < deadline, "replica {wiped} never finished state transfer");
-        thread::sleep(Duration::from_millis(50));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "after", &stop, &history);
-    let before = history.lock().expect("lock").acked.len();
-    await_acks(&history, before + 100, "after the restart");
+    await_transfer(&mut cluster, wiped, Duration::from_secs(90));
+    let writers = Load::start(&client, "after", &history);
+    await_more_acks(&history, 100, "after the restart");
     cluster.assert_running();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     let holder_dir = &cluster.config.replicas[holder as usize].data_dir;
     let gave_up = std::fs::read_dir(holder_dir)
         .expect("data dir")
@@ -832,9 +785,33 @@ fn logged_up_to(config: &ClusterConfig, id: u32) -> u64 {
 /// Waits (60 s at most) until `history` holds `at_least` acknowledged puts.
 fn await_acks(history: &Mutex<History>, at_least: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while history.lock().expect("lock").acked.len() < at_least {
-        assert!(Instant::now() < deadline, "no progress {what}");
+    loop {
+        let acked = history.lock().expect("lock").acked.len();
+        if acked >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no progress {what} ({acked} acks)");
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`await_acks`] for `more` acknowledgements than there are now.
+fn await_more_acks(history: &Mutex<History>, more: usize, what: &str) {
+    let now = history.lock().expect("lock").acked.len();
+    await_acks(history, now + more, what);
+}
+
+/// Waits (up to `limit`) until replica `id`'s log says its state transfer finished, its
+/// replicas running meanwhile; returns the agreement it brought.
+fn await_transfer(cluster: &mut Cluster, id: u32, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(agreement) = transferred_to(&cluster.dir, id) {
+            return agreement;
+        }
+        cluster.assert_running();
+        assert!(Instant::now() < deadline, "replica {id} never finished state transfer");
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -844,20 +821,12 @@ fn await_acks(history: &Mutex<History>, at_least: usize, what: &str) {
 /// cluster serves, the discarded put is nowhere, and every acknowledged put is there.
 #[test]
 fn a_bft_replica_that_alone_logged_a_decision_discards_it_after_a_kill_of_all() {
-    let _ = env_logger::builder().is_test(true).try_init();
     let dir = temp_dir();
-    let mut cluster = Cluster::new(Mode::Bft, dir.path());
-    let history = Arc::new(Mutex::new(History::default()));
-    cluster.start_all();
-    let client = cluster.client();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "before", &stop, &history);
+    let (mut cluster, client, history) = started_bft_cluster(dir.path());
+    let writers = Load::start(&client, "before", &history);
     await_acks(&history, 200, "before the crash");
     cluster.kill_all();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     let logged: Vec<u64> =
         (0..cluster.config.n()).map(|id| logged_up_to(&cluster.config, id)).collect();
     let alone = (0..cluster.config.n()).max_by_key(|&id| logged[id as usize]).expect("replicas");
@@ -883,20 +852,14 @@ fn a_bft_replica_that_alone_logged_a_decision_discards_it_after_a_kill_of_all() 
         thread::sleep(Duration::from_millis(50));
     };
     assert!(aside.join("log/wal").is_dir(), "the log is kept aside for inspection");
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = load(&client, "after", &stop, &history);
-    let before = history.lock().expect("lock").acked.len();
-    await_acks(&history, before + 100, "after the restart");
+    let writers = Load::start(&client, "after", &history);
+    await_more_acks(&history, 100, "after the restart");
     // The replica that discarded is a working member: without another, no quorum.
     let other = (alone + 1) % cluster.config.n();
     cluster.kill(other);
-    let before = history.lock().expect("lock").acked.len();
-    await_acks(&history, before + 50, &format!("with replica {other} down"));
+    await_more_acks(&history, 50, &format!("with replica {other} down"));
     cluster.assert_running();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().expect("writer thread");
-    }
+    writers.finish();
     assert_eq!(client.get(b"discarded-key").expect("get"), None, "the discarded put is gone");
     let history = history.lock().expect("lock");
     assert_eq!(verify(&client, &history, 1), history.acked.len());
