@@ -296,9 +296,9 @@ fn replicas_checkpoint_on_schedule_truncate_their_logs_and_restart_from_a_checkp
             );
         }
         let replicas = start(&config);
-        // Crash mode acknowledges on one reply, so a replica may have stopped a few
-        // agreements behind; together they recovered every acknowledged add, each from
-        // a checkpoint and the log after it.
+        // Crash mode acknowledges on f+1 = 2 matching replies, so the third replica may
+        // have stopped a few agreements behind; together they recovered every
+        // acknowledged add, each from a checkpoint and the log after it.
         let recovered: Vec<u64> = replicas.iter().map(|r| r.recovered_agreement_id()).collect();
         assert!(recovered.iter().all(|r| *r >= 12), "{write:?}: past a checkpoint: {recovered:?}");
         assert!(recovered.iter().any(|r| *r >= adds), "{write:?}: recovered {recovered:?}");
