@@ -390,7 +390,8 @@ fn wiped_replica_rejoins(
         .collect();
     let client = Client::connect(&config).expect("client");
     let mut adds = 0u64;
-    for _ in 0..60 {
+    let adds_before_wipe = 60;
+    for _ in 0..adds_before_wipe {
         client.invoke(1u64.to_le_bytes().to_vec()).expect("add");
         adds += 1;
     }
@@ -446,7 +447,10 @@ fn wiped_replica_rejoins(
     // At most one add per agreement (a leader change may decide an empty batch), and
     // every add decided before the wipe.
     let (total_there, at) = (loaded.executor.service().0, loaded.from.agreement_id);
-    assert!(total_there <= at && total_there >= 60, "{total_there} at {at} of {adds} adds");
+    assert!(
+        total_there <= at && total_there >= adds_before_wipe,
+        "{total_there} at {at} of {adds} adds"
+    );
     assert!(loaded.from.agreement_id >= transferred.agreement_id);
     replicas[3] = Some(back);
     // It takes part again: with replica 0 (the first leader) stopped, the cluster needs

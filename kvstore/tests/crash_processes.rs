@@ -676,11 +676,10 @@ fn a_whole_cluster_killed_with_one_data_dir_wiped_comes_back_and_the_wiped_repli
     cluster.assert_running();
     // It ran on its peers' state, flagged so that a crash before the cluster resumed
     // would not bring it back as a replica with a log of its own; voting, the flag is
-    // gone. Checked only now: it votes from the first regency above those its peers
-    // reported when it recovered, and when they installed the next one before it
-    // recovered, that is the regency the kill above brings: checked after the 100 acks,
-    // which three replicas alone can give, the flag could still be there (a CI run failed
-    // this test with its message cut off; this race is the cause the code shows).
+    // gone. Checked only now, not after the 100 acks that three replicas alone can give:
+    // it votes from the first regency above those its peers reported when it recovered,
+    // and when they installed the next one before it recovered, that is the regency the
+    // kill above brings.
     let flag = cluster.config.replicas[wiped as usize]
         .data_dir
         .join(dura_engine::runtime::membership::FROM_PEERS_FLAG);
